@@ -1,0 +1,202 @@
+//! Token buckets, Envoy-style, with time as an argument.
+//!
+//! Arithmetic is exact integers: one token is `window_ms` units and the bucket
+//! refills `max` units per millisecond, so `max` tokens per window accrue with
+//! no rounding drift. Refill is lazy (on each look), so a bucket is just two
+//! numbers that fit in shared data.
+
+use crate::config::Limit;
+
+/// The state of one bucket: its fill level in units and when it was last refilled (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    pub level: u128,
+    pub last_fill_ms: u64,
+}
+
+/// The outcome of looking at a bucket for a request of some cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The request fits; the level after consuming.
+    Admit { level_after: u128 },
+    /// The request does not fit; milliseconds until it would.
+    Deny { wait_ms: u64 },
+}
+
+fn units_per_token(limit: &Limit) -> u128 {
+    u128::from(limit.window_ms().max(1))
+}
+
+fn capacity(limit: &Limit) -> u128 {
+    u128::from(limit.max_tokens) * units_per_token(limit)
+}
+
+fn div_ceil(a: u128, b: u128) -> u128 {
+    if b == 0 {
+        return 0;
+    }
+    a / b + u128::from(a % b != 0)
+}
+
+fn clamp_u64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+impl Bucket {
+    /// A bucket that has never been used: full.
+    pub fn full(limit: &Limit, now_ms: u64) -> Self {
+        Self {
+            level: capacity(limit),
+            last_fill_ms: now_ms,
+        }
+    }
+
+    /// The bucket as it is at `now_ms`. A clock that went backwards refills nothing.
+    pub fn refilled(self, limit: &Limit, now_ms: u64) -> Self {
+        let elapsed = now_ms.saturating_sub(self.last_fill_ms);
+        let added = u128::from(elapsed) * u128::from(limit.max);
+        Self {
+            level: self.level.saturating_add(added).min(capacity(limit)),
+            last_fill_ms: now_ms.max(self.last_fill_ms),
+        }
+    }
+
+    /// Whether `cost` tokens fit now. Does not change the bucket.
+    pub fn check(&self, limit: &Limit, cost: u64) -> Check {
+        let need = u128::from(cost) * units_per_token(limit);
+        if self.level >= need {
+            Check::Admit {
+                level_after: self.level - need,
+            }
+        } else if need > capacity(limit) {
+            // Can never fit: say "one full window" rather than forever.
+            Check::Deny {
+                wait_ms: limit.window_ms(),
+            }
+        } else {
+            Check::Deny {
+                wait_ms: clamp_u64(div_ceil(need - self.level, u128::from(limit.max.max(1)))),
+            }
+        }
+    }
+
+    /// Whole tokens left.
+    pub fn remaining(&self, limit: &Limit) -> u64 {
+        clamp_u64(self.level / units_per_token(limit))
+    }
+
+    /// Milliseconds until the bucket is full again.
+    pub fn ms_until_full(&self, limit: &Limit) -> u64 {
+        let missing = capacity(limit).saturating_sub(self.level);
+        clamp_u64(div_ceil(missing, u128::from(limit.max.max(1))))
+    }
+}
+
+/// Whole seconds, rounded up, for `Retry-After` and reset headers.
+pub fn ceil_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(max: u64, window_seconds: u64, burst: u64) -> Limit {
+        Limit {
+            name: "l".into(),
+            max,
+            window_seconds,
+            max_tokens: burst,
+        }
+    }
+
+    fn consume(b: &mut Bucket, l: &Limit, cost: u64, now: u64) -> bool {
+        let r = b.refilled(l, now);
+        match r.check(l, cost) {
+            Check::Admit { level_after } => {
+                *b = Bucket {
+                    level: level_after,
+                    last_fill_ms: r.last_fill_ms,
+                };
+                true
+            }
+            Check::Deny { .. } => {
+                *b = r;
+                false
+            }
+        }
+    }
+
+    #[crate::testing::test]
+    fn burst_then_deny_then_refill_at_the_exact_millisecond() {
+        // 1 token per second, burst 3.
+        let l = limit(1, 1, 3);
+        let t0 = 1_700_000_000_000;
+        let mut b = Bucket::full(&l, t0);
+        for _ in 0..3 {
+            assert!(consume(&mut b, &l, 1, t0));
+        }
+        assert!(!consume(&mut b, &l, 1, t0));
+        assert_eq!(b.check(&l, 1), Check::Deny { wait_ms: 1000 });
+        assert!(!consume(&mut b, &l, 1, t0 + 999));
+        assert_eq!(b.refilled(&l, t0 + 999).check(&l, 1), Check::Deny { wait_ms: 1 });
+        assert!(consume(&mut b, &l, 1, t0 + 1000));
+        assert!(!consume(&mut b, &l, 1, t0 + 1000));
+    }
+
+    #[crate::testing::test]
+    fn fractional_rates_are_exact() {
+        // 10 per minute: one token every 6 s.
+        let l = limit(10, 60, 1);
+        let t0 = 5_000;
+        let mut b = Bucket::full(&l, t0);
+        assert!(consume(&mut b, &l, 1, t0));
+        assert!(!consume(&mut b, &l, 1, t0 + 5_999));
+        assert!(consume(&mut b, &l, 1, t0 + 6_000));
+    }
+
+    #[crate::testing::test]
+    fn refill_never_exceeds_capacity_and_ignores_clock_going_back() {
+        let l = limit(5, 1, 5);
+        let mut b = Bucket::full(&l, 10_000);
+        assert!(consume(&mut b, &l, 5, 10_000));
+        let later = b.refilled(&l, 1_000_000_000);
+        assert_eq!(later.remaining(&l), 5);
+        let back = b.refilled(&l, 0);
+        assert_eq!(back.last_fill_ms, 10_000);
+        assert_eq!(back.remaining(&l), 0);
+    }
+
+    #[crate::testing::test]
+    fn remaining_and_reset_count_whole_tokens() {
+        let l = limit(2, 1, 4);
+        let mut b = Bucket::full(&l, 0);
+        assert_eq!(b.remaining(&l), 4);
+        assert_eq!(b.ms_until_full(&l), 0);
+        assert!(consume(&mut b, &l, 3, 0));
+        assert_eq!(b.remaining(&l), 1);
+        assert_eq!(b.ms_until_full(&l), 1500);
+        assert_eq!(ceil_seconds(1500), 2);
+        assert_eq!(ceil_seconds(1000), 1);
+        assert_eq!(ceil_seconds(1), 1);
+    }
+
+    #[crate::testing::test]
+    fn cost_above_capacity_waits_a_window_not_forever() {
+        let l = limit(1, 60, 2);
+        let b = Bucket::full(&l, 0);
+        assert_eq!(b.check(&l, 3), Check::Deny { wait_ms: 60_000 });
+    }
+
+    #[crate::testing::test]
+    fn largest_allowed_limits_do_not_overflow() {
+        let l = limit(
+            crate::config::MAX_TOKENS,
+            crate::config::MAX_WINDOW_SECONDS,
+            crate::config::MAX_TOKENS,
+        );
+        let mut b = Bucket::full(&l, 0);
+        assert!(consume(&mut b, &l, 1, u64::MAX));
+        assert_eq!(b.remaining(&l), crate::config::MAX_TOKENS - 1);
+    }
+}

@@ -1,0 +1,252 @@
+//! Validated config: what the filter enforces and what the control plane accepts.
+//!
+//! Parse, then validate: the wire shapes in [`crate::wire`] become these types
+//! through `TryFrom`, which rejects anything the data path could not enforce
+//! exactly. The control plane runs the same checks on admin input, so a plan it
+//! accepts is a plan every filter accepts.
+
+use core::fmt;
+
+use crate::key::KeyHash;
+use crate::wire::{WireKey, WireLimit, WirePlan};
+
+/// Longest window a limit may have: one year.
+pub const MAX_WINDOW_SECONDS: u64 = 366 * 24 * 3600;
+/// Largest `max` or `burst`: keeps bucket arithmetic far from overflow.
+pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+/// Longest limit name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most limits one plan may have.
+pub const MAX_LIMITS: usize = 16;
+
+/// Why a plan, limit or key record was refused. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig(pub String);
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> InvalidConfig {
+    InvalidConfig(msg.into())
+}
+
+/// A token-bucket policy: up to `max_tokens` (the burst) held, refilled at
+/// `max` tokens per `window_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub name: String,
+    pub max: u64,
+    pub window_seconds: u64,
+    pub max_tokens: u64,
+}
+
+impl Limit {
+    pub fn window_ms(&self) -> u64 {
+        self.window_seconds.saturating_mul(1000)
+    }
+}
+
+/// Limit names become IETF structured-field strings and header values, so
+/// they are restricted to a safe alphabet.
+fn valid_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl TryFrom<&WireLimit> for Limit {
+    type Error = InvalidConfig;
+
+    fn try_from(wire: &WireLimit) -> Result<Self, InvalidConfig> {
+        if !valid_policy_name(&wire.name) {
+            return Err(invalid(format!(
+                "limit name {:?} must be 1 to {MAX_NAME_LEN} characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+                wire.name
+            )));
+        }
+        if wire.max == 0 || wire.max > MAX_TOKENS {
+            return Err(invalid(format!(
+                "limit {:?}: max must be between 1 and {MAX_TOKENS}",
+                wire.name
+            )));
+        }
+        if wire.window_seconds == 0 || wire.window_seconds > MAX_WINDOW_SECONDS {
+            return Err(invalid(format!(
+                "limit {:?}: window_seconds must be between 1 and {MAX_WINDOW_SECONDS}",
+                wire.name
+            )));
+        }
+        let max_tokens = wire.burst.unwrap_or(wire.max);
+        if max_tokens == 0 || max_tokens > MAX_TOKENS {
+            return Err(invalid(format!(
+                "limit {:?}: burst must be between 1 and {MAX_TOKENS}",
+                wire.name
+            )));
+        }
+        Ok(Self {
+            name: wire.name.clone(),
+            max: wire.max,
+            window_seconds: wire.window_seconds,
+            max_tokens,
+        })
+    }
+}
+
+/// A validated plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub id: String,
+    pub name: String,
+    pub limits: Vec<Limit>,
+    pub monthly_quota: Option<u64>,
+}
+
+impl TryFrom<&WirePlan> for Plan {
+    type Error = InvalidConfig;
+
+    fn try_from(wire: &WirePlan) -> Result<Self, InvalidConfig> {
+        if wire.id.is_empty() {
+            return Err(invalid("plan id must not be empty"));
+        }
+        if wire.name.trim().is_empty() || wire.name.len() > 200 {
+            return Err(invalid("plan name must be 1 to 200 characters"));
+        }
+        if wire.limits.len() > MAX_LIMITS {
+            return Err(invalid(format!(
+                "a plan may have at most {MAX_LIMITS} limits"
+            )));
+        }
+        let limits = wire
+            .limits
+            .iter()
+            .map(Limit::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, limit) in limits.iter().enumerate() {
+            if limits.iter().skip(i + 1).any(|l| l.name == limit.name) {
+                return Err(invalid(format!(
+                    "limit name {:?} is used twice",
+                    limit.name
+                )));
+            }
+        }
+        if wire.monthly_quota == Some(0) {
+            return Err(invalid("monthly_quota must be at least 1 (omit it for none)"));
+        }
+        Ok(Self {
+            id: wire.id.clone(),
+            name: wire.name.clone(),
+            limits,
+            monthly_quota: wire.monthly_quota,
+        })
+    }
+}
+
+/// A validated key record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub hash: KeyHash,
+    pub id: String,
+    pub tenant_id: String,
+    pub plan_id: String,
+    pub active: bool,
+}
+
+impl TryFrom<&WireKey> for KeyRecord {
+    type Error = InvalidConfig;
+
+    fn try_from(wire: &WireKey) -> Result<Self, InvalidConfig> {
+        let hash = KeyHash::from_hex(&wire.hash)
+            .ok_or_else(|| invalid(format!("key {}: hash is not 64 hex digits", wire.id)))?;
+        for (field, value) in [
+            ("id", &wire.id),
+            ("tenant_id", &wire.tenant_id),
+            ("plan_id", &wire.plan_id),
+        ] {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(format!(
+                    "key {}: {field} must be non-empty visible ASCII (it becomes a header)",
+                    wire.id
+                )));
+            }
+        }
+        Ok(Self {
+            hash,
+            id: wire.id.clone(),
+            tenant_id: wire.tenant_id.clone(),
+            plan_id: wire.plan_id.clone(),
+            active: wire.active,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_limit(name: &str, max: u64, window: u64, burst: Option<u64>) -> WireLimit {
+        WireLimit {
+            name: name.into(),
+            max,
+            window_seconds: window,
+            burst,
+        }
+    }
+
+    #[crate::testing::test]
+    fn burst_defaults_to_max() {
+        let l = Limit::try_from(&wire_limit("per-minute", 60, 60, None)).unwrap();
+        assert_eq!(l.max_tokens, 60);
+        let l = Limit::try_from(&wire_limit("per-minute", 60, 60, Some(5))).unwrap();
+        assert_eq!(l.max_tokens, 5);
+    }
+
+    #[crate::testing::test]
+    fn bad_limits_are_rejected_with_the_field_named() {
+        for (wl, needle) in [
+            (wire_limit("", 1, 1, None), "limit name"),
+            (wire_limit("a b", 1, 1, None), "limit name"),
+            (wire_limit("x\"", 1, 1, None), "limit name"),
+            (wire_limit("x", 0, 1, None), "max"),
+            (wire_limit("x", 1, 0, None), "window_seconds"),
+            (wire_limit("x", 1, MAX_WINDOW_SECONDS + 1, None), "window_seconds"),
+            (wire_limit("x", 1, 1, Some(0)), "burst"),
+            (wire_limit("x", MAX_TOKENS + 1, 1, None), "max"),
+        ] {
+            let err = Limit::try_from(&wl).unwrap_err();
+            assert!(err.0.contains(needle), "{err} should mention {needle}");
+        }
+    }
+
+    #[crate::testing::test]
+    fn plan_rejects_duplicate_limit_names_whole() {
+        let wire = WirePlan {
+            id: "plan_1".into(),
+            name: "Pro".into(),
+            limits: vec![wire_limit("a", 1, 1, None), wire_limit("a", 2, 2, None)],
+            monthly_quota: None,
+        };
+        assert!(Plan::try_from(&wire).unwrap_err().0.contains("twice"));
+    }
+
+    #[crate::testing::test]
+    fn key_record_needs_a_real_hash() {
+        let mut wire = WireKey {
+            hash: "00".repeat(32),
+            id: "key_1".into(),
+            tenant_id: "tnt_1".into(),
+            plan_id: "plan_1".into(),
+            active: true,
+        };
+        assert!(KeyRecord::try_from(&wire).is_ok());
+        wire.hash = "nothex".into();
+        assert!(KeyRecord::try_from(&wire).is_err());
+        wire.hash = "00".repeat(32);
+        wire.tenant_id = "a\nb".into();
+        assert!(KeyRecord::try_from(&wire).is_err());
+    }
+}

@@ -1,0 +1,474 @@
+//! The per-request verdict: `decide(facts, store, now) -> Decision`.
+//!
+//! Pure: the filter gathers the facts and reads the clock once, this module
+//! reads config and buckets through [`SharedStore`] and returns what to do.
+//! Checks run cheapest first, in Unkey's order: key present → well-formed →
+//! config present → key known → key active → limits.
+
+use crate::bucket::{ceil_seconds, Bucket, Check};
+use crate::config::{Limit, Plan};
+use crate::key::ApiKey;
+use crate::layout::{applied_version, buckets_key, decode_buckets, encode_buckets, read_key, read_plan};
+use crate::store::{SetError, SharedStore};
+
+/// How many times a bucket update is retried when another worker wrote first.
+pub const MAX_CAS_ATTEMPTS: u32 = 32;
+
+/// What the filter knows about the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestFacts<'a> {
+    /// The presented key, see [`presented_key`].
+    pub api_key: Option<&'a str>,
+}
+
+/// The key a client presented: `x-api-key`, else `Authorization: Bearer <key>`.
+pub fn presented_key<'a>(x_api_key: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
+    if let Some(key) = x_api_key.map(str::trim).filter(|k| !k.is_empty()) {
+        return Some(key);
+    }
+    let auth = authorization?.trim();
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Why a request was refused. Each maps to one status and one stable `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    MissingApiKey,
+    InvalidApiKey,
+    DisabledApiKey,
+    RateLimited,
+    ConfigUnavailable,
+}
+
+impl DenyReason {
+    pub fn status(self) -> u32 {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey | Self::DisabledApiKey => 401,
+            Self::RateLimited => 429,
+            Self::ConfigUnavailable => 503,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::DisabledApiKey => "disabled_api_key",
+            Self::RateLimited => "rate_limited",
+            Self::ConfigUnavailable => "config_unavailable",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "API key required",
+            Self::InvalidApiKey => "Invalid API key",
+            Self::DisabledApiKey => "API key disabled",
+            Self::RateLimited => "Rate limit exceeded",
+            Self::ConfigUnavailable => "Gateway not ready",
+        }
+    }
+}
+
+/// One rate-limit policy's state, for the response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyStatus {
+    pub name: String,
+    /// Requests per window.
+    pub quota: u64,
+    pub window_seconds: u64,
+    /// Whole requests left now.
+    pub remaining: u64,
+    /// Seconds until the policy is fully replenished (or, for a policy that
+    /// denied, until the request would be admitted).
+    pub reset_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    pub tenant_id: String,
+    pub key_id: String,
+    pub plan_name: String,
+    pub policies: Vec<PolicyStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub reason: DenyReason,
+    pub detail: String,
+    /// Whole seconds, at least 1; only for 429.
+    pub retry_after: Option<u64>,
+    pub policies: Vec<PolicyStatus>,
+    /// Names of the policies that refused the request.
+    pub violated: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allowed),
+    Deny(Denied),
+}
+
+fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
+    Decision::Deny(Denied {
+        reason,
+        detail: detail.into(),
+        retry_after: None,
+        policies: Vec::new(),
+        violated: Vec::new(),
+    })
+}
+
+/// Decides one request at `now_ms` (Unix milliseconds).
+pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -> Decision {
+    let Some(presented) = facts.api_key else {
+        return deny(
+            DenyReason::MissingApiKey,
+            "Send your API key in the x-api-key header or as Authorization: Bearer <key>.",
+        );
+    };
+    let key = match ApiKey::parse(presented) {
+        Ok(key) => key,
+        Err(why) => return deny(DenyReason::InvalidApiKey, format!("The API key is malformed: {why}.")),
+    };
+    if applied_version(store).is_none() {
+        return deny(
+            DenyReason::ConfigUnavailable,
+            "The gateway has not received its configuration yet; retry shortly.",
+        );
+    }
+    let hash = key.hash();
+    let Some(record) = read_key(store, &hash) else {
+        return deny(DenyReason::InvalidApiKey, "The API key is not known.");
+    };
+    if !record.active {
+        return deny(DenyReason::DisabledApiKey, "The API key has been deactivated.");
+    }
+    let Some(plan) = read_plan(store, &record.plan_id) else {
+        return deny(
+            DenyReason::ConfigUnavailable,
+            "The key's plan is not configured on this gateway yet; retry shortly.",
+        );
+    };
+
+    match consume(store, &buckets_key(&hash), &plan, 1, now_ms) {
+        Consumed::Admitted(policies) => Decision::Allow(Allowed {
+            tenant_id: record.tenant_id,
+            key_id: record.id,
+            plan_name: plan.name,
+            policies,
+        }),
+        Consumed::Refused {
+            policies,
+            violated,
+            wait_ms,
+        } => Decision::Deny(Denied {
+            reason: DenyReason::RateLimited,
+            detail: format!(
+                "Rate limit {} exceeded; retry in {} s.",
+                violated.join(", "),
+                ceil_seconds(wait_ms).max(1)
+            ),
+            retry_after: Some(ceil_seconds(wait_ms).max(1)),
+            policies,
+            violated,
+        }),
+        Consumed::Contended => Decision::Deny(Denied {
+            reason: DenyReason::RateLimited,
+            detail: "Too many concurrent requests for this key; retry in 1 s.".into(),
+            retry_after: Some(1),
+            policies: Vec::new(),
+            violated: Vec::new(),
+        }),
+    }
+}
+
+enum Consumed {
+    Admitted(Vec<PolicyStatus>),
+    Refused {
+        policies: Vec<PolicyStatus>,
+        violated: Vec<String>,
+        wait_ms: u64,
+    },
+    /// Every CAS attempt lost: refuse rather than risk admitting past the limit.
+    Contended,
+}
+
+fn status(limit: &Limit, bucket: &Bucket) -> PolicyStatus {
+    PolicyStatus {
+        name: limit.name.clone(),
+        quota: limit.max,
+        window_seconds: limit.window_seconds,
+        remaining: bucket.remaining(limit),
+        reset_seconds: ceil_seconds(bucket.ms_until_full(limit)),
+    }
+}
+
+/// Consumes `cost` from every limit of the plan, or from none, in one CAS.
+fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms: u64) -> Consumed {
+    if plan.limits.is_empty() {
+        return Consumed::Admitted(Vec::new());
+    }
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (stored, cas) = match store.get(entry) {
+            Some((bytes, cas)) => (decode_buckets(&bytes), Some(cas)),
+            None => (Vec::new(), None),
+        };
+        let current: Vec<Bucket> = plan
+            .limits
+            .iter()
+            .map(|limit| {
+                stored
+                    .iter()
+                    .find(|(name, _)| *name == limit.name)
+                    .map(|(_, b)| b.refilled(limit, now_ms))
+                    .unwrap_or_else(|| Bucket::full(limit, now_ms))
+            })
+            .collect();
+
+        let mut after = Vec::with_capacity(current.len());
+        let mut violated = Vec::new();
+        let mut wait_ms = 0u64;
+        for (limit, bucket) in plan.limits.iter().zip(&current) {
+            match bucket.check(limit, cost) {
+                Check::Admit { level_after } => after.push(Bucket {
+                    level: level_after,
+                    last_fill_ms: bucket.last_fill_ms,
+                }),
+                Check::Deny { wait_ms: w } => {
+                    violated.push(limit.name.clone());
+                    wait_ms = wait_ms.max(w);
+                }
+            }
+        }
+
+        if !violated.is_empty() {
+            // Nothing is written: a refused request consumes from no window.
+            let policies = plan
+                .limits
+                .iter()
+                .zip(&current)
+                .map(|(limit, bucket)| {
+                    let mut s = status(limit, bucket);
+                    if violated.contains(&limit.name) {
+                        s.reset_seconds = ceil_seconds(wait_ms).max(1);
+                    }
+                    s
+                })
+                .collect();
+            return Consumed::Refused {
+                policies,
+                violated,
+                wait_ms,
+            };
+        }
+
+        let encoded = encode_buckets(plan.limits.iter().map(|l| l.name.as_str()).zip(after.iter().copied()));
+        match store.set(entry, Some(&encoded), cas) {
+            Ok(()) => {
+                return Consumed::Admitted(
+                    plan.limits.iter().zip(&after).map(|(l, b)| status(l, b)).collect(),
+                )
+            }
+            Err(SetError::CasMismatch) => continue,
+            Err(SetError::Host(_)) => return Consumed::Contended,
+        }
+    }
+    Consumed::Contended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::ApiKey;
+    use crate::layout::apply_sync;
+    use crate::store::MemoryStore;
+    use crate::wire::{SyncResponse, WireKey, WireLimit, WirePlan};
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn key(n: u8) -> ApiKey {
+        let body: String = core::iter::repeat((b'a' + n) as char).take(32).collect();
+        ApiKey::from_body(&body).unwrap()
+    }
+
+    fn store_with(limits: Vec<WireLimit>, active: bool) -> (MemoryStore, ApiKey) {
+        let store = MemoryStore::new();
+        let k = key(0);
+        apply_sync(
+            &store,
+            &SyncResponse {
+                version: 1,
+                plans: vec![WirePlan {
+                    id: "plan_1".into(),
+                    name: "Pro".into(),
+                    limits,
+                    monthly_quota: None,
+                }],
+                keys: vec![WireKey {
+                    hash: k.hash().to_hex(),
+                    id: "key_1".into(),
+                    tenant_id: "tnt_1".into(),
+                    plan_id: "plan_1".into(),
+                    active,
+                }],
+                deleted_keys: vec![],
+            },
+        )
+        .unwrap();
+        (store, k)
+    }
+
+    fn limit(name: &str, max: u64, window_seconds: u64, burst: Option<u64>) -> WireLimit {
+        WireLimit {
+            name: name.into(),
+            max,
+            window_seconds,
+            burst,
+        }
+    }
+
+    fn run(store: &MemoryStore, key: &str, now: u64) -> Decision {
+        decide(&RequestFacts { api_key: Some(key) }, store, now)
+    }
+
+    fn reason(d: &Decision) -> Option<DenyReason> {
+        match d {
+            Decision::Allow(_) => None,
+            Decision::Deny(d) => Some(d.reason),
+        }
+    }
+
+    #[crate::testing::test]
+    fn key_comes_from_x_api_key_then_bearer() {
+        assert_eq!(presented_key(Some("a"), Some("Bearer b")), Some("a"));
+        assert_eq!(presented_key(None, Some("Bearer b")), Some("b"));
+        assert_eq!(presented_key(None, Some("bearer  b ")), Some("b"));
+        assert_eq!(presented_key(Some(""), Some("Basic b")), None);
+        assert_eq!(presented_key(None, Some("Bearer")), None);
+        assert_eq!(presented_key(None, None), None);
+    }
+
+    #[crate::testing::test]
+    fn missing_malformed_and_unconfigured() {
+        let empty = MemoryStore::new();
+        assert_eq!(
+            reason(&decide(&RequestFacts::default(), &empty, T0)),
+            Some(DenyReason::MissingApiKey)
+        );
+        assert_eq!(reason(&run(&empty, "tg_nope", T0)), Some(DenyReason::InvalidApiKey));
+        // Malformed keys are refused before the config check.
+        assert_eq!(
+            reason(&run(&empty, key(1).expose(), T0)),
+            Some(DenyReason::ConfigUnavailable)
+        );
+        let (store, _) = store_with(vec![], true);
+        assert_eq!(reason(&run(&store, key(1).expose(), T0)), Some(DenyReason::InvalidApiKey));
+    }
+
+    #[crate::testing::test]
+    fn disabled_key_is_refused() {
+        let (store, k) = store_with(vec![limit("s", 1, 1, None)], false);
+        assert_eq!(reason(&run(&store, k.expose(), T0)), Some(DenyReason::DisabledApiKey));
+    }
+
+    #[crate::testing::test]
+    fn allowed_carries_identity_and_policies() {
+        let (store, k) = store_with(vec![limit("per-minute", 60, 60, Some(3))], true);
+        let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+            panic!("expected allow")
+        };
+        assert_eq!((a.tenant_id.as_str(), a.key_id.as_str(), a.plan_name.as_str()), ("tnt_1", "key_1", "Pro"));
+        assert_eq!(
+            a.policies,
+            vec![PolicyStatus {
+                name: "per-minute".into(),
+                quota: 60,
+                window_seconds: 60,
+                remaining: 2,
+                reset_seconds: 1,
+            }]
+        );
+    }
+
+    #[crate::testing::test]
+    fn burst_then_429_with_retry_after_then_refill() {
+        let (store, k) = store_with(vec![limit("per-second", 2, 1, Some(2))], true);
+        assert!(reason(&run(&store, k.expose(), T0)).is_none());
+        assert!(reason(&run(&store, k.expose(), T0)).is_none());
+        let Decision::Deny(d) = run(&store, k.expose(), T0) else {
+            panic!("expected deny")
+        };
+        assert_eq!(d.reason, DenyReason::RateLimited);
+        assert_eq!(d.retry_after, Some(1));
+        assert_eq!(d.violated, vec!["per-second".to_owned()]);
+        assert_eq!(d.policies[0].remaining, 0);
+        assert_eq!(reason(&run(&store, k.expose(), T0 + 499)), Some(DenyReason::RateLimited));
+        assert!(reason(&run(&store, k.expose(), T0 + 500)).is_none());
+    }
+
+    #[crate::testing::test]
+    fn a_refused_request_consumes_from_no_window() {
+        let (store, k) = store_with(
+            vec![limit("per-second", 1, 1, None), limit("per-hour", 100, 3600, None)],
+            true,
+        );
+        let Decision::Allow(first) = run(&store, k.expose(), T0) else {
+            panic!()
+        };
+        assert_eq!(first.policies[1].remaining, 99);
+        for _ in 0..5 {
+            assert_eq!(reason(&run(&store, k.expose(), T0)), Some(DenyReason::RateLimited));
+        }
+        let Decision::Allow(next) = run(&store, k.expose(), T0 + 1000) else {
+            panic!()
+        };
+        assert_eq!(next.policies[1].remaining, 98);
+    }
+
+    #[crate::testing::test]
+    fn retry_after_comes_from_the_denying_policy() {
+        let (store, k) = store_with(
+            vec![limit("per-second", 10, 1, None), limit("per-minute", 1, 60, None)],
+            true,
+        );
+        assert!(reason(&run(&store, k.expose(), T0)).is_none());
+        let Decision::Deny(d) = run(&store, k.expose(), T0) else {
+            panic!()
+        };
+        assert_eq!(d.violated, vec!["per-minute".to_owned()]);
+        assert_eq!(d.retry_after, Some(60));
+    }
+
+    #[crate::testing::test]
+    fn cas_conflicts_are_retried_and_never_double_count() {
+        let (store, k) = store_with(vec![limit("s", 1, 3600, Some(3))], true);
+        store.inject_cas_conflicts(MAX_CAS_ATTEMPTS - 1);
+        let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+            panic!()
+        };
+        assert_eq!(a.policies[0].remaining, 2);
+        store.inject_cas_conflicts(MAX_CAS_ATTEMPTS);
+        let Decision::Deny(d) = run(&store, k.expose(), T0) else {
+            panic!()
+        };
+        assert_eq!(d.retry_after, Some(1));
+        let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+            panic!()
+        };
+        assert_eq!(a.policies[0].remaining, 1);
+    }
+
+    #[crate::testing::test]
+    fn a_plan_without_limits_admits_without_headers() {
+        let (store, k) = store_with(vec![], true);
+        let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+            panic!()
+        };
+        assert!(a.policies.is_empty());
+    }
+}

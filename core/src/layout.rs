@@ -1,0 +1,302 @@
+//! Where config and bucket state live in shared data, and how they are encoded.
+//!
+//! - `tg/version`: the config version applied (u64 little-endian). Absent until
+//!   the first sync: the filter then fails closed.
+//! - `p/<plan id>`: a plan (wire JSON).
+//! - `k/<lookup id>`: a key record (wire JSON).
+//! - `b/<lookup id>`: all token buckets of one key in one entry, so one CAS
+//!   covers every window and a request consumes from all of them or none.
+//!
+//! Only the sync service writes `tg/`, `p/` and `k/`, and it creates each key's
+//! `b/` entry before the key becomes visible: Envoy lets a write to an absent
+//! entry through whatever its CAS token, so workers must never be the ones to
+//! create a bucket entry.
+
+use crate::bucket::Bucket;
+use crate::config::{InvalidConfig, KeyRecord, Plan};
+use crate::key::KeyHash;
+use crate::store::{SetError, SharedStore};
+use crate::wire::{SyncResponse, WireKey, WirePlan};
+
+pub const VERSION_KEY: &str = "tg/version";
+const BUCKETS_FORMAT: u8 = 1;
+
+pub fn plan_key(plan_id: &str) -> String {
+    format!("p/{plan_id}")
+}
+
+pub fn key_record_key(hash: &KeyHash) -> String {
+    format!("k/{}", hash.lookup_id())
+}
+
+pub fn buckets_key(hash: &KeyHash) -> String {
+    format!("b/{}", hash.lookup_id())
+}
+
+/// The config version this Envoy has applied, if any.
+pub fn applied_version(store: &impl SharedStore) -> Option<u64> {
+    let (bytes, _) = store.get(VERSION_KEY)?;
+    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(raw))
+}
+
+pub fn read_plan(store: &impl SharedStore, plan_id: &str) -> Option<Plan> {
+    let (bytes, _) = store.get(&plan_key(plan_id))?;
+    let wire: WirePlan = serde_json::from_slice(&bytes).ok()?;
+    Plan::try_from(&wire).ok()
+}
+
+pub fn read_key(store: &impl SharedStore, hash: &KeyHash) -> Option<KeyRecord> {
+    let (bytes, _) = store.get(&key_record_key(hash))?;
+    let wire: WireKey = serde_json::from_slice(&bytes).ok()?;
+    KeyRecord::try_from(&wire).ok()
+}
+
+/// Buckets of one key, by limit name.
+pub fn decode_buckets(bytes: &[u8]) -> Vec<(String, Bucket)> {
+    let mut out = Vec::new();
+    let mut rest = match bytes.split_first() {
+        Some((&BUCKETS_FORMAT, rest)) => rest,
+        _ => return out,
+    };
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len);
+        let (Some(name), Some(level), Some(last)) = (
+            tail.get(..len),
+            tail.get(len..len + 16),
+            tail.get(len + 16..len + 24),
+        ) else {
+            break;
+        };
+        let (Ok(name), Ok(level), Ok(last)) = (
+            core::str::from_utf8(name),
+            <[u8; 16]>::try_from(level),
+            <[u8; 8]>::try_from(last),
+        ) else {
+            break;
+        };
+        out.push((
+            name.to_owned(),
+            Bucket {
+                level: u128::from_le_bytes(level),
+                last_fill_ms: u64::from_le_bytes(last),
+            },
+        ));
+        rest = tail.get(len + 24..).unwrap_or(&[]);
+    }
+    out
+}
+
+pub fn encode_buckets<'a>(buckets: impl IntoIterator<Item = (&'a str, Bucket)>) -> Vec<u8> {
+    let mut out = vec![BUCKETS_FORMAT];
+    for (name, bucket) in buckets {
+        let name = name.as_bytes();
+        let Ok(len) = u8::try_from(name.len()) else {
+            continue;
+        };
+        out.push(len);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&bucket.level.to_le_bytes());
+        out.extend_from_slice(&bucket.last_fill_ms.to_le_bytes());
+    }
+    out
+}
+
+/// Why a sync response was not applied. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    Invalid(InvalidConfig),
+    Write(SetError),
+    /// The response is older than what is already applied.
+    Stale { applied: u64, offered: u64 },
+}
+
+impl core::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "invalid config, none of it applied: {e}"),
+            Self::Write(e) => write!(f, "{e}"),
+            Self::Stale { applied, offered } => {
+                write!(f, "offered version {offered} is older than applied {applied}")
+            }
+        }
+    }
+}
+
+/// Applies a sync response: validates all of it first (a bad response is
+/// rejected whole and the old config stays), then writes plans, keys and
+/// deletions, and the version last.
+pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, ApplyError> {
+    if let Some(applied) = applied_version(store) {
+        if sync.version < applied {
+            return Err(ApplyError::Stale {
+                applied,
+                offered: sync.version,
+            });
+        }
+    }
+    for plan in &sync.plans {
+        Plan::try_from(plan).map_err(ApplyError::Invalid)?;
+    }
+    let mut keys = Vec::with_capacity(sync.keys.len());
+    for key in &sync.keys {
+        keys.push(KeyRecord::try_from(key).map_err(ApplyError::Invalid)?);
+    }
+    let mut deleted = Vec::with_capacity(sync.deleted_keys.len());
+    for hex in &sync.deleted_keys {
+        deleted.push(KeyHash::from_hex(hex).ok_or_else(|| {
+            ApplyError::Invalid(InvalidConfig(format!(
+                "deleted key hash {hex:?} is not 64 hex digits"
+            )))
+        })?);
+    }
+
+    for plan in &sync.plans {
+        let json = serde_json::to_vec(plan)
+            .map_err(|e| ApplyError::Invalid(InvalidConfig(e.to_string())))?;
+        store
+            .set(&plan_key(&plan.id), Some(&json), None)
+            .map_err(ApplyError::Write)?;
+    }
+    for (wire, record) in sync.keys.iter().zip(&keys) {
+        let buckets = buckets_key(&record.hash);
+        if store.get(&buckets).is_none() {
+            store
+                .set(&buckets, Some(&encode_buckets([])), None)
+                .map_err(ApplyError::Write)?;
+        }
+        let json = serde_json::to_vec(wire)
+            .map_err(|e| ApplyError::Invalid(InvalidConfig(e.to_string())))?;
+        store
+            .set(&key_record_key(&record.hash), Some(&json), None)
+            .map_err(ApplyError::Write)?;
+    }
+    for hash in &deleted {
+        store
+            .set(&key_record_key(hash), None, None)
+            .map_err(ApplyError::Write)?;
+    }
+    store
+        .set(VERSION_KEY, Some(&sync.version.to_le_bytes()), None)
+        .map_err(ApplyError::Write)?;
+    Ok(sync.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::wire::WireLimit;
+
+    fn sync_with_key(version: u64, hash: &KeyHash) -> SyncResponse {
+        SyncResponse {
+            version,
+            plans: vec![WirePlan {
+                id: "plan_1".into(),
+                name: "Free".into(),
+                limits: vec![WireLimit {
+                    name: "per-second".into(),
+                    max: 1,
+                    window_seconds: 1,
+                    burst: None,
+                }],
+                monthly_quota: None,
+            }],
+            keys: vec![WireKey {
+                hash: hash.to_hex(),
+                id: "key_1".into(),
+                tenant_id: "tnt_1".into(),
+                plan_id: "plan_1".into(),
+                active: true,
+            }],
+            deleted_keys: vec![],
+        }
+    }
+
+    #[crate::testing::test]
+    fn buckets_round_trip_and_garbage_decodes_to_nothing() {
+        let b = Bucket {
+            level: 123_456_789_012_345,
+            last_fill_ms: 42,
+        };
+        let bytes = encode_buckets([("per-second", b), ("daily", b)]);
+        assert_eq!(
+            decode_buckets(&bytes),
+            vec![("per-second".to_owned(), b), ("daily".to_owned(), b)]
+        );
+        assert!(decode_buckets(&[]).is_empty());
+        assert!(decode_buckets(&[9, 1, 2]).is_empty());
+        assert_eq!(decode_buckets(&bytes[..bytes.len() - 1]).len(), 1);
+    }
+
+    #[crate::testing::test]
+    fn apply_writes_everything_and_the_version_last() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        assert_eq!(applied_version(&store), None);
+        assert_eq!(apply_sync(&store, &sync_with_key(3, &hash)), Ok(3));
+        assert_eq!(applied_version(&store), Some(3));
+        assert_eq!(read_key(&store, &hash).unwrap().id, "key_1");
+        assert_eq!(read_plan(&store, "plan_1").unwrap().name, "Free");
+        assert!(store.get(&buckets_key(&hash)).is_some());
+    }
+
+    #[crate::testing::test]
+    fn a_bad_response_is_rejected_whole() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        apply_sync(&store, &sync_with_key(1, &hash)).unwrap();
+        let before = store.keys();
+        let mut bad = sync_with_key(2, &KeyHash::of(b"other"));
+        bad.plans[0].limits[0].max = 0;
+        assert!(matches!(apply_sync(&store, &bad), Err(ApplyError::Invalid(_))));
+        let mut bad = sync_with_key(2, &KeyHash::of(b"other"));
+        bad.deleted_keys.push("xyz".into());
+        assert!(matches!(apply_sync(&store, &bad), Err(ApplyError::Invalid(_))));
+        assert_eq!(store.keys(), before);
+        assert_eq!(applied_version(&store), Some(1));
+    }
+
+    #[crate::testing::test]
+    fn deletion_removes_the_record_and_stale_versions_are_refused() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        apply_sync(&store, &sync_with_key(1, &hash)).unwrap();
+        let delete = SyncResponse {
+            version: 2,
+            deleted_keys: vec![hash.to_hex()],
+            ..Default::default()
+        };
+        apply_sync(&store, &delete).unwrap();
+        assert!(read_key(&store, &hash).is_none());
+        assert_eq!(
+            apply_sync(&store, &sync_with_key(1, &hash)),
+            Err(ApplyError::Stale {
+                applied: 2,
+                offered: 1
+            })
+        );
+    }
+
+    #[crate::testing::test]
+    fn an_existing_bucket_survives_a_key_update() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        apply_sync(&store, &sync_with_key(1, &hash)).unwrap();
+        let state = encode_buckets([(
+            "per-second",
+            Bucket {
+                level: 0,
+                last_fill_ms: 9,
+            },
+        )]);
+        store
+            .set(&buckets_key(&hash), Some(&state), None)
+            .unwrap();
+        let mut update = sync_with_key(2, &hash);
+        update.keys[0].active = false;
+        apply_sync(&store, &update).unwrap();
+        assert_eq!(store.get(&buckets_key(&hash)).unwrap().0, state);
+        assert!(!read_key(&store, &hash).unwrap().active);
+    }
+}

@@ -1,0 +1,40 @@
+//! Tollgate's pure core, shared by the proxy-wasm filter and the control plane.
+//!
+//! Everything here is plain Rust with no host calls and no clock of its own, so
+//! the same code is unit-tested natively, on wasm32, and runs inside Envoy:
+//! - [`key`]: the API key format (`tg_<body>_<checksum>`) and the one hash both sides use;
+//! - [`wire`]: the JSON the control plane sends to the filter, defined once;
+//! - [`config`]: wire types validated into the config the filter enforces;
+//! - [`bucket`]: token buckets with time as an argument;
+//! - [`store`]: the narrow shared-data trait (and an in-memory fake with CAS conflicts);
+//! - [`layout`]: how config and bucket state are laid out in shared data;
+//! - [`decide`]: `decide(facts, store, now) -> Decision`, the whole per-request verdict;
+//! - [`response`]: turning a decision into headers and problem+json bodies.
+
+// No panics where requests are decided; tests may.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod bucket;
+pub mod config;
+pub mod decide;
+pub mod key;
+pub mod layout;
+pub mod response;
+pub mod store;
+pub mod wire;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    #[cfg(target_arch = "wasm32")]
+    pub use wasm_bindgen_test::wasm_bindgen_test as test;
+    #[cfg(not(target_arch = "wasm32"))]
+    pub use core::prelude::v1::test;
+}

@@ -1,0 +1,171 @@
+//! Turning a [`Decision`](crate::decide::Decision) into what the client and the upstream see.
+//!
+//! Rate-limit headers follow the IETF httpapi draft (`RateLimit-Policy` and
+//! `RateLimit`, one item per policy) plus the widely used `X-RateLimit-*` trio,
+//! which describes the most constrained policy. Denials are problem+json.
+
+use serde::Serialize;
+
+use crate::decide::{Allowed, Denied, DenyReason, PolicyStatus};
+
+/// Headers the filter sets on an allowed request before it goes upstream.
+pub const UPSTREAM_TENANT: &str = "x-tenant-id";
+pub const UPSTREAM_KEY_ID: &str = "x-api-key-id";
+pub const UPSTREAM_PLAN: &str = "x-plan";
+/// Client-sent headers that are always removed: identity is only ever the filter's word.
+pub const STRIPPED_REQUEST_HEADERS: [&str; 3] = [UPSTREAM_TENANT, UPSTREAM_KEY_ID, UPSTREAM_PLAN];
+
+pub fn upstream_headers(allowed: &Allowed) -> [(&'static str, &str); 3] {
+    [
+        (UPSTREAM_TENANT, allowed.tenant_id.as_str()),
+        (UPSTREAM_KEY_ID, allowed.key_id.as_str()),
+        (UPSTREAM_PLAN, allowed.plan_name.as_str()),
+    ]
+}
+
+/// `RateLimit-Policy`, `RateLimit` and `X-RateLimit-*` for the given policies (none if empty).
+pub fn rate_limit_headers(policies: &[PolicyStatus]) -> Vec<(&'static str, String)> {
+    let Some(tightest) = policies
+        .iter()
+        .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_seconds.cmp(&a.reset_seconds)))
+    else {
+        return Vec::new();
+    };
+    let policy = policies
+        .iter()
+        .map(|p| format!("\"{}\";q={};w={}", p.name, p.quota, p.window_seconds))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = policies
+        .iter()
+        .map(|p| format!("\"{}\";r={};t={}", p.name, p.remaining, p.reset_seconds))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![
+        ("ratelimit-policy", policy),
+        ("ratelimit", state),
+        ("x-ratelimit-limit", tightest.quota.to_string()),
+        ("x-ratelimit-remaining", tightest.remaining.to_string()),
+        ("x-ratelimit-reset", tightest.reset_seconds.to_string()),
+    ]
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u32,
+    detail: &'a str,
+    code: &'a str,
+    #[serde(rename = "violated-policies", skip_serializing_if = "<[String]>::is_empty")]
+    violated_policies: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+/// A local reply: status, headers and problem+json body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The problem type URI for a denial. 429s use the IANA-registered type the
+/// rate-limit draft points to.
+pub fn problem_type(reason: DenyReason) -> String {
+    match reason {
+        DenyReason::RateLimited => "https://iana.org/assignments/http-problem-types#quota-exceeded".into(),
+        other => format!("urn:tollgate:problem:{}", other.code()),
+    }
+}
+
+pub fn local_reply(denied: &Denied) -> LocalReply {
+    let reason = denied.reason;
+    let problem = Problem {
+        kind: problem_type(reason),
+        title: reason.title(),
+        status: reason.status(),
+        detail: &denied.detail,
+        code: reason.code(),
+        violated_policies: &denied.violated,
+        retry_after: denied.retry_after,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut headers = vec![("content-type", "application/problem+json".to_owned())];
+    if let Some(secs) = denied.retry_after {
+        headers.push(("retry-after", secs.to_string()));
+    }
+    if reason.status() == 401 {
+        headers.push(("www-authenticate", "Bearer realm=\"tollgate\"".to_owned()));
+    }
+    headers.extend(rate_limit_headers(&denied.policies));
+    LocalReply {
+        status: reason.status(),
+        headers,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str, quota: u64, w: u64, r: u64, t: u64) -> PolicyStatus {
+        PolicyStatus {
+            name: name.into(),
+            quota,
+            window_seconds: w,
+            remaining: r,
+            reset_seconds: t,
+        }
+    }
+
+    #[crate::testing::test]
+    fn headers_list_every_policy_and_the_tightest_in_x_headers() {
+        let h = rate_limit_headers(&[p("per-second", 10, 1, 7, 1), p("per-hour", 1000, 3600, 3, 900)]);
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str()).unwrap();
+        assert_eq!(get("ratelimit-policy"), "\"per-second\";q=10;w=1, \"per-hour\";q=1000;w=3600");
+        assert_eq!(get("ratelimit"), "\"per-second\";r=7;t=1, \"per-hour\";r=3;t=900");
+        assert_eq!(get("x-ratelimit-limit"), "1000");
+        assert_eq!(get("x-ratelimit-remaining"), "3");
+        assert_eq!(get("x-ratelimit-reset"), "900");
+        assert!(rate_limit_headers(&[]).is_empty());
+    }
+
+    #[crate::testing::test]
+    fn a_429_is_problem_json_with_retry_after_and_violated_policies() {
+        let reply = local_reply(&Denied {
+            reason: DenyReason::RateLimited,
+            detail: "slow down".into(),
+            retry_after: Some(3),
+            policies: vec![p("per-second", 1, 1, 0, 3)],
+            violated: vec!["per-second".into()],
+        });
+        assert_eq!(reply.status, 429);
+        assert!(reply.headers.contains(&("retry-after", "3".into())));
+        assert!(reply.headers.contains(&("content-type", "application/problem+json".into())));
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["code"], "rate_limited");
+        assert_eq!(body["status"], 429);
+        assert_eq!(body["violated-policies"][0], "per-second");
+        assert!(body["type"].as_str().unwrap().ends_with("#quota-exceeded"));
+    }
+
+    #[crate::testing::test]
+    fn a_401_has_no_rate_limit_headers() {
+        let reply = local_reply(&Denied {
+            reason: DenyReason::InvalidApiKey,
+            detail: "nope".into(),
+            retry_after: None,
+            policies: vec![],
+            violated: vec![],
+        });
+        assert_eq!(reply.status, 401);
+        assert!(!reply.headers.iter().any(|(k, _)| k.starts_with("x-ratelimit") || *k == "retry-after"));
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["code"], "invalid_api_key");
+        assert!(body.get("violated-policies").is_none());
+    }
+}

@@ -1,0 +1,56 @@
+//! The JSON the control plane serves at `GET /v1/sync` and the filter applies.
+//!
+//! Defined once, here, and used by both sides. These are parse-only shapes:
+//! [`crate::config`] validates them before anything is enforced.
+
+use serde::{Deserialize, Serialize};
+
+/// One named rate limit of a plan: `max` requests per `window_seconds`,
+/// with bursts of up to `burst` (default `max`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireLimit {
+    pub name: String,
+    pub max: u64,
+    pub window_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+/// A plan as the filter needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WirePlan {
+    pub id: String,
+    pub name: String,
+    pub limits: Vec<WireLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_quota: Option<u64>,
+}
+
+/// An API key as the filter needs it: identified by the SHA-256 of the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireKey {
+    /// Lower-case hex SHA-256 of the plaintext key.
+    pub hash: String,
+    pub id: String,
+    pub tenant_id: String,
+    pub plan_id: String,
+    pub active: bool,
+}
+
+/// Everything that changed after the `since` version the filter asked for
+/// (all of it when `since` is 0). `version` is the version the filter has once it applied this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncResponse {
+    pub version: u64,
+    #[serde(default)]
+    pub plans: Vec<WirePlan>,
+    #[serde(default)]
+    pub keys: Vec<WireKey>,
+    /// Hashes of keys deleted since `since`.
+    #[serde(default)]
+    pub deleted_keys: Vec<String>,
+}

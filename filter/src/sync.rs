@@ -1,0 +1,202 @@
+//! The config sync loop, run once per Envoy process by the singleton Wasm service.
+//!
+//! It long-polls `GET /v1/sync?since=<applied version>` on the control plane
+//! through an Envoy cluster. The control plane answers as soon as anything
+//! changed (or after `wait_ms` with nothing), and the loop writes the change
+//! into shared data with `tollgate_core::layout::apply_sync` and asks again at
+//! once. When the control plane is away the last applied config stays in
+//! force and the loop retries with a capped backoff.
+
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use serde::Deserialize;
+use tollgate_core::layout::{applied_version, apply_sync};
+use tollgate_core::wire::SyncResponse;
+
+use crate::host::{now_ms, HostStore};
+
+/// How often the loop looks whether a poll is due.
+pub const TICK: Duration = Duration::from_millis(50);
+const MAX_BACKOFF_MS: u64 = 2_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// The Envoy cluster that reaches the control plane.
+    pub cluster: String,
+    /// `:authority` sent to the control plane.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// The control plane's sync token (`CONTROL_PLANE_SYNC_TOKEN`).
+    pub token: String,
+    /// How long the control plane may hold a poll open when nothing changed.
+    #[serde(default = "default_wait_ms")]
+    pub wait_ms: u64,
+    /// First retry delay after a failed poll; doubles up to 2 s.
+    #[serde(default = "default_retry_ms")]
+    pub retry_ms: u64,
+}
+
+fn default_authority() -> String {
+    "tollgate-control-plane".into()
+}
+fn default_wait_ms() -> u64 {
+    20_000
+}
+fn default_retry_ms() -> u64 {
+    250
+}
+
+impl SyncConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster.is_empty() {
+            return Err("sync.cluster must name an Envoy cluster".into());
+        }
+        if self.token.is_empty() {
+            return Err("sync.token must not be empty".into());
+        }
+        if !(1..=60_000).contains(&self.wait_ms) {
+            return Err("sync.wait_ms must be between 1 and 60000".into());
+        }
+        if !(1..=60_000).contains(&self.retry_ms) {
+            return Err("sync.retry_ms must be between 1 and 60000".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct SyncLoop {
+    config: SyncConfig,
+    in_flight: Option<(u32, u64)>,
+    next_attempt_ms: u64,
+    failures: u32,
+}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+impl SyncLoop {
+    pub fn new(config: SyncConfig) -> Self {
+        Self {
+            config,
+            in_flight: None,
+            next_attempt_ms: 0,
+            failures: 0,
+        }
+    }
+
+    pub fn reconfigure(&mut self, config: SyncConfig) {
+        self.config = config;
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        self.config.wait_ms + 5_000
+    }
+
+    pub fn on_tick(&mut self) {
+        let Some(now) = now_ms() else { return };
+        if let Some((_, started)) = self.in_flight {
+            // The host always answers a dispatched call by its timeout; this
+            // only guards against a lost callback wedging the loop forever.
+            if now.saturating_sub(started) < self.timeout_ms() + 5_000 {
+                return;
+            }
+            self.in_flight = None;
+        }
+        if now < self.next_attempt_ms {
+            return;
+        }
+        let since = applied_version(&HostStore).unwrap_or(0);
+        // The first poll must not wait: there is nothing to wait for.
+        let wait = if since == 0 { 0 } else { self.config.wait_ms };
+        let path = format!("/v1/sync?since={since}&wait_ms={wait}");
+        let auth = format!("Bearer {}", self.config.token);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", self.config.authority.as_str()),
+            ("authorization", auth.as_str()),
+        ];
+        match hostcalls::dispatch_http_call(
+            &self.config.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(self.timeout_ms()),
+        ) {
+            Ok(token) => self.in_flight = Some((token, now)),
+            Err(status) => {
+                log(LogLevel::Warn, &format!("tollgate: sync dispatch to cluster {} failed: {status:?}", self.config.cluster));
+                self.back_off(now);
+            }
+        }
+    }
+
+    fn back_off(&mut self, now: u64) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self
+            .config
+            .retry_ms
+            .saturating_mul(1u64 << self.failures.min(8).saturating_sub(1))
+            .min(MAX_BACKOFF_MS);
+        self.next_attempt_ms = now.saturating_add(delay);
+    }
+
+    pub fn on_response(&mut self, token: u32, body_size: usize) {
+        match self.in_flight {
+            Some((expected, _)) if expected == token => self.in_flight = None,
+            _ => return,
+        }
+        let now = now_ms().unwrap_or(0);
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        if status.as_deref() != Some("200") {
+            if self.failures == 0 {
+                log(LogLevel::Warn, &format!(
+                    "tollgate: sync poll failed (status {}); enforcing the last applied config",
+                    status.as_deref().unwrap_or("none: control plane unreachable")
+                ));
+            }
+            self.back_off(now);
+            return;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let sync: SyncResponse = match serde_json::from_slice(&body) {
+            Ok(sync) => sync,
+            Err(e) => {
+                log(LogLevel::Error, &format!("tollgate: sync response is not valid JSON: {e}"));
+                self.back_off(now);
+                return;
+            }
+        };
+        let before = applied_version(&HostStore);
+        match apply_sync(&HostStore, &sync) {
+            Ok(version) => {
+                if self.failures > 0 {
+                    log(LogLevel::Info, "tollgate: control plane reachable again");
+                }
+                self.failures = 0;
+                self.next_attempt_ms = now;
+                if before != Some(version) {
+                    log(LogLevel::Info, &format!(
+                        "tollgate: applied config version {version} ({} plans, {} keys, {} deletions)",
+                        sync.plans.len(),
+                        sync.keys.len(),
+                        sync.deleted_keys.len()
+                    ));
+                }
+            }
+            Err(e) => {
+                log(LogLevel::Error, &format!("tollgate: sync response refused: {e}"));
+                self.back_off(now);
+            }
+        }
+    }
+}
