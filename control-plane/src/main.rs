@@ -1,1 +1,143 @@
-fn main() {}
+//! `control-plane`: serve the admin API and the config feed, or run migrations.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rand::distr::{Alphanumeric, SampleString};
+use tollgate_control_plane::{app, db, AppState};
+
+#[derive(Parser)]
+#[command(name = "control-plane", about = "Tollgate control plane", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the admin API and the config feed (the default).
+    Serve(ServeArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate(DbArgs),
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// Directory for the SQLite database (used when --database-url is not given).
+    #[arg(long, env = "CONTROL_PLANE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Database URL, e.g. sqlite:///var/lib/tollgate/tollgate.db.
+    #[arg(long, env = "CONTROL_PLANE_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Address to listen on.
+    #[arg(long, env = "CONTROL_PLANE_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Bearer token for the admin API; generated and printed once when unset.
+    #[arg(long, env = "CONTROL_PLANE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Bearer token Envoys use for /v1/sync; generated and printed once when unset.
+    #[arg(long, env = "CONTROL_PLANE_SYNC_TOKEN", hide_env_values = true)]
+    sync_token: Option<String>,
+}
+
+impl DbArgs {
+    async fn open(&self) -> anyhow::Result<db::Db> {
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => {
+                std::fs::create_dir_all(&self.data_dir).with_context(|| {
+                    format!("cannot create data directory {}", self.data_dir.display())
+                })?;
+                format!("sqlite://{}/tollgate.db", self.data_dir.display())
+            }
+        };
+        let pool = db::connect(&url)
+            .await
+            .with_context(|| "cannot open the database")?;
+        db::migrate(&pool)
+            .await
+            .with_context(|| "cannot migrate the database")?;
+        Ok(pool)
+    }
+}
+
+fn token_or_generate(given: Option<String>, what: &str, prefix: &str) -> anyhow::Result<String> {
+    match given {
+        Some(token) if token.trim().len() >= 16 => Ok(token.trim().to_owned()),
+        Some(_) => anyhow::bail!("the {what} must be at least 16 characters"),
+        None => {
+            let token = format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 40));
+            // Printed once, to stdout only, never logged.
+            println!("{what} (shown once): {token}");
+            Ok(token)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let command = match Cli::parse().command {
+        Some(command) => command,
+        // Bare `control-plane` serves, with flags from the environment.
+        None => Cli::parse_from(["control-plane", "serve"])
+            .command
+            .context("no command")?,
+    };
+    match command {
+        Command::Migrate(args) => {
+            args.open().await?;
+            tracing::info!("database is up to date");
+            Ok(())
+        }
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let pool = args.db.open().await?;
+    let admin_token = token_or_generate(args.admin_token, "admin token", "tgadmin_")?;
+    let sync_token = token_or_generate(args.sync_token, "sync token", "tgsync_")?;
+    let version = db::current_version(&pool).await?;
+    let state = AppState::new(pool, &admin_token, &sync_token, version);
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    tracing::info!(addr = %args.addr, config_version = version, "control plane listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

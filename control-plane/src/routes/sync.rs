@@ -1,0 +1,128 @@
+//! The config feed: `GET /v1/sync?since=N&wait_ms=M`, long-polled by each Envoy's sync service.
+//!
+//! Answers at once when something changed after version `since`, otherwise
+//! holds the request until a change is committed or `wait_ms` passes. The
+//! rows are read in one transaction with the version they add up to, so an
+//! Envoy that applies the answer holds exactly that version.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tollgate_core::wire::{SyncResponse, WireKey};
+
+use crate::auth;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
+use crate::routes::plans::PlanRow;
+use crate::state::AppState;
+
+/// Longest a poll may be held open.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/sync", get(sync_poll))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncParams {
+    #[serde(default)]
+    pub since: u64,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+async fn sync_poll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<SyncParams>,
+) -> ApiResult<Json<SyncResponse>> {
+    auth::check(&headers, &state.sync_token)?;
+    if params.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("wait_ms must be at most {MAX_WAIT_MS}."),
+        ));
+    }
+    if params.wait_ms > 0 {
+        let mut versions = state.versions.subscribe();
+        let since = params.since;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(params.wait_ms),
+            versions.wait_for(|v| *v > since),
+        )
+        .await;
+    }
+    Ok(Json(changes_since(&state, params.since).await?))
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyChange {
+    key_hash: String,
+    id: String,
+    tenant_id: String,
+    plan_id: String,
+    active: bool,
+    deleted: bool,
+}
+
+pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let version: i64 = sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
+    let version = u64::try_from(version).unwrap_or(0);
+    // A filter ahead of us means our database was replaced: send everything.
+    let since = if since > version {
+        tracing::warn!(since, version, "sync client is ahead of the database; sending a full snapshot");
+        0
+    } else {
+        since
+    };
+    let since_db = i64::try_from(since).unwrap_or(i64::MAX);
+    let plans = sqlx::query_as::<_, PlanRow>(
+        "SELECT id, name, limits, monthly_quota, max_api_keys, created_at, updated_at
+         FROM plans WHERE version > ? ORDER BY version",
+    )
+    .bind(since_db)
+    .fetch_all(&mut *tx)
+    .await?;
+    let keys = sqlx::query_as::<_, KeyChange>(
+        "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, k.active,
+                (k.deleted_at IS NOT NULL) AS deleted
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.version > ? ORDER BY k.version",
+    )
+    .bind(since_db)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let mut response = SyncResponse {
+        version,
+        plans: plans.iter().map(PlanRow::wire).collect::<Result<_, _>>()?,
+        ..SyncResponse::default()
+    };
+    for key in keys {
+        if key.deleted {
+            // A full snapshot has nothing to delete.
+            if since > 0 {
+                response.deleted_keys.push(key.key_hash);
+            }
+        } else {
+            response.keys.push(WireKey {
+                hash: key.key_hash,
+                id: key.id,
+                tenant_id: key.tenant_id,
+                plan_id: key.plan_id,
+                active: key.active,
+            });
+        }
+    }
+    Ok(response)
+}

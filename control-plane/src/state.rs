@@ -1,0 +1,65 @@
+//! What every handler shares: the database, the tokens, and the version feed
+//! that wakes long-polling Envoys.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use crate::db::Db;
+
+/// A bearer token held only as its SHA-256, compared in constant time.
+#[derive(Clone)]
+pub struct TokenDigest([u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(..)")
+    }
+}
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Hashing first makes the comparison independent of the presented length too.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&presented).into()
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub admin_token: TokenDigest,
+    pub sync_token: TokenDigest,
+    /// The latest committed config version.
+    pub versions: Arc<watch::Sender<u64>>,
+}
+
+impl AppState {
+    pub fn new(db: Db, admin_token: &str, sync_token: &str, version: u64) -> Self {
+        Self {
+            db,
+            admin_token: TokenDigest::of(admin_token),
+            sync_token: TokenDigest::of(sync_token),
+            versions: Arc::new(watch::Sender::new(version)),
+        }
+    }
+
+    /// Tells long-polling Envoys that `version` is committed.
+    pub fn published(&self, version: i64) {
+        let version = u64::try_from(version).unwrap_or(0);
+        self.versions.send_if_modified(|current| {
+            if version > *current {
+                *current = version;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
