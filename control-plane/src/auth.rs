@@ -11,9 +11,7 @@ use crate::state::{AppState, TokenDigest};
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 pub fn check(headers: &HeaderMap, expected: &TokenDigest) -> Result<(), ApiError> {

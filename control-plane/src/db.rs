@@ -70,7 +70,10 @@ pub fn now() -> String {
 
 /// A new resource id: `<kind>_` and 20 random alphanumerics.
 pub fn new_id(kind: &str) -> String {
-    format!("{kind}_{}", Alphanumeric.sample_string(&mut rand::rng(), 20))
+    format!(
+        "{kind}_{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 20)
+    )
 }
 
 /// Whether a sqlx error is a UNIQUE constraint violation.

@@ -30,11 +30,9 @@ where
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::JsonDataError(e) => ApiError::invalid("invalid_body", e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            e.body_text(),
-        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
+        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

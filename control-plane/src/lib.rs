@@ -43,11 +43,7 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "No such endpoint.",
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such endpoint.")
 }
 
 async fn method_not_allowed() -> ApiError {

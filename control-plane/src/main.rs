@@ -74,7 +74,10 @@ fn token_or_generate(given: Option<String>, what: &str, prefix: &str) -> anyhow:
         Some(token) if token.trim().len() >= 16 => Ok(token.trim().to_owned()),
         Some(_) => anyhow::bail!("the {what} must be at least 16 characters"),
         None => {
-            let token = format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 40));
+            let token = format!(
+                "{prefix}{}",
+                Alphanumeric.sample_string(&mut rand::rng(), 40)
+            );
             // Printed once, to stdout only, never logged.
             println!("{what} (shown once): {token}");
             Ok(token)

@@ -148,7 +148,10 @@ async fn find<'e>(
     .await
 }
 
-async fn keys_show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<KeyView>> {
+async fn keys_show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyView>> {
     find(&state.db, &id)
         .await?
         .map(Json)
@@ -175,14 +178,16 @@ async fn keys_update(
     };
     let active = input.active.unwrap_or(current.active);
     let name = input.name.unwrap_or(current.name);
-    sqlx::query("UPDATE api_keys SET active = ?, name = ?, updated_at = ?, version = ? WHERE id = ?")
-        .bind(active)
-        .bind(&name)
-        .bind(db::now())
-        .bind(version)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE api_keys SET active = ?, name = ?, updated_at = ?, version = ? WHERE id = ?",
+    )
+    .bind(active)
+    .bind(&name)
+    .bind(db::now())
+    .bind(version)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
     let updated = find(&mut *tx, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("API key", &id))?;
@@ -191,7 +196,10 @@ async fn keys_update(
     Ok(Json(updated))
 }
 
-async fn keys_delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn keys_delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let now = db::now();
     // A tombstone, not a DELETE: filters learn of deletions from the version feed.

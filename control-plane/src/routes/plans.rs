@@ -86,9 +86,8 @@ const PLAN_COLUMNS: &str = "id, name, limits, monthly_quota, max_api_keys, creat
 fn to_i64(field: &str, value: Option<u64>) -> Result<Option<i64>, ApiError> {
     value
         .map(|v| {
-            i64::try_from(v).map_err(|_| {
-                ApiError::invalid("invalid_plan", format!("{field} is too large."))
-            })
+            i64::try_from(v)
+                .map_err(|_| ApiError::invalid("invalid_plan", format!("{field} is too large.")))
         })
         .transpose()
 }
@@ -165,7 +164,10 @@ pub(crate) async fn find(db: &db::Db, id: &str) -> Result<Option<PlanRow>, sqlx:
         .await
 }
 
-async fn plans_show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<PlanView>> {
+async fn plans_show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PlanView>> {
     let row = find(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("plan", &id))?;

@@ -79,7 +79,11 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
     let version = u64::try_from(version).unwrap_or(0);
     // A filter ahead of us means our database was replaced: send everything.
     let since = if since > version {
-        tracing::warn!(since, version, "sync client is ahead of the database; sending a full snapshot");
+        tracing::warn!(
+            since,
+            version,
+            "sync client is ahead of the database; sending a full snapshot"
+        );
         0
     } else {
         since

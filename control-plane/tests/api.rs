@@ -1,0 +1,468 @@
+//! The admin API and the sync feed, driven through `app(state).oneshot(..)` on in-memory SQLite.
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tollgate_control_plane::{app, db, AppState};
+use tollgate_core::key::{ApiKey, KeyHash};
+use tollgate_core::wire::SyncResponse;
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-token-for-tests";
+const SYNC: &str = "sync-token-for-tests";
+
+async fn test_app() -> (Router, AppState) {
+    let pool = db::connect_memory().await.unwrap();
+    db::migrate(&pool).await.unwrap();
+    let state = AppState::new(pool, ADMIN, SYNC, 0);
+    (app(state.clone()), state)
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_owned())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+async fn admin(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Reply {
+    let body = body.map(|b| b.to_string());
+    send(app, method, uri, Some(ADMIN), body.as_deref()).await
+}
+
+fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(reply.content_type, "application/problem+json");
+    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], status.as_u16());
+    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+async fn plan(app: &Router, max_api_keys: Option<u64>) -> String {
+    let r = admin(
+        app,
+        Method::POST,
+        "/v1/plans",
+        Some(json!({"name": format!("plan-{}", db::new_id("x")), "limits": [{"name": "per-second", "max": 5, "window_seconds": 1, "burst": 10}], "max_api_keys": max_api_keys})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+async fn tenant(app: &Router, plan_id: &str) -> String {
+    let r = admin(
+        app,
+        Method::POST,
+        "/v1/tenants",
+        Some(json!({"name": db::new_id("acme"), "plan_id": plan_id})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+async fn key(app: &Router, tenant_id: &str) -> (String, String) {
+    let r = admin(
+        app,
+        Method::POST,
+        &format!("/v1/tenants/{tenant_id}/keys"),
+        Some(json!({"name": "ci"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    (
+        r.body["id"].as_str().unwrap().to_owned(),
+        r.body["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn sync(app: &Router, since: u64) -> SyncResponse {
+    let r = send(
+        app,
+        Method::GET,
+        &format!("/v1/sync?since={since}"),
+        Some(SYNC),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    serde_json::from_value(r.body).unwrap()
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_admin_token() {
+    let (app, _) = test_app().await;
+    let r = send(&app, Method::GET, "/v1/plans", None, None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = send(&app, Method::GET, "/v1/plans", Some("wrong"), None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = send(&app, Method::GET, "/v1/plans", Some(SYNC), None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = send(&app, Method::GET, "/v1/sync", Some(ADMIN), None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn plan_create_and_show() {
+    let (app, _) = test_app().await;
+    let r = admin(
+        &app,
+        Method::POST,
+        "/v1/plans",
+        Some(json!({"name": "Pro", "limits": [{"name": "per-minute", "max": 600, "window_seconds": 60}], "monthly_quota": 10000, "max_api_keys": 5})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.body["id"].as_str().unwrap();
+    let shown = admin(&app, Method::GET, &format!("/v1/plans/{id}"), None).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.body["name"], "Pro");
+    assert_eq!(shown.body["limits"][0]["max"], 600);
+    assert_eq!(shown.body["monthly_quota"], 10000);
+    let dup = admin(
+        &app,
+        Method::POST,
+        "/v1/plans",
+        Some(json!({"name": "Pro", "limits": []})),
+    )
+    .await;
+    assert_problem(&dup, StatusCode::CONFLICT, "plan_name_taken");
+    let list = admin(&app, Method::GET, "/v1/plans", None).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_4xx_never_a_500() {
+    let (app, state) = test_app().await;
+    let cases: Vec<(&str, StatusCode, &str)> = vec![
+        ("{", StatusCode::BAD_REQUEST, "malformed_json"),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (
+            r#"{"name": 5, "limits": []}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            r#"{"limits": []}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            r#"{"name": "x", "limits": [], "extra": 1}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            r#"{"name": "", "limits": []}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+        ),
+        (
+            r#"{"name": "x", "limits": [{"name": "a", "max": 0, "window_seconds": 1}]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+        ),
+        (
+            r#"{"name": "x", "limits": [{"name": "a", "max": -1, "window_seconds": 1}]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            r#"{"name": "x", "limits": [{"name": "a b", "max": 1, "window_seconds": 1}]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+        ),
+        (
+            r#"{"name": "x", "limits": [], "max_api_keys": 99999999999999999999}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            r#"{"name": "x", "limits": [], "max_api_keys": 18446744073709551615}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let r = send(&app, Method::POST, "/v1/plans", Some(ADMIN), Some(body)).await;
+        assert_problem(&r, status, code);
+    }
+    let huge = format!(r#"{{"name": "{}", "limits": []}}"#, "x".repeat(100_000));
+    let r = send(&app, Method::POST, "/v1/plans", Some(ADMIN), Some(&huge)).await;
+    assert_problem(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    let req = Request::post("/v1/plans")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("{}"))
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let r = admin(&app, Method::GET, "/v1/plans/plan_nope", None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = admin(&app, Method::GET, "/v1/nothing-here", None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = admin(&app, Method::PUT, "/v1/plans", None).await;
+    assert_problem(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let r = admin(
+        &app,
+        Method::POST,
+        "/v1/tenants",
+        Some(json!({"name": "a", "plan_id": "plan_nope"})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "plan_not_found");
+    let r = admin(
+        &app,
+        Method::POST,
+        "/v1/tenants/tnt_nope/keys",
+        Some(json!({"name": "a"})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    // Nothing was written by any of the above.
+    assert_eq!(db::current_version(&state.db).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn failed_writes_leave_nothing_behind() {
+    let (app, state) = test_app().await;
+    let before = db::current_version(&state.db).await.unwrap();
+    let p = plan(&app, Some(1)).await;
+    let t = tenant(&app, &p).await;
+    key(&app, &t).await;
+    let after_writes = db::current_version(&state.db).await.unwrap();
+    assert_eq!(
+        after_writes,
+        before + 2,
+        "plan and key each bump the version once"
+    );
+    let r = admin(
+        &app,
+        Method::POST,
+        &format!("/v1/tenants/{t}/keys"),
+        Some(json!({"name": "second"})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::CONFLICT, "key_limit_reached");
+    let r = admin(
+        &app,
+        Method::POST,
+        "/v1/plans",
+        Some(json!({"name": "bad", "limits": [{"name": "a", "max": 0, "window_seconds": 1}]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(db::current_version(&state.db).await.unwrap(), after_writes);
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_and_stored_hashed() {
+    let (app, state) = test_app().await;
+    let p = plan(&app, None).await;
+    let t = tenant(&app, &p).await;
+    let (id, plaintext) = key(&app, &t).await;
+    let parsed = ApiKey::parse(&plaintext).expect("issued keys are well-formed");
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.body["prefix"], parsed.display_prefix());
+    assert_eq!(shown.body["active"], true);
+    let text = shown.body.to_string();
+    assert!(!text.contains(&plaintext));
+    assert!(!text.contains(&parsed.hash().to_hex()));
+    assert!(shown.body.get("key").is_none());
+    let stored: String = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = ?")
+        .bind(&id)
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, KeyHash::of(plaintext.as_bytes()).to_hex());
+    let everything: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, name, prefix FROM api_keys")
+            .fetch_all(&state.db)
+            .await
+            .unwrap();
+    assert!(everything.iter().all(|(a, b, c)| !a.contains(&plaintext)
+        && !b.contains(&plaintext)
+        && !c.contains(&plaintext)));
+}
+
+#[tokio::test]
+async fn key_lifecycle_reaches_the_sync_feed() {
+    let (app, _) = test_app().await;
+    let p = plan(&app, None).await;
+    let t = tenant(&app, &p).await;
+    let (id, plaintext) = key(&app, &t).await;
+    let hash = KeyHash::of(plaintext.as_bytes()).to_hex();
+
+    let full = sync(&app, 0).await;
+    assert_eq!(full.plans.len(), 1);
+    assert_eq!(full.keys.len(), 1);
+    assert_eq!(full.keys[0].hash, hash);
+    assert_eq!(full.keys[0].plan_id, p);
+    assert!(full.keys[0].active);
+    let v1 = full.version;
+
+    let nothing = sync(&app, v1).await;
+    assert_eq!(
+        (nothing.version, nothing.keys.len(), nothing.plans.len()),
+        (v1, 0, 0)
+    );
+
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        Some(json!({"active": false})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["active"], false);
+    let delta = sync(&app, v1).await;
+    assert!(delta.version > v1);
+    assert_eq!(delta.keys.len(), 1);
+    assert!(!delta.keys[0].active);
+    assert!(delta.plans.is_empty());
+
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        Some(json!({"active": "no"})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+
+    let r = admin(&app, Method::DELETE, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let gone = sync(&app, delta.version).await;
+    assert_eq!(gone.deleted_keys, vec![hash]);
+    assert!(gone.keys.is_empty());
+    assert!(sync(&app, 0).await.keys.is_empty());
+    let r = admin(&app, Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = admin(&app, Method::DELETE, &format!("/v1/keys/{id}"), None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        Some(json!({"active": true})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_as_soon_as_something_changes() {
+    let (app, _) = test_app().await;
+    let p = plan(&app, None).await;
+    let t = tenant(&app, &p).await;
+    let v = sync(&app, 0).await.version;
+    let poller = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = send(
+                &app,
+                Method::GET,
+                &format!("/v1/sync?since={v}&wait_ms=30000"),
+                Some(SYNC),
+                None,
+            )
+            .await;
+            (
+                r.status,
+                serde_json::from_value::<SyncResponse>(r.body).unwrap(),
+                started.elapsed(),
+            )
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    key(&app, &t).await;
+    let (status, delta, elapsed) = poller.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(delta.keys.len(), 1);
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn sync_rejects_bad_queries() {
+    let (app, _) = test_app().await;
+    let r = send(&app, Method::GET, "/v1/sync?since=abc", Some(SYNC), None).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
+    let r = send(
+        &app,
+        Method::GET,
+        "/v1/sync?wait_ms=999999",
+        Some(SYNC),
+        None,
+    )
+    .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
+    let r = send(&app, Method::GET, "/v1/sync?bogus=1", Some(SYNC), None).await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
+}
+
+#[tokio::test]
+async fn healthz_answers() {
+    let (app, _) = test_app().await;
+    let r = send(&app, Method::GET, "/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "ok");
+}
