@@ -35,7 +35,7 @@ fn div_ceil(a: u128, b: u128) -> u128 {
     if b == 0 {
         return 0;
     }
-    a / b + u128::from(a % b != 0)
+    a.div_ceil(b)
 }
 
 fn clamp_u64(v: u128) -> u64 {
@@ -139,7 +139,10 @@ mod tests {
         assert!(!consume(&mut b, &l, 1, t0));
         assert_eq!(b.check(&l, 1), Check::Deny { wait_ms: 1000 });
         assert!(!consume(&mut b, &l, 1, t0 + 999));
-        assert_eq!(b.refilled(&l, t0 + 999).check(&l, 1), Check::Deny { wait_ms: 1 });
+        assert_eq!(
+            b.refilled(&l, t0 + 999).check(&l, 1),
+            Check::Deny { wait_ms: 1 }
+        );
         assert!(consume(&mut b, &l, 1, t0 + 1000));
         assert!(!consume(&mut b, &l, 1, t0 + 1000));
     }

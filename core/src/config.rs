@@ -135,7 +135,9 @@ impl TryFrom<&WirePlan> for Plan {
             }
         }
         if wire.monthly_quota == Some(0) {
-            return Err(invalid("monthly_quota must be at least 1 (omit it for none)"));
+            return Err(invalid(
+                "monthly_quota must be at least 1 (omit it for none)",
+            ));
         }
         Ok(Self {
             id: wire.id.clone(),
@@ -213,7 +215,10 @@ mod tests {
             (wire_limit("x\"", 1, 1, None), "limit name"),
             (wire_limit("x", 0, 1, None), "max"),
             (wire_limit("x", 1, 0, None), "window_seconds"),
-            (wire_limit("x", 1, MAX_WINDOW_SECONDS + 1, None), "window_seconds"),
+            (
+                wire_limit("x", 1, MAX_WINDOW_SECONDS + 1, None),
+                "window_seconds",
+            ),
             (wire_limit("x", 1, 1, Some(0)), "burst"),
             (wire_limit("x", MAX_TOKENS + 1, 1, None), "max"),
         ] {

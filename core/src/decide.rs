@@ -8,7 +8,9 @@
 use crate::bucket::{ceil_seconds, Bucket, Check};
 use crate::config::{Limit, Plan};
 use crate::key::ApiKey;
-use crate::layout::{applied_version, buckets_key, decode_buckets, encode_buckets, read_key, read_plan};
+use crate::layout::{
+    applied_version, buckets_key, decode_buckets, encode_buckets, read_key, read_plan,
+};
 use crate::store::{SetError, SharedStore};
 
 /// How many times a bucket update is retried when another worker wrote first.
@@ -22,7 +24,10 @@ pub struct RequestFacts<'a> {
 }
 
 /// The key a client presented: `x-api-key`, else `Authorization: Bearer <key>`.
-pub fn presented_key<'a>(x_api_key: Option<&'a str>, authorization: Option<&'a str>) -> Option<&'a str> {
+pub fn presented_key<'a>(
+    x_api_key: Option<&'a str>,
+    authorization: Option<&'a str>,
+) -> Option<&'a str> {
     if let Some(key) = x_api_key.map(str::trim).filter(|k| !k.is_empty()) {
         return Some(key);
     }
@@ -133,7 +138,12 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
     };
     let key = match ApiKey::parse(presented) {
         Ok(key) => key,
-        Err(why) => return deny(DenyReason::InvalidApiKey, format!("The API key is malformed: {why}.")),
+        Err(why) => {
+            return deny(
+                DenyReason::InvalidApiKey,
+                format!("The API key is malformed: {why}."),
+            )
+        }
     };
     if applied_version(store).is_none() {
         return deny(
@@ -146,7 +156,10 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
         return deny(DenyReason::InvalidApiKey, "The API key is not known.");
     };
     if !record.active {
-        return deny(DenyReason::DisabledApiKey, "The API key has been deactivated.");
+        return deny(
+            DenyReason::DisabledApiKey,
+            "The API key has been deactivated.",
+        );
     }
     let Some(plan) = read_plan(store, &record.plan_id) else {
         return deny(
@@ -267,11 +280,20 @@ fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms
             };
         }
 
-        let encoded = encode_buckets(plan.limits.iter().map(|l| l.name.as_str()).zip(after.iter().copied()));
+        let encoded = encode_buckets(
+            plan.limits
+                .iter()
+                .map(|l| l.name.as_str())
+                .zip(after.iter().copied()),
+        );
         match store.set(entry, Some(&encoded), cas) {
             Ok(()) => {
                 return Consumed::Admitted(
-                    plan.limits.iter().zip(&after).map(|(l, b)| status(l, b)).collect(),
+                    plan.limits
+                        .iter()
+                        .zip(&after)
+                        .map(|(l, b)| status(l, b))
+                        .collect(),
                 )
             }
             Err(SetError::CasMismatch) => continue,
@@ -292,7 +314,7 @@ mod tests {
     const T0: u64 = 1_800_000_000_000;
 
     fn key(n: u8) -> ApiKey {
-        let body: String = core::iter::repeat((b'a' + n) as char).take(32).collect();
+        let body: String = core::iter::repeat_n((b'a' + n) as char, 32).collect();
         ApiKey::from_body(&body).unwrap()
     }
 
@@ -360,20 +382,29 @@ mod tests {
             reason(&decide(&RequestFacts::default(), &empty, T0)),
             Some(DenyReason::MissingApiKey)
         );
-        assert_eq!(reason(&run(&empty, "tg_nope", T0)), Some(DenyReason::InvalidApiKey));
+        assert_eq!(
+            reason(&run(&empty, "tg_nope", T0)),
+            Some(DenyReason::InvalidApiKey)
+        );
         // Malformed keys are refused before the config check.
         assert_eq!(
             reason(&run(&empty, key(1).expose(), T0)),
             Some(DenyReason::ConfigUnavailable)
         );
         let (store, _) = store_with(vec![], true);
-        assert_eq!(reason(&run(&store, key(1).expose(), T0)), Some(DenyReason::InvalidApiKey));
+        assert_eq!(
+            reason(&run(&store, key(1).expose(), T0)),
+            Some(DenyReason::InvalidApiKey)
+        );
     }
 
     #[crate::testing::test]
     fn disabled_key_is_refused() {
         let (store, k) = store_with(vec![limit("s", 1, 1, None)], false);
-        assert_eq!(reason(&run(&store, k.expose(), T0)), Some(DenyReason::DisabledApiKey));
+        assert_eq!(
+            reason(&run(&store, k.expose(), T0)),
+            Some(DenyReason::DisabledApiKey)
+        );
     }
 
     #[crate::testing::test]
@@ -382,7 +413,14 @@ mod tests {
         let Decision::Allow(a) = run(&store, k.expose(), T0) else {
             panic!("expected allow")
         };
-        assert_eq!((a.tenant_id.as_str(), a.key_id.as_str(), a.plan_name.as_str()), ("tnt_1", "key_1", "Pro"));
+        assert_eq!(
+            (
+                a.tenant_id.as_str(),
+                a.key_id.as_str(),
+                a.plan_name.as_str()
+            ),
+            ("tnt_1", "key_1", "Pro")
+        );
         assert_eq!(
             a.policies,
             vec![PolicyStatus {
@@ -407,14 +445,20 @@ mod tests {
         assert_eq!(d.retry_after, Some(1));
         assert_eq!(d.violated, vec!["per-second".to_owned()]);
         assert_eq!(d.policies[0].remaining, 0);
-        assert_eq!(reason(&run(&store, k.expose(), T0 + 499)), Some(DenyReason::RateLimited));
+        assert_eq!(
+            reason(&run(&store, k.expose(), T0 + 499)),
+            Some(DenyReason::RateLimited)
+        );
         assert!(reason(&run(&store, k.expose(), T0 + 500)).is_none());
     }
 
     #[crate::testing::test]
     fn a_refused_request_consumes_from_no_window() {
         let (store, k) = store_with(
-            vec![limit("per-second", 1, 1, None), limit("per-hour", 100, 3600, None)],
+            vec![
+                limit("per-second", 1, 1, None),
+                limit("per-hour", 100, 3600, None),
+            ],
             true,
         );
         let Decision::Allow(first) = run(&store, k.expose(), T0) else {
@@ -422,7 +466,10 @@ mod tests {
         };
         assert_eq!(first.policies[1].remaining, 99);
         for _ in 0..5 {
-            assert_eq!(reason(&run(&store, k.expose(), T0)), Some(DenyReason::RateLimited));
+            assert_eq!(
+                reason(&run(&store, k.expose(), T0)),
+                Some(DenyReason::RateLimited)
+            );
         }
         let Decision::Allow(next) = run(&store, k.expose(), T0 + 1000) else {
             panic!()
@@ -433,7 +480,10 @@ mod tests {
     #[crate::testing::test]
     fn retry_after_comes_from_the_denying_policy() {
         let (store, k) = store_with(
-            vec![limit("per-second", 10, 1, None), limit("per-minute", 1, 60, None)],
+            vec![
+                limit("per-second", 10, 1, None),
+                limit("per-minute", 1, 60, None),
+            ],
             true,
         );
         assert!(reason(&run(&store, k.expose(), T0)).is_none());

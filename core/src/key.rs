@@ -88,7 +88,11 @@ impl ApiKey {
         if body.len() != BODY_LEN || sum.len() != CHECKSUM_LEN {
             return Err(MalformedKey::BadCharacter);
         }
-        if !body.bytes().chain(sum.bytes()).all(|b| b.is_ascii_alphanumeric()) {
+        if !body
+            .bytes()
+            .chain(sum.bytes())
+            .all(|b| b.is_ascii_alphanumeric())
+        {
             return Err(MalformedKey::BadCharacter);
         }
         let signed = presented.get(..KEY_PREFIX.len() + BODY_LEN).unwrap_or("");

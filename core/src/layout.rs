@@ -108,7 +108,10 @@ pub enum ApplyError {
     Invalid(InvalidConfig),
     Write(SetError),
     /// The response is older than what is already applied.
-    Stale { applied: u64, offered: u64 },
+    Stale {
+        applied: u64,
+        offered: u64,
+    },
 }
 
 impl core::fmt::Display for ApplyError {
@@ -117,7 +120,10 @@ impl core::fmt::Display for ApplyError {
             Self::Invalid(e) => write!(f, "invalid config, none of it applied: {e}"),
             Self::Write(e) => write!(f, "{e}"),
             Self::Stale { applied, offered } => {
-                write!(f, "offered version {offered} is older than applied {applied}")
+                write!(
+                    f,
+                    "offered version {offered} is older than applied {applied}"
+                )
             }
         }
     }
@@ -249,10 +255,16 @@ mod tests {
         let before = store.keys();
         let mut bad = sync_with_key(2, &KeyHash::of(b"other"));
         bad.plans[0].limits[0].max = 0;
-        assert!(matches!(apply_sync(&store, &bad), Err(ApplyError::Invalid(_))));
+        assert!(matches!(
+            apply_sync(&store, &bad),
+            Err(ApplyError::Invalid(_))
+        ));
         let mut bad = sync_with_key(2, &KeyHash::of(b"other"));
         bad.deleted_keys.push("xyz".into());
-        assert!(matches!(apply_sync(&store, &bad), Err(ApplyError::Invalid(_))));
+        assert!(matches!(
+            apply_sync(&store, &bad),
+            Err(ApplyError::Invalid(_))
+        ));
         assert_eq!(store.keys(), before);
         assert_eq!(applied_version(&store), Some(1));
     }
@@ -290,9 +302,7 @@ mod tests {
                 last_fill_ms: 9,
             },
         )]);
-        store
-            .set(&buckets_key(&hash), Some(&state), None)
-            .unwrap();
+        store.set(&buckets_key(&hash), Some(&state), None).unwrap();
         let mut update = sync_with_key(2, &hash);
         update.keys[0].active = false;
         apply_sync(&store, &update).unwrap();

@@ -33,8 +33,8 @@ pub mod wire;
 
 #[cfg(test)]
 pub(crate) mod testing {
-    #[cfg(target_arch = "wasm32")]
-    pub use wasm_bindgen_test::wasm_bindgen_test as test;
     #[cfg(not(target_arch = "wasm32"))]
     pub use core::prelude::v1::test;
+    #[cfg(target_arch = "wasm32")]
+    pub use wasm_bindgen_test::wasm_bindgen_test as test;
 }

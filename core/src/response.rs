@@ -25,10 +25,11 @@ pub fn upstream_headers(allowed: &Allowed) -> [(&'static str, &str); 3] {
 
 /// `RateLimit-Policy`, `RateLimit` and `X-RateLimit-*` for the given policies (none if empty).
 pub fn rate_limit_headers(policies: &[PolicyStatus]) -> Vec<(&'static str, String)> {
-    let Some(tightest) = policies
-        .iter()
-        .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset_seconds.cmp(&a.reset_seconds)))
-    else {
+    let Some(tightest) = policies.iter().min_by(|a, b| {
+        a.remaining
+            .cmp(&b.remaining)
+            .then(b.reset_seconds.cmp(&a.reset_seconds))
+    }) else {
         return Vec::new();
     };
     let policy = policies
@@ -58,7 +59,10 @@ struct Problem<'a> {
     status: u32,
     detail: &'a str,
     code: &'a str,
-    #[serde(rename = "violated-policies", skip_serializing_if = "<[String]>::is_empty")]
+    #[serde(
+        rename = "violated-policies",
+        skip_serializing_if = "<[String]>::is_empty"
+    )]
     violated_policies: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
@@ -76,7 +80,9 @@ pub struct LocalReply {
 /// rate-limit draft points to.
 pub fn problem_type(reason: DenyReason) -> String {
     match reason {
-        DenyReason::RateLimited => "https://iana.org/assignments/http-problem-types#quota-exceeded".into(),
+        DenyReason::RateLimited => {
+            "https://iana.org/assignments/http-problem-types#quota-exceeded".into()
+        }
         other => format!("urn:tollgate:problem:{}", other.code()),
     }
 }
@@ -124,10 +130,24 @@ mod tests {
 
     #[crate::testing::test]
     fn headers_list_every_policy_and_the_tightest_in_x_headers() {
-        let h = rate_limit_headers(&[p("per-second", 10, 1, 7, 1), p("per-hour", 1000, 3600, 3, 900)]);
-        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str()).unwrap();
-        assert_eq!(get("ratelimit-policy"), "\"per-second\";q=10;w=1, \"per-hour\";q=1000;w=3600");
-        assert_eq!(get("ratelimit"), "\"per-second\";r=7;t=1, \"per-hour\";r=3;t=900");
+        let h = rate_limit_headers(&[
+            p("per-second", 10, 1, 7, 1),
+            p("per-hour", 1000, 3600, 3, 900),
+        ]);
+        let get = |n: &str| {
+            h.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.as_str())
+                .unwrap()
+        };
+        assert_eq!(
+            get("ratelimit-policy"),
+            "\"per-second\";q=10;w=1, \"per-hour\";q=1000;w=3600"
+        );
+        assert_eq!(
+            get("ratelimit"),
+            "\"per-second\";r=7;t=1, \"per-hour\";r=3;t=900"
+        );
         assert_eq!(get("x-ratelimit-limit"), "1000");
         assert_eq!(get("x-ratelimit-remaining"), "3");
         assert_eq!(get("x-ratelimit-reset"), "900");
@@ -145,7 +165,9 @@ mod tests {
         });
         assert_eq!(reply.status, 429);
         assert!(reply.headers.contains(&("retry-after", "3".into())));
-        assert!(reply.headers.contains(&("content-type", "application/problem+json".into())));
+        assert!(reply
+            .headers
+            .contains(&("content-type", "application/problem+json".into())));
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["code"], "rate_limited");
         assert_eq!(body["status"], 429);
@@ -163,7 +185,10 @@ mod tests {
             violated: vec![],
         });
         assert_eq!(reply.status, 401);
-        assert!(!reply.headers.iter().any(|(k, _)| k.starts_with("x-ratelimit") || *k == "retry-after"));
+        assert!(!reply
+            .headers
+            .iter()
+            .any(|(k, _)| k.starts_with("x-ratelimit") || *k == "retry-after"));
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["code"], "invalid_api_key");
         assert!(body.get("violated-policies").is_none());

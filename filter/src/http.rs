@@ -3,9 +3,11 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
-use tollgate_core::decide::{decide, presented_key, Decision, DenyReason, Denied, RequestFacts};
+use tollgate_core::decide::{decide, presented_key, Decision, Denied, DenyReason, RequestFacts};
 use tollgate_core::key::KEY_PREFIX;
-use tollgate_core::response::{local_reply, rate_limit_headers, upstream_headers, STRIPPED_REQUEST_HEADERS};
+use tollgate_core::response::{
+    local_reply, rate_limit_headers, upstream_headers, STRIPPED_REQUEST_HEADERS,
+};
 
 use crate::host::{now_ms, HostStore};
 
@@ -17,7 +19,9 @@ pub struct TollgateHttp {
 impl Context for TollgateHttp {}
 
 fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
 }
 
 fn set_request_header(name: &str, value: Option<&str>) {
@@ -26,9 +30,16 @@ fn set_request_header(name: &str, value: Option<&str>) {
 
 fn reply(denied: &Denied) -> Action {
     let reply = local_reply(denied);
-    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
     if let Err(status) = hostcalls::send_http_response(reply.status, headers, Some(&reply.body)) {
-        let _ = hostcalls::log(LogLevel::Error, &format!("tollgate: cannot send local reply: {status:?}"));
+        let _ = hostcalls::log(
+            LogLevel::Error,
+            &format!("tollgate: cannot send local reply: {status:?}"),
+        );
     }
     Action::Pause
 }

@@ -23,7 +23,13 @@ pub struct TollgateRoot {
 }
 
 impl Context for TollgateRoot {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         if let Some(sync) = self.sync.as_mut() {
             sync.on_response(token, body_size);
         }
@@ -42,7 +48,12 @@ impl RootContext for TollgateRoot {
             match serde_json::from_slice(&raw) {
                 Ok(config) => config,
                 Err(e) => {
-                    let _ = hostcalls::log(LogLevel::Error, &format!("tollgate: bad plugin configuration, keeping the previous one: {e}"));
+                    let _ = hostcalls::log(
+                        LogLevel::Error,
+                        &format!(
+                            "tollgate: bad plugin configuration, keeping the previous one: {e}"
+                        ),
+                    );
                     return false;
                 }
             }
@@ -50,7 +61,10 @@ impl RootContext for TollgateRoot {
         match config.sync {
             Some(sync_config) => {
                 if let Err(e) = sync_config.validate() {
-                    let _ = hostcalls::log(LogLevel::Error, &format!("tollgate: bad sync configuration: {e}"));
+                    let _ = hostcalls::log(
+                        LogLevel::Error,
+                        &format!("tollgate: bad sync configuration: {e}"),
+                    );
                     return false;
                 }
                 match self.sync.as_mut() {
@@ -58,7 +72,8 @@ impl RootContext for TollgateRoot {
                     None => self.sync = Some(SyncLoop::new(sync_config)),
                 }
                 if hostcalls::set_tick_period(crate::sync::TICK).is_err() {
-                    let _ = hostcalls::log(LogLevel::Error, "tollgate: cannot start the sync timer");
+                    let _ =
+                        hostcalls::log(LogLevel::Error, "tollgate: cannot start the sync timer");
                     return false;
                 }
             }

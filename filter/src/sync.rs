@@ -129,7 +129,13 @@ impl SyncLoop {
         ) {
             Ok(token) => self.in_flight = Some((token, now)),
             Err(status) => {
-                log(LogLevel::Warn, &format!("tollgate: sync dispatch to cluster {} failed: {status:?}", self.config.cluster));
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate: sync dispatch to cluster {} failed: {status:?}",
+                        self.config.cluster
+                    ),
+                );
                 self.back_off(now);
             }
         }
@@ -156,10 +162,15 @@ impl SyncLoop {
             .flatten();
         if status.as_deref() != Some("200") {
             if self.failures == 0 {
-                log(LogLevel::Warn, &format!(
-                    "tollgate: sync poll failed (status {}); enforcing the last applied config",
-                    status.as_deref().unwrap_or("none: control plane unreachable")
-                ));
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "tollgate: sync poll failed (status {}); enforcing the last applied config",
+                        status
+                            .as_deref()
+                            .unwrap_or("none: control plane unreachable")
+                    ),
+                );
             }
             self.back_off(now);
             return;
@@ -171,7 +182,10 @@ impl SyncLoop {
         let sync: SyncResponse = match serde_json::from_slice(&body) {
             Ok(sync) => sync,
             Err(e) => {
-                log(LogLevel::Error, &format!("tollgate: sync response is not valid JSON: {e}"));
+                log(
+                    LogLevel::Error,
+                    &format!("tollgate: sync response is not valid JSON: {e}"),
+                );
                 self.back_off(now);
                 return;
             }
@@ -194,7 +208,10 @@ impl SyncLoop {
                 }
             }
             Err(e) => {
-                log(LogLevel::Error, &format!("tollgate: sync response refused: {e}"));
+                log(
+                    LogLevel::Error,
+                    &format!("tollgate: sync response refused: {e}"),
+                );
                 self.back_off(now);
             }
         }
