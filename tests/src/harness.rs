@@ -1,0 +1,360 @@
+//! A real Tollgate stack for one test: the control plane binary on SQLite, the
+//! demo upstream, and Envoy 1.40 with `filter.wasm`, each a child process on
+//! loopback ports of its own, all killed (by pid) when the [`Stack`] drops.
+//!
+//! Paths come from the environment that `cargo xtask test` sets:
+//! `TOLLGATE_ENVOY`, `TOLLGATE_FILTER_WASM`, `TOLLGATE_CONTROL_PLANE`,
+//! `TOLLGATE_DEMO_UPSTREAM`, `TOLLGATE_ENVOY_TEMPLATE`.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{render_envoy_config, EnvoyValues};
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+pub const SYNC_TOKEN: &str = "e2e-sync-token-0123456789";
+
+fn env_path(name: &str) -> PathBuf {
+    let value = std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through `cargo xtask test`")
+    });
+    let path = PathBuf::from(value);
+    assert!(path.exists(), "{name}={} does not exist", path.display());
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
+/// with `what` in the message. Returns the value and how long it took.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return (value, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("a response body");
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub envoy_port: u16,
+    pub envoy_admin_port: u16,
+    pub control_plane_port: u16,
+    pub upstream_port: u16,
+    control_plane: Option<Child>,
+    upstream: Option<Child>,
+    envoy: Option<Child>,
+    pub client: reqwest::Client,
+}
+
+impl Stack {
+    /// Control plane, upstream and Envoy (2 workers), all ready.
+    pub async fn start() -> Self {
+        let mut stack = Self::start_without_control_plane().await;
+        stack.start_control_plane().await;
+        stack
+    }
+
+    /// Upstream and Envoy only: Envoy has never had config.
+    pub async fn start_without_control_plane() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut stack = Self {
+            envoy_port: free_port(),
+            envoy_admin_port: free_port(),
+            control_plane_port: free_port(),
+            upstream_port: free_port(),
+            dir,
+            control_plane: None,
+            upstream: None,
+            envoy: None,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client"),
+        };
+        stack.start_upstream().await;
+        stack.start_envoy().await;
+        stack
+    }
+
+    fn log_file(&self, name: &str) -> Stdio {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(name))
+            .expect("a log file");
+        Stdio::from(file)
+    }
+
+    async fn wait_ready(&self, what: &str, url: String) {
+        let client = self.client.clone();
+        eventually(Duration::from_secs(30), what, || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn start_upstream(&mut self) {
+        let child = Command::new(env_path("TOLLGATE_DEMO_UPSTREAM"))
+            .args(["--addr", &format!("127.0.0.1:{}", self.upstream_port)])
+            .stdout(self.log_file("upstream.log"))
+            .stderr(self.log_file("upstream.log"))
+            .spawn()
+            .expect("demo-upstream starts");
+        self.upstream = Some(child);
+        self.wait_ready(
+            "the demo upstream",
+            format!("http://127.0.0.1:{}/", self.upstream_port),
+        )
+        .await;
+    }
+
+    async fn start_envoy(&mut self) {
+        let template = std::fs::read_to_string(env_path("TOLLGATE_ENVOY_TEMPLATE"))
+            .expect("the Envoy template");
+        let filter = env_path("TOLLGATE_FILTER_WASM");
+        let config = render_envoy_config(
+            &template,
+            &EnvoyValues {
+                envoy_port: self.envoy_port,
+                envoy_admin_port: self.envoy_admin_port,
+                upstream_port: self.upstream_port,
+                control_plane_port: self.control_plane_port,
+                filter_wasm: filter.display().to_string(),
+                sync_token: SYNC_TOKEN.to_owned(),
+            },
+        )
+        .expect("the template renders");
+        let path = self.dir.path().join("envoy.yaml");
+        std::fs::write(&path, config).expect("write envoy.yaml");
+        let child = Command::new(env_path("TOLLGATE_ENVOY"))
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--concurrency",
+                "2",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .stdout(self.log_file("envoy.log"))
+            .stderr(self.log_file("envoy.log"))
+            .spawn()
+            .expect("envoy starts");
+        self.envoy = Some(child);
+        self.wait_ready(
+            "Envoy",
+            format!("http://127.0.0.1:{}/ready", self.envoy_admin_port),
+        )
+        .await;
+    }
+
+    /// Starts (or restarts) the control plane on the same port and data directory.
+    pub async fn start_control_plane(&mut self) {
+        let child = Command::new(env_path("TOLLGATE_CONTROL_PLANE"))
+            .arg("serve")
+            .args(["--addr", &format!("127.0.0.1:{}", self.control_plane_port)])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
+            .stdout(self.log_file("control-plane.log"))
+            .stderr(self.log_file("control-plane.log"))
+            .spawn()
+            .expect("control-plane starts");
+        self.control_plane = Some(child);
+        self.wait_ready(
+            "the control plane",
+            format!("http://127.0.0.1:{}/healthz", self.control_plane_port),
+        )
+        .await;
+    }
+
+    /// Kills the control plane and waits until it is gone.
+    pub fn stop_control_plane(&mut self) {
+        if let Some(child) = self.control_plane.take() {
+            stop(child);
+        }
+    }
+
+    pub fn envoy_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.envoy_port)
+    }
+
+    /// One request through Envoy with extra headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.client.get(self.envoy_url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Reply::read(req.send().await.expect("Envoy answers")).await
+    }
+
+    /// One request through Envoy with `x-api-key`.
+    pub async fn get_with_key(&self, key: &str) -> Reply {
+        self.get("/anything", &[("x-api-key", key)]).await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let mut req = self
+            .client
+            .request(
+                method,
+                format!("http://127.0.0.1:{}{path}", self.control_plane_port),
+            )
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        Reply::read(req.send().await.expect("the control plane answers")).await
+    }
+
+    /// Creates a plan with one limit, a tenant on it and a key; returns (key id, plaintext).
+    pub async fn tenant_with_key(&self, limit: Value) -> (String, String) {
+        let plan = self
+            .admin(
+                Method::POST,
+                "/v1/plans",
+                Some(json!({"name": format!("plan-{}", free_port()), "limits": [limit]})),
+            )
+            .await;
+        assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
+        let tenant = self
+            .admin(
+                Method::POST,
+                "/v1/tenants",
+                Some(
+                    json!({"name": format!("tenant-{}", free_port()), "plan_id": plan.body["id"]}),
+                ),
+            )
+            .await;
+        assert_eq!(tenant.status, StatusCode::CREATED, "{:?}", tenant.body);
+        let tenant_id = tenant.body["id"].as_str().expect("tenant id").to_owned();
+        self.new_key(&tenant_id).await
+    }
+
+    pub async fn new_key(&self, tenant_id: &str) -> (String, String) {
+        let key = self
+            .admin(
+                Method::POST,
+                &format!("/v1/tenants/{tenant_id}/keys"),
+                Some(json!({"name": "e2e"})),
+            )
+            .await;
+        assert_eq!(key.status, StatusCode::CREATED, "{:?}", key.body);
+        (
+            key.body["id"].as_str().expect("key id").to_owned(),
+            key.body["key"].as_str().expect("plaintext key").to_owned(),
+        )
+    }
+
+    /// Waits until requests with `key` get `status`; returns how long that took.
+    pub async fn until_status(&self, key: &str, status: u16, limit: Duration) -> Duration {
+        eventually(limit, &format!("status {status} for the key"), || async {
+            (self.get_with_key(key).await.status.as_u16() == status).then_some(())
+        })
+        .await
+        .1
+    }
+
+    /// The last lines of every log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["envoy.log", "control-plane.log", "upstream.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out.push_str(&format!("--- {name} ---\n{tail}\n"));
+        }
+        out
+    }
+}
+
+fn stop(mut child: Child) {
+    // SIGTERM first so servers exit cleanly, SIGKILL if they do not within 5 s.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for child in [
+            self.envoy.take(),
+            self.control_plane.take(),
+            self.upstream.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            stop(child);
+        }
+    }
+}
