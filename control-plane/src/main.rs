@@ -123,8 +123,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     tracing::info!(addr = %args.addr, config_version = version, "control plane listening");
+    let shutting_down = state.shutting_down.clone();
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Answer held long-polls now instead of making shutdown wait for them.
+            shutting_down.send_replace(true);
+        })
         .await?;
     tracing::info!("control plane stopped");
     Ok(())

@@ -38,6 +38,8 @@ pub struct AppState {
     pub sync_token: TokenDigest,
     /// The latest committed config version.
     pub versions: Arc<watch::Sender<u64>>,
+    /// Set when the server is shutting down, so held long-polls end at once.
+    pub shutting_down: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ impl AppState {
             admin_token: TokenDigest::of(admin_token),
             sync_token: TokenDigest::of(sync_token),
             versions: Arc::new(watch::Sender::new(version)),
+            shutting_down: Arc::new(watch::Sender::new(false)),
         }
     }
 

@@ -109,9 +109,10 @@ impl SyncLoop {
         if now < self.next_attempt_ms {
             return;
         }
-        let since = applied_version(&HostStore).unwrap_or(0);
-        // The first poll must not wait: there is nothing to wait for.
-        let wait = if since == 0 { 0 } else { self.config.wait_ms };
+        let applied = applied_version(&HostStore);
+        let since = applied.unwrap_or(0);
+        // Until the first config is applied, ask for everything without waiting.
+        let wait = if applied.is_none() { 0 } else { self.config.wait_ms };
         let path = format!("/v1/sync?since={since}&wait_ms={wait}");
         let auth = format!("Bearer {}", self.config.token);
         let headers = vec![

@@ -51,11 +51,14 @@ async fn sync_poll(
     }
     if params.wait_ms > 0 {
         let mut versions = state.versions.subscribe();
+        let mut shutting_down = state.shutting_down.subscribe();
         let since = params.since;
-        let _ = tokio::time::timeout(
-            Duration::from_millis(params.wait_ms),
-            versions.wait_for(|v| *v > since),
-        )
+        let _ = tokio::time::timeout(Duration::from_millis(params.wait_ms), async {
+            tokio::select! {
+                _ = versions.wait_for(|v| *v > since) => {}
+                _ = shutting_down.wait_for(|down| *down) => {}
+            }
+        })
         .await;
     }
     Ok(Json(changes_since(&state, params.since).await?))

