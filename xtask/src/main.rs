@@ -79,7 +79,9 @@ fn step(name: &str) {
 fn test(args: &[String]) -> Result {
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(other) = args.iter().find(|a| *a != "--quick") {
-        return Err(format!("unknown argument {other:?} (cargo xtask test [--quick])"));
+        return Err(format!(
+            "unknown argument {other:?} (cargo xtask test [--quick])"
+        ));
     }
     step("install what is missing");
     install::rust_bits()?;
@@ -88,11 +90,21 @@ fn test(args: &[String]) -> Result {
     install::node()?;
 
     step("cargo fmt --check");
-    run("cargo fmt --check", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
     step("clippy (host)");
     run(
         "clippy (host)",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     step("clippy (wasm32-wasip1)");
     run(
@@ -119,7 +131,13 @@ fn test(args: &[String]) -> Result {
     run(
         "core tests on wasm32",
         cargo()
-            .args(["test", "-p", "tollgate-core", "--target", "wasm32-unknown-unknown"])
+            .args([
+                "test",
+                "-p",
+                "tollgate-core",
+                "--target",
+                "wasm32-unknown-unknown",
+            ])
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner),
     )?;
     if quick {
@@ -136,7 +154,10 @@ fn test(args: &[String]) -> Result {
             .env("TOLLGATE_FILTER_WASM", filter_wasm())
             .env("TOLLGATE_CONTROL_PLANE", debug_bin("control-plane"))
             .env("TOLLGATE_DEMO_UPSTREAM", debug_bin("demo-upstream"))
-            .env("TOLLGATE_ENVOY_TEMPLATE", root().join("envoy/tollgate.yaml")),
+            .env(
+                "TOLLGATE_ENVOY_TEMPLATE",
+                root().join("envoy/tollgate.yaml"),
+            ),
     )?;
     println!("\nall checks passed");
     Ok(())

@@ -94,7 +94,12 @@ fn http_ok(port: u16, path: &str) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
-fn wait_until(what: &str, limit: Duration, stop: &AtomicBool, mut ready: impl FnMut() -> bool) -> Result {
+fn wait_until(
+    what: &str,
+    limit: Duration,
+    stop: &AtomicBool,
+    mut ready: impl FnMut() -> bool,
+) -> Result {
     let started = Instant::now();
     while !ready() {
         if stop.load(Ordering::SeqCst) {
@@ -154,7 +159,15 @@ pub fn up(args: &[String]) -> Result {
     }
 
     let mut running: Vec<Managed> = Vec::new();
-    let outcome = start_and_watch(&flags, &data_dir, &envoy, &envoy_config, &sync_token, &stop, &mut running);
+    let outcome = start_and_watch(
+        &flags,
+        &data_dir,
+        &envoy,
+        &envoy_config,
+        &sync_token,
+        &stop,
+        &mut running,
+    );
     println!("\n==> stopping");
     for process in running.into_iter().rev() {
         let name = process.name;
@@ -198,16 +211,13 @@ fn start_and_watch(
     running.push(Managed::spawn("demo upstream", upstream)?);
 
     let mut proxy = Command::new(envoy);
-    proxy
-        .arg("-c")
-        .arg(envoy_config)
-        .args([
-            "--concurrency",
-            &flags.concurrency.to_string(),
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-        ]);
+    proxy.arg("-c").arg(envoy_config).args([
+        "--concurrency",
+        &flags.concurrency.to_string(),
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+    ]);
     running.push(Managed::spawn("envoy", proxy)?);
     wait_until("Envoy", Duration::from_secs(60), stop, || {
         http_ok(flags.envoy_admin_port, "/ready")
