@@ -27,7 +27,11 @@ pub struct Managed {
 
 impl Managed {
     pub fn spawn(name: &'static str, mut command: Command) -> crate::Result<Self> {
+        use std::os::unix::process::CommandExt;
         die_with_parent(&mut command);
+        // Its own process group: a terminal's Ctrl-C reaches only xtask, which
+        // then stops the children in order instead of racing them.
+        command.process_group(0);
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
