@@ -1,6 +1,6 @@
 //! Extractors whose rejections are problem+json like every other error.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -60,11 +60,6 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                e.body_text(),
-            )),
             Err(e) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
