@@ -8,24 +8,34 @@ CREATE TABLE config_version (
 );
 INSERT INTO config_version (id, version) VALUES (1, 0);
 
+-- Plans and tenants are deleted softly too (deleted_at): keys' tombstones
+-- still point at them, and names are unique only among the living.
 CREATE TABLE plans (
     id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
     limits TEXT NOT NULL,
     monthly_quota BIGINT,
     max_api_keys BIGINT,
+    max_users BIGINT,
+    metadata TEXT NOT NULL,
+    public BOOLEAN NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    deleted_at TEXT,
     version BIGINT NOT NULL
 );
+CREATE UNIQUE INDEX plans_name ON plans (name) WHERE deleted_at IS NULL;
 
 CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
     plan_id TEXT NOT NULL REFERENCES plans (id),
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    deleted_at TEXT
 );
+CREATE UNIQUE INDEX tenants_name ON tenants (name) WHERE deleted_at IS NULL;
+CREATE INDEX tenants_plan ON tenants (plan_id);
 
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY,

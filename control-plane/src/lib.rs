@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod seed;
 pub mod state;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -33,7 +34,12 @@ pub fn app(state: AppState) -> Router {
             auth::require_admin,
         ));
     Router::new()
-        .nest("/v1", admin.merge(routes::sync::router()))
+        .nest(
+            "/v1",
+            admin
+                .merge(routes::sync::router())
+                .merge(routes::catalog::router()),
+        )
         .merge(routes::health::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

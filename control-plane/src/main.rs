@@ -21,6 +21,17 @@ enum Command {
     Serve(ServeArgs),
     /// Create or upgrade the database schema, then exit.
     Migrate(DbArgs),
+    /// Create the preset plans (Free, Pro, Business, Enterprise) whose names are free.
+    Seed(SeedArgs),
+}
+
+#[derive(Args, Clone)]
+struct SeedArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Do nothing unless the database has no plans at all.
+    #[arg(long)]
+    if_empty: bool,
 }
 
 #[derive(Args, Clone)]
@@ -110,6 +121,24 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Seed(args) => {
+            let pool = args.db.open().await?;
+            let version = db::current_version(&pool).await?;
+            // Tokens are irrelevant here: nothing is served.
+            let state = AppState::new(pool, "-", "-", version);
+            let outcome = tollgate_control_plane::seed::seed(&state, args.if_empty)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+            if outcome.created.is_empty() {
+                println!(
+                    "seed: nothing to do (existing plans: {})",
+                    outcome.skipped.join(", ")
+                );
+            } else {
+                println!("seed: created {}", outcome.created.join(", "));
+            }
+            Ok(())
+        }
     }
 }
 

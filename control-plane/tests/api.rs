@@ -276,8 +276,8 @@ async fn failed_writes_leave_nothing_behind() {
     let after_writes = db::current_version(&state.db).await.unwrap();
     assert_eq!(
         after_writes,
-        before + 2,
-        "plan and key each bump the version once"
+        before + 3,
+        "plan, tenant and key each bump the version once"
     );
     let r = admin(
         &app,
@@ -465,4 +465,313 @@ async fn healthz_answers() {
     let r = send(&app, Method::GET, "/healthz", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "ok");
+}
+
+#[tokio::test]
+async fn plans_update_delete_and_in_use() {
+    let (app, _) = test_app().await;
+    let p = plan(&app, None).await;
+    let v0 = sync(&app, 0).await.version;
+
+    let r = admin(&app, Method::PATCH, &format!("/v1/plans/{p}"), Some(json!({"limits": [{"name": "per-minute", "max": 100, "window_seconds": 60}], "monthly_quota": 5000, "metadata": {"price": 29}}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["limits"][0]["name"], "per-minute");
+    assert_eq!(r.body["monthly_quota"], 5000);
+    assert_eq!(r.body["metadata"]["price"], 29);
+    let delta = sync(&app, v0).await;
+    assert_eq!(delta.plans.len(), 1);
+    assert_eq!(delta.plans[0].limits[0].max, 100);
+    assert_eq!(delta.plans[0].monthly_quota, Some(5000));
+
+    // null clears an optional field; absent leaves it.
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/plans/{p}"),
+        Some(json!({"monthly_quota": null})),
+    )
+    .await;
+    assert_eq!(r.body["monthly_quota"], Value::Null);
+    assert_eq!(r.body["metadata"]["price"], 29);
+
+    // A bad PATCH changes nothing.
+    let before = admin(&app, Method::GET, &format!("/v1/plans/{p}"), None)
+        .await
+        .body;
+    for (body, code) in [
+        (
+            json!({"limits": [{"name": "x", "max": 0, "window_seconds": 1}]}),
+            "invalid_plan",
+        ),
+        (json!({"metadata": [1, 2]}), "invalid_plan"),
+        (json!({"name": " "}), "invalid_name"),
+        (json!({"public": "yes"}), "invalid_body"),
+        (json!({"nope": 1}), "invalid_body"),
+    ] {
+        let r = admin(&app, Method::PATCH, &format!("/v1/plans/{p}"), Some(body)).await;
+        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, code);
+    }
+    assert_eq!(
+        admin(&app, Method::GET, &format!("/v1/plans/{p}"), None)
+            .await
+            .body,
+        before
+    );
+
+    let t = tenant(&app, &p).await;
+    let r = admin(&app, Method::DELETE, &format!("/v1/plans/{p}"), None).await;
+    assert_problem(&r, StatusCode::CONFLICT, "plan_in_use");
+    assert!(r.body["detail"].as_str().unwrap().starts_with("1 tenant "));
+    let r = admin(&app, Method::DELETE, &format!("/v1/tenants/{t}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let v1 = sync(&app, 0).await.version;
+    let r = admin(&app, Method::DELETE, &format!("/v1/plans/{p}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(sync(&app, v1).await.deleted_plans, vec![p.clone()]);
+    assert!(sync(&app, 0).await.plans.is_empty());
+    let r = admin(&app, Method::GET, &format!("/v1/plans/{p}"), None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = admin(&app, Method::DELETE, &format!("/v1/plans/{p}"), None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_deleted_name_can_be_reused_but_a_living_one_cannot() {
+    let (app, _) = test_app().await;
+    let body = json!({"name": "Solo", "limits": []});
+    let first = admin(&app, Method::POST, "/v1/plans", Some(body.clone())).await;
+    let id = first.body["id"].as_str().unwrap();
+    assert_problem(
+        &admin(&app, Method::POST, "/v1/plans", Some(body.clone())).await,
+        StatusCode::CONFLICT,
+        "plan_name_taken",
+    );
+    let other = plan(&app, None).await;
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/plans/{other}"),
+        Some(json!({"name": "Solo"})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::CONFLICT, "plan_name_taken");
+    admin(&app, Method::DELETE, &format!("/v1/plans/{id}"), None).await;
+    assert_eq!(
+        admin(&app, Method::POST, "/v1/plans", Some(body))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn lists_paginate_in_creation_order() {
+    let (app, _) = test_app().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(plan(&app, None).await);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let uri = match &cursor {
+            Some(c) => format!("/v1/plans?limit=2&after={c}"),
+            None => "/v1/plans?limit=2".to_owned(),
+        };
+        let r = admin(&app, Method::GET, &uri, None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let items = r.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|p| p["id"].as_str().unwrap().to_owned()));
+        match r.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.sort();
+    let mut got = seen.clone();
+    got.sort();
+    assert_eq!(got, expected, "every plan exactly once");
+    for (uri, code) in [
+        ("/v1/plans?limit=0", "invalid_query"),
+        ("/v1/plans?limit=201", "invalid_query"),
+        ("/v1/plans?limit=x", "invalid_query"),
+        ("/v1/plans?after=plan_unknown", "invalid_cursor"),
+        ("/v1/tenants?after=tnt_unknown", "invalid_cursor"),
+    ] {
+        assert_problem(
+            &admin(&app, Method::GET, uri, None).await,
+            StatusCode::BAD_REQUEST,
+            code,
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_list_filters_by_active_and_never_shows_secrets() {
+    let (app, _) = test_app().await;
+    let p = plan(&app, None).await;
+    let t = tenant(&app, &p).await;
+    let mut plaintexts = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, key) = key(&app, &t).await;
+        ids.push(id);
+        plaintexts.push(key);
+    }
+    admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{}", ids[0]),
+        Some(json!({"active": false})),
+    )
+    .await;
+    admin(&app, Method::DELETE, &format!("/v1/keys/{}", ids[2]), None).await;
+    let all = admin(&app, Method::GET, &format!("/v1/tenants/{t}/keys"), None).await;
+    assert_eq!(all.body["items"].as_array().unwrap().len(), 2);
+    let active = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{t}/keys?active=true"),
+        None,
+    )
+    .await;
+    assert_eq!(active.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(active.body["items"][0]["id"], ids[1].as_str());
+    let inactive = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{t}/keys?active=false"),
+        None,
+    )
+    .await;
+    assert_eq!(inactive.body["items"][0]["id"], ids[0].as_str());
+    let text = all.body.to_string();
+    for plaintext in &plaintexts {
+        assert!(!text.contains(plaintext.as_str()));
+        assert!(!text.contains(&KeyHash::of(plaintext.as_bytes()).to_hex()));
+    }
+    let r = admin(&app, Method::GET, "/v1/tenants/tnt_nope/keys", None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{t}/keys?active=maybe"),
+        None,
+    )
+    .await;
+    assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
+}
+
+#[tokio::test]
+async fn tenant_plan_change_and_deletion_reach_the_sync_feed() {
+    let (app, _) = test_app().await;
+    let free = plan(&app, None).await;
+    let pro = plan(&app, None).await;
+    let t = tenant(&app, &free).await;
+    let (key_id, plaintext) = key(&app, &t).await;
+    let v0 = sync(&app, 0).await.version;
+
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/tenants/{t}"),
+        Some(json!({"plan_id": pro})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["plan_id"], pro.as_str());
+    let delta = sync(&app, v0).await;
+    assert_eq!(delta.keys.len(), 1);
+    assert_eq!(delta.keys[0].plan_id, pro);
+
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/tenants/{t}"),
+        Some(json!({"plan_id": "plan_nope"})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "plan_not_found");
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/tenants/{t}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+
+    let list = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants?plan_id={pro}"),
+        None,
+    )
+    .await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+
+    let r = admin(&app, Method::DELETE, &format!("/v1/tenants/{t}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let gone = sync(&app, delta.version).await;
+    assert_eq!(
+        gone.deleted_keys,
+        vec![KeyHash::of(plaintext.as_bytes()).to_hex()]
+    );
+    assert_problem(
+        &admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_problem(
+        &admin(&app, Method::GET, &format!("/v1/tenants/{t}"), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let r = admin(
+        &app,
+        Method::POST,
+        &format!("/v1/tenants/{t}/keys"),
+        Some(json!({"name": "late"})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    assert_problem(
+        &admin(&app, Method::DELETE, &format!("/v1/tenants/{t}"), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn catalog_is_public_and_lists_only_public_plans() {
+    let (app, state) = test_app().await;
+    let seeded = tollgate_control_plane::seed::seed(&state, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        seeded.created,
+        vec!["Free", "Pro", "Business", "Enterprise"]
+    );
+    assert!(tollgate_control_plane::seed::seed(&state, true)
+        .await
+        .unwrap()
+        .created
+        .is_empty());
+    plan(&app, None).await; // private
+    let r = send(&app, Method::GET, "/v1/catalog", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let plans = r.body["plans"].as_array().unwrap();
+    assert_eq!(plans.len(), 4);
+    assert_eq!(plans[1]["name"], "Pro");
+    assert_eq!(plans[1]["monthly_quota"], 250_000);
+    assert_eq!(plans[1]["metadata"]["price_usd_per_month"], 29);
+    assert!(plans[1].get("id").is_none());
+    // Seeding is never forced: existing names are kept as they are.
+    let again = tollgate_control_plane::seed::seed(&state, false)
+        .await
+        .unwrap();
+    assert!(again.created.is_empty());
+    assert_eq!(again.skipped.len(), 4);
 }

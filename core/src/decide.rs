@@ -339,6 +339,7 @@ mod tests {
                     active,
                 }],
                 deleted_keys: vec![],
+                deleted_plans: vec![],
             },
         )
         .unwrap();

@@ -182,6 +182,11 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
             .set(&key_record_key(hash), None, None)
             .map_err(ApplyError::Write)?;
     }
+    for plan_id in &sync.deleted_plans {
+        store
+            .set(&plan_key(plan_id), None, None)
+            .map_err(ApplyError::Write)?;
+    }
     store
         .set(VERSION_KEY, Some(&sync.version.to_le_bytes()), None)
         .map_err(ApplyError::Write)?;
@@ -216,6 +221,7 @@ mod tests {
                 active: true,
             }],
             deleted_keys: vec![],
+            deleted_plans: vec![],
         }
     }
 
@@ -281,6 +287,14 @@ mod tests {
         };
         apply_sync(&store, &delete).unwrap();
         assert!(read_key(&store, &hash).is_none());
+        assert!(read_plan(&store, "plan_1").is_some());
+        let delete_plan = SyncResponse {
+            version: 2,
+            deleted_plans: vec!["plan_1".into()],
+            ..Default::default()
+        };
+        apply_sync(&store, &delete_plan).unwrap();
+        assert!(read_plan(&store, "plan_1").is_none());
         assert_eq!(
             apply_sync(&store, &sync_with_key(1, &hash)),
             Err(ApplyError::Stale {

@@ -53,4 +53,7 @@ pub struct SyncResponse {
     /// Hashes of keys deleted since `since`.
     #[serde(default)]
     pub deleted_keys: Vec<String>,
+    /// Ids of plans deleted since `since`.
+    #[serde(default)]
+    pub deleted_plans: Vec<String>,
 }

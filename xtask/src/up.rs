@@ -194,6 +194,13 @@ fn start_and_watch(
     stop: &AtomicBool,
     running: &mut Vec<Managed>,
 ) -> Result {
+    // Presets make the walk-through shorter; only ever into an empty database.
+    crate::run(
+        "control-plane seed --if-empty",
+        Command::new(debug_bin("control-plane"))
+            .args(["seed", "--if-empty", "--data-dir"])
+            .arg(data_dir),
+    )?;
     let mut control_plane = Command::new(debug_bin("control-plane"));
     control_plane
         .arg("serve")

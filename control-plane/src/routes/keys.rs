@@ -11,13 +11,16 @@ use tollgate_core::key::{ApiKey, BODY_LEN};
 
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
-use crate::routes::validate_name;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::routes::{after_cursor, invalid_cursor, page_limit, tenants, validate_name, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/tenants/{tenant_id}/keys", post(keys_create))
+        .route(
+            "/tenants/{tenant_id}/keys",
+            post(keys_create).get(keys_list),
+        )
         .route(
             "/keys/{id}",
             get(keys_show).patch(keys_update).delete(keys_delete),
@@ -74,7 +77,8 @@ async fn keys_create(
 
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let max_api_keys: Option<Option<i64>> = sqlx::query_scalar(
-        "SELECT p.max_api_keys FROM tenants t JOIN plans p ON p.id = t.plan_id WHERE t.id = ?",
+        "SELECT p.max_api_keys FROM tenants t JOIN plans p ON p.id = t.plan_id
+         WHERE t.id = ? AND t.deleted_at IS NULL",
     )
     .bind(&tenant_id)
     .fetch_optional(&mut *tx)
@@ -219,4 +223,47 @@ async fn keys_delete(
     tx.commit().await?;
     state.published(version);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListKeys {
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+async fn keys_list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    ApiQuery(query): ApiQuery<ListKeys>,
+) -> ApiResult<Json<Page<KeyView>>> {
+    let limit = page_limit(query.limit)?;
+    if tenants::find(&state.db, &tenant_id).await?.is_none() {
+        return Err(ApiError::not_found("tenant", &tenant_id));
+    }
+    let after = match &query.after {
+        Some(after) => {
+            find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+            format!("AND {}", after_cursor("api_keys"))
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys
+         WHERE tenant_id = ? AND deleted_at IS NULL AND (? IS NULL OR active = ?) {after}
+         ORDER BY created_at, id LIMIT ?"
+    );
+    let mut q = sqlx::query_as::<_, KeyView>(&sql)
+        .bind(&tenant_id)
+        .bind(query.active)
+        .bind(query.active);
+    if let Some(after) = &query.after {
+        q = q.bind(after).bind(after).bind(after);
+    }
+    let rows = q.bind(limit + 1).fetch_all(&state.db).await?;
+    Ok(Json(Page::from_rows(rows, limit, |k| k.id.clone())))
 }

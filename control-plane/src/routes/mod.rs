@@ -1,5 +1,6 @@
 //! One module per resource, each with its own `router()`.
 
+pub mod catalog;
 pub mod health;
 pub mod keys;
 pub mod plans;
@@ -23,4 +24,68 @@ pub(crate) fn validate_name(field: &str, name: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Page size bounds for list endpoints.
+pub(crate) const DEFAULT_PAGE: u32 = 50;
+pub(crate) const MAX_PAGE: u32 = 200;
+
+/// `?limit=` checked against the bounds; the `i64` is what SQL binds.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}."),
+        ));
+    }
+    Ok(i64::from(limit))
+}
+
+/// One page of a list, in creation order. `next_cursor` goes in `?after=` for the next page.
+#[derive(Debug, serde::Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// `rows` was fetched with `limit + 1` rows to learn whether more follow.
+    pub(crate) fn from_rows(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> String) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next_cursor = if more { rows.last().map(id) } else { None };
+        Self {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
+/// SQL that keeps rows after the cursor row `?` of `table` in (created_at, id)
+/// order; binds the cursor id three times.
+pub(crate) fn after_cursor(table: &str) -> String {
+    format!(
+        "(created_at > (SELECT created_at FROM {table} WHERE id = ?) \
+         OR (created_at = (SELECT created_at FROM {table} WHERE id = ?) AND id > ?))"
+    )
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH bodies.
+pub(crate) fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
+pub(crate) fn invalid_cursor() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "invalid_cursor",
+        "after= must be the next_cursor of a previous page.",
+    )
 }

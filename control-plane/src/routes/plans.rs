@@ -1,4 +1,5 @@
-//! Plans: named limits (and, later, quotas) that tenants subscribe to.
+//! Plans: named limits, a monthly quota, key and user allowances, and free-form
+//! metadata (price, features) that tenants subscribe to.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -6,20 +7,27 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tollgate_core::config::Plan;
 use tollgate_core::wire::{WireLimit, WirePlan};
 
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
-use crate::routes::validate_name;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::routes::{after_cursor, nullable, page_limit, validate_name, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/plans", post(plans_create).get(plans_list))
-        .route("/plans/{id}", get(plans_show))
+        .route(
+            "/plans/{id}",
+            get(plans_show).patch(plans_update).delete(plans_delete),
+        )
 }
+
+/// Largest `metadata` document, serialized.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,15 +38,44 @@ pub struct CreatePlan {
     pub monthly_quota: Option<u64>,
     #[serde(default)]
     pub max_api_keys: Option<u64>,
+    #[serde(default)]
+    pub max_users: Option<u64>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub public: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// Absent fields stay as they are; `null` clears an optional one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePlan {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub limits: Option<Vec<WireLimit>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub monthly_quota: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub max_api_keys: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub max_users: Option<Option<u64>>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub public: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct PlanView {
     pub id: String,
     pub name: String,
     pub limits: Vec<WireLimit>,
     pub monthly_quota: Option<u64>,
     pub max_api_keys: Option<u64>,
+    pub max_users: Option<u64>,
+    pub metadata: Value,
+    pub public: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -50,29 +87,35 @@ pub(crate) struct PlanRow {
     pub limits: String,
     pub monthly_quota: Option<i64>,
     pub max_api_keys: Option<i64>,
+    pub max_users: Option<i64>,
+    pub metadata: String,
+    pub public: bool,
     pub created_at: String,
     pub updated_at: String,
 }
 
-impl PlanRow {
-    pub(crate) fn limits(&self) -> Result<Vec<WireLimit>, ApiError> {
-        serde_json::from_str(&self.limits).map_err(ApiError::internal)
-    }
+fn to_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
 
+impl PlanRow {
     pub(crate) fn wire(&self) -> Result<WirePlan, ApiError> {
         Ok(WirePlan {
             id: self.id.clone(),
             name: self.name.clone(),
-            limits: self.limits()?,
-            monthly_quota: self.monthly_quota.and_then(|q| u64::try_from(q).ok()),
+            limits: serde_json::from_str(&self.limits).map_err(ApiError::internal)?,
+            monthly_quota: to_u64(self.monthly_quota),
         })
     }
 
-    fn view(self) -> Result<PlanView, ApiError> {
+    pub(crate) fn view(self) -> Result<PlanView, ApiError> {
         Ok(PlanView {
-            limits: self.limits()?,
-            monthly_quota: self.monthly_quota.and_then(|q| u64::try_from(q).ok()),
-            max_api_keys: self.max_api_keys.and_then(|q| u64::try_from(q).ok()),
+            limits: serde_json::from_str(&self.limits).map_err(ApiError::internal)?,
+            metadata: serde_json::from_str(&self.metadata).map_err(ApiError::internal)?,
+            monthly_quota: to_u64(self.monthly_quota),
+            max_api_keys: to_u64(self.max_api_keys),
+            max_users: to_u64(self.max_users),
+            public: self.public,
             id: self.id,
             name: self.name,
             created_at: self.created_at,
@@ -81,7 +124,8 @@ impl PlanRow {
     }
 }
 
-const PLAN_COLUMNS: &str = "id, name, limits, monthly_quota, max_api_keys, created_at, updated_at";
+pub(crate) const PLAN_COLUMNS: &str = "id, name, limits, monthly_quota, max_api_keys, max_users, \
+     metadata, public, created_at, updated_at";
 
 fn to_i64(field: &str, value: Option<u64>) -> Result<Option<i64>, ApiError> {
     value
@@ -92,76 +136,115 @@ fn to_i64(field: &str, value: Option<u64>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
+/// Everything a plan must satisfy, checked before anything is written. The
+/// limits go through the same validation every filter applies, so a plan
+/// accepted here is enforceable everywhere.
+fn validate(view: &PlanView) -> Result<(), ApiError> {
+    validate_name("name", &view.name)?;
+    Plan::try_from(&WirePlan {
+        id: view.id.clone(),
+        name: view.name.clone(),
+        limits: view.limits.clone(),
+        monthly_quota: view.monthly_quota,
+    })
+    .map_err(|e| ApiError::invalid("invalid_plan", e.0))?;
+    if !view.metadata.is_object() {
+        return Err(ApiError::invalid(
+            "invalid_plan",
+            "metadata must be a JSON object.",
+        ));
+    }
+    if view.metadata.to_string().len() > MAX_METADATA_BYTES {
+        return Err(ApiError::invalid(
+            "invalid_plan",
+            format!("metadata must be at most {MAX_METADATA_BYTES} bytes."),
+        ));
+    }
+    for (field, value) in [
+        ("monthly_quota", view.monthly_quota),
+        ("max_api_keys", view.max_api_keys),
+        ("max_users", view.max_users),
+    ] {
+        to_i64(field, value)?;
+    }
+    Ok(())
+}
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::conflict(
+        "plan_name_taken",
+        format!("A plan named {name:?} already exists."),
+    )
+}
+
+/// Inserts a validated plan inside a change transaction.
+pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> ApiResult<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO plans (id, name, limits, monthly_quota, max_api_keys, max_users, metadata,
+                            public, created_at, updated_at, version)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&view.id)
+    .bind(&view.name)
+    .bind(serde_json::to_string(&view.limits).map_err(ApiError::internal)?)
+    .bind(to_i64("monthly_quota", view.monthly_quota)?)
+    .bind(to_i64("max_api_keys", view.max_api_keys)?)
+    .bind(to_i64("max_users", view.max_users)?)
+    .bind(view.metadata.to_string())
+    .bind(view.public)
+    .bind(&view.created_at)
+    .bind(&view.updated_at)
+    .bind(version)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Err(e) if db::is_unique_violation(&e) => Err(name_taken(&view.name)),
+        other => other.map(|_| ()).map_err(ApiError::from),
+    }
+}
+
 async fn plans_create(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreatePlan>,
 ) -> ApiResult<Response> {
-    validate_name("name", &input.name)?;
-    let id = db::new_id("plan");
-    let wire = WirePlan {
-        id: id.clone(),
-        name: input.name.clone(),
+    let now = db::now();
+    let view = PlanView {
+        id: db::new_id("plan"),
+        name: input.name,
         limits: input.limits,
         monthly_quota: input.monthly_quota,
-    };
-    // The same validation every filter applies: a plan accepted here is enforceable everywhere.
-    Plan::try_from(&wire).map_err(|e| ApiError::invalid("invalid_plan", e.0))?;
-    let monthly_quota = to_i64("monthly_quota", input.monthly_quota)?;
-    let max_api_keys = to_i64("max_api_keys", input.max_api_keys)?;
-    let limits = serde_json::to_string(&wire.limits).map_err(ApiError::internal)?;
-    let now = db::now();
-
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO plans (id, name, limits, monthly_quota, max_api_keys, created_at, updated_at, version)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&id)
-    .bind(&input.name)
-    .bind(&limits)
-    .bind(monthly_quota)
-    .bind(max_api_keys)
-    .bind(&now)
-    .bind(&now)
-    .bind(version)
-    .execute(&mut *tx)
-    .await;
-    match inserted {
-        Err(e) if db::is_unique_violation(&e) => {
-            return Err(ApiError::conflict(
-                "plan_name_taken",
-                format!("A plan named {:?} already exists.", input.name),
-            ))
-        }
-        other => {
-            other?;
-        }
-    }
-    tx.commit().await?;
-    state.published(version);
-
-    let view = PlanView {
-        id: id.clone(),
-        name: input.name,
-        limits: wire.limits,
-        monthly_quota: input.monthly_quota,
         max_api_keys: input.max_api_keys,
+        max_users: input.max_users,
+        metadata: input
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default())),
+        public: input.public,
         created_at: now.clone(),
         updated_at: now,
     };
+    validate(&view)?;
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    insert(&mut tx, &view, version).await?;
+    tx.commit().await?;
+    state.published(version);
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/plans/{id}"))],
+        [(header::LOCATION, format!("/v1/plans/{}", view.id))],
         Json(view),
     )
         .into_response())
 }
 
-pub(crate) async fn find(db: &db::Db, id: &str) -> Result<Option<PlanRow>, sqlx::Error> {
-    sqlx::query_as::<_, PlanRow>(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+pub(crate) async fn find<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    id: &str,
+) -> Result<Option<PlanRow>, sqlx::Error> {
+    sqlx::query_as::<_, PlanRow>(&format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = ? AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
 }
 
 async fn plans_show(
@@ -174,15 +257,135 @@ async fn plans_show(
     Ok(Json(row.view()?))
 }
 
-async fn plans_list(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    let rows = sqlx::query_as::<_, PlanRow>(&format!(
-        "SELECT {PLAN_COLUMNS} FROM plans ORDER BY created_at, id"
-    ))
-    .fetch_all(&state.db)
-    .await?;
-    let items = rows
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListPlans {
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+async fn plans_list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListPlans>,
+) -> ApiResult<Json<Page<PlanView>>> {
+    let limit = page_limit(query.limit)?;
+    let rows = match &query.after {
+        None => {
+            sqlx::query_as::<_, PlanRow>(&format!(
+                "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL
+                 ORDER BY created_at, id LIMIT ?"
+            ))
+            .bind(limit + 1)
+            .fetch_all(&state.db)
+            .await?
+        }
+        Some(after) => {
+            if find(&state.db, after).await?.is_none() {
+                return Err(crate::routes::invalid_cursor());
+            }
+            sqlx::query_as::<_, PlanRow>(&format!(
+                "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL AND {}
+                 ORDER BY created_at, id LIMIT ?",
+                after_cursor("plans")
+            ))
+            .bind(after)
+            .bind(after)
+            .bind(after)
+            .bind(limit + 1)
+            .fetch_all(&state.db)
+            .await?
+        }
+    };
+    let views = rows
         .into_iter()
         .map(PlanRow::view)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(Page::from_rows(views, limit, |p| p.id.clone())))
+}
+
+async fn plans_update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<UpdatePlan>,
+) -> ApiResult<Json<PlanView>> {
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    let current = find(&mut *tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan", &id))?
+        .view()?;
+    let view = PlanView {
+        name: input.name.unwrap_or(current.name),
+        limits: input.limits.unwrap_or(current.limits),
+        monthly_quota: input.monthly_quota.unwrap_or(current.monthly_quota),
+        max_api_keys: input.max_api_keys.unwrap_or(current.max_api_keys),
+        max_users: input.max_users.unwrap_or(current.max_users),
+        metadata: input.metadata.unwrap_or(current.metadata),
+        public: input.public.unwrap_or(current.public),
+        updated_at: db::now(),
+        ..current
+    };
+    validate(&view)?;
+    let updated = sqlx::query(
+        "UPDATE plans SET name = ?, limits = ?, monthly_quota = ?, max_api_keys = ?, max_users = ?,
+                          metadata = ?, public = ?, updated_at = ?, version = ?
+         WHERE id = ?",
+    )
+    .bind(&view.name)
+    .bind(serde_json::to_string(&view.limits).map_err(ApiError::internal)?)
+    .bind(to_i64("monthly_quota", view.monthly_quota)?)
+    .bind(to_i64("max_api_keys", view.max_api_keys)?)
+    .bind(to_i64("max_users", view.max_users)?)
+    .bind(view.metadata.to_string())
+    .bind(view.public)
+    .bind(&view.updated_at)
+    .bind(version)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await;
+    match updated {
+        Err(e) if db::is_unique_violation(&e) => return Err(name_taken(&view.name)),
+        other => {
+            other?;
+        }
+    }
+    tx.commit().await?;
+    state.published(version);
+    Ok(Json(view))
+}
+
+async fn plans_delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    if find(&mut *tx, &id).await?.is_none() {
+        return Err(ApiError::not_found("plan", &id));
+    }
+    let tenants: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE plan_id = ? AND deleted_at IS NULL")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if tenants > 0 {
+        return Err(ApiError::conflict(
+            "plan_in_use",
+            format!(
+                "{tenants} tenant{} still use this plan; move them to another plan first.",
+                if tenants == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    let now = db::now();
+    sqlx::query("UPDATE plans SET deleted_at = ?, updated_at = ?, version = ? WHERE id = ?")
+        .bind(&now)
+        .bind(&now)
+        .bind(version)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.published(version);
+    Ok(StatusCode::NO_CONTENT)
 }

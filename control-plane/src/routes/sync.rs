@@ -17,7 +17,7 @@ use tollgate_core::wire::{SyncResponse, WireKey};
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
-use crate::routes::plans::PlanRow;
+use crate::routes::plans::{PlanRow, PLAN_COLUMNS};
 use crate::state::AppState;
 
 /// Longest a poll may be held open.
@@ -92,13 +92,24 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
         since
     };
     let since_db = i64::try_from(since).unwrap_or(i64::MAX);
-    let plans = sqlx::query_as::<_, PlanRow>(
-        "SELECT id, name, limits, monthly_quota, max_api_keys, created_at, updated_at
-         FROM plans WHERE version > ? ORDER BY version",
-    )
+    let plans = sqlx::query_as::<_, PlanRow>(&format!(
+        "SELECT {PLAN_COLUMNS} FROM plans
+         WHERE version > ? AND deleted_at IS NULL ORDER BY version"
+    ))
     .bind(since_db)
     .fetch_all(&mut *tx)
     .await?;
+    // A full snapshot has nothing to delete.
+    let deleted_plans: Vec<String> = if since == 0 {
+        Vec::new()
+    } else {
+        sqlx::query_scalar(
+            "SELECT id FROM plans WHERE version > ? AND deleted_at IS NOT NULL ORDER BY version",
+        )
+        .bind(since_db)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     let keys = sqlx::query_as::<_, KeyChange>(
         "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, k.active,
                 (k.deleted_at IS NOT NULL) AS deleted
@@ -113,6 +124,7 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
     let mut response = SyncResponse {
         version,
         plans: plans.iter().map(PlanRow::wire).collect::<Result<_, _>>()?,
+        deleted_plans,
         ..SyncResponse::default()
     };
     for key in keys {

@@ -1,4 +1,6 @@
-//! Tenants: the customers whose keys share a plan.
+//! Tenants: the customers whose keys share a plan. Changing a tenant's plan or
+//! deleting the tenant changes what every filter enforces for its keys, so both
+//! bump the version of those keys.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -9,14 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
-use crate::routes::{plans, validate_name};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::routes::{after_cursor, invalid_cursor, page_limit, plans, validate_name, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/tenants", post(tenants_create))
-        .route("/tenants/{id}", get(tenants_show))
+        .route("/tenants", post(tenants_create).get(tenants_list))
+        .route(
+            "/tenants/{id}",
+            get(tenants_show)
+                .patch(tenants_update)
+                .delete(tenants_delete),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +31,15 @@ pub fn router() -> Router<AppState> {
 pub struct CreateTenant {
     pub name: String,
     pub plan_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub plan_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -35,57 +51,73 @@ pub struct TenantView {
     pub updated_at: String,
 }
 
+const TENANT_COLUMNS: &str = "id, name, plan_id, created_at, updated_at";
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::conflict(
+        "tenant_name_taken",
+        format!("A tenant named {name:?} already exists."),
+    )
+}
+
+async fn require_plan(tx: &mut db::Tx, plan_id: &str) -> ApiResult<()> {
+    match plans::find(&mut **tx, plan_id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::invalid(
+            "plan_not_found",
+            format!("No plan with id {plan_id:?}."),
+        )),
+    }
+}
+
+pub(crate) async fn find<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    id: &str,
+) -> Result<Option<TenantView>, sqlx::Error> {
+    sqlx::query_as::<_, TenantView>(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ? AND deleted_at IS NULL"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+}
+
 async fn tenants_create(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreateTenant>,
 ) -> ApiResult<Response> {
     validate_name("name", &input.name)?;
-    if plans::find(&state.db, &input.plan_id).await?.is_none() {
-        return Err(ApiError::invalid(
-            "plan_not_found",
-            format!("No plan with id {:?}.", input.plan_id),
-        ));
-    }
-    let id = db::new_id("tnt");
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    require_plan(&mut tx, &input.plan_id).await?;
     let now = db::now();
-    let inserted = sqlx::query(
-        "INSERT INTO tenants (id, name, plan_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&id)
-    .bind(&input.name)
-    .bind(&input.plan_id)
-    .bind(&now)
-    .bind(&now)
-    .execute(&state.db)
-    .await;
-    match inserted {
-        Err(e) if db::is_unique_violation(&e) => {
-            return Err(ApiError::conflict(
-                "tenant_name_taken",
-                format!("A tenant named {:?} already exists.", input.name),
-            ))
-        }
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            // The plan was deleted between the check and the insert.
-            return Err(ApiError::invalid(
-                "plan_not_found",
-                format!("No plan with id {:?}.", input.plan_id),
-            ));
-        }
-        other => {
-            other?;
-        }
-    }
     let view = TenantView {
-        id: id.clone(),
+        id: db::new_id("tnt"),
         name: input.name,
         plan_id: input.plan_id,
         created_at: now.clone(),
         updated_at: now,
     };
+    let inserted = sqlx::query(
+        "INSERT INTO tenants (id, name, plan_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&view.id)
+    .bind(&view.name)
+    .bind(&view.plan_id)
+    .bind(&view.created_at)
+    .bind(&view.updated_at)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Err(e) if db::is_unique_violation(&e) => return Err(name_taken(&view.name)),
+        other => {
+            other?;
+        }
+    }
+    tx.commit().await?;
+    state.published(version);
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/tenants/{id}"))],
+        [(header::LOCATION, format!("/v1/tenants/{}", view.id))],
         Json(view),
     )
         .into_response())
@@ -95,12 +127,135 @@ async fn tenants_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TenantView>> {
-    sqlx::query_as::<_, TenantView>(
-        "SELECT id, name, plan_id, created_at, updated_at FROM tenants WHERE id = ?",
+    find(&state.db, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("tenant", &id))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListTenants {
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
+    pub plan_id: Option<String>,
+}
+
+async fn tenants_list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListTenants>,
+) -> ApiResult<Json<Page<TenantView>>> {
+    let limit = page_limit(query.limit)?;
+    let after = match &query.after {
+        Some(after) => {
+            find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+            format!("AND {}", after_cursor("tenants"))
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants
+         WHERE deleted_at IS NULL AND (? IS NULL OR plan_id = ?) {after}
+         ORDER BY created_at, id LIMIT ?"
+    );
+    let mut q = sqlx::query_as::<_, TenantView>(&sql)
+        .bind(&query.plan_id)
+        .bind(&query.plan_id);
+    if let Some(after) = &query.after {
+        q = q.bind(after).bind(after).bind(after);
+    }
+    let rows = q.bind(limit + 1).fetch_all(&state.db).await?;
+    Ok(Json(Page::from_rows(rows, limit, |t| t.id.clone())))
+}
+
+async fn tenants_update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<UpdateTenant>,
+) -> ApiResult<Json<TenantView>> {
+    if input.name.is_none() && input.plan_id.is_none() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "Nothing to change: send \"name\" and/or \"plan_id\".",
+        ));
+    }
+    if let Some(name) = &input.name {
+        validate_name("name", name)?;
+    }
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    let current = find(&mut *tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant", &id))?;
+    let plan_changes = input
+        .plan_id
+        .as_ref()
+        .is_some_and(|p| *p != current.plan_id);
+    if let Some(plan_id) = &input.plan_id {
+        require_plan(&mut tx, plan_id).await?;
+    }
+    let view = TenantView {
+        name: input.name.unwrap_or(current.name),
+        plan_id: input.plan_id.unwrap_or(current.plan_id),
+        updated_at: db::now(),
+        ..current
+    };
+    let updated =
+        sqlx::query("UPDATE tenants SET name = ?, plan_id = ?, updated_at = ? WHERE id = ?")
+            .bind(&view.name)
+            .bind(&view.plan_id)
+            .bind(&view.updated_at)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await;
+    match updated {
+        Err(e) if db::is_unique_violation(&e) => return Err(name_taken(&view.name)),
+        other => {
+            other?;
+        }
+    }
+    if plan_changes {
+        // Every key now carries a different plan to the filters.
+        sqlx::query("UPDATE api_keys SET version = ? WHERE tenant_id = ? AND deleted_at IS NULL")
+            .bind(version)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    state.published(version);
+    Ok(Json(view))
+}
+
+async fn tenants_delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    if find(&mut *tx, &id).await?.is_none() {
+        return Err(ApiError::not_found("tenant", &id));
+    }
+    let now = db::now();
+    // Deleting a tenant revokes all its keys, at every filter too.
+    sqlx::query(
+        "UPDATE api_keys SET deleted_at = ?, active = FALSE, updated_at = ?, version = ?
+         WHERE tenant_id = ? AND deleted_at IS NULL",
     )
+    .bind(&now)
+    .bind(&now)
+    .bind(version)
     .bind(&id)
-    .fetch_optional(&state.db)
-    .await?
-    .map(Json)
-    .ok_or_else(|| ApiError::not_found("tenant", &id))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE tenants SET deleted_at = ?, updated_at = ? WHERE id = ?")
+        .bind(&now)
+        .bind(&now)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.published(version);
+    Ok(StatusCode::NO_CONTENT)
 }

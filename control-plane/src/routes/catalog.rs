@@ -1,0 +1,50 @@
+//! The public catalog: plans marked `public`, without authentication, for pricing pages.
+//! Listed smallest monthly quota first (unlimited last), the order a pricing page shows tiers in.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::Value;
+use tollgate_core::wire::WireLimit;
+
+use crate::error::ApiResult;
+use crate::routes::plans::{PlanRow, PLAN_COLUMNS};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/catalog", get(catalog_index))
+}
+
+/// What a pricing page may show: no ids, no timestamps.
+#[derive(Debug, Serialize)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub limits: Vec<WireLimit>,
+    pub monthly_quota: Option<u64>,
+    pub max_api_keys: Option<u64>,
+    pub max_users: Option<u64>,
+    pub metadata: Value,
+}
+
+async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let rows = sqlx::query_as::<_, PlanRow>(&format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE public AND deleted_at IS NULL
+         ORDER BY monthly_quota IS NULL, monthly_quota, created_at, id"
+    ))
+    .fetch_all(&state.db)
+    .await?;
+    let mut plans = Vec::with_capacity(rows.len());
+    for row in rows {
+        let view = row.view()?;
+        plans.push(CatalogEntry {
+            name: view.name,
+            limits: view.limits,
+            monthly_quota: view.monthly_quota,
+            max_api_keys: view.max_api_keys,
+            max_users: view.max_users,
+            metadata: view.metadata,
+        });
+    }
+    Ok(Json(serde_json::json!({ "plans": plans })))
+}

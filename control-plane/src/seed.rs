@@ -1,0 +1,85 @@
+//! Preset plans, like the Free / Pro / Business / Enterprise tiers the systems
+//! Tollgate replaces sold. Loaded by `control-plane seed`, and by
+//! `cargo xtask up` only into an empty database; never forced on anyone.
+
+use serde_json::json;
+use tollgate_core::wire::WireLimit;
+
+use crate::db;
+use crate::error::ApiError;
+use crate::routes::plans::{insert, PlanView};
+use crate::state::AppState;
+
+fn limits(hourly: u64, daily: u64) -> Vec<WireLimit> {
+    vec![
+        WireLimit {
+            name: "hourly".into(),
+            max: hourly,
+            window_seconds: 3600,
+            burst: None,
+        },
+        WireLimit {
+            name: "daily".into(),
+            max: daily,
+            window_seconds: 86_400,
+            burst: None,
+        },
+    ]
+}
+
+/// The presets: (name, hourly, daily, monthly quota, max keys, max users, price in USD per month).
+const PRESETS: [(&str, u64, u64, u64, u64, Option<u64>, u64); 4] = [
+    ("Free", 60, 1_000, 10_000, 2, Some(1), 0),
+    ("Pro", 600, 10_000, 250_000, 10, Some(10), 29),
+    ("Business", 3_000, 50_000, 1_000_000, 50, Some(50), 99),
+    ("Enterprise", 10_000, 200_000, 5_000_000, 200, None, 499),
+];
+
+/// What a seed run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Seeded {
+    pub created: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// Creates each preset whose name is not taken, all in one change. With
+/// `only_if_empty`, does nothing at all unless the database has no plans.
+pub async fn seed(state: &AppState, only_if_empty: bool) -> Result<Seeded, ApiError> {
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    let existing: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM plans WHERE deleted_at IS NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut outcome = Seeded::default();
+    if only_if_empty && !existing.is_empty() {
+        outcome.skipped = existing;
+        return Ok(outcome);
+    }
+    let now = db::now();
+    for (name, hourly, daily, quota, keys, users, price) in PRESETS {
+        if existing.iter().any(|e| e == name) {
+            outcome.skipped.push(name.to_owned());
+            continue;
+        }
+        let view = PlanView {
+            id: db::new_id("plan"),
+            name: name.to_owned(),
+            limits: limits(hourly, daily),
+            monthly_quota: Some(quota),
+            max_api_keys: Some(keys),
+            max_users: users,
+            metadata: json!({ "price_usd_per_month": price, "preset": true }),
+            public: true,
+            created_at: now.clone(),
+            updated_at: now.clone(),
+        };
+        insert(&mut tx, &view, version).await?;
+        outcome.created.push(name.to_owned());
+    }
+    if outcome.created.is_empty() {
+        return Ok(outcome);
+    }
+    tx.commit().await?;
+    state.published(version);
+    Ok(outcome)
+}
