@@ -27,12 +27,38 @@ fn limits(hourly: u64, daily: u64) -> Vec<WireLimit> {
     ]
 }
 
-/// The presets: (name, hourly, daily, monthly quota, max keys, max users, price in USD per month).
-const PRESETS: [(&str, u64, u64, u64, u64, Option<u64>, u64); 4] = [
-    ("Free", 60, 1_000, 10_000, 2, Some(1), 0),
-    ("Pro", 600, 10_000, 250_000, 10, Some(10), 29),
-    ("Business", 3_000, 50_000, 1_000_000, 50, Some(50), 99),
-    ("Enterprise", 10_000, 200_000, 5_000_000, 200, None, 499),
+struct Preset {
+    name: &'static str,
+    hourly: u64,
+    daily: u64,
+    monthly_quota: u64,
+    max_api_keys: u64,
+    max_users: Option<u64>,
+    price_usd_per_month: u64,
+}
+
+const fn preset(
+    name: &'static str,
+    (hourly, daily, monthly_quota): (u64, u64, u64),
+    (max_api_keys, max_users): (u64, Option<u64>),
+    price_usd_per_month: u64,
+) -> Preset {
+    Preset {
+        name,
+        hourly,
+        daily,
+        monthly_quota,
+        max_api_keys,
+        max_users,
+        price_usd_per_month,
+    }
+}
+
+const PRESETS: [Preset; 4] = [
+    preset("Free", (60, 1_000, 10_000), (2, Some(1)), 0),
+    preset("Pro", (600, 10_000, 250_000), (10, Some(10)), 29),
+    preset("Business", (3_000, 50_000, 1_000_000), (50, Some(50)), 99),
+    preset("Enterprise", (10_000, 200_000, 5_000_000), (200, None), 499),
 ];
 
 /// What a seed run did.
@@ -56,25 +82,25 @@ pub async fn seed(state: &AppState, only_if_empty: bool) -> Result<Seeded, ApiEr
         return Ok(outcome);
     }
     let now = db::now();
-    for (name, hourly, daily, quota, keys, users, price) in PRESETS {
-        if existing.iter().any(|e| e == name) {
-            outcome.skipped.push(name.to_owned());
+    for p in PRESETS {
+        if existing.iter().any(|e| e == p.name) {
+            outcome.skipped.push(p.name.to_owned());
             continue;
         }
         let view = PlanView {
             id: db::new_id("plan"),
-            name: name.to_owned(),
-            limits: limits(hourly, daily),
-            monthly_quota: Some(quota),
-            max_api_keys: Some(keys),
-            max_users: users,
-            metadata: json!({ "price_usd_per_month": price, "preset": true }),
+            name: p.name.to_owned(),
+            limits: limits(p.hourly, p.daily),
+            monthly_quota: Some(p.monthly_quota),
+            max_api_keys: Some(p.max_api_keys),
+            max_users: p.max_users,
+            metadata: json!({ "price_usd_per_month": p.price_usd_per_month, "preset": true }),
             public: true,
             created_at: now.clone(),
             updated_at: now.clone(),
         };
         insert(&mut tx, &view, version).await?;
-        outcome.created.push(name.to_owned());
+        outcome.created.push(p.name.to_owned());
     }
     if outcome.created.is_empty() {
         return Ok(outcome);
