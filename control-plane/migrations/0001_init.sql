@@ -44,6 +44,15 @@ CREATE TABLE api_keys (
     prefix TEXT NOT NULL,
     key_hash TEXT NOT NULL UNIQUE,
     active BOOLEAN NOT NULL,
+    -- RFC 3339 for people, Unix ms for the filters.
+    expires_at TEXT,
+    expires_at_ms BIGINT,
+    -- JSON; NULL means "no restriction" / "the plan's".
+    scopes TEXT,
+    allowed_cidrs TEXT,
+    limits TEXT,
+    monthly_quota BIGINT,
+    rotated_from TEXT REFERENCES api_keys (id),
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     deleted_at TEXT,

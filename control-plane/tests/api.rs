@@ -775,3 +775,193 @@ async fn catalog_is_public_and_lists_only_public_plans() {
     assert!(again.created.is_empty());
     assert_eq!(again.skipped.len(), 4);
 }
+
+#[tokio::test]
+async fn key_settings_are_validated_stored_and_pushed() {
+    let (app, _) = test_app().await;
+    let p = plan(&app, None).await;
+    let t = tenant(&app, &p).await;
+    let uri = format!("/v1/tenants/{t}/keys");
+    let r = admin(
+        &app,
+        Method::POST,
+        &uri,
+        Some(json!({
+            "name": "scoped",
+            "expires_at": "2999-01-31T10:00:00+02:00",
+            "scopes": [{"methods": ["get"], "path_prefix": "/read"}],
+            "allowed_cidrs": ["10.0.0.0/8", "::1"],
+            "limits": [{"name": "per-second", "max": 1, "window_seconds": 1}],
+            "monthly_quota": 77
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["expires_at"], "2999-01-31T08:00:00Z");
+    assert_eq!(r.body["scopes"][0]["path_prefix"], "/read");
+    assert_eq!(r.body["allowed_cidrs"][1], "::1");
+    assert_eq!(r.body["monthly_quota"], 77);
+    let id = r.body["id"].as_str().unwrap();
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{id}"), None).await;
+    assert_eq!(shown.body["limits"][0]["name"], "per-second");
+
+    let pushed = sync(&app, 0).await;
+    let k = &pushed.keys[0];
+    assert_eq!(k.expires_at_ms, Some(32_474_764_800_000));
+    assert_eq!(k.allowed_cidrs.as_ref().unwrap().len(), 2);
+    assert_eq!(k.monthly_quota, Some(77));
+    assert_eq!(k.limits.as_ref().unwrap()[0].max, 1);
+
+    let before = db_keys(&app, &t).await;
+    for (body, code) in [
+        (
+            json!({"name": "x", "expires_at": "tomorrow"}),
+            "invalid_expiry",
+        ),
+        (
+            json!({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
+            "invalid_expiry",
+        ),
+        (
+            json!({"name": "x", "scopes": [{"methods": ["G E T"]}]}),
+            "invalid_key",
+        ),
+        (
+            json!({"name": "x", "scopes": [{"path_prefix": "no-slash"}]}),
+            "invalid_key",
+        ),
+        (
+            json!({"name": "x", "allowed_cidrs": ["10.0.0.0/40"]}),
+            "invalid_key",
+        ),
+        (
+            json!({"name": "x", "allowed_cidrs": ["example.com"]}),
+            "invalid_key",
+        ),
+        (
+            json!({"name": "x", "limits": [{"name": "a", "max": 0, "window_seconds": 1}]}),
+            "invalid_plan",
+        ),
+        (json!({"name": "x", "monthly_quota": 0}), "invalid_key"),
+        (
+            json!({"name": "x", "scopes": [{"verbs": ["GET"]}]}),
+            "invalid_body",
+        ),
+        (json!({"name": "x", "bogus": true}), "invalid_body"),
+    ] {
+        let r = admin(&app, Method::POST, &uri, Some(body.clone())).await;
+        let expected = if code == "invalid_plan" {
+            "invalid_key"
+        } else {
+            code
+        };
+        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, expected);
+    }
+    assert_eq!(
+        db_keys(&app, &t).await,
+        before,
+        "no rejected key was written"
+    );
+}
+
+async fn db_keys(app: &Router, tenant: &str) -> usize {
+    admin(
+        app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant}/keys"),
+        None,
+    )
+    .await
+    .body["items"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn rotation_issues_a_twin_and_ends_the_old_key_after_the_grace() {
+    let (app, _) = test_app().await;
+    let p = plan(&app, Some(1)).await;
+    let t = tenant(&app, &p).await;
+    let r = admin(
+        &app,
+        Method::POST,
+        &format!("/v1/tenants/{t}/keys"),
+        Some(json!({
+            "name": "svc", "scopes": [{"methods": ["GET"]}]
+        })),
+    )
+    .await;
+    let old_id = r.body["id"].as_str().unwrap().to_owned();
+    let old_key = r.body["key"].as_str().unwrap().to_owned();
+    let v0 = sync(&app, 0).await.version;
+
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // The plan allows one key: rotation is not blocked by that.
+    let r = admin(
+        &app,
+        Method::POST,
+        &format!("/v1/keys/{old_id}/rotate"),
+        Some(json!({"grace_seconds": 60})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let new_key = r.body["key"].as_str().unwrap();
+    assert_ne!(new_key, old_key);
+    assert_eq!(r.body["rotated_from"], old_id.as_str());
+    assert_eq!(r.body["name"], "svc");
+    assert_eq!(r.body["scopes"][0]["methods"][0], "GET");
+    assert_eq!(r.body["expires_at"], Value::Null);
+
+    let delta = sync(&app, v0).await;
+    assert_eq!(delta.keys.len(), 2);
+    let old = delta
+        .keys
+        .iter()
+        .find(|k| k.hash == KeyHash::of(old_key.as_bytes()).to_hex())
+        .unwrap();
+    let end = old.expires_at_ms.unwrap();
+    assert!(
+        end >= started_ms + 59_000 && end <= started_ms + 61_000 + 5_000,
+        "{end} vs {started_ms}"
+    );
+    let new = delta
+        .keys
+        .iter()
+        .find(|k| k.hash == KeyHash::of(new_key.as_bytes()).to_hex())
+        .unwrap();
+    assert_eq!(new.expires_at_ms, None);
+
+    for (body, status, code) in [
+        (
+            json!({"grace_seconds": -1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"grace_seconds": 999999999}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+    ] {
+        let r = admin(
+            &app,
+            Method::POST,
+            &format!("/v1/keys/{old_id}/rotate"),
+            Some(body),
+        )
+        .await;
+        assert_problem(&r, status, code);
+    }
+    let r = admin(
+        &app,
+        Method::POST,
+        "/v1/keys/key_nope/rotate",
+        Some(json!({})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+}

@@ -7,6 +7,7 @@
 
 use core::fmt;
 
+use crate::access::{Cidr, Scope};
 use crate::key::KeyHash;
 use crate::wire::{WireKey, WireLimit, WirePlan};
 
@@ -148,6 +149,9 @@ impl TryFrom<&WirePlan> for Plan {
     }
 }
 
+/// Most scopes or CIDRs one key may carry.
+pub const MAX_KEY_RULES: usize = 32;
+
 /// A validated key record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -156,6 +160,37 @@ pub struct KeyRecord {
     pub tenant_id: String,
     pub plan_id: String,
     pub active: bool,
+    pub expires_at_ms: Option<u64>,
+    /// `None`: everything is permitted.
+    pub scopes: Option<Vec<Scope>>,
+    /// `None`: any client address.
+    pub allowed_cidrs: Option<Vec<Cidr>>,
+    pub limit_overrides: Vec<Limit>,
+    pub monthly_quota: Option<u64>,
+}
+
+impl KeyRecord {
+    /// The plan's limits with this key's overrides applied: an override
+    /// replaces the plan's limit of the same name, other overrides are added.
+    pub fn effective_limits(&self, plan: &Plan) -> Vec<Limit> {
+        let mut limits: Vec<Limit> = plan
+            .limits
+            .iter()
+            .map(|l| {
+                self.limit_overrides
+                    .iter()
+                    .find(|o| o.name == l.name)
+                    .unwrap_or(l)
+                    .clone()
+            })
+            .collect();
+        for o in &self.limit_overrides {
+            if !plan.limits.iter().any(|l| l.name == o.name) {
+                limits.push(o.clone());
+            }
+        }
+        limits
+    }
 }
 
 impl TryFrom<&WireKey> for KeyRecord {
@@ -176,12 +211,80 @@ impl TryFrom<&WireKey> for KeyRecord {
                 )));
             }
         }
+        let scopes = match &wire.scopes {
+            None => None,
+            Some(scopes) if scopes.len() > MAX_KEY_RULES => {
+                return Err(invalid(format!(
+                    "a key may have at most {MAX_KEY_RULES} scopes"
+                )))
+            }
+            Some(scopes) => Some(
+                scopes
+                    .iter()
+                    .map(|s| {
+                        Scope::validate(
+                            s.methods.as_deref().unwrap_or(&[]),
+                            s.path_prefix.as_deref(),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?,
+            ),
+        };
+        let allowed_cidrs = match &wire.allowed_cidrs {
+            None => None,
+            Some(cidrs) if cidrs.len() > MAX_KEY_RULES => {
+                return Err(invalid(format!(
+                    "a key may have at most {MAX_KEY_RULES} allowed_cidrs"
+                )))
+            }
+            Some(cidrs) => Some(
+                cidrs
+                    .iter()
+                    .map(|c| Cidr::parse(c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?,
+            ),
+        };
+        let limit_overrides = wire
+            .limits
+            .iter()
+            .flatten()
+            .map(Limit::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, limit) in limit_overrides.iter().enumerate() {
+            if limit_overrides
+                .iter()
+                .skip(i + 1)
+                .any(|l| l.name == limit.name)
+            {
+                return Err(invalid(format!(
+                    "limit name {:?} is used twice",
+                    limit.name
+                )));
+            }
+        }
+        if limit_overrides.len() > MAX_LIMITS {
+            return Err(invalid(format!(
+                "a key may override at most {MAX_LIMITS} limits"
+            )));
+        }
+        if wire.monthly_quota == Some(0) {
+            return Err(invalid(
+                "monthly_quota must be at least 1 (omit it for the plan's)",
+            ));
+        }
         Ok(Self {
             hash,
             id: wire.id.clone(),
             tenant_id: wire.tenant_id.clone(),
             plan_id: wire.plan_id.clone(),
             active: wire.active,
+            expires_at_ms: wire.expires_at_ms,
+            scopes,
+            allowed_cidrs,
+            limit_overrides,
+            monthly_quota: wire.monthly_quota,
         })
     }
 }
@@ -246,12 +349,73 @@ mod tests {
             tenant_id: "tnt_1".into(),
             plan_id: "plan_1".into(),
             active: true,
+            ..Default::default()
         };
         assert!(KeyRecord::try_from(&wire).is_ok());
+        let mut scoped = wire.clone();
+        scoped.scopes = Some(vec![crate::wire::WireScope {
+            methods: Some(vec!["PUT GET".into()]),
+            path_prefix: None,
+        }]);
+        assert!(KeyRecord::try_from(&scoped).is_err());
+        let mut fenced = wire.clone();
+        fenced.allowed_cidrs = Some(vec!["10.0.0.0/99".into()]);
+        assert!(KeyRecord::try_from(&fenced).is_err());
+        let mut twice = wire.clone();
+        twice.limits = Some(vec![
+            wire_limit("a", 1, 1, None),
+            wire_limit("a", 1, 1, None),
+        ]);
+        assert!(KeyRecord::try_from(&twice).is_err());
         wire.hash = "nothex".into();
         assert!(KeyRecord::try_from(&wire).is_err());
         wire.hash = "00".repeat(32);
         wire.tenant_id = "a\nb".into();
         assert!(KeyRecord::try_from(&wire).is_err());
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    #[crate::testing::test]
+    fn key_overrides_replace_by_name_and_add_the_rest() {
+        let limit = |name: &str, max| WireLimit {
+            name: name.into(),
+            max,
+            window_seconds: 60,
+            burst: None,
+        };
+        let plan = Plan::try_from(&WirePlan {
+            id: "p".into(),
+            name: "P".into(),
+            limits: vec![limit("minute", 10), limit("hour", 100)],
+            monthly_quota: None,
+        })
+        .unwrap();
+        let key = KeyRecord::try_from(&WireKey {
+            hash: "00".repeat(32),
+            id: "k".into(),
+            tenant_id: "t".into(),
+            plan_id: "p".into(),
+            active: true,
+            limits: Some(vec![limit("hour", 5), limit("burst", 2)]),
+            ..Default::default()
+        })
+        .unwrap();
+        let names: Vec<(String, u64)> = key
+            .effective_limits(&plan)
+            .into_iter()
+            .map(|l| (l.name, l.max))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("minute".into(), 10),
+                ("hour".into(), 5),
+                ("burst".into(), 2)
+            ]
+        );
     }
 }

@@ -5,8 +5,10 @@
 //! Checks run cheapest first, in Unkey's order: key present → well-formed →
 //! config present → key known → key active → limits.
 
+use std::net::IpAddr;
+
 use crate::bucket::{ceil_seconds, Bucket, Check};
-use crate::config::{Limit, Plan};
+use crate::config::Limit;
 use crate::key::ApiKey;
 use crate::layout::{
     applied_version, buckets_key, decode_buckets, encode_buckets, read_key, read_plan,
@@ -21,6 +23,12 @@ pub const MAX_CAS_ATTEMPTS: u32 = 32;
 pub struct RequestFacts<'a> {
     /// The presented key, see [`presented_key`].
     pub api_key: Option<&'a str>,
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, query included.
+    pub path: &'a str,
+    /// The downstream peer's address, if the host told us.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// The key a client presented: `x-api-key`, else `Authorization: Bearer <key>`.
@@ -45,6 +53,8 @@ pub enum DenyReason {
     MissingApiKey,
     InvalidApiKey,
     DisabledApiKey,
+    ExpiredApiKey,
+    Forbidden,
     RateLimited,
     ConfigUnavailable,
 }
@@ -52,7 +62,11 @@ pub enum DenyReason {
 impl DenyReason {
     pub fn status(self) -> u32 {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey | Self::DisabledApiKey => 401,
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::DisabledApiKey
+            | Self::ExpiredApiKey => 401,
+            Self::Forbidden => 403,
             Self::RateLimited => 429,
             Self::ConfigUnavailable => 503,
         }
@@ -63,6 +77,8 @@ impl DenyReason {
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
             Self::DisabledApiKey => "disabled_api_key",
+            Self::ExpiredApiKey => "expired_api_key",
+            Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::ConfigUnavailable => "config_unavailable",
         }
@@ -73,6 +89,8 @@ impl DenyReason {
             Self::MissingApiKey => "API key required",
             Self::InvalidApiKey => "Invalid API key",
             Self::DisabledApiKey => "API key disabled",
+            Self::ExpiredApiKey => "API key expired",
+            Self::Forbidden => "Not permitted for this key",
             Self::RateLimited => "Rate limit exceeded",
             Self::ConfigUnavailable => "Gateway not ready",
         }
@@ -161,6 +179,28 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
             "The API key has been deactivated.",
         );
     }
+    if record.expires_at_ms.is_some_and(|expiry| now_ms >= expiry) {
+        return deny(DenyReason::ExpiredApiKey, "The API key has expired.");
+    }
+    if let Some(cidrs) = &record.allowed_cidrs {
+        let from_allowed = facts
+            .client_ip
+            .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)));
+        if !from_allowed {
+            return deny(
+                DenyReason::Forbidden,
+                "The API key may not be used from this client address.",
+            );
+        }
+    }
+    if let Some(scopes) = &record.scopes {
+        if !scopes.iter().any(|s| s.permits(facts.method, facts.path)) {
+            return deny(
+                DenyReason::Forbidden,
+                "The API key's scopes do not permit this method and path.",
+            );
+        }
+    }
     let Some(plan) = read_plan(store, &record.plan_id) else {
         return deny(
             DenyReason::ConfigUnavailable,
@@ -168,7 +208,8 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
         );
     };
 
-    match consume(store, &buckets_key(&hash), &plan, 1, now_ms) {
+    let limits = record.effective_limits(&plan);
+    match consume(store, &buckets_key(&hash), &limits, 1, now_ms) {
         Consumed::Admitted(policies) => Decision::Allow(Allowed {
             tenant_id: record.tenant_id,
             key_id: record.id,
@@ -222,8 +263,14 @@ fn status(limit: &Limit, bucket: &Bucket) -> PolicyStatus {
 }
 
 /// Consumes `cost` from every limit of the plan, or from none, in one CAS.
-fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms: u64) -> Consumed {
-    if plan.limits.is_empty() {
+fn consume(
+    store: &impl SharedStore,
+    entry: &str,
+    limits: &[Limit],
+    cost: u64,
+    now_ms: u64,
+) -> Consumed {
+    if limits.is_empty() {
         return Consumed::Admitted(Vec::new());
     }
     for _ in 0..MAX_CAS_ATTEMPTS {
@@ -231,8 +278,7 @@ fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms
             Some((bytes, cas)) => (decode_buckets(&bytes), Some(cas)),
             None => (Vec::new(), None),
         };
-        let current: Vec<Bucket> = plan
-            .limits
+        let current: Vec<Bucket> = limits
             .iter()
             .map(|limit| {
                 stored
@@ -246,7 +292,7 @@ fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms
         let mut after = Vec::with_capacity(current.len());
         let mut violated = Vec::new();
         let mut wait_ms = 0u64;
-        for (limit, bucket) in plan.limits.iter().zip(&current) {
+        for (limit, bucket) in limits.iter().zip(&current) {
             match bucket.check(limit, cost) {
                 Check::Admit { level_after } => after.push(Bucket {
                     level: level_after,
@@ -261,8 +307,7 @@ fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms
 
         if !violated.is_empty() {
             // Nothing is written: a refused request consumes from no window.
-            let policies = plan
-                .limits
+            let policies = limits
                 .iter()
                 .zip(&current)
                 .map(|(limit, bucket)| {
@@ -281,7 +326,7 @@ fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms
         }
 
         let encoded = encode_buckets(
-            plan.limits
+            limits
                 .iter()
                 .map(|l| l.name.as_str())
                 .zip(after.iter().copied()),
@@ -289,7 +334,7 @@ fn consume(store: &impl SharedStore, entry: &str, plan: &Plan, cost: u64, now_ms
         match store.set(entry, Some(&encoded), cas) {
             Ok(()) => {
                 return Consumed::Admitted(
-                    plan.limits
+                    limits
                         .iter()
                         .zip(&after)
                         .map(|(l, b)| status(l, b))
@@ -319,8 +364,24 @@ mod tests {
     }
 
     fn store_with(limits: Vec<WireLimit>, active: bool) -> (MemoryStore, ApiKey) {
+        store_with_key(limits, |k| k.active = active)
+    }
+
+    fn store_with_key(
+        limits: Vec<WireLimit>,
+        edit: impl FnOnce(&mut WireKey),
+    ) -> (MemoryStore, ApiKey) {
         let store = MemoryStore::new();
         let k = key(0);
+        let mut wire_key = WireKey {
+            hash: k.hash().to_hex(),
+            id: "key_1".into(),
+            tenant_id: "tnt_1".into(),
+            plan_id: "plan_1".into(),
+            active: true,
+            ..Default::default()
+        };
+        edit(&mut wire_key);
         apply_sync(
             &store,
             &SyncResponse {
@@ -331,13 +392,7 @@ mod tests {
                     limits,
                     monthly_quota: None,
                 }],
-                keys: vec![WireKey {
-                    hash: k.hash().to_hex(),
-                    id: "key_1".into(),
-                    tenant_id: "tnt_1".into(),
-                    plan_id: "plan_1".into(),
-                    active,
-                }],
+                keys: vec![wire_key],
                 deleted_keys: vec![],
                 deleted_plans: vec![],
             },
@@ -356,7 +411,24 @@ mod tests {
     }
 
     fn run(store: &MemoryStore, key: &str, now: u64) -> Decision {
-        decide(&RequestFacts { api_key: Some(key) }, store, now)
+        run_as(store, key, "GET", "/", None, now)
+    }
+
+    fn run_as(
+        store: &MemoryStore,
+        key: &str,
+        method: &str,
+        path: &str,
+        ip: Option<&str>,
+        now: u64,
+    ) -> Decision {
+        let facts = RequestFacts {
+            api_key: Some(key),
+            method,
+            path,
+            client_ip: ip.map(|ip| ip.parse().unwrap()),
+        };
+        decide(&facts, store, now)
     }
 
     fn reason(d: &Decision) -> Option<DenyReason> {
@@ -512,6 +584,63 @@ mod tests {
             panic!()
         };
         assert_eq!(a.policies[0].remaining, 1);
+    }
+
+    #[crate::testing::test]
+    fn expiry_is_enforced_at_the_exact_millisecond() {
+        let (store, k) = store_with_key(vec![], |w| w.expires_at_ms = Some(T0 + 1000));
+        assert!(reason(&run(&store, k.expose(), T0 + 999)).is_none());
+        assert_eq!(
+            reason(&run(&store, k.expose(), T0 + 1000)),
+            Some(DenyReason::ExpiredApiKey)
+        );
+        let Decision::Deny(d) = run(&store, k.expose(), T0 + 1000) else {
+            panic!()
+        };
+        assert_eq!(d.reason.status(), 401);
+        assert_eq!(d.reason.code(), "expired_api_key");
+    }
+
+    #[crate::testing::test]
+    fn scopes_and_cidrs_answer_403() {
+        let (store, k) = store_with_key(vec![limit("s", 100, 1, None)], |w| {
+            w.scopes = Some(vec![crate::wire::WireScope {
+                methods: Some(vec!["GET".into()]),
+                path_prefix: Some("/read".into()),
+            }]);
+            w.allowed_cidrs = Some(vec!["10.0.0.0/8".into(), "2001:db8::/32".into()]);
+        });
+        let k = k.expose();
+        let ok = |m, p, ip| reason(&run_as(&store, k, m, p, ip, T0));
+        assert_eq!(ok("GET", "/read/x", Some("10.1.2.3")), None);
+        assert_eq!(ok("GET", "/read", Some("2001:db8::7")), None);
+        assert_eq!(
+            ok("POST", "/read", Some("10.1.2.3")),
+            Some(DenyReason::Forbidden)
+        );
+        assert_eq!(
+            ok("GET", "/write", Some("10.1.2.3")),
+            Some(DenyReason::Forbidden)
+        );
+        assert_eq!(
+            ok("GET", "/read", Some("192.168.0.1")),
+            Some(DenyReason::Forbidden)
+        );
+        assert_eq!(ok("GET", "/read", None), Some(DenyReason::Forbidden));
+        assert_eq!(DenyReason::Forbidden.status(), 403);
+    }
+
+    #[crate::testing::test]
+    fn key_overrides_change_the_enforced_limits() {
+        let (store, k) = store_with_key(vec![limit("per-hour", 1, 3600, Some(1))], |w| {
+            w.limits = Some(vec![limit("per-hour", 1, 3600, Some(2))]);
+        });
+        assert!(reason(&run(&store, k.expose(), T0)).is_none());
+        assert!(reason(&run(&store, k.expose(), T0)).is_none());
+        assert_eq!(
+            reason(&run(&store, k.expose(), T0)),
+            Some(DenyReason::RateLimited)
+        );
     }
 
     #[crate::testing::test]

@@ -219,6 +219,7 @@ mod tests {
                 tenant_id: "tnt_1".into(),
                 plan_id: "plan_1".into(),
                 active: true,
+                ..Default::default()
             }],
             deleted_keys: vec![],
             deleted_plans: vec![],

@@ -2,6 +2,7 @@
 //!
 //! Everything here is plain Rust with no host calls and no clock of its own, so
 //! the same code is unit-tested natively, on wasm32, and runs inside Envoy:
+//! - [`access`]: key scopes and client-IP allow-lists;
 //! - [`key`]: the API key format (`tg_<body>_<checksum>`) and the one hash both sides use;
 //! - [`wire`]: the JSON the control plane sends to the filter, defined once;
 //! - [`config`]: wire types validated into the config the filter enforces;
@@ -22,6 +23,7 @@
     )
 )]
 
+pub mod access;
 pub mod bucket;
 pub mod config;
 pub mod decide;

@@ -28,8 +28,19 @@ pub struct WirePlan {
     pub monthly_quota: Option<u64>,
 }
 
+/// What a key may be used for: any of `methods` (all if absent or empty) on
+/// paths under `path_prefix` (all if absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireScope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
 /// An API key as the filter needs it: identified by the SHA-256 of the plaintext.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireKey {
     /// Lower-case hex SHA-256 of the plaintext key.
@@ -38,6 +49,21 @@ pub struct WireKey {
     pub tenant_id: String,
     pub plan_id: String,
     pub active: bool,
+    /// Unix milliseconds after which the key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// The key may only do what one of these permits; absent means everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<WireScope>>,
+    /// Client addresses (CIDRs) the key may be used from; absent means anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// Limits that replace the plan's limit of the same name, or add to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Vec<WireLimit>>,
+    /// Replaces the plan's monthly quota for this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_quota: Option<u64>,
 }
 
 /// Everything that changed after the `since` version the filter asked for

@@ -24,6 +24,16 @@ fn request_header(name: &str) -> Option<String> {
         .flatten()
 }
 
+/// The downstream peer, from Envoy's `source.address` attribute (`ip:port`).
+fn client_ip() -> Option<std::net::IpAddr> {
+    let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
+    let text = std::str::from_utf8(&raw).ok()?;
+    text.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| text.parse::<std::net::IpAddr>())
+        .ok()
+}
+
 fn set_request_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
@@ -74,7 +84,15 @@ impl HttpContext for TollgateHttp {
                 violated: Vec::new(),
             });
         };
-        match decide(&RequestFacts { api_key: presented }, &HostStore, now) {
+        let method = request_header(":method").unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
+        let facts = RequestFacts {
+            api_key: presented,
+            method: &method,
+            path: &path,
+            client_ip: client_ip(),
+        };
+        match decide(&facts, &HostStore, now) {
             Decision::Allow(allowed) => {
                 for (name, value) in upstream_headers(&allowed) {
                     set_request_header(name, Some(value));

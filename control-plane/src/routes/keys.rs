@@ -1,4 +1,9 @@
 //! API keys: issued once in plaintext, stored only as SHA-256, pushed to every filter.
+//!
+//! A key may carry an expiry, scopes (method + path prefix), a client-IP
+//! allow-list and overrides of its plan's limits and quota; the filter enforces
+//! all of them. Rotation issues a successor with the same settings and lets the
+//! old key live on for a grace period.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -7,7 +12,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tollgate_core::config::KeyRecord;
 use tollgate_core::key::{ApiKey, BODY_LEN};
+use tollgate_core::wire::{WireKey, WireLimit, WireScope};
 
 use crate::db;
 use crate::error::{ApiError, ApiResult};
@@ -25,12 +34,54 @@ pub fn router() -> Router<AppState> {
             "/keys/{id}",
             get(keys_show).patch(keys_update).delete(keys_delete),
         )
+        .route("/keys/{id}/rotate", post(keys_rotate))
 }
 
+/// Longest grace period a rotated key may keep working: 30 days.
+pub const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// The settings a key carries besides its name; copied as they are on rotation.
+#[derive(Debug, Clone, Default)]
+pub struct KeySettings {
+    /// RFC 3339; after it the filter answers 401 `expired_api_key`.
+    pub expires_at: Option<String>,
+    pub scopes: Option<Vec<WireScope>>,
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// Replace the plan's limit of the same name, or add to them.
+    pub limits: Option<Vec<WireLimit>>,
+    pub monthly_quota: Option<u64>,
+}
+
+// No `#[serde(flatten)]` of KeySettings: serde cannot combine it with deny_unknown_fields.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub name: String,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<WireScope>>,
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
+    #[serde(default)]
+    pub limits: Option<Vec<WireLimit>>,
+    #[serde(default)]
+    pub monthly_quota: Option<u64>,
+}
+
+impl CreateKey {
+    fn split(self) -> (String, KeySettings) {
+        (
+            self.name,
+            KeySettings {
+                expires_at: self.expires_at,
+                scopes: self.scopes,
+                allowed_cidrs: self.allowed_cidrs,
+                limits: self.limits,
+                monthly_quota: self.monthly_quota,
+            },
+        )
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,14 +93,27 @@ pub struct UpdateKey {
     pub name: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    #[serde(default)]
+    pub grace_seconds: u64,
+}
+
 /// A key as admins see it: never the plaintext, never the hash.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 pub struct KeyView {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
     pub prefix: String,
     pub active: bool,
+    pub expires_at: Option<String>,
+    pub scopes: Option<Vec<WireScope>>,
+    pub allowed_cidrs: Option<Vec<String>>,
+    pub limits: Option<Vec<WireLimit>>,
+    pub monthly_quota: Option<u64>,
+    pub rotated_from: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -62,18 +126,205 @@ pub struct IssuedKey {
     pub key: String,
 }
 
-const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, active, created_at, updated_at";
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: String,
+    tenant_id: String,
+    name: String,
+    prefix: String,
+    active: bool,
+    expires_at: Option<String>,
+    expires_at_ms: Option<i64>,
+    scopes: Option<String>,
+    allowed_cidrs: Option<String>,
+    limits: Option<String>,
+    monthly_quota: Option<i64>,
+    rotated_from: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, active, expires_at, expires_at_ms, \
+     scopes, allowed_cidrs, limits, monthly_quota, rotated_from, created_at, updated_at";
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &Option<String>) -> ApiResult<Option<T>> {
+    text.as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(ApiError::internal)
+}
+
+fn to_json<T: Serialize>(value: &Option<T>) -> ApiResult<Option<String>> {
+    value
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(ApiError::internal)
+}
+
+impl KeyRow {
+    fn view(self) -> ApiResult<KeyView> {
+        Ok(KeyView {
+            scopes: from_json(&self.scopes)?,
+            allowed_cidrs: from_json(&self.allowed_cidrs)?,
+            limits: from_json(&self.limits)?,
+            monthly_quota: self.monthly_quota.and_then(|q| u64::try_from(q).ok()),
+            id: self.id,
+            tenant_id: self.tenant_id,
+            name: self.name,
+            prefix: self.prefix,
+            active: self.active,
+            expires_at: self.expires_at,
+            rotated_from: self.rotated_from,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+
+    fn settings(&self) -> ApiResult<KeySettings> {
+        Ok(KeySettings {
+            expires_at: self.expires_at.clone(),
+            scopes: from_json(&self.scopes)?,
+            allowed_cidrs: from_json(&self.allowed_cidrs)?,
+            limits: from_json(&self.limits)?,
+            monthly_quota: self.monthly_quota.and_then(|q| u64::try_from(q).ok()),
+        })
+    }
+}
+
+/// Settings checked the way every filter will check them, plus the expiry
+/// parsed: (RFC 3339 in UTC, Unix ms).
+struct Checked {
+    expires: Option<(String, i64)>,
+}
+
+fn parse_expiry(text: &str) -> ApiResult<(String, i64)> {
+    let at = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        ApiError::invalid(
+            "invalid_expiry",
+            format!("expires_at must be an RFC 3339 time like 2027-01-31T00:00:00Z: {e}"),
+        )
+    })?;
+    let utc = at.to_offset(time::UtcOffset::UTC);
+    let ms = i64::try_from(utc.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::invalid("invalid_expiry", "expires_at is out of range"))?;
+    if ms < 0 {
+        return Err(ApiError::invalid(
+            "invalid_expiry",
+            "expires_at must be after 1970.",
+        ));
+    }
+    let shown = utc.format(&Rfc3339).map_err(ApiError::internal)?;
+    Ok((shown, ms))
+}
+
+fn check(settings: &KeySettings) -> ApiResult<Checked> {
+    let expires = settings
+        .expires_at
+        .as_deref()
+        .map(parse_expiry)
+        .transpose()?;
+    if settings
+        .monthly_quota
+        .is_some_and(|q| i64::try_from(q).is_err())
+    {
+        return Err(ApiError::invalid(
+            "invalid_key",
+            "monthly_quota is too large.",
+        ));
+    }
+    KeyRecord::try_from(&WireKey {
+        hash: "0".repeat(64),
+        id: "key".into(),
+        tenant_id: "tenant".into(),
+        plan_id: "plan".into(),
+        active: true,
+        expires_at_ms: None,
+        scopes: settings.scopes.clone(),
+        allowed_cidrs: settings.allowed_cidrs.clone(),
+        limits: settings.limits.clone(),
+        monthly_quota: settings.monthly_quota,
+    })
+    .map_err(|e| ApiError::invalid("invalid_key", e.0))?;
+    Ok(Checked { expires })
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// Inserts a freshly generated key; returns its plaintext.
+#[allow(clippy::too_many_arguments)] // each is one column group; a struct would only rename them
+async fn insert(
+    tx: &mut db::Tx,
+    version: i64,
+    id: &str,
+    tenant_id: &str,
+    name: &str,
+    settings: &KeySettings,
+    expires: &Option<(String, i64)>,
+    rotated_from: Option<&str>,
+) -> ApiResult<ApiKey> {
+    let key = ApiKey::from_body(&Alphanumeric.sample_string(&mut rand::rng(), BODY_LEN))
+        .map_err(ApiError::internal)?;
+    let now = db::now();
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, expires_at,
+                               expires_at_ms, scopes, allowed_cidrs, limits, monthly_quota,
+                               rotated_from, created_at, updated_at, version)
+         VALUES (?, ?, ?, ?, ?, TRUE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(tenant_id)
+    .bind(name)
+    .bind(key.display_prefix())
+    .bind(key.hash().to_hex())
+    .bind(expires.as_ref().map(|e| e.0.clone()))
+    .bind(expires.as_ref().map(|e| e.1))
+    .bind(to_json(&settings.scopes)?)
+    .bind(to_json(&settings.allowed_cidrs)?)
+    .bind(to_json(&settings.limits)?)
+    .bind(settings.monthly_quota.and_then(|q| i64::try_from(q).ok()))
+    .bind(rotated_from)
+    .bind(&now)
+    .bind(&now)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(key)
+}
+
+fn issued(view: KeyView, key: &ApiKey) -> Response {
+    let location = format!("/v1/keys/{}", view.id);
+    (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Json(IssuedKey {
+            view,
+            key: key.expose().to_owned(),
+        }),
+    )
+        .into_response()
+}
 
 async fn keys_create(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     ApiJson(input): ApiJson<CreateKey>,
 ) -> ApiResult<Response> {
-    validate_name("name", &input.name)?;
-    let key = ApiKey::from_body(&Alphanumeric.sample_string(&mut rand::rng(), BODY_LEN))
-        .map_err(ApiError::internal)?;
+    let (name, settings) = input.split();
+    validate_name("name", &name)?;
+    let checked = check(&settings)?;
+    if checked.expires.as_ref().is_some_and(|e| e.1 <= now_ms()) {
+        return Err(ApiError::invalid(
+            "invalid_expiry",
+            "expires_at must be in the future.",
+        ));
+    }
     let id = db::new_id("key");
-    let now = db::now();
 
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let max_api_keys: Option<Option<i64>> = sqlx::query_scalar(
@@ -100,51 +351,31 @@ async fn keys_create(
             ));
         }
     }
-    sqlx::query(
-        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, created_at, updated_at, version)
-         VALUES (?, ?, ?, ?, ?, TRUE, ?, ?, ?)",
+    let key = insert(
+        &mut tx,
+        version,
+        &id,
+        &tenant_id,
+        &name,
+        &settings,
+        &checked.expires,
+        None,
     )
-    .bind(&id)
-    .bind(&tenant_id)
-    .bind(&input.name)
-    .bind(key.display_prefix())
-    .bind(key.hash().to_hex())
-    .bind(&now)
-    .bind(&now)
-    .bind(version)
-    .execute(&mut *tx)
     .await?;
+    let view = find(&mut *tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal("inserted key not found"))?
+        .view()?;
     tx.commit().await?;
     state.published(version);
-
-    let issued = IssuedKey {
-        view: KeyView {
-            id: id.clone(),
-            tenant_id,
-            name: input.name,
-            prefix: key.display_prefix().to_owned(),
-            active: true,
-            created_at: now.clone(),
-            updated_at: now,
-        },
-        key: key.expose().to_owned(),
-    };
-    Ok((
-        StatusCode::CREATED,
-        [
-            (header::LOCATION, format!("/v1/keys/{id}")),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-        Json(issued),
-    )
-        .into_response())
+    Ok(issued(view, &key))
 }
 
 async fn find<'e>(
     executor: impl sqlx::SqliteExecutor<'e>,
     id: &str,
-) -> Result<Option<KeyView>, sqlx::Error> {
-    sqlx::query_as::<_, KeyView>(&format!(
+) -> Result<Option<KeyRow>, sqlx::Error> {
+    sqlx::query_as::<_, KeyRow>(&format!(
         "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ? AND deleted_at IS NULL"
     ))
     .bind(id)
@@ -156,10 +387,10 @@ async fn keys_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyView>> {
-    find(&state.db, &id)
+    let row = find(&state.db, &id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("API key", &id))
+        .ok_or_else(|| ApiError::not_found("API key", &id))?;
+    Ok(Json(row.view()?))
 }
 
 async fn keys_update(
@@ -197,7 +428,7 @@ async fn keys_update(
         .ok_or_else(|| ApiError::not_found("API key", &id))?;
     tx.commit().await?;
     state.published(version);
-    Ok(Json(updated))
+    Ok(Json(updated.view()?))
 }
 
 async fn keys_delete(
@@ -223,6 +454,70 @@ async fn keys_delete(
     tx.commit().await?;
     state.published(version);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues a successor with the same tenant, name and settings. The old key
+/// keeps working for `grace_seconds` (never longer than it would have), then
+/// every filter refuses it as expired. The tenant's key allowance does not
+/// block a rotation: the old key is on its way out.
+async fn keys_rotate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<RotateKey>,
+) -> ApiResult<Response> {
+    if input.grace_seconds > MAX_GRACE_SECONDS {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            format!("grace_seconds must be at most {MAX_GRACE_SECONDS}."),
+        ));
+    }
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    let Some(old) = find(&mut *tx, &id).await? else {
+        return Err(ApiError::not_found("API key", &id));
+    };
+    let settings = old.settings()?;
+    let expires = match (&old.expires_at, old.expires_at_ms) {
+        (Some(text), Some(ms)) => Some((text.clone(), ms)),
+        _ => None,
+    };
+    let new_id = db::new_id("key");
+    let key = insert(
+        &mut tx,
+        version,
+        &new_id,
+        &old.tenant_id,
+        &old.name,
+        &settings,
+        &expires,
+        Some(&id),
+    )
+    .await?;
+
+    let grace_ms = i64::try_from(input.grace_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let end_ms = now_ms().saturating_add(grace_ms);
+    let end_ms = old.expires_at_ms.map_or(end_ms, |e| e.min(end_ms));
+    let end = OffsetDateTime::from_unix_timestamp_nanos(i128::from(end_ms) * 1_000_000)
+        .map_err(ApiError::internal)?
+        .format(&Rfc3339)
+        .map_err(ApiError::internal)?;
+    sqlx::query(
+        "UPDATE api_keys SET expires_at = ?, expires_at_ms = ?, updated_at = ?, version = ?
+         WHERE id = ?",
+    )
+    .bind(&end)
+    .bind(end_ms)
+    .bind(db::now())
+    .bind(version)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
+    let view = find(&mut *tx, &new_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("rotated key not found"))?
+        .view()?;
+    tx.commit().await?;
+    state.published(version);
+    Ok(issued(view, &key))
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,7 +552,7 @@ async fn keys_list(
          WHERE tenant_id = ? AND deleted_at IS NULL AND (? IS NULL OR active = ?) {after}
          ORDER BY created_at, id LIMIT ?"
     );
-    let mut q = sqlx::query_as::<_, KeyView>(&sql)
+    let mut q = sqlx::query_as::<_, KeyRow>(&sql)
         .bind(&tenant_id)
         .bind(query.active)
         .bind(query.active);
@@ -265,5 +560,9 @@ async fn keys_list(
         q = q.bind(after).bind(after).bind(after);
     }
     let rows = q.bind(limit + 1).fetch_all(&state.db).await?;
-    Ok(Json(Page::from_rows(rows, limit, |k| k.id.clone())))
+    let views = rows
+        .into_iter()
+        .map(KeyRow::view)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(Page::from_rows(views, limit, |k| k.id.clone())))
 }

@@ -71,7 +71,20 @@ struct KeyChange {
     tenant_id: String,
     plan_id: String,
     active: bool,
+    expires_at_ms: Option<i64>,
+    scopes: Option<String>,
+    allowed_cidrs: Option<String>,
+    limits: Option<String>,
+    monthly_quota: Option<i64>,
     deleted: bool,
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    text: Option<String>,
+) -> Result<Option<T>, ApiError> {
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(ApiError::internal)
 }
 
 pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse, ApiError> {
@@ -111,7 +124,8 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
         .await?
     };
     let keys = sqlx::query_as::<_, KeyChange>(
-        "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, k.active,
+        "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, k.active, k.expires_at_ms,
+                k.scopes, k.allowed_cidrs, k.limits, k.monthly_quota,
                 (k.deleted_at IS NOT NULL) AS deleted
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          WHERE k.version > ? ORDER BY k.version",
@@ -140,6 +154,11 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
                 tenant_id: key.tenant_id,
                 plan_id: key.plan_id,
                 active: key.active,
+                expires_at_ms: key.expires_at_ms.and_then(|v| u64::try_from(v).ok()),
+                scopes: json_column(key.scopes)?,
+                allowed_cidrs: json_column(key.allowed_cidrs)?,
+                limits: json_column(key.limits)?,
+                monthly_quota: key.monthly_quota.and_then(|v| u64::try_from(v).ok()),
             });
         }
     }
