@@ -61,3 +61,14 @@ CREATE TABLE api_keys (
 CREATE INDEX api_keys_version ON api_keys (version);
 CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
 CREATE INDEX plans_version ON plans (version);
+
+-- Self-service tokens: a tenant's own bearer tokens, stored as SHA-256 only.
+CREATE TABLE tenant_tokens (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants (id),
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX tenant_tokens_tenant ON tenant_tokens (tenant_id);

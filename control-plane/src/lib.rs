@@ -1,6 +1,7 @@
 //! Tollgate's control plane: the source of truth for plans, tenants and keys.
 //!
-//! Admins drive it through `/v1` (bearer admin token); every Envoy's sync
+//! Admins drive it through `/v1` (bearer admin token), tenants serve
+//! themselves through the same API with their own tokens; every Envoy's sync
 //! service long-polls `/v1/sync` (bearer sync token) for what changed.
 //! `app(state)` builds the whole router so tests can drive it with `oneshot`.
 
@@ -29,9 +30,10 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::plans::router())
         .merge(routes::tenants::router())
         .merge(routes::keys::router())
+        .merge(routes::tokens::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_admin,
+            auth::authenticate,
         ));
     Router::new()
         .nest(

@@ -18,6 +18,7 @@ use tollgate_core::config::KeyRecord;
 use tollgate_core::key::{ApiKey, BODY_LEN};
 use tollgate_core::wire::{WireKey, WireLimit, WireScope};
 
+use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
@@ -311,10 +312,14 @@ fn issued(view: KeyView, key: &ApiKey) -> Response {
 }
 
 async fn keys_create(
+    principal: Principal,
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     ApiJson(input): ApiJson<CreateKey>,
 ) -> ApiResult<Response> {
+    if !principal.sees(&tenant_id) {
+        return Err(ApiError::not_found("tenant", &tenant_id));
+    }
     let (name, settings) = input.split();
     validate_name("name", &name)?;
     let checked = check(&settings)?;
@@ -383,10 +388,20 @@ async fn find<'e>(
     .await
 }
 
+/// 404 unless the key exists and belongs to a tenant the caller may see.
+async fn visible_key(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
+    match find(&state.db, id).await? {
+        Some(key) if principal.sees(&key.tenant_id) => Ok(()),
+        _ => Err(ApiError::not_found("API key", id)),
+    }
+}
+
 async fn keys_show(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyView>> {
+    visible_key(&state, &principal, &id).await?;
     let row = find(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("API key", &id))?;
@@ -394,10 +409,12 @@ async fn keys_show(
 }
 
 async fn keys_update(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<UpdateKey>,
 ) -> ApiResult<Json<KeyView>> {
+    visible_key(&state, &principal, &id).await?;
     if input.active.is_none() && input.name.is_none() {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -432,9 +449,11 @@ async fn keys_update(
 }
 
 async fn keys_delete(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    visible_key(&state, &principal, &id).await?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let now = db::now();
     // A tombstone, not a DELETE: filters learn of deletions from the version feed.
@@ -461,10 +480,12 @@ async fn keys_delete(
 /// every filter refuses it as expired. The tenant's key allowance does not
 /// block a rotation: the old key is on its way out.
 async fn keys_rotate(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<RotateKey>,
 ) -> ApiResult<Response> {
+    visible_key(&state, &principal, &id).await?;
     if input.grace_seconds > MAX_GRACE_SECONDS {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -532,10 +553,14 @@ pub struct ListKeys {
 }
 
 async fn keys_list(
+    principal: Principal,
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
     ApiQuery(query): ApiQuery<ListKeys>,
 ) -> ApiResult<Json<Page<KeyView>>> {
+    if !principal.sees(&tenant_id) {
+        return Err(ApiError::not_found("tenant", &tenant_id));
+    }
     let limit = page_limit(query.limit)?;
     if tenants::find(&state.db, &tenant_id).await?.is_none() {
         return Err(ApiError::not_found("tenant", &tenant_id));

@@ -6,6 +6,7 @@ pub mod keys;
 pub mod plans;
 pub mod sync;
 pub mod tenants;
+pub mod tokens;
 
 use crate::error::ApiError;
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tollgate_core::config::Plan;
 use tollgate_core::wire::{WireLimit, WirePlan};
 
+use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
@@ -204,9 +205,11 @@ pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> Ap
 }
 
 async fn plans_create(
+    principal: Principal,
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreatePlan>,
 ) -> ApiResult<Response> {
+    principal.require_admin()?;
     let now = db::now();
     let view = PlanView {
         id: db::new_id("plan"),
@@ -248,9 +251,20 @@ pub(crate) async fn find<'e>(
 }
 
 async fn plans_show(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PlanView>> {
+    if let Principal::Tenant(tenant_id) = &principal {
+        // A tenant may read its own plan, and no other.
+        let own: Option<String> = sqlx::query_scalar("SELECT plan_id FROM tenants WHERE id = ?")
+            .bind(tenant_id)
+            .fetch_optional(&state.db)
+            .await?;
+        if own.as_deref() != Some(id.as_str()) {
+            return Err(ApiError::not_found("plan", &id));
+        }
+    }
     let row = find(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("plan", &id))?;
@@ -267,9 +281,11 @@ pub struct ListPlans {
 }
 
 async fn plans_list(
+    principal: Principal,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListPlans>,
 ) -> ApiResult<Json<Page<PlanView>>> {
+    principal.require_admin()?;
     let limit = page_limit(query.limit)?;
     let rows = match &query.after {
         None => {
@@ -306,10 +322,12 @@ async fn plans_list(
 }
 
 async fn plans_update(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<UpdatePlan>,
 ) -> ApiResult<Json<PlanView>> {
+    principal.require_admin()?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let current = find(&mut *tx, &id)
         .await?
@@ -356,9 +374,11 @@ async fn plans_update(
 }
 
 async fn plans_delete(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    principal.require_admin()?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     if find(&mut *tx, &id).await?.is_none() {
         return Err(ApiError::not_found("plan", &id));

@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
@@ -83,9 +84,11 @@ pub(crate) async fn find<'e>(
 }
 
 async fn tenants_create(
+    principal: Principal,
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreateTenant>,
 ) -> ApiResult<Response> {
+    principal.require_admin()?;
     validate_name("name", &input.name)?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     require_plan(&mut tx, &input.plan_id).await?;
@@ -124,9 +127,13 @@ async fn tenants_create(
 }
 
 async fn tenants_show(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TenantView>> {
+    if !principal.sees(&id) {
+        return Err(ApiError::not_found("tenant", &id));
+    }
     find(&state.db, &id)
         .await?
         .map(Json)
@@ -145,9 +152,11 @@ pub struct ListTenants {
 }
 
 async fn tenants_list(
+    principal: Principal,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListTenants>,
 ) -> ApiResult<Json<Page<TenantView>>> {
+    principal.require_admin()?;
     let limit = page_limit(query.limit)?;
     let after = match &query.after {
         Some(after) => {
@@ -172,10 +181,21 @@ async fn tenants_list(
 }
 
 async fn tenants_update(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<UpdateTenant>,
 ) -> ApiResult<Json<TenantView>> {
+    if !principal.sees(&id) {
+        return Err(ApiError::not_found("tenant", &id));
+    }
+    if input.plan_id.is_some() && !principal.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Changing the plan needs the admin token.",
+        ));
+    }
     if input.name.is_none() && input.plan_id.is_none() {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -230,9 +250,11 @@ async fn tenants_update(
 }
 
 async fn tenants_delete(
+    principal: Principal,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    principal.require_admin()?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     if find(&mut *tx, &id).await?.is_none() {
         return Err(ApiError::not_found("tenant", &id));

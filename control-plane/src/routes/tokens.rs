@@ -1,0 +1,131 @@
+//! Tenant tokens: bearer tokens that let a tenant serve itself (its own keys,
+//! its own tenant), issued and revoked by the admin. Shown once, stored hashed.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{tenant_token_hash, Principal, TENANT_TOKEN_PREFIX};
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::routes::{tenants, validate_name};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/tenants/{tenant_id}/tokens",
+            post(tokens_create).get(tokens_list),
+        )
+        .route("/tenants/{tenant_id}/tokens/{id}", delete(tokens_revoke))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct TokenView {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IssuedToken {
+    #[serde(flatten)]
+    pub view: TokenView,
+    pub token: String,
+}
+
+async fn require_tenant(state: &AppState, tenant_id: &str) -> ApiResult<()> {
+    match tenants::find(&state.db, tenant_id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found("tenant", tenant_id)),
+    }
+}
+
+async fn tokens_create(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    ApiJson(input): ApiJson<CreateToken>,
+) -> ApiResult<Response> {
+    principal.require_admin()?;
+    validate_name("name", &input.name)?;
+    require_tenant(&state, &tenant_id).await?;
+    let token = format!(
+        "{TENANT_TOKEN_PREFIX}{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 40)
+    );
+    let view = TokenView {
+        id: db::new_id("tok"),
+        tenant_id,
+        name: input.name,
+        created_at: db::now(),
+        revoked_at: None,
+    };
+    sqlx::query(
+        "INSERT INTO tenant_tokens (id, tenant_id, name, token_hash, created_at)
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&view.id)
+    .bind(&view.tenant_id)
+    .bind(&view.name)
+    .bind(tenant_token_hash(&token))
+    .bind(&view.created_at)
+    .execute(&state.db)
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(IssuedToken { view, token }),
+    )
+        .into_response())
+}
+
+async fn tokens_list(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    principal.require_admin()?;
+    require_tenant(&state, &tenant_id).await?;
+    let items = sqlx::query_as::<_, TokenView>(
+        "SELECT id, tenant_id, name, created_at, revoked_at FROM tenant_tokens
+         WHERE tenant_id = ? ORDER BY created_at, id",
+    )
+    .bind(&tenant_id)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+async fn tokens_revoke(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    principal.require_admin()?;
+    let done = sqlx::query(
+        "UPDATE tenant_tokens SET revoked_at = ? WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL",
+    )
+    .bind(db::now())
+    .bind(&id)
+    .bind(&tenant_id)
+    .execute(&state.db)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found("token", &id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
