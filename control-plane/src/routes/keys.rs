@@ -22,7 +22,9 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{after_cursor, invalid_cursor, page_limit, tenants, validate_name, Page};
+use crate::routes::{
+    bind_cursor, cursor_clause, invalid_cursor, page_limit, tenants, validate_name, Page,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -565,25 +567,21 @@ async fn keys_list(
     if tenants::find(&state.db, &tenant_id).await?.is_none() {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
-    let after = match &query.after {
-        Some(after) => {
-            find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
-            format!("AND {}", after_cursor("api_keys"))
-        }
-        None => String::new(),
-    };
+    let after = query.after.as_deref();
+    if let Some(after) = after {
+        find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+    }
+    let cursor = cursor_clause("api_keys", after);
     let sql = format!(
         "SELECT {KEY_COLUMNS} FROM api_keys
-         WHERE tenant_id = ? AND deleted_at IS NULL AND (? IS NULL OR active = ?) {after}
+         WHERE tenant_id = ? AND deleted_at IS NULL AND (? IS NULL OR active = ?) {cursor}
          ORDER BY created_at, id LIMIT ?"
     );
     let mut q = sqlx::query_as::<_, KeyRow>(&sql)
         .bind(&tenant_id)
         .bind(query.active)
         .bind(query.active);
-    if let Some(after) = &query.after {
-        q = q.bind(after).bind(after).bind(after);
-    }
+    q = bind_cursor(q, after);
     let rows = q.bind(limit + 1).fetch_all(&state.db).await?;
     let views = rows
         .into_iter()

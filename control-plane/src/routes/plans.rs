@@ -15,7 +15,9 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{after_cursor, nullable, page_limit, validate_name, Page};
+use crate::routes::{
+    bind_cursor, cursor_clause, invalid_cursor, nullable, page_limit, validate_name, Page,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -287,33 +289,19 @@ async fn plans_list(
 ) -> ApiResult<Json<Page<PlanView>>> {
     principal.require_admin()?;
     let limit = page_limit(query.limit)?;
-    let rows = match &query.after {
-        None => {
-            sqlx::query_as::<_, PlanRow>(&format!(
-                "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL
-                 ORDER BY created_at, id LIMIT ?"
-            ))
-            .bind(limit + 1)
-            .fetch_all(&state.db)
-            .await?
-        }
-        Some(after) => {
-            if find(&state.db, after).await?.is_none() {
-                return Err(crate::routes::invalid_cursor());
-            }
-            sqlx::query_as::<_, PlanRow>(&format!(
-                "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL AND {}
-                 ORDER BY created_at, id LIMIT ?",
-                after_cursor("plans")
-            ))
-            .bind(after)
-            .bind(after)
-            .bind(after)
-            .bind(limit + 1)
-            .fetch_all(&state.db)
-            .await?
-        }
-    };
+    let after = query.after.as_deref();
+    if let Some(after) = after {
+        find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+    }
+    let sql = format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL {}
+         ORDER BY created_at, id LIMIT ?",
+        cursor_clause("plans", after)
+    );
+    let rows = bind_cursor(sqlx::query_as::<_, PlanRow>(&sql), after)
+        .bind(limit + 1)
+        .fetch_all(&state.db)
+        .await?;
     let views = rows
         .into_iter()
         .map(PlanRow::view)

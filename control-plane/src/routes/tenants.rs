@@ -13,7 +13,9 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{after_cursor, invalid_cursor, page_limit, plans, validate_name, Page};
+use crate::routes::{
+    bind_cursor, cursor_clause, invalid_cursor, page_limit, plans, validate_name, Page,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -158,24 +160,20 @@ async fn tenants_list(
 ) -> ApiResult<Json<Page<TenantView>>> {
     principal.require_admin()?;
     let limit = page_limit(query.limit)?;
-    let after = match &query.after {
-        Some(after) => {
-            find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
-            format!("AND {}", after_cursor("tenants"))
-        }
-        None => String::new(),
-    };
+    let after = query.after.as_deref();
+    if let Some(after) = after {
+        find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+    }
+    let cursor = cursor_clause("tenants", after);
     let sql = format!(
         "SELECT {TENANT_COLUMNS} FROM tenants
-         WHERE deleted_at IS NULL AND (? IS NULL OR plan_id = ?) {after}
+         WHERE deleted_at IS NULL AND (? IS NULL OR plan_id = ?) {cursor}
          ORDER BY created_at, id LIMIT ?"
     );
     let mut q = sqlx::query_as::<_, TenantView>(&sql)
         .bind(&query.plan_id)
         .bind(&query.plan_id);
-    if let Some(after) = &query.after {
-        q = q.bind(after).bind(after).bind(after);
-    }
+    q = bind_cursor(q, after);
     let rows = q.bind(limit + 1).fetch_all(&state.db).await?;
     Ok(Json(Page::from_rows(rows, limit, |t| t.id.clone())))
 }
