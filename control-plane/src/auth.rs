@@ -92,7 +92,7 @@ pub async fn authenticate(
     } else if token.starts_with(TENANT_TOKEN_PREFIX) {
         let tenant: Option<String> = sqlx::query_scalar(
             "SELECT k.tenant_id FROM tenant_tokens k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.token_hash = ? AND k.revoked_at IS NULL AND t.deleted_at IS NULL",
+             WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND t.deleted_at IS NULL",
         )
         .bind(tenant_token_hash(token))
         .fetch_optional(&state.db)

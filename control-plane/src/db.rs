@@ -1,43 +1,89 @@
 //! The database: connection, migrations, and the config version every change bumps.
 //!
-//! SQLite is the embedded default. Each write transaction bumps the global
-//! config version as its *first* statement: that takes SQLite's write lock up
-//! front (no lock upgrade that could fail mid-transaction) and serialises
-//! versions in commit order, so `since=N` never skips a change.
+//! One code path for both stores, through sqlx's `Any` driver: SQLite is the
+//! embedded default, PostgreSQL (`postgres://…`) serves several replicas.
+//! The SQL is written once for both: `$n` placeholders (SQLite reads them as
+//! numbered parameters), text timestamps, and booleans read back through
+//! `CAST(… AS INTEGER)` because the `Any` driver cannot decode SQLite's
+//! `BOOLEAN` columns.
+//!
+//! Each write transaction bumps the global config version as its *first*
+//! statement. That takes SQLite's write lock, or PostgreSQL's row lock, up
+//! front and serialises versions in commit order, so `since=N` never skips a
+//! change. On PostgreSQL the same transaction queues a `NOTIFY`, delivered on
+//! commit, which wakes the long-polls held by every other replica.
 
-use std::str::FromStr;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyConnection;
+use sqlx::{Any, AnyPool, Executor, Transaction};
 
-pub type Db = SqlitePool;
-pub type Tx = Transaction<'static, Sqlite>;
+pub type Db = AnyPool;
+pub type Tx = Transaction<'static, Any>;
+
+/// The channel replicas `LISTEN` on; the payload is the committed version.
+pub const CHANGES_CHANNEL: &str = "tollgate_config";
+
+/// Whether `url` names a PostgreSQL database (otherwise it is SQLite).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+pub fn is_postgres(db: &Db) -> bool {
+    matches!(
+        db.connect_options().database_url.scheme(),
+        "postgres" | "postgresql"
+    )
+}
+
+/// SQLite's durability and integrity settings, applied to every new connection.
+fn sqlite_pragmas(
+    conn: &mut AnyConnection,
+) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        if conn.backend_name() == "SQLite" {
+            conn.execute(
+                "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+                 PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;",
+            )
+            .await?;
+        }
+        Ok(())
+    })
+}
 
 pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
-    let options = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(5));
-    SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
+    sqlx::any::install_default_drivers();
+    let url = if is_postgres_url(url) || url.contains("mode=") {
+        url.to_owned()
+    } else {
+        // Create the SQLite file on first start.
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}mode=rwc")
+    };
+    AnyPoolOptions::new()
+        .max_connections(if is_postgres_url(&url) { 16 } else { 8 })
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| sqlite_pragmas(conn))
+        .connect(&url)
         .await
 }
 
-/// A private in-memory database, for tests. One connection that never closes,
-/// because each SQLite in-memory connection is its own database.
+/// A private in-memory SQLite database, for tests. One connection that never
+/// closes, because each SQLite in-memory connection is its own database.
 pub async fn connect_memory() -> Result<Db, sqlx::Error> {
-    let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-    SqlitePoolOptions::new()
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
-        .connect_with(options)
+        .after_connect(|conn, _| sqlite_pragmas(conn))
+        .connect("sqlite::memory:")
         .await
 }
 
@@ -60,6 +106,13 @@ pub async fn begin_change(db: &Db) -> Result<(Tx, i64), sqlx::Error> {
     )
     .fetch_one(&mut *tx)
     .await?;
+    if is_postgres(db) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(version.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok((tx, version))
 }
 

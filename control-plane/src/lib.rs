@@ -9,6 +9,7 @@ pub mod auth;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod replicas;
 pub mod routes;
 pub mod seed;
 pub mod state;

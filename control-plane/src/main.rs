@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
-use tollgate_control_plane::{app, db, AppState};
+use tollgate_control_plane::{app, db, replicas, AppState};
 
 #[derive(Parser)]
 #[command(name = "control-plane", about = "Tollgate control plane", version)]
@@ -39,7 +39,8 @@ struct DbArgs {
     /// Directory for the SQLite database (used when --database-url is not given).
     #[arg(long, env = "CONTROL_PLANE_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Database URL, e.g. sqlite:///var/lib/tollgate/tollgate.db.
+    /// Database URL: sqlite:///var/lib/tollgate/tollgate.db, or
+    /// postgres://user:password@host/db to let several replicas share one database.
     #[arg(long, env = "CONTROL_PLANE_DATABASE_URL")]
     database_url: Option<String>,
 }
@@ -148,6 +149,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let sync_token = token_or_generate(args.sync_token, "sync token", "tgsync_")?;
     let version = db::current_version(&pool).await?;
     let state = AppState::new(pool, &admin_token, &sync_token, version);
+    if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
+        tokio::spawn(replicas::follow(state.clone(), url));
+    }
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;

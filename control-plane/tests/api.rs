@@ -1,4 +1,8 @@
-//! The admin API and the sync feed, driven through `app(state).oneshot(..)` on in-memory SQLite.
+//! The admin API and the sync feed, driven through `app(state).oneshot(..)`.
+//!
+//! Every test runs twice, on a private in-memory SQLite database and on a
+//! fresh database of the PostgreSQL server named by `TOLLGATE_TEST_POSTGRES_URL`
+//! (`cargo xtask test` starts one; `cargo xtask postgres` starts one by hand).
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -13,8 +17,50 @@ use tower::ServiceExt;
 const ADMIN: &str = "admin-token-for-tests";
 const SYNC: &str = "sync-token-for-tests";
 
-async fn test_app() -> (Router, AppState) {
-    let pool = db::connect_memory().await.unwrap();
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named test once per backend, as `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// A new, empty database on the test PostgreSQL server.
+async fn fresh_postgres() -> db::Db {
+    let url = std::env::var("TOLLGATE_TEST_POSTGRES_URL").expect(
+        "TOLLGATE_TEST_POSTGRES_URL must name a PostgreSQL server: run `cargo xtask test`, \
+         or start one with `cargo xtask postgres` and export what it prints",
+    );
+    let server = db::connect(&url).await.unwrap();
+    let name = format!("api_{}", db::new_id("t").to_lowercase());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&server)
+        .await
+        .unwrap();
+    server.close().await;
+    let (base, _) = url.rsplit_once('/').unwrap();
+    db::connect(&format!("{base}/{name}")).await.unwrap()
+}
+
+async fn test_app(backend: Backend) -> (Router, AppState) {
+    let pool = match backend {
+        Backend::Sqlite => db::connect_memory().await.unwrap(),
+        Backend::Postgres => fresh_postgres().await,
+    };
     db::migrate(&pool).await.unwrap();
     let state = AppState::new(pool, ADMIN, SYNC, 0);
     (app(state.clone()), state)
@@ -130,9 +176,8 @@ async fn sync(app: &Router, since: u64) -> SyncResponse {
     serde_json::from_value(r.body).unwrap()
 }
 
-#[tokio::test]
-async fn admin_api_requires_the_admin_token() {
-    let (app, _) = test_app().await;
+async fn admin_api_requires_the_admin_token(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let r = send(&app, Method::GET, "/v1/plans", None, None).await;
     assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
     let r = send(&app, Method::GET, "/v1/plans", Some("wrong"), None).await;
@@ -143,9 +188,8 @@ async fn admin_api_requires_the_admin_token() {
     assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
-#[tokio::test]
-async fn plan_create_and_show() {
-    let (app, _) = test_app().await;
+async fn plan_create_and_show(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let r = admin(
         &app,
         Method::POST,
@@ -172,9 +216,8 @@ async fn plan_create_and_show() {
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn bad_input_is_a_clear_4xx_never_a_500() {
-    let (app, state) = test_app().await;
+async fn bad_input_is_a_clear_4xx_never_a_500(backend: Backend) {
+    let (app, state) = test_app(backend).await;
     let cases: Vec<(&str, StatusCode, &str)> = vec![
         ("{", StatusCode::BAD_REQUEST, "malformed_json"),
         ("[]", StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
@@ -266,9 +309,8 @@ async fn bad_input_is_a_clear_4xx_never_a_500() {
     assert_eq!(db::current_version(&state.db).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn failed_writes_leave_nothing_behind() {
-    let (app, state) = test_app().await;
+async fn failed_writes_leave_nothing_behind(backend: Backend) {
+    let (app, state) = test_app(backend).await;
     let before = db::current_version(&state.db).await.unwrap();
     let p = plan(&app, Some(1)).await;
     let t = tenant(&app, &p).await;
@@ -303,9 +345,8 @@ async fn failed_writes_leave_nothing_behind() {
     assert_eq!(count, 1);
 }
 
-#[tokio::test]
-async fn keys_are_shown_once_and_stored_hashed() {
-    let (app, state) = test_app().await;
+async fn keys_are_shown_once_and_stored_hashed(backend: Backend) {
+    let (app, state) = test_app(backend).await;
     let p = plan(&app, None).await;
     let t = tenant(&app, &p).await;
     let (id, plaintext) = key(&app, &t).await;
@@ -318,7 +359,7 @@ async fn keys_are_shown_once_and_stored_hashed() {
     assert!(!text.contains(&plaintext));
     assert!(!text.contains(&parsed.hash().to_hex()));
     assert!(shown.body.get("key").is_none());
-    let stored: String = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = ?")
+    let stored: String = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
         .bind(&id)
         .fetch_one(&state.db)
         .await
@@ -334,9 +375,8 @@ async fn keys_are_shown_once_and_stored_hashed() {
         && !c.contains(&plaintext)));
 }
 
-#[tokio::test]
-async fn key_lifecycle_reaches_the_sync_feed() {
-    let (app, _) = test_app().await;
+async fn key_lifecycle_reaches_the_sync_feed(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let p = plan(&app, None).await;
     let t = tenant(&app, &p).await;
     let (id, plaintext) = key(&app, &t).await;
@@ -408,9 +448,8 @@ async fn key_lifecycle_reaches_the_sync_feed() {
     assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
 }
 
-#[tokio::test]
-async fn a_long_poll_returns_as_soon_as_something_changes() {
-    let (app, _) = test_app().await;
+async fn a_long_poll_returns_as_soon_as_something_changes(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let p = plan(&app, None).await;
     let t = tenant(&app, &p).await;
     let v = sync(&app, 0).await.version;
@@ -441,9 +480,8 @@ async fn a_long_poll_returns_as_soon_as_something_changes() {
     assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
 }
 
-#[tokio::test]
-async fn sync_rejects_bad_queries() {
-    let (app, _) = test_app().await;
+async fn sync_rejects_bad_queries(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let r = send(&app, Method::GET, "/v1/sync?since=abc", Some(SYNC), None).await;
     assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
     let r = send(
@@ -459,17 +497,15 @@ async fn sync_rejects_bad_queries() {
     assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
 }
 
-#[tokio::test]
-async fn healthz_answers() {
-    let (app, _) = test_app().await;
+async fn healthz_answers(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let r = send(&app, Method::GET, "/healthz", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "ok");
 }
 
-#[tokio::test]
-async fn plans_update_delete_and_in_use() {
-    let (app, _) = test_app().await;
+async fn plans_update_delete_and_in_use(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let p = plan(&app, None).await;
     let v0 = sync(&app, 0).await.version;
 
@@ -535,9 +571,8 @@ async fn plans_update_delete_and_in_use() {
     assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
 }
 
-#[tokio::test]
-async fn a_deleted_name_can_be_reused_but_a_living_one_cannot() {
-    let (app, _) = test_app().await;
+async fn a_deleted_name_can_be_reused_but_a_living_one_cannot(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let body = json!({"name": "Solo", "limits": []});
     let first = admin(&app, Method::POST, "/v1/plans", Some(body.clone())).await;
     let id = first.body["id"].as_str().unwrap();
@@ -564,9 +599,8 @@ async fn a_deleted_name_can_be_reused_but_a_living_one_cannot() {
     );
 }
 
-#[tokio::test]
-async fn lists_paginate_in_creation_order() {
-    let (app, _) = test_app().await;
+async fn lists_paginate_in_creation_order(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(plan(&app, None).await);
@@ -608,9 +642,8 @@ async fn lists_paginate_in_creation_order() {
     }
 }
 
-#[tokio::test]
-async fn keys_list_filters_by_active_and_never_shows_secrets() {
-    let (app, _) = test_app().await;
+async fn keys_list_filters_by_active_and_never_shows_secrets(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let p = plan(&app, None).await;
     let t = tenant(&app, &p).await;
     let mut plaintexts = Vec::new();
@@ -664,9 +697,8 @@ async fn keys_list_filters_by_active_and_never_shows_secrets() {
     assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
 }
 
-#[tokio::test]
-async fn tenant_plan_change_and_deletion_reach_the_sync_feed() {
-    let (app, _) = test_app().await;
+async fn tenant_plan_change_and_deletion_reach_the_sync_feed(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let free = plan(&app, None).await;
     let pro = plan(&app, None).await;
     let t = tenant(&app, &free).await;
@@ -744,9 +776,8 @@ async fn tenant_plan_change_and_deletion_reach_the_sync_feed() {
     );
 }
 
-#[tokio::test]
-async fn catalog_is_public_and_lists_only_public_plans() {
-    let (app, state) = test_app().await;
+async fn catalog_is_public_and_lists_only_public_plans(backend: Backend) {
+    let (app, state) = test_app(backend).await;
     let seeded = tollgate_control_plane::seed::seed(&state, true)
         .await
         .unwrap();
@@ -776,9 +807,8 @@ async fn catalog_is_public_and_lists_only_public_plans() {
     assert_eq!(again.skipped.len(), 4);
 }
 
-#[tokio::test]
-async fn key_settings_are_validated_stored_and_pushed() {
-    let (app, _) = test_app().await;
+async fn key_settings_are_validated_stored_and_pushed(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let p = plan(&app, None).await;
     let t = tenant(&app, &p).await;
     let uri = format!("/v1/tenants/{t}/keys");
@@ -878,9 +908,8 @@ async fn db_keys(app: &Router, tenant: &str) -> usize {
         .len()
 }
 
-#[tokio::test]
-async fn rotation_issues_a_twin_and_ends_the_old_key_after_the_grace() {
-    let (app, _) = test_app().await;
+async fn rotation_issues_a_twin_and_ends_the_old_key_after_the_grace(backend: Backend) {
+    let (app, _) = test_app(backend).await;
     let p = plan(&app, Some(1)).await;
     let t = tenant(&app, &p).await;
     let r = admin(
@@ -966,9 +995,8 @@ async fn rotation_issues_a_twin_and_ends_the_old_key_after_the_grace() {
     assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
 }
 
-#[tokio::test]
-async fn tenant_tokens_serve_their_own_tenant_only() {
-    let (app, state) = test_app().await;
+async fn tenant_tokens_serve_their_own_tenant_only(backend: Backend) {
+    let (app, state) = test_app(backend).await;
     let p = plan(&app, Some(2)).await;
     let other_plan = plan(&app, None).await;
     let a = tenant(&app, &p).await;
@@ -1217,3 +1245,24 @@ async fn tenant_tokens_serve_their_own_tenant_only() {
     .await;
     assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
 }
+
+on_both_databases!(
+    admin_api_requires_the_admin_token,
+    plan_create_and_show,
+    bad_input_is_a_clear_4xx_never_a_500,
+    failed_writes_leave_nothing_behind,
+    keys_are_shown_once_and_stored_hashed,
+    key_lifecycle_reaches_the_sync_feed,
+    a_long_poll_returns_as_soon_as_something_changes,
+    sync_rejects_bad_queries,
+    healthz_answers,
+    plans_update_delete_and_in_use,
+    a_deleted_name_can_be_reused_but_a_living_one_cannot,
+    lists_paginate_in_creation_order,
+    keys_list_filters_by_active_and_never_shows_secrets,
+    tenant_plan_change_and_deletion_reach_the_sync_feed,
+    catalog_is_public_and_lists_only_public_plans,
+    key_settings_are_validated_stored_and_pushed,
+    rotation_issues_a_twin_and_ends_the_old_key_after_the_grace,
+    tenant_tokens_serve_their_own_tenant_only,
+);

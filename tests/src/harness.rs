@@ -29,6 +29,13 @@ fn env_path(name: &str) -> PathBuf {
     path
 }
 
+/// A name no other call in this process returns (ports repeat, so not a port).
+fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n}")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -89,7 +96,11 @@ pub struct Stack {
     pub envoy_admin_port: u16,
     pub control_plane_port: u16,
     pub upstream_port: u16,
+    /// `--database-url` for every control plane; `None` is SQLite in `dir`.
+    database_url: Option<String>,
     control_plane: Option<Child>,
+    /// More control planes on the same database, on their own ports.
+    replicas: Vec<Child>,
     upstream: Option<Child>,
     envoy: Option<Child>,
     pub client: reqwest::Client,
@@ -103,6 +114,14 @@ impl Stack {
         stack
     }
 
+    /// The same, with the control plane on `database_url` (e.g. PostgreSQL).
+    pub async fn start_with_database(database_url: &str) -> Self {
+        let mut stack = Self::start_without_control_plane().await;
+        stack.database_url = Some(database_url.to_owned());
+        stack.start_control_plane().await;
+        stack
+    }
+
     /// Upstream and Envoy only: Envoy has never had config.
     pub async fn start_without_control_plane() -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -112,7 +131,9 @@ impl Stack {
             control_plane_port: free_port(),
             upstream_port: free_port(),
             dir,
+            database_url: None,
             control_plane: None,
+            replicas: Vec::new(),
             upstream: None,
             envoy: None,
             client: reqwest::Client::builder()
@@ -204,25 +225,45 @@ impl Stack {
         .await;
     }
 
-    /// Starts (or restarts) the control plane on the same port and data directory.
-    pub async fn start_control_plane(&mut self) {
-        let child = Command::new(env_path("TOLLGATE_CONTROL_PLANE"))
+    fn spawn_control_plane(&self, port: u16, log: &str) -> Child {
+        let mut command = Command::new(env_path("TOLLGATE_CONTROL_PLANE"));
+        command
             .arg("serve")
-            .args(["--addr", &format!("127.0.0.1:{}", self.control_plane_port)])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
+            .arg(self.dir.path().join("data"));
+        if let Some(url) = &self.database_url {
+            command.args(["--database-url", url]);
+        }
+        command
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
-            .stdout(self.log_file("control-plane.log"))
-            .stderr(self.log_file("control-plane.log"))
+            .stdout(self.log_file(log))
+            .stderr(self.log_file(log))
             .spawn()
-            .expect("control-plane starts");
-        self.control_plane = Some(child);
+            .expect("control-plane starts")
+    }
+
+    /// Starts (or restarts) the control plane on the same port and data directory.
+    pub async fn start_control_plane(&mut self) {
+        self.control_plane =
+            Some(self.spawn_control_plane(self.control_plane_port, "control-plane.log"));
         self.wait_ready(
             "the control plane",
             format!("http://127.0.0.1:{}/healthz", self.control_plane_port),
         )
         .await;
+    }
+
+    /// Starts another control plane on the same database, one Envoy does not
+    /// sync from; returns its port.
+    pub async fn start_replica(&mut self) -> u16 {
+        let port = free_port();
+        let child = self.spawn_control_plane(port, "replica.log");
+        self.replicas.push(child);
+        self.wait_ready("a replica", format!("http://127.0.0.1:{port}/healthz"))
+            .await;
+        port
     }
 
     /// Kills the control plane and waits until it is gone.
@@ -251,12 +292,21 @@ impl Stack {
     }
 
     pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.admin_via(self.control_plane_port, method, path, body)
+            .await
+    }
+
+    /// An admin request to the control plane (or replica) on `port`.
+    pub async fn admin_via(
+        &self,
+        port: u16,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self
             .client
-            .request(
-                method,
-                format!("http://127.0.0.1:{}{path}", self.control_plane_port),
-            )
+            .request(method, format!("http://127.0.0.1:{port}{path}"))
             .bearer_auth(ADMIN_TOKEN);
         if let Some(body) = body {
             req = req.json(&body);
@@ -270,7 +320,7 @@ impl Stack {
             .admin(
                 Method::POST,
                 "/v1/plans",
-                Some(json!({"name": format!("plan-{}", free_port()), "limits": [limit]})),
+                Some(json!({"name": unique_name("plan"), "limits": [limit]})),
             )
             .await;
         assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
@@ -278,9 +328,7 @@ impl Stack {
             .admin(
                 Method::POST,
                 "/v1/tenants",
-                Some(
-                    json!({"name": format!("tenant-{}", free_port()), "plan_id": plan.body["id"]}),
-                ),
+                Some(json!({"name": unique_name("tenant"), "plan_id": plan.body["id"]})),
             )
             .await;
         assert_eq!(tenant.status, StatusCode::CREATED, "{:?}", tenant.body);
@@ -315,7 +363,12 @@ impl Stack {
     /// The last lines of every log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for name in ["envoy.log", "control-plane.log", "upstream.log"] {
+        for name in [
+            "envoy.log",
+            "control-plane.log",
+            "replica.log",
+            "upstream.log",
+        ] {
             let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
@@ -346,6 +399,7 @@ impl Drop for Stack {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
+        let replicas = std::mem::take(&mut self.replicas);
         for child in [
             self.envoy.take(),
             self.control_plane.take(),
@@ -353,8 +407,30 @@ impl Drop for Stack {
         ]
         .into_iter()
         .flatten()
+        .chain(replicas)
         {
             stop(child);
         }
     }
+}
+
+/// A new, empty database on the test PostgreSQL server named by
+/// `TOLLGATE_TEST_POSTGRES_URL` (started by `cargo xtask test`); returns its URL.
+pub fn fresh_postgres_database(prefix: &str) -> String {
+    let server = std::env::var("TOLLGATE_TEST_POSTGRES_URL").expect(
+        "TOLLGATE_TEST_POSTGRES_URL must name a PostgreSQL server: run `cargo xtask test`, \
+         or start one with `cargo xtask postgres` and export what it prints",
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!("{prefix}_{}_{nanos}", std::process::id());
+    let status = Command::new("psql")
+        .args([&server, "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "CREATE DATABASE {name} failed");
+    let (base, _) = server.rsplit_once('/').expect("a database URL");
+    format!("{base}/{name}")
 }

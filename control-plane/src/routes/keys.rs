@@ -22,9 +22,7 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{
-    bind_cursor, cursor_clause, invalid_cursor, page_limit, tenants, validate_name, Page,
-};
+use crate::routes::{cursor_clause, invalid_cursor, page_limit, tenants, validate_name, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -135,7 +133,8 @@ struct KeyRow {
     tenant_id: String,
     name: String,
     prefix: String,
-    active: bool,
+    /// 0 or 1: see `db` on booleans.
+    active: i64,
     expires_at: Option<String>,
     expires_at_ms: Option<i64>,
     scopes: Option<String>,
@@ -147,7 +146,8 @@ struct KeyRow {
     updated_at: String,
 }
 
-const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, active, expires_at, expires_at_ms, \
+const KEY_COLUMNS: &str =
+    "id, tenant_id, name, prefix, CAST(active AS INTEGER) AS active, expires_at, expires_at_ms, \
      scopes, allowed_cidrs, limits, monthly_quota, rotated_from, created_at, updated_at";
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &Option<String>) -> ApiResult<Option<T>> {
@@ -176,7 +176,7 @@ impl KeyRow {
             tenant_id: self.tenant_id,
             name: self.name,
             prefix: self.prefix,
-            active: self.active,
+            active: self.active != 0,
             expires_at: self.expires_at,
             rotated_from: self.rotated_from,
             created_at: self.created_at,
@@ -275,7 +275,7 @@ async fn insert(
         "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, expires_at,
                                expires_at_ms, scopes, allowed_cidrs, limits, monthly_quota,
                                rotated_from, created_at, updated_at, version)
-         VALUES (?, ?, ?, ?, ?, TRUE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, TRUE, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(id)
     .bind(tenant_id)
@@ -336,7 +336,7 @@ async fn keys_create(
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let max_api_keys: Option<Option<i64>> = sqlx::query_scalar(
         "SELECT p.max_api_keys FROM tenants t JOIN plans p ON p.id = t.plan_id
-         WHERE t.id = ? AND t.deleted_at IS NULL",
+         WHERE t.id = $1 AND t.deleted_at IS NULL",
     )
     .bind(&tenant_id)
     .fetch_optional(&mut *tx)
@@ -346,7 +346,7 @@ async fn keys_create(
     };
     if let Some(max) = max_api_keys {
         let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = ? AND deleted_at IS NULL",
+            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND deleted_at IS NULL",
         )
         .bind(&tenant_id)
         .fetch_one(&mut *tx)
@@ -379,11 +379,11 @@ async fn keys_create(
 }
 
 async fn find<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     id: &str,
 ) -> Result<Option<KeyRow>, sqlx::Error> {
     sqlx::query_as::<_, KeyRow>(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ? AND deleted_at IS NULL"
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND deleted_at IS NULL"
     ))
     .bind(id)
     .fetch_optional(executor)
@@ -430,10 +430,10 @@ async fn keys_update(
     let Some(current) = find(&mut *tx, &id).await? else {
         return Err(ApiError::not_found("API key", &id));
     };
-    let active = input.active.unwrap_or(current.active);
+    let active = input.active.unwrap_or(current.active != 0);
     let name = input.name.unwrap_or(current.name);
     sqlx::query(
-        "UPDATE api_keys SET active = ?, name = ?, updated_at = ?, version = ? WHERE id = ?",
+        "UPDATE api_keys SET active = $1, name = $2, updated_at = $3, version = $4 WHERE id = $5",
     )
     .bind(active)
     .bind(&name)
@@ -460,8 +460,8 @@ async fn keys_delete(
     let now = db::now();
     // A tombstone, not a DELETE: filters learn of deletions from the version feed.
     let done = sqlx::query(
-        "UPDATE api_keys SET deleted_at = ?, active = FALSE, updated_at = ?, version = ?
-         WHERE id = ? AND deleted_at IS NULL",
+        "UPDATE api_keys SET deleted_at = $1, active = FALSE, updated_at = $2, version = $3
+         WHERE id = $4 AND deleted_at IS NULL",
     )
     .bind(&now)
     .bind(&now)
@@ -524,8 +524,8 @@ async fn keys_rotate(
         .format(&Rfc3339)
         .map_err(ApiError::internal)?;
     sqlx::query(
-        "UPDATE api_keys SET expires_at = ?, expires_at_ms = ?, updated_at = ?, version = ?
-         WHERE id = ?",
+        "UPDATE api_keys SET expires_at = $1, expires_at_ms = $2, updated_at = $3, version = $4
+         WHERE id = $5",
     )
     .bind(&end)
     .bind(end_ms)
@@ -571,18 +571,19 @@ async fn keys_list(
     if let Some(after) = after {
         find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
     }
-    let cursor = cursor_clause("api_keys", after);
     let sql = format!(
         "SELECT {KEY_COLUMNS} FROM api_keys
-         WHERE tenant_id = ? AND deleted_at IS NULL AND (? IS NULL OR active = ?) {cursor}
-         ORDER BY created_at, id LIMIT ?"
+         WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2 IS NULL OR active = $2) {}
+         ORDER BY created_at, id LIMIT $4",
+        cursor_clause("api_keys", 3)
     );
-    let mut q = sqlx::query_as::<_, KeyRow>(&sql)
+    let rows = sqlx::query_as::<_, KeyRow>(&sql)
         .bind(&tenant_id)
         .bind(query.active)
-        .bind(query.active);
-    q = bind_cursor(q, after);
-    let rows = q.bind(limit + 1).fetch_all(&state.db).await?;
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&state.db)
+        .await?;
     let views = rows
         .into_iter()
         .map(KeyRow::view)

@@ -66,29 +66,14 @@ impl<T> Page<T> {
 }
 
 /// `AND …` keeping rows after the cursor row of `table` in (created_at, id)
-/// order, or nothing without a cursor; [`bind_cursor`] binds what it needs.
-pub(crate) fn cursor_clause(table: &str, after: Option<&str>) -> String {
-    match after {
-        None => String::new(),
-        Some(_) => format!(
-            "AND (created_at > (SELECT created_at FROM {table} WHERE id = ?) \
-             OR (created_at = (SELECT created_at FROM {table} WHERE id = ?) AND id > ?))"
-        ),
-    }
-}
-
-type SqliteQueryAs<'q, O> =
-    sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// Binds the cursor id for [`cursor_clause`]'s three placeholders.
-pub(crate) fn bind_cursor<'q, O>(
-    query: SqliteQueryAs<'q, O>,
-    after: Option<&'q str>,
-) -> SqliteQueryAs<'q, O> {
-    match after {
-        None => query,
-        Some(after) => query.bind(after).bind(after).bind(after),
-    }
+/// order. Parameter `$n` is the cursor id, bound as `Option<&str>`: `NULL`
+/// means the first page, so every list has one fixed statement.
+pub(crate) fn cursor_clause(table: &str, n: usize) -> String {
+    format!(
+        "AND (${n} IS NULL \
+              OR created_at > (SELECT created_at FROM {table} WHERE id = ${n}) \
+              OR (created_at = (SELECT created_at FROM {table} WHERE id = ${n}) AND id > ${n}))"
+    )
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH bodies.

@@ -15,9 +15,7 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{
-    bind_cursor, cursor_clause, invalid_cursor, nullable, page_limit, validate_name, Page,
-};
+use crate::routes::{cursor_clause, invalid_cursor, nullable, page_limit, validate_name, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -92,7 +90,8 @@ pub(crate) struct PlanRow {
     pub max_api_keys: Option<i64>,
     pub max_users: Option<i64>,
     pub metadata: String,
-    pub public: bool,
+    /// 0 or 1: see `db` on booleans.
+    pub public: i64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -118,7 +117,7 @@ impl PlanRow {
             monthly_quota: to_u64(self.monthly_quota),
             max_api_keys: to_u64(self.max_api_keys),
             max_users: to_u64(self.max_users),
-            public: self.public,
+            public: self.public != 0,
             id: self.id,
             name: self.name,
             created_at: self.created_at,
@@ -128,7 +127,7 @@ impl PlanRow {
 }
 
 pub(crate) const PLAN_COLUMNS: &str = "id, name, limits, monthly_quota, max_api_keys, max_users, \
-     metadata, public, created_at, updated_at";
+     metadata, CAST(public AS INTEGER) AS public, created_at, updated_at";
 
 fn to_i64(field: &str, value: Option<u64>) -> Result<Option<i64>, ApiError> {
     value
@@ -185,7 +184,7 @@ pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> Ap
     let inserted = sqlx::query(
         "INSERT INTO plans (id, name, limits, monthly_quota, max_api_keys, max_users, metadata,
                             public, created_at, updated_at, version)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&view.id)
     .bind(&view.name)
@@ -241,11 +240,11 @@ async fn plans_create(
 }
 
 pub(crate) async fn find<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     id: &str,
 ) -> Result<Option<PlanRow>, sqlx::Error> {
     sqlx::query_as::<_, PlanRow>(&format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = ? AND deleted_at IS NULL"
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1 AND deleted_at IS NULL"
     ))
     .bind(id)
     .fetch_optional(executor)
@@ -259,7 +258,7 @@ async fn plans_show(
 ) -> ApiResult<Json<PlanView>> {
     if let Principal::Tenant(tenant_id) = &principal {
         // A tenant may read its own plan, and no other.
-        let own: Option<String> = sqlx::query_scalar("SELECT plan_id FROM tenants WHERE id = ?")
+        let own: Option<String> = sqlx::query_scalar("SELECT plan_id FROM tenants WHERE id = $1")
             .bind(tenant_id)
             .fetch_optional(&state.db)
             .await?;
@@ -295,10 +294,11 @@ async fn plans_list(
     }
     let sql = format!(
         "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL {}
-         ORDER BY created_at, id LIMIT ?",
-        cursor_clause("plans", after)
+         ORDER BY created_at, id LIMIT $2",
+        cursor_clause("plans", 1)
     );
-    let rows = bind_cursor(sqlx::query_as::<_, PlanRow>(&sql), after)
+    let rows = sqlx::query_as::<_, PlanRow>(&sql)
+        .bind(after)
         .bind(limit + 1)
         .fetch_all(&state.db)
         .await?;
@@ -334,9 +334,9 @@ async fn plans_update(
     };
     validate(&view)?;
     let updated = sqlx::query(
-        "UPDATE plans SET name = ?, limits = ?, monthly_quota = ?, max_api_keys = ?, max_users = ?,
-                          metadata = ?, public = ?, updated_at = ?, version = ?
-         WHERE id = ?",
+        "UPDATE plans SET name = $1, limits = $2, monthly_quota = $3, max_api_keys = $4, max_users = $5,
+                          metadata = $6, public = $7, updated_at = $8, version = $9
+         WHERE id = $10",
     )
     .bind(&view.name)
     .bind(serde_json::to_string(&view.limits).map_err(ApiError::internal)?)
@@ -371,11 +371,12 @@ async fn plans_delete(
     if find(&mut *tx, &id).await?.is_none() {
         return Err(ApiError::not_found("plan", &id));
     }
-    let tenants: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE plan_id = ? AND deleted_at IS NULL")
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let tenants: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tenants WHERE plan_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(&id)
+    .fetch_one(&mut *tx)
+    .await?;
     if tenants > 0 {
         return Err(ApiError::conflict(
             "plan_in_use",
@@ -386,7 +387,7 @@ async fn plans_delete(
         ));
     }
     let now = db::now();
-    sqlx::query("UPDATE plans SET deleted_at = ?, updated_at = ?, version = ? WHERE id = ?")
+    sqlx::query("UPDATE plans SET deleted_at = $1, updated_at = $2, version = $3 WHERE id = $4")
         .bind(&now)
         .bind(&now)
         .bind(version)

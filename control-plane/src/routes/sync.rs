@@ -70,13 +70,14 @@ struct KeyChange {
     id: String,
     tenant_id: String,
     plan_id: String,
-    active: bool,
+    /// 0 or 1: see `db` on booleans.
+    active: i64,
     expires_at_ms: Option<i64>,
     scopes: Option<String>,
     allowed_cidrs: Option<String>,
     limits: Option<String>,
     monthly_quota: Option<i64>,
-    deleted: bool,
+    deleted: i64,
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(
@@ -107,7 +108,7 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
     let since_db = i64::try_from(since).unwrap_or(i64::MAX);
     let plans = sqlx::query_as::<_, PlanRow>(&format!(
         "SELECT {PLAN_COLUMNS} FROM plans
-         WHERE version > ? AND deleted_at IS NULL ORDER BY version"
+         WHERE version > $1 AND deleted_at IS NULL ORDER BY version"
     ))
     .bind(since_db)
     .fetch_all(&mut *tx)
@@ -117,18 +118,19 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
         Vec::new()
     } else {
         sqlx::query_scalar(
-            "SELECT id FROM plans WHERE version > ? AND deleted_at IS NOT NULL ORDER BY version",
+            "SELECT id FROM plans WHERE version > $1 AND deleted_at IS NOT NULL ORDER BY version",
         )
         .bind(since_db)
         .fetch_all(&mut *tx)
         .await?
     };
     let keys = sqlx::query_as::<_, KeyChange>(
-        "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, k.active, k.expires_at_ms,
+        "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, CAST(k.active AS INTEGER) AS active,
+                k.expires_at_ms,
                 k.scopes, k.allowed_cidrs, k.limits, k.monthly_quota,
-                (k.deleted_at IS NOT NULL) AS deleted
+                CASE WHEN k.deleted_at IS NULL THEN 0 ELSE 1 END AS deleted
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-         WHERE k.version > ? ORDER BY k.version",
+         WHERE k.version > $1 ORDER BY k.version",
     )
     .bind(since_db)
     .fetch_all(&mut *tx)
@@ -142,7 +144,7 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
         ..SyncResponse::default()
     };
     for key in keys {
-        if key.deleted {
+        if key.deleted != 0 {
             // A full snapshot has nothing to delete.
             if since > 0 {
                 response.deleted_keys.push(key.key_hash);
@@ -153,7 +155,7 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
                 id: key.id,
                 tenant_id: key.tenant_id,
                 plan_id: key.plan_id,
-                active: key.active,
+                active: key.active != 0,
                 expires_at_ms: key.expires_at_ms.and_then(|v| u64::try_from(v).ok()),
                 scopes: json_column(key.scopes)?,
                 allowed_cidrs: json_column(key.allowed_cidrs)?,

@@ -13,9 +13,7 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{
-    bind_cursor, cursor_clause, invalid_cursor, page_limit, plans, validate_name, Page,
-};
+use crate::routes::{cursor_clause, invalid_cursor, page_limit, plans, validate_name, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -74,11 +72,11 @@ async fn require_plan(tx: &mut db::Tx, plan_id: &str) -> ApiResult<()> {
 }
 
 pub(crate) async fn find<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     id: &str,
 ) -> Result<Option<TenantView>, sqlx::Error> {
     sqlx::query_as::<_, TenantView>(&format!(
-        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ? AND deleted_at IS NULL"
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND deleted_at IS NULL"
     ))
     .bind(id)
     .fetch_optional(executor)
@@ -103,7 +101,7 @@ async fn tenants_create(
         updated_at: now,
     };
     let inserted = sqlx::query(
-        "INSERT INTO tenants (id, name, plan_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO tenants (id, name, plan_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&view.id)
     .bind(&view.name)
@@ -164,17 +162,18 @@ async fn tenants_list(
     if let Some(after) = after {
         find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
     }
-    let cursor = cursor_clause("tenants", after);
     let sql = format!(
         "SELECT {TENANT_COLUMNS} FROM tenants
-         WHERE deleted_at IS NULL AND (? IS NULL OR plan_id = ?) {cursor}
-         ORDER BY created_at, id LIMIT ?"
+         WHERE deleted_at IS NULL AND ($1 IS NULL OR plan_id = $1) {}
+         ORDER BY created_at, id LIMIT $3",
+        cursor_clause("tenants", 2)
     );
-    let mut q = sqlx::query_as::<_, TenantView>(&sql)
+    let rows = sqlx::query_as::<_, TenantView>(&sql)
         .bind(&query.plan_id)
-        .bind(&query.plan_id);
-    q = bind_cursor(q, after);
-    let rows = q.bind(limit + 1).fetch_all(&state.db).await?;
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&state.db)
+        .await?;
     Ok(Json(Page::from_rows(rows, limit, |t| t.id.clone())))
 }
 
@@ -221,7 +220,7 @@ async fn tenants_update(
         ..current
     };
     let updated =
-        sqlx::query("UPDATE tenants SET name = ?, plan_id = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE tenants SET name = $1, plan_id = $2, updated_at = $3 WHERE id = $4")
             .bind(&view.name)
             .bind(&view.plan_id)
             .bind(&view.updated_at)
@@ -236,7 +235,7 @@ async fn tenants_update(
     }
     if plan_changes {
         // Every key now carries a different plan to the filters.
-        sqlx::query("UPDATE api_keys SET version = ? WHERE tenant_id = ? AND deleted_at IS NULL")
+        sqlx::query("UPDATE api_keys SET version = $1 WHERE tenant_id = $2 AND deleted_at IS NULL")
             .bind(version)
             .bind(&id)
             .execute(&mut *tx)
@@ -260,8 +259,8 @@ async fn tenants_delete(
     let now = db::now();
     // Deleting a tenant revokes all its keys, at every filter too.
     sqlx::query(
-        "UPDATE api_keys SET deleted_at = ?, active = FALSE, updated_at = ?, version = ?
-         WHERE tenant_id = ? AND deleted_at IS NULL",
+        "UPDATE api_keys SET deleted_at = $1, active = FALSE, updated_at = $2, version = $3
+         WHERE tenant_id = $4 AND deleted_at IS NULL",
     )
     .bind(&now)
     .bind(&now)
@@ -269,7 +268,7 @@ async fn tenants_delete(
     .bind(&id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE tenants SET deleted_at = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE tenants SET deleted_at = $1, updated_at = $2 WHERE id = $3")
         .bind(&now)
         .bind(&now)
         .bind(&id)

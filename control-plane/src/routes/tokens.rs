@@ -76,7 +76,7 @@ async fn tokens_create(
     };
     sqlx::query(
         "INSERT INTO tenant_tokens (id, tenant_id, name, token_hash, created_at)
-         VALUES (?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&view.id)
     .bind(&view.tenant_id)
@@ -102,7 +102,7 @@ async fn tokens_list(
     require_tenant(&state, &tenant_id).await?;
     let items = sqlx::query_as::<_, TokenView>(
         "SELECT id, tenant_id, name, created_at, revoked_at FROM tenant_tokens
-         WHERE tenant_id = ? ORDER BY created_at, id",
+         WHERE tenant_id = $1 ORDER BY created_at, id",
     )
     .bind(&tenant_id)
     .fetch_all(&state.db)
@@ -117,7 +117,7 @@ async fn tokens_revoke(
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
     let done = sqlx::query(
-        "UPDATE tenant_tokens SET revoked_at = ? WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL",
+        "UPDATE tenant_tokens SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
     )
     .bind(db::now())
     .bind(&id)

@@ -1,0 +1,251 @@
+//! A throwaway PostgreSQL server for `cargo xtask test` and `cargo xtask postgres`.
+//!
+//! The control plane's API tests and the end-to-end tests need a real
+//! PostgreSQL on which they may `CREATE DATABASE`. Rather than depend on a
+//! system cluster and how it is configured, each run gets its own: `initdb`
+//! into a fresh temporary directory, `postgres` on a free port of 127.0.0.1
+//! with trust auth and durability off, and, when the [`Cluster`] is dropped, a
+//! fast shutdown and the directory deleted. The tests get its URL as
+//! `TOLLGATE_TEST_POSTGRES_URL`.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::procs::Managed;
+use crate::{install, Result};
+
+/// A running server; dropping it stops the server and deletes its directory.
+pub struct Cluster {
+    /// `postgres://tollgate@127.0.0.1:<port>/postgres`; `tollgate` is a superuser.
+    pub url: String,
+    /// The temporary directory: data, Unix socket and `postgres.log`.
+    pub dir: PathBuf,
+    server: Arc<Mutex<Option<Server>>>,
+}
+
+/// What must be cleaned up; behind a mutex so a signal handler can do it too.
+struct Server {
+    dir: PathBuf,
+    process: Option<Managed>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            // SIGINT is PostgreSQL's fast shutdown; SIGTERM waits for clients to leave.
+            process.stop_with(libc::SIGINT);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("xtask: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Cleans up while holding the lock, so a signal handler waits for it.
+        let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        server.take();
+    }
+}
+
+impl Cluster {
+    /// An error with the end of the server's log once it has exited.
+    pub fn check(&self) -> Result {
+        let mut server = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        match server.as_mut().and_then(|s| s.process.as_mut()?.exited()) {
+            Some(status) => Err(format!(
+                "postgres exited ({status}); end of its log:\n{}",
+                log_tail(&self.dir)
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// On SIGINT, SIGTERM or SIGHUP: stop the server, delete its data, exit 130.
+    /// For callers that do not watch for signals themselves, like `test`.
+    pub fn clean_up_on_signal(&self) -> Result {
+        let server = self.server.clone();
+        ctrlc::set_handler(move || {
+            server.lock().unwrap_or_else(PoisonError::into_inner).take();
+            std::process::exit(130);
+        })
+        .map_err(|e| format!("cannot handle signals: {e}"))
+    }
+}
+
+fn log_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// `initdb` and `postgres` refuse to run as root: then they run as the
+/// `postgres` user that Debian's package creates. `None`: as ourselves.
+fn run_as() -> Result<Option<(u32, u32)>> {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid(2) always succeeds and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            match fields[..] {
+                ["postgres", _, uid, gid, ..] => Some((uid.parse().ok()?, gid.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .map(Some)
+        .ok_or_else(|| "running as root, but there is no postgres user to run PostgreSQL as".into())
+}
+
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+/// Under the system's temporary directory, not the checkout: as root, the
+/// `postgres` user must be able to reach it.
+fn fresh_dir() -> Result<PathBuf> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("tollgate-pg-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// `initdb` into a fresh directory, then `postgres` until it accepts connections.
+pub fn start() -> Result<Cluster> {
+    let bin = install::postgres()?;
+    let started = Instant::now();
+    let dir = fresh_dir()?;
+    // From here on, dropping `cluster`, on an error too, deletes the directory.
+    let mut cluster = Cluster {
+        url: String::new(),
+        dir: dir.clone(),
+        server: Arc::new(Mutex::new(Some(Server {
+            dir: dir.clone(),
+            process: None,
+        }))),
+    };
+    let user = run_as()?;
+    let command = |program: &str| {
+        let mut command = Command::new(bin.join(program));
+        command.current_dir(&dir);
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        command
+    };
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
+    }
+
+    let initdb = command("initdb")
+        .arg("-D")
+        .arg(&dir)
+        .args(["-U", "tollgate", "--auth=trust", "-E", "UTF8", "--locale=C"])
+        .output()
+        .map_err(|e| {
+            let who = if user.is_some() {
+                "the postgres user"
+            } else {
+                "it"
+            };
+            format!(
+                "initdb: cannot start in {} ({who} must be able to reach it): {e}",
+                dir.display()
+            )
+        })?;
+    if !initdb.status.success() {
+        return Err(format!(
+            "initdb failed ({}):\n{}{}",
+            initdb.status,
+            String::from_utf8_lossy(&initdb.stdout),
+            String::from_utf8_lossy(&initdb.stderr)
+        ));
+    }
+
+    let port = free_port()?.to_string();
+    let log_path = dir.join("postgres.log");
+    let log = File::create(&log_path)
+        .and_then(|log| Ok((log.try_clone()?, log)))
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let mut postgres = command("postgres");
+    postgres
+        .arg("-D")
+        .arg(&dir)
+        .arg("-k")
+        .arg(&dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port])
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .stdin(Stdio::null())
+        .stdout(log.0)
+        .stderr(log.1);
+    let process = Managed::spawn("postgres", postgres)?;
+    if let Some(server) = cluster
+        .server
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        server.process = Some(process);
+    }
+
+    let limit = Duration::from_secs(30);
+    let ready_since = Instant::now();
+    loop {
+        let ready = Command::new(bin.join("pg_isready"))
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "tollgate",
+                "-d",
+                "postgres",
+            ])
+            .status()
+            .map_err(|e| format!("pg_isready: cannot start: {e}"))?;
+        if ready.success() {
+            break;
+        }
+        cluster.check()?;
+        if ready_since.elapsed() > limit {
+            return Err(format!(
+                "postgres did not accept connections within {limit:?}; end of its log:\n{}",
+                log_tail(&dir)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.url = format!("postgres://tollgate@127.0.0.1:{port}/postgres");
+    println!(
+        "postgres up on 127.0.0.1:{port} in {:.1} s (data in {})",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(cluster)
+}
