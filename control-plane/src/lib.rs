@@ -32,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::tenants::router())
         .merge(routes::keys::router())
         .merge(routes::tokens::router())
+        .merge(routes::audit::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

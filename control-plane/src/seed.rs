@@ -7,6 +7,7 @@ use tollgate_core::wire::WireLimit;
 
 use crate::db;
 use crate::error::ApiError;
+use crate::routes::audit;
 use crate::routes::plans::{insert, PlanView};
 use crate::state::AppState;
 
@@ -100,6 +101,18 @@ pub async fn seed(state: &AppState, only_if_empty: bool) -> Result<Seeded, ApiEr
             updated_at: now.clone(),
         };
         insert(&mut tx, &view, version).await?;
+        audit::record(
+            &mut tx,
+            "seed",
+            audit::Entry {
+                action: "plan.create",
+                resource_id: &view.id,
+                tenant_id: None,
+                before: None,
+                after: audit::snapshot(&view)?,
+            },
+        )
+        .await?;
         outcome.created.push(p.name.to_owned());
     }
     if outcome.created.is_empty() {

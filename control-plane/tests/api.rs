@@ -1246,6 +1246,355 @@ async fn tenant_tokens_serve_their_own_tenant_only(backend: Backend) {
     assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
+async fn tenant_token(app: &Router, tenant_id: &str) -> String {
+    let r = admin(
+        app,
+        Method::POST,
+        &format!("/v1/tenants/{tenant_id}/tokens"),
+        Some(json!({"name": "self-service"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["token"].as_str().unwrap().to_owned()
+}
+
+async fn audit(app: &Router, token: &str, query: &str) -> Reply {
+    send(
+        app,
+        Method::GET,
+        &format!("/v1/audit{query}"),
+        Some(token),
+        None,
+    )
+    .await
+}
+
+fn actions(reply: &Reply) -> Vec<String> {
+    reply.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn audit_log_records_every_change_with_who_and_before_after(backend: Backend) {
+    let (app, _) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let token = tenant_token(&app, &tenant_id).await;
+    let (key_id, plaintext) = key(&app, &tenant_id).await;
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{key_id}"),
+        Some(json!({"active": false})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // The tenant itself rotates: the actor says so.
+    let rotated = send(
+        &app,
+        Method::POST,
+        &format!("/v1/keys/{key_id}/rotate"),
+        Some(&token),
+        Some(r#"{"grace_seconds": 60}"#),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{:?}", rotated.body);
+    let successor = rotated.body["key"].as_str().unwrap().to_owned();
+    let r = admin(&app, Method::DELETE, &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/plans/{plan_id}"),
+        Some(json!({"monthly_quota": 1000})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let all = audit(&app, ADMIN, "").await;
+    assert_eq!(all.status, StatusCode::OK, "{:?}", all.body);
+    // Newest first.
+    assert_eq!(
+        actions(&all),
+        [
+            "plan.update",
+            "key.delete",
+            "key.create",
+            "key.rotate",
+            "key.update",
+            "key.create",
+            "token.create",
+            "tenant.create",
+            "plan.create"
+        ]
+    );
+    let text = all.body.to_string();
+    assert!(!text.contains(&plaintext) && !text.contains(&successor));
+    assert!(!text.contains(&KeyHash::of(plaintext.as_bytes()).to_hex()));
+    assert!(!text.contains(&token));
+
+    let update = &all.body["items"][4];
+    assert_eq!(update["actor"], "admin");
+    assert_eq!(update["resource_type"], "key");
+    assert_eq!(update["resource_id"], key_id.as_str());
+    assert_eq!(update["tenant_id"], tenant_id.as_str());
+    assert_eq!(update["before"]["active"], true);
+    assert_eq!(update["after"]["active"], false);
+    let rotate = &all.body["items"][3];
+    assert_eq!(rotate["actor"], format!("tenant:{tenant_id}"));
+    assert!(rotate["before"]["expires_at"].is_null());
+    assert!(rotate["after"]["expires_at"].is_string());
+    assert!(all.body["items"][1]["after"].is_null());
+    let plan_update = &all.body["items"][0];
+    assert!(plan_update["before"]["monthly_quota"].is_null());
+    assert_eq!(plan_update["after"]["monthly_quota"], 1000);
+
+    // Filters.
+    let by_key = audit(&app, ADMIN, &format!("?resource_id={key_id}")).await;
+    assert_eq!(
+        actions(&by_key),
+        ["key.delete", "key.rotate", "key.update", "key.create"]
+    );
+    let creates = audit(&app, ADMIN, "?action=key.create").await;
+    assert_eq!(actions(&creates).len(), 2);
+    let plans = audit(&app, ADMIN, "?resource_type=plan").await;
+    assert_eq!(actions(&plans), ["plan.update", "plan.create"]);
+    let by_tenant = audit(&app, ADMIN, &format!("?actor=tenant:{tenant_id}")).await;
+    assert_eq!(actions(&by_tenant), ["key.create", "key.rotate"]);
+    let future = audit(&app, ADMIN, "?since=2999-01-01T00:00:00Z").await;
+    assert_eq!(actions(&future).len(), 0);
+    let past = audit(&app, ADMIN, "?until=2000-01-01T00:00:00%2B02:00").await;
+    assert_eq!(actions(&past).len(), 0);
+    let window = audit(
+        &app,
+        ADMIN,
+        "?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z",
+    )
+    .await;
+    assert_eq!(actions(&window).len(), 9);
+
+    // Pagination walks the same order, two at a time.
+    let mut seen = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let page = audit(&app, ADMIN, &query).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        seen.extend(actions(&page));
+        match page.body["next_cursor"].as_str() {
+            Some(next) => query = format!("?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, actions(&all));
+
+    // A tenant reads its own trail only.
+    let own = audit(&app, &token, "").await;
+    assert_eq!(own.status, StatusCode::OK, "{:?}", own.body);
+    assert!(!actions(&own).iter().any(|a| a.starts_with("plan.")));
+    assert_eq!(actions(&own).len(), 7);
+    let other_tenant = tenant(&app, &plan_id).await;
+    assert_problem(
+        &audit(&app, &token, &format!("?tenant_id={other_tenant}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    for bad in [
+        "?since=yesterday",
+        "?until=2026-13-01T00:00:00Z",
+        "?limit=0",
+        "?color=red",
+    ] {
+        assert_problem(
+            &audit(&app, ADMIN, bad).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        );
+    }
+    assert_problem(
+        &audit(&app, ADMIN, "?after=aud_nope").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_cursor",
+    );
+    assert_eq!(
+        send(&app, Method::GET, "/v1/audit", None, None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn a_refused_change_leaves_no_audit_entry(backend: Backend) {
+    let (app, _) = test_app(backend).await;
+    let plan_id = plan(&app, Some(1)).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    key(&app, &tenant_id).await;
+    let before = actions(&audit(&app, ADMIN, "").await);
+    let limited = admin(
+        &app,
+        Method::POST,
+        &format!("/v1/tenants/{tenant_id}/keys"),
+        Some(json!({"name": "one too many"})),
+    )
+    .await;
+    assert_problem(&limited, StatusCode::CONFLICT, "key_limit_reached");
+    let name = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None).await;
+    let dup = admin(
+        &app,
+        Method::POST,
+        "/v1/plans",
+        Some(json!({"name": name.body["name"], "limits": []})),
+    )
+    .await;
+    assert_problem(&dup, StatusCode::CONFLICT, "plan_name_taken");
+    let in_use = admin(&app, Method::DELETE, &format!("/v1/plans/{plan_id}"), None).await;
+    assert_problem(&in_use, StatusCode::CONFLICT, "plan_in_use");
+    assert_eq!(actions(&audit(&app, ADMIN, "").await), before);
+}
+
+async fn key_settings_can_be_changed_and_cleared_with_patch(backend: Backend) {
+    let (app, _) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, plaintext) = key(&app, &tenant_id).await;
+    let hash = KeyHash::of(plaintext.as_bytes()).to_hex();
+    let before = sync(&app, 0).await.version;
+
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{key_id}"),
+        Some(json!({
+            "expires_at": "2999-01-01T01:00:00+01:00",
+            "scopes": [{"methods": ["GET"], "path_prefix": "/read"}],
+            "allowed_cidrs": ["10.0.0.0/8", "2001:db8::/32"],
+            "limits": [{"name": "per-second", "max": 50, "window_seconds": 1}],
+            "monthly_quota": 123
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["expires_at"], "2999-01-01T00:00:00Z");
+    assert_eq!(r.body["monthly_quota"], 123);
+    assert_eq!(r.body["name"], "ci");
+    assert_eq!(r.body["active"], true);
+    let delta = sync(&app, before).await;
+    let pushed = delta.keys.iter().find(|k| k.hash == hash).unwrap();
+    assert_eq!(pushed.monthly_quota, Some(123));
+    assert_eq!(pushed.expires_at_ms, Some(32_472_144_000_000));
+    assert_eq!(pushed.allowed_cidrs.as_ref().unwrap().len(), 2);
+    assert_eq!(pushed.scopes.as_ref().unwrap().len(), 1);
+    assert_eq!(pushed.limits.as_ref().unwrap()[0].max, 50);
+
+    // null clears; absent fields stay.
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{key_id}"),
+        Some(json!({"scopes": null, "expires_at": null, "monthly_quota": null})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.body["scopes"].is_null() && r.body["expires_at"].is_null());
+    assert!(r.body["monthly_quota"].is_null());
+    assert_eq!(
+        r.body["allowed_cidrs"],
+        json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    let pushed = sync(&app, before).await;
+    let pushed = pushed.keys.iter().find(|k| k.hash == hash).unwrap();
+    assert!(pushed.scopes.is_none() && pushed.expires_at_ms.is_none());
+
+    // Bad settings are refused whole: nothing changes.
+    let settled = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    for (body, code) in [
+        (json!({"allowed_cidrs": ["10.0.0.0/33"]}), "invalid_key"),
+        (
+            json!({"name": "ok", "scopes": [{"methods": ["GET"], "path_prefix": "no-slash"}]}),
+            "invalid_key",
+        ),
+        (
+            json!({"expires_at": "2000-01-01T00:00:00Z"}),
+            "invalid_expiry",
+        ),
+        (json!({"expires_at": "soon"}), "invalid_expiry"),
+        (
+            json!({"limits": [{"name": "x", "max": 0, "window_seconds": 1}]}),
+            "invalid_key",
+        ),
+        (
+            json!({"monthly_quota": 9_223_372_036_854_775_808u64}),
+            "invalid_key",
+        ),
+        (json!({}), "invalid_body"),
+    ] {
+        let r = admin(
+            &app,
+            Method::PATCH,
+            &format!("/v1/keys/{key_id}"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, code);
+    }
+    for (body, code) in [
+        (r#"{"scopes": "all"}"#, "invalid_body"),
+        (r#"{"sneaky": true}"#, "invalid_body"),
+        (r#"{"active": "#, "malformed_json"),
+    ] {
+        let r = send(
+            &app,
+            Method::PATCH,
+            &format!("/v1/keys/{key_id}"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await;
+        assert!(r.status.is_client_error(), "{body}: {:?}", r.body);
+        assert_eq!(r.body["code"], code, "{body}: {:?}", r.body);
+    }
+    let after = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(after.body, settled.body);
+
+    // A tenant may narrow its own keys but not raise their limits.
+    let token = tenant_token(&app, &tenant_id).await;
+    let narrow = send(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{key_id}"),
+        Some(&token),
+        Some(r#"{"scopes": [{"path_prefix": "/read"}]}"#),
+    )
+    .await;
+    assert_eq!(narrow.status, StatusCode::OK, "{:?}", narrow.body);
+    for body in [
+        r#"{"limits": [{"name": "per-second", "max": 100000, "window_seconds": 1}]}"#,
+        r#"{"monthly_quota": 100000000}"#,
+    ] {
+        let widen = send(
+            &app,
+            Method::PATCH,
+            &format!("/v1/keys/{key_id}"),
+            Some(&token),
+            Some(body),
+        )
+        .await;
+        assert_problem(&widen, StatusCode::FORBIDDEN, "forbidden");
+        let create = send(
+            &app,
+            Method::POST,
+            &format!("/v1/tenants/{tenant_id}/keys"),
+            Some(&token),
+            Some(&body.replacen('{', r#"{"name": "wide", "#, 1)),
+        )
+        .await;
+        assert_problem(&create, StatusCode::FORBIDDEN, "forbidden");
+    }
+}
+
 on_both_databases!(
     admin_api_requires_the_admin_token,
     plan_create_and_show,
@@ -1265,4 +1614,7 @@ on_both_databases!(
     key_settings_are_validated_stored_and_pushed,
     rotation_issues_a_twin_and_ends_the_old_key_after_the_grace,
     tenant_tokens_serve_their_own_tenant_only,
+    audit_log_records_every_change_with_who_and_before_after,
+    a_refused_change_leaves_no_audit_entry,
+    key_settings_can_be_changed_and_cleared_with_patch,
 );

@@ -22,7 +22,9 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{cursor_clause, invalid_cursor, page_limit, tenants, validate_name, Page};
+use crate::routes::{
+    audit, cursor_clause, invalid_cursor, nullable, page_limit, tenants, validate_name, Order, Page,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -85,6 +87,7 @@ impl CreateKey {
     }
 }
 
+/// Absent fields stay as they are; `null` clears an optional setting.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
@@ -92,6 +95,42 @@ pub struct UpdateKey {
     pub active: Option<bool>,
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub scopes: Option<Option<Vec<WireScope>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub allowed_cidrs: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub limits: Option<Option<Vec<WireLimit>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub monthly_quota: Option<Option<u64>>,
+}
+
+impl UpdateKey {
+    fn is_empty(&self) -> bool {
+        self.active.is_none()
+            && self.name.is_none()
+            && self.expires_at.is_none()
+            && self.scopes.is_none()
+            && self.allowed_cidrs.is_none()
+            && self.limits.is_none()
+            && self.monthly_quota.is_none()
+    }
+}
+
+/// Limits and quota overrides raise what a key may do beyond its plan, so
+/// only the admin sets them; a tenant may narrow its keys (expiry, scopes,
+/// addresses) but not widen them.
+fn require_admin_for_overrides(principal: &Principal, sets_overrides: bool) -> ApiResult<()> {
+    if sets_overrides && !principal.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Overriding a key's limits or monthly_quota needs the admin token.",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,7 +166,7 @@ pub struct IssuedKey {
     pub key: String,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct KeyRow {
     id: String,
     tenant_id: String,
@@ -323,6 +362,10 @@ async fn keys_create(
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
     let (name, settings) = input.split();
+    require_admin_for_overrides(
+        &principal,
+        settings.limits.is_some() || settings.monthly_quota.is_some(),
+    )?;
     validate_name("name", &name)?;
     let checked = check(&settings)?;
     if checked.expires.as_ref().is_some_and(|e| e.1 <= now_ms()) {
@@ -373,6 +416,18 @@ async fn keys_create(
         .await?
         .ok_or_else(|| ApiError::internal("inserted key not found"))?
         .view()?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "key.create",
+            resource_id: &id,
+            tenant_id: Some(&tenant_id),
+            before: None,
+            after: audit::snapshot(&view)?,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok(issued(view, &key))
@@ -417,12 +472,17 @@ async fn keys_update(
     ApiJson(input): ApiJson<UpdateKey>,
 ) -> ApiResult<Json<KeyView>> {
     visible_key(&state, &principal, &id).await?;
-    if input.active.is_none() && input.name.is_none() {
+    if input.is_empty() {
         return Err(ApiError::invalid(
             "invalid_body",
-            "Nothing to change: send \"active\" and/or \"name\".",
+            "Nothing to change: send at least one of active, name, expires_at, scopes, \
+             allowed_cidrs, limits, monthly_quota.",
         ));
     }
+    require_admin_for_overrides(
+        &principal,
+        input.limits.is_some() || input.monthly_quota.is_some(),
+    )?;
     if let Some(name) = &input.name {
         validate_name("name", name)?;
     }
@@ -430,13 +490,42 @@ async fn keys_update(
     let Some(current) = find(&mut *tx, &id).await? else {
         return Err(ApiError::not_found("API key", &id));
     };
+    let current_settings = current.settings()?;
+    let new_expiry = matches!(input.expires_at, Some(Some(_)));
+    let settings = KeySettings {
+        expires_at: input.expires_at.unwrap_or(current_settings.expires_at),
+        scopes: input.scopes.unwrap_or(current_settings.scopes),
+        allowed_cidrs: input
+            .allowed_cidrs
+            .unwrap_or(current_settings.allowed_cidrs),
+        limits: input.limits.unwrap_or(current_settings.limits),
+        monthly_quota: input
+            .monthly_quota
+            .unwrap_or(current_settings.monthly_quota),
+    };
+    let checked = check(&settings)?;
+    if new_expiry && checked.expires.as_ref().is_some_and(|e| e.1 <= now_ms()) {
+        return Err(ApiError::invalid(
+            "invalid_expiry",
+            "expires_at must be in the future.",
+        ));
+    }
     let active = input.active.unwrap_or(current.active != 0);
-    let name = input.name.unwrap_or(current.name);
+    let name = input.name.unwrap_or_else(|| current.name.clone());
     sqlx::query(
-        "UPDATE api_keys SET active = $1, name = $2, updated_at = $3, version = $4 WHERE id = $5",
+        "UPDATE api_keys SET active = $1, name = $2, expires_at = $3, expires_at_ms = $4,
+                             scopes = $5, allowed_cidrs = $6, limits = $7, monthly_quota = $8,
+                             updated_at = $9, version = $10
+         WHERE id = $11",
     )
     .bind(active)
     .bind(&name)
+    .bind(checked.expires.as_ref().map(|e| e.0.clone()))
+    .bind(checked.expires.as_ref().map(|e| e.1))
+    .bind(to_json(&settings.scopes)?)
+    .bind(to_json(&settings.allowed_cidrs)?)
+    .bind(to_json(&settings.limits)?)
+    .bind(settings.monthly_quota.and_then(|q| i64::try_from(q).ok()))
     .bind(db::now())
     .bind(version)
     .bind(&id)
@@ -444,10 +533,23 @@ async fn keys_update(
     .await?;
     let updated = find(&mut *tx, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("API key", &id))?;
+        .ok_or_else(|| ApiError::not_found("API key", &id))?
+        .view()?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "key.update",
+            resource_id: &id,
+            tenant_id: Some(&updated.tenant_id),
+            before: audit::snapshot(&current.clone().view()?)?,
+            after: audit::snapshot(&updated)?,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
-    Ok(Json(updated.view()?))
+    Ok(Json(updated))
 }
 
 async fn keys_delete(
@@ -457,6 +559,9 @@ async fn keys_delete(
 ) -> ApiResult<StatusCode> {
     visible_key(&state, &principal, &id).await?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
+    let Some(current) = find(&mut *tx, &id).await? else {
+        return Err(ApiError::not_found("API key", &id));
+    };
     let now = db::now();
     // A tombstone, not a DELETE: filters learn of deletions from the version feed.
     let done = sqlx::query(
@@ -472,6 +577,18 @@ async fn keys_delete(
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("API key", &id));
     }
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "key.delete",
+            resource_id: &id,
+            tenant_id: Some(&current.tenant_id),
+            before: audit::snapshot(&current.clone().view()?)?,
+            after: None,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok(StatusCode::NO_CONTENT)
@@ -538,6 +655,35 @@ async fn keys_rotate(
         .await?
         .ok_or_else(|| ApiError::internal("rotated key not found"))?
         .view()?;
+    let old_after = find(&mut *tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal("rotated key not found"))?
+        .view()?;
+    let actor = principal.label();
+    audit::record(
+        &mut tx,
+        &actor,
+        audit::Entry {
+            action: "key.rotate",
+            resource_id: &id,
+            tenant_id: Some(&old.tenant_id),
+            before: audit::snapshot(&old.clone().view()?)?,
+            after: audit::snapshot(&old_after)?,
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &actor,
+        audit::Entry {
+            action: "key.create",
+            resource_id: &new_id,
+            tenant_id: Some(&old.tenant_id),
+            before: None,
+            after: audit::snapshot(&view)?,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok(issued(view, &key))
@@ -575,7 +721,7 @@ async fn keys_list(
         "SELECT {KEY_COLUMNS} FROM api_keys
          WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2 IS NULL OR active = $2) {}
          ORDER BY created_at, id LIMIT $4",
-        cursor_clause("api_keys", 3)
+        cursor_clause("api_keys", 3, Order::Ascending)
     );
     let rows = sqlx::query_as::<_, KeyRow>(&sql)
         .bind(&tenant_id)

@@ -1,5 +1,6 @@
 //! One module per resource, each with its own `router()`.
 
+pub mod audit;
 pub mod catalog;
 pub mod health;
 pub mod keys;
@@ -65,14 +66,25 @@ impl<T> Page<T> {
     }
 }
 
+/// The direction a list walks (created_at, id).
+#[derive(Clone, Copy)]
+pub(crate) enum Order {
+    Ascending,
+    Descending,
+}
+
 /// `AND …` keeping rows after the cursor row of `table` in (created_at, id)
-/// order. Parameter `$n` is the cursor id, bound as `Option<&str>`: `NULL`
+/// `order`. Parameter `$n` is the cursor id, bound as `Option<&str>`: `NULL`
 /// means the first page, so every list has one fixed statement.
-pub(crate) fn cursor_clause(table: &str, n: usize) -> String {
+pub(crate) fn cursor_clause(table: &str, n: usize, order: Order) -> String {
+    let past = match order {
+        Order::Ascending => '>',
+        Order::Descending => '<',
+    };
     format!(
         "AND (${n} IS NULL \
-              OR created_at > (SELECT created_at FROM {table} WHERE id = ${n}) \
-              OR (created_at = (SELECT created_at FROM {table} WHERE id = ${n}) AND id > ${n}))"
+              OR created_at {past} (SELECT created_at FROM {table} WHERE id = ${n}) \
+              OR (created_at = (SELECT created_at FROM {table} WHERE id = ${n}) AND id {past} ${n}))"
     )
 }
 

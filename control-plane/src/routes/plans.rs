@@ -15,7 +15,9 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{cursor_clause, invalid_cursor, nullable, page_limit, validate_name, Page};
+use crate::routes::{
+    audit, cursor_clause, invalid_cursor, nullable, page_limit, validate_name, Order, Page,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -229,6 +231,18 @@ async fn plans_create(
     validate(&view)?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     insert(&mut tx, &view, version).await?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "plan.create",
+            resource_id: &view.id,
+            tenant_id: None,
+            before: None,
+            after: audit::snapshot(&view)?,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok((
@@ -295,7 +309,7 @@ async fn plans_list(
     let sql = format!(
         "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL {}
          ORDER BY created_at, id LIMIT $2",
-        cursor_clause("plans", 1)
+        cursor_clause("plans", 1, Order::Ascending)
     );
     let rows = sqlx::query_as::<_, PlanRow>(&sql)
         .bind(after)
@@ -321,6 +335,7 @@ async fn plans_update(
         .await?
         .ok_or_else(|| ApiError::not_found("plan", &id))?
         .view()?;
+    let before = audit::snapshot(&current)?;
     let view = PlanView {
         name: input.name.unwrap_or(current.name),
         limits: input.limits.unwrap_or(current.limits),
@@ -356,6 +371,18 @@ async fn plans_update(
             other?;
         }
     }
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "plan.update",
+            resource_id: &id,
+            tenant_id: None,
+            before,
+            after: audit::snapshot(&view)?,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok(Json(view))
@@ -368,9 +395,9 @@ async fn plans_delete(
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
-    if find(&mut *tx, &id).await?.is_none() {
+    let Some(current) = find(&mut *tx, &id).await? else {
         return Err(ApiError::not_found("plan", &id));
-    }
+    };
     let tenants: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM tenants WHERE plan_id = $1 AND deleted_at IS NULL",
     )
@@ -394,6 +421,18 @@ async fn plans_delete(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "plan.delete",
+            resource_id: &id,
+            tenant_id: None,
+            before: audit::snapshot(&current.view()?)?,
+            after: None,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok(StatusCode::NO_CONTENT)

@@ -13,7 +13,9 @@ use crate::auth::Principal;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::{cursor_clause, invalid_cursor, page_limit, plans, validate_name, Page};
+use crate::routes::{
+    audit, cursor_clause, invalid_cursor, page_limit, plans, validate_name, Order, Page,
+};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -116,6 +118,18 @@ async fn tenants_create(
             other?;
         }
     }
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "tenant.create",
+            resource_id: &view.id,
+            tenant_id: Some(&view.id),
+            before: None,
+            after: audit::snapshot(&view)?,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok((
@@ -166,7 +180,7 @@ async fn tenants_list(
         "SELECT {TENANT_COLUMNS} FROM tenants
          WHERE deleted_at IS NULL AND ($1 IS NULL OR plan_id = $1) {}
          ORDER BY created_at, id LIMIT $3",
-        cursor_clause("tenants", 2)
+        cursor_clause("tenants", 2, Order::Ascending)
     );
     let rows = sqlx::query_as::<_, TenantView>(&sql)
         .bind(&query.plan_id)
@@ -213,6 +227,7 @@ async fn tenants_update(
     if let Some(plan_id) = &input.plan_id {
         require_plan(&mut tx, plan_id).await?;
     }
+    let before = audit::snapshot(&current)?;
     let view = TenantView {
         name: input.name.unwrap_or(current.name),
         plan_id: input.plan_id.unwrap_or(current.plan_id),
@@ -241,6 +256,18 @@ async fn tenants_update(
             .execute(&mut *tx)
             .await?;
     }
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "tenant.update",
+            resource_id: &id,
+            tenant_id: Some(&id),
+            before,
+            after: audit::snapshot(&view)?,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok(Json(view))
@@ -253,9 +280,9 @@ async fn tenants_delete(
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
-    if find(&mut *tx, &id).await?.is_none() {
+    let Some(current) = find(&mut *tx, &id).await? else {
         return Err(ApiError::not_found("tenant", &id));
-    }
+    };
     let now = db::now();
     // Deleting a tenant revokes all its keys, at every filter too.
     sqlx::query(
@@ -274,6 +301,18 @@ async fn tenants_delete(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "tenant.delete",
+            resource_id: &id,
+            tenant_id: Some(&id),
+            before: audit::snapshot(&current)?,
+            after: None,
+        },
+    )
+    .await?;
     tx.commit().await?;
     state.published(version);
     Ok(StatusCode::NO_CONTENT)

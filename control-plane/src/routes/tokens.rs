@@ -13,7 +13,7 @@ use crate::auth::{tenant_token_hash, Principal, TENANT_TOKEN_PREFIX};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
-use crate::routes::{tenants, validate_name};
+use crate::routes::{audit, tenants, validate_name};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -31,7 +31,7 @@ pub struct CreateToken {
     pub name: String,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct TokenView {
     pub id: String,
     pub tenant_id: String,
@@ -74,6 +74,8 @@ async fn tokens_create(
         created_at: db::now(),
         revoked_at: None,
     };
+    // Tokens are not pushed to filters, so no config version: a plain transaction.
+    let mut tx = state.db.begin().await?;
     sqlx::query(
         "INSERT INTO tenant_tokens (id, tenant_id, name, token_hash, created_at)
          VALUES ($1, $2, $3, $4, $5)",
@@ -83,8 +85,21 @@ async fn tokens_create(
     .bind(&view.name)
     .bind(tenant_token_hash(&token))
     .bind(&view.created_at)
-    .execute(&state.db)
+    .execute(&mut *tx)
     .await?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "token.create",
+            resource_id: &view.id,
+            tenant_id: Some(&view.tenant_id),
+            before: None,
+            after: audit::snapshot(&view)?,
+        },
+    )
+    .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
@@ -116,16 +131,33 @@ async fn tokens_revoke(
     Path((tenant_id, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
-    let done = sqlx::query(
-        "UPDATE tenant_tokens SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL",
+    let mut tx = state.db.begin().await?;
+    let revoked = sqlx::query_as::<_, TokenView>(
+        "UPDATE tenant_tokens SET revoked_at = $1
+         WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL
+         RETURNING id, tenant_id, name, created_at, revoked_at",
     )
     .bind(db::now())
     .bind(&id)
     .bind(&tenant_id)
-    .execute(&state.db)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("token", &id))?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "token.revoke",
+            resource_id: &id,
+            tenant_id: Some(&tenant_id),
+            before: audit::snapshot(&TokenView {
+                revoked_at: None,
+                ..revoked.clone()
+            })?,
+            after: audit::snapshot(&revoked)?,
+        },
+    )
     .await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("token", &id));
-    }
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
