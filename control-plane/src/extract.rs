@@ -20,10 +20,21 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        // serde reads a struct from an array too (`[]` would be an empty
+        // PATCH); every body of this API is an object.
+        if !value.is_object() {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "The body must be a JSON object.",
+            ));
         }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::invalid("invalid_body", format!("Invalid body: {e}")))
     }
 }
 

@@ -1595,6 +1595,232 @@ async fn key_settings_can_be_changed_and_cleared_with_patch(backend: Backend) {
     }
 }
 
+/// Rows in every table, to prove a refused request wrote nothing.
+async fn row_counts(state: &AppState) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in ["plans", "tenants", "api_keys", "tenant_tokens", "audit_log"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&state.db)
+            .await
+            .unwrap();
+        counts.push(n);
+    }
+    counts.push(i64::try_from(db::current_version(&state.db).await.unwrap()).unwrap());
+    counts
+}
+
+async fn every_write_endpoint_answers_each_class_of_bad_input(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let taken_plan = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None)
+        .await
+        .body["name"]
+        .clone();
+    let taken_tenant = admin(&app, Method::GET, &format!("/v1/tenants/{tenant_id}"), None)
+        .await
+        .body["name"]
+        .clone();
+    let written = row_counts(&state).await;
+
+    struct Endpoint {
+        method: Method,
+        uri: String,
+        /// For the unknown-id class; None when the URI has no id.
+        unknown: Option<String>,
+        /// A body that passes validation, sent to the unknown id.
+        valid: &'static str,
+        wrong_type: &'static str,
+        /// A body missing a required field; None when nothing is required.
+        missing: Option<&'static str>,
+        unknown_field: &'static str,
+        /// A body naming something that already exists.
+        duplicate: Option<Value>,
+    }
+    let endpoints = [
+        Endpoint {
+            method: Method::POST,
+            uri: "/v1/plans".into(),
+            unknown: None,
+            valid: "{}",
+            wrong_type: r#"{"name": "n", "limits": {}}"#,
+            missing: Some(r#"{"name": "n"}"#),
+            unknown_field: r#"{"name": "n", "limits": [], "tier": 1}"#,
+            duplicate: Some(json!({"name": taken_plan, "limits": []})),
+        },
+        Endpoint {
+            method: Method::PATCH,
+            uri: format!("/v1/plans/{plan_id}"),
+            unknown: Some("/v1/plans/plan_unknown".into()),
+            valid: r#"{"name": "n"}"#,
+            wrong_type: r#"{"public": "yes"}"#,
+            missing: None,
+            unknown_field: r#"{"price": 5}"#,
+            duplicate: None,
+        },
+        Endpoint {
+            method: Method::POST,
+            uri: "/v1/tenants".into(),
+            unknown: None,
+            valid: "{}",
+            wrong_type: r#"{"name": ["a"], "plan_id": "p"}"#,
+            missing: Some(r#"{"name": "n"}"#),
+            unknown_field: r#"{"name": "n", "plan_id": "p", "owner": "x"}"#,
+            duplicate: Some(json!({"name": taken_tenant, "plan_id": plan_id})),
+        },
+        Endpoint {
+            method: Method::PATCH,
+            uri: format!("/v1/tenants/{tenant_id}"),
+            unknown: Some("/v1/tenants/tnt_unknown".into()),
+            valid: r#"{"name": "n"}"#,
+            wrong_type: r#"{"name": 7}"#,
+            missing: None,
+            unknown_field: r#"{"billing": true}"#,
+            duplicate: None,
+        },
+        Endpoint {
+            method: Method::POST,
+            uri: format!("/v1/tenants/{tenant_id}/keys"),
+            unknown: Some("/v1/tenants/tnt_unknown/keys".into()),
+            valid: r#"{"name": "n"}"#,
+            wrong_type: r#"{"name": "k", "scopes": "all"}"#,
+            missing: Some(r#"{"scopes": null}"#),
+            unknown_field: r#"{"name": "k", "plan": "gold"}"#,
+            duplicate: None,
+        },
+        Endpoint {
+            method: Method::PATCH,
+            uri: format!("/v1/keys/{key_id}"),
+            unknown: Some("/v1/keys/key_unknown".into()),
+            valid: r#"{"name": "n"}"#,
+            wrong_type: r#"{"active": "no"}"#,
+            missing: None,
+            unknown_field: r#"{"key": "tg_x"}"#,
+            duplicate: None,
+        },
+        Endpoint {
+            method: Method::POST,
+            uri: format!("/v1/keys/{key_id}/rotate"),
+            unknown: Some("/v1/keys/key_unknown/rotate".into()),
+            valid: r#"{"grace_seconds": 1}"#,
+            wrong_type: r#"{"grace_seconds": "1h"}"#,
+            missing: None,
+            unknown_field: r#"{"grace": 60}"#,
+            duplicate: None,
+        },
+        Endpoint {
+            method: Method::POST,
+            uri: format!("/v1/tenants/{tenant_id}/tokens"),
+            unknown: Some("/v1/tenants/tnt_unknown/tokens".into()),
+            valid: r#"{"name": "n"}"#,
+            wrong_type: r#"{"name": false}"#,
+            missing: Some("{}"),
+            unknown_field: r#"{"name": "t", "scope": "all"}"#,
+            duplicate: None,
+        },
+    ];
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(100_000));
+    for e in &endpoints {
+        let at = format!("{} {}", e.method, e.uri);
+        let r = send(
+            &app,
+            e.method.clone(),
+            &e.uri,
+            Some(ADMIN),
+            Some(r#"{"name": "#),
+        )
+        .await;
+        assert_eq!(r.body["code"], "malformed_json", "{at}: {:?}", r.body);
+        assert_problem(&r, StatusCode::BAD_REQUEST, "malformed_json");
+        for body in [e.wrong_type, e.unknown_field, "[]", "null"] {
+            let r = send(&app, e.method.clone(), &e.uri, Some(ADMIN), Some(body)).await;
+            assert_eq!(r.body["code"], "invalid_body", "{at} {body}: {:?}", r.body);
+            assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+        }
+        if let Some(body) = e.missing {
+            let r = send(&app, e.method.clone(), &e.uri, Some(ADMIN), Some(body)).await;
+            assert_eq!(r.body["code"], "invalid_body", "{at} {body}: {:?}", r.body);
+            assert!(
+                r.body["detail"].as_str().unwrap().contains("missing field"),
+                "{at}: {:?}",
+                r.body
+            );
+        }
+        let r = send(&app, e.method.clone(), &e.uri, Some(ADMIN), Some(&huge)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{at}: {:?}",
+            r.body
+        );
+        assert_problem(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+        if let Some(unknown) = &e.unknown {
+            let r = send(&app, e.method.clone(), unknown, Some(ADMIN), Some(e.valid)).await;
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "{at} → {unknown}: {:?}",
+                r.body
+            );
+            assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+        }
+        if let Some(body) = &e.duplicate {
+            let r = admin(&app, e.method.clone(), &e.uri, Some(body.clone())).await;
+            assert_eq!(r.status, StatusCode::CONFLICT, "{at}: {:?}", r.body);
+            assert!(
+                r.body["code"].as_str().unwrap().ends_with("_name_taken"),
+                "{at}: {:?}",
+                r.body
+            );
+        }
+    }
+    // Renaming onto a taken name is a duplicate too.
+    assert_eq!(row_counts(&state).await, written);
+    let other = tenant(&app, &plan_id).await;
+    let written = row_counts(&state).await;
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/tenants/{other}"),
+        Some(json!({"name": taken_tenant})),
+    )
+    .await;
+    assert_problem(&r, StatusCode::CONFLICT, "tenant_name_taken");
+
+    // Unknown ids on reads and deletes.
+    for (method, uri) in [
+        (Method::GET, "/v1/plans/plan_unknown"),
+        (Method::DELETE, "/v1/plans/plan_unknown"),
+        (Method::GET, "/v1/tenants/tnt_unknown"),
+        (Method::DELETE, "/v1/tenants/tnt_unknown"),
+        (Method::GET, "/v1/tenants/tnt_unknown/keys"),
+        (Method::GET, "/v1/tenants/tnt_unknown/tokens"),
+        (Method::GET, "/v1/keys/key_unknown"),
+        (Method::DELETE, "/v1/keys/key_unknown"),
+        (Method::DELETE, "/v1/tenants/tnt_unknown/tokens/tok_unknown"),
+    ] {
+        let r = admin(&app, method.clone(), uri, None).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri}: {:?}",
+            r.body
+        );
+        assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    }
+    let r = admin(
+        &app,
+        Method::DELETE,
+        &format!("/v1/tenants/{tenant_id}/tokens/tok_unknown"),
+        None,
+    )
+    .await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    // Nothing above was written.
+    assert_eq!(row_counts(&state).await, written);
+}
+
 on_both_databases!(
     admin_api_requires_the_admin_token,
     plan_create_and_show,
@@ -1617,4 +1843,5 @@ on_both_databases!(
     audit_log_records_every_change_with_who_and_before_after,
     a_refused_change_leaves_no_audit_entry,
     key_settings_can_be_changed_and_cleared_with_patch,
+    every_write_endpoint_answers_each_class_of_bad_input,
 );

@@ -69,6 +69,18 @@ pub struct UpdatePlan {
     pub public: Option<bool>,
 }
 
+impl UpdatePlan {
+    fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.limits.is_none()
+            && self.monthly_quota.is_none()
+            && self.max_api_keys.is_none()
+            && self.max_users.is_none()
+            && self.metadata.is_none()
+            && self.public.is_none()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanView {
     pub id: String,
@@ -330,6 +342,13 @@ async fn plans_update(
     ApiJson(input): ApiJson<UpdatePlan>,
 ) -> ApiResult<Json<PlanView>> {
     principal.require_admin()?;
+    if input.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "Nothing to change: send at least one of name, limits, monthly_quota, \
+             max_api_keys, max_users, metadata, public.",
+        ));
+    }
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let current = find(&mut *tx, &id)
         .await?
