@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
             "/v1",
             admin
                 .merge(routes::sync::router())
+                .merge(routes::usage::router())
                 .merge(routes::catalog::router()),
         )
         .merge(routes::health::router())

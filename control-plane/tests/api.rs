@@ -1821,6 +1821,120 @@ async fn every_write_endpoint_answers_each_class_of_bad_input(backend: Backend) 
     assert_eq!(row_counts(&state).await, written);
 }
 
+async fn report(app: &Router, batch: Value) -> Reply {
+    let body = batch.to_string();
+    send(app, Method::POST, "/v1/usage", Some(SYNC), Some(&body)).await
+}
+
+async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    assert!(shown.body["last_used_at"].is_null());
+
+    let used_ms: u64 = 1_795_000_000_000; // 2026-11-18T11:06:40Z
+    let batch = json!({
+        "batch_id": "envoy-1-7",
+        "keys": [{"key_id": key_id, "allowed": 5, "denied": {"rate_limited": 2}, "last_used_ms": used_ms}],
+        "unattributed": {"invalid_api_key": 3}
+    });
+    let r = report(&app, batch.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["duplicate"], false);
+    // The same batch again, as after a lost answer: counted once.
+    let again = report(&app, batch).await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(again.body["duplicate"], true);
+
+    let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT key_id, tenant_id, outcome, count FROM usage_hourly ORDER BY key_id, outcome",
+    )
+    .fetch_all(&state.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("".to_owned(), None, "invalid_api_key".to_owned(), 3),
+            (
+                key_id.clone(),
+                Some(tenant_id.clone()),
+                "allowed".to_owned(),
+                5
+            ),
+            (
+                key_id.clone(),
+                Some(tenant_id.clone()),
+                "rate_limited".to_owned(),
+                2
+            ),
+        ]
+    );
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:06:00Z");
+
+    // Another batch adds up; an older last use never moves last_used_at back,
+    // and one from a clock far ahead is clipped to now.
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-8", "keys": [{"key_id": key_id, "allowed": 1, "last_used_ms": used_ms - 3_600_000}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let allowed: i64 = sqlx::query_scalar(
+        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_hourly WHERE key_id = $1 AND outcome = 'allowed'",
+    )
+    .bind(&key_id)
+    .fetch_one(&state.db)
+    .await
+    .unwrap();
+    assert_eq!(allowed, 6);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:06:00Z");
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-9", "keys": [{"key_id": key_id, "allowed": 1, "last_used_ms": 4_000_000_000_000u64}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    let last = shown.body["last_used_at"].as_str().unwrap().to_owned();
+    assert!(
+        last.as_str() < "2100" && last.as_str() > "2026-11-18T11:06:00Z",
+        "{last}"
+    );
+
+    // Reporting is the filters' business: the sync token, not the admin's.
+    let body = json!({"batch_id": "x"}).to_string();
+    let r = send(&app, Method::POST, "/v1/usage", Some(ADMIN), Some(&body)).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    for bad in [
+        json!({"batch_id": ""}),
+        json!({"batch_id": "b", "unattributed": {"Bad Code": 1}}),
+        json!({"batch_id": "b", "unattributed": {"allowed": 1}}),
+        json!({"batch_id": "b", "keys": [{"key_id": "k", "allowed": 9_223_372_036_854_775_808u64}]}),
+        json!({"batch_id": "b", "keys": [{"key_id": "", "allowed": 1}]}),
+    ] {
+        assert_problem(
+            &report(&app, bad).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_usage",
+        );
+    }
+    assert_problem(
+        &report(&app, json!({"batch_id": "b", "extra": 1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    );
+    let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_batches")
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
+    assert_eq!(batches, 3);
+}
+
 on_both_databases!(
     admin_api_requires_the_admin_token,
     plan_create_and_show,
@@ -1844,4 +1958,5 @@ on_both_databases!(
     a_refused_change_leaves_no_audit_entry,
     key_settings_can_be_changed_and_cleared_with_patch,
     every_write_endpoint_answers_each_class_of_bad_input,
+    usage_reports_are_counted_once_and_move_last_used_at,
 );

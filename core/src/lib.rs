@@ -31,6 +31,7 @@ pub mod key;
 pub mod layout;
 pub mod response;
 pub mod store;
+pub mod usage;
 pub mod wire;
 
 #[cfg(test)]

@@ -83,3 +83,36 @@ pub struct SyncResponse {
     #[serde(default)]
     pub deleted_plans: Vec<String>,
 }
+
+/// What one Envoy counted since its last report, `POST /v1/usage` (sync
+/// token). `batch_id` is unique per batch and reused on every retry of it,
+/// so the control plane counts a batch once however often it arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    pub batch_id: String,
+    #[serde(default)]
+    pub keys: Vec<KeyUsage>,
+    /// Refusals that name no known key (no key, a malformed or unknown one), by `code`.
+    #[serde(default)]
+    pub unattributed: std::collections::BTreeMap<String, u64>,
+    /// Counts this Envoy had to drop because its buffer was full.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// One key's share of a [`UsageBatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUsage {
+    pub key_id: String,
+    /// Requests let through.
+    #[serde(default)]
+    pub allowed: u64,
+    /// Refusals by `code` (`rate_limited`, `disabled_api_key`, …).
+    #[serde(default)]
+    pub denied: std::collections::BTreeMap<String, u64>,
+    /// Unix ms of the last request let through, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_ms: Option<u64>,
+}

@@ -154,6 +154,8 @@ pub struct KeyView {
     pub limits: Option<Vec<WireLimit>>,
     pub monthly_quota: Option<u64>,
     pub rotated_from: Option<String>,
+    /// To the minute, from what the filters report; `null` until first used.
+    pub last_used_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -181,13 +183,14 @@ struct KeyRow {
     limits: Option<String>,
     monthly_quota: Option<i64>,
     rotated_from: Option<String>,
+    last_used_at: Option<String>,
     created_at: String,
     updated_at: String,
 }
 
 const KEY_COLUMNS: &str =
     "id, tenant_id, name, prefix, CAST(active AS INTEGER) AS active, expires_at, expires_at_ms, \
-     scopes, allowed_cidrs, limits, monthly_quota, rotated_from, created_at, updated_at";
+     scopes, allowed_cidrs, limits, monthly_quota, rotated_from, last_used_at, created_at, updated_at";
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &Option<String>) -> ApiResult<Option<T>> {
     text.as_deref()
@@ -218,6 +221,7 @@ impl KeyRow {
             active: self.active != 0,
             expires_at: self.expires_at,
             rotated_from: self.rotated_from,
+            last_used_at: self.last_used_at,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })

@@ -8,6 +8,7 @@ pub mod plans;
 pub mod sync;
 pub mod tenants;
 pub mod tokens;
+pub mod usage;
 
 use crate::error::ApiError;
 
