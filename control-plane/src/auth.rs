@@ -17,7 +17,8 @@ use crate::state::{AppState, TokenDigest};
 /// Every tenant token starts with this.
 pub const TENANT_TOKEN_PREFIX: &str = "tgt_";
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token as presented, if the header has that form.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())

@@ -10,16 +10,31 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Sent as `Retry-After` (whole seconds) when set.
+    pub retry_after_s: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error body (RFC 9457 problem details), sent as `application/problem+json`.
+// The OpenAPI document's `Problem` schema is derived from this very struct.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct Problem<'a> {
+    /// `urn:tollgate:problem:<code>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
+    #[schema(example = "urn:tollgate:problem:not_found")]
+    pub kind: String,
+    /// The HTTP status's reason phrase.
+    #[schema(example = "Not Found")]
+    pub title: &'a str,
+    /// The HTTP status code, repeated.
+    #[schema(example = 404)]
+    pub status: u16,
+    /// What went wrong, for people.
+    #[schema(example = "No plan with id \"plan_x\".")]
+    pub detail: &'a str,
+    /// What went wrong, for programs: stable, lower-case, e.g. `invalid_body`, `plan_in_use`.
+    #[schema(example = "not_found")]
+    pub code: &'a str,
 }
 
 impl ApiError {
@@ -28,7 +43,14 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// Adds `Retry-After: <seconds>` to the response.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 
     pub fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
@@ -98,6 +120,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
             );
+        }
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

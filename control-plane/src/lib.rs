@@ -3,16 +3,19 @@
 //! Admins drive it through `/v1` (bearer admin token), tenants serve
 //! themselves through the same API with their own tokens; every Envoy's sync
 //! service long-polls `/v1/sync` (bearer sync token) for what changed.
-//! `app(state)` builds the whole router so tests can drive it with `oneshot`.
+//! `app(state)` builds the whole router so tests can drive it with `oneshot`;
+//! its OpenAPI document is at `/openapi.json`, Swagger UI at `/docs`.
 
 pub mod auth;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod replicas;
 pub mod routes;
 pub mod seed;
 pub mod state;
+pub mod throttle;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
@@ -33,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::keys::router())
         .merge(routes::tokens::router())
         .merge(routes::audit::router())
+        .merge(routes::usage::read_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -41,11 +45,19 @@ pub fn app(state: AppState) -> Router {
         .nest(
             "/v1",
             admin
+                .merge(routes::catalog::router())
+                // Outside authentication, so wrong tokens count too. Not on the
+                // Envoys' endpoints (sync token): /v1/sync and /v1/usage.
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    throttle::limit_admin,
+                ))
                 .merge(routes::sync::router())
-                .merge(routes::usage::router())
-                .merge(routes::catalog::router()),
+                .merge(routes::usage::router()),
         )
         .merge(routes::health::router())
+        // GET /openapi.json and Swagger UI at /docs: public, outside /v1.
+        .merge(openapi::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
+use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
 use tollgate_control_plane::{app, db, replicas, AppState};
 
 #[derive(Parser)]
@@ -58,6 +59,52 @@ struct ServeArgs {
     /// Bearer token Envoys use for /v1/sync; generated and printed once when unset.
     #[arg(long, env = "CONTROL_PLANE_SYNC_TOKEN", hide_env_values = true)]
     sync_token: Option<String>,
+    /// Admin API requests per minute allowed per bearer token (sustained rate),
+    /// on everything under /v1 but the Envoys' /v1/sync and /v1/usage. Over it:
+    /// 429 admin_rate_limited with Retry-After. 0 turns the per-token limit off.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_ADMIN_RATE_PER_TOKEN",
+        default_value_t = ThrottleConfig::DEFAULT_PER_TOKEN.per_minute
+    )]
+    admin_rate_per_token: u64,
+    /// Burst per token: requests one token may send at once; its allowance
+    /// then refills at the per-minute rate.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_ADMIN_BURST_PER_TOKEN",
+        default_value_t = ThrottleConfig::DEFAULT_PER_TOKEN.burst,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    admin_burst_per_token: u64,
+    /// Admin API requests per minute allowed per client address (IPv6 per /64),
+    /// with a missing or wrong token too, and on the public /v1/catalog. Behind
+    /// a reverse proxy every client has the proxy's address. 0 turns it off.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_ADMIN_RATE_PER_IP",
+        default_value_t = ThrottleConfig::DEFAULT_PER_IP.per_minute
+    )]
+    admin_rate_per_ip: u64,
+    /// Burst per client address: requests it may send at once; its allowance
+    /// then refills at the per-minute rate.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_ADMIN_BURST_PER_IP",
+        default_value_t = ThrottleConfig::DEFAULT_PER_IP.burst,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    admin_burst_per_ip: u64,
+}
+
+impl ServeArgs {
+    fn throttle(&self) -> ThrottleConfig {
+        ThrottleConfig {
+            per_token: Rate::new(self.admin_rate_per_token, self.admin_burst_per_token),
+            per_ip: Rate::new(self.admin_rate_per_ip, self.admin_burst_per_ip),
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
 }
 
 impl DbArgs {
@@ -145,10 +192,11 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pool = args.db.open().await?;
+    let throttle = args.throttle();
     let admin_token = token_or_generate(args.admin_token, "admin token", "tgadmin_")?;
     let sync_token = token_or_generate(args.sync_token, "sync token", "tgsync_")?;
     let version = db::current_version(&pool).await?;
-    let state = AppState::new(pool, &admin_token, &sync_token, version);
+    let state = AppState::new(pool, &admin_token, &sync_token, version).with_throttle(throttle);
     if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
         tokio::spawn(replicas::follow(state.clone(), url));
     }
@@ -157,13 +205,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     tracing::info!(addr = %args.addr, config_version = version, "control plane listening");
     let shutting_down = state.shutting_down.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Answer held long-polls now instead of making shutdown wait for them.
-            shutting_down.send_replace(true);
-        })
-        .await?;
+    // The peer address feeds the admin API's per-client rate limit.
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        // Answer held long-polls now instead of making shutdown wait for them.
+        shutting_down.send_replace(true);
+    })
+    .await?;
     tracing::info!("control plane stopped");
     Ok(())
 }

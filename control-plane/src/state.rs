@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::db::Db;
+use crate::throttle::{AdminLimiter, ThrottleConfig};
 
 /// A bearer token held only as its SHA-256, compared in constant time.
 #[derive(Clone)]
@@ -40,6 +41,8 @@ pub struct AppState {
     pub versions: Arc<watch::Sender<u64>>,
     /// Set when the server is shutting down, so held long-polls end at once.
     pub shutting_down: Arc<watch::Sender<bool>>,
+    /// Rate limits on the admin API itself (not on the Envoys' `/v1/sync` and `/v1/usage`).
+    pub throttle: Arc<AdminLimiter>,
 }
 
 impl AppState {
@@ -50,7 +53,14 @@ impl AppState {
             sync_token: TokenDigest::of(sync_token),
             versions: Arc::new(watch::Sender::new(version)),
             shutting_down: Arc::new(watch::Sender::new(false)),
+            throttle: Arc::new(AdminLimiter::new(ThrottleConfig::default())),
         }
+    }
+
+    /// The same state with the admin API limited by `config` instead of the defaults.
+    pub fn with_throttle(mut self, config: ThrottleConfig) -> Self {
+        self.throttle = Arc::new(AdminLimiter::new(config));
+        self
     }
 
     /// Tells long-polling Envoys that `version` is committed.

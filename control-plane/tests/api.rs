@@ -1935,6 +1935,132 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
     assert_eq!(batches, 3);
 }
 
+async fn usage_reads_back_per_key_and_per_tenant(backend: Backend) {
+    let (app, _) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let (quiet_key, _) = key(&app, &tenant_id).await;
+    let r = report(
+        &app,
+        json!({"batch_id": "u-1", "keys": [{"key_id": key_id, "allowed": 5, "denied": {"rate_limited": 2}}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let usage = admin(&app, Method::GET, &format!("/v1/keys/{key_id}/usage"), None).await;
+    assert_eq!(usage.status, StatusCode::OK, "{:?}", usage.body);
+    assert_eq!(usage.body["used"], 5);
+    assert!(usage.body["quota"].is_null() && usage.body["remaining"].is_null());
+    let start = usage.body["period_start"].as_str().unwrap();
+    assert!(start.ends_with("-01T00:00:00Z"), "{start}");
+    assert!(usage.body["period_end"].as_str().unwrap() > start);
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{key_id}"),
+        Some(json!({"monthly_quota": 100})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let usage = admin(&app, Method::GET, &format!("/v1/keys/{key_id}/usage"), None).await;
+    assert_eq!(
+        (
+            usage.body["quota"].as_u64(),
+            usage.body["remaining"].as_u64()
+        ),
+        (Some(100), Some(95))
+    );
+    let quiet = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/keys/{quiet_key}/usage"),
+        None,
+    )
+    .await;
+    assert_eq!(quiet.body["used"], 0);
+
+    for granularity in ["hour", "day"] {
+        let series = admin(
+            &app,
+            Method::GET,
+            &format!("/v1/tenants/{tenant_id}/usage?granularity={granularity}"),
+            None,
+        )
+        .await;
+        assert_eq!(series.status, StatusCode::OK, "{:?}", series.body);
+        assert_eq!(series.body["granularity"], granularity);
+        let keys = series.body["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1, "{:?}", series.body);
+        assert_eq!(keys[0]["key_id"], key_id.as_str());
+        let points = keys[0]["series"].as_array().unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0]["allowed"], 5);
+        assert_eq!(points[0]["denied"]["rate_limited"], 2);
+    }
+    let past = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant_id}/usage?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z"),
+        None,
+    )
+    .await;
+    assert_eq!(past.body["keys"], json!([]));
+
+    for bad in [
+        "?granularity=minute",
+        "?from=yesterday",
+        "?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "?color=red",
+    ] {
+        let r = admin(
+            &app,
+            Method::GET,
+            &format!("/v1/tenants/{tenant_id}/usage{bad}"),
+            None,
+        )
+        .await;
+        assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
+    }
+    // Tenants read their own usage, and no one else's.
+    let token = tenant_token(&app, &tenant_id).await;
+    let own = send(
+        &app,
+        Method::GET,
+        &format!("/v1/keys/{key_id}/usage"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
+    let own = send(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant_id}/usage"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
+    let other = tenant(&app, &plan_id).await;
+    let (other_key, _) = key(&app, &other).await;
+    for uri in [
+        format!("/v1/keys/{other_key}/usage"),
+        format!("/v1/tenants/{other}/usage"),
+    ] {
+        let r = send(&app, Method::GET, &uri, Some(&token), None).await;
+        assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    }
+    for uri in ["/v1/keys/key_nope/usage", "/v1/tenants/tnt_nope/usage"] {
+        assert_problem(
+            &admin(&app, Method::GET, uri, None).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+    }
+}
+
 on_both_databases!(
     admin_api_requires_the_admin_token,
     plan_create_and_show,
@@ -1959,4 +2085,5 @@ on_both_databases!(
     key_settings_can_be_changed_and_cleared_with_patch,
     every_write_endpoint_answers_each_class_of_bad_input,
     usage_reports_are_counted_once_and_move_last_used_at,
+    usage_reads_back_per_key_and_per_tenant,
 );

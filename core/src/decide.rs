@@ -128,6 +128,8 @@ pub struct Denied {
     pub policies: Vec<PolicyStatus>,
     /// Names of the policies that refused the request.
     pub violated: Vec<String>,
+    /// The key the refusal is charged to, once the key is identified.
+    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +145,19 @@ fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
         retry_after: None,
         policies: Vec::new(),
         violated: Vec::new(),
+        key_id: None,
     })
+}
+
+/// [`deny`], charged to a known key.
+fn deny_key(key_id: &str, reason: DenyReason, detail: impl Into<String>) -> Decision {
+    match deny(reason, detail) {
+        Decision::Deny(denied) => Decision::Deny(Denied {
+            key_id: Some(key_id.to_owned()),
+            ..denied
+        }),
+        allowed => allowed,
+    }
 }
 
 /// Decides one request at `now_ms` (Unix milliseconds).
@@ -174,20 +188,26 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
         return deny(DenyReason::InvalidApiKey, "The API key is not known.");
     };
     if !record.active {
-        return deny(
+        return deny_key(
+            &record.id,
             DenyReason::DisabledApiKey,
             "The API key has been deactivated.",
         );
     }
     if record.expires_at_ms.is_some_and(|expiry| now_ms >= expiry) {
-        return deny(DenyReason::ExpiredApiKey, "The API key has expired.");
+        return deny_key(
+            &record.id,
+            DenyReason::ExpiredApiKey,
+            "The API key has expired.",
+        );
     }
     if let Some(cidrs) = &record.allowed_cidrs {
         let from_allowed = facts
             .client_ip
             .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)));
         if !from_allowed {
-            return deny(
+            return deny_key(
+                &record.id,
                 DenyReason::Forbidden,
                 "The API key may not be used from this client address.",
             );
@@ -195,14 +215,16 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
     }
     if let Some(scopes) = &record.scopes {
         if !scopes.iter().any(|s| s.permits(facts.method, facts.path)) {
-            return deny(
+            return deny_key(
+                &record.id,
                 DenyReason::Forbidden,
                 "The API key's scopes do not permit this method and path.",
             );
         }
     }
     let Some(plan) = read_plan(store, &record.plan_id) else {
-        return deny(
+        return deny_key(
+            &record.id,
             DenyReason::ConfigUnavailable,
             "The key's plan is not configured on this gateway yet; retry shortly.",
         );
@@ -230,6 +252,7 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
             retry_after: Some(ceil_seconds(wait_ms).max(1)),
             policies,
             violated,
+            key_id: Some(record.id),
         }),
         Consumed::Contended => Decision::Deny(Denied {
             reason: DenyReason::RateLimited,
@@ -237,6 +260,7 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
             retry_after: Some(1),
             policies: Vec::new(),
             violated: Vec::new(),
+            key_id: Some(record.id),
         }),
     }
 }

@@ -162,6 +162,7 @@ mod tests {
             retry_after: Some(3),
             policies: vec![p("per-second", 1, 1, 0, 3)],
             violated: vec!["per-second".into()],
+            key_id: None,
         });
         assert_eq!(reply.status, 429);
         assert!(reply.headers.contains(&("retry-after", "3".into())));
@@ -183,6 +184,7 @@ mod tests {
             retry_after: None,
             policies: vec![],
             violated: vec![],
+            key_id: None,
         });
         assert_eq!(reply.status, 401);
         assert!(!reply

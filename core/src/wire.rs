@@ -1,24 +1,31 @@
 //! The JSON the control plane serves at `GET /v1/sync` and the filter applies.
 //!
 //! Defined once, here, and used by both sides. These are parse-only shapes:
-//! [`crate::config`] validates them before anything is enforced.
+//! [`crate::config`] validates them before anything is enforced. With the
+//! `openapi` feature (the control plane's, never the filter's) they also derive
+//! `utoipa::ToSchema` for the admin API's OpenAPI document.
 
 use serde::{Deserialize, Serialize};
 
 /// One named rate limit of a plan: `max` requests per `window_seconds`,
 /// with bursts of up to `burst` (default `max`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WireLimit {
+    /// Unique within the plan; a key's limit of the same name replaces it.
     pub name: String,
+    /// Requests allowed per window.
     pub max: u64,
     pub window_seconds: u64,
+    /// Requests that may be sent at once; `max` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
 }
 
 /// A plan as the filter needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WirePlan {
     pub id: String,
@@ -31,6 +38,7 @@ pub struct WirePlan {
 /// What a key may be used for: any of `methods` (all if absent or empty) on
 /// paths under `path_prefix` (all if absent).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WireScope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +49,7 @@ pub struct WireScope {
 
 /// An API key as the filter needs it: identified by the SHA-256 of the plaintext.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WireKey {
     /// Lower-case hex SHA-256 of the plaintext key.
@@ -69,6 +78,7 @@ pub struct WireKey {
 /// Everything that changed after the `since` version the filter asked for
 /// (all of it when `since` is 0). `version` is the version the filter has once it applied this.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SyncResponse {
     pub version: u64,
@@ -88,6 +98,7 @@ pub struct SyncResponse {
 /// token). `batch_id` is unique per batch and reused on every retry of it,
 /// so the control plane counts a batch once however often it arrives.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UsageBatch {
     pub batch_id: String,
@@ -103,6 +114,7 @@ pub struct UsageBatch {
 
 /// One key's share of a [`UsageBatch`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KeyUsage {
     pub key_id: String,

@@ -10,10 +10,20 @@ use tollgate_core::response::{
 };
 
 use crate::host::{now_ms, HostStore};
+use crate::usage::SharedTally;
 
-#[derive(Default)]
 pub struct TollgateHttp {
     response_headers: Vec<(&'static str, String)>,
+    tally: SharedTally,
+}
+
+impl TollgateHttp {
+    pub fn new(tally: SharedTally) -> Self {
+        Self {
+            response_headers: Vec::new(),
+            tally,
+        }
+    }
 }
 
 impl Context for TollgateHttp {}
@@ -82,6 +92,7 @@ impl HttpContext for TollgateHttp {
                 retry_after: None,
                 policies: Vec::new(),
                 violated: Vec::new(),
+                key_id: None,
             });
         };
         let method = request_header(":method").unwrap_or_default();
@@ -92,7 +103,16 @@ impl HttpContext for TollgateHttp {
             path: &path,
             client_ip: client_ip(),
         };
-        match decide(&facts, &HostStore, now) {
+        let decision = decide(&facts, &HostStore, now);
+        if let Ok(mut tally) = self.tally.try_borrow_mut() {
+            match &decision {
+                Decision::Allow(allowed) => tally.allowed(&allowed.key_id, now),
+                Decision::Deny(denied) => {
+                    tally.denied(denied.key_id.as_deref(), denied.reason.code())
+                }
+            }
+        }
+        match decision {
             Decision::Allow(allowed) => {
                 for (name, value) in upstream_headers(&allowed) {
                     set_request_header(name, Some(value));

@@ -24,6 +24,7 @@ pub mod host;
 pub mod http;
 pub mod root;
 pub mod sync;
+pub mod usage;
 
 use proxy_wasm::types::LogLevel;
 

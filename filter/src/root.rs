@@ -5,8 +5,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use serde::Deserialize;
 
+use crate::host::now_ms;
 use crate::http::TollgateHttp;
 use crate::sync::{SyncConfig, SyncLoop};
+use crate::usage::{Flusher, Reporter, SharedTally, FLUSH_EVERY, QUEUE};
 
 /// Plugin configuration. The HTTP filter needs none; the singleton service
 /// carries `{"sync": {...}}`.
@@ -20,6 +22,20 @@ pub struct PluginConfig {
 #[derive(Default)]
 pub struct TollgateRoot {
     sync: Option<SyncLoop>,
+    reporter: Option<Reporter>,
+    /// This VM's decisions since the last hand-over.
+    tally: SharedTally,
+    flusher: Option<Flusher>,
+}
+
+/// Our `vm_id`, under which the service's usage queue lives.
+fn vm_id() -> String {
+    hostcalls::get_property(vec!["plugin_vm_id"])
+        .ok()
+        .flatten()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| "tollgate".to_owned())
 }
 
 impl Context for TollgateRoot {
@@ -30,6 +46,11 @@ impl Context for TollgateRoot {
         body_size: usize,
         _trailers: usize,
     ) {
+        if let Some(reporter) = self.reporter.as_mut() {
+            if reporter.on_response(token) {
+                return;
+            }
+        }
         if let Some(sync) = self.sync.as_mut() {
             sync.on_response(token, body_size);
         }
@@ -67,17 +88,46 @@ impl RootContext for TollgateRoot {
                     );
                     return false;
                 }
+                match self.reporter.as_mut() {
+                    Some(existing) => existing.reconfigure(sync_config.clone()),
+                    None => match hostcalls::register_shared_queue(QUEUE) {
+                        Ok(queue) => {
+                            self.reporter = Some(Reporter::new(
+                                sync_config.clone(),
+                                queue,
+                                now_ms().unwrap_or(0),
+                            ))
+                        }
+                        Err(e) => {
+                            let _ = hostcalls::log(
+                                LogLevel::Error,
+                                &format!("tollgate: cannot register the usage queue: {e:?}"),
+                            );
+                        }
+                    },
+                }
                 match self.sync.as_mut() {
                     Some(existing) => existing.reconfigure(sync_config),
                     None => self.sync = Some(SyncLoop::new(sync_config)),
                 }
+                self.flusher = None;
                 if hostcalls::set_tick_period(crate::sync::TICK).is_err() {
                     let _ =
                         hostcalls::log(LogLevel::Error, "tollgate: cannot start the sync timer");
                     return false;
                 }
             }
-            None => self.sync = None,
+            None => {
+                self.sync = None;
+                self.reporter = None;
+                self.flusher = Some(Flusher::new(vm_id()));
+                if hostcalls::set_tick_period(FLUSH_EVERY).is_err() {
+                    let _ = hostcalls::log(
+                        LogLevel::Error,
+                        "tollgate: cannot start the usage timer; usage will not be reported",
+                    );
+                }
+            }
         }
         true
     }
@@ -86,10 +136,25 @@ impl RootContext for TollgateRoot {
         if let Some(sync) = self.sync.as_mut() {
             sync.on_tick();
         }
+        if let Some(reporter) = self.reporter.as_mut() {
+            reporter.absorb(&self.tally);
+            reporter.on_tick();
+        }
+        if let Some(flusher) = self.flusher.as_mut() {
+            flusher.flush(&self.tally);
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Some(reporter) = self.reporter.as_mut() {
+            if reporter.queue() == queue_id {
+                reporter.on_queue_ready();
+            }
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(TollgateHttp::default()))
+        Some(Box::new(TollgateHttp::new(self.tally.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -19,8 +19,10 @@ use time::OffsetDateTime;
 
 use crate::auth::Principal;
 use crate::db;
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
+use crate::openapi::{ServerError, Throttled, Unauthorized, PROBLEM_JSON};
 use crate::routes::{cursor_clause, invalid_cursor, page_limit, Order, Page};
 use crate::state::AppState;
 
@@ -111,16 +113,27 @@ struct AuditRow {
     after: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One change. `before` and `after` are the resource's public view (never a
+/// key's or token's plaintext or hash); `null` for a creation or a deletion.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// `admin`, `tenant:<id>` or `seed`.
+    #[schema(example = "admin")]
     pub actor: String,
+    /// `<resource_type>.<verb>`.
+    #[schema(example = "key.rotate")]
     pub action: String,
+    #[schema(example = "key")]
     pub resource_type: String,
     pub resource_id: String,
+    /// The tenant the resource belongs to, if any.
     pub tenant_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub before: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
 }
 
@@ -145,28 +158,38 @@ impl AuditRow {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListAudit {
+    /// Page size, 1 to 200; default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     #[serde(default)]
     pub after: Option<String>,
+    /// Exactly this action, e.g. `plan.create`.
     #[serde(default)]
     pub action: Option<String>,
+    /// Exactly this actor, e.g. `admin` or `tenant:<id>`.
     #[serde(default)]
     pub actor: Option<String>,
+    /// `plan`, `tenant`, `key` or `token`.
     #[serde(default)]
     pub resource_type: Option<String>,
     #[serde(default)]
     pub resource_id: Option<String>,
+    /// A tenant token may only ask for its own tenant (the default for it).
     #[serde(default)]
     pub tenant_id: Option<String>,
     /// RFC 3339; entries at or after it.
     #[serde(default)]
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339; entries before it.
     #[serde(default)]
+    #[param(format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -188,6 +211,26 @@ fn time_bound(field: &str, text: Option<&str>) -> ApiResult<Option<String>> {
     Ok(Some(humantime::format_rfc3339_millis(at).to_string()))
 }
 
+/// List audit entries
+///
+/// Every change, newest first, one page at a time. A tenant token sees its own tenant's trail.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    params(ListAudit),
+    responses(
+        (status = 200, description = "One page of entries, newest first.", body = Page<AuditEntry>),
+        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit`, `since` or `until`) or `invalid_cursor`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: a tenant token asked for another `tenant_id`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn audit_list(
     principal: Principal,
     State(state): State<AppState>,

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tollgate_core::wire::WireLimit;
 
 use crate::error::ApiResult;
+use crate::openapi::{ServerError, Throttled};
 use crate::routes::plans::{PlanRow, PLAN_COLUMNS};
 use crate::state::AppState;
 
@@ -17,17 +18,37 @@ pub fn router() -> Router<AppState> {
 }
 
 /// What a pricing page may show: no ids, no timestamps.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CatalogEntry {
     pub name: String,
     pub limits: Vec<WireLimit>,
     pub monthly_quota: Option<u64>,
     pub max_api_keys: Option<u64>,
     pub max_users: Option<u64>,
+    #[schema(value_type = Object)]
     pub metadata: Value,
 }
 
-async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+/// The public plans, smallest monthly quota first (unlimited last).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Catalog {
+    pub plans: Vec<CatalogEntry>,
+}
+
+/// List public plans
+///
+/// The plans marked `public`, for pricing pages. No authentication.
+#[utoipa::path(
+    get,
+    path = "/v1/catalog",
+    tag = "catalog",
+    responses(
+        (status = 200, description = "The public plans.", body = Catalog),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+)]
+async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
     let rows = sqlx::query_as::<_, PlanRow>(&format!(
         "SELECT {PLAN_COLUMNS} FROM plans WHERE public AND deleted_at IS NULL
          ORDER BY monthly_quota IS NULL, monthly_quota, created_at, id"
@@ -46,5 +67,5 @@ async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Value>> 
             metadata: view.metadata,
         });
     }
-    Ok(Json(serde_json::json!({ "plans": plans })))
+    Ok(Json(Catalog { plans }))
 }

@@ -3,17 +3,43 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::db;
 use crate::error::ApiResult;
+use crate::openapi::ServerError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz))
 }
 
-async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let version = db::current_version(&state.db).await?;
-    Ok(Json(json!({ "status": "ok", "config_version": version })))
+/// The answer of a ready control plane.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`: anything else is an error response.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// The latest committed config version.
+    pub config_version: u64,
+}
+
+/// Readiness
+///
+/// The process is up and its database answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready.", body = Health),
+        (status = "5XX", response = ServerError),
+    ),
+)]
+async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    let config_version = db::current_version(&state.db).await?;
+    Ok(Json(Health {
+        status: "ok",
+        config_version,
+    }))
 }

@@ -20,8 +20,12 @@ use tollgate_core::wire::{WireKey, WireLimit, WireScope};
 
 use crate::auth::Principal;
 use crate::db;
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::openapi::{
+    ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON,
+};
 use crate::routes::{
     audit, cursor_clause, invalid_cursor, nullable, page_limit, tenants, validate_name, Order, Page,
 };
@@ -56,18 +60,27 @@ pub struct KeySettings {
 }
 
 // No `#[serde(flatten)]` of KeySettings: serde cannot combine it with deny_unknown_fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// 1 to 200 characters.
+    #[schema(example = "ci")]
     pub name: String,
+    /// RFC 3339, in the future; after it the filter answers 401 `expired_api_key`.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    /// The key may only do what one of these permits; absent means everything.
     #[serde(default)]
     pub scopes: Option<Vec<WireScope>>,
+    /// IPv4 / IPv6 CIDRs the key may be used from; absent means anywhere.
     #[serde(default)]
+    #[schema(example = json!(["10.0.0.0/8", "2001:db8::/32"]))]
     pub allowed_cidrs: Option<Vec<String>>,
+    /// Admin token only: replace the plan's limit of the same name, or add to them.
     #[serde(default)]
     pub limits: Option<Vec<WireLimit>>,
+    /// Admin token only: replaces the plan's monthly quota for this key.
     #[serde(default)]
     pub monthly_quota: Option<u64>,
 }
@@ -87,23 +100,32 @@ impl CreateKey {
     }
 }
 
-/// Absent fields stay as they are; `null` clears an optional setting.
-#[derive(Debug, Deserialize)]
+/// Absent fields stay as they are; `null` clears an optional setting. At least one field.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
+    /// `false` deactivates the key: within a second Envoy answers 401 `disabled_api_key`.
     #[serde(default)]
     pub active: Option<bool>,
     #[serde(default)]
     pub name: Option<String>,
+    /// RFC 3339; a new one must be in the future.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<WireScope>>)]
     pub scopes: Option<Option<Vec<WireScope>>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub allowed_cidrs: Option<Option<Vec<String>>>,
+    /// Admin token only.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<WireLimit>>)]
     pub limits: Option<Option<Vec<WireLimit>>>,
+    /// Admin token only.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
     pub monthly_quota: Option<Option<u64>>,
 }
 
@@ -133,38 +155,49 @@ fn require_admin_for_overrides(principal: &Principal, sets_overrides: bool) -> A
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
+    /// How long the old key keeps working, at most 30 days (2592000); 0 (the default) ends it now.
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     pub grace_seconds: u64,
 }
 
 /// A key as admins see it: never the plaintext, never the hash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
+    #[schema(example = "key_Jc3nV8qR2wX5tB0mZ7yH")]
     pub id: String,
     pub tenant_id: String,
     pub name: String,
+    /// `tg_` and the first 8 characters of the body, to recognise the key by.
+    #[schema(example = "tg_Ab3dE6gH")]
     pub prefix: String,
     pub active: bool,
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     pub scopes: Option<Vec<WireScope>>,
     pub allowed_cidrs: Option<Vec<String>>,
     pub limits: Option<Vec<WireLimit>>,
     pub monthly_quota: Option<u64>,
+    /// The key this one was rotated from.
     pub rotated_from: Option<String>,
     /// To the minute, from what the filters report; `null` until first used.
+    #[schema(format = DateTime)]
     pub last_used_at: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
 /// The one response that carries the plaintext.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssuedKey {
     #[serde(flatten)]
     pub view: KeyView,
+    /// The plaintext key, `tg_<32 base62>_<6 base62>`: shown here and nowhere else, ever.
     pub key: String,
 }
 
@@ -356,6 +389,39 @@ fn issued(view: KeyView, key: &ApiKey) -> Response {
         .into_response()
 }
 
+/// Issue a key
+///
+/// The plaintext `key` is in this response only. The plan's `max_api_keys` is enforced.
+/// A tenant token may issue keys for its own tenant, without `limits` or `monthly_quota`.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant_id}/keys",
+    tag = "keys",
+    params(("tenant_id" = String, Path, description = "Tenant id.")),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Issued.", body = IssuedKey,
+            headers(
+                ("Location" = String, description = "`/v1/keys/{id}`"),
+                ("Cache-Control" = String, description = "`no-store`"),
+            )),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a tenant token set `limits` or `monthly_quota`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "`key_limit_reached`: the plan's `max_api_keys`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body`, `invalid_name`, `invalid_expiry` or `invalid_key` (scopes, CIDRs, limits).",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn keys_create(
     principal: Principal,
     State(state): State<AppState>,
@@ -457,6 +523,22 @@ async fn visible_key(state: &AppState, principal: &Principal, id: &str) -> ApiRe
     }
 }
 
+/// Get a key
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "Key id.")),
+    responses(
+        (status = 200, description = "The key's metadata.", body = KeyView),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such key, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn keys_show(
     principal: Principal,
     State(state): State<AppState>,
@@ -469,6 +551,32 @@ async fn keys_show(
     Ok(Json(row.view()?))
 }
 
+/// Change a key
+///
+/// Every Envoy enforces the change within about a second.
+#[utoipa::path(
+    patch,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "Key id.")),
+    request_body = UpdateKey,
+    responses(
+        (status = 200, description = "The key as changed.", body = KeyView),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a tenant token set `limits` or `monthly_quota`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "`not_found`: no such key, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name`, `invalid_expiry` or `invalid_key`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn keys_update(
     principal: Principal,
     State(state): State<AppState>,
@@ -556,6 +664,24 @@ async fn keys_update(
     Ok(Json(updated))
 }
 
+/// Delete a key
+///
+/// Every Envoy refuses it within about a second (401 `invalid_api_key`).
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    params(("id" = String, Path, description = "Key id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such key, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn keys_delete(
     principal: Principal,
     State(state): State<AppState>,
@@ -598,10 +724,37 @@ async fn keys_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Rotate a key
+///
 /// Issues a successor with the same tenant, name and settings. The old key
 /// keeps working for `grace_seconds` (never longer than it would have), then
 /// every filter refuses it as expired. The tenant's key allowance does not
 /// block a rotation: the old key is on its way out.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{id}/rotate",
+    tag = "keys",
+    params(("id" = String, Path, description = "Id of the key to rotate.")),
+    request_body = RotateKey,
+    responses(
+        (status = 201, description = "The successor, with its plaintext `key`.", body = IssuedKey,
+            headers(
+                ("Location" = String, description = "`/v1/keys/{id}` of the successor"),
+                ("Cache-Control" = String, description = "`no-store`"),
+            )),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such key, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body`, e.g. `grace_seconds` over 30 days.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn keys_rotate(
     principal: Principal,
     State(state): State<AppState>,
@@ -693,17 +846,42 @@ async fn keys_rotate(
     Ok(issued(view, &key))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListKeys {
+    /// Page size, 1 to 200; default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     #[serde(default)]
     pub after: Option<String>,
+    /// Only active (`true`) or only deactivated (`false`) keys.
     #[serde(default)]
     pub active: Option<bool>,
 }
 
+/// List a tenant's keys
+///
+/// Metadata only: never the plaintext or the hash. In creation order, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant_id}/keys",
+    tag = "keys",
+    params(("tenant_id" = String, Path, description = "Tenant id."), ListKeys),
+    responses(
+        (status = 200, description = "One page of keys.", body = Page<KeyView>),
+        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit` or `active`) or `invalid_cursor`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn keys_list(
     principal: Principal,
     State(state): State<AppState>,

@@ -47,9 +47,10 @@ pub(crate) fn page_limit(limit: Option<u32>) -> Result<i64, ApiError> {
 }
 
 /// One page of a list, in creation order. `next_cursor` goes in `?after=` for the next page.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// `?after=` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
 

@@ -13,8 +13,13 @@ use tollgate_core::wire::{WireLimit, WirePlan};
 
 use crate::auth::Principal;
 use crate::db;
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::openapi::{
+    AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
+    PROBLEM_JSON,
+};
 use crate::routes::{
     audit, cursor_clause, invalid_cursor, nullable, page_limit, validate_name, Order, Page,
 };
@@ -32,38 +37,56 @@ pub fn router() -> Router<AppState> {
 /// Largest `metadata` document, serialized.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePlan {
+    /// 1 to 200 characters, unique among plans.
+    #[schema(example = "Pro")]
     pub name: String,
+    /// Named rate limits; a request must fit within every one.
     pub limits: Vec<WireLimit>,
+    /// Requests per calendar month; absent or `null` for unlimited.
     #[serde(default)]
     pub monthly_quota: Option<u64>,
+    /// Most API keys a tenant on this plan may hold; absent or `null` for unlimited.
     #[serde(default)]
     pub max_api_keys: Option<u64>,
+    /// Informational allowance of users; absent or `null` for unlimited.
     #[serde(default)]
     pub max_users: Option<u64>,
+    /// A JSON object of at most 16 KiB (price, features…); `{}` when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Listed in the public `GET /v1/catalog`.
     #[serde(default)]
     pub public: bool,
 }
 
-/// Absent fields stay as they are; `null` clears an optional one.
-#[derive(Debug, Deserialize)]
+/// Absent fields stay as they are; `null` clears an optional one. At least one field.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePlan {
     #[serde(default)]
     pub name: Option<String>,
+    /// Replaces all the plan's limits.
     #[serde(default)]
     pub limits: Option<Vec<WireLimit>>,
+    /// `null` makes it unlimited.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
     pub monthly_quota: Option<Option<u64>>,
+    /// `null` makes it unlimited.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
     pub max_api_keys: Option<Option<u64>>,
+    /// `null` makes it unlimited.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
     pub max_users: Option<Option<u64>>,
+    /// Replaces the whole metadata object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     #[serde(default)]
     pub public: Option<bool>,
@@ -81,17 +104,22 @@ impl UpdatePlan {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A plan. `null` quotas and allowances mean unlimited.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PlanView {
+    #[schema(example = "plan_4f9XkQ2mB7cR1tZ8aL0e")]
     pub id: String,
     pub name: String,
     pub limits: Vec<WireLimit>,
     pub monthly_quota: Option<u64>,
     pub max_api_keys: Option<u64>,
     pub max_users: Option<u64>,
+    #[schema(value_type = Object)]
     pub metadata: Value,
     pub public: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -219,6 +247,28 @@ pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> Ap
     }
 }
 
+/// Create a plan
+#[utoipa::path(
+    post,
+    path = "/v1/plans",
+    tag = "plans",
+    request_body = CreatePlan,
+    responses(
+        (status = 201, description = "Created.", body = PlanView,
+            headers(("Location" = String, description = "`/v1/plans/{id}`"))),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 409, description = "`plan_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body`, `invalid_name` or `invalid_plan` (limits, quotas, metadata).",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn plans_create(
     principal: Principal,
     State(state): State<AppState>,
@@ -277,6 +327,24 @@ pub(crate) async fn find<'e>(
     .await
 }
 
+/// Get a plan
+///
+/// A tenant token may read its own tenant's plan; any other answers 404.
+#[utoipa::path(
+    get,
+    path = "/v1/plans/{id}",
+    tag = "plans",
+    params(("id" = String, Path, description = "Plan id.")),
+    responses(
+        (status = 200, description = "The plan.", body = PlanView),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such plan, or not the tenant's own.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn plans_show(
     principal: Principal,
     State(state): State<AppState>,
@@ -298,15 +366,38 @@ async fn plans_show(
     Ok(Json(row.view()?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListPlans {
+    /// Page size, 1 to 200; default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     #[serde(default)]
     pub after: Option<String>,
 }
 
+/// List plans
+///
+/// In creation order, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/plans",
+    tag = "plans",
+    params(ListPlans),
+    responses(
+        (status = 200, description = "One page of plans.", body = Page<PlanView>),
+        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit`) or `invalid_cursor`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn plans_list(
     principal: Principal,
     State(state): State<AppState>,
@@ -335,6 +426,31 @@ async fn plans_list(
     Ok(Json(Page::from_rows(views, limit, |p| p.id.clone())))
 }
 
+/// Change a plan
+///
+/// Every Envoy enforces the change within about a second.
+#[utoipa::path(
+    patch,
+    path = "/v1/plans/{id}",
+    tag = "plans",
+    params(("id" = String, Path, description = "Plan id.")),
+    request_body = UpdatePlan,
+    responses(
+        (status = 200, description = "The plan as changed.", body = PlanView),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "`plan_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name` or `invalid_plan`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn plans_update(
     principal: Principal,
     State(state): State<AppState>,
@@ -407,6 +523,24 @@ async fn plans_update(
     Ok(Json(view))
 }
 
+/// Delete a plan
+#[utoipa::path(
+    delete,
+    path = "/v1/plans/{id}",
+    tag = "plans",
+    params(("id" = String, Path, description = "Plan id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "`plan_in_use`: tenants are still on this plan.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn plans_delete(
     principal: Principal,
     State(state): State<AppState>,

@@ -15,8 +15,10 @@ use serde::Deserialize;
 use tollgate_core::wire::{SyncResponse, WireKey};
 
 use crate::auth;
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
+use crate::openapi::{ServerError, Unauthorized, PROBLEM_JSON};
 use crate::routes::plans::{PlanRow, PLAN_COLUMNS};
 use crate::state::AppState;
 
@@ -27,15 +29,38 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/sync", get(sync_poll))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SyncParams {
+    /// The version the caller holds; 0 (the default) asks for everything.
     #[serde(default)]
     pub since: u64,
+    /// How long to hold the request when nothing changed after `since`, at most 60000; 0 (the default) answers at once.
     #[serde(default)]
+    #[param(maximum = 60000)]
     pub wait_ms: u64,
 }
 
+/// Config changes since a version
+///
+/// Long-polled by each Envoy's sync service: answers at once when something
+/// changed after `since`, otherwise when a change is committed or `wait_ms`
+/// has passed (then with nothing new).
+#[utoipa::path(
+    get,
+    path = "/v1/sync",
+    tag = "sync",
+    params(SyncParams),
+    responses(
+        (status = 200, description = "What changed after `since`, and the version it adds up to.", body = SyncResponse),
+        (status = 400, description = "`invalid_query` (unknown parameter, not a number, `wait_ms` over 60000).",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("sync_token" = [])),
+)]
 async fn sync_poll(
     State(state): State<AppState>,
     headers: HeaderMap,

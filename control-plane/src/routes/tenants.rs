@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
 use crate::db;
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::openapi::{
+    AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
+    PROBLEM_JSON,
+};
 use crate::routes::{
     audit, cursor_clause, invalid_cursor, page_limit, plans, validate_name, Order, Page,
 };
@@ -29,28 +34,36 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// 1 to 200 characters, unique among tenants.
+    #[schema(example = "acme")]
     pub name: String,
+    /// An existing plan.
     pub plan_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// Absent fields stay as they are; at least one of them.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
     #[serde(default)]
     pub name: Option<String>,
+    /// Admin token only. Re-plans every key of the tenant at every Envoy.
     #[serde(default)]
     pub plan_id: Option<String>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TenantView {
+    #[schema(example = "tnt_8sLq2ZxV0bN4mT7cK1pW")]
     pub id: String,
     pub name: String,
     pub plan_id: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -85,6 +98,28 @@ pub(crate) async fn find<'e>(
     .await
 }
 
+/// Create a tenant
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created.", body = TenantView,
+            headers(("Location" = String, description = "`/v1/tenants/{id}`"))),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 409, description = "`tenant_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body`, `invalid_name` or `plan_not_found`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn tenants_create(
     principal: Principal,
     State(state): State<AppState>,
@@ -140,6 +175,24 @@ async fn tenants_create(
         .into_response())
 }
 
+/// Get a tenant
+///
+/// A tenant token sees its own tenant only.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id.")),
+    responses(
+        (status = 200, description = "The tenant.", body = TenantView),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn tenants_show(
     principal: Principal,
     State(state): State<AppState>,
@@ -154,17 +207,41 @@ async fn tenants_show(
         .ok_or_else(|| ApiError::not_found("tenant", &id))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListTenants {
+    /// Page size, 1 to 200; default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     #[serde(default)]
     pub after: Option<String>,
+    /// Only the tenants on this plan.
     #[serde(default)]
     pub plan_id: Option<String>,
 }
 
+/// List tenants
+///
+/// In creation order, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    params(ListTenants),
+    responses(
+        (status = 200, description = "One page of tenants.", body = Page<TenantView>),
+        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit`) or `invalid_cursor`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn tenants_list(
     principal: Principal,
     State(state): State<AppState>,
@@ -191,6 +268,33 @@ async fn tenants_list(
     Ok(Json(Page::from_rows(rows, limit, |t| t.id.clone())))
 }
 
+/// Change a tenant
+///
+/// A tenant token may rename its own tenant; changing `plan_id` needs the admin token.
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id.")),
+    request_body = UpdateTenant,
+    responses(
+        (status = 200, description = "The tenant as changed.", body = TenantView),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a tenant token tried to change `plan_id`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "`tenant_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name` or `plan_not_found`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
 async fn tenants_update(
     principal: Principal,
     State(state): State<AppState>,
@@ -273,6 +377,24 @@ async fn tenants_update(
     Ok(Json(view))
 }
 
+/// Delete a tenant
+///
+/// Revokes all its keys at every Envoy.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id.")),
+    responses(
+        (status = 204, description = "Deleted, with all its keys."),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn tenants_delete(
     principal: Principal,
     State(state): State<AppState>,

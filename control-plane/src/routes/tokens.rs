@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{tenant_token_hash, Principal, TENANT_TOKEN_PREFIX};
 use crate::db;
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
+use crate::openapi::{
+    AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
+    PROBLEM_JSON,
+};
 use crate::routes::{audit, tenants, validate_name};
 use crate::state::AppState;
 
@@ -25,26 +30,41 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant_id}/tokens/{id}", delete(tokens_revoke))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1 to 200 characters.
+    #[schema(example = "billing portal")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A tenant token's metadata: never the token or its hash.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TokenView {
+    #[schema(example = "tok_Qm4xT9bV2nL7cZ0pR5sK")]
     pub id: String,
     pub tenant_id: String,
     pub name: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// `null` while the token works.
+    #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The one response that carries the token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssuedToken {
     #[serde(flatten)]
     pub view: TokenView,
+    /// `tgt_` and 40 alphanumerics: shown here and nowhere else, ever.
     pub token: String,
+}
+
+/// All of a tenant's tokens, revoked ones included, in creation order (not paged).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    pub items: Vec<TokenView>,
 }
 
 async fn require_tenant(state: &AppState, tenant_id: &str) -> ApiResult<()> {
@@ -54,6 +74,30 @@ async fn require_tenant(state: &AppState, tenant_id: &str) -> ApiResult<()> {
     }
 }
 
+/// Issue a tenant token
+///
+/// The `token` is in this response only.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant_id}/tokens",
+    tag = "tokens",
+    params(("tenant_id" = String, Path, description = "Tenant id.")),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Issued.", body = IssuedToken,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`: no such tenant.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body` or `invalid_name`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn tokens_create(
     principal: Principal,
     State(state): State<AppState>,
@@ -108,11 +152,27 @@ async fn tokens_create(
         .into_response())
 }
 
+/// List a tenant's tokens
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant_id}/tokens",
+    tag = "tokens",
+    params(("tenant_id" = String, Path, description = "Tenant id.")),
+    responses(
+        (status = 200, description = "All the tenant's tokens.", body = TokenList),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`: no such tenant.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn tokens_list(
     principal: Principal,
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<TokenList>> {
     principal.require_admin()?;
     require_tenant(&state, &tenant_id).await?;
     let items = sqlx::query_as::<_, TokenView>(
@@ -122,9 +182,29 @@ async fn tokens_list(
     .bind(&tenant_id)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(TokenList { items }))
 }
 
+/// Revoke a tenant token
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant_id}/tokens/{id}",
+    tag = "tokens",
+    params(
+        ("tenant_id" = String, Path, description = "Tenant id."),
+        ("id" = String, Path, description = "Token id."),
+    ),
+    responses(
+        (status = 204, description = "Revoked: the token answers 401 from now on."),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`: no such token of this tenant, or already revoked.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn tokens_revoke(
     principal: Principal,
     State(state): State<AppState>,

@@ -1,4 +1,6 @@
-//! Usage reports from the filters: `POST /v1/usage` (sync token).
+//! Usage: what the filters report (`POST /v1/usage`, sync token), and what
+//! admins and tenants read back (`GET /v1/keys/{id}/usage`,
+//! `GET /v1/tenants/{id}/usage`).
 //!
 //! Each Envoy's sync service sends what its workers counted, in batches that
 //! keep their id across retries. A batch is applied in one transaction that
@@ -8,9 +10,17 @@
 
 use std::time::{Duration, SystemTime};
 
+use axum::extract::Path;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderMap;
-use axum::routing::post;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+use time::{Date, Month, OffsetDateTime, Time};
+
+use crate::auth::Principal;
+use crate::extract::ApiQuery;
 use axum::{Json, Router};
 use serde::Serialize;
 use tollgate_core::usage::MAX_KEYS;
@@ -18,20 +28,30 @@ use tollgate_core::wire::UsageBatch;
 
 use crate::auth;
 use crate::db;
+use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
+use crate::openapi::{ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON};
 use crate::state::AppState;
 
 /// A batch of [`MAX_KEYS`] keys is a few MiB of JSON.
 pub const MAX_USAGE_BODY_BYTES: usize = 16 * 1024 * 1024;
 
+/// The filters' side, authenticated with the sync token.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/usage", post(usage_ingest))
         .layer(DefaultBodyLimit::max(MAX_USAGE_BODY_BYTES))
 }
 
-#[derive(Debug, Serialize)]
+/// The readers' side, behind the admin / tenant token.
+pub fn read_router() -> Router<AppState> {
+    Router::new()
+        .route("/keys/{id}/usage", get(key_usage))
+        .route("/tenants/{id}/usage", get(tenant_usage))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Ingested {
     pub batch_id: String,
     /// True when this batch had already been applied; nothing was counted again.
@@ -123,6 +143,26 @@ async fn add_count(
     Ok(())
 }
 
+/// Report usage
+///
+/// What one Envoy counted since its last report. A batch is counted once
+/// however often it arrives (by `batch_id`).
+#[utoipa::path(
+    post,
+    path = "/v1/usage",
+    tag = "usage",
+    request_body = UsageBatch,
+    responses(
+        (status = 200, description = "Applied, or recognised as a duplicate.", body = Ingested),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 413, description = "`payload_too_large`: over 16 MiB.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body` or `invalid_usage`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("sync_token" = [])),
+)]
 async fn usage_ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -181,5 +221,278 @@ async fn usage_ingest(
     Ok(Json(Ingested {
         batch_id: batch.batch_id,
         duplicate: false,
+    }))
+}
+
+/// `GET /v1/keys/{id}/usage`: this calendar month (UTC) against the key's quota.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyUsageView {
+    pub key_id: String,
+    #[schema(format = DateTime)]
+    pub period_start: String,
+    #[schema(format = DateTime)]
+    pub period_end: String,
+    /// Requests let through this period, as reported so far.
+    pub used: u64,
+    /// The key's monthly quota (its own, else its plan's); `null` when unlimited.
+    pub quota: Option<u64>,
+    pub remaining: Option<u64>,
+}
+
+fn rfc3339(at: OffsetDateTime) -> ApiResult<String> {
+    at.format(&Rfc3339).map_err(ApiError::internal)
+}
+
+/// The UTC calendar month holding `now`: [start, end).
+fn month_of(now: OffsetDateTime) -> ApiResult<(OffsetDateTime, OffsetDateTime)> {
+    let start_date =
+        Date::from_calendar_date(now.year(), now.month(), 1).map_err(ApiError::internal)?;
+    let (year, month) = match now.month() {
+        Month::December => (now.year() + 1, Month::January),
+        m => (now.year(), m.next()),
+    };
+    let end_date = Date::from_calendar_date(year, month, 1).map_err(ApiError::internal)?;
+    Ok((
+        start_date.with_time(Time::MIDNIGHT).assume_utc(),
+        end_date.with_time(Time::MIDNIGHT).assume_utc(),
+    ))
+}
+
+/// A key's usage this month
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{id}/usage",
+    tag = "usage",
+    params(("id" = String, Path, description = "Key id.")),
+    responses(
+        (status = 200, description = "This calendar month (UTC) against the key's quota.", body = KeyUsageView),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such key, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
+async fn key_usage(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyUsageView>> {
+    let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT k.tenant_id, k.monthly_quota, p.monthly_quota
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN plans p ON p.id = t.plan_id
+         WHERE k.id = $1 AND k.deleted_at IS NULL",
+    )
+    .bind(&id)
+    .fetch_optional(&state.db)
+    .await?;
+    let Some((tenant_id, own_quota, plan_quota)) = row else {
+        return Err(ApiError::not_found("API key", &id));
+    };
+    if !principal.sees(&tenant_id) {
+        return Err(ApiError::not_found("API key", &id));
+    }
+    let (start, end) = month_of(OffsetDateTime::now_utc())?;
+    let (period_start, period_end) = (rfc3339(start)?, rfc3339(end)?);
+    // SUM of BIGINT is NUMERIC on PostgreSQL, which the Any driver cannot read.
+    let used: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_hourly
+         WHERE key_id = $1 AND outcome = 'allowed' AND hour >= $2 AND hour < $3",
+    )
+    .bind(&id)
+    .bind(&period_start)
+    .bind(&period_end)
+    .fetch_one(&state.db)
+    .await?;
+    let used = used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0);
+    let quota = own_quota.or(plan_quota).and_then(|q| u64::try_from(q).ok());
+    Ok(Json(KeyUsageView {
+        key_id: id,
+        period_start,
+        period_end,
+        used,
+        quota,
+        remaining: quota.map(|q| q.saturating_sub(used)),
+    }))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Hour,
+    Day,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// RFC 3339; default: 24 hours (hourly) or 30 days (daily) before `to`.
+    #[serde(default)]
+    #[param(format = DateTime)]
+    pub from: Option<String>,
+    /// RFC 3339, exclusive; default: now.
+    #[serde(default)]
+    #[param(format = DateTime)]
+    pub to: Option<String>,
+    /// `hour` (the default; at most 31 days) or `day` (at most 366 days).
+    #[serde(default)]
+    #[param(inline)]
+    pub granularity: Option<Granularity>,
+}
+
+/// One interval of one key's series.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsagePoint {
+    #[schema(format = DateTime)]
+    pub start: String,
+    pub allowed: u64,
+    /// Refusals by `code`.
+    pub denied: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeySeries {
+    /// `null` for refusals that named no known key.
+    pub key_id: Option<String>,
+    pub series: Vec<UsagePoint>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TenantUsageView {
+    pub tenant_id: String,
+    #[schema(format = DateTime)]
+    pub from: String,
+    #[schema(format = DateTime)]
+    pub to: String,
+    pub granularity: Granularity,
+    pub keys: Vec<KeySeries>,
+}
+
+fn query_time(field: &str, text: Option<&str>) -> ApiResult<Option<OffsetDateTime>> {
+    text.map(|t| {
+        OffsetDateTime::parse(t, &Rfc3339)
+            .map(|at| at.to_offset(time::UtcOffset::UTC))
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("{field} must be an RFC 3339 time like 2026-11-01T00:00:00Z."),
+                )
+            })
+    })
+    .transpose()
+}
+
+/// A tenant's usage over time
+///
+/// Per key, per hour or per day: requests let through and refusals by `code`.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/usage",
+    tag = "usage",
+    params(("id" = String, Path, description = "Tenant id."), UsageQuery),
+    responses(
+        (status = 200, description = "One series per key.", body = TenantUsageView),
+        (status = 400, description = "`invalid_query` (unknown parameter, bad time or granularity, `from` not before `to`, too long a span).",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
+async fn tenant_usage(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    ApiQuery(query): ApiQuery<UsageQuery>,
+) -> ApiResult<Json<TenantUsageView>> {
+    if !principal.sees(&tenant_id) {
+        return Err(ApiError::not_found("tenant", &tenant_id));
+    }
+    let granularity = query.granularity.unwrap_or(Granularity::Hour);
+    let to = query_time("to", query.to.as_deref())?.unwrap_or_else(OffsetDateTime::now_utc);
+    let (default_span, max_span) = match granularity {
+        Granularity::Hour => (time::Duration::hours(24), time::Duration::days(31)),
+        Granularity::Day => (time::Duration::days(30), time::Duration::days(366)),
+    };
+    let from = query_time("from", query.from.as_deref())?.unwrap_or(to - default_span);
+    if from >= to || to - from > max_span {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!(
+                "from must be before to, at most {} days apart for this granularity.",
+                max_span.whole_days()
+            ),
+        ));
+    }
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1 AND deleted_at IS NULL")
+            .bind(&tenant_id)
+            .fetch_optional(&state.db)
+            .await?;
+    if exists.is_none() {
+        return Err(ApiError::not_found("tenant", &tenant_id));
+    }
+    // Counts are kept per hour: widen `from` to its hour so that hour is included.
+    let from_hour = truncated(
+        u64::try_from(from.unix_timestamp()).unwrap_or(0) * 1000,
+        HOUR,
+    );
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT key_id, hour, outcome, count FROM usage_hourly
+         WHERE tenant_id = $1 AND hour >= $2 AND hour < $3
+         ORDER BY key_id, hour, outcome",
+    )
+    .bind(&tenant_id)
+    .bind(&from_hour)
+    .bind(rfc3339(to)?)
+    .fetch_all(&state.db)
+    .await?;
+    let mut keys: Vec<KeySeries> = Vec::new();
+    for (key_id, hour, outcome, count) in rows {
+        let start = match granularity {
+            Granularity::Hour => hour,
+            Granularity::Day => format!("{}T00:00:00Z", hour.get(..10).unwrap_or(&hour)),
+        };
+        let count = u64::try_from(count).unwrap_or(0);
+        let key_id = (!key_id.is_empty()).then_some(key_id);
+        if keys.last().is_none_or(|k| k.key_id != key_id) {
+            keys.push(KeySeries {
+                key_id: key_id.clone(),
+                series: Vec::new(),
+            });
+        }
+        let Some(series) = keys.last_mut().map(|k| &mut k.series) else {
+            continue;
+        };
+        if series.last().is_none_or(|p| p.start != start) {
+            series.push(UsagePoint {
+                start: start.clone(),
+                allowed: 0,
+                denied: Default::default(),
+            });
+        }
+        let Some(point) = series.last_mut() else {
+            continue;
+        };
+        if outcome == ALLOWED {
+            point.allowed = point.allowed.saturating_add(count);
+        } else {
+            let n = point.denied.entry(outcome).or_insert(0);
+            *n = n.saturating_add(count);
+        }
+    }
+    Ok(Json(TenantUsageView {
+        tenant_id,
+        from: rfc3339(from)?,
+        to: rfc3339(to)?,
+        granularity,
+        keys,
     }))
 }

@@ -1,0 +1,192 @@
+//! The OpenAPI 3 document of the control plane's HTTP API, generated from the
+//! code: each handler's `#[utoipa::path]` and the `ToSchema` request and
+//! response types (the wire types of `tollgate-core` with its `openapi`
+//! feature). It exists so that clients, SDK generators and people get a
+//! contract that cannot drift from what the router serves; `tests/openapi.rs`
+//! checks the two against each other route by route.
+//!
+//! [`router`] serves it at `GET /openapi.json` and Swagger UI at `/docs`, both
+//! without authentication (the API's shape is no secret, its data is). Swagger
+//! UI's files are compiled into the binary (`utoipa-swagger-ui`'s `vendored`
+//! feature): nothing is fetched from a CDN, at build time or in the browser.
+//!
+//! The error responses every handler shares (401, 403 for admin-only
+//! operations, 413, 415, 429, 5XX) are reusable components defined here;
+//! the ones specific to a handler are written next to it.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::Problem;
+use crate::routes;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// Where Swagger UI is served (`/docs` redirects to `/docs/`).
+pub const DOCS_PATH: &str = "/docs";
+
+const DESCRIPTION: &str = "\
+The admin API of Tollgate, an API-key and rate-limit filter for Envoy: plans, tenants, \
+API keys, tenant tokens and the audit log under `/v1`, plus the feeds the Envoys use \
+(`/v1/sync`, `/v1/usage`).
+
+**Authentication.** `Authorization: Bearer <token>`: the admin token may do everything; a \
+tenant token (`tgt_…`) acts on its own tenant only (another tenant's resources answer 404, \
+admin-only operations 403). The Envoys use the sync token. `/v1/catalog` and `/healthz` are public.
+
+**Errors.** Every error is `application/problem+json` (the `Problem` schema) with a stable \
+`code`. Besides the statuses listed per operation, any path answers `404 not_found` when \
+there is no such endpoint and `405 method_not_allowed` for a method it does not serve.
+
+**Lists** take `?limit=` (1–200, default 50) and `?after=<next_cursor>` and answer \
+`{\"items\": [...], \"next_cursor\": \"...\" | null}`.";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tollgate control plane",
+        version = env!("CARGO_PKG_VERSION"),
+        description = DESCRIPTION,
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        routes::plans::plans_create,
+        routes::plans::plans_list,
+        routes::plans::plans_show,
+        routes::plans::plans_update,
+        routes::plans::plans_delete,
+        routes::tenants::tenants_create,
+        routes::tenants::tenants_list,
+        routes::tenants::tenants_show,
+        routes::tenants::tenants_update,
+        routes::tenants::tenants_delete,
+        routes::keys::keys_create,
+        routes::keys::keys_list,
+        routes::keys::keys_show,
+        routes::keys::keys_update,
+        routes::keys::keys_delete,
+        routes::keys::keys_rotate,
+        routes::tokens::tokens_create,
+        routes::tokens::tokens_list,
+        routes::tokens::tokens_revoke,
+        routes::audit::audit_list,
+        routes::catalog::catalog_index,
+        routes::sync::sync_poll,
+        routes::usage::usage_ingest,
+        routes::usage::key_usage,
+        routes::usage::tenant_usage,
+        routes::health::healthz,
+    ),
+    components(
+        schemas(Problem),
+        responses(
+            Unauthorized,
+            AdminOnly,
+            ContentTooLarge,
+            UnsupportedMediaType,
+            Throttled,
+            ServerError,
+        ),
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "plans", description = "Named limits, quotas and allowances that tenants subscribe to."),
+        (name = "tenants", description = "The customers whose keys share a plan."),
+        (name = "keys", description = "API keys: the plaintext is shown once, at creation or rotation."),
+        (name = "tokens", description = "Tenant tokens, with which a tenant serves itself."),
+        (name = "audit", description = "Every change: who, what, before and after."),
+        (name = "catalog", description = "Public plans, for pricing pages. No authentication."),
+        (name = "sync", description = "The config feed every Envoy long-polls (sync token)."),
+        (name = "usage", description = "Requests counted by the Envoys (reported with the sync token), read back per key and per tenant."),
+        (name = "health", description = "Readiness."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The bearer schemes operations refer to in their `security`.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, description) in [
+            (
+                "admin_token",
+                "The admin token: every operation. Set with `CONTROL_PLANE_ADMIN_TOKEN`.",
+            ),
+            (
+                "tenant_token",
+                "A tenant token (`tgt_…`, from `POST /v1/tenants/{tenant_id}/tokens`): its own tenant only.",
+            ),
+            (
+                "sync_token",
+                "The sync token the Envoys use: `/v1/sync` and `/v1/usage` only.",
+            ),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(description))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// The document and Swagger UI, to merge at the top level of the app, outside `/v1`.
+pub fn router<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    SwaggerUi::new(DOCS_PATH)
+        .url(OPENAPI_PATH, ApiDoc::openapi())
+        .into()
+}
+
+// Reusable responses. Each wraps `Problem` only to name its body's schema;
+// none is ever constructed.
+
+/// `unauthorized`: no `Authorization: Bearer` token, or not a valid one.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"tollgate-admin\"`"))
+)]
+pub struct Unauthorized(pub Problem<'static>);
+
+/// `forbidden`: this operation needs the admin token, and a tenant token was sent.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct AdminOnly(pub Problem<'static>);
+
+/// `payload_too_large`: the body is larger than 64 KiB.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct ContentTooLarge(pub Problem<'static>);
+
+/// `unsupported_media_type`: the body must be sent with `Content-Type: application/json`.
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct UnsupportedMediaType(pub Problem<'static>);
+
+/// `admin_rate_limited`: too many admin API requests with this token or from this client
+/// address; retry after `Retry-After` seconds.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds until a request would pass."))
+)]
+pub struct Throttled(pub Problem<'static>);
+
+/// `internal_error` (500, logged on the server) or `busy` (503: the database is busy; retry shortly).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+pub struct ServerError(pub Problem<'static>);

@@ -1,0 +1,233 @@
+//! Usage reporting: workers count, the sync service reports.
+//!
+//! Each worker tallies its decisions in VM memory (no host call per request)
+//! and every [`FLUSH_EVERY`] hands the tally over through a proxy-wasm shared
+//! queue owned by the singleton sync service. The service merges what
+//! arrives and at most every second sends one batch to `POST /v1/usage`
+//! through the control-plane cluster, the same channel as config. A batch
+//! keeps its id until the control plane acknowledges it, so retries after a
+//! timeout or an outage are counted once; counts that arrive meanwhile wait
+//! in the next batch. Both tallies are bounded ([`tollgate_core::usage`]).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MapType};
+use tollgate_core::usage::Tally;
+use tollgate_core::wire::UsageBatch;
+
+use crate::host::now_ms;
+use crate::sync::SyncConfig;
+
+/// The shared queue's name; it lives under the plugin's `vm_id`.
+pub const QUEUE: &str = "tollgate_usage";
+/// How often a worker hands its tally to the sync service.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often the sync service sends a batch, when it has one.
+const REPORT_EVERY_MS: u64 = 1_000;
+const MAX_BACKOFF_MS: u64 = 5_000;
+
+/// A worker's tally, shared by its root context and its HTTP contexts.
+pub type SharedTally = Rc<RefCell<Tally>>;
+
+/// Worker side: hands the tally to the service's queue.
+pub struct Flusher {
+    vm_id: String,
+    queue: Option<u32>,
+}
+
+impl Flusher {
+    pub fn new(vm_id: String) -> Self {
+        Self { vm_id, queue: None }
+    }
+
+    pub fn flush(&mut self, tally: &SharedTally) {
+        let Ok(mut tally) = tally.try_borrow_mut() else {
+            return;
+        };
+        if tally.is_empty() {
+            return;
+        }
+        if self.queue.is_none() {
+            // The service registers the queue when it starts; until then, keep counting.
+            self.queue = hostcalls::resolve_shared_queue(&self.vm_id, QUEUE)
+                .ok()
+                .flatten();
+        }
+        let Some(queue) = self.queue else { return };
+        match hostcalls::enqueue_shared_queue(queue, Some(&tally.to_bytes())) {
+            Ok(()) => *tally = Tally::default(),
+            // The queue went away (the service restarted): resolve it again next time.
+            Err(_) => self.queue = None,
+        }
+    }
+}
+
+/// Service side: merges what the workers hand over and reports it.
+pub struct Reporter {
+    config: SyncConfig,
+    queue: u32,
+    tally: Tally,
+    pending: Option<UsageBatch>,
+    in_flight: Option<(u32, u64)>,
+    next_attempt_ms: u64,
+    failures: u32,
+    /// Makes batch ids unique across Envoy processes and restarts.
+    instance: String,
+    sequence: u64,
+}
+
+impl Reporter {
+    pub fn new(config: SyncConfig, queue: u32, now_ms: u64) -> Self {
+        Self {
+            config,
+            queue,
+            tally: Tally::default(),
+            pending: None,
+            in_flight: None,
+            next_attempt_ms: 0,
+            failures: 0,
+            instance: format!("{now_ms:x}-{queue}"),
+            sequence: 0,
+        }
+    }
+
+    pub fn reconfigure(&mut self, config: SyncConfig) {
+        self.config = config;
+    }
+
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// Drains the queue into the service's tally.
+    pub fn on_queue_ready(&mut self) {
+        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(self.queue) {
+            match Tally::from_bytes(&bytes) {
+                Some(worker) => self.tally.merge(worker),
+                None => log(LogLevel::Error, "tollgate: unreadable usage tally dropped"),
+            }
+        }
+    }
+
+    /// Worker counts also count: the service's own tally, e.g. when it serves requests itself.
+    pub fn absorb(&mut self, tally: &SharedTally) {
+        if let Ok(mut shared) = tally.try_borrow_mut() {
+            self.tally.merge(std::mem::take(&mut *shared));
+        }
+    }
+
+    pub fn on_tick(&mut self) {
+        let Some(now) = now_ms() else { return };
+        if let Some((_, started)) = self.in_flight {
+            if now.saturating_sub(started) < self.timeout_ms() + 5_000 {
+                return;
+            }
+            self.in_flight = None;
+        }
+        if now < self.next_attempt_ms {
+            return;
+        }
+        if self.pending.is_none() {
+            if self.tally.is_empty() {
+                return;
+            }
+            self.sequence = self.sequence.saturating_add(1);
+            let id = format!("{}-{}", self.instance, self.sequence);
+            self.pending = Some(self.tally.seal(id));
+        }
+        let Some(batch) = &self.pending else { return };
+        let Ok(body) = serde_json::to_vec(batch) else {
+            self.pending = None;
+            return;
+        };
+        let auth = format!("Bearer {}", self.config.token);
+        let headers = vec![
+            (":method", "POST"),
+            (":path", "/v1/usage"),
+            (":authority", self.config.authority.as_str()),
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        match hostcalls::dispatch_http_call(
+            &self.config.cluster,
+            headers,
+            Some(&body),
+            vec![],
+            Duration::from_millis(self.timeout_ms()),
+        ) {
+            Ok(token) => self.in_flight = Some((token, now)),
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("tollgate: usage dispatch failed: {status:?}"),
+                );
+                self.back_off(now);
+            }
+        }
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        5_000
+    }
+
+    fn back_off(&mut self, now: u64) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self
+            .config
+            .retry_ms
+            .saturating_mul(1u64 << self.failures.min(8).saturating_sub(1))
+            .min(MAX_BACKOFF_MS);
+        self.next_attempt_ms = now.saturating_add(delay);
+    }
+
+    /// Whether `token` was ours; the sync loop gets the others.
+    pub fn on_response(&mut self, token: u32) -> bool {
+        match self.in_flight {
+            Some((expected, _)) if expected == token => self.in_flight = None,
+            _ => return false,
+        }
+        let now = now_ms().unwrap_or(0);
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        match status.as_deref() {
+            Some("200") => {
+                if self.failures > 0 {
+                    log(LogLevel::Info, "tollgate: usage reports delivered again");
+                }
+                self.pending = None;
+                self.failures = 0;
+                self.next_attempt_ms = now.saturating_add(REPORT_EVERY_MS);
+            }
+            // The control plane refused the batch itself: retrying cannot help.
+            Some("400") | Some("413") | Some("422") => {
+                log(
+                    LogLevel::Error,
+                    "tollgate: the control plane refused a usage batch; dropped",
+                );
+                self.pending = None;
+                self.next_attempt_ms = now.saturating_add(REPORT_EVERY_MS);
+            }
+            other => {
+                if self.failures == 0 {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "tollgate: usage report failed (status {}); keeping the counts",
+                            other.unwrap_or("none: control plane unreachable")
+                        ),
+                    );
+                }
+                self.back_off(now);
+            }
+        }
+        true
+    }
+}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
