@@ -20,6 +20,7 @@
     )
 )]
 
+pub mod call;
 pub mod host;
 pub mod http;
 pub mod root;

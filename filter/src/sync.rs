@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tollgate_core::layout::{applied_version, apply_sync};
 use tollgate_core::wire::SyncResponse;
 
+use crate::call::Pacing;
 use crate::host::{now_ms, HostStore};
 
 /// How often the loop looks whether a poll is due.
@@ -69,9 +70,7 @@ impl SyncConfig {
 
 pub struct SyncLoop {
     config: SyncConfig,
-    in_flight: Option<(u32, u64)>,
-    next_attempt_ms: u64,
-    failures: u32,
+    pacing: Pacing,
 }
 
 fn log(level: LogLevel, msg: &str) {
@@ -82,9 +81,7 @@ impl SyncLoop {
     pub fn new(config: SyncConfig) -> Self {
         Self {
             config,
-            in_flight: None,
-            next_attempt_ms: 0,
-            failures: 0,
+            pacing: Pacing::default(),
         }
     }
 
@@ -98,15 +95,7 @@ impl SyncLoop {
 
     pub fn on_tick(&mut self) {
         let Some(now) = now_ms() else { return };
-        if let Some((_, started)) = self.in_flight {
-            // The host always answers a dispatched call by its timeout; this
-            // only guards against a lost callback wedging the loop forever.
-            if now.saturating_sub(started) < self.timeout_ms() + 5_000 {
-                return;
-            }
-            self.in_flight = None;
-        }
-        if now < self.next_attempt_ms {
+        if !self.pacing.due(now, self.timeout_ms()) {
             return;
         }
         let applied = applied_version(&HostStore);
@@ -132,7 +121,7 @@ impl SyncLoop {
             vec![],
             Duration::from_millis(self.timeout_ms()),
         ) {
-            Ok(token) => self.in_flight = Some((token, now)),
+            Ok(token) => self.pacing.sent(token, now),
             Err(status) => {
                 log(
                     LogLevel::Warn,
@@ -147,26 +136,20 @@ impl SyncLoop {
     }
 
     fn back_off(&mut self, now: u64) {
-        self.failures = self.failures.saturating_add(1);
-        let delay = self
-            .config
-            .retry_ms
-            .saturating_mul(1u64 << self.failures.min(8).saturating_sub(1))
-            .min(MAX_BACKOFF_MS);
-        self.next_attempt_ms = now.saturating_add(delay);
+        self.pacing
+            .failed(now, self.config.retry_ms, MAX_BACKOFF_MS);
     }
 
     pub fn on_response(&mut self, token: u32, body_size: usize) {
-        match self.in_flight {
-            Some((expected, _)) if expected == token => self.in_flight = None,
-            _ => return,
+        if !self.pacing.answered(token) {
+            return;
         }
         let now = now_ms().unwrap_or(0);
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten();
         if status.as_deref() != Some("200") {
-            if self.failures == 0 {
+            if self.pacing.failures() == 0 {
                 log(
                     LogLevel::Warn,
                     &format!(
@@ -198,11 +181,10 @@ impl SyncLoop {
         let before = applied_version(&HostStore);
         match apply_sync(&HostStore, &sync) {
             Ok(version) => {
-                if self.failures > 0 {
+                if self.pacing.failures() > 0 {
                     log(LogLevel::Info, "tollgate: control plane reachable again");
                 }
-                self.failures = 0;
-                self.next_attempt_ms = now;
+                self.pacing.succeeded(now, 0);
                 if before != Some(version) {
                     log(LogLevel::Info, &format!(
                         "tollgate: applied config version {version} ({} plans, {} keys, {} deletions)",

@@ -18,6 +18,7 @@ use proxy_wasm::types::{LogLevel, MapType};
 use tollgate_core::usage::Tally;
 use tollgate_core::wire::UsageBatch;
 
+use crate::call::Pacing;
 use crate::host::now_ms;
 use crate::sync::SyncConfig;
 
@@ -28,6 +29,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often the sync service sends a batch, when it has one.
 const REPORT_EVERY_MS: u64 = 1_000;
 const MAX_BACKOFF_MS: u64 = 5_000;
+const TIMEOUT_MS: u64 = 5_000;
 
 /// A worker's tally, shared by its root context and its HTTP contexts.
 pub type SharedTally = Rc<RefCell<Tally>>;
@@ -71,9 +73,7 @@ pub struct Reporter {
     queue: u32,
     tally: Tally,
     pending: Option<UsageBatch>,
-    in_flight: Option<(u32, u64)>,
-    next_attempt_ms: u64,
-    failures: u32,
+    pacing: Pacing,
     /// Makes batch ids unique across Envoy processes and restarts.
     instance: String,
     sequence: u64,
@@ -86,9 +86,7 @@ impl Reporter {
             queue,
             tally: Tally::default(),
             pending: None,
-            in_flight: None,
-            next_attempt_ms: 0,
-            failures: 0,
+            pacing: Pacing::default(),
             instance: format!("{now_ms:x}-{queue}"),
             sequence: 0,
         }
@@ -121,13 +119,7 @@ impl Reporter {
 
     pub fn on_tick(&mut self) {
         let Some(now) = now_ms() else { return };
-        if let Some((_, started)) = self.in_flight {
-            if now.saturating_sub(started) < self.timeout_ms() + 5_000 {
-                return;
-            }
-            self.in_flight = None;
-        }
-        if now < self.next_attempt_ms {
+        if !self.pacing.due(now, TIMEOUT_MS) {
             return;
         }
         if self.pending.is_none() {
@@ -156,9 +148,9 @@ impl Reporter {
             headers,
             Some(&body),
             vec![],
-            Duration::from_millis(self.timeout_ms()),
+            Duration::from_millis(TIMEOUT_MS),
         ) {
-            Ok(token) => self.in_flight = Some((token, now)),
+            Ok(token) => self.pacing.sent(token, now),
             Err(status) => {
                 log(
                     LogLevel::Warn,
@@ -169,25 +161,15 @@ impl Reporter {
         }
     }
 
-    fn timeout_ms(&self) -> u64 {
-        5_000
-    }
-
     fn back_off(&mut self, now: u64) {
-        self.failures = self.failures.saturating_add(1);
-        let delay = self
-            .config
-            .retry_ms
-            .saturating_mul(1u64 << self.failures.min(8).saturating_sub(1))
-            .min(MAX_BACKOFF_MS);
-        self.next_attempt_ms = now.saturating_add(delay);
+        self.pacing
+            .failed(now, self.config.retry_ms, MAX_BACKOFF_MS);
     }
 
     /// Whether `token` was ours; the sync loop gets the others.
     pub fn on_response(&mut self, token: u32) -> bool {
-        match self.in_flight {
-            Some((expected, _)) if expected == token => self.in_flight = None,
-            _ => return false,
+        if !self.pacing.answered(token) {
+            return false;
         }
         let now = now_ms().unwrap_or(0);
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
@@ -195,12 +177,11 @@ impl Reporter {
             .flatten();
         match status.as_deref() {
             Some("200") => {
-                if self.failures > 0 {
+                if self.pacing.failures() > 0 {
                     log(LogLevel::Info, "tollgate: usage reports delivered again");
                 }
                 self.pending = None;
-                self.failures = 0;
-                self.next_attempt_ms = now.saturating_add(REPORT_EVERY_MS);
+                self.pacing.succeeded(now, REPORT_EVERY_MS);
             }
             // The control plane refused the batch itself: retrying cannot help.
             Some("400") | Some("413") | Some("422") => {
@@ -209,10 +190,10 @@ impl Reporter {
                     "tollgate: the control plane refused a usage batch; dropped",
                 );
                 self.pending = None;
-                self.next_attempt_ms = now.saturating_add(REPORT_EVERY_MS);
+                self.pacing.succeeded(now, REPORT_EVERY_MS);
             }
             other => {
-                if self.failures == 0 {
+                if self.pacing.failures() == 0 {
                     log(
                         LogLevel::Warn,
                         &format!(
