@@ -32,6 +32,22 @@ pub fn check(headers: &HeaderMap, expected: &TokenDigest) -> Result<(), ApiError
     }
 }
 
+/// Proof that the request carries the sync token, the Envoys' credential.
+/// An extractor so that it runs before the query or body is even read: a
+/// caller without the token learns nothing about what a valid request is.
+pub struct SyncCaller;
+
+impl axum::extract::FromRequestParts<crate::AppState> for SyncCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &crate::AppState,
+    ) -> Result<Self, ApiError> {
+        check(&parts.headers, &state.sync_token).map(|()| Self)
+    }
+}
+
 fn missing() -> ApiError {
     ApiError::unauthorized("Send the token as Authorization: Bearer <token>.")
 }

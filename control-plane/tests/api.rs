@@ -1906,6 +1906,11 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
         "{last}"
     );
 
+    // Without the sync token, nothing about the request is even read.
+    let r = send(&app, Method::POST, "/v1/usage", None, Some("{")).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = send(&app, Method::GET, "/v1/sync?since=abc", None, None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
     // Reporting is the filters' business: the sync token, not the admin's.
     let body = json!({"batch_id": "x"}).to_string();
     let r = send(&app, Method::POST, "/v1/usage", Some(ADMIN), Some(&body)).await;

@@ -8,13 +8,13 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tollgate_core::wire::{SyncResponse, WireKey};
 
-use crate::auth;
+use crate::auth::SyncCaller;
 use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
@@ -62,11 +62,10 @@ pub struct SyncParams {
     security(("sync_token" = [])),
 )]
 async fn sync_poll(
+    _caller: SyncCaller,
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiQuery(params): ApiQuery<SyncParams>,
 ) -> ApiResult<Json<SyncResponse>> {
-    auth::check(&headers, &state.sync_token)?;
     if params.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

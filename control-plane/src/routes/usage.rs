@@ -12,21 +12,19 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::Path;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Month, OffsetDateTime, Time};
 
-use crate::auth::Principal;
+use crate::auth::{Principal, SyncCaller};
 use crate::extract::ApiQuery;
 use axum::{Json, Router};
 use serde::Serialize;
 use tollgate_core::usage::MAX_KEYS;
 use tollgate_core::wire::UsageBatch;
 
-use crate::auth;
 use crate::db;
 use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
@@ -164,11 +162,10 @@ async fn add_count(
     security(("sync_token" = [])),
 )]
 async fn usage_ingest(
+    _caller: SyncCaller,
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiJson(batch): ApiJson<UsageBatch>,
 ) -> ApiResult<Json<Ingested>> {
-    auth::check(&headers, &state.sync_token)?;
     validate(&batch)?;
     let received = now_ms();
     let hour = truncated(received, HOUR);
