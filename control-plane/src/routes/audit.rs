@@ -9,13 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::auth::Principal;
 use crate::db;
@@ -23,7 +20,7 @@ use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
 use crate::openapi::{ServerError, Throttled, Unauthorized, PROBLEM_JSON};
-use crate::routes::{cursor_clause, invalid_cursor, page_limit, Order, Page};
+use crate::routes::{cursor_clause, invalid_cursor, page_limit, query_time, Order, Page};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -195,20 +192,8 @@ pub struct ListAudit {
 
 /// An RFC 3339 bound in the stored form (UTC, milliseconds), so text order is time order.
 fn time_bound(field: &str, text: Option<&str>) -> ApiResult<Option<String>> {
-    let Some(text) = text else { return Ok(None) };
-    let invalid = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("{field} must be an RFC 3339 time like 2026-11-01T00:00:00Z."),
-        )
-    };
-    let at = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid())?;
-    let at = SystemTime::from(at);
-    if at < SystemTime::UNIX_EPOCH {
-        return Err(invalid());
-    }
-    Ok(Some(humantime::format_rfc3339_millis(at).to_string()))
+    Ok(query_time(field, text)?
+        .map(|at| humantime::format_rfc3339_millis(SystemTime::from(at)).to_string()))
 }
 
 /// List audit entries

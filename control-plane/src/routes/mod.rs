@@ -99,6 +99,25 @@ where
     serde::Deserialize::deserialize(deserializer).map(Some)
 }
 
+/// An RFC 3339 query parameter, in UTC; times before 1970 are refused too.
+pub(crate) fn query_time(
+    field: &str,
+    text: Option<&str>,
+) -> Result<Option<time::OffsetDateTime>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .filter(|at| at.unix_timestamp() >= 0)
+        .map(|at| Some(at.to_offset(time::UtcOffset::UTC)))
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("{field} must be an RFC 3339 time like 2026-11-01T00:00:00Z."),
+            )
+        })
+}
+
 pub(crate) fn invalid_cursor() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::BAD_REQUEST,

@@ -20,6 +20,7 @@ use time::{Date, Month, OffsetDateTime, Time};
 
 use crate::auth::{Principal, SyncCaller};
 use crate::extract::ApiQuery;
+use crate::routes::query_time;
 use axum::{Json, Router};
 use serde::Serialize;
 use tollgate_core::usage::MAX_KEYS;
@@ -365,21 +366,6 @@ pub struct TenantUsageView {
     pub to: String,
     pub granularity: Granularity,
     pub keys: Vec<KeySeries>,
-}
-
-fn query_time(field: &str, text: Option<&str>) -> ApiResult<Option<OffsetDateTime>> {
-    text.map(|t| {
-        OffsetDateTime::parse(t, &Rfc3339)
-            .map(|at| at.to_offset(time::UtcOffset::UTC))
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("{field} must be an RFC 3339 time like 2026-11-01T00:00:00Z."),
-                )
-            })
-    })
-    .transpose()
 }
 
 /// A tenant's usage over time
