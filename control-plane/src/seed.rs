@@ -18,12 +18,14 @@ fn limits(hourly: u64, daily: u64) -> Vec<WireLimit> {
             max: hourly,
             window_seconds: 3600,
             burst: None,
+            scope: Default::default(),
         },
         WireLimit {
             name: "daily".into(),
             max: daily,
             window_seconds: 86_400,
             burst: None,
+            scope: Default::default(),
         },
     ]
 }

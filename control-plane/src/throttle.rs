@@ -73,6 +73,7 @@ impl Rate {
             max: self.per_minute,
             window_seconds: 60,
             max_tokens: self.burst,
+            scope: Default::default(),
         }
     }
 }

@@ -80,6 +80,15 @@ impl Bucket {
         }
     }
 
+    /// The bucket with `cost` tokens given back, never past capacity.
+    pub fn refunded(self, limit: &Limit, cost: u64) -> Self {
+        let units = u128::from(cost) * units_per_token(limit);
+        Self {
+            level: self.level.saturating_add(units).min(capacity(limit)),
+            ..self
+        }
+    }
+
     /// Whole tokens left.
     pub fn remaining(&self, limit: &Limit) -> u64 {
         clamp_u64(self.level / units_per_token(limit))
@@ -107,6 +116,7 @@ mod tests {
             max,
             window_seconds,
             max_tokens: burst,
+            scope: Default::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use core::fmt;
 
 use crate::access::{Cidr, Scope};
 use crate::key::KeyHash;
-use crate::wire::{WireKey, WireLimit, WirePlan};
+use crate::wire::{LimitScope, WireAnonymous, WireKey, WireLimit, WirePlan, WireRouteCost};
 
 /// Longest window a limit may have: one year.
 pub const MAX_WINDOW_SECONDS: u64 = 366 * 24 * 3600;
@@ -17,6 +17,8 @@ pub const MAX_WINDOW_SECONDS: u64 = 366 * 24 * 3600;
 pub const MAX_TOKENS: u64 = 1_000_000_000_000;
 /// Longest limit name.
 pub const MAX_NAME_LEN: usize = 64;
+/// The policy id of the monthly quota in headers and `violated-policies`.
+pub const QUOTA_POLICY: &str = "monthly";
 /// Most limits one plan may have.
 pub const MAX_LIMITS: usize = 16;
 
@@ -42,6 +44,7 @@ pub struct Limit {
     pub max: u64,
     pub window_seconds: u64,
     pub max_tokens: u64,
+    pub scope: LimitScope,
 }
 
 impl Limit {
@@ -70,6 +73,11 @@ impl TryFrom<&WireLimit> for Limit {
                 wire.name
             )));
         }
+        if wire.name == QUOTA_POLICY {
+            return Err(invalid(format!(
+                "limit name {QUOTA_POLICY:?} is reserved for the monthly quota"
+            )));
+        }
         if wire.max == 0 || wire.max > MAX_TOKENS {
             return Err(invalid(format!(
                 "limit {:?}: max must be between 1 and {MAX_TOKENS}",
@@ -94,6 +102,38 @@ impl TryFrom<&WireLimit> for Limit {
             max: wire.max,
             window_seconds: wire.window_seconds,
             max_tokens,
+            scope: wire.scope,
+        })
+    }
+}
+
+/// Most route-cost rules one plan may have.
+pub const MAX_ROUTE_COSTS: usize = 32;
+
+/// What requests matching `route` cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCost {
+    pub route: Scope,
+    pub cost: u64,
+}
+
+impl TryFrom<&WireRouteCost> for RouteCost {
+    type Error = InvalidConfig;
+
+    fn try_from(wire: &WireRouteCost) -> Result<Self, InvalidConfig> {
+        if wire.cost > MAX_TOKENS {
+            return Err(invalid(format!(
+                "route cost must be between 0 and {MAX_TOKENS}"
+            )));
+        }
+        let route = Scope::validate(
+            wire.methods.as_deref().unwrap_or(&[]),
+            wire.path_prefix.as_deref(),
+        )
+        .map_err(|e| invalid(format!("route cost: {e}")))?;
+        Ok(Self {
+            route,
+            cost: wire.cost,
         })
     }
 }
@@ -105,6 +145,17 @@ pub struct Plan {
     pub name: String,
     pub limits: Vec<Limit>,
     pub monthly_quota: Option<u64>,
+    pub route_costs: Vec<RouteCost>,
+}
+
+impl Plan {
+    /// The cost of a request: the first matching rule's, else 1.
+    pub fn cost_of(&self, method: &str, path: &str) -> u64 {
+        self.route_costs
+            .iter()
+            .find(|r| r.route.permits(method, path))
+            .map_or(1, |r| r.cost)
+    }
 }
 
 impl TryFrom<&WirePlan> for Plan {
@@ -135,16 +186,27 @@ impl TryFrom<&WirePlan> for Plan {
                 )));
             }
         }
-        if wire.monthly_quota == Some(0) {
-            return Err(invalid(
-                "monthly_quota must be at least 1 (omit it for none)",
-            ));
+        if wire.monthly_quota == Some(0) || wire.monthly_quota > Some(MAX_TOKENS) {
+            return Err(invalid(format!(
+                "monthly_quota must be between 1 and {MAX_TOKENS} (omit it for none)"
+            )));
         }
+        if wire.route_costs.len() > MAX_ROUTE_COSTS {
+            return Err(invalid(format!(
+                "a plan may have at most {MAX_ROUTE_COSTS} route_costs"
+            )));
+        }
+        let route_costs = wire
+            .route_costs
+            .iter()
+            .map(RouteCost::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             id: wire.id.clone(),
             name: wire.name.clone(),
             limits,
             monthly_quota: wire.monthly_quota,
+            route_costs,
         })
     }
 }
@@ -167,9 +229,15 @@ pub struct KeyRecord {
     pub allowed_cidrs: Option<Vec<Cidr>>,
     pub limit_overrides: Vec<Limit>,
     pub monthly_quota: Option<u64>,
+    pub billing_anchor_day: Option<u8>,
 }
 
 impl KeyRecord {
+    /// The key's monthly quota: its own, else its plan's.
+    pub fn quota(&self, plan: &Plan) -> Option<u64> {
+        self.monthly_quota.or(plan.monthly_quota)
+    }
+
     /// The plan's limits with this key's overrides applied: an override
     /// replaces the plan's limit of the same name, other overrides are added.
     pub fn effective_limits(&self, plan: &Plan) -> Vec<Limit> {
@@ -269,10 +337,15 @@ impl TryFrom<&WireKey> for KeyRecord {
                 "a key may override at most {MAX_LIMITS} limits"
             )));
         }
-        if wire.monthly_quota == Some(0) {
-            return Err(invalid(
-                "monthly_quota must be at least 1 (omit it for the plan's)",
-            ));
+        if wire.monthly_quota == Some(0) || wire.monthly_quota > Some(MAX_TOKENS) {
+            return Err(invalid(format!(
+                "monthly_quota must be between 1 and {MAX_TOKENS} (omit it for the plan's)"
+            )));
+        }
+        if let Some(day) = wire.billing_anchor_day {
+            if !crate::period::valid_anchor_day(day) {
+                return Err(invalid("billing_anchor_day must be between 1 and 31"));
+            }
         }
         Ok(Self {
             hash,
@@ -285,7 +358,60 @@ impl TryFrom<&WireKey> for KeyRecord {
             allowed_cidrs,
             limit_overrides,
             monthly_quota: wire.monthly_quota,
+            billing_anchor_day: wire.billing_anchor_day,
         })
+    }
+}
+
+/// Validated anonymous access: requests without a key on one of `routes`
+/// are admitted under the limits of plan `plan_id`, counted per client address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Anonymous {
+    pub routes: Vec<Scope>,
+    pub plan_id: Option<String>,
+}
+
+impl Anonymous {
+    /// The plan to admit this keyless request under, if its route is open.
+    pub fn plan_for(&self, method: &str, path: &str) -> Option<&str> {
+        self.routes
+            .iter()
+            .any(|r| r.permits(method, path))
+            .then_some(self.plan_id.as_deref())
+            .flatten()
+    }
+}
+
+impl TryFrom<&WireAnonymous> for Anonymous {
+    type Error = InvalidConfig;
+
+    fn try_from(wire: &WireAnonymous) -> Result<Self, InvalidConfig> {
+        if wire.routes.len() > MAX_KEY_RULES {
+            return Err(invalid(format!(
+                "anonymous access may have at most {MAX_KEY_RULES} routes"
+            )));
+        }
+        let routes = wire
+            .routes
+            .iter()
+            .map(|s| {
+                Scope::validate(
+                    s.methods.as_deref().unwrap_or(&[]),
+                    s.path_prefix.as_deref(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(format!("anonymous route: {e}")))?;
+        match &wire.plan_id {
+            Some(id) if id.is_empty() => Err(invalid("anonymous plan_id must not be empty")),
+            None if !routes.is_empty() => Err(invalid(
+                "anonymous routes need a plan_id whose limits apply per client address",
+            )),
+            _ => Ok(Self {
+                routes,
+                plan_id: wire.plan_id.clone(),
+            }),
+        }
     }
 }
 
@@ -299,6 +425,7 @@ mod tests {
             max,
             window_seconds: window,
             burst,
+            scope: Default::default(),
         }
     }
 
@@ -337,6 +464,7 @@ mod tests {
             name: "Pro".into(),
             limits: vec![wire_limit("a", 1, 1, None), wire_limit("a", 2, 2, None)],
             monthly_quota: None,
+            route_costs: vec![],
         };
         assert!(Plan::try_from(&wire).unwrap_err().0.contains("twice"));
     }
@@ -386,12 +514,14 @@ mod override_tests {
             max,
             window_seconds: 60,
             burst: None,
+            scope: Default::default(),
         };
         let plan = Plan::try_from(&WirePlan {
             id: "p".into(),
             name: "P".into(),
             limits: vec![limit("minute", 10), limit("hour", 100)],
             monthly_quota: None,
+            route_costs: vec![],
         })
         .unwrap();
         let key = KeyRecord::try_from(&WireKey {

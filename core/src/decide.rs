@@ -8,12 +8,16 @@
 use std::net::IpAddr;
 
 use crate::bucket::{ceil_seconds, Bucket, Check};
-use crate::config::Limit;
+use crate::config::{Limit, QUOTA_POLICY};
 use crate::key::ApiKey;
 use crate::layout::{
-    applied_version, buckets_key, decode_buckets, encode_buckets, read_key, read_plan,
+    anonymous_buckets_key, applied_version, buckets_key, client_identity, decode_buckets,
+    encode_buckets, ensure_entry, read_anonymous, read_key, read_plan, read_standing,
+    tenant_buckets_key, OWNER_ENTRY, QUOTA_ENTRY,
 };
+use crate::period::{quota_period, Period};
 use crate::store::{SetError, SharedStore};
+use crate::wire::LimitScope;
 
 /// How many times a bucket update is retried when another worker wrote first.
 pub const MAX_CAS_ATTEMPTS: u32 = 32;
@@ -56,6 +60,7 @@ pub enum DenyReason {
     ExpiredApiKey,
     Forbidden,
     RateLimited,
+    QuotaExceeded,
     ConfigUnavailable,
 }
 
@@ -67,7 +72,7 @@ impl DenyReason {
             | Self::DisabledApiKey
             | Self::ExpiredApiKey => 401,
             Self::Forbidden => 403,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::QuotaExceeded => 429,
             Self::ConfigUnavailable => 503,
         }
     }
@@ -80,6 +85,7 @@ impl DenyReason {
             Self::ExpiredApiKey => "expired_api_key",
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::ConfigUnavailable => "config_unavailable",
         }
     }
@@ -92,6 +98,7 @@ impl DenyReason {
             Self::ExpiredApiKey => "API key expired",
             Self::Forbidden => "Not permitted for this key",
             Self::RateLimited => "Rate limit exceeded",
+            Self::QuotaExceeded => "Monthly quota exceeded",
             Self::ConfigUnavailable => "Gateway not ready",
         }
     }
@@ -113,10 +120,13 @@ pub struct PolicyStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
-    pub tenant_id: String,
-    pub key_id: String,
+    /// `None` for an anonymous request, as is `key_id`.
+    pub tenant_id: Option<String>,
+    pub key_id: Option<String>,
     pub plan_name: String,
     pub policies: Vec<PolicyStatus>,
+    /// What the request cost (see [`crate::config::Plan::cost_of`]).
+    pub cost: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,10 +173,7 @@ fn deny_key(key_id: &str, reason: DenyReason, detail: impl Into<String>) -> Deci
 /// Decides one request at `now_ms` (Unix milliseconds).
 pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -> Decision {
     let Some(presented) = facts.api_key else {
-        return deny(
-            DenyReason::MissingApiKey,
-            "Send your API key in the x-api-key header or as Authorization: Bearer <key>.",
-        );
+        return decide_anonymous(facts, store, now_ms);
     };
     let key = match ApiKey::parse(presented) {
         Ok(key) => key,
@@ -231,42 +238,335 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
     };
 
     let limits = record.effective_limits(&plan);
-    match consume(store, &buckets_key(&hash), &limits, 1, now_ms) {
-        Consumed::Admitted(policies) => Decision::Allow(Allowed {
-            tenant_id: record.tenant_id,
-            key_id: record.id,
-            plan_name: plan.name,
+    let cost = plan.cost_of(facts.method, facts.path);
+    let (tenant_limits, key_limits): (Vec<Limit>, Vec<Limit>) = limits
+        .into_iter()
+        .partition(|l| l.scope == LimitScope::Tenant);
+    let quota = record.quota(&plan).map(|max| {
+        let period = quota_period(now_ms, record.billing_anchor_day);
+        let others_used = read_standing(store, &hash)
+            .filter(|s| s.period_start_ms == period.start_ms)
+            .map_or(0, |s| s.others_used);
+        Quota {
+            max,
+            period,
+            others_used,
+        }
+    });
+    let mut ledgers = vec![Ledger {
+        entry: buckets_key(&hash),
+        limits: key_limits,
+        quota,
+        owner: None,
+    }];
+    if !tenant_limits.is_empty() {
+        ledgers.push(Ledger {
+            entry: tenant_buckets_key(&record.tenant_id),
+            limits: tenant_limits,
+            quota: None,
+            owner: None,
+        });
+    }
+    verdict(
+        consume(store, &ledgers, cost, now_ms),
+        Some(record.tenant_id),
+        Some(record.id),
+        plan.name,
+    )
+}
+
+/// A keyless request: admitted under the anonymous plan if its route is
+/// open, with buckets per client address; refused as `missing_api_key` otherwise.
+fn decide_anonymous(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -> Decision {
+    let missing = || {
+        deny(
+            DenyReason::MissingApiKey,
+            "Send your API key in the x-api-key header or as Authorization: Bearer <key>.",
+        )
+    };
+    let Some(anonymous) = read_anonymous(store) else {
+        return missing();
+    };
+    let Some(plan_id) = anonymous.plan_for(facts.method, facts.path) else {
+        return missing();
+    };
+    let Some(plan) = read_plan(store, plan_id) else {
+        return deny(
+            DenyReason::ConfigUnavailable,
+            "The anonymous plan is not configured on this gateway yet; retry shortly.",
+        );
+    };
+    let Some(ip) = facts.client_ip else {
+        return missing();
+    };
+    let identity = client_identity(ip);
+    let entry = anonymous_buckets_key(identity);
+    ensure_entry(store, &entry);
+    let ledger = Ledger {
+        entry,
+        limits: plan.limits.clone(),
+        quota: None,
+        owner: Some(identity),
+    };
+    let cost = plan.cost_of(facts.method, facts.path);
+    verdict(
+        consume(store, &[ledger], cost, now_ms),
+        None,
+        None,
+        plan.name,
+    )
+}
+
+fn verdict(
+    consumed: Consumed,
+    tenant_id: Option<String>,
+    key_id: Option<String>,
+    plan_name: String,
+) -> Decision {
+    match consumed {
+        Consumed::Admitted { policies, cost } => Decision::Allow(Allowed {
+            tenant_id,
+            key_id,
+            plan_name,
             policies,
+            cost,
         }),
         Consumed::Refused {
             policies,
             violated,
             wait_ms,
-        } => Decision::Deny(Denied {
-            reason: DenyReason::RateLimited,
-            detail: format!(
-                "Rate limit {} exceeded; retry in {} s.",
-                violated.join(", "),
-                ceil_seconds(wait_ms).max(1)
-            ),
-            retry_after: Some(ceil_seconds(wait_ms).max(1)),
-            policies,
-            violated,
-            key_id: Some(record.id),
-        }),
+        } => {
+            let retry_after = ceil_seconds(wait_ms).max(1);
+            let (reason, detail) = if violated.iter().any(|v| v == QUOTA_POLICY) {
+                (
+                    DenyReason::QuotaExceeded,
+                    format!(
+                        "Monthly quota used up; it resets in {retry_after} s (policies {}).",
+                        violated.join(", ")
+                    ),
+                )
+            } else {
+                (
+                    DenyReason::RateLimited,
+                    format!(
+                        "Rate limit {} exceeded; retry in {retry_after} s.",
+                        violated.join(", ")
+                    ),
+                )
+            };
+            Decision::Deny(Denied {
+                reason,
+                detail,
+                retry_after: Some(retry_after),
+                policies,
+                violated,
+                key_id,
+            })
+        }
         Consumed::Contended => Decision::Deny(Denied {
             reason: DenyReason::RateLimited,
             detail: "Too many concurrent requests for this key; retry in 1 s.".into(),
             retry_after: Some(1),
             policies: Vec::new(),
             violated: Vec::new(),
-            key_id: Some(record.id),
+            key_id,
         }),
     }
 }
 
+/// A monthly quota as it applies to this request.
+#[derive(Debug, Clone, Copy)]
+struct Quota {
+    max: u64,
+    period: Period,
+    /// Use through other Envoys this period, from the control plane.
+    others_used: u64,
+}
+
+/// One shared-data entry that a request consumes from: its limits' buckets
+/// and, for a key, the key's own quota count.
+struct Ledger {
+    entry: String,
+    limits: Vec<Limit>,
+    quota: Option<Quota>,
+    /// For an anonymous slot: the client address consuming from it.
+    owner: Option<u128>,
+}
+
+/// A ledger as read at one instant: refilled buckets and this Envoy's quota count.
+struct Look {
+    cas: Option<u32>,
+    buckets: Vec<Bucket>,
+    own_used: u64,
+}
+
+impl Ledger {
+    fn look(&self, store: &impl SharedStore, now_ms: u64) -> Look {
+        let (stored, cas) = match store.get(&self.entry) {
+            Some((bytes, cas)) => (decode_buckets(&bytes), Some(cas)),
+            None => (Vec::new(), None),
+        };
+        let stored_bucket = |name: &str| {
+            stored
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, bucket)| *bucket)
+        };
+        let mut buckets: Vec<Bucket> = self
+            .limits
+            .iter()
+            .map(|limit| {
+                stored_bucket(&limit.name)
+                    .map(|b| b.refilled(limit, now_ms))
+                    .unwrap_or_else(|| Bucket::full(limit, now_ms))
+            })
+            .collect();
+        if let Some(owner) = self.owner {
+            // A slot another client left idle (all its buckets full again) is
+            // taken over; a busy one is shared, which only ever admits less.
+            let previous = stored_bucket(OWNER_ENTRY).map(|b| b.level);
+            let idle = self
+                .limits
+                .iter()
+                .zip(&buckets)
+                .all(|(limit, b)| b.ms_until_full(limit) == 0);
+            if previous.is_some_and(|p| p != owner) && idle {
+                buckets = self
+                    .limits
+                    .iter()
+                    .map(|limit| Bucket::full(limit, now_ms))
+                    .collect();
+            }
+        }
+        let own_used = match (self.quota, stored_bucket(QUOTA_ENTRY)) {
+            (Some(quota), Some(count)) if count.last_fill_ms == quota.period.start_ms => {
+                u64::try_from(count.level).unwrap_or(u64::MAX)
+            }
+            _ => 0,
+        };
+        Look {
+            cas,
+            buckets,
+            own_used,
+        }
+    }
+
+    /// The buckets after consuming `cost`, or which policies refuse and how long until they would not.
+    fn judge(
+        &self,
+        look: &Look,
+        cost: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Bucket>, (Vec<String>, u64)> {
+        let mut after = Vec::with_capacity(look.buckets.len());
+        let mut violated = Vec::new();
+        let mut wait_ms = 0u64;
+        for (limit, bucket) in self.limits.iter().zip(&look.buckets) {
+            match bucket.check(limit, cost) {
+                Check::Admit { level_after } => after.push(Bucket {
+                    level: level_after,
+                    last_fill_ms: bucket.last_fill_ms,
+                }),
+                Check::Deny { wait_ms: w } => {
+                    violated.push(limit.name.clone());
+                    wait_ms = wait_ms.max(w);
+                }
+            }
+        }
+        if let Some(quota) = &self.quota {
+            let used = look.own_used.saturating_add(quota.others_used);
+            if cost > 0 && used.saturating_add(cost) > quota.max {
+                violated.push(QUOTA_POLICY.to_owned());
+                wait_ms = wait_ms.max(quota.period.ms_left(now_ms));
+            }
+        }
+        if violated.is_empty() {
+            Ok(after)
+        } else {
+            Err((violated, wait_ms))
+        }
+    }
+
+    fn policies(&self, buckets: &[Bucket], own_used: u64, now_ms: u64) -> Vec<PolicyStatus> {
+        let mut out: Vec<PolicyStatus> = self
+            .limits
+            .iter()
+            .zip(buckets)
+            .map(|(l, b)| status(l, b))
+            .collect();
+        if let Some(quota) = &self.quota {
+            let used = own_used.saturating_add(quota.others_used);
+            out.push(PolicyStatus {
+                name: QUOTA_POLICY.to_owned(),
+                quota: quota.max,
+                window_seconds: quota.period.seconds(),
+                remaining: quota.max.saturating_sub(used),
+                reset_seconds: ceil_seconds(quota.period.ms_left(now_ms)),
+            });
+        }
+        out
+    }
+
+    /// Writes `buckets` and the quota count `own_used`, guarded by the look's CAS token.
+    fn write(
+        &self,
+        store: &impl SharedStore,
+        look: &Look,
+        buckets: &[Bucket],
+        own_used: u64,
+    ) -> Result<(), SetError> {
+        let mut entries: Vec<(&str, Bucket)> = self
+            .limits
+            .iter()
+            .map(|l| l.name.as_str())
+            .zip(buckets.iter().copied())
+            .collect();
+        if let Some(quota) = &self.quota {
+            entries.push((
+                QUOTA_ENTRY,
+                Bucket {
+                    level: u128::from(own_used),
+                    last_fill_ms: quota.period.start_ms,
+                },
+            ));
+        }
+        if let Some(owner) = self.owner {
+            entries.push((
+                OWNER_ENTRY,
+                Bucket {
+                    level: owner,
+                    last_fill_ms: 0,
+                },
+            ));
+        }
+        store.set(&self.entry, Some(&encode_buckets(entries)), look.cas)
+    }
+
+    /// Gives back what an admitted request took, when a later ledger refused it.
+    fn refund(&self, store: &impl SharedStore, cost: u64, now_ms: u64) {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let look = self.look(store, now_ms);
+            let buckets: Vec<Bucket> = self
+                .limits
+                .iter()
+                .zip(&look.buckets)
+                .map(|(limit, b)| b.refunded(limit, cost))
+                .collect();
+            let own_used = look.own_used.saturating_sub(cost);
+            match self.write(store, &look, &buckets, own_used) {
+                Err(SetError::CasMismatch) => continue,
+                // Giving up leaves the ledger over-charged: never over-admits.
+                _ => return,
+            }
+        }
+    }
+}
+
 enum Consumed {
-    Admitted(Vec<PolicyStatus>),
+    Admitted {
+        policies: Vec<PolicyStatus>,
+        cost: u64,
+    },
     Refused {
         policies: Vec<PolicyStatus>,
         violated: Vec<String>,
@@ -286,88 +586,100 @@ fn status(limit: &Limit, bucket: &Bucket) -> PolicyStatus {
     }
 }
 
-/// Consumes `cost` from every limit of the plan, or from none, in one CAS.
-fn consume(
-    store: &impl SharedStore,
-    entry: &str,
-    limits: &[Limit],
-    cost: u64,
+/// The policies of every ledger as they stand, with the refusing ones'
+/// reset set to the wait.
+fn refused(
+    ledgers: &[Ledger],
+    looks: &[Look],
+    violated: Vec<String>,
+    wait_ms: u64,
     now_ms: u64,
 ) -> Consumed {
-    if limits.is_empty() {
-        return Consumed::Admitted(Vec::new());
+    let mut policies: Vec<PolicyStatus> = ledgers
+        .iter()
+        .zip(looks)
+        .flat_map(|(ledger, look)| ledger.policies(&look.buckets, look.own_used, now_ms))
+        .collect();
+    for p in &mut policies {
+        if violated.contains(&p.name) {
+            p.reset_seconds = ceil_seconds(wait_ms).max(1);
+        }
     }
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (stored, cas) = match store.get(entry) {
-            Some((bytes, cas)) => (decode_buckets(&bytes), Some(cas)),
-            None => (Vec::new(), None),
-        };
-        let current: Vec<Bucket> = limits
-            .iter()
-            .map(|limit| {
-                stored
-                    .iter()
-                    .find(|(name, _)| *name == limit.name)
-                    .map(|(_, b)| b.refilled(limit, now_ms))
-                    .unwrap_or_else(|| Bucket::full(limit, now_ms))
-            })
-            .collect();
+    Consumed::Refused {
+        policies,
+        violated,
+        wait_ms,
+    }
+}
 
-        let mut after = Vec::with_capacity(current.len());
+/// Consumes `cost` from every ledger, or from none. Each ledger is one CAS;
+/// when a later ledger refuses after an earlier one was charged, the earlier
+/// one is refunded, so a refused request consumes nothing anywhere.
+fn consume(store: &impl SharedStore, ledgers: &[Ledger], cost: u64, now_ms: u64) -> Consumed {
+    if ledgers
+        .iter()
+        .all(|l| l.limits.is_empty() && l.quota.is_none())
+    {
+        return Consumed::Admitted {
+            policies: Vec::new(),
+            cost,
+        };
+    }
+    'attempt: for _ in 0..MAX_CAS_ATTEMPTS {
+        let looks: Vec<Look> = ledgers.iter().map(|l| l.look(store, now_ms)).collect();
         let mut violated = Vec::new();
-        let mut wait_ms = 0u64;
-        for (limit, bucket) in limits.iter().zip(&current) {
-            match bucket.check(limit, cost) {
-                Check::Admit { level_after } => after.push(Bucket {
-                    level: level_after,
-                    last_fill_ms: bucket.last_fill_ms,
-                }),
-                Check::Deny { wait_ms: w } => {
-                    violated.push(limit.name.clone());
-                    wait_ms = wait_ms.max(w);
+        let mut wait_ms = 0;
+        for (ledger, look) in ledgers.iter().zip(&looks) {
+            if let Err((names, wait)) = ledger.judge(look, cost, now_ms) {
+                violated.extend(names);
+                wait_ms = u64::max(wait_ms, wait);
+            }
+        }
+        if !violated.is_empty() {
+            // Nothing is written: a refused request consumes from no window.
+            return refused(ledgers, &looks, violated, wait_ms, now_ms);
+        }
+        let mut policies = Vec::new();
+        let mut first = looks.into_iter().next();
+        for (i, ledger) in ledgers.iter().enumerate() {
+            let mut look = match (i, first.take()) {
+                (0, Some(look)) => look,
+                _ => ledger.look(store, now_ms),
+            };
+            let mut tries = 0;
+            loop {
+                let after = match ledger.judge(&look, cost, now_ms) {
+                    Ok(after) => after,
+                    Err((names, wait)) => {
+                        for earlier in ledgers.iter().take(i) {
+                            earlier.refund(store, cost, now_ms);
+                        }
+                        let looks: Vec<Look> =
+                            ledgers.iter().map(|l| l.look(store, now_ms)).collect();
+                        return refused(ledgers, &looks, names, wait, now_ms);
+                    }
+                };
+                let own_used = look.own_used.saturating_add(cost);
+                match ledger.write(store, &look, &after, own_used) {
+                    Ok(()) => {
+                        policies.extend(ledger.policies(&after, own_used, now_ms));
+                        break;
+                    }
+                    Err(SetError::CasMismatch) if i == 0 => continue 'attempt,
+                    Err(SetError::CasMismatch) if tries < MAX_CAS_ATTEMPTS => {
+                        tries += 1;
+                        look = ledger.look(store, now_ms);
+                    }
+                    Err(_) => {
+                        for earlier in ledgers.iter().take(i) {
+                            earlier.refund(store, cost, now_ms);
+                        }
+                        return Consumed::Contended;
+                    }
                 }
             }
         }
-
-        if !violated.is_empty() {
-            // Nothing is written: a refused request consumes from no window.
-            let policies = limits
-                .iter()
-                .zip(&current)
-                .map(|(limit, bucket)| {
-                    let mut s = status(limit, bucket);
-                    if violated.contains(&limit.name) {
-                        s.reset_seconds = ceil_seconds(wait_ms).max(1);
-                    }
-                    s
-                })
-                .collect();
-            return Consumed::Refused {
-                policies,
-                violated,
-                wait_ms,
-            };
-        }
-
-        let encoded = encode_buckets(
-            limits
-                .iter()
-                .map(|l| l.name.as_str())
-                .zip(after.iter().copied()),
-        );
-        match store.set(entry, Some(&encoded), cas) {
-            Ok(()) => {
-                return Consumed::Admitted(
-                    limits
-                        .iter()
-                        .zip(&after)
-                        .map(|(l, b)| status(l, b))
-                        .collect(),
-                )
-            }
-            Err(SetError::CasMismatch) => continue,
-            Err(SetError::Host(_)) => return Consumed::Contended,
-        }
+        return Consumed::Admitted { policies, cost };
     }
     Consumed::Contended
 }
@@ -415,10 +727,12 @@ mod tests {
                     name: "Pro".into(),
                     limits,
                     monthly_quota: None,
+                    route_costs: vec![],
                 }],
                 keys: vec![wire_key],
                 deleted_keys: vec![],
                 deleted_plans: vec![],
+                anonymous: None,
             },
         )
         .unwrap();
@@ -431,6 +745,7 @@ mod tests {
             max,
             window_seconds,
             burst,
+            scope: Default::default(),
         }
     }
 
@@ -512,11 +827,11 @@ mod tests {
         };
         assert_eq!(
             (
-                a.tenant_id.as_str(),
-                a.key_id.as_str(),
-                a.plan_name.as_str()
+                a.tenant_id.as_deref(),
+                a.key_id.as_deref(),
+                Some(a.plan_name.as_str())
             ),
-            ("tnt_1", "key_1", "Pro")
+            (Some("tnt_1"), Some("key_1"), Some("Pro"))
         );
         assert_eq!(
             a.policies,

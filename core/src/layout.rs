@@ -4,22 +4,117 @@
 //!   the first sync: the filter then fails closed.
 //! - `p/<plan id>`: a plan (wire JSON).
 //! - `k/<lookup id>`: a key record (wire JSON).
-//! - `b/<lookup id>`: all token buckets of one key in one entry, so one CAS
-//!   covers every window and a request consumes from all of them or none.
+//! - `b/<lookup id>`: all token buckets of one key in one entry, and the key's
+//!   own quota count for the period ([`QUOTA_ENTRY`]), so one CAS covers every
+//!   window and the quota and a request consumes from all of them or none.
+//! - `bt/<tenant id>`: the buckets of the tenant-scoped limits.
+//! - `ba/<slot>`: the buckets of anonymous clients, one slot per hash of the
+//!   client address (so memory stays bounded), with the slot's owner.
+//! - `q/<lookup id>`: the key's quota use through other Envoys ([`Standing`]).
+//! - `tg/anonymous`: anonymous access (wire JSON).
 //!
-//! Only the sync service writes `tg/`, `p/` and `k/`, and it creates each key's
-//! `b/` entry before the key becomes visible: Envoy lets a write to an absent
-//! entry through whatever its CAS token, so workers must never be the ones to
-//! create a bucket entry.
+//! Only the sync service writes `tg/`, `p/`, `k/` and `q/`. Envoy lets a write
+//! to an absent entry through whatever its CAS token, so a bucket entry is
+//! created empty first ([`ensure_entry`]): racing creators write the same
+//! empty value and the CAS loop that follows sees every consumption.
 
 use crate::bucket::Bucket;
-use crate::config::{InvalidConfig, KeyRecord, Plan};
+use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
 use crate::key::KeyHash;
 use crate::store::{SetError, SharedStore};
-use crate::wire::{SyncResponse, WireKey, WirePlan};
+use crate::wire::{SyncResponse, WireAnonymous, WireKey, WirePlan};
 
 pub const VERSION_KEY: &str = "tg/version";
+pub const ANONYMOUS_KEY: &str = "tg/anonymous";
 const BUCKETS_FORMAT: u8 = 1;
+/// The pseudo-bucket in `b/` holding the key's own quota count: `level` is
+/// the count, `last_fill_ms` the start of the period it counts. Limit names
+/// cannot start with `@`.
+pub const QUOTA_ENTRY: &str = "@quota";
+/// The pseudo-bucket in `ba/` naming the client that owns the slot.
+pub const OWNER_ENTRY: &str = "@owner";
+/// Anonymous clients share this many bucket slots.
+pub const ANONYMOUS_SLOTS: u32 = 65_536;
+/// A CAS token no entry will have: "write only if absent" in Envoy's terms.
+const CREATE_ONLY: u32 = u32::MAX;
+
+pub fn tenant_buckets_key(tenant_id: &str) -> String {
+    format!("bt/{tenant_id}")
+}
+
+pub fn standing_key(hash: &KeyHash) -> String {
+    format!("q/{}", hash.lookup_id())
+}
+
+/// An anonymous client's identity: its IPv4 address, or its IPv6 /64 (one
+/// subscriber's usual allocation), as a number.
+pub fn client_identity(ip: std::net::IpAddr) -> u128 {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64 << 64) | 1,
+    }
+}
+
+pub fn anonymous_buckets_key(identity: u128) -> String {
+    let digest = KeyHash::of(&identity.to_le_bytes()).lookup_id();
+    let slot = u32::from_str_radix(digest.get(..8).unwrap_or("0"), 16).unwrap_or(0);
+    format!("ba/{}", slot % ANONYMOUS_SLOTS)
+}
+
+/// Creates `entry` empty if it is absent; never overwrites.
+pub fn ensure_entry(store: &impl SharedStore, entry: &str) {
+    if store.get(entry).is_none() {
+        // A mismatch means another worker created it first: fine.
+        let _ = store.set(entry, Some(&encode_buckets([])), Some(CREATE_ONLY));
+    }
+}
+
+/// A key's quota use through other Envoys in one period, as the control plane last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub period_start_ms: u64,
+    pub others_used: u64,
+}
+
+pub fn read_standing(store: &impl SharedStore, hash: &KeyHash) -> Option<Standing> {
+    let (bytes, _) = store.get(&standing_key(hash))?;
+    let start: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let used: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
+    Some(Standing {
+        period_start_ms: u64::from_le_bytes(start),
+        others_used: u64::from_le_bytes(used),
+    })
+}
+
+/// Applies the standings of a usage receipt. Bad hashes are skipped, not fatal:
+/// standings are advisory counts, not config.
+pub fn apply_standings(
+    store: &impl SharedStore,
+    standings: &[crate::wire::QuotaStanding],
+) -> Result<usize, SetError> {
+    let mut applied = 0;
+    for s in standings {
+        let Some(hash) = KeyHash::from_hex(&s.key_hash) else {
+            continue;
+        };
+        let mut bytes = s.period_start_ms.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&s.others_used.to_le_bytes());
+        store.set(&standing_key(&hash), Some(&bytes), None)?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+pub fn read_anonymous(store: &impl SharedStore) -> Option<Anonymous> {
+    let (bytes, _) = store.get(ANONYMOUS_KEY)?;
+    let wire: WireAnonymous = serde_json::from_slice(&bytes).ok()?;
+    Anonymous::try_from(&wire).ok()
+}
 
 pub fn plan_key(plan_id: &str) -> String {
     format!("p/{plan_id}")
@@ -148,6 +243,9 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
     for key in &sync.keys {
         keys.push(KeyRecord::try_from(key).map_err(ApplyError::Invalid)?);
     }
+    if let Some(anonymous) = &sync.anonymous {
+        Anonymous::try_from(anonymous).map_err(ApplyError::Invalid)?;
+    }
     let mut deleted = Vec::with_capacity(sync.deleted_keys.len());
     for hex in &sync.deleted_keys {
         deleted.push(KeyHash::from_hex(hex).ok_or_else(|| {
@@ -187,6 +285,13 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
             .set(&plan_key(plan_id), None, None)
             .map_err(ApplyError::Write)?;
     }
+    if let Some(anonymous) = &sync.anonymous {
+        let json = serde_json::to_vec(anonymous)
+            .map_err(|e| ApplyError::Invalid(InvalidConfig(e.to_string())))?;
+        store
+            .set(ANONYMOUS_KEY, Some(&json), None)
+            .map_err(ApplyError::Write)?;
+    }
     store
         .set(VERSION_KEY, Some(&sync.version.to_le_bytes()), None)
         .map_err(ApplyError::Write)?;
@@ -210,8 +315,10 @@ mod tests {
                     max: 1,
                     window_seconds: 1,
                     burst: None,
+                    scope: Default::default(),
                 }],
                 monthly_quota: None,
+                route_costs: vec![],
             }],
             keys: vec![WireKey {
                 hash: hash.to_hex(),
@@ -223,6 +330,7 @@ mod tests {
             }],
             deleted_keys: vec![],
             deleted_plans: vec![],
+            anonymous: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`bucket`]: token buckets with time as an argument;
 //! - [`store`]: the narrow shared-data trait (and an in-memory fake with CAS conflicts);
 //! - [`layout`]: how config and bucket state are laid out in shared data;
+//! - [`period`]: monthly quota periods, calendar or from a billing anchor day;
 //! - [`decide`]: `decide(facts, store, now) -> Decision`, the whole per-request verdict;
 //! - [`response`]: turning a decision into headers and problem+json bodies.
 
@@ -29,6 +30,7 @@ pub mod config;
 pub mod decide;
 pub mod key;
 pub mod layout;
+pub mod period;
 pub mod response;
 pub mod store;
 pub mod usage;

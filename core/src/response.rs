@@ -15,12 +15,17 @@ pub const UPSTREAM_PLAN: &str = "x-plan";
 /// Client-sent headers that are always removed: identity is only ever the filter's word.
 pub const STRIPPED_REQUEST_HEADERS: [&str; 3] = [UPSTREAM_TENANT, UPSTREAM_KEY_ID, UPSTREAM_PLAN];
 
-pub fn upstream_headers(allowed: &Allowed) -> [(&'static str, &str); 3] {
-    [
-        (UPSTREAM_TENANT, allowed.tenant_id.as_str()),
-        (UPSTREAM_KEY_ID, allowed.key_id.as_str()),
-        (UPSTREAM_PLAN, allowed.plan_name.as_str()),
-    ]
+/// Identity for the upstream; an anonymous request carries only its plan.
+pub fn upstream_headers(allowed: &Allowed) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(tenant) = &allowed.tenant_id {
+        out.push((UPSTREAM_TENANT, tenant.as_str()));
+    }
+    if let Some(key) = &allowed.key_id {
+        out.push((UPSTREAM_KEY_ID, key.as_str()));
+    }
+    out.push((UPSTREAM_PLAN, allowed.plan_name.as_str()));
+    out
 }
 
 /// `RateLimit-Policy`, `RateLimit` and `X-RateLimit-*` for the given policies (none if empty).
@@ -80,7 +85,7 @@ pub struct LocalReply {
 /// rate-limit draft points to.
 pub fn problem_type(reason: DenyReason) -> String {
     match reason {
-        DenyReason::RateLimited => {
+        DenyReason::RateLimited | DenyReason::QuotaExceeded => {
             "https://iana.org/assignments/http-problem-types#quota-exceeded".into()
         }
         other => format!("urn:tollgate:problem:{}", other.code()),

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 
 use crate::wire::{KeyUsage, UsageBatch};
 
+/// The keyless outcome counted for admitted anonymous requests.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Most distinct keys one tally holds.
 pub const MAX_KEYS: usize = 100_000;
 
@@ -39,14 +42,22 @@ impl Tally {
         )
     }
 
-    pub fn allowed(&mut self, key_id: &str, now_ms: u64) {
+    /// An admitted request that cost `cost`.
+    pub fn allowed(&mut self, key_id: &str, cost: u64, now_ms: u64) {
         match self.entry(key_id) {
             Some(usage) => {
                 usage.allowed = usage.allowed.saturating_add(1);
+                usage.cost = usage.cost.saturating_add(cost);
                 usage.last_used_ms = usage.last_used_ms.max(Some(now_ms));
             }
             None => self.dropped = self.dropped.saturating_add(1),
         }
+    }
+
+    /// An anonymous request admitted: counted with the keyless outcomes.
+    pub fn anonymous(&mut self) {
+        let n = self.unattributed.entry(ANONYMOUS.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
     }
 
     /// A refusal, by its `code`, charged to the key when one was identified.
@@ -76,6 +87,7 @@ impl Tally {
             match self.entry(&key_id) {
                 Some(mine) => {
                     mine.allowed = mine.allowed.saturating_add(usage.allowed);
+                    mine.cost = mine.cost.saturating_add(usage.cost);
                     mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
                     add_counts(&mut mine.denied, usage.denied);
                 }
@@ -92,6 +104,7 @@ impl Tally {
             keys: taken.keys.into_values().collect(),
             unattributed: taken.unattributed,
             dropped: taken.dropped,
+            ..UsageBatch::default()
         }
     }
 
@@ -120,6 +133,7 @@ impl Tally {
             keys: self.keys.values().cloned().collect(),
             unattributed: self.unattributed.clone(),
             dropped: self.dropped,
+            ..UsageBatch::default()
         }
     }
 }
@@ -140,8 +154,9 @@ mod tests {
     fn counts_allowed_and_denied_per_key_and_unattributed() {
         let mut t = Tally::default();
         assert!(t.is_empty());
-        t.allowed("key_a", 1_000);
-        t.allowed("key_a", 900);
+        t.allowed("key_a", 1, 1_000);
+        t.allowed("key_a", 3, 900);
+        t.anonymous();
         t.denied(Some("key_a"), "rate_limited");
         t.denied(None, "invalid_api_key");
         t.denied(None, "invalid_api_key");
@@ -150,7 +165,8 @@ mod tests {
         assert_eq!(batch.batch_id, "b1");
         assert_eq!(batch.keys.len(), 1);
         let a = &batch.keys[0];
-        assert_eq!((a.allowed, a.last_used_ms), (2, Some(1_000)));
+        assert_eq!((a.allowed, a.cost, a.last_used_ms), (2, 4, Some(1_000)));
+        assert_eq!(batch.unattributed.get(ANONYMOUS), Some(&1));
         assert_eq!(a.denied.get("rate_limited"), Some(&1));
         assert_eq!(batch.unattributed.get("invalid_api_key"), Some(&2));
     }
@@ -158,15 +174,15 @@ mod tests {
     #[test]
     fn merging_adds_and_round_trips_through_bytes() {
         let mut worker = Tally::default();
-        worker.allowed("key_a", 5);
+        worker.allowed("key_a", 2, 5);
         worker.denied(Some("key_b"), "forbidden");
         let mut service = Tally::default();
-        service.allowed("key_a", 7);
+        service.allowed("key_a", 1, 7);
         service.merge(Tally::from_bytes(&worker.to_bytes()).unwrap());
         service.merge(Tally::from_bytes(&worker.to_bytes()).unwrap());
         let batch = service.seal("b".into());
         let a = batch.keys.iter().find(|k| k.key_id == "key_a").unwrap();
-        assert_eq!((a.allowed, a.last_used_ms), (3, Some(7)));
+        assert_eq!((a.allowed, a.cost, a.last_used_ms), (3, 5, Some(7)));
         let b = batch.keys.iter().find(|k| k.key_id == "key_b").unwrap();
         assert_eq!((b.allowed, b.last_used_ms), (0, None));
         assert_eq!(b.denied.get("forbidden"), Some(&2));
@@ -177,14 +193,14 @@ mod tests {
     fn past_max_keys_counts_are_dropped_and_the_drop_is_counted() {
         let mut t = Tally::default();
         for i in 0..MAX_KEYS {
-            t.allowed(&format!("k{i}"), 1);
+            t.allowed(&format!("k{i}"), 1, 1);
         }
-        t.allowed("k0", 2);
-        t.allowed("one-too-many", 2);
+        t.allowed("k0", 1, 2);
+        t.allowed("one-too-many", 1, 2);
         t.denied(Some("another"), "rate_limited");
         let mut other = Tally::default();
-        other.allowed("third", 1);
-        other.allowed("third", 1);
+        other.allowed("third", 1, 1);
+        other.allowed("third", 1, 1);
         t.merge(other);
         let batch = t.seal(String::new());
         assert_eq!(batch.keys.len(), MAX_KEYS);

@@ -21,6 +21,42 @@ pub struct WireLimit {
     /// Requests that may be sent at once; `max` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
+    /// Whose bucket this is: each key's own (default), or one shared by all
+    /// keys of the tenant.
+    #[serde(default, skip_serializing_if = "LimitScope::is_key")]
+    pub scope: LimitScope,
+}
+
+/// Who shares one bucket of a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum LimitScope {
+    #[default]
+    Key,
+    Tenant,
+}
+
+impl LimitScope {
+    pub fn is_key(&self) -> bool {
+        *self == Self::Key
+    }
+}
+
+/// What a request costs, in units of the plan's limits and quota, when it
+/// matches: any of `methods` (all if absent or empty) on paths under
+/// `path_prefix` (all if absent). The first matching rule of a plan wins;
+/// a request that matches none costs 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WireRouteCost {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// 0 makes the route free: it is admitted and counted, but consumes nothing.
+    pub cost: u64,
 }
 
 /// A plan as the filter needs it.
@@ -33,6 +69,9 @@ pub struct WirePlan {
     pub limits: Vec<WireLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_quota: Option<u64>,
+    /// Per-route costs, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_costs: Vec<WireRouteCost>,
 }
 
 /// What a key may be used for: any of `methods` (all if absent or empty) on
@@ -73,6 +112,23 @@ pub struct WireKey {
     /// Replaces the plan's monthly quota for this key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_quota: Option<u64>,
+    /// The tenant's billing anchor: quota periods start on this day of the
+    /// month (UTC midnight; the month's last day when it is shorter).
+    /// Absent: calendar months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_anchor_day: Option<u8>,
+}
+
+/// Routes that admit requests without a key, under `plan_id`'s limits
+/// counted per client address. No routes: every request needs a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WireAnonymous {
+    #[serde(default)]
+    pub routes: Vec<WireScope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
 }
 
 /// Everything that changed after the `since` version the filter asked for
@@ -92,6 +148,10 @@ pub struct SyncResponse {
     /// Ids of plans deleted since `since`.
     #[serde(default)]
     pub deleted_plans: Vec<String>,
+    /// Anonymous access, when it changed since `since` (always on a full
+    /// sync); absent means unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<WireAnonymous>,
 }
 
 /// What one Envoy counted since its last report, `POST /v1/usage` (sync
@@ -102,9 +162,17 @@ pub struct SyncResponse {
 #[serde(deny_unknown_fields)]
 pub struct UsageBatch {
     pub batch_id: String,
+    /// This Envoy process; quota standings exclude its own counts, which it
+    /// keeps exactly itself.
+    #[serde(default)]
+    pub reporter_id: String,
+    /// The `cursor` of the last [`UsageReceipt`] this reporter applied.
+    #[serde(default)]
+    pub standings_since: u64,
     #[serde(default)]
     pub keys: Vec<KeyUsage>,
-    /// Refusals that name no known key (no key, a malformed or unknown one), by `code`.
+    /// Outcomes that name no known key, by `code`: refusals (no key, a
+    /// malformed or unknown one) and `anonymous`, anonymous requests admitted.
     #[serde(default)]
     pub unattributed: std::collections::BTreeMap<String, u64>,
     /// Counts this Envoy had to drop because its buffer was full.
@@ -121,10 +189,40 @@ pub struct KeyUsage {
     /// Requests let through.
     #[serde(default)]
     pub allowed: u64,
+    /// Their summed cost (see [`WireRouteCost`]): what quotas count.
+    #[serde(default)]
+    pub cost: u64,
     /// Refusals by `code` (`rate_limited`, `disabled_api_key`, …).
     #[serde(default)]
     pub denied: std::collections::BTreeMap<String, u64>,
     /// Unix ms of the last request let through, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_ms: Option<u64>,
+}
+
+/// The control plane's answer to a [`UsageBatch`]: how much of their quota
+/// keys have used through *other* Envoys, for keys whose figure changed
+/// after `standings_since`. The reporter applies them and sends `cursor`
+/// back as its next `standings_since`; `more` says another page is waiting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UsageReceipt {
+    #[serde(default)]
+    pub standings: Vec<QuotaStanding>,
+    pub cursor: u64,
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// One key's quota use in one period through every Envoy but the reporter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QuotaStanding {
+    /// Lower-case hex SHA-256 of the key, as in [`WireKey::hash`].
+    pub key_hash: String,
+    /// Unix ms when the period began.
+    pub period_start_ms: u64,
+    pub others_used: u64,
 }

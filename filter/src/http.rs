@@ -106,7 +106,10 @@ impl HttpContext for TollgateHttp {
         let decision = decide(&facts, &HostStore, now);
         if let Ok(mut tally) = self.tally.try_borrow_mut() {
             match &decision {
-                Decision::Allow(allowed) => tally.allowed(&allowed.key_id, now),
+                Decision::Allow(allowed) => match &allowed.key_id {
+                    Some(key_id) => tally.allowed(key_id, allowed.cost, now),
+                    None => tally.anonymous(),
+                },
                 Decision::Deny(denied) => {
                     tally.denied(denied.key_id.as_deref(), denied.reason.code())
                 }

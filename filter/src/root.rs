@@ -47,7 +47,7 @@ impl Context for TollgateRoot {
         _trailers: usize,
     ) {
         if let Some(reporter) = self.reporter.as_mut() {
-            if reporter.on_response(token) {
+            if reporter.on_response(token, body_size) {
                 return;
             }
         }

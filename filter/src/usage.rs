@@ -14,9 +14,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MapType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use tollgate_core::layout::apply_standings;
 use tollgate_core::usage::Tally;
-use tollgate_core::wire::UsageBatch;
+use tollgate_core::wire::{UsageBatch, UsageReceipt};
 
 use crate::call::Pacing;
 use crate::host::now_ms;
@@ -26,7 +27,8 @@ use crate::sync::SyncConfig;
 pub const QUEUE: &str = "tollgate_usage";
 /// How often a worker hands its tally to the sync service.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
-/// How often the sync service sends a batch, when it has one.
+/// How often the sync service reports. It reports even with nothing to
+/// count: the answer carries other Envoys' quota use.
 const REPORT_EVERY_MS: u64 = 1_000;
 const MAX_BACKOFF_MS: u64 = 5_000;
 const TIMEOUT_MS: u64 = 5_000;
@@ -74,9 +76,12 @@ pub struct Reporter {
     tally: Tally,
     pending: Option<UsageBatch>,
     pacing: Pacing,
-    /// Makes batch ids unique across Envoy processes and restarts.
+    /// This Envoy process, as the control plane knows it: batch ids and the
+    /// quota ledger are per instance, so a restarted Envoy is a new reporter.
     instance: String,
     sequence: u64,
+    /// The last receipt's `cursor`: standings up to here are applied.
+    standings_since: u64,
 }
 
 impl Reporter {
@@ -89,6 +94,7 @@ impl Reporter {
             pacing: Pacing::default(),
             instance: format!("{now_ms:x}-{queue}"),
             sequence: 0,
+            standings_since: 0,
         }
     }
 
@@ -123,14 +129,17 @@ impl Reporter {
             return;
         }
         if self.pending.is_none() {
-            if self.tally.is_empty() {
-                return;
-            }
             self.sequence = self.sequence.saturating_add(1);
             let id = format!("{}-{}", self.instance, self.sequence);
-            self.pending = Some(self.tally.seal(id));
+            let mut batch = self.tally.seal(id);
+            batch.reporter_id.clone_from(&self.instance);
+            self.pending = Some(batch);
         }
-        let Some(batch) = &self.pending else { return };
+        let Some(batch) = self.pending.as_mut() else {
+            return;
+        };
+        // A retried batch asks for the newest standings; its counts stay the same.
+        batch.standings_since = self.standings_since;
         let Ok(body) = serde_json::to_vec(batch) else {
             self.pending = None;
             return;
@@ -167,7 +176,7 @@ impl Reporter {
     }
 
     /// Whether `token` was ours; the sync loop gets the others.
-    pub fn on_response(&mut self, token: u32) -> bool {
+    pub fn on_response(&mut self, token: u32, body_size: usize) -> bool {
         if !self.pacing.answered(token) {
             return false;
         }
@@ -181,7 +190,10 @@ impl Reporter {
                     log(LogLevel::Info, "tollgate: usage reports delivered again");
                 }
                 self.pending = None;
-                self.pacing.succeeded(now, REPORT_EVERY_MS);
+                let more = self.apply_receipt(body_size);
+                // Another page of standings is waiting: ask again at once.
+                self.pacing
+                    .succeeded(now, if more { 0 } else { REPORT_EVERY_MS });
             }
             // The control plane refused the batch itself: retrying cannot help.
             Some("400") | Some("413") | Some("422") => {
@@ -206,6 +218,39 @@ impl Reporter {
             }
         }
         true
+    }
+}
+
+impl Reporter {
+    /// Applies the quota standings of a 200 answer; whether more are waiting.
+    fn apply_receipt(&mut self, body_size: usize) -> bool {
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let receipt: UsageReceipt = match serde_json::from_slice(&body) {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("tollgate: unreadable usage receipt, standings not updated: {e}"),
+                );
+                return false;
+            }
+        };
+        match apply_standings(&crate::host::HostStore, &receipt.standings) {
+            Ok(_) => {
+                self.standings_since = self.standings_since.max(receipt.cursor);
+                receipt.more
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("tollgate: cannot store quota standings: {e}"),
+                );
+                false
+            }
+        }
     }
 }
 

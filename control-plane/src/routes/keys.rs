@@ -323,6 +323,7 @@ fn check(settings: &KeySettings) -> ApiResult<Checked> {
         allowed_cidrs: settings.allowed_cidrs.clone(),
         limits: settings.limits.clone(),
         monthly_quota: settings.monthly_quota,
+        billing_anchor_day: None,
     })
     .map_err(|e| ApiError::invalid("invalid_key", e.0))?;
     Ok(Checked { expires })

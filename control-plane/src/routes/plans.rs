@@ -149,6 +149,7 @@ impl PlanRow {
             name: self.name.clone(),
             limits: serde_json::from_str(&self.limits).map_err(ApiError::internal)?,
             monthly_quota: to_u64(self.monthly_quota),
+            route_costs: Vec::new(),
         })
     }
 
@@ -190,6 +191,7 @@ fn validate(view: &PlanView) -> Result<(), ApiError> {
         name: view.name.clone(),
         limits: view.limits.clone(),
         monthly_quota: view.monthly_quota,
+        route_costs: Vec::new(),
     })
     .map_err(|e| ApiError::invalid("invalid_plan", e.0))?;
     if !view.metadata.is_object() {

@@ -185,6 +185,7 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
                 allowed_cidrs: json_column(key.allowed_cidrs)?,
                 limits: json_column(key.limits)?,
                 monthly_quota: key.monthly_quota.and_then(|v| u64::try_from(v).ok()),
+                billing_anchor_day: None,
             });
         }
     }
