@@ -30,7 +30,7 @@ fn env_path(name: &str) -> PathBuf {
 }
 
 /// A name no other call in this process returns (ports repeat, so not a port).
-fn unique_name(prefix: &str) -> String {
+pub fn unique_name(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{prefix}-{n}")
