@@ -4,18 +4,21 @@
 //! themselves through the same API with their own tokens; every Envoy's sync
 //! service long-polls `/v1/sync` (bearer sync token) for what changed.
 //! `app(state)` builds the whole router so tests can drive it with `oneshot`;
-//! its OpenAPI document is at `/openapi.json`, Swagger UI at `/docs`.
+//! its OpenAPI document is at `/openapi.json`, Swagger UI at `/docs`,
+//! Prometheus metrics at `/metrics`.
 
 pub mod auth;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod replicas;
 pub mod routes;
 pub mod seed;
 pub mod state;
 pub mod throttle;
+pub mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
@@ -36,6 +39,8 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::keys::router())
         .merge(routes::tokens::router())
         .merge(routes::audit::router())
+        .merge(routes::anonymous::router())
+        .merge(routes::webhooks::router())
         .merge(routes::usage::read_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -58,10 +63,16 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::health::router())
         // GET /openapi.json and Swagger UI at /docs: public, outside /v1.
         .merge(openapi::router())
+        // GET /metrics (Prometheus): outside /v1, behind --metrics-token if set.
+        .merge(metrics::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
-use tollgate_control_plane::{app, db, replicas, AppState};
+use tollgate_control_plane::{app, db, replicas, webhooks, AppState};
 
 #[derive(Parser)]
 #[command(name = "control-plane", about = "Tollgate control plane", version)]
@@ -95,6 +95,10 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     admin_burst_per_ip: u64,
+    /// Bearer token Prometheus must send for GET /metrics. Unset: /metrics is
+    /// open (it carries counts by route template, never tenant data).
+    #[arg(long, env = "CONTROL_PLANE_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -196,10 +200,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let admin_token = token_or_generate(args.admin_token, "admin token", "tgadmin_")?;
     let sync_token = token_or_generate(args.sync_token, "sync token", "tgsync_")?;
     let version = db::current_version(&pool).await?;
-    let state = AppState::new(pool, &admin_token, &sync_token, version).with_throttle(throttle);
+    if args
+        .metrics_token
+        .as_deref()
+        .is_some_and(|t| t.trim().len() < 16)
+    {
+        anyhow::bail!("the metrics token must be at least 16 characters");
+    }
+    let state = AppState::new(pool, &admin_token, &sync_token, version)
+        .with_throttle(throttle)
+        .with_metrics_token(args.metrics_token.as_deref().map(str::trim));
     if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
         tokio::spawn(replicas::follow(state.clone(), url));
     }
+    // Quota alerts: every replica runs the worker; events are claimed before sending.
+    tokio::spawn(webhooks::run(state.clone()));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;

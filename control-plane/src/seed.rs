@@ -95,6 +95,7 @@ pub async fn seed(state: &AppState, only_if_empty: bool) -> Result<Seeded, ApiEr
             name: p.name.to_owned(),
             limits: limits(p.hourly, p.daily),
             monthly_quota: Some(p.monthly_quota),
+            route_costs: Vec::new(),
             max_api_keys: Some(p.max_api_keys),
             max_users: p.max_users,
             metadata: json!({ "price_usd_per_month": p.price_usd_per_month, "preset": true }),

@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::db::Db;
+use crate::metrics::Metrics;
 use crate::throttle::{AdminLimiter, ThrottleConfig};
 
 /// A bearer token held only as its SHA-256, compared in constant time.
@@ -43,6 +44,12 @@ pub struct AppState {
     pub shutting_down: Arc<watch::Sender<bool>>,
     /// Rate limits on the admin API itself (not on the Envoys' `/v1/sync` and `/v1/usage`).
     pub throttle: Arc<AdminLimiter>,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<Metrics>,
+    /// When set, `GET /metrics` wants this bearer token; open otherwise.
+    pub metrics_token: Option<TokenDigest>,
+    /// Most keys one usage receipt carries standings for.
+    pub standings_page: usize,
 }
 
 impl AppState {
@@ -54,12 +61,27 @@ impl AppState {
             versions: Arc::new(watch::Sender::new(version)),
             shutting_down: Arc::new(watch::Sender::new(false)),
             throttle: Arc::new(AdminLimiter::new(ThrottleConfig::default())),
+            metrics: Arc::new(Metrics::default()),
+            metrics_token: None,
+            standings_page: crate::routes::usage::MAX_STANDINGS,
         }
+    }
+
+    /// The same state with `GET /metrics` behind `token` (`None`: open).
+    pub fn with_metrics_token(mut self, token: Option<&str>) -> Self {
+        self.metrics_token = token.map(TokenDigest::of);
+        self
     }
 
     /// The same state with the admin API limited by `config` instead of the defaults.
     pub fn with_throttle(mut self, config: ThrottleConfig) -> Self {
         self.throttle = Arc::new(AdminLimiter::new(config));
+        self
+    }
+
+    /// The same state with usage receipts paged at `keys` keys (tests use small pages).
+    pub fn with_standings_page(mut self, keys: usize) -> Self {
+        self.standings_page = keys.max(1);
         self
     }
 

@@ -1710,6 +1710,16 @@ async fn every_write_endpoint_answers_each_class_of_bad_input(backend: Backend) 
             duplicate: None,
         },
         Endpoint {
+            method: Method::PUT,
+            uri: "/v1/anonymous-access".into(),
+            unknown: None,
+            valid: r#"{"routes": []}"#,
+            wrong_type: r#"{"routes": "all"}"#,
+            missing: Some(r#"{"plan_id": null}"#),
+            unknown_field: r#"{"routes": [], "open": true}"#,
+            duplicate: None,
+        },
+        Endpoint {
             method: Method::POST,
             uri: format!("/v1/tenants/{tenant_id}/tokens"),
             unknown: Some("/v1/tenants/tnt_unknown/tokens".into()),
@@ -1837,16 +1847,16 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
     let used_ms: u64 = 1_795_000_000_000; // 2026-11-18T11:06:40Z
     let batch = json!({
         "batch_id": "envoy-1-7",
-        "keys": [{"key_id": key_id, "allowed": 5, "denied": {"rate_limited": 2}, "last_used_ms": used_ms}],
+        "keys": [{"key_id": key_id, "allowed": 5, "cost": 5, "denied": {"rate_limited": 2}, "last_used_ms": used_ms}],
         "unattributed": {"invalid_api_key": 3}
     });
     let r = report(&app, batch.clone()).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert_eq!(r.body["duplicate"], false);
-    // The same batch again, as after a lost answer: counted once.
+    assert_eq!(r.body, json!({"standings": [], "cursor": 1, "more": false}));
+    // The same batch again, as after a lost answer: counted once, answered again.
     let again = report(&app, batch).await;
     assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
-    assert_eq!(again.body["duplicate"], true);
+    assert_eq!(again.body, r.body);
 
     let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
         "SELECT key_id, tenant_id, outcome, count FROM usage_hourly ORDER BY key_id, outcome",
@@ -1879,7 +1889,7 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
     // and one from a clock far ahead is clipped to now.
     let r = report(
         &app,
-        json!({"batch_id": "envoy-1-8", "keys": [{"key_id": key_id, "allowed": 1, "last_used_ms": used_ms - 3_600_000}]}),
+        json!({"batch_id": "envoy-1-8", "keys": [{"key_id": key_id, "allowed": 1, "cost": 1, "last_used_ms": used_ms - 3_600_000}]}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -1920,6 +1930,8 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
         json!({"batch_id": "b", "unattributed": {"Bad Code": 1}}),
         json!({"batch_id": "b", "unattributed": {"allowed": 1}}),
         json!({"batch_id": "b", "keys": [{"key_id": "k", "allowed": 9_223_372_036_854_775_808u64}]}),
+        json!({"batch_id": "b", "keys": [{"key_id": "k", "cost": 9_223_372_036_854_775_808u64}]}),
+        json!({"batch_id": "b", "reporter_id": "r".repeat(129)}),
         json!({"batch_id": "b", "keys": [{"key_id": "", "allowed": 1}]}),
     ] {
         assert_problem(
@@ -1948,7 +1960,7 @@ async fn usage_reads_back_per_key_and_per_tenant(backend: Backend) {
     let (quiet_key, _) = key(&app, &tenant_id).await;
     let r = report(
         &app,
-        json!({"batch_id": "u-1", "keys": [{"key_id": key_id, "allowed": 5, "denied": {"rate_limited": 2}}]}),
+        json!({"batch_id": "u-1", "keys": [{"key_id": key_id, "allowed": 5, "cost": 5, "denied": {"rate_limited": 2}}]}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -2001,6 +2013,7 @@ async fn usage_reads_back_per_key_and_per_tenant(backend: Backend) {
         let points = keys[0]["series"].as_array().unwrap();
         assert_eq!(points.len(), 1);
         assert_eq!(points[0]["allowed"], 5);
+        assert_eq!(points[0]["cost"], 5);
         assert_eq!(points[0]["denied"]["rate_limited"], 2);
     }
     let past = admin(

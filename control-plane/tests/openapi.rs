@@ -28,6 +28,8 @@ const SYNC: &str = "sync-token-for-tests";
 /// Every (method, path) the router serves, as the document must spell it.
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/v1/anonymous-access"),
+    ("PUT", "/v1/anonymous-access"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/catalog"),
     ("GET", "/v1/keys/{id}"),
@@ -52,6 +54,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{tenant_id}/tokens"),
     ("POST", "/v1/tenants/{tenant_id}/tokens"),
     ("DELETE", "/v1/tenants/{tenant_id}/tokens/{id}"),
+    ("GET", "/v1/tenants/{tenant_id}/webhook"),
+    ("PUT", "/v1/tenants/{tenant_id}/webhook"),
+    ("DELETE", "/v1/tenants/{tenant_id}/webhook"),
+    ("GET", "/v1/tenants/{tenant_id}/webhook-deliveries"),
     ("POST", "/v1/usage"),
 ];
 
@@ -852,8 +858,9 @@ async fn answers_match_the_documented_responses() {
                 "name": "Pro",
                 "limits": [
                     {"name": "per-second", "max": 5, "window_seconds": 1, "burst": 10},
-                    {"name": "daily", "max": 1000, "window_seconds": 86400}
+                    {"name": "daily", "max": 1000, "window_seconds": 86400, "scope": "tenant"}
                 ],
+                "route_costs": [{"methods": ["POST"], "path_prefix": "/search", "cost": 5}],
                 "monthly_quota": 100000, "max_api_keys": 3, "metadata": {"price": 29}, "public": true
             })),
             S::CREATED,
@@ -894,7 +901,7 @@ async fn answers_match_the_documented_responses() {
         .await);
 
     // Tenants.
-    let acme = json!({"name": "acme", "plan_id": id(&plan)});
+    let acme = json!({"name": "acme", "plan_id": id(&plan), "billing_anchor_day": 15});
     let tenant_id = id(&w
         .call(a, "POST", "/v1/tenants", Some(acme), S::CREATED)
         .await);
@@ -913,6 +920,15 @@ async fn answers_match_the_documented_responses() {
     w.call(a, "GET", &tenant_uri, None, S::OK).await;
     let rename = json!({"name": "acme corp"});
     w.call(a, "PATCH", &tenant_uri, Some(rename), S::OK).await;
+    let no_day = json!({"billing_anchor_day": 32});
+    w.call(
+        a,
+        "PATCH",
+        &tenant_uri,
+        Some(no_day),
+        S::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     w.call(a, "DELETE", &plan_uri, None, S::CONFLICT).await;
 
     // Tenant tokens, and what a tenant token may not do.
@@ -931,6 +947,21 @@ async fn answers_match_the_documented_responses() {
     let replan = json!({"plan_id": spare});
     w.call(t, "PATCH", &tenant_uri, Some(replan), S::FORBIDDEN)
         .await;
+
+    // Anonymous access: the admin's alone.
+    let anonymous = "/v1/anonymous-access";
+    w.call(a, "GET", anonymous, None, S::OK).await;
+    let open =
+        json!({"routes": [{"methods": ["GET"], "path_prefix": "/public"}], "plan_id": spare});
+    w.call(a, "PUT", anonymous, Some(open.clone()), S::OK).await;
+    w.call(a, "GET", anonymous, None, S::OK).await;
+    let planless = json!({"routes": [{"path_prefix": "/public"}]});
+    w.call(a, "PUT", anonymous, Some(planless), S::UNPROCESSABLE_ENTITY)
+        .await;
+    w.call(t, "GET", anonymous, None, S::FORBIDDEN).await;
+    w.call(t, "PUT", anonymous, Some(open), S::FORBIDDEN).await;
+    let spare_uri = format!("/v1/plans/{spare}");
+    w.call(a, "DELETE", &spare_uri, None, S::CONFLICT).await;
 
     // Keys: every setting, issued by the admin; plain ones by the tenant.
     let keys_uri = format!("/v1/tenants/{tenant_id}/keys");
@@ -978,13 +1009,18 @@ async fn answers_match_the_documented_responses() {
     // Usage, reported and read back.
     let batch = json!({
         "batch_id": "b-1",
-        "keys": [{"key_id": key_id, "allowed": 3, "denied": {"rate_limited": 1}, "last_used_ms": 1_700_000_000_000u64}],
+        "reporter_id": "envoy-a",
+        "standings_since": 0,
+        "keys": [{"key_id": key_id, "allowed": 3, "cost": 7, "denied": {"rate_limited": 1}, "last_used_ms": 1_700_000_000_000u64}],
         "unattributed": {"invalid_api_key": 2},
         "dropped": 0
     });
     w.call(s, "POST", "/v1/usage", Some(batch.clone()), S::OK)
         .await;
     w.call(s, "POST", "/v1/usage", Some(batch), S::OK).await;
+    let other = json!({"batch_id": "b-9", "reporter_id": "envoy-b"});
+    let receipt = w.call(s, "POST", "/v1/usage", Some(other), S::OK).await;
+    assert_eq!(receipt["standings"].as_array().unwrap().len(), 1);
     let unnamed = json!({"batch_id": ""});
     w.call(
         s,

@@ -86,6 +86,7 @@ impl HttpContext for TollgateHttp {
         }
 
         let Some(now) = now_ms() else {
+            crate::metrics::denied(DenyReason::ConfigUnavailable);
             return reply(&Denied {
                 reason: DenyReason::ConfigUnavailable,
                 detail: "The gateway cannot read its clock.".into(),
@@ -104,6 +105,7 @@ impl HttpContext for TollgateHttp {
             client_ip: client_ip(),
         };
         let decision = decide(&facts, &HostStore, now);
+        crate::metrics::count(&decision);
         if let Ok(mut tally) = self.tally.try_borrow_mut() {
             match &decision {
                 Decision::Allow(allowed) => match &allowed.key_id {

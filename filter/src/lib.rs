@@ -23,6 +23,7 @@
 pub mod call;
 pub mod host;
 pub mod http;
+pub mod metrics;
 pub mod root;
 pub mod sync;
 pub mod usage;

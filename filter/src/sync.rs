@@ -95,13 +95,16 @@ impl SyncLoop {
 
     pub fn on_tick(&mut self) {
         let Some(now) = now_ms() else { return };
+        crate::metrics::sync_tick(now);
         if !self.pacing.due(now, self.timeout_ms()) {
             return;
         }
         let applied = applied_version(&HostStore);
         let since = applied.unwrap_or(0);
-        // Until the first config is applied, ask for everything without waiting.
-        let wait = if applied.is_none() {
+        // Until the first config is applied, ask for everything without
+        // waiting; after a failure too, so that being back in sync is known
+        // at once (and `tollgate_sync_age_seconds` falls back to 0).
+        let wait = if applied.is_none() || self.pacing.failures() > 0 {
             0
         } else {
             self.config.wait_ms
@@ -136,6 +139,7 @@ impl SyncLoop {
     }
 
     fn back_off(&mut self, now: u64) {
+        crate::metrics::sync_failed();
         self.pacing
             .failed(now, self.config.retry_ms, MAX_BACKOFF_MS);
     }
@@ -185,6 +189,7 @@ impl SyncLoop {
                     log(LogLevel::Info, "tollgate: control plane reachable again");
                 }
                 self.pacing.succeeded(now, 0);
+                crate::metrics::synced(version, now);
                 if before != Some(version) {
                     log(LogLevel::Info, &format!(
                         "tollgate: applied config version {version} ({} plans, {} keys, {} deletions)",

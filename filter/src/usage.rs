@@ -132,6 +132,7 @@ impl Reporter {
             self.sequence = self.sequence.saturating_add(1);
             let id = format!("{}-{}", self.instance, self.sequence);
             let mut batch = self.tally.seal(id);
+            crate::metrics::usage_dropped(batch.dropped);
             batch.reporter_id.clone_from(&self.instance);
             self.pending = Some(batch);
         }
@@ -171,6 +172,7 @@ impl Reporter {
     }
 
     fn back_off(&mut self, now: u64) {
+        crate::metrics::usage_report_failed();
         self.pacing
             .failed(now, self.config.retry_ms, MAX_BACKOFF_MS);
     }
@@ -202,6 +204,7 @@ impl Reporter {
                     "tollgate: the control plane refused a usage batch; dropped",
                 );
                 self.pending = None;
+                crate::metrics::usage_report_failed();
                 self.pacing.succeeded(now, REPORT_EVERY_MS);
             }
             other => {
@@ -240,7 +243,9 @@ impl Reporter {
         };
         match apply_standings(&crate::host::HostStore, &receipt.standings) {
             Ok(_) => {
-                self.standings_since = self.standings_since.max(receipt.cursor);
+                // The control plane's cursor, even a lower one: after its
+                // database was restored, a higher one would skip standings.
+                self.standings_since = receipt.cursor;
                 receipt.more
             }
             Err(e) => {

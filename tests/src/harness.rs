@@ -103,6 +103,8 @@ pub struct Stack {
     replicas: Vec<Child>,
     upstream: Option<Child>,
     envoy: Option<Child>,
+    /// More Envoys syncing from the same control plane.
+    more_envoys: Vec<Child>,
     pub client: reqwest::Client,
 }
 
@@ -136,6 +138,7 @@ impl Stack {
             replicas: Vec::new(),
             upstream: None,
             envoy: None,
+            more_envoys: Vec::new(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -186,14 +189,31 @@ impl Stack {
     }
 
     async fn start_envoy(&mut self) {
+        let child = self
+            .spawn_envoy(self.envoy_port, self.envoy_admin_port, "envoy")
+            .await;
+        self.envoy = Some(child);
+    }
+
+    /// Another Envoy (2 workers) syncing from the same control plane and
+    /// reporting to it; returns its listener port.
+    pub async fn start_another_envoy(&mut self) -> u16 {
+        let (port, admin_port) = (free_port(), free_port());
+        let name = format!("envoy-{}", self.more_envoys.len() + 2);
+        let child = self.spawn_envoy(port, admin_port, &name).await;
+        self.more_envoys.push(child);
+        port
+    }
+
+    async fn spawn_envoy(&self, envoy_port: u16, envoy_admin_port: u16, name: &str) -> Child {
         let template = std::fs::read_to_string(env_path("TOLLGATE_ENVOY_TEMPLATE"))
             .expect("the Envoy template");
         let filter = env_path("TOLLGATE_FILTER_WASM");
         let config = render_envoy_config(
             &template,
             &EnvoyValues {
-                envoy_port: self.envoy_port,
-                envoy_admin_port: self.envoy_admin_port,
+                envoy_port,
+                envoy_admin_port,
                 upstream_port: self.upstream_port,
                 control_plane_port: self.control_plane_port,
                 filter_wasm: filter.display().to_string(),
@@ -201,7 +221,7 @@ impl Stack {
             },
         )
         .expect("the template renders");
-        let path = self.dir.path().join("envoy.yaml");
+        let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write envoy.yaml");
         let child = Command::new(env_path("TOLLGATE_ENVOY"))
             .arg("-c")
@@ -213,16 +233,16 @@ impl Stack {
                 "--log-level",
                 "info",
             ])
-            .stdout(self.log_file("envoy.log"))
-            .stderr(self.log_file("envoy.log"))
+            .stdout(self.log_file(&format!("{name}.log")))
+            .stderr(self.log_file(&format!("{name}.log")))
             .spawn()
             .expect("envoy starts");
-        self.envoy = Some(child);
         self.wait_ready(
             "Envoy",
-            format!("http://127.0.0.1:{}/ready", self.envoy_admin_port),
+            format!("http://127.0.0.1:{envoy_admin_port}/ready"),
         )
         .await;
+        child
     }
 
     fn spawn_control_plane(&self, port: u16, log: &str) -> Child {
@@ -365,6 +385,7 @@ impl Stack {
         let mut out = String::new();
         for name in [
             "envoy.log",
+            "envoy-2.log",
             "control-plane.log",
             "replica.log",
             "upstream.log",
@@ -400,6 +421,7 @@ impl Drop for Stack {
             eprintln!("{}", self.logs());
         }
         let replicas = std::mem::take(&mut self.replicas);
+        let more_envoys = std::mem::take(&mut self.more_envoys);
         for child in [
             self.envoy.take(),
             self.control_plane.take(),
@@ -408,6 +430,7 @@ impl Drop for Stack {
         .into_iter()
         .flatten()
         .chain(replicas)
+        .chain(more_envoys)
         {
             stop(child);
         }

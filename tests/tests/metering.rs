@@ -290,3 +290,45 @@ async fn anonymous_routes_admit_without_a_key_per_client_address() {
     assert_eq!(private.status, StatusCode::UNAUTHORIZED);
     assert_eq!(private.body["code"], "missing_api_key");
 }
+
+/// Two Envoys, one key with a quota: each Envoy learns what the other used
+/// from its usage receipts, so alternating between them with pauses longer
+/// than the reporting interval admits exactly the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_envoys_share_one_quota_through_the_control_plane() {
+    let mut stack = Stack::start().await;
+    let second_port = stack.start_another_envoy().await;
+    let (_, _, key_id, key) = key_on_plan(&stack, json!({"limits": [], "monthly_quota": 6})).await;
+    let via = |port: u16| {
+        let request = stack
+            .client
+            .get(format!("http://127.0.0.1:{port}/anything"))
+            .header("x-api-key", key.as_str());
+        async move { Reply::read(request.send().await.expect("Envoy answers")).await }
+    };
+    // Both Envoys know the key (the first request at each spends a unit).
+    stack.until_status(&key, 200, BOUND).await;
+    eventually(BOUND, "the key at the second Envoy", || async {
+        (via(second_port).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let ports = [stack.envoy_port, second_port];
+    let mut admitted = 2;
+    let mut refused_at = None;
+    for turn in 0..8 {
+        // Longer than a report plus a receipt: the other Envoy's use is known.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let r = via(ports[turn % 2]).await;
+        match r.status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(r.body["code"], "quota_exceeded", "{:?}", r.body);
+                refused_at.get_or_insert(turn);
+            }
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    assert_eq!(admitted, 6, "exactly the quota across both Envoys");
+    assert_eq!(refused_at, Some(4));
+    until_used(&stack, &key_id, 6).await;
+}

@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
-use tollgate_core::wire::WireLimit;
+use tollgate_core::wire::{WireLimit, WireRouteCost};
 
 use crate::error::ApiResult;
 use crate::openapi::{ServerError, Throttled};
@@ -23,6 +23,8 @@ pub struct CatalogEntry {
     pub name: String,
     pub limits: Vec<WireLimit>,
     pub monthly_quota: Option<u64>,
+    /// What matching requests cost, first match wins; others cost 1.
+    pub route_costs: Vec<WireRouteCost>,
     pub max_api_keys: Option<u64>,
     pub max_users: Option<u64>,
     #[schema(value_type = Object)]
@@ -62,6 +64,7 @@ async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Catalog>
             name: view.name,
             limits: view.limits,
             monthly_quota: view.monthly_quota,
+            route_costs: view.route_costs,
             max_api_keys: view.max_api_keys,
             max_users: view.max_users,
             metadata: view.metadata,

@@ -1,5 +1,6 @@
 //! One module per resource, each with its own `router()`.
 
+pub mod anonymous;
 pub mod audit;
 pub mod catalog;
 pub mod health;
@@ -9,6 +10,7 @@ pub mod sync;
 pub mod tenants;
 pub mod tokens;
 pub mod usage;
+pub mod webhooks;
 
 use crate::error::ApiError;
 

@@ -9,7 +9,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_core::config::Plan;
-use tollgate_core::wire::{WireLimit, WirePlan};
+use tollgate_core::wire::{WireLimit, WirePlan, WireRouteCost};
 
 use crate::auth::Principal;
 use crate::db;
@@ -43,11 +43,17 @@ pub struct CreatePlan {
     /// 1 to 200 characters, unique among plans.
     #[schema(example = "Pro")]
     pub name: String,
-    /// Named rate limits; a request must fit within every one.
+    /// Named rate limits; a request must fit within every one. A limit with
+    /// `"scope": "tenant"` is one bucket shared by all keys of a tenant.
     pub limits: Vec<WireLimit>,
-    /// Requests per calendar month; absent or `null` for unlimited.
+    /// Cost units per quota period (a calendar month, or from the tenant's
+    /// `billing_anchor_day`); absent or `null` for unlimited.
     #[serde(default)]
     pub monthly_quota: Option<u64>,
+    /// What matching requests cost against the limits and the quota, first
+    /// match wins; a request matching none costs 1. At most 32.
+    #[serde(default)]
+    pub route_costs: Vec<WireRouteCost>,
     /// Most API keys a tenant on this plan may hold; absent or `null` for unlimited.
     #[serde(default)]
     pub max_api_keys: Option<u64>,
@@ -76,6 +82,9 @@ pub struct UpdatePlan {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u64>)]
     pub monthly_quota: Option<Option<u64>>,
+    /// Replaces all the plan's route costs; `[]` makes every request cost 1.
+    #[serde(default)]
+    pub route_costs: Option<Vec<WireRouteCost>>,
     /// `null` makes it unlimited.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u64>)]
@@ -97,6 +106,7 @@ impl UpdatePlan {
         self.name.is_none()
             && self.limits.is_none()
             && self.monthly_quota.is_none()
+            && self.route_costs.is_none()
             && self.max_api_keys.is_none()
             && self.max_users.is_none()
             && self.metadata.is_none()
@@ -112,6 +122,8 @@ pub struct PlanView {
     pub name: String,
     pub limits: Vec<WireLimit>,
     pub monthly_quota: Option<u64>,
+    /// Per-route costs, first match wins; `[]`: every request costs 1.
+    pub route_costs: Vec<WireRouteCost>,
     pub max_api_keys: Option<u64>,
     pub max_users: Option<u64>,
     #[schema(value_type = Object)]
@@ -129,6 +141,7 @@ pub(crate) struct PlanRow {
     pub name: String,
     pub limits: String,
     pub monthly_quota: Option<i64>,
+    pub route_costs: String,
     pub max_api_keys: Option<i64>,
     pub max_users: Option<i64>,
     pub metadata: String,
@@ -149,7 +162,7 @@ impl PlanRow {
             name: self.name.clone(),
             limits: serde_json::from_str(&self.limits).map_err(ApiError::internal)?,
             monthly_quota: to_u64(self.monthly_quota),
-            route_costs: Vec::new(),
+            route_costs: serde_json::from_str(&self.route_costs).map_err(ApiError::internal)?,
         })
     }
 
@@ -158,6 +171,7 @@ impl PlanRow {
             limits: serde_json::from_str(&self.limits).map_err(ApiError::internal)?,
             metadata: serde_json::from_str(&self.metadata).map_err(ApiError::internal)?,
             monthly_quota: to_u64(self.monthly_quota),
+            route_costs: serde_json::from_str(&self.route_costs).map_err(ApiError::internal)?,
             max_api_keys: to_u64(self.max_api_keys),
             max_users: to_u64(self.max_users),
             public: self.public != 0,
@@ -169,8 +183,9 @@ impl PlanRow {
     }
 }
 
-pub(crate) const PLAN_COLUMNS: &str = "id, name, limits, monthly_quota, max_api_keys, max_users, \
-     metadata, CAST(public AS INTEGER) AS public, created_at, updated_at";
+pub(crate) const PLAN_COLUMNS: &str =
+    "id, name, limits, monthly_quota, route_costs, max_api_keys, \
+     max_users, metadata, CAST(public AS INTEGER) AS public, created_at, updated_at";
 
 fn to_i64(field: &str, value: Option<u64>) -> Result<Option<i64>, ApiError> {
     value
@@ -191,7 +206,7 @@ fn validate(view: &PlanView) -> Result<(), ApiError> {
         name: view.name.clone(),
         limits: view.limits.clone(),
         monthly_quota: view.monthly_quota,
-        route_costs: Vec::new(),
+        route_costs: view.route_costs.clone(),
     })
     .map_err(|e| ApiError::invalid("invalid_plan", e.0))?;
     if !view.metadata.is_object() {
@@ -227,8 +242,8 @@ fn name_taken(name: &str) -> ApiError {
 pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> ApiResult<()> {
     let inserted = sqlx::query(
         "INSERT INTO plans (id, name, limits, monthly_quota, max_api_keys, max_users, metadata,
-                            public, created_at, updated_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                            public, created_at, updated_at, version, route_costs)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(&view.id)
     .bind(&view.name)
@@ -241,6 +256,7 @@ pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> Ap
     .bind(&view.created_at)
     .bind(&view.updated_at)
     .bind(version)
+    .bind(serde_json::to_string(&view.route_costs).map_err(ApiError::internal)?)
     .execute(&mut **tx)
     .await;
     match inserted {
@@ -264,7 +280,7 @@ pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> Ap
         (status = 409, description = "`plan_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body`, `invalid_name` or `invalid_plan` (limits, quotas, metadata).",
+        (status = 422, description = "`invalid_body`, `invalid_name` or `invalid_plan` (limits, quotas, route costs, metadata).",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
@@ -283,6 +299,7 @@ async fn plans_create(
         name: input.name,
         limits: input.limits,
         monthly_quota: input.monthly_quota,
+        route_costs: input.route_costs,
         max_api_keys: input.max_api_keys,
         max_users: input.max_users,
         metadata: input
@@ -464,7 +481,7 @@ async fn plans_update(
         return Err(ApiError::invalid(
             "invalid_body",
             "Nothing to change: send at least one of name, limits, monthly_quota, \
-             max_api_keys, max_users, metadata, public.",
+             route_costs, max_api_keys, max_users, metadata, public.",
         ));
     }
     let (mut tx, version) = db::begin_change(&state.db).await?;
@@ -477,6 +494,7 @@ async fn plans_update(
         name: input.name.unwrap_or(current.name),
         limits: input.limits.unwrap_or(current.limits),
         monthly_quota: input.monthly_quota.unwrap_or(current.monthly_quota),
+        route_costs: input.route_costs.unwrap_or(current.route_costs),
         max_api_keys: input.max_api_keys.unwrap_or(current.max_api_keys),
         max_users: input.max_users.unwrap_or(current.max_users),
         metadata: input.metadata.unwrap_or(current.metadata),
@@ -487,8 +505,8 @@ async fn plans_update(
     validate(&view)?;
     let updated = sqlx::query(
         "UPDATE plans SET name = $1, limits = $2, monthly_quota = $3, max_api_keys = $4, max_users = $5,
-                          metadata = $6, public = $7, updated_at = $8, version = $9
-         WHERE id = $10",
+                          metadata = $6, public = $7, updated_at = $8, version = $9, route_costs = $10
+         WHERE id = $11",
     )
     .bind(&view.name)
     .bind(serde_json::to_string(&view.limits).map_err(ApiError::internal)?)
@@ -499,6 +517,7 @@ async fn plans_update(
     .bind(view.public)
     .bind(&view.updated_at)
     .bind(version)
+    .bind(serde_json::to_string(&view.route_costs).map_err(ApiError::internal)?)
     .bind(&id)
     .execute(&mut *tx)
     .await;
@@ -536,7 +555,8 @@ async fn plans_update(
         (status = 401, response = Unauthorized),
         (status = 403, response = AdminOnly),
         (status = 404, description = "`not_found`.", body = Problem, content_type = PROBLEM_JSON),
-        (status = 409, description = "`plan_in_use`: tenants are still on this plan.",
+        (status = 409, description = "`plan_in_use`: tenants are still on this plan; \
+            `plan_in_use_by_anonymous_access`: anonymous access uses it.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
@@ -566,6 +586,18 @@ async fn plans_delete(
                 "{tenants} tenant{} still use this plan; move them to another plan first.",
                 if tenants == 1 { "" } else { "s" }
             ),
+        ));
+    }
+    let anonymous: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM anonymous_access WHERE id = 1 AND plan_id = $1")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if anonymous > 0 {
+        return Err(ApiError::conflict(
+            "plan_in_use_by_anonymous_access",
+            "Anonymous access uses this plan; point PUT /v1/anonymous-access at another plan \
+             (or turn it off) first.",
         ));
     }
     let now = db::now();

@@ -19,6 +19,7 @@ use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
 use crate::openapi::{ServerError, Unauthorized, PROBLEM_JSON};
+use crate::routes::anonymous;
 use crate::routes::plans::{PlanRow, PLAN_COLUMNS};
 use crate::state::AppState;
 
@@ -74,6 +75,7 @@ async fn sync_poll(
         ));
     }
     if params.wait_ms > 0 {
+        let _held = state.metrics.poll_held();
         let mut versions = state.versions.subscribe();
         let mut shutting_down = state.shutting_down.subscribe();
         let since = params.since;
@@ -101,6 +103,7 @@ struct KeyChange {
     allowed_cidrs: Option<String>,
     limits: Option<String>,
     monthly_quota: Option<i64>,
+    billing_anchor_day: Option<i64>,
     deleted: i64,
 }
 
@@ -151,7 +154,7 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
     let keys = sqlx::query_as::<_, KeyChange>(
         "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, CAST(k.active AS INTEGER) AS active,
                 k.expires_at_ms,
-                k.scopes, k.allowed_cidrs, k.limits, k.monthly_quota,
+                k.scopes, k.allowed_cidrs, k.limits, k.monthly_quota, t.billing_anchor_day,
                 CASE WHEN k.deleted_at IS NULL THEN 0 ELSE 1 END AS deleted
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          WHERE k.version > $1 ORDER BY k.version",
@@ -159,12 +162,19 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
     .bind(since_db)
     .fetch_all(&mut *tx)
     .await?;
+    // Anonymous access when it changed, and always in a full snapshot (even
+    // when it is off), so a filter never keeps access that was turned off.
+    let anonymous = match anonymous::read(&mut *tx).await? {
+        (wire, changed_in) if since == 0 || changed_in > since_db => Some(wire),
+        _ => None,
+    };
     tx.commit().await?;
 
     let mut response = SyncResponse {
         version,
         plans: plans.iter().map(PlanRow::wire).collect::<Result<_, _>>()?,
         deleted_plans,
+        anonymous,
         ..SyncResponse::default()
     };
     for key in keys {
@@ -185,7 +195,7 @@ pub async fn changes_since(state: &AppState, since: u64) -> Result<SyncResponse,
                 allowed_cidrs: json_column(key.allowed_cidrs)?,
                 limits: json_column(key.limits)?,
                 monthly_quota: key.monthly_quota.and_then(|v| u64::try_from(v).ok()),
-                billing_anchor_day: None,
+                billing_anchor_day: key.billing_anchor_day.and_then(|d| u8::try_from(d).ok()),
             });
         }
     }

@@ -1,6 +1,6 @@
 //! Tenants: the customers whose keys share a plan. Changing a tenant's plan or
-//! deleting the tenant changes what every filter enforces for its keys, so both
-//! bump the version of those keys.
+//! billing anchor, or deleting the tenant, changes what every filter enforces
+//! for its keys, so each bumps the version of those keys.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -19,7 +19,7 @@ use crate::openapi::{
     PROBLEM_JSON,
 };
 use crate::routes::{
-    audit, cursor_clause, invalid_cursor, page_limit, plans, validate_name, Order, Page,
+    audit, cursor_clause, invalid_cursor, nullable, page_limit, plans, validate_name, Order, Page,
 };
 use crate::state::AppState;
 
@@ -42,6 +42,11 @@ pub struct CreateTenant {
     pub name: String,
     /// An existing plan.
     pub plan_id: String,
+    /// Quota periods start on this day of the month (1 to 31, UTC midnight;
+    /// the month's last day when it is shorter); absent or `null`: calendar months.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 31)]
+    pub billing_anchor_day: Option<i64>,
 }
 
 /// Absent fields stay as they are; at least one of them.
@@ -53,21 +58,68 @@ pub struct UpdateTenant {
     /// Admin token only. Re-plans every key of the tenant at every Envoy.
     #[serde(default)]
     pub plan_id: Option<String>,
+    /// Admin token only. 1 to 31; `null` returns to calendar months. Moves
+    /// the quota period of every key of the tenant at every Envoy.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 31)]
+    pub billing_anchor_day: Option<Option<i64>>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantView {
     #[schema(example = "tnt_8sLq2ZxV0bN4mT7cK1pW")]
     pub id: String,
     pub name: String,
     pub plan_id: String,
+    /// The day of the month quota periods start on; `null`: calendar months (UTC).
+    #[schema(minimum = 1, maximum = 31)]
+    pub billing_anchor_day: Option<u8>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
-const TENANT_COLUMNS: &str = "id, name, plan_id, created_at, updated_at";
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    id: String,
+    name: String,
+    plan_id: String,
+    billing_anchor_day: Option<i64>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<TenantRow> for TenantView {
+    fn from(row: TenantRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            plan_id: row.plan_id,
+            billing_anchor_day: row.billing_anchor_day.and_then(|d| u8::try_from(d).ok()),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+const TENANT_COLUMNS: &str = "id, name, plan_id, billing_anchor_day, created_at, updated_at";
+
+/// A billing anchor day as sent: 1 to 31.
+fn anchor_day(day: Option<i64>) -> ApiResult<Option<u8>> {
+    day.map(|d| {
+        u8::try_from(d)
+            .ok()
+            .filter(|d| tollgate_core::period::valid_anchor_day(*d))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_billing_anchor_day",
+                    "billing_anchor_day must be a day of the month, 1 to 31, or null for calendar months.",
+                )
+            })
+    })
+    .transpose()
+}
 
 fn name_taken(name: &str) -> ApiError {
     ApiError::conflict(
@@ -90,12 +142,13 @@ pub(crate) async fn find<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     id: &str,
 ) -> Result<Option<TenantView>, sqlx::Error> {
-    sqlx::query_as::<_, TenantView>(&format!(
+    let row = sqlx::query_as::<_, TenantRow>(&format!(
         "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND deleted_at IS NULL"
     ))
     .bind(id)
     .fetch_optional(executor)
-    .await
+    .await?;
+    Ok(row.map(TenantView::from))
 }
 
 /// Create a tenant
@@ -113,7 +166,7 @@ pub(crate) async fn find<'e>(
         (status = 409, description = "`tenant_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body`, `invalid_name` or `plan_not_found`.",
+        (status = 422, description = "`invalid_body`, `invalid_name`, `invalid_billing_anchor_day` or `plan_not_found`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
@@ -127,6 +180,7 @@ async fn tenants_create(
 ) -> ApiResult<Response> {
     principal.require_admin()?;
     validate_name("name", &input.name)?;
+    let billing_anchor_day = anchor_day(input.billing_anchor_day)?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     require_plan(&mut tx, &input.plan_id).await?;
     let now = db::now();
@@ -134,15 +188,18 @@ async fn tenants_create(
         id: db::new_id("tnt"),
         name: input.name,
         plan_id: input.plan_id,
+        billing_anchor_day,
         created_at: now.clone(),
         updated_at: now,
     };
     let inserted = sqlx::query(
-        "INSERT INTO tenants (id, name, plan_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO tenants (id, name, plan_id, billing_anchor_day, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&view.id)
     .bind(&view.name)
     .bind(&view.plan_id)
+    .bind(view.billing_anchor_day.map(i64::from))
     .bind(&view.created_at)
     .bind(&view.updated_at)
     .execute(&mut *tx)
@@ -259,18 +316,20 @@ async fn tenants_list(
          ORDER BY created_at, id LIMIT $3",
         cursor_clause("tenants", 2, Order::Ascending)
     );
-    let rows = sqlx::query_as::<_, TenantView>(&sql)
+    let rows = sqlx::query_as::<_, TenantRow>(&sql)
         .bind(&query.plan_id)
         .bind(after)
         .bind(limit + 1)
         .fetch_all(&state.db)
         .await?;
+    let rows = rows.into_iter().map(TenantView::from).collect();
     Ok(Json(Page::from_rows(rows, limit, |t| t.id.clone())))
 }
 
 /// Change a tenant
 ///
-/// A tenant token may rename its own tenant; changing `plan_id` needs the admin token.
+/// A tenant token may rename its own tenant; changing `plan_id` or
+/// `billing_anchor_day` needs the admin token.
 #[utoipa::path(
     patch,
     path = "/v1/tenants/{id}",
@@ -281,14 +340,15 @@ async fn tenants_list(
         (status = 200, description = "The tenant as changed.", body = TenantView),
         (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
-        (status = 403, description = "`forbidden`: a tenant token tried to change `plan_id`.",
+        (status = 403, description = "`forbidden`: a tenant token tried to change `plan_id` or `billing_anchor_day`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 409, description = "`tenant_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name` or `plan_not_found`.",
+        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name`, \
+            `invalid_billing_anchor_day` or `plan_not_found`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
@@ -304,22 +364,23 @@ async fn tenants_update(
     if !principal.sees(&id) {
         return Err(ApiError::not_found("tenant", &id));
     }
-    if input.plan_id.is_some() && !principal.is_admin() {
+    if (input.plan_id.is_some() || input.billing_anchor_day.is_some()) && !principal.is_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "Changing the plan needs the admin token.",
+            "Changing the plan or the billing anchor needs the admin token.",
         ));
     }
-    if input.name.is_none() && input.plan_id.is_none() {
+    if input.name.is_none() && input.plan_id.is_none() && input.billing_anchor_day.is_none() {
         return Err(ApiError::invalid(
             "invalid_body",
-            "Nothing to change: send \"name\" and/or \"plan_id\".",
+            "Nothing to change: send any of \"name\", \"plan_id\", \"billing_anchor_day\".",
         ));
     }
     if let Some(name) = &input.name {
         validate_name("name", name)?;
     }
+    let new_anchor = input.billing_anchor_day.map(anchor_day).transpose()?;
     let (mut tx, version) = db::begin_change(&state.db).await?;
     let current = find(&mut *tx, &id)
         .await?
@@ -328,6 +389,7 @@ async fn tenants_update(
         .plan_id
         .as_ref()
         .is_some_and(|p| *p != current.plan_id);
+    let anchor_changes = new_anchor.is_some_and(|a| a != current.billing_anchor_day);
     if let Some(plan_id) = &input.plan_id {
         require_plan(&mut tx, plan_id).await?;
     }
@@ -335,25 +397,29 @@ async fn tenants_update(
     let view = TenantView {
         name: input.name.unwrap_or(current.name),
         plan_id: input.plan_id.unwrap_or(current.plan_id),
+        billing_anchor_day: new_anchor.unwrap_or(current.billing_anchor_day),
         updated_at: db::now(),
         ..current
     };
-    let updated =
-        sqlx::query("UPDATE tenants SET name = $1, plan_id = $2, updated_at = $3 WHERE id = $4")
-            .bind(&view.name)
-            .bind(&view.plan_id)
-            .bind(&view.updated_at)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await;
+    let updated = sqlx::query(
+        "UPDATE tenants SET name = $1, plan_id = $2, billing_anchor_day = $3, updated_at = $4
+         WHERE id = $5",
+    )
+    .bind(&view.name)
+    .bind(&view.plan_id)
+    .bind(view.billing_anchor_day.map(i64::from))
+    .bind(&view.updated_at)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await;
     match updated {
         Err(e) if db::is_unique_violation(&e) => return Err(name_taken(&view.name)),
         other => {
             other?;
         }
     }
-    if plan_changes {
-        // Every key now carries a different plan to the filters.
+    if plan_changes || anchor_changes {
+        // Every key now carries a different plan or quota period to the filters.
         sqlx::query("UPDATE api_keys SET version = $1 WHERE tenant_id = $2 AND deleted_at IS NULL")
             .bind(version)
             .bind(&id)

@@ -6,7 +6,19 @@
 //! keep their id across retries. A batch is applied in one transaction that
 //! first records its id, so a batch that arrives twice (a lost answer, a
 //! retry after a timeout) is counted once. Counts land per key, hour and
-//! outcome; the key's `last_used_at` moves forward to the minute.
+//! outcome, with the summed cost of what was let through; the key's
+//! `last_used_at` moves forward to the minute.
+//!
+//! **Quota ledger.** The same transaction adds each key's cost to
+//! `quota_counts`, per key, quota period (from the last use and the tenant's
+//! billing anchor) and reporting Envoy. Every row it writes takes the next
+//! value of one sequence, claimed while holding the sequence's row until
+//! commit, so values become visible in order. The answer to every batch, a
+//! [`UsageReceipt`], tells the reporter what the *other* Envoys used of each
+//! key's quota in its current period, for keys whose rows changed after the
+//! reporter's `standings_since`, one page at a time. Envoys report every
+//! second even when idle, to hear the standings: an empty batch writes
+//! nothing and costs one or two indexed reads.
 
 use std::time::{Duration, SystemTime};
 
@@ -16,15 +28,16 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
-use time::{Date, Month, OffsetDateTime, Time};
+use time::OffsetDateTime;
 
 use crate::auth::{Principal, SyncCaller};
 use crate::extract::ApiQuery;
 use crate::routes::query_time;
 use axum::{Json, Router};
 use serde::Serialize;
+use tollgate_core::period::quota_period;
 use tollgate_core::usage::MAX_KEYS;
-use tollgate_core::wire::UsageBatch;
+use tollgate_core::wire::{QuotaStanding, UsageBatch, UsageReceipt};
 
 use crate::db;
 use crate::error::Problem;
@@ -50,12 +63,8 @@ pub fn read_router() -> Router<AppState> {
         .route("/tenants/{id}/usage", get(tenant_usage))
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Ingested {
-    pub batch_id: String,
-    /// True when this batch had already been applied; nothing was counted again.
-    pub duplicate: bool,
-}
+/// Most keys one [`UsageReceipt`] carries standings for; `more` says another page waits.
+pub const MAX_STANDINGS: usize = 10_000;
 
 const ALLOWED: &str = "allowed";
 
@@ -63,6 +72,9 @@ fn validate(batch: &UsageBatch) -> ApiResult<()> {
     let bad = |detail: &str| Err(ApiError::invalid("invalid_usage", detail.to_owned()));
     if batch.batch_id.is_empty() || batch.batch_id.len() > 128 {
         return bad("batch_id must be 1 to 128 characters.");
+    }
+    if batch.reporter_id.len() > 128 {
+        return bad("reporter_id must be at most 128 characters.");
     }
     if batch.keys.len() > MAX_KEYS {
         return bad("A batch holds at most 100000 keys.");
@@ -84,7 +96,7 @@ fn validate(batch: &UsageBatch) -> ApiResult<()> {
     let counts = batch
         .keys
         .iter()
-        .flat_map(|k| std::iter::once(&k.allowed).chain(k.denied.values()))
+        .flat_map(|k| [&k.allowed, &k.cost].into_iter().chain(k.denied.values()))
         .chain(batch.unattributed.values());
     for n in counts {
         if i64::try_from(*n).is_err() {
@@ -117,42 +129,274 @@ fn now_ms() -> u64 {
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
 
+fn db_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Adds `count` requests of `outcome` (and, for `allowed`, their `cost`).
 async fn add_count(
     tx: &mut db::Tx,
     key_id: &str,
     hour: &str,
     outcome: &str,
     count: u64,
+    cost: u64,
 ) -> ApiResult<()> {
-    if count == 0 {
+    if count == 0 && cost == 0 {
         return Ok(());
     }
     // The tenant is looked up here (tombstones keep it) rather than trusted from the report.
     sqlx::query(
-        "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count)
-         VALUES ($1, (SELECT tenant_id FROM api_keys WHERE id = $1), $2, $3, $4)
-         ON CONFLICT (key_id, hour, outcome) DO UPDATE SET count = usage_hourly.count + excluded.count",
+        "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count, cost)
+         VALUES ($1, (SELECT tenant_id FROM api_keys WHERE id = $1), $2, $3, $4, $5)
+         ON CONFLICT (key_id, hour, outcome) DO UPDATE
+         SET count = usage_hourly.count + excluded.count, cost = usage_hourly.cost + excluded.cost",
     )
     .bind(key_id)
     .bind(hour)
     .bind(outcome)
-    .bind(i64::try_from(count).unwrap_or(i64::MAX))
+    .bind(db_int(count))
+    .bind(db_int(cost))
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
+/// A key's cost in one quota period, for the ledger.
+struct LedgerEntry {
+    key_id: String,
+    key_hash: String,
+    period_start_ms: i64,
+    cost: i64,
+}
+
+fn anchor(day: Option<i64>) -> Option<u8> {
+    day.and_then(|d| u8::try_from(d).ok())
+}
+
+/// Whether a batch reports nothing at all: an idle Envoy's heartbeat.
+fn is_empty(batch: &UsageBatch) -> bool {
+    batch.keys.is_empty() && batch.unattributed.is_empty() && batch.dropped == 0
+}
+
+/// Counts `batch` unless it was counted before; whether it was new.
+async fn apply(state: &AppState, batch: &UsageBatch, now: u64) -> ApiResult<bool> {
+    let hour = truncated(now, HOUR);
+    let mut tx = state.db.begin().await?;
+    let first_time = sqlx::query("INSERT INTO usage_batches (id, received_at) VALUES ($1, $2)")
+        .bind(&batch.batch_id)
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await;
+    match first_time {
+        // Dropping `tx` rolls back; on PostgreSQL the failed insert ended it anyway.
+        Err(e) if db::is_unique_violation(&e) => return Ok(false),
+        other => {
+            other?;
+        }
+    }
+    let mut ledger = Vec::new();
+    for usage in &batch.keys {
+        add_count(
+            &mut tx,
+            &usage.key_id,
+            &hour,
+            ALLOWED,
+            usage.allowed,
+            usage.cost,
+        )
+        .await?;
+        for (code, n) in &usage.denied {
+            add_count(&mut tx, &usage.key_id, &hour, code, *n, 0).await?;
+        }
+        // A filter's clock may run ahead; never record a use in the future.
+        let last_used = usage.last_used_ms.map(|last| last.min(now));
+        if let Some(last) = last_used {
+            let minute = truncated(last, MINUTE);
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $1
+                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(&minute)
+            .bind(&usage.key_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if usage.cost > 0 {
+            // The period is the tenant's as it is now; unknown keys have no quota.
+            let key: Option<(String, Option<i64>)> = sqlx::query_as(
+                "SELECT k.key_hash, t.billing_anchor_day
+                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1",
+            )
+            .bind(&usage.key_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((key_hash, anchor_day)) = key {
+                let period = quota_period(last_used.unwrap_or(now), anchor(anchor_day));
+                ledger.push(LedgerEntry {
+                    key_id: usage.key_id.clone(),
+                    key_hash,
+                    period_start_ms: db_int(period.start_ms),
+                    cost: db_int(usage.cost),
+                });
+            }
+        }
+    }
+    for (code, n) in &batch.unattributed {
+        add_count(&mut tx, "", &hour, code, *n, 0).await?;
+    }
+    if !ledger.is_empty() {
+        // Last, so the sequence's row is held only for the ledger's writes.
+        let rows = i64::try_from(ledger.len()).unwrap_or(i64::MAX);
+        let last: i64 =
+            sqlx::query_scalar("UPDATE quota_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq")
+                .bind(rows)
+                .fetch_one(&mut *tx)
+                .await?;
+        for (seq, entry) in (last - rows + 1..).zip(&ledger) {
+            sqlx::query(
+                "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
+                 SET used = quota_counts.used + excluded.used, seq = excluded.seq",
+            )
+            .bind(&entry.key_id)
+            .bind(&entry.key_hash)
+            .bind(entry.period_start_ms)
+            .bind(&batch.reporter_id)
+            .bind(entry.cost)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    // Quota alerts join the same transaction: they exist exactly when the usage does.
+    let touched: Vec<&str> = ledger.iter().map(|e| e.key_id.as_str()).collect();
+    crate::webhooks::enqueue_quota_alerts(&mut tx, &touched, db_int(now)).await?;
+    tx.commit().await?;
+    state.metrics.usage_ingested(batch);
+    Ok(true)
+}
+
+/// The earliest start of a current quota period, over every anchor day: no
+/// ledger row from before it can count towards any key's standing.
+fn earliest_current_start(now: u64) -> u64 {
+    (1..=31u8)
+        .map(|day| quota_period(now, Some(day)).start_ms)
+        .min()
+        .unwrap_or(0)
+}
+
+#[derive(sqlx::FromRow)]
+struct StandingRow {
+    key_id: String,
+    key_hash: String,
+    last_seq: i64,
+    period_start_ms: Option<i64>,
+    used: Option<i64>,
+    billing_anchor_day: Option<i64>,
+}
+
+/// What reporters other than `reporter_id` used of each key's quota in its
+/// current period, for keys whose ledger rows changed after `since`.
+pub(crate) async fn receipt(
+    state: &AppState,
+    reporter_id: &str,
+    since: u64,
+    now: u64,
+) -> ApiResult<UsageReceipt> {
+    // The head first: every row at or below it is committed (see the module
+    // docs), so reading rows after it can miss none of them.
+    let head: i64 = sqlx::query_scalar("SELECT seq FROM quota_seq WHERE id = 1")
+        .fetch_one(&state.db)
+        .await?;
+    let since_db = i64::try_from(since).unwrap_or(i64::MAX);
+    let cursor = u64::try_from(head).unwrap_or(0);
+    if head <= since_db {
+        return Ok(UsageReceipt {
+            standings: Vec::new(),
+            cursor,
+            more: false,
+        });
+    }
+    let page = state.standings_page.max(1);
+    let rows = sqlx::query_as::<_, StandingRow>(
+        "SELECT p.key_id, p.key_hash, p.last_seq, c.period_start_ms, c.used, t.billing_anchor_day
+         FROM (SELECT key_id, MAX(key_hash) AS key_hash, MAX(seq) AS last_seq
+               FROM quota_counts
+               WHERE seq > $1 AND seq <= $2 AND reporter_id <> $3
+               GROUP BY key_id ORDER BY MAX(seq) LIMIT $4) p
+         LEFT JOIN quota_counts c
+                ON c.key_id = p.key_id AND c.reporter_id <> $3 AND c.period_start_ms >= $5
+         LEFT JOIN api_keys k ON k.id = p.key_id
+         LEFT JOIN tenants t ON t.id = k.tenant_id
+         ORDER BY p.last_seq",
+    )
+    .bind(since_db)
+    .bind(head)
+    .bind(reporter_id)
+    .bind(i64::try_from(page + 1).unwrap_or(i64::MAX))
+    .bind(db_int(earliest_current_start(now)))
+    .fetch_all(&state.db)
+    .await?;
+    // Rows come grouped by key, keys in the order of their newest change;
+    // each key's figure is for its current period, whatever period changed.
+    struct Standing {
+        key_id: String,
+        last_seq: i64,
+        standing: QuotaStanding,
+    }
+    let mut standings: Vec<Standing> = Vec::new();
+    for row in rows {
+        if standings.last().is_none_or(|s| s.key_id != row.key_id) {
+            let period = quota_period(now, anchor(row.billing_anchor_day));
+            standings.push(Standing {
+                key_id: row.key_id.clone(),
+                last_seq: row.last_seq,
+                standing: QuotaStanding {
+                    key_hash: row.key_hash.clone(),
+                    period_start_ms: period.start_ms,
+                    others_used: 0,
+                },
+            });
+        }
+        let Some(s) = standings.last_mut() else {
+            continue;
+        };
+        if row.period_start_ms == Some(db_int(s.standing.period_start_ms)) {
+            let used = row.used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0);
+            s.standing.others_used = s.standing.others_used.saturating_add(used);
+        }
+    }
+    let more = standings.len() > page;
+    standings.truncate(page);
+    // A full page covers up to its newest key's change; the rest, up to the head.
+    let cursor = match standings.last() {
+        Some(last) if more => u64::try_from(last.last_seq).unwrap_or(0),
+        _ => cursor,
+    };
+    Ok(UsageReceipt {
+        standings: standings.into_iter().map(|s| s.standing).collect(),
+        cursor,
+        more,
+    })
+}
+
 /// Report usage
 ///
 /// What one Envoy counted since its last report. A batch is counted once
-/// however often it arrives (by `batch_id`).
+/// however often it arrives (by `batch_id`); every answer, a retry's too,
+/// carries the quota standings of the other Envoys after `standings_since`.
+/// An empty batch (an idle Envoy's heartbeat) writes nothing.
 #[utoipa::path(
     post,
     path = "/v1/usage",
     tag = "usage",
     request_body = UsageBatch,
     responses(
-        (status = 200, description = "Applied, or recognised as a duplicate.", body = Ingested),
+        (status = 200, description = "Applied, or recognised as a duplicate and not counted again: \
+            what the other Envoys used of each key's quota whose figure changed after `standings_since`.",
+            body = UsageReceipt),
         (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
         (status = 413, description = "`payload_too_large`: over 16 MiB.", body = Problem, content_type = PROBLEM_JSON),
@@ -166,71 +410,42 @@ async fn usage_ingest(
     _caller: SyncCaller,
     State(state): State<AppState>,
     ApiJson(batch): ApiJson<UsageBatch>,
-) -> ApiResult<Json<Ingested>> {
+) -> ApiResult<Json<UsageReceipt>> {
     validate(&batch)?;
-    let received = now_ms();
-    let hour = truncated(received, HOUR);
-    let mut tx = state.db.begin().await?;
-    let first_time = sqlx::query("INSERT INTO usage_batches (id, received_at) VALUES ($1, $2)")
-        .bind(&batch.batch_id)
-        .bind(db::now())
-        .execute(&mut *tx)
-        .await;
-    match first_time {
-        Err(e) if db::is_unique_violation(&e) => {
-            return Ok(Json(Ingested {
-                batch_id: batch.batch_id,
-                duplicate: true,
-            }));
+    let now = now_ms();
+    if !is_empty(&batch) {
+        let counted = apply(&state, &batch, now).await?;
+        if !counted {
+            tracing::debug!(
+                batch_id = batch.batch_id,
+                "usage batch already counted; answered again"
+            );
         }
-        other => {
-            other?;
+        if batch.dropped > 0 && counted {
+            tracing::warn!(
+                batch_id = batch.batch_id,
+                dropped = batch.dropped,
+                "an Envoy dropped usage counts: its buffer was full"
+            );
         }
     }
-    for usage in &batch.keys {
-        add_count(&mut tx, &usage.key_id, &hour, ALLOWED, usage.allowed).await?;
-        for (code, n) in &usage.denied {
-            add_count(&mut tx, &usage.key_id, &hour, code, *n).await?;
-        }
-        if let Some(last) = usage.last_used_ms {
-            // A filter's clock may run ahead; never record a use in the future.
-            let minute = truncated(last.min(received), MINUTE);
-            sqlx::query(
-                "UPDATE api_keys SET last_used_at = $1
-                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(&minute)
-            .bind(&usage.key_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-    }
-    for (code, n) in &batch.unattributed {
-        add_count(&mut tx, "", &hour, code, *n).await?;
-    }
-    tx.commit().await?;
-    if batch.dropped > 0 {
-        tracing::warn!(
-            batch_id = batch.batch_id,
-            dropped = batch.dropped,
-            "an Envoy dropped usage counts: its buffer was full"
-        );
-    }
-    Ok(Json(Ingested {
-        batch_id: batch.batch_id,
-        duplicate: false,
-    }))
+    let receipt = receipt(&state, &batch.reporter_id, batch.standings_since, now).await?;
+    Ok(Json(receipt))
 }
 
-/// `GET /v1/keys/{id}/usage`: this calendar month (UTC) against the key's quota.
+/// `GET /v1/keys/{id}/usage`: this quota period against the key's quota.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyUsageView {
     pub key_id: String,
+    /// The current quota period: a calendar month (UTC), or a month from the
+    /// tenant's `billing_anchor_day`.
     #[schema(format = DateTime)]
     pub period_start: String,
+    /// Exclusive.
     #[schema(format = DateTime)]
     pub period_end: String,
-    /// Requests let through this period, as reported so far.
+    /// Cost of the requests let through this period, as reported so far (a
+    /// request costs 1 unless its plan's `route_costs` say otherwise).
     pub used: u64,
     /// The key's monthly quota (its own, else its plan's); `null` when unlimited.
     pub quota: Option<u64>,
@@ -241,29 +456,20 @@ fn rfc3339(at: OffsetDateTime) -> ApiResult<String> {
     at.format(&Rfc3339).map_err(ApiError::internal)
 }
 
-/// The UTC calendar month holding `now`: [start, end).
-fn month_of(now: OffsetDateTime) -> ApiResult<(OffsetDateTime, OffsetDateTime)> {
-    let start_date =
-        Date::from_calendar_date(now.year(), now.month(), 1).map_err(ApiError::internal)?;
-    let (year, month) = match now.month() {
-        Month::December => (now.year() + 1, Month::January),
-        m => (now.year(), m.next()),
-    };
-    let end_date = Date::from_calendar_date(year, month, 1).map_err(ApiError::internal)?;
-    Ok((
-        start_date.with_time(Time::MIDNIGHT).assume_utc(),
-        end_date.with_time(Time::MIDNIGHT).assume_utc(),
-    ))
+/// RFC 3339 of Unix ms, to the second: the form of `usage_hourly.hour`.
+fn ms_rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+        .to_string()
 }
 
-/// A key's usage this month
+/// A key's usage this quota period
 #[utoipa::path(
     get,
     path = "/v1/keys/{id}/usage",
     tag = "usage",
     params(("id" = String, Path, description = "Key id.")),
     responses(
-        (status = 200, description = "This calendar month (UTC) against the key's quota.", body = KeyUsageView),
+        (status = 200, description = "This quota period against the key's quota.", body = KeyUsageView),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such key, or another tenant's.",
             body = Problem, content_type = PROBLEM_JSON),
@@ -277,25 +483,40 @@ async fn key_usage(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyUsageView>> {
-    let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT k.tenant_id, k.monthly_quota, p.monthly_quota
+    #[derive(sqlx::FromRow)]
+    struct KeyQuota {
+        tenant_id: String,
+        own_quota: Option<i64>,
+        plan_quota: Option<i64>,
+        billing_anchor_day: Option<i64>,
+    }
+    let row: Option<KeyQuota> = sqlx::query_as(
+        "SELECT k.tenant_id, k.monthly_quota AS own_quota, p.monthly_quota AS plan_quota,
+                t.billing_anchor_day
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN plans p ON p.id = t.plan_id
          WHERE k.id = $1 AND k.deleted_at IS NULL",
     )
     .bind(&id)
     .fetch_optional(&state.db)
     .await?;
-    let Some((tenant_id, own_quota, plan_quota)) = row else {
+    let Some(KeyQuota {
+        tenant_id,
+        own_quota,
+        plan_quota,
+        billing_anchor_day: anchor_day,
+    }) = row
+    else {
         return Err(ApiError::not_found("API key", &id));
     };
     if !principal.sees(&tenant_id) {
         return Err(ApiError::not_found("API key", &id));
     }
-    let (start, end) = month_of(OffsetDateTime::now_utc())?;
-    let (period_start, period_end) = (rfc3339(start)?, rfc3339(end)?);
+    // Periods start at midnight UTC, so whole hours fall on either side.
+    let period = quota_period(now_ms(), anchor(anchor_day));
+    let (period_start, period_end) = (ms_rfc3339(period.start_ms), ms_rfc3339(period.end_ms));
     // SUM of BIGINT is NUMERIC on PostgreSQL, which the Any driver cannot read.
     let used: Option<i64> = sqlx::query_scalar(
-        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_hourly
+        "SELECT CAST(SUM(cost) AS BIGINT) FROM usage_hourly
          WHERE key_id = $1 AND outcome = 'allowed' AND hour >= $2 AND hour < $3",
     )
     .bind(&id)
@@ -346,6 +567,8 @@ pub struct UsagePoint {
     #[schema(format = DateTime)]
     pub start: String,
     pub allowed: u64,
+    /// The summed cost of the requests let through: what quotas count.
+    pub cost: u64,
     /// Refusals by `code`.
     pub denied: std::collections::BTreeMap<String, u64>,
 }
@@ -370,7 +593,7 @@ pub struct TenantUsageView {
 
 /// A tenant's usage over time
 ///
-/// Per key, per hour or per day: requests let through and refusals by `code`.
+/// Per key, per hour or per day: requests let through, their cost, and refusals by `code`.
 #[utoipa::path(
     get,
     path = "/v1/tenants/{id}/usage",
@@ -427,8 +650,8 @@ async fn tenant_usage(
         u64::try_from(from.unix_timestamp()).unwrap_or(0) * 1000,
         HOUR,
     );
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT key_id, hour, outcome, count FROM usage_hourly
+    let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT key_id, hour, outcome, count, cost FROM usage_hourly
          WHERE tenant_id = $1 AND hour >= $2 AND hour < $3
          ORDER BY key_id, hour, outcome",
     )
@@ -438,7 +661,7 @@ async fn tenant_usage(
     .fetch_all(&state.db)
     .await?;
     let mut keys: Vec<KeySeries> = Vec::new();
-    for (key_id, hour, outcome, count) in rows {
+    for (key_id, hour, outcome, count, cost) in rows {
         let start = match granularity {
             Granularity::Hour => hour,
             Granularity::Day => format!("{}T00:00:00Z", hour.get(..10).unwrap_or(&hour)),
@@ -458,6 +681,7 @@ async fn tenant_usage(
             series.push(UsagePoint {
                 start: start.clone(),
                 allowed: 0,
+                cost: 0,
                 denied: Default::default(),
             });
         }
@@ -466,6 +690,7 @@ async fn tenant_usage(
         };
         if outcome == ALLOWED {
             point.allowed = point.allowed.saturating_add(count);
+            point.cost = point.cost.saturating_add(u64::try_from(cost).unwrap_or(0));
         } else {
             let n = point.denied.entry(outcome).or_insert(0);
             *n = n.saturating_add(count);

@@ -1,0 +1,435 @@
+//! A tenant's webhook for quota alerts, and the log of what was delivered.
+//!
+//! Only the admin sets or removes the URL: the control plane sends requests
+//! to it, so a tenant must not be able to point it at internal services.
+//! Tenants read their own configuration (never the secret) and deliveries.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Principal;
+use crate::db;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiJson;
+use crate::openapi::{
+    AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
+    PROBLEM_JSON,
+};
+use crate::routes::{audit, cursor_clause, invalid_cursor, page_limit, tenants, Order, Page};
+use crate::state::AppState;
+
+/// Longest webhook URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/tenants/{tenant_id}/webhook",
+            get(webhook_get).put(webhook_set).delete(webhook_delete),
+        )
+        .route(
+            "/tenants/{tenant_id}/webhook-deliveries",
+            get(deliveries_list),
+        )
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetWebhook {
+    /// `http` or `https`, at most 2048 characters. Redirects are not followed.
+    #[schema(example = "https://billing.example.com/hooks/tollgate")]
+    pub url: String,
+    /// Issue a new signing secret (the old one stops at once).
+    #[serde(default)]
+    pub rotate_secret: bool,
+}
+
+/// A tenant's webhook. `secret` appears only when it was just issued.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub tenant_id: String,
+    pub url: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// `whsec_` and 40 alphanumerics, the HMAC-SHA256 key of the
+    /// `Tollgate-Signature` header: shown when created or rotated, never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// One attempt to deliver an event.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct AttemptView {
+    #[serde(skip)]
+    pub event_id: String,
+    #[schema(format = DateTime)]
+    pub attempted_at: String,
+    pub url: String,
+    /// `null` when no HTTP answer came.
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// One alert and its delivery attempts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    #[schema(example = "evt_Qm4xT9bV2nL7cZ0pR5sK")]
+    pub id: String,
+    pub key_id: String,
+    /// `quota.threshold`.
+    pub event_type: String,
+    /// 80 or 100 (% of the quota).
+    pub threshold: i64,
+    /// `pending` (being retried), `delivered` or `failed` (out of attempts).
+    pub status: String,
+    pub attempts: i64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub delivered_at: Option<String>,
+    /// The exact body sent (and signed).
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub attempt_log: Vec<AttemptView>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    key_id: String,
+    event_type: String,
+    threshold: i64,
+    status: String,
+    attempts: i64,
+    created_at: String,
+    delivered_at: Option<String>,
+    payload: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// 1 to 200, default 50.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub after: Option<String>,
+    /// Only events in this state: `pending`, `delivered` or `failed`.
+    pub status: Option<String>,
+}
+
+async fn visible_tenant(principal: &Principal, state: &AppState, tenant_id: &str) -> ApiResult<()> {
+    if !principal.sees(tenant_id) || tenants::find(&state.db, tenant_id).await?.is_none() {
+        return Err(ApiError::not_found("tenant", tenant_id));
+    }
+    Ok(())
+}
+
+fn validate_url(url: &str) -> ApiResult<()> {
+    let invalid = |why: &str| ApiError::invalid("invalid_webhook_url", why.to_owned());
+    if url.len() > MAX_URL_LEN {
+        return Err(invalid("url must be at most 2048 characters."));
+    }
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| invalid("url must be an absolute http(s) URL."))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid("url must be an absolute http(s) URL."));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(
+            "url must not carry credentials; the signature authenticates the sender.",
+        ));
+    }
+    Ok(())
+}
+
+fn new_secret() -> String {
+    format!("whsec_{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
+}
+
+async fn find(state: &AppState, tenant_id: &str) -> ApiResult<Option<WebhookView>> {
+    let row: Option<(String, String, String)> =
+        sqlx::query_as("SELECT url, created_at, updated_at FROM webhooks WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&state.db)
+            .await?;
+    Ok(row.map(|(url, created_at, updated_at)| WebhookView {
+        tenant_id: tenant_id.to_owned(),
+        url,
+        created_at,
+        updated_at,
+        secret: None,
+    }))
+}
+
+/// A tenant's webhook
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant_id}/webhook",
+    tag = "webhooks",
+    params(("tenant_id" = String, Path, description = "Tenant id.")),
+    responses(
+        (status = 200, description = "The webhook, without its secret.", body = WebhookView),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such tenant, or it has no webhook.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
+async fn webhook_get(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Json<WebhookView>> {
+    visible_tenant(&principal, &state, &tenant_id).await?;
+    find(&state, &tenant_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))
+}
+
+/// Set a tenant's webhook
+///
+/// Creating it (or `rotate_secret: true`) issues the signing secret, which is
+/// in this response only. Alerts: `POST <url>` with a JSON event
+/// `{"id", "type": "quota.threshold", "created_at", "data": {"tenant_id",
+/// "key_id", "threshold", "used", "quota", "period_start", "period_end"}}`,
+/// headers `Tollgate-Event-Id` and `Tollgate-Signature: t=<unix>,v1=<hex>`,
+/// where `v1` is HMAC-SHA256 with the secret of `"<t>.<body>"`. Any 2xx is
+/// delivery; anything else is retried after 1 s, 2 s, 4 s, … (at most an
+/// hour apart), 10 attempts in all.
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant_id}/webhook",
+    tag = "webhooks",
+    params(("tenant_id" = String, Path, description = "Tenant id.")),
+    request_body = SetWebhook,
+    responses(
+        (status = 200, description = "Set; `secret` present if issued now.", body = WebhookView,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`: no such tenant.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body` or `invalid_webhook_url`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
+async fn webhook_set(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    ApiJson(input): ApiJson<SetWebhook>,
+) -> ApiResult<Response> {
+    principal.require_admin()?;
+    visible_tenant(&principal, &state, &tenant_id).await?;
+    validate_url(&input.url)?;
+    let before = find(&state, &tenant_id).await?;
+    let now = db::now();
+    let secret = (before.is_none() || input.rotate_secret).then(new_secret);
+    let mut tx = state.db.begin().await?;
+    match (&before, &secret) {
+        (None, Some(secret)) => {
+            sqlx::query(
+                "INSERT INTO webhooks (tenant_id, url, secret, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $4)",
+            )
+            .bind(&tenant_id)
+            .bind(&input.url)
+            .bind(secret)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        (_, secret) => {
+            sqlx::query(
+                "UPDATE webhooks SET url = $1, secret = COALESCE($2, secret), updated_at = $3
+                 WHERE tenant_id = $4",
+            )
+            .bind(&input.url)
+            .bind(secret.as_deref())
+            .bind(&now)
+            .bind(&tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    let after = WebhookView {
+        tenant_id: tenant_id.clone(),
+        url: input.url,
+        created_at: before
+            .as_ref()
+            .map_or_else(|| now.clone(), |b| b.created_at.clone()),
+        updated_at: now,
+        secret: None,
+    };
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: if before.is_none() {
+                "webhook.create"
+            } else {
+                "webhook.update"
+            },
+            resource_id: &tenant_id,
+            tenant_id: Some(&tenant_id),
+            before: before.as_ref().map(audit::snapshot).transpose()?.flatten(),
+            after: audit::snapshot(&after)?,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(WebhookView { secret, ..after }),
+    )
+        .into_response())
+}
+
+/// Remove a tenant's webhook
+///
+/// Alerts already queued fail on their next attempt; no new ones are queued.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant_id}/webhook",
+    tag = "webhooks",
+    params(("tenant_id" = String, Path, description = "Tenant id.")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = AdminOnly),
+        (status = 404, description = "`not_found`: no such tenant, or it has no webhook.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = [])),
+)]
+async fn webhook_delete(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    principal.require_admin()?;
+    visible_tenant(&principal, &state, &tenant_id).await?;
+    let before = find(&state, &tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))?;
+    let mut tx = state.db.begin().await?;
+    sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1")
+        .bind(&tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "webhook.delete",
+            resource_id: &tenant_id,
+            tenant_id: Some(&tenant_id),
+            before: audit::snapshot(&before)?,
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Quota alerts and their delivery attempts
+///
+/// Newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant_id}/webhook-deliveries",
+    tag = "webhooks",
+    params(("tenant_id" = String, Path, description = "Tenant id."), DeliveriesQuery),
+    responses(
+        (status = 200, description = "A page of events.", body = Page<DeliveryView>),
+        (status = 400, description = "`invalid_query` or `invalid_cursor`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`not_found`: no such tenant.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
+async fn deliveries_list(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    Query(query): Query<DeliveriesQuery>,
+) -> ApiResult<Json<Page<DeliveryView>>> {
+    visible_tenant(&principal, &state, &tenant_id).await?;
+    let limit = page_limit(query.limit)?;
+    if let Some(status) = &query.status {
+        if !matches!(status.as_str(), "pending" | "delivered" | "failed") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "status must be pending, delivered or failed.",
+            ));
+        }
+    }
+    if let Some(after) = &query.after {
+        let known: Option<String> =
+            sqlx::query_scalar("SELECT id FROM webhook_events WHERE id = $1 AND tenant_id = $2")
+                .bind(after)
+                .bind(&tenant_id)
+                .fetch_optional(&state.db)
+                .await?;
+        if known.is_none() {
+            return Err(invalid_cursor());
+        }
+    }
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT id, key_id, event_type, threshold, status, attempts, created_at, delivered_at, payload
+         FROM webhook_events
+         WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) {}
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+        cursor_clause("webhook_events", 3, Order::Descending)
+    ))
+    .bind(&tenant_id)
+    .bind(query.status.as_deref())
+    .bind(query.after.as_deref())
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let attempt_log: Vec<AttemptView> = sqlx::query_as(
+            "SELECT event_id, attempted_at, url, status_code, error, duration_ms
+             FROM webhook_attempts WHERE event_id = $1 ORDER BY id",
+        )
+        .bind(&row.id)
+        .fetch_all(&state.db)
+        .await?;
+        items.push(DeliveryView {
+            payload: serde_json::from_str(&row.payload).map_err(ApiError::internal)?,
+            id: row.id,
+            key_id: row.key_id,
+            event_type: row.event_type,
+            threshold: row.threshold,
+            status: row.status,
+            attempts: row.attempts,
+            created_at: row.created_at,
+            delivered_at: row.delivered_at,
+            attempt_log,
+        });
+    }
+    Ok(Json(Page::from_rows(items, limit, |d| d.id.clone())))
+}
