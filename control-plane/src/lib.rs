@@ -99,12 +99,16 @@ async fn log_request(request: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    tracing::info!(
-        %method,
-        route,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    // Every Envoy polls /v1/sync and reports to /v1/usage every second or so:
+    // their successes are routine, at debug level; everything else is info.
+    let routine = response.status().is_success()
+        && matches!(route.as_str(), "/v1/sync" | "/v1/usage");
+    if routine {
+        tracing::debug!(%method, route, status, elapsed_ms, "request");
+    } else {
+        tracing::info!(%method, route, status, elapsed_ms, "request");
+    }
     response
 }
