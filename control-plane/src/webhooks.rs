@@ -92,16 +92,18 @@ struct AlertData<'a> {
     period_end: String,
 }
 
-/// Queues the alerts that the usage just counted for `key_ids` makes due:
-/// for tenants with a webhook and keys with a quota, each threshold the
-/// period's use has reached, unless already queued this period.
+/// Queues the alerts that the usage just counted makes due. `counted` names
+/// each key with the start of the quota period its usage was counted in
+/// (a batch arriving just after a period ended still completes that one).
+/// For tenants with a webhook and keys with a quota: each threshold the
+/// period's use has reached, unless already queued for that period.
 pub async fn enqueue_quota_alerts(
     tx: &mut Tx,
-    key_ids: &[&str],
+    counted: &[(&str, i64)],
     now_ms: i64,
 ) -> Result<u64, sqlx::Error> {
     let mut queued = 0;
-    for key_id in key_ids {
+    for &(key_id, counted_in) in counted {
         let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
             "SELECT k.tenant_id, COALESCE(k.monthly_quota, p.monthly_quota), t.billing_anchor_day
              FROM api_keys k
@@ -117,7 +119,8 @@ pub async fn enqueue_quota_alerts(
             continue;
         };
         let anchor = anchor.and_then(|d| u8::try_from(d).ok());
-        let period = quota_period(u64::try_from(now_ms).unwrap_or(0), anchor);
+        // The period holding its own start is that period.
+        let period = quota_period(u64::try_from(counted_in).unwrap_or(0), anchor);
         let start = i64::try_from(period.start_ms).unwrap_or(i64::MAX);
         let used: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM quota_counts

@@ -4,176 +4,27 @@
 //! fresh database of the PostgreSQL server named by `TOLLGATE_TEST_POSTGRES_URL`
 //! (`cargo xtask test` starts one; `cargo xtask postgres` starts one by hand).
 
+pub mod common;
+
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
+use common::{
+    admin, assert_problem, create, key, respond, send, sync, tenant, test_app, version, Backend,
+    Reply, ADMIN, SYNC,
+};
 use serde_json::{json, Value};
-use tollgate_control_plane::{app, db, AppState};
+use tollgate_control_plane::{db, AppState};
 use tollgate_core::key::{ApiKey, KeyHash};
 use tollgate_core::wire::SyncResponse;
-use tower::ServiceExt;
 
-const ADMIN: &str = "admin-token-for-tests";
-const SYNC: &str = "sync-token-for-tests";
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs each named test once per backend, as `<name>::sqlite` and `<name>::postgres`.
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-/// A new, empty database on the test PostgreSQL server.
-async fn fresh_postgres() -> db::Db {
-    let url = std::env::var("TOLLGATE_TEST_POSTGRES_URL").expect(
-        "TOLLGATE_TEST_POSTGRES_URL must name a PostgreSQL server: run `cargo xtask test`, \
-         or start one with `cargo xtask postgres` and export what it prints",
-    );
-    let server = db::connect(&url).await.unwrap();
-    let name = format!("api_{}", db::new_id("t").to_lowercase());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&server)
-        .await
-        .unwrap();
-    server.close().await;
-    let (base, _) = url.rsplit_once('/').unwrap();
-    db::connect(&format!("{base}/{name}")).await.unwrap()
-}
-
-async fn test_app(backend: Backend) -> (Router, AppState) {
-    let pool = match backend {
-        Backend::Sqlite => db::connect_memory().await.unwrap(),
-        Backend::Postgres => fresh_postgres().await,
-    };
-    db::migrate(&pool).await.unwrap();
-    let state = AppState::new(pool, ADMIN, SYNC, 0);
-    (app(state.clone()), state)
-}
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Value,
-}
-
-async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_owned())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    Reply {
-        status,
-        content_type,
-        body,
-    }
-}
-
-async fn admin(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Reply {
-    let body = body.map(|b| b.to_string());
-    send(app, method, uri, Some(ADMIN), body.as_deref()).await
-}
-
-fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{:?}", reply.body);
-    assert_eq!(reply.content_type, "application/problem+json");
-    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
-    assert_eq!(reply.body["status"], status.as_u16());
-    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
-}
-
+/// A new private plan: five a second with a burst of ten.
 async fn plan(app: &Router, max_api_keys: Option<u64>) -> String {
-    let r = admin(
-        app,
-        Method::POST,
-        "/v1/plans",
-        Some(json!({"name": format!("plan-{}", db::new_id("x")), "limits": [{"name": "per-second", "max": 5, "window_seconds": 1, "burst": 10}], "max_api_keys": max_api_keys})),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    r.body["id"].as_str().unwrap().to_owned()
-}
-
-async fn tenant(app: &Router, plan_id: &str) -> String {
-    let r = admin(
-        app,
-        Method::POST,
-        "/v1/tenants",
-        Some(json!({"name": db::new_id("acme"), "plan_id": plan_id})),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    r.body["id"].as_str().unwrap().to_owned()
-}
-
-async fn key(app: &Router, tenant_id: &str) -> (String, String) {
-    let r = admin(
-        app,
-        Method::POST,
-        &format!("/v1/tenants/{tenant_id}/keys"),
-        Some(json!({"name": "ci"})),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    (
-        r.body["id"].as_str().unwrap().to_owned(),
-        r.body["key"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn sync(app: &Router, since: u64) -> SyncResponse {
-    let r = send(
-        app,
-        Method::GET,
-        &format!("/v1/sync?since={since}"),
-        Some(SYNC),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    serde_json::from_value(r.body).unwrap()
+    let body = json!({"name": format!("plan-{}", db::new_id("x")), "limits": [{"name": "per-second", "max": 5, "window_seconds": 1, "burst": 10}], "max_api_keys": max_api_keys});
+    create(app, "/v1/plans", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn admin_api_requires_the_admin_token(backend: Backend) {
@@ -280,8 +131,8 @@ async fn bad_input_is_a_clear_4xx_never_a_500(backend: Backend) {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from("{}"))
         .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = respond(&app, req).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let r = admin(&app, Method::GET, "/v1/plans/plan_nope", None).await;
     assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
@@ -306,16 +157,16 @@ async fn bad_input_is_a_clear_4xx_never_a_500(backend: Backend) {
     .await;
     assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
     // Nothing was written by any of the above.
-    assert_eq!(db::current_version(&state.db).await.unwrap(), 0);
+    assert_eq!(version(&state).await, 0);
 }
 
 async fn failed_writes_leave_nothing_behind(backend: Backend) {
     let (app, state) = test_app(backend).await;
-    let before = db::current_version(&state.db).await.unwrap();
+    let before = version(&state).await;
     let p = plan(&app, Some(1)).await;
     let t = tenant(&app, &p).await;
     key(&app, &t).await;
-    let after_writes = db::current_version(&state.db).await.unwrap();
+    let after_writes = version(&state).await;
     assert_eq!(
         after_writes,
         before + 3,
@@ -337,7 +188,7 @@ async fn failed_writes_leave_nothing_behind(backend: Backend) {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(db::current_version(&state.db).await.unwrap(), after_writes);
+    assert_eq!(version(&state).await, after_writes);
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
         .fetch_one(&state.db)
         .await
@@ -1597,15 +1448,9 @@ async fn key_settings_can_be_changed_and_cleared_with_patch(backend: Backend) {
 
 /// Rows in every table, to prove a refused request wrote nothing.
 async fn row_counts(state: &AppState) -> Vec<i64> {
-    let mut counts = Vec::new();
-    for table in ["plans", "tenants", "api_keys", "tenant_tokens", "audit_log"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&state.db)
-            .await
-            .unwrap();
-        counts.push(n);
-    }
-    counts.push(i64::try_from(db::current_version(&state.db).await.unwrap()).unwrap());
+    let tables = ["plans", "tenants", "api_keys", "tenant_tokens", "audit_log"];
+    let mut counts = common::row_counts(state, &tables).await;
+    counts.push(i64::try_from(version(state).await).unwrap());
     counts
 }
 

@@ -7,132 +7,24 @@
 //! by `TOLLGATE_TEST_POSTGRES_URL` (`cargo xtask test` starts one; `cargo
 //! xtask postgres` starts one by hand).
 
+pub mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
+use common::{
+    admin, assert_problem, create, last_audit, send, sync, tenant_token, test_app, test_state,
+    version, Backend, SYNC,
+};
 use serde_json::{json, Value};
 use tollgate_control_plane::{app, db, AppState};
 use tollgate_core::key::KeyHash;
 use tollgate_core::period::quota_period;
-use tollgate_core::wire::{LimitScope, SyncResponse, UsageReceipt, WireAnonymous};
-use tower::ServiceExt;
+use tollgate_core::wire::{LimitScope, UsageReceipt, WireAnonymous};
 
-const ADMIN: &str = "admin-token-for-tests";
-const SYNC: &str = "sync-token-for-tests";
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs each named test once per backend, as `<name>::sqlite` and `<name>::postgres`.
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
-async fn fresh_postgres() -> db::Db {
-    let url = std::env::var("TOLLGATE_TEST_POSTGRES_URL").expect(
-        "TOLLGATE_TEST_POSTGRES_URL must name a PostgreSQL server: run `cargo xtask test`, \
-         or start one with `cargo xtask postgres` and export what it prints",
-    );
-    let server = db::connect(&url).await.unwrap();
-    let name = format!("metering_{}", db::new_id("t").to_lowercase());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&server)
-        .await
-        .unwrap();
-    server.close().await;
-    let (base, _) = url.rsplit_once('/').unwrap();
-    db::connect(&format!("{base}/{name}")).await.unwrap()
-}
-
-async fn test_state(backend: Backend) -> AppState {
-    let pool = match backend {
-        Backend::Sqlite => db::connect_memory().await.unwrap(),
-        Backend::Postgres => fresh_postgres().await,
-    };
-    db::migrate(&pool).await.unwrap();
-    AppState::new(pool, ADMIN, SYNC, 0)
-}
-
-async fn test_app(backend: Backend) -> (Router, AppState) {
-    let state = test_state(backend).await;
-    (app(state.clone()), state)
-}
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Value,
-}
-
-async fn send(app: &Router, method: Method, uri: &str, token: &str, body: Option<&str>) -> Reply {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_owned())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    Reply {
-        status,
-        content_type,
-        body,
-    }
-}
-
-async fn admin(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Reply {
-    let body = body.map(|b| b.to_string());
-    send(app, method, uri, ADMIN, body.as_deref()).await
-}
-
-fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{:?}", reply.body);
-    assert_eq!(reply.content_type, "application/problem+json");
-    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
-    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
-}
-
-async fn create(app: &Router, uri: &str, body: Value) -> Value {
-    let r = admin(app, Method::POST, uri, Some(body)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{uri}: {:?}", r.body);
-    r.body
-}
-
+/// A new plan: five a second, and whatever `extra` adds.
 async fn plan(app: &Router, extra: Value) -> String {
     let mut body = json!({
         "name": db::new_id("plan"),
@@ -158,63 +50,13 @@ async fn tenant(app: &Router, plan_id: &str, anchor: Option<u8>) -> String {
 
 /// A new key of the tenant: (id, hex hash).
 async fn key(app: &Router, tenant_id: &str) -> (String, String) {
-    let body = create(
-        app,
-        &format!("/v1/tenants/{tenant_id}/keys"),
-        json!({"name": "ci"}),
-    )
-    .await;
-    let plaintext = body["key"].as_str().unwrap();
-    (
-        body["id"].as_str().unwrap().to_owned(),
-        KeyHash::of(plaintext.as_bytes()).to_hex(),
-    )
-}
-
-async fn tenant_token(app: &Router, tenant_id: &str) -> String {
-    let body = create(
-        app,
-        &format!("/v1/tenants/{tenant_id}/tokens"),
-        json!({"name": "portal"}),
-    )
-    .await;
-    body["token"].as_str().unwrap().to_owned()
-}
-
-async fn sync(app: &Router, since: u64) -> SyncResponse {
-    let r = send(
-        app,
-        Method::GET,
-        &format!("/v1/sync?since={since}"),
-        SYNC,
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    serde_json::from_value(r.body).unwrap()
-}
-
-async fn version(state: &AppState) -> u64 {
-    db::current_version(&state.db).await.unwrap()
-}
-
-/// The newest audit entry of `action`.
-async fn last_audit(app: &Router, action: &str) -> Value {
-    let r = admin(
-        app,
-        Method::GET,
-        &format!("/v1/audit?action={action}"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r.body["items"][0].clone()
+    let (id, plaintext) = common::key(app, tenant_id).await;
+    (id, KeyHash::of(plaintext.as_bytes()).to_hex())
 }
 
 /// Rows in every table a refused request must not touch, and the version.
 async fn row_counts(state: &AppState) -> Vec<i64> {
-    let mut counts = Vec::new();
-    for table in [
+    let tables = [
         "plans",
         "tenants",
         "api_keys",
@@ -222,13 +64,8 @@ async fn row_counts(state: &AppState) -> Vec<i64> {
         "usage_batches",
         "usage_hourly",
         "quota_counts",
-    ] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&state.db)
-            .await
-            .unwrap();
-        counts.push(n);
-    }
+    ];
+    let mut counts = common::row_counts(state, &tables).await;
     let seq: i64 = sqlx::query_scalar("SELECT seq FROM quota_seq")
         .fetch_one(&state.db)
         .await
@@ -259,7 +96,7 @@ async fn report(app: &Router, batch: Value) -> UsageReceipt {
         app,
         Method::POST,
         "/v1/usage",
-        SYNC,
+        Some(SYNC),
         Some(&batch.to_string()),
     )
     .await;
@@ -315,7 +152,7 @@ async fn plans_carry_route_costs_and_tenant_scoped_limits(backend: Backend) {
     assert!(created["limits"][1].get("scope").is_none(), "{created}");
     let shown = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None).await;
     assert_eq!(shown.body, created);
-    let catalog = send(&app, Method::GET, "/v1/catalog", "", None).await;
+    let catalog = send(&app, Method::GET, "/v1/catalog", Some(""), None).await;
     assert_eq!(catalog.body["plans"][0]["route_costs"], route_costs);
 
     // Both reach the filters.
@@ -508,7 +345,7 @@ async fn billing_anchor_day_is_validated_stored_and_moves_every_key(backend: Bac
         &app,
         Method::PATCH,
         &format!("/v1/tenants/{tenant_id}"),
-        &token,
+        Some(&token),
         Some(r#"{"billing_anchor_day": 1}"#),
     )
     .await;
@@ -606,13 +443,20 @@ async fn anonymous_access_is_admin_only_validated_audited_and_synced(backend: Ba
     let open =
         json!({"routes": [{"methods": ["GET"], "path_prefix": "/public"}], "plan_id": plan_id});
     let written = row_counts(&state).await;
-    let r = send(&app, Method::GET, "/v1/anonymous-access", &token, None).await;
+    let r = send(
+        &app,
+        Method::GET,
+        "/v1/anonymous-access",
+        Some(&token),
+        None,
+    )
+    .await;
     assert_problem(&r, StatusCode::FORBIDDEN, "forbidden");
     let r = send(
         &app,
         Method::PUT,
         "/v1/anonymous-access",
-        &token,
+        Some(&token),
         Some(&open.to_string()),
     )
     .await;
@@ -1035,7 +879,7 @@ async fn empty_batches_write_nothing(backend: Backend) {
             &app,
             Method::POST,
             "/v1/usage",
-            SYNC,
+            Some(SYNC),
             Some(&bad.to_string()),
         )
         .await;

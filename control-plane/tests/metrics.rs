@@ -3,65 +3,28 @@
 //! histogram, usage batches, open long-polls, the config version, and the
 //! optional metrics token.
 
+pub mod common;
+
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use http_body_util::BodyExt;
+use common::{send, test_state, Backend, Reply, ADMIN, SYNC};
 use serde_json::{json, Value};
-use tollgate_control_plane::{app, db, AppState};
-use tower::ServiceExt;
+use tollgate_control_plane::app;
 
-const ADMIN: &str = "admin-token-for-tests";
-const SYNC: &str = "sync-token-for-tests";
 const METRICS: &str = "metrics-token-for-tests";
 
-async fn test_state() -> AppState {
-    let pool = db::connect_memory().await.unwrap();
-    db::migrate(&pool).await.unwrap();
-    AppState::new(pool, ADMIN, SYNC, 0)
-}
-
-/// Status, content type and body text of one request.
-async fn send(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, String, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        content_type,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
+/// A request with a JSON body.
+async fn post(app: &Router, uri: &str, token: &str, body: &Value) -> Reply {
+    send(app, "POST", uri, Some(token), Some(&body.to_string())).await
 }
 
 async fn scrape(app: &Router, token: Option<&str>) -> String {
-    let (status, content_type, text) = send(app, "GET", "/metrics", token, None).await;
-    assert_eq!(status, StatusCode::OK, "{text}");
-    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-    text
+    let r = send(app, "GET", "/metrics", token, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.content_type(), "text/plain; version=0.0.4; charset=utf-8");
+    r.text()
 }
 
 /// The value of the sample `series` (exactly as printed, labels included).
@@ -73,23 +36,22 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn counts_requests_by_route_template_and_reports_usage_and_version() {
-    let app = app(test_state().await);
+    let app = app(test_state(Backend::Sqlite).await);
 
-    let (status, _, _) = send(&app, "GET", "/v1/plans/plan_secret123", Some(ADMIN), None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = send(&app, "GET", "/v1/plans/plan_other456", Some(ADMIN), None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, body) = send(
+    let r = send(&app, "GET", "/v1/plans/plan_secret123", Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(&app, "GET", "/v1/plans/plan_other456", Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = post(
         &app,
-        "POST",
         "/v1/plans",
-        Some(ADMIN),
-        Some(json!({"name": "Pro", "limits": []})),
+        ADMIN,
+        &json!({"name": "Pro", "limits": []}),
     )
     .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _, _) = send(&app, "GET", "/tenant-acme/secret", None, None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = send(&app, "GET", "/tenant-acme/secret", None, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
     let batch = json!({
         "batch_id": "b-1",
         "keys": [{"key_id": "key_a", "allowed": 3, "denied": {"rate_limited": 2}}],
@@ -98,9 +60,8 @@ async fn counts_requests_by_route_template_and_reports_usage_and_version() {
     });
     for _ in 0..2 {
         // The second is a duplicate: not counted again.
-        let (status, _, body) =
-            send(&app, "POST", "/v1/usage", Some(SYNC), Some(batch.clone())).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        let r = post(&app, "/v1/usage", SYNC, &batch).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
 
     let text = scrape(&app, None).await;
@@ -136,9 +97,8 @@ async fn counts_requests_by_route_template_and_reports_usage_and_version() {
     ] {
         assert_eq!(sample(&text, series), Some(n), "{series}\n{text}");
     }
-    let (_, _, health) = send(&app, "GET", "/healthz", None, None).await;
-    let version: Value = serde_json::from_str(&health).unwrap();
-    let version = version["config_version"].as_f64().unwrap();
+    let health = send(&app, "GET", "/healthz", None, None).await.json();
+    let version = health["config_version"].as_f64().unwrap();
     assert!(version >= 1.0);
     assert_eq!(
         sample(&text, "tollgate_control_plane_config_version"),
@@ -149,7 +109,7 @@ async fn counts_requests_by_route_template_and_reports_usage_and_version() {
 
 #[tokio::test]
 async fn a_held_long_poll_is_an_open_poll_until_it_answers() {
-    let app = app(test_state().await);
+    let app = app(test_state(Backend::Sqlite).await);
     let poll = tokio::spawn({
         let app = app.clone();
         async move {
@@ -177,20 +137,19 @@ async fn a_held_long_poll_is_an_open_poll_until_it_answers() {
     assert_eq!(open, Some(1.0));
 
     // A change answers it at once.
-    let (status, _, body) = send(
+    let r = post(
         &app,
-        "POST",
         "/v1/plans",
-        Some(ADMIN),
-        Some(json!({"name": "Pro", "limits": []})),
+        ADMIN,
+        &json!({"name": "Pro", "limits": []}),
     )
     .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), poll)
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = tokio::time::timeout(Duration::from_secs(5), poll)
         .await
         .expect("the poll answers on a change")
         .unwrap();
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::OK);
     let text = scrape(&app, None).await;
     assert_eq!(
         sample(&text, "tollgate_control_plane_sync_polls_open"),
@@ -200,17 +159,19 @@ async fn a_held_long_poll_is_an_open_poll_until_it_answers() {
 
 #[tokio::test]
 async fn with_a_metrics_token_only_that_token_may_scrape() {
-    let app = app(test_state().await.with_metrics_token(Some(METRICS)));
+    let app = app(test_state(Backend::Sqlite)
+        .await
+        .with_metrics_token(Some(METRICS)));
     for token in [
         None,
         Some(ADMIN),
         Some(SYNC),
         Some("wrong-token-0123456789"),
     ] {
-        let (status, content_type, body) = send(&app, "GET", "/metrics", token, None).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
-        assert_eq!(content_type, "application/problem+json");
-        assert!(!body.contains("tollgate_control_plane"), "{body}");
+        let r = send(&app, "GET", "/metrics", token, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(r.content_type(), "application/problem+json");
+        assert!(!r.text().contains("tollgate_control_plane"), "{}", r.text());
     }
     let text = scrape(&app, Some(METRICS)).await;
     assert!(

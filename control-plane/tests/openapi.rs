@@ -10,20 +10,16 @@
 //! endpoint and checks each answer against the document with a small JSON
 //! Schema checker (enough of it for the shapes utoipa generates).
 
+pub mod common;
+
 use std::collections::BTreeSet;
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
+use common::{send, Backend, Reply, ADMIN, SYNC};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tollgate_control_plane::{app, db, AppState};
-use tower::ServiceExt;
-
-const ADMIN: &str = "admin-token-for-tests";
-const SYNC: &str = "sync-token-for-tests";
 
 /// Every (method, path) the router serves, as the document must spell it.
 const ROUTES: &[(&str, &str)] = &[
@@ -74,74 +70,16 @@ const METHODS: &[&str] = &[
 /// Route files whose routes are not nested under `/v1` (see `app()` in lib.rs).
 const TOP_LEVEL_ROUTE_FILES: &[&str] = &["health.rs"];
 
+/// The app on a fresh in-memory SQLite database.
 async fn test_app() -> Router {
-    let pool = db::connect_memory().await.unwrap();
-    db::migrate(&pool).await.unwrap();
-    app(AppState::new(pool, ADMIN, SYNC, 0))
+    common::test_app(Backend::Sqlite).await.0
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    bytes: Vec<u8>,
-}
-
-impl Reply {
-    fn content_type(&self) -> &str {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or_default()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
-            panic!(
-                "{e}: {:?}",
-                String::from_utf8_lossy(&self.bytes[..self.bytes.len().min(300)])
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-
-    /// The fallback's answer: no route for this path at all.
-    fn is_no_such_endpoint(&self) -> bool {
-        self.status == StatusCode::NOT_FOUND
-            && self.content_type() == "application/problem+json"
-            && self.json()["detail"] == "No such endpoint."
-    }
-}
-
-async fn send(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes().to_vec();
-    Reply {
-        status,
-        headers,
-        bytes,
-    }
+/// The fallback's answer: no route for this path at all.
+fn is_no_such_endpoint(r: &Reply) -> bool {
+    r.status == StatusCode::NOT_FOUND
+        && r.content_type() == "application/problem+json"
+        && r.json()["detail"] == "No such endpoint."
 }
 
 async fn document(app: &Router) -> Value {
@@ -411,7 +349,7 @@ async fn other_paths_still_answer_the_api_s_own_404_and_405() {
         "/v1/docs",
     ] {
         let r = send(&app, "GET", uri, Some(ADMIN), None).await;
-        assert!(r.is_no_such_endpoint(), "{uri}: {} {}", r.status, r.text());
+        assert!(is_no_such_endpoint(&r), "{uri}: {} {}", r.status, r.text());
     }
     let r = send(&app, "POST", "/openapi.json", None, None).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
@@ -519,9 +457,9 @@ async fn every_documented_operation_is_routed() {
         let uri = with_dummy_ids(&path);
         // Without a token, then with the right one; no body either way.
         for token in [None, token_for(&path)] {
-            let r = send(&app, &method, &uri, token, None).await;
+            let r = send(&app, method.as_str(), &uri, token, None).await;
             let what = format!("{method} {uri} (token: {})", token.is_some());
-            assert!(!r.is_no_such_endpoint(), "{what}: not routed");
+            assert!(!is_no_such_endpoint(&r), "{what}: not routed");
             assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
             assert!(!r.status.is_server_error(), "{what}: {}", r.text());
             check_reply(&doc, &method, &path, &r);
@@ -821,7 +759,8 @@ impl Walk<'_> {
         body: Option<Value>,
         expected: StatusCode,
     ) -> Value {
-        let r = send(self.app, method, uri, token, body.as_ref()).await;
+        let body = body.map(|b| b.to_string());
+        let r = send(self.app, method, uri, token, body.as_deref()).await;
         assert_eq!(r.status, expected, "{method} {uri}: {}", r.text());
         check_reply(self.doc, method, template_of(uri), &r);
         if r.bytes.is_empty() {

@@ -4,31 +4,21 @@
 //! Limits here are one request a minute after a small burst, so a refill can
 //! never happen while a test runs and every edge is deterministic.
 
+pub mod common;
+
 use std::net::SocketAddr;
 
-use axum::body::Body;
 use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use common::{create, request, respond, send, test_state, Backend, Reply, ADMIN, SYNC};
+use serde_json::json;
+use tollgate_control_plane::app;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig};
-use tollgate_control_plane::{app, db, AppState};
-use tower::ServiceExt;
-
-const ADMIN: &str = "admin-token-for-tests";
-const SYNC: &str = "sync-token-for-tests";
 
 /// Where the limited requests come from, unless a test says otherwise.
 const GUESSER: ([u8; 4], u16) = ([203, 0, 113, 7], 40_000);
 const SOMEONE_ELSE: ([u8; 4], u16) = ([198, 51, 100, 9], 40_001);
-
-/// A fresh database and its state, with the default (generous) limits.
-async fn test_state() -> AppState {
-    let pool = db::connect_memory().await.unwrap();
-    db::migrate(&pool).await.unwrap();
-    AppState::new(pool, ADMIN, SYNC, 0)
-}
 
 /// `burst` requests, then one a minute; `None` leaves that limit off.
 fn tiny(per_token: Option<u64>, per_ip: Option<u64>) -> ThrottleConfig {
@@ -39,54 +29,15 @@ fn tiny(per_token: Option<u64>, per_ip: Option<u64>) -> ThrottleConfig {
     }
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-/// One request; `from` puts a `ConnectInfo` in the request as the server would.
-async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    from: Option<SocketAddr>,
-) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let mut req = match body {
-        Some(b) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    if let Some(addr) = from {
-        req.extensions_mut().insert(ConnectInfo(addr));
-    }
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
+/// A GET from `from`, with a `ConnectInfo` in the request as the server would put it.
+async fn get_from(app: &Router, uri: &str, token: Option<&str>, from: SocketAddr) -> Reply {
+    let mut req = request(Method::GET, uri, token, None);
+    req.extensions_mut().insert(ConnectInfo(from));
+    respond(app, req).await
 }
 
 async fn get(app: &Router, uri: &str, token: Option<&str>) -> Reply {
-    send(app, Method::GET, uri, token, None, None).await
+    send(app, Method::GET, uri, token, None).await
 }
 
 fn assert_throttled(reply: &Reply, retry_after: u64, detail_mentions: &str) {
@@ -112,44 +63,25 @@ fn assert_throttled(reply: &Reply, retry_after: u64, detail_mentions: &str) {
 
 /// A plan, a tenant on it and a tenant token, made through an unthrottled app.
 async fn tenant_with_token(setup: &Router) -> (String, String) {
-    let r = send(
+    let plan = create(
         setup,
-        Method::POST,
         "/v1/plans",
-        Some(ADMIN),
-        Some(json!({"name": "throttle-plan", "limits": [{"name": "per-second", "max": 5, "window_seconds": 1, "burst": 10}]})),
-        None,
+        json!({"name": "throttle-plan", "limits": [{"name": "per-second", "max": 5, "window_seconds": 1, "burst": 10}]}),
     )
     .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let plan = r.body["id"].as_str().unwrap().to_owned();
-    let r = send(
-        setup,
-        Method::POST,
-        "/v1/tenants",
-        Some(ADMIN),
-        Some(json!({"name": "acme", "plan_id": plan})),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let tenant = r.body["id"].as_str().unwrap().to_owned();
-    let r = send(
-        setup,
-        Method::POST,
-        &format!("/v1/tenants/{tenant}/tokens"),
-        Some(ADMIN),
-        Some(json!({"name": "ci"})),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    (tenant, r.body["token"].as_str().unwrap().to_owned())
+    let acme = json!({"name": "acme", "plan_id": plan["id"]});
+    let tenant = create(setup, "/v1/tenants", acme).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = format!("/v1/tenants/{tenant}/tokens");
+    let token = create(setup, &uri, json!({"name": "ci"})).await;
+    (tenant, token["token"].as_str().unwrap().to_owned())
 }
 
 #[tokio::test]
 async fn admin_token_is_limited_after_its_burst_and_other_tokens_are_not() {
-    let state = test_state().await;
+    let state = test_state(Backend::Sqlite).await;
     let (tenant, tenant_token) = tenant_with_token(&app(state.clone())).await;
     let app = app(state.with_throttle(tiny(Some(3), None)));
 
@@ -179,7 +111,7 @@ async fn admin_token_is_limited_after_its_burst_and_other_tokens_are_not() {
 
 #[tokio::test]
 async fn wrong_and_missing_tokens_are_limited_per_client_address() {
-    let state = test_state().await;
+    let state = test_state(Backend::Sqlite).await;
     let app = app(state.with_throttle(tiny(None, Some(3))))
         .layer(MockConnectInfo(SocketAddr::from(GUESSER)));
 
@@ -212,26 +144,18 @@ async fn wrong_and_missing_tokens_are_limited_per_client_address() {
     assert_throttled(&get(&app, "/v1/catalog", None).await, 60, "client address");
 
     // Another address is unaffected (a ConnectInfo of its own wins over the mock).
-    let elsewhere = Some(SocketAddr::from(SOMEONE_ELSE));
-    let r = send(
-        &app,
-        Method::GET,
-        "/v1/plans",
-        Some("guess-0000000000004"),
-        None,
-        elsewhere,
-    )
-    .await;
+    let elsewhere = SocketAddr::from(SOMEONE_ELSE);
+    let r = get_from(&app, "/v1/plans", Some("guess-0000000000004"), elsewhere).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
-    let r = send(&app, Method::GET, "/v1/catalog", None, None, elsewhere).await;
+    let r = get_from(&app, "/v1/catalog", None, elsewhere).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let r = send(&app, Method::GET, "/v1/plans", Some(ADMIN), None, elsewhere).await;
+    let r = get_from(&app, "/v1/plans", Some(ADMIN), elsewhere).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
 #[tokio::test]
 async fn the_envoys_endpoints_are_never_limited() {
-    let state = test_state().await;
+    let state = test_state(Backend::Sqlite).await;
     let app = app(state.with_throttle(tiny(Some(1), Some(1))))
         .layer(MockConnectInfo(SocketAddr::from(GUESSER)));
 
@@ -245,15 +169,8 @@ async fn the_envoys_endpoints_are_never_limited() {
     for i in 0..20 {
         let r = get(&app, "/v1/sync?since=0", Some(SYNC)).await;
         assert_eq!(r.status, StatusCode::OK, "poll {i}: {:?}", r.body);
-        let r = send(
-            &app,
-            Method::POST,
-            "/v1/usage",
-            Some(SYNC),
-            Some(json!({"batch_id": format!("batch-{i}")})),
-            None,
-        )
-        .await;
+        let batch = json!({"batch_id": format!("batch-{i}")}).to_string();
+        let r = send(&app, Method::POST, "/v1/usage", Some(SYNC), Some(&batch)).await;
         assert!(r.status.is_success(), "usage {i}: {:?}", r.body);
     }
     // A wrong token on the feed is refused as unauthorized, not throttled.
@@ -263,7 +180,7 @@ async fn the_envoys_endpoints_are_never_limited() {
 
 #[tokio::test]
 async fn without_a_client_address_only_the_per_token_limit_applies() {
-    let state = test_state().await;
+    let state = test_state(Backend::Sqlite).await;
     // No ConnectInfo at all: the per-address limit of 1 cannot apply.
     let app = app(state.with_throttle(tiny(Some(2), Some(1))));
 
@@ -283,7 +200,7 @@ async fn without_a_client_address_only_the_per_token_limit_applies() {
 
 #[tokio::test]
 async fn limits_can_be_turned_off() {
-    let state = test_state().await;
+    let state = test_state(Backend::Sqlite).await;
     let app = app(state.with_throttle(ThrottleConfig::off()))
         .layer(MockConnectInfo(SocketAddr::from(GUESSER)));
     for _ in 0..50 {

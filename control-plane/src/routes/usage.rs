@@ -271,7 +271,10 @@ async fn apply(state: &AppState, batch: &UsageBatch, now: u64) -> ApiResult<bool
         }
     }
     // Quota alerts join the same transaction: they exist exactly when the usage does.
-    let touched: Vec<&str> = ledger.iter().map(|e| e.key_id.as_str()).collect();
+    let touched: Vec<(&str, i64)> = ledger
+        .iter()
+        .map(|e| (e.key_id.as_str(), e.period_start_ms))
+        .collect();
     crate::webhooks::enqueue_quota_alerts(&mut tx, &touched, db_int(now)).await?;
     tx.commit().await?;
     state.metrics.usage_ingested(batch);

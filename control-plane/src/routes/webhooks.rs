@@ -4,7 +4,7 @@
 //! to it, so a tenant must not be able to point it at internal services.
 //! Tenants read their own configuration (never the secret) and deliveries.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,9 +13,9 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
-use crate::db;
+use crate::db::{self, Tx};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiQuery};
 use crate::openapi::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
     PROBLEM_JSON,
@@ -155,11 +155,14 @@ fn new_secret() -> String {
     format!("whsec_{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
 }
 
-async fn find(state: &AppState, tenant_id: &str) -> ApiResult<Option<WebhookView>> {
+async fn find<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    tenant_id: &str,
+) -> ApiResult<Option<WebhookView>> {
     let row: Option<(String, String, String)> =
         sqlx::query_as("SELECT url, created_at, updated_at FROM webhooks WHERE tenant_id = $1")
             .bind(tenant_id)
-            .fetch_optional(&state.db)
+            .fetch_optional(db)
             .await?;
     Ok(row.map(|(url, created_at, updated_at)| WebhookView {
         tenant_id: tenant_id.to_owned(),
@@ -168,6 +171,25 @@ async fn find(state: &AppState, tenant_id: &str) -> ApiResult<Option<WebhookView
         updated_at,
         secret: None,
     }))
+}
+
+/// Starts a change to the tenant's webhook. Its first statement writes the
+/// tenant's row, which takes PostgreSQL's row lock (SQLite's write lock), so
+/// changes to one webhook run one after another and each reads, inside the
+/// transaction, what the one before it left: two first PUTs at once are a
+/// create and an update, not a failed insert.
+async fn begin_webhook_change(state: &AppState, tenant_id: &str) -> ApiResult<Tx> {
+    let mut tx = state.db.begin().await?;
+    let locked = sqlx::query(
+        "UPDATE tenants SET updated_at = updated_at WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(tenant_id)
+    .execute(&mut *tx)
+    .await?;
+    if locked.rows_affected() == 0 {
+        return Err(ApiError::not_found("tenant", tenant_id));
+    }
+    Ok(tx)
 }
 
 /// A tenant's webhook
@@ -191,7 +213,7 @@ async fn webhook_get(
     Path(tenant_id): Path<String>,
 ) -> ApiResult<Json<WebhookView>> {
     visible_tenant(&principal, &state, &tenant_id).await?;
-    find(&state, &tenant_id)
+    find(&state.db, &tenant_id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))
@@ -237,10 +259,10 @@ async fn webhook_set(
     principal.require_admin()?;
     visible_tenant(&principal, &state, &tenant_id).await?;
     validate_url(&input.url)?;
-    let before = find(&state, &tenant_id).await?;
+    let mut tx = begin_webhook_change(&state, &tenant_id).await?;
+    let before = find(&mut *tx, &tenant_id).await?;
     let now = db::now();
     let secret = (before.is_none() || input.rotate_secret).then(new_secret);
-    let mut tx = state.db.begin().await?;
     match (&before, &secret) {
         (None, Some(secret)) => {
             sqlx::query(
@@ -326,10 +348,10 @@ async fn webhook_delete(
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
     visible_tenant(&principal, &state, &tenant_id).await?;
-    let before = find(&state, &tenant_id)
+    let mut tx = begin_webhook_change(&state, &tenant_id).await?;
+    let before = find(&mut *tx, &tenant_id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))?;
-    let mut tx = state.db.begin().await?;
     sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1")
         .bind(&tenant_id)
         .execute(&mut *tx)
@@ -372,7 +394,7 @@ async fn deliveries_list(
     principal: Principal,
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-    Query(query): Query<DeliveriesQuery>,
+    ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> ApiResult<Json<Page<DeliveryView>>> {
     visible_tenant(&principal, &state, &tenant_id).await?;
     let limit = page_limit(query.limit)?;

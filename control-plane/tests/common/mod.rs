@@ -1,0 +1,244 @@
+//! What the integration tests share: the two databases a test runs on, the
+//! app they drive with `oneshot`, one request and its answer, and the
+//! fixtures most tests start from.
+//!
+//! Each test file declares `pub mod common;`: as public items of the test
+//! crate, helpers one file does not use are not reported as dead code there.
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tollgate_control_plane::{app, db, AppState};
+use tollgate_core::wire::SyncResponse;
+use tower::ServiceExt;
+
+pub const ADMIN: &str = "admin-token-for-tests";
+pub const SYNC: &str = "sync-token-for-tests";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named test once per backend, as `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// A new, empty database on the test PostgreSQL server, named after the test file.
+pub async fn fresh_postgres() -> db::Db {
+    let url = std::env::var("TOLLGATE_TEST_POSTGRES_URL").expect(
+        "TOLLGATE_TEST_POSTGRES_URL must name a PostgreSQL server: run `cargo xtask test`, \
+         or start one with `cargo xtask postgres` and export what it prints",
+    );
+    let server = db::connect(&url).await.unwrap();
+    let name = format!(
+        "{}_{}",
+        env!("CARGO_CRATE_NAME"),
+        db::new_id("t").to_lowercase()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&server)
+        .await
+        .unwrap();
+    server.close().await;
+    let (base, _) = url.rsplit_once('/').unwrap();
+    db::connect(&format!("{base}/{name}")).await.unwrap()
+}
+
+/// A migrated, empty database (SQLite: private and in memory) and its state.
+pub async fn test_state(backend: Backend) -> AppState {
+    let pool = match backend {
+        Backend::Sqlite => db::connect_memory().await.unwrap(),
+        Backend::Postgres => fresh_postgres().await,
+    };
+    db::migrate(&pool).await.unwrap();
+    AppState::new(pool, ADMIN, SYNC, 0)
+}
+
+pub async fn test_app(backend: Backend) -> (Router, AppState) {
+    let state = test_state(backend).await;
+    (app(state.clone()), state)
+}
+
+/// One answer.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The body as JSON; `Null` when empty, a JSON string when it is not JSON.
+    pub body: Value,
+    pub bytes: Bytes,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// The body, which must be JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {:?}",
+                String::from_utf8_lossy(&self.bytes[..self.bytes.len().min(300)])
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// A request with an optional bearer token and an optional JSON body.
+pub fn request<M>(method: M, uri: &str, token: Option<&str>, body: Option<&str>) -> Request<Body>
+where
+    Method: TryFrom<M>,
+    <Method as TryFrom<M>>::Error: Into<axum::http::Error>,
+{
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_owned())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap()
+}
+
+/// `req` through the app, and all of its answer.
+pub async fn respond(app: &Router, req: Request<Body>) -> Reply {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+        bytes,
+    }
+}
+
+pub async fn send<M>(
+    app: &Router,
+    method: M,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Reply
+where
+    Method: TryFrom<M>,
+    <Method as TryFrom<M>>::Error: Into<axum::http::Error>,
+{
+    respond(app, request(method, uri, token, body)).await
+}
+
+/// A request with the admin token.
+pub async fn admin(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Reply {
+    let body = body.map(|b| b.to_string());
+    send(app, method, uri, Some(ADMIN), body.as_deref()).await
+}
+
+/// `reply` is a problem+json of `status` with the stable `code`.
+pub fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(reply.content_type(), "application/problem+json");
+    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], status.as_u16());
+    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+/// POSTs `body` to `uri` as the admin; it must be created.
+pub async fn create(app: &Router, uri: &str, body: Value) -> Value {
+    let r = admin(app, Method::POST, uri, Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{uri}: {:?}", r.body);
+    r.body
+}
+
+/// A new tenant on the plan.
+pub async fn tenant(app: &Router, plan_id: &str) -> String {
+    let body = json!({"name": db::new_id("acme"), "plan_id": plan_id});
+    create(app, "/v1/tenants", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A new key of the tenant: (id, plaintext).
+pub async fn key(app: &Router, tenant_id: &str) -> (String, String) {
+    let uri = format!("/v1/tenants/{tenant_id}/keys");
+    let body = create(app, &uri, json!({"name": "ci"})).await;
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A new token of the tenant, to call the API as the tenant.
+pub async fn tenant_token(app: &Router, tenant_id: &str) -> String {
+    let uri = format!("/v1/tenants/{tenant_id}/tokens");
+    let body = create(app, &uri, json!({"name": "portal"})).await;
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// The sync feed since `since`, as an Envoy reads it.
+pub async fn sync(app: &Router, since: u64) -> SyncResponse {
+    let uri = format!("/v1/sync?since={since}");
+    let r = send(app, Method::GET, &uri, Some(SYNC), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    serde_json::from_value(r.body).unwrap()
+}
+
+/// The configuration version.
+pub async fn version(state: &AppState) -> u64 {
+    db::current_version(&state.db).await.unwrap()
+}
+
+/// The number of rows of each table.
+pub async fn row_counts(state: &AppState, tables: &[&str]) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in tables {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&state.db)
+            .await
+            .unwrap();
+        counts.push(n);
+    }
+    counts
+}
+
+/// The newest audit entry of `action`.
+pub async fn last_audit(app: &Router, action: &str) -> Value {
+    let uri = format!("/v1/audit?action={action}");
+    let r = admin(app, Method::GET, &uri, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.body["items"][0].clone()
+}
