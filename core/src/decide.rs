@@ -300,13 +300,13 @@ fn decide_anonymous(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: 
         return missing();
     };
     let identity = client_identity(ip);
+    let cost = plan.cost_of(facts.method, facts.path);
     let ledger = Ledger {
         entry: anonymous_buckets_key(identity),
-        limits: plan.limits.clone(),
+        limits: plan.limits,
         quota: None,
         owner: Some(identity),
     };
-    let cost = plan.cost_of(facts.method, facts.path);
     verdict(
         consume(store, &[ledger], cost, now_ms),
         None,
@@ -646,11 +646,13 @@ fn consume(store: &impl SharedStore, ledgers: &[Ledger], cost: u64, now_ms: u64)
             return refused(ledgers, &looks, violated, wait_ms, now_ms);
         }
         let mut policies = Vec::new();
-        let mut first = looks.into_iter().next();
+        // Each write is guarded by its look's CAS token, so the looks just
+        // judged are used as they are; only a lost race reads again.
+        let mut looks = looks.into_iter();
         for (i, ledger) in ledgers.iter().enumerate() {
-            let mut look = match (i, first.take()) {
-                (0, Some(look)) => look,
-                _ => ledger.look(store, now_ms),
+            let mut look = match looks.next() {
+                Some(look) => look,
+                None => ledger.look(store, now_ms),
             };
             let mut tries = 0;
             loop {
