@@ -121,6 +121,19 @@ pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+/// Now, as Unix milliseconds: the form of every `_ms` column.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Unix milliseconds as RFC 3339 UTC with seconds, the form of [`now`].
+pub fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
 /// A new resource id: `<kind>_` and 20 random alphanumerics.
 pub fn new_id(kind: &str) -> String {
     format!(

@@ -57,20 +57,6 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     1000i64.saturating_mul(1i64 << exponent).min(MAX_BACKOFF_MS)
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// The JSON body of an alert, signed as sent.
 #[derive(Debug, Serialize)]
 struct Event<'a> {
@@ -147,8 +133,8 @@ pub async fn enqueue_quota_alerts(
                     threshold,
                     used,
                     quota,
-                    period_start: rfc3339_ms(start),
-                    period_end: rfc3339_ms(i64::try_from(period.end_ms).unwrap_or(i64::MAX)),
+                    period_start: db::rfc3339_ms(period.start_ms),
+                    period_end: db::rfc3339_ms(period.end_ms),
                 },
             })
             .unwrap_or_default();
@@ -188,7 +174,7 @@ pub fn client() -> reqwest::Client {
 
 /// Sends every due event once; returns how many were attempted.
 pub async fn deliver_due(db: &Db, client: &reqwest::Client) -> Result<usize, sqlx::Error> {
-    let now = now_ms();
+    let now = db::now_ms();
     let due: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
         "SELECT id, tenant_id, payload, attempts, next_attempt_at_ms FROM webhook_events
          WHERE status = 'pending' AND next_attempt_at_ms <= $1
@@ -238,7 +224,7 @@ pub async fn deliver_due(db: &Db, client: &reqwest::Client) -> Result<usize, sql
             "INSERT INTO webhook_attempts (id, event_id, attempted_at, url, status_code, error, duration_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(format!("att_{:013}{}", now_ms(), &db::new_id("")[1..]))
+        .bind(format!("att_{:013}{}", db::now_ms(), &db::new_id("")[1..]))
         .bind(&id)
         .bind(db::now())
         .bind(&url)
@@ -252,7 +238,7 @@ pub async fn deliver_due(db: &Db, client: &reqwest::Client) -> Result<usize, sql
         } else if attempts >= MAX_ATTEMPTS || target.is_none() {
             ("failed", now)
         } else {
-            ("pending", now_ms().saturating_add(backoff_ms(attempts)))
+            ("pending", db::now_ms().saturating_add(backoff_ms(attempts)))
         };
         sqlx::query(
             "UPDATE webhook_events SET status = $1, attempts = $2, next_attempt_at_ms = $3,
@@ -285,7 +271,7 @@ async fn send(
     event_id: &str,
     payload: &str,
 ) -> Result<u16, String> {
-    let signature = sign(secret, now_ms() / 1000, payload);
+    let signature = sign(secret, db::now_ms() / 1000, payload);
     client
         .post(url)
         .header("content-type", "application/json")

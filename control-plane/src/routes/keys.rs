@@ -329,10 +329,6 @@ fn check(settings: &KeySettings) -> ApiResult<Checked> {
     Ok(Checked { expires })
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
-
 /// Inserts a freshly generated key; returns its plaintext.
 #[allow(clippy::too_many_arguments)] // each is one column group; a struct would only rename them
 async fn insert(
@@ -439,7 +435,11 @@ async fn keys_create(
     )?;
     validate_name("name", &name)?;
     let checked = check(&settings)?;
-    if checked.expires.as_ref().is_some_and(|e| e.1 <= now_ms()) {
+    if checked
+        .expires
+        .as_ref()
+        .is_some_and(|e| e.1 <= db::now_ms())
+    {
         return Err(ApiError::invalid(
             "invalid_expiry",
             "expires_at must be in the future.",
@@ -617,7 +617,12 @@ async fn keys_update(
             .unwrap_or(current_settings.monthly_quota),
     };
     let checked = check(&settings)?;
-    if new_expiry && checked.expires.as_ref().is_some_and(|e| e.1 <= now_ms()) {
+    if new_expiry
+        && checked
+            .expires
+            .as_ref()
+            .is_some_and(|e| e.1 <= db::now_ms())
+    {
         return Err(ApiError::invalid(
             "invalid_expiry",
             "expires_at must be in the future.",
@@ -792,7 +797,7 @@ async fn keys_rotate(
     .await?;
 
     let grace_ms = i64::try_from(input.grace_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let end_ms = now_ms().saturating_add(grace_ms);
+    let end_ms = db::now_ms().saturating_add(grace_ms);
     let end_ms = old.expires_at_ms.map_or(end_ms, |e| e.min(end_ms));
     let end = OffsetDateTime::from_unix_timestamp_nanos(i128::from(end_ms) * 1_000_000)
         .map_err(ApiError::internal)?

@@ -121,9 +121,7 @@ fn truncated(ms: u64, step: Duration) -> String {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(db::now_ms()).unwrap_or(0)
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -459,12 +457,6 @@ fn rfc3339(at: OffsetDateTime) -> ApiResult<String> {
     at.format(&Rfc3339).map_err(ApiError::internal)
 }
 
-/// RFC 3339 of Unix ms, to the second: the form of `usage_hourly.hour`.
-fn ms_rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
-}
-
 /// A key's usage this quota period
 #[utoipa::path(
     get,
@@ -516,7 +508,10 @@ async fn key_usage(
     }
     // Periods start at midnight UTC, so whole hours fall on either side.
     let period = quota_period(now_ms(), anchor(anchor_day));
-    let (period_start, period_end) = (ms_rfc3339(period.start_ms), ms_rfc3339(period.end_ms));
+    let (period_start, period_end) = (
+        db::rfc3339_ms(period.start_ms),
+        db::rfc3339_ms(period.end_ms),
+    );
     // SUM of BIGINT is NUMERIC on PostgreSQL, which the Any driver cannot read.
     let used: Option<i64> = sqlx::query_scalar(
         "SELECT CAST(SUM(cost) AS BIGINT) FROM usage_hourly
