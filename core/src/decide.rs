@@ -8,12 +8,12 @@
 use std::net::IpAddr;
 
 use crate::bucket::{ceil_seconds, Bucket, Check};
+use crate::cache::ConfigCache;
 use crate::config::{Limit, QUOTA_POLICY};
 use crate::key::ApiKey;
 use crate::layout::{
     anonymous_buckets_key, applied_version, buckets_key, client_identity, decode_buckets,
-    encode_buckets, ensure_entry, read_anonymous, read_key, read_plan, read_standing,
-    tenant_buckets_key, OWNER_ENTRY, QUOTA_ENTRY,
+    encode_buckets, ensure_entry, read_standing, tenant_buckets_key, OWNER_ENTRY, QUOTA_ENTRY,
 };
 use crate::period::{quota_period, Period};
 use crate::store::{SetError, SharedStore};
@@ -31,8 +31,34 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     /// `:path`, query included.
     pub path: &'a str,
-    /// The downstream peer's address, if the host told us.
-    pub client_ip: Option<IpAddr>,
+    /// The downstream peer's address, if the host tells us.
+    pub client_ip: ClientIp,
+}
+
+/// The downstream peer's address, or how to ask for it: most requests never
+/// need it, and asking the host costs a call.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum ClientIp {
+    #[default]
+    Unknown,
+    Known(IpAddr),
+    Ask(fn() -> Option<IpAddr>),
+}
+
+impl ClientIp {
+    pub fn get(self) -> Option<IpAddr> {
+        match self {
+            Self::Unknown => None,
+            Self::Known(ip) => Some(ip),
+            Self::Ask(ask) => ask(),
+        }
+    }
+}
+
+impl From<Option<IpAddr>> for ClientIp {
+    fn from(ip: Option<IpAddr>) -> Self {
+        ip.map_or(Self::Unknown, Self::Known)
+    }
 }
 
 /// The key a client presented: `x-api-key`, else `Authorization: Bearer <key>`.
@@ -170,10 +196,20 @@ fn deny_key(key_id: &str, reason: DenyReason, detail: impl Into<String>) -> Deci
     }
 }
 
-/// Decides one request at `now_ms` (Unix milliseconds).
+/// Decides one request at `now_ms` (Unix milliseconds), reading all config afresh.
 pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -> Decision {
+    decide_cached(facts, store, &mut ConfigCache::new(), now_ms)
+}
+
+/// [`decide`], reusing the config `cache` holds for the applied version.
+pub fn decide_cached(
+    facts: &RequestFacts<'_>,
+    store: &impl SharedStore,
+    cache: &mut ConfigCache,
+    now_ms: u64,
+) -> Decision {
     let Some(presented) = facts.api_key else {
-        return decide_anonymous(facts, store, now_ms);
+        return decide_anonymous(facts, store, cache, now_ms);
     };
     let key = match ApiKey::parse(presented) {
         Ok(key) => key,
@@ -184,14 +220,15 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
             )
         }
     };
-    if applied_version(store).is_none() {
+    let Some(version) = applied_version(store) else {
         return deny(
             DenyReason::ConfigUnavailable,
             "The gateway has not received its configuration yet; retry shortly.",
         );
-    }
+    };
+    cache.at_version(version);
     let hash = key.hash();
-    let Some(record) = read_key(store, &hash) else {
+    let Some(record) = cache.key(store, &hash) else {
         return deny(DenyReason::InvalidApiKey, "The API key is not known.");
     };
     if !record.active {
@@ -211,6 +248,7 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
     if let Some(cidrs) = &record.allowed_cidrs {
         let from_allowed = facts
             .client_ip
+            .get()
             .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)));
         if !from_allowed {
             return deny_key(
@@ -229,7 +267,7 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
             );
         }
     }
-    let Some(plan) = read_plan(store, &record.plan_id) else {
+    let Some(plan) = cache.plan(store, &record.plan_id) else {
         return deny_key(
             &record.id,
             DenyReason::ConfigUnavailable,
@@ -269,41 +307,49 @@ pub fn decide(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -
     }
     verdict(
         consume(store, &ledgers, cost, now_ms),
-        Some(record.tenant_id),
-        Some(record.id),
-        plan.name,
+        Some(record.tenant_id.clone()),
+        Some(record.id.clone()),
+        plan.name.clone(),
     )
 }
 
 /// A keyless request: admitted under the anonymous plan if its route is
 /// open, with buckets per client address; refused as `missing_api_key` otherwise.
-fn decide_anonymous(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: u64) -> Decision {
+fn decide_anonymous(
+    facts: &RequestFacts<'_>,
+    store: &impl SharedStore,
+    cache: &mut ConfigCache,
+    now_ms: u64,
+) -> Decision {
     let missing = || {
         deny(
             DenyReason::MissingApiKey,
             "Send your API key in the x-api-key header or as Authorization: Bearer <key>.",
         )
     };
-    let Some(anonymous) = read_anonymous(store) else {
+    if let Some(version) = applied_version(store) {
+        cache.at_version(version);
+    }
+    let Some(anonymous) = cache.anonymous(store) else {
         return missing();
     };
     let Some(plan_id) = anonymous.plan_for(facts.method, facts.path) else {
         return missing();
     };
-    let Some(plan) = read_plan(store, plan_id) else {
+    let Some(plan) = cache.plan(store, plan_id) else {
         return deny(
             DenyReason::ConfigUnavailable,
             "The anonymous plan is not configured on this gateway yet; retry shortly.",
         );
     };
-    let Some(ip) = facts.client_ip else {
+    let Some(ip) = facts.client_ip.get() else {
         return missing();
     };
     let identity = client_identity(ip);
     let cost = plan.cost_of(facts.method, facts.path);
     let ledger = Ledger {
         entry: anonymous_buckets_key(identity),
-        limits: plan.limits,
+        limits: plan.limits.clone(),
         quota: None,
         owner: Some(identity),
     };
@@ -311,7 +357,7 @@ fn decide_anonymous(facts: &RequestFacts<'_>, store: &impl SharedStore, now_ms: 
         consume(store, &[ledger], cost, now_ms),
         None,
         None,
-        plan.name,
+        plan.name.clone(),
     )
 }
 
@@ -741,6 +787,7 @@ mod tests {
                 deleted_keys: vec![],
                 deleted_plans: vec![],
                 anonymous: None,
+                next: None,
             },
         )
         .unwrap();
@@ -773,7 +820,7 @@ mod tests {
             api_key: Some(key),
             method,
             path,
-            client_ip: ip.map(|ip| ip.parse().unwrap()),
+            client_ip: ip.map(|ip| ip.parse().unwrap()).into(),
         };
         decide(&facts, store, now)
     }
@@ -1072,7 +1119,7 @@ mod metering_tests {
             api_key: Some(k.expose()),
             method,
             path,
-            client_ip: None,
+            client_ip: ClientIp::Unknown,
         };
         decide(&facts, store, now)
     }
@@ -1086,7 +1133,7 @@ mod metering_tests {
             api_key: None,
             method: "GET",
             path,
-            client_ip: Some(ip.parse().unwrap()),
+            client_ip: ClientIp::Known(ip.parse().unwrap()),
         };
         decide(&facts, store, now)
     }
@@ -1315,7 +1362,7 @@ mod metering_tests {
                 api_key: Some(k1.expose()),
                 method: "GET",
                 path: "/",
-                client_ip: None,
+                client_ip: ClientIp::Unknown,
             };
             decide(&facts, &s, T0)
         };
@@ -1330,7 +1377,7 @@ mod metering_tests {
             api_key: Some(k0.expose()),
             method: "GET",
             path: "/",
-            client_ip: None,
+            client_ip: ClientIp::Unknown,
         };
         let d = decide(&facts, &racing, T0);
         assert_eq!(denied(&d).violated, vec!["per-tenant".to_owned()]);

@@ -226,7 +226,10 @@ impl core::fmt::Display for ApplyError {
 
 /// Applies a sync response: validates all of it first (a bad response is
 /// rejected whole and the old config stays), then writes plans, keys and
-/// deletions, and the version last.
+/// deletions, and the version last, unless more pages follow
+/// ([`SyncResponse::next`]): then the version waits for the last page.
+/// Bucket entries are not created here but on a key's first request, so a
+/// key that is never used costs only its record.
 pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, ApplyError> {
     if let Some(applied) = applied_version(store) {
         if sync.version < applied {
@@ -263,12 +266,6 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
             .map_err(ApplyError::Write)?;
     }
     for (wire, record) in sync.keys.iter().zip(&keys) {
-        let buckets = buckets_key(&record.hash);
-        if store.get(&buckets).is_none() {
-            store
-                .set(&buckets, Some(&encode_buckets([])), None)
-                .map_err(ApplyError::Write)?;
-        }
         let json = serde_json::to_vec(wire)
             .map_err(|e| ApplyError::Invalid(InvalidConfig(e.to_string())))?;
         store
@@ -276,9 +273,9 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
             .map_err(ApplyError::Write)?;
     }
     for hash in &deleted {
-        store
-            .set(&key_record_key(hash), None, None)
-            .map_err(ApplyError::Write)?;
+        for entry in [key_record_key(hash), buckets_key(hash), standing_key(hash)] {
+            store.set(&entry, None, None).map_err(ApplyError::Write)?;
+        }
     }
     for plan_id in &sync.deleted_plans {
         store
@@ -292,9 +289,11 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
             .set(ANONYMOUS_KEY, Some(&json), None)
             .map_err(ApplyError::Write)?;
     }
-    store
-        .set(VERSION_KEY, Some(&sync.version.to_le_bytes()), None)
-        .map_err(ApplyError::Write)?;
+    if sync.next.is_none() {
+        store
+            .set(VERSION_KEY, Some(&sync.version.to_le_bytes()), None)
+            .map_err(ApplyError::Write)?;
+    }
     Ok(sync.version)
 }
 
@@ -331,6 +330,7 @@ mod tests {
             deleted_keys: vec![],
             deleted_plans: vec![],
             anonymous: None,
+            next: None,
         }
     }
 
@@ -359,7 +359,22 @@ mod tests {
         assert_eq!(applied_version(&store), Some(3));
         assert_eq!(read_key(&store, &hash).unwrap().id, "key_1");
         assert_eq!(read_plan(&store, "plan_1").unwrap().name, "Free");
-        assert!(store.get(&buckets_key(&hash)).is_some());
+        // Created on the key's first request, not for every key synced.
+        assert!(store.get(&buckets_key(&hash)).is_none());
+    }
+
+    #[crate::testing::test]
+    fn a_page_with_more_to_come_writes_its_keys_but_not_the_version() {
+        let store = MemoryStore::new();
+        let (first, second) = (KeyHash::of(b"k1"), KeyHash::of(b"k2"));
+        let mut page = sync_with_key(5, &first);
+        page.next = Some("5.abc".into());
+        assert_eq!(apply_sync(&store, &page), Ok(5));
+        assert!(read_key(&store, &first).is_some());
+        assert_eq!(applied_version(&store), None, "no version mid-walk");
+        assert_eq!(apply_sync(&store, &sync_with_key(6, &second)), Ok(6));
+        assert!(read_key(&store, &first).is_some() && read_key(&store, &second).is_some());
+        assert_eq!(applied_version(&store), Some(6));
     }
 
     #[crate::testing::test]

@@ -7,6 +7,7 @@
 //! - [`wire`]: the JSON the control plane sends to the filter, defined once;
 //! - [`config`]: wire types validated into the config the filter enforces;
 //! - [`bucket`]: token buckets with time as an argument;
+//! - [`cache`]: a VM's memo of parsed config, valid for one applied version;
 //! - [`store`]: the narrow shared-data trait (and an in-memory fake with CAS conflicts);
 //! - [`layout`]: how config and bucket state are laid out in shared data;
 //! - [`period`]: monthly quota periods, calendar or from a billing anchor day;
@@ -26,6 +27,7 @@
 
 pub mod access;
 pub mod bucket;
+pub mod cache;
 pub mod config;
 pub mod decide;
 pub mod key;

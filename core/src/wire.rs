@@ -152,6 +152,12 @@ pub struct SyncResponse {
     /// sync); absent means unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous: Option<WireAnonymous>,
+    /// Present means more keys follow: ask again with the same `since` and
+    /// `after=<next>`, and do not record `version` as applied until a page
+    /// without `next` arrives (only that last page's `version` is the one
+    /// the whole walk adds up to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// What one Envoy counted since its last report, `POST /v1/usage` (sync

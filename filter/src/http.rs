@@ -1,9 +1,15 @@
 //! The HTTP filter: gather facts, call `decide`, apply the decision.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
-use tollgate_core::decide::{decide, presented_key, Decision, Denied, DenyReason, RequestFacts};
+use tollgate_core::cache::ConfigCache;
+use tollgate_core::decide::{
+    decide, decide_cached, presented_key, ClientIp, Decision, Denied, DenyReason, RequestFacts,
+};
 use tollgate_core::key::KEY_PREFIX;
 use tollgate_core::response::{
     local_reply, rate_limit_headers, upstream_headers, STRIPPED_REQUEST_HEADERS,
@@ -15,24 +21,23 @@ use crate::usage::SharedTally;
 pub struct TollgateHttp {
     response_headers: Vec<(&'static str, String)>,
     tally: SharedTally,
+    cache: SharedCache,
 }
 
+/// A worker's [`ConfigCache`], shared by its root context and its HTTP contexts.
+pub type SharedCache = Rc<RefCell<ConfigCache>>;
+
 impl TollgateHttp {
-    pub fn new(tally: SharedTally) -> Self {
+    pub fn new(tally: SharedTally, cache: SharedCache) -> Self {
         Self {
             response_headers: Vec::new(),
             tally,
+            cache,
         }
     }
 }
 
 impl Context for TollgateHttp {}
-
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-}
 
 /// The downstream peer, from Envoy's `source.address` attribute (`ip:port`).
 fn client_ip() -> Option<std::net::IpAddr> {
@@ -42,10 +47,6 @@ fn client_ip() -> Option<std::net::IpAddr> {
         .map(|a| a.ip())
         .or_else(|_| text.parse::<std::net::IpAddr>())
         .ok()
-}
-
-fn set_request_header(name: &str, value: Option<&str>) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
 
 fn reply(denied: &Denied) -> Action {
@@ -64,26 +65,21 @@ fn reply(denied: &Denied) -> Action {
     Action::Pause
 }
 
-impl HttpContext for TollgateHttp {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let x_api_key = request_header("x-api-key");
-        let authorization = request_header("authorization");
-        let presented = presented_key(x_api_key.as_deref(), authorization.as_deref());
+fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
 
-        // The key never travels upstream, and identity headers are only ever ours.
-        if x_api_key.is_some() {
-            set_request_header("x-api-key", None);
-        }
-        let bearer_is_key = authorization
-            .as_deref()
-            .and_then(|a| presented_key(None, Some(a)))
-            .is_some_and(|k| x_api_key.is_none() || k.starts_with(KEY_PREFIX));
-        if bearer_is_key {
-            set_request_header("authorization", None);
-        }
-        for name in STRIPPED_REQUEST_HEADERS {
-            set_request_header(name, None);
-        }
+impl HttpContext for TollgateHttp {
+    // Host calls cost about a microsecond each, so the request's headers are
+    // read in one call and, when it is admitted, written back in one call.
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let x_api_key = find(&headers, "x-api-key");
+        let authorization = find(&headers, "authorization");
+        let presented = presented_key(x_api_key, authorization);
 
         let Some(now) = now_ms() else {
             crate::metrics::denied(DenyReason::ConfigUnavailable);
@@ -96,15 +92,16 @@ impl HttpContext for TollgateHttp {
                 key_id: None,
             });
         };
-        let method = request_header(":method").unwrap_or_default();
-        let path = request_header(":path").unwrap_or_default();
         let facts = RequestFacts {
             api_key: presented,
-            method: &method,
-            path: &path,
-            client_ip: client_ip(),
+            method: find(&headers, ":method").unwrap_or_default(),
+            path: find(&headers, ":path").unwrap_or_default(),
+            client_ip: ClientIp::Ask(client_ip),
         };
-        let decision = decide(&facts, &HostStore, now);
+        let decision = match self.cache.try_borrow_mut() {
+            Ok(mut cache) => decide_cached(&facts, &HostStore, &mut cache, now),
+            Err(_) => decide(&facts, &HostStore, now),
+        };
         crate::metrics::count(&decision);
         if let Ok(mut tally) = self.tally.try_borrow_mut() {
             match &decision {
@@ -119,9 +116,22 @@ impl HttpContext for TollgateHttp {
         }
         match decision {
             Decision::Allow(allowed) => {
-                for (name, value) in upstream_headers(&allowed) {
-                    set_request_header(name, Some(value));
-                }
+                // The key never travels upstream, and identity headers are only ever ours.
+                let bearer_is_key = authorization
+                    .and_then(|a| presented_key(None, Some(a)))
+                    .is_some_and(|k| x_api_key.is_none() || k.starts_with(KEY_PREFIX));
+                let ours = upstream_headers(&allowed);
+                let mut upstream: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .filter(|(n, _)| {
+                        *n != "x-api-key"
+                            && !(bearer_is_key && *n == "authorization")
+                            && !STRIPPED_REQUEST_HEADERS.contains(n)
+                    })
+                    .collect();
+                upstream.extend(ours);
+                let _ = hostcalls::set_map(MapType::HttpRequestHeaders, upstream);
                 self.response_headers = rate_limit_headers(&allowed.policies);
                 Action::Continue
             }
@@ -130,9 +140,18 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in self.response_headers.drain(..) {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
+        if self.response_headers.is_empty() {
+            return Action::Continue;
         }
+        let ours = std::mem::take(&mut self.response_headers);
+        let headers = hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+        let mut merged: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .filter(|(n, _)| !ours.iter().any(|(o, _)| o == n))
+            .collect();
+        merged.extend(ours.iter().map(|(n, v)| (*n, v.as_str())));
+        let _ = hostcalls::set_map(MapType::HttpResponseHeaders, merged);
         Action::Continue
     }
 }

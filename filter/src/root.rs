@@ -6,7 +6,7 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use serde::Deserialize;
 
 use crate::host::now_ms;
-use crate::http::TollgateHttp;
+use crate::http::{SharedCache, TollgateHttp};
 use crate::sync::{SyncConfig, SyncLoop};
 use crate::usage::{Flusher, Reporter, SharedTally, FLUSH_EVERY, QUEUE};
 
@@ -25,6 +25,8 @@ pub struct TollgateRoot {
     reporter: Option<Reporter>,
     /// This VM's decisions since the last hand-over.
     tally: SharedTally,
+    /// This VM's parsed config, shared by its HTTP contexts.
+    cache: SharedCache,
     flusher: Option<Flusher>,
 }
 
@@ -143,6 +145,7 @@ impl RootContext for TollgateRoot {
         }
         if let Some(flusher) = self.flusher.as_mut() {
             flusher.flush(&self.tally);
+            crate::metrics::flush();
         }
     }
 
@@ -155,7 +158,10 @@ impl RootContext for TollgateRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(TollgateHttp::new(self.tally.clone())))
+        Some(Box::new(TollgateHttp::new(
+            self.tally.clone(),
+            self.cache.clone(),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

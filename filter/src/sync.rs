@@ -71,6 +71,8 @@ impl SyncConfig {
 pub struct SyncLoop {
     config: SyncConfig,
     pacing: Pacing,
+    /// Mid-walk through a paged answer: the cursor of the next page.
+    after: Option<String>,
 }
 
 fn log(level: LogLevel, msg: &str) {
@@ -82,6 +84,7 @@ impl SyncLoop {
         Self {
             config,
             pacing: Pacing::default(),
+            after: None,
         }
     }
 
@@ -96,6 +99,11 @@ impl SyncLoop {
     pub fn on_tick(&mut self) {
         let Some(now) = now_ms() else { return };
         crate::metrics::sync_tick(now);
+        self.poll(now);
+    }
+
+    /// Sends the next poll if one is due.
+    fn poll(&mut self, now: u64) {
         if !self.pacing.due(now, self.timeout_ms()) {
             return;
         }
@@ -103,13 +111,18 @@ impl SyncLoop {
         let since = applied.unwrap_or(0);
         // Until the first config is applied, ask for everything without
         // waiting; after a failure too, so that being back in sync is known
-        // at once (and `tollgate_sync_age_seconds` falls back to 0).
-        let wait = if applied.is_none() || self.pacing.failures() > 0 {
+        // at once (and `tollgate_sync_age_seconds` falls back to 0); and
+        // for the next page of a walk.
+        let wait = if applied.is_none() || self.pacing.failures() > 0 || self.after.is_some() {
             0
         } else {
             self.config.wait_ms
         };
-        let path = format!("/v1/sync?since={since}&wait_ms={wait}");
+        let mut path = format!("/v1/sync?since={since}&wait_ms={wait}");
+        if let Some(after) = &self.after {
+            path.push_str("&after=");
+            path.push_str(after);
+        }
         let auth = format!("Bearer {}", self.config.token);
         let headers = vec![
             (":method", "GET"),
@@ -184,12 +197,23 @@ impl SyncLoop {
         };
         let before = applied_version(&HostStore);
         match apply_sync(&HostStore, &sync) {
+            Ok(_) if sync.next.is_some() => {
+                // A page of a longer walk: its keys are written, the version
+                // waits for the last page. Ask for the next one at once.
+                self.after = sync.next;
+                self.pacing.succeeded(now, 0);
+                self.poll(now);
+            }
             Ok(version) => {
+                self.after = None;
                 if self.pacing.failures() > 0 {
                     log(LogLevel::Info, "tollgate: control plane reachable again");
                 }
                 self.pacing.succeeded(now, 0);
                 crate::metrics::synced(version, now);
+                // Straight back into the long poll: a change committed
+                // before the next tick must not wait for it.
+                self.poll(now);
                 if before != Some(version) {
                     log(LogLevel::Info, &format!(
                         "tollgate: applied config version {version} ({} plans, {} keys, {} deletions)",

@@ -153,8 +153,8 @@ async fn envoy_stats_count_every_request_and_show_sync_health() {
     assert_eq!(send("/anything", Some(disabled_key)).await, 401);
     assert_eq!(send("/public/page", None).await, 200);
 
-    // Counted once each, summed over both workers' VMs.
-    let stats = envoy_stats(&stack).await;
+    // Counted once each, summed over both workers' VMs, and handed to
+    // Envoy on each worker's next tick (every 250 ms).
     let expected = [
         ("tollgate_requests_allowed_total".to_owned(), 3.0),
         ("tollgate_requests_anonymous_total".to_owned(), 1.0),
@@ -167,6 +167,14 @@ async fn envoy_stats_count_every_request_and_show_sync_health() {
         (denied("quota_exceeded"), 0.0),
         (denied("config_unavailable"), 0.0),
     ];
+    let (stats, _) = eventually(BOUND, "every request counted", || async {
+        let stats = envoy_stats(&stack).await;
+        let counted = expected
+            .iter()
+            .all(|(series, n)| value(&stats, series) >= *n);
+        counted.then_some(stats)
+    })
+    .await;
     for (series, n) in &expected {
         assert_eq!(value(&stats, series), *n, "{series}");
     }

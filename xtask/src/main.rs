@@ -3,8 +3,10 @@
 //! Both start by installing what is missing into the checkout's `.tools/`
 //! (Envoy from PyPI, the wasm-bindgen test runner) and through rustup, so a
 //! fresh machine needs nothing but cargo, Python and Node.js.
-//! `cargo xtask postgres` runs the tests' throwaway PostgreSQL on its own.
+//! `cargo xtask postgres` runs the tests' throwaway PostgreSQL on its own;
+//! `cargo xtask bench` measures what the filter costs Envoy (`bench/`).
 
+mod bench;
 mod install;
 mod pg;
 mod procs;
@@ -172,6 +174,8 @@ fn test(args: &[String]) -> Result {
                 root().join("envoy/tollgate.yaml"),
             ),
     )?;
+    step("benchmark smoke run (cargo xtask bench --smoke)");
+    bench::run_bench(&bench::Options::smoke(), &envoy)?;
     println!("\nall checks passed");
     Ok(())
 }
@@ -207,8 +211,9 @@ fn main() -> ExitCode {
         Some("up") => up::up(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("postgres") => postgres(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         _ => Err(
-            "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask postgres"
+            "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask bench [--smoke] | cargo xtask postgres"
                 .into(),
         ),
     };

@@ -1,0 +1,140 @@
+//! A VM's memo of the config it has read from shared data, valid for one
+//! applied config version.
+//!
+//! Reading a key record or a plan costs a host call that copies the value
+//! into the VM, and parsing it; together that was most of a request's cost.
+//! Every sync that changes anything writes a new `tg/version` last, and a
+//! request reads that version anyway (no version, no config), so the memo
+//! keeps what it read until the version moves, then forgets all of it. A
+//! revoked key is therefore refused by the first request that sees the
+//! version that revoked it, exactly as without the memo. Absent keys are
+//! remembered too, so a stream of unknown keys costs no more than known ones.
+//! It is bounded: when full it starts over.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::config::{Anonymous, KeyRecord, Plan};
+use crate::key::KeyHash;
+use crate::layout::{read_anonymous, read_key, read_plan};
+use crate::store::SharedStore;
+
+/// Key records (or their absence) remembered per VM before starting over.
+pub const MAX_KEYS: usize = 16_384;
+/// Plans remembered per VM before starting over.
+pub const MAX_PLANS: usize = 1_024;
+
+#[derive(Debug, Default)]
+pub struct ConfigCache {
+    version: Option<u64>,
+    keys: HashMap<KeyHash, Option<Rc<KeyRecord>>>,
+    plans: HashMap<String, Option<Rc<Plan>>>,
+    anonymous: Option<Option<Rc<Anonymous>>>,
+}
+
+impl ConfigCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets everything unless `version` is the one remembered.
+    pub fn at_version(&mut self, version: u64) {
+        if self.version != Some(version) {
+            self.keys.clear();
+            self.plans.clear();
+            self.anonymous = None;
+            self.version = Some(version);
+        }
+    }
+
+    pub fn key(&mut self, store: &impl SharedStore, hash: &KeyHash) -> Option<Rc<KeyRecord>> {
+        if let Some(known) = self.keys.get(hash) {
+            return known.clone();
+        }
+        let record = read_key(store, hash).map(Rc::new);
+        if self.keys.len() >= MAX_KEYS {
+            self.keys.clear();
+        }
+        self.keys.insert(*hash, record.clone());
+        record
+    }
+
+    pub fn plan(&mut self, store: &impl SharedStore, plan_id: &str) -> Option<Rc<Plan>> {
+        if let Some(known) = self.plans.get(plan_id) {
+            return known.clone();
+        }
+        let plan = read_plan(store, plan_id).map(Rc::new);
+        if self.plans.len() >= MAX_PLANS {
+            self.plans.clear();
+        }
+        self.plans.insert(plan_id.to_owned(), plan.clone());
+        plan
+    }
+
+    pub fn anonymous(&mut self, store: &impl SharedStore) -> Option<Rc<Anonymous>> {
+        self.anonymous
+            .get_or_insert_with(|| read_anonymous(store).map(Rc::new))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::apply_sync;
+    use crate::store::MemoryStore;
+    use crate::wire::{SyncResponse, WireKey, WirePlan};
+
+    fn sync(version: u64, hash: &KeyHash, active: bool) -> SyncResponse {
+        SyncResponse {
+            version,
+            plans: vec![WirePlan {
+                id: "plan_1".into(),
+                name: "Free".into(),
+                limits: vec![],
+                monthly_quota: None,
+                route_costs: vec![],
+            }],
+            keys: vec![WireKey {
+                hash: hash.to_hex(),
+                id: "key_1".into(),
+                tenant_id: "tnt_1".into(),
+                plan_id: "plan_1".into(),
+                active,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[crate::testing::test]
+    fn what_it_remembers_lasts_until_the_version_moves() {
+        let store = MemoryStore::new();
+        let (hash, unknown) = (KeyHash::of(b"k"), KeyHash::of(b"u"));
+        apply_sync(&store, &sync(1, &hash, true)).unwrap();
+        let mut cache = ConfigCache::new();
+        cache.at_version(1);
+        assert!(cache.key(&store, &hash).unwrap().active);
+        assert!(cache.key(&store, &unknown).is_none());
+        assert_eq!(cache.plan(&store, "plan_1").unwrap().name, "Free");
+
+        // Revoked in version 2: the old version's memo still answers...
+        apply_sync(&store, &sync(2, &hash, false)).unwrap();
+        cache.at_version(1);
+        assert!(cache.key(&store, &hash).unwrap().active);
+        // ...until the request that reads version 2.
+        cache.at_version(2);
+        assert!(!cache.key(&store, &hash).unwrap().active);
+    }
+
+    #[crate::testing::test]
+    fn it_starts_over_when_full() {
+        let store = MemoryStore::new();
+        let mut cache = ConfigCache::new();
+        cache.at_version(1);
+        for i in 0..=MAX_KEYS as u32 {
+            cache.key(&store, &KeyHash::of(&i.to_le_bytes()));
+        }
+        assert_eq!(cache.keys.len(), 1);
+    }
+}

@@ -1,0 +1,143 @@
+//! The Envoys the benchmark compares: the same listener and the same
+//! `direct_response` route, with only the HTTP filters in front changing.
+//!
+//! Tollgate's arm is rendered from `envoy/tollgate.yaml`, the file users copy,
+//! with its route swapped for the same `direct_response`, so what is measured
+//! is what ships.
+
+use tollgate_e2e::{render_envoy_config, EnvoyValues};
+
+use crate::{root, Result};
+
+/// What the route answers in every arm.
+const DIRECT_RESPONSE: &str = r#"direct_response: { status: 200, body: { inline_string: "ok" } }"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arm {
+    /// No HTTP filter but the router.
+    Plain,
+    /// Envoy's own `api_key_auth` + `local_ratelimit`, rate-limit headers on.
+    Native,
+    /// A proxy-wasm filter that does nothing: the floor.
+    EmptyWasm,
+    /// Tollgate.
+    Tollgate,
+}
+
+impl Arm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Native => "native",
+            Self::EmptyWasm => "empty-wasm",
+            Self::Tollgate => "tollgate",
+        }
+    }
+}
+
+pub struct Ports {
+    pub listener: u16,
+    pub admin: u16,
+}
+
+/// Where each arm gets what it needs.
+pub struct Inputs<'a> {
+    pub native_key: &'a str,
+    pub empty_wasm: &'a str,
+    pub filter_wasm: &'a str,
+    pub control_plane_port: u16,
+    pub sync_token: &'a str,
+}
+
+pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
+    if arm == Arm::Tollgate {
+        return tollgate(ports, inputs);
+    }
+    let filters = match arm {
+        Arm::Plain | Arm::Tollgate => String::new(),
+        Arm::Native => format!(
+            r#"
+          - name: envoy.filters.http.api_key_auth
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth
+              credentials: [{{ key: "{key}", client: "bench" }}]
+              key_sources: [{{ header: "x-api-key" }}]
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: bench
+              token_bucket: {{ max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s }}
+              filter_enabled: {{ runtime_key: rl_enabled, default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+              filter_enforced: {{ runtime_key: rl_enforced, default_value: {{ numerator: 100, denominator: HUNDRED }} }}
+              enable_x_ratelimit_headers: DRAFT_VERSION_03"#,
+            key = inputs.native_key
+        ),
+        Arm::EmptyWasm => format!(
+            r#"
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: empty
+                root_id: empty
+                vm_config:
+                  vm_id: empty
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{path}" }} }}"#,
+            path = inputs.empty_wasm
+        ),
+    };
+    Ok(format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                {DIRECT_RESPONSE}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        admin = ports.admin,
+        listener = ports.listener,
+    ))
+}
+
+fn tollgate(ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
+    let template = std::fs::read_to_string(root().join("envoy/tollgate.yaml"))
+        .map_err(|e| format!("read envoy/tollgate.yaml: {e}"))?;
+    let rendered = render_envoy_config(
+        &template,
+        &EnvoyValues {
+            envoy_port: ports.listener,
+            envoy_admin_port: ports.admin,
+            // Never reached: the route answers itself.
+            upstream_port: 9,
+            control_plane_port: inputs.control_plane_port,
+            filter_wasm: inputs.filter_wasm.to_owned(),
+            sync_token: inputs.sync_token.to_owned(),
+        },
+    )?;
+    let route = "route: { cluster: upstream }";
+    if rendered.matches(route).count() != 1 {
+        return Err(format!(
+            "envoy/tollgate.yaml no longer has exactly one `{route}` for the benchmark to replace"
+        ));
+    }
+    Ok(rendered.replace(route, DIRECT_RESPONSE))
+}

@@ -1,0 +1,783 @@
+//! `cargo xtask bench`: what Tollgate costs Envoy, next to what Envoy already
+//! ships and to the floor of being a proxy-wasm filter at all.
+//!
+//! One run starts one Envoy per arm ([`arms`]), every one `--concurrency 1`
+//! and pinned to CPU 0, with the load generator ([`load`]) and the control
+//! plane on CPU 1. At each key scale it loads keys through the control
+//! plane's API, times a cold Envoy's full sync, reads Envoy's memory, then
+//! runs alternated rounds over the arms: a closed loop for Envoy CPU per
+//! request (from `/proc/<pid>/stat`) and requests/s, and a fixed offered load
+//! for p50/p99 latency. At the largest scale it times revocations (API call
+//! to first 401). [`report`] writes JSON, Markdown and an SVG plot.
+//!
+//! `--smoke` (run by `cargo xtask test`) does all of it small and fast and
+//! writes under `target/`, so it proves the benchmark works, not figures.
+
+pub mod arms;
+pub mod load;
+pub mod report;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::procs::Managed;
+use crate::{cargo, install, root, run, Result};
+use arms::{Arm, Inputs, Ports};
+use load::{Conn, Requests};
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const SYNC_TOKEN: &str = "bench-sync-token-0123456789";
+/// Keys issued per batch call (the API's maximum).
+const BATCH: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub smoke: bool,
+    pub scales: Vec<usize>,
+    pub rounds: usize,
+    /// Requests per closed-loop round.
+    pub requests: usize,
+    pub connections: usize,
+    /// Offered load for the latency runs, requests/s, and for how long.
+    pub rate: u32,
+    pub rate_for: Duration,
+    pub revocations: usize,
+    pub out: PathBuf,
+    /// A control-plane binary to use instead of building one.
+    pub control_plane: Option<PathBuf>,
+}
+
+const USAGE: &str = "cargo xtask bench [--smoke] [--scales 1,1000,100000,1000000] [--rounds 5] \
+[--requests 60000] [--rate 2000] [--out bench] [--control-plane <binary>]";
+
+impl Options {
+    pub fn full() -> Self {
+        Self {
+            smoke: false,
+            scales: vec![1, 1_000, 100_000, 1_000_000],
+            rounds: 5,
+            requests: 60_000,
+            connections: 16,
+            rate: 2_000,
+            rate_for: Duration::from_secs(4),
+            revocations: 100,
+            out: root().join("bench"),
+            control_plane: None,
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            smoke: true,
+            scales: vec![1, 2_500],
+            rounds: 1,
+            requests: 2_000,
+            connections: 4,
+            rate: 200,
+            rate_for: Duration::from_secs(1),
+            revocations: 5,
+            out: root().join("target/bench-smoke"),
+            control_plane: None,
+        }
+    }
+
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut options = if args.iter().any(|a| a == "--smoke") {
+            Self::smoke()
+        } else {
+            Self::full()
+        };
+        let mut it = args.iter().filter(|a| *a != "--smoke");
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let number = || -> Result<usize> {
+                value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{flag}: {value:?} is not a positive number"))
+            };
+            match flag.as_str() {
+                "--scales" => {
+                    options.scales = value
+                        .split(',')
+                        .map(|s| s.trim().parse::<usize>().ok().filter(|n| *n > 0))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| format!("--scales: {value:?} is not a list of counts"))?;
+                    options.scales.sort_unstable();
+                }
+                "--rounds" => options.rounds = number()?,
+                "--requests" => options.requests = number()?,
+                "--rate" => options.rate = u32::try_from(number()?).unwrap_or(u32::MAX),
+                "--out" => options.out = PathBuf::from(value),
+                "--control-plane" => options.control_plane = Some(PathBuf::from(value)),
+                _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+pub fn bench(args: &[String]) -> Result {
+    let options = Options::parse(args)?;
+    install::rust_bits()?;
+    let envoy = install::envoy()?;
+    run_bench(&options, &envoy)
+}
+
+/// Builds what the arms run; the control plane in release unless smoke.
+fn build(options: &Options) -> Result<PathBuf> {
+    run(
+        "build filter.wasm and the empty filter",
+        cargo().args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "tollgate-filter",
+            "-p",
+            "tollgate-empty-filter",
+        ]),
+    )?;
+    if let Some(binary) = &options.control_plane {
+        return Ok(binary.clone());
+    }
+    let mut command = cargo();
+    command.args([
+        "build",
+        "-p",
+        "tollgate-control-plane",
+        "--bin",
+        "control-plane",
+    ]);
+    let profile = if options.smoke {
+        "debug"
+    } else {
+        command.arg("--release");
+        "release"
+    };
+    run("build the control plane", &mut command)?;
+    Ok(root().join("target").join(profile).join("control-plane"))
+}
+
+pub fn run_bench(options: &Options, envoy: &Path) -> Result {
+    let control_plane = build(options)?;
+    let wasm_dir = root().join("target/wasm32-wasip1/release");
+    let filter_wasm = wasm_dir.join("filter.wasm");
+    let empty_wasm = wasm_dir.join("empty_filter.wasm");
+    let work = tempdir()?;
+    pin_self_to_cpu(1);
+
+    println!("\n==> control plane, plans, tenants and the denial keys");
+    let cp = ControlPlane::start(&control_plane, &work)?;
+    let setup = Setup::create(&cp)?;
+
+    let inputs = Inputs {
+        native_key: &setup.native_key,
+        empty_wasm: &path_str(&empty_wasm)?,
+        filter_wasm: &path_str(&filter_wasm)?,
+        control_plane_port: cp.addr.port(),
+        sync_token: SYNC_TOKEN,
+    };
+    println!("==> one Envoy per arm, pinned to CPU 0");
+    let mut envoys = Vec::new();
+    for arm in [Arm::Plain, Arm::Native, Arm::EmptyWasm, Arm::Tollgate] {
+        envoys.push(Envoy::start(envoy, arm, &inputs, &work, arm.name())?);
+    }
+    let tollgate = envoys
+        .iter()
+        .find(|e| e.arm == Arm::Tollgate)
+        .ok_or("no Tollgate arm")?;
+    let mut keys = setup.allowed_keys.clone();
+    tollgate.wait_for_version(cp.version()?, Duration::from_secs(60))?;
+    setup.exhaust(tollgate)?;
+
+    let mut results = report::Results::new(options, &filter_wasm)?;
+    let rss_empty = tollgate.rss_kib()?;
+    for &scale in &options.scales {
+        println!("\n==> {scale} keys");
+        if keys.len() < scale {
+            let started = Instant::now();
+            keys.extend(cp.issue_keys(&setup.tenant, scale - keys.len())?);
+            println!("issued in {:.1} s", started.elapsed().as_secs_f64());
+        }
+        let version = cp.version()?;
+        let started = Instant::now();
+        tollgate.wait_for_version(version, Duration::from_secs(120))?;
+        println!(
+            "the running Envoy had them {:.2} s later",
+            started.elapsed().as_secs_f64()
+        );
+        let rss = tollgate.rss_kib()?;
+        let cold_sync = cold_sync(envoy, &inputs, &work, version)?;
+        println!("cold Envoy: full sync {:.2} s", cold_sync.as_secs_f64());
+        let mut scale_result = report::Scale::new(scale, rss, rss_empty, cold_sync);
+        let arms = ArmLoads::new(&envoys, &setup, &keys)?;
+        warm_up(&arms, options)?;
+        for round in 0..options.rounds {
+            for i in 0..arms.0.len() {
+                // Alternated: each round starts one arm later.
+                let Some((name, envoy, requests)) = arms.0.get((i + round) % arms.0.len()) else {
+                    continue;
+                };
+                let sample = measure(envoy, requests, options)?;
+                println!(
+                    "round {} {name:<18} {:6.1} µs CPU/req  {:8.0} req/s  p50 {:5.0} µs  p99 {:6.0} µs",
+                    round + 1,
+                    sample.cpu_us,
+                    sample.rps,
+                    sample.p50_us,
+                    sample.p99_us
+                );
+                scale_result.push(name, round, sample);
+            }
+        }
+        results.scales.push(scale_result);
+    }
+    if let Some(&largest) = options.scales.last() {
+        println!("\n==> revocations with {largest} keys");
+        results.revocation = Some(revocations(&cp, tollgate, &keys, options.revocations)?);
+    }
+    drop(envoys);
+    drop(cp);
+    report::write(&results, &options.out)?;
+    println!("\nwrote {}", options.out.display());
+    Ok(())
+}
+
+fn path_str(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The load generator's threads inherit this thread's CPU.
+fn pin_self_to_cpu(cpu: u32) {
+    let pinned = Command::new("taskset")
+        .args([
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pinned {
+        println!("warning: cannot pin the load generator to CPU {cpu}; figures will be noisier");
+    }
+}
+
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One request with a JSON body (or none); the answer's status and JSON.
+fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = Conn::open(addr)?.exchange(request.as_bytes())?;
+    let json = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    Ok((answer.status, json))
+}
+
+fn expect_status(what: &str, (status, body): (u16, Value), want: u16) -> Result<Value> {
+    if status == want {
+        Ok(body)
+    } else {
+        Err(format!("{what}: expected {want}, got {status}: {body}"))
+    }
+}
+
+fn wait_ready(addr: SocketAddr, path: &str, what: &str) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if matches!(call(addr, "GET", path, None), Ok((200, _))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} was not ready within 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct ControlPlane {
+    addr: SocketAddr,
+    _process: Managed,
+}
+
+impl ControlPlane {
+    fn start(binary: &Path, work: &Path) -> Result<Self> {
+        let addr = loopback(free_port()?);
+        let log = log_file(work, "control-plane.log")?;
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", "1"])
+            .arg(binary)
+            .args(["serve", "--addr", &addr.to_string(), "--data-dir"])
+            .arg(work.join("data"))
+            .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(log.0)
+            .stderr(log.1);
+        let process = Managed::spawn("control-plane", command)?;
+        wait_ready(addr, "/healthz", "the control plane")?;
+        Ok(Self {
+            addr,
+            _process: process,
+        })
+    }
+
+    fn post(&self, path: &str, body: Value) -> Result<Value> {
+        expect_status(path, call(self.addr, "POST", path, Some(&body))?, 201)
+    }
+
+    fn id_of(value: &Value) -> Result<String> {
+        value
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no id in {value}"))
+    }
+
+    fn tenant(&self, name: &str, plan: Value) -> Result<String> {
+        let plan_id = Self::id_of(&self.post("/v1/plans", plan)?)?;
+        Self::id_of(&self.post("/v1/tenants", json!({"name": name, "plan_id": plan_id}))?)
+    }
+
+    fn issue_key(&self, tenant: &str) -> Result<IssuedKey> {
+        IssuedKey::from_json(&self.post(
+            &format!("/v1/tenants/{tenant}/keys"),
+            json!({"name": "bench"}),
+        )?)
+    }
+
+    /// `count` keys through the batch endpoint.
+    fn issue_keys(&self, tenant: &str, count: usize) -> Result<Vec<IssuedKey>> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let n = (count - out.len()).min(BATCH);
+            let body = self.post(
+                &format!("/v1/tenants/{tenant}/keys/batch"),
+                json!({ "count": n }),
+            )?;
+            let issued = body
+                .get("keys")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("no keys in the batch answer: {body}"))?;
+            for key in issued {
+                out.push(IssuedKey::from_json(key)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest committed config version, from `/metrics`.
+    fn version(&self) -> Result<u64> {
+        let request = "GET /metrics HTTP/1.1\r\nhost: bench\r\n\r\n";
+        let answer = Conn::open(self.addr)?.exchange(request.as_bytes())?;
+        metric_value(
+            &String::from_utf8_lossy(&answer.body),
+            "tollgate_control_plane_config_version",
+        )
+        .ok_or_else(|| "the control plane's /metrics has no config version".to_owned())
+    }
+}
+
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        rest.trim_start_matches(':').trim().parse().ok()
+    })
+}
+
+#[derive(Clone)]
+struct IssuedKey {
+    id: String,
+    key: String,
+}
+
+impl IssuedKey {
+    fn from_json(value: &Value) -> Result<Self> {
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no {name} in {value}"))
+        };
+        Ok(Self {
+            id: field("id")?,
+            key: field("key")?,
+        })
+    }
+}
+
+/// What every scale shares: the tenants and the keys of the denial arms.
+struct Setup {
+    tenant: String,
+    allowed_keys: Vec<IssuedKey>,
+    /// Issued, then deleted: 401 `invalid_api_key`.
+    unknown_key: String,
+    /// One request an hour, spent before measuring: 429.
+    exhausted_key: String,
+    native_key: String,
+}
+
+impl Setup {
+    fn create(cp: &ControlPlane) -> Result<Self> {
+        let tenant = cp.tenant(
+            "bench",
+            json!({
+                "name": "Bench",
+                "limits": [
+                    {"name": "per-second", "max": 1_000_000_000u64, "window_seconds": 1},
+                    {"name": "per-hour", "max": 1_000_000_000_000u64, "window_seconds": 3600}
+                ],
+                "monthly_quota": 1_000_000_000_000u64
+            }),
+        )?;
+        let tight = cp.tenant(
+            "bench-exhausted",
+            json!({
+                "name": "Bench exhausted",
+                "limits": [{"name": "per-hour", "max": 1, "window_seconds": 3600}]
+            }),
+        )?;
+        let allowed = cp.issue_key(&tenant)?;
+        let exhausted = cp.issue_key(&tight)?;
+        let unknown = cp.issue_key(&tight)?;
+        expect_status(
+            "delete the unknown key",
+            call(cp.addr, "DELETE", &format!("/v1/keys/{}", unknown.id), None)?,
+            204,
+        )?;
+        Ok(Self {
+            tenant,
+            allowed_keys: vec![allowed],
+            unknown_key: unknown.key,
+            exhausted_key: exhausted.key,
+            native_key: "bench-native-key-0123456789".into(),
+        })
+    }
+
+    /// Spends the exhausted key's one request.
+    fn exhaust(&self, tollgate: &Envoy) -> Result {
+        let one = Requests::new(
+            tollgate.listener,
+            "/",
+            std::slice::from_ref(&self.exhausted_key),
+            200,
+        );
+        load::closed_loop(&one, 1, 1).map(|_| ())
+    }
+}
+
+fn log_file(work: &Path, name: &str) -> Result<(Stdio, Stdio)> {
+    let file = std::fs::File::create(work.join(name)).map_err(|e| format!("{name}: {e}"))?;
+    let clone = file.try_clone().map_err(|e| format!("{name}: {e}"))?;
+    Ok((Stdio::from(file), Stdio::from(clone)))
+}
+
+struct Envoy {
+    arm: Arm,
+    pid: u32,
+    listener: SocketAddr,
+    admin: SocketAddr,
+    _process: Managed,
+}
+
+impl Envoy {
+    fn start(
+        binary: &Path,
+        arm: Arm,
+        inputs: &Inputs<'_>,
+        work: &Path,
+        name: &str,
+    ) -> Result<Self> {
+        let ports = Ports {
+            listener: free_port()?,
+            admin: free_port()?,
+        };
+        let config = arms::envoy_config(arm, &ports, inputs)?;
+        let path = work.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+        let log = log_file(work, &format!("{name}.log"))?;
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", "0"])
+            .arg(binary)
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(log.0)
+            .stderr(log.1);
+        let process = Managed::spawn("envoy", command)?;
+        let envoy = Self {
+            arm,
+            pid: process.pid(),
+            listener: loopback(ports.listener),
+            admin: loopback(ports.admin),
+            _process: process,
+        };
+        wait_ready(envoy.admin, "/ready", &format!("Envoy ({name})"))?;
+        Ok(envoy)
+    }
+
+    /// User plus system CPU time of the whole process, in microseconds.
+    fn cpu_us(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .map_err(|e| format!("/proc/{}/stat: {e}", self.pid))?;
+        // Fields after the command name, which may hold spaces: state is
+        // field 3, utime 14 and stime 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+            return Err(format!(
+                "cannot read CPU times from /proc/{}/stat",
+                self.pid
+            ));
+        };
+        Ok((user + system) as f64 * 1e6 / clock_ticks_per_second())
+    }
+
+    fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .map_err(|e| format!("/proc/{}/status: {e}", self.pid))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| "no VmRSS".to_owned())
+    }
+
+    fn config_version(&self) -> Option<u64> {
+        let request = "GET /stats?filter=tollgate.config_version HTTP/1.1\r\nhost: bench\r\n\r\n";
+        let answer = Conn::open(self.admin)
+            .ok()?
+            .exchange(request.as_bytes())
+            .ok()?;
+        metric_value(
+            &String::from_utf8_lossy(&answer.body),
+            "wasmcustom.tollgate.config_version",
+        )
+    }
+
+    fn wait_for_version(&self, version: u64, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if self.config_version().is_some_and(|v| v >= version) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "Envoy did not reach config version {version} within {limit:?} (it has {:?})",
+                    self.config_version()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// From starting a new Envoy to its holding `version`, the whole key set.
+fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> Result<Duration> {
+    let started = Instant::now();
+    let envoy = Envoy::start(binary, Arm::Tollgate, inputs, work, "cold")?;
+    envoy.wait_for_version(version, Duration::from_secs(120))?;
+    Ok(started.elapsed())
+}
+
+/// Each arm's Envoy and the requests it is measured with.
+struct ArmLoads<'a>(Vec<(&'static str, &'a Envoy, Requests)>);
+
+impl<'a> ArmLoads<'a> {
+    fn new(envoys: &'a [Envoy], setup: &Setup, keys: &[IssuedKey]) -> Result<Self> {
+        let envoy = |arm: Arm| {
+            envoys
+                .iter()
+                .find(|e| e.arm == arm)
+                .ok_or_else(|| format!("no {} Envoy", arm.name()))
+        };
+        let plaintexts: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
+        let native = vec![setup.native_key.clone()];
+        let tollgate = envoy(Arm::Tollgate)?;
+        Ok(Self(vec![
+            (
+                "plain",
+                envoy(Arm::Plain)?,
+                Requests::new(envoy(Arm::Plain)?.listener, "/", &native, 200),
+            ),
+            (
+                "native",
+                envoy(Arm::Native)?,
+                Requests::new(envoy(Arm::Native)?.listener, "/", &native, 200),
+            ),
+            (
+                "empty-wasm",
+                envoy(Arm::EmptyWasm)?,
+                Requests::new(envoy(Arm::EmptyWasm)?.listener, "/", &native, 200),
+            ),
+            (
+                "tollgate",
+                tollgate,
+                Requests::new(tollgate.listener, "/", &plaintexts, 200),
+            ),
+            (
+                "tollgate-401-unknown",
+                tollgate,
+                Requests::new(
+                    tollgate.listener,
+                    "/",
+                    std::slice::from_ref(&setup.unknown_key),
+                    401,
+                ),
+            ),
+            (
+                "tollgate-429-exhausted",
+                tollgate,
+                Requests::new(
+                    tollgate.listener,
+                    "/",
+                    std::slice::from_ref(&setup.exhausted_key),
+                    429,
+                ),
+            ),
+        ]))
+    }
+}
+
+fn warm_up(arms: &ArmLoads<'_>, options: &Options) -> Result {
+    for (_, _, requests) in &arms.0 {
+        load::closed_loop(requests, options.requests / 4, options.connections)?;
+    }
+    Ok(())
+}
+
+/// One arm's figures in one round.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub cpu_us: f64,
+    pub rps: f64,
+    pub cpu_us_at_rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+fn measure(envoy: &Envoy, requests: &Requests, options: &Options) -> Result<Sample> {
+    let before = envoy.cpu_us()?;
+    let closed = load::closed_loop(requests, options.requests, options.connections)?;
+    let cpu_us = (envoy.cpu_us()? - before) / closed.requests as f64;
+    let before = envoy.cpu_us()?;
+    let latencies = load::fixed_rate(requests, options.rate, options.rate_for, 8)?;
+    let cpu_us_at_rate = (envoy.cpu_us()? - before) / latencies.0.len().max(1) as f64;
+    Ok(Sample {
+        cpu_us,
+        rps: closed.per_second(),
+        cpu_us_at_rate,
+        p50_us: latencies.quantile(0.50),
+        p99_us: latencies.quantile(0.99),
+    })
+}
+
+/// API call to the first 401 through Envoy, for `count` keys in turn.
+fn revocations(
+    cp: &ControlPlane,
+    tollgate: &Envoy,
+    keys: &[IssuedKey],
+    count: usize,
+) -> Result<report::Revocation> {
+    let mut rng = load::Rng::new(42);
+    let mut conn = Conn::open(tollgate.listener)?;
+    let mut latencies = Vec::with_capacity(count);
+    let mut api_ms = Vec::with_capacity(count);
+    let mut revoked = std::collections::HashSet::new();
+    while latencies.len() < count.min(keys.len()) {
+        let i = rng.below(keys.len());
+        let Some(key) = keys.get(i).filter(|_| revoked.insert(i)) else {
+            continue;
+        };
+        let request = format!(
+            "GET / HTTP/1.1\r\nhost: bench\r\nx-api-key: {}\r\n\r\n",
+            key.key
+        );
+        let before = conn.exchange(request.as_bytes())?;
+        if before.status != 200 {
+            return Err(format!(
+                "key {} answered {} before revocation",
+                key.id, before.status
+            ));
+        }
+        let started = Instant::now();
+        expect_status(
+            "deactivate a key",
+            call(
+                cp.addr,
+                "PATCH",
+                &format!("/v1/keys/{}", key.id),
+                Some(&json!({"active": false})),
+            )?,
+            200,
+        )?;
+        api_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        loop {
+            let answer = conn.exchange(request.as_bytes())?;
+            if answer.status == 401 {
+                latencies.push(started.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "key {} still answered {} after 10 s",
+                    key.id, answer.status
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(report::Revocation::new(latencies, api_ms))
+}
