@@ -12,8 +12,8 @@ use crate::cache::ConfigCache;
 use crate::config::{Limit, QUOTA_POLICY};
 use crate::key::ApiKey;
 use crate::layout::{
-    anonymous_buckets_key, applied_version, buckets_key, client_identity, decode_buckets,
-    encode_buckets, ensure_entry, read_standing, tenant_buckets_key, OWNER_ENTRY, QUOTA_ENTRY,
+    anonymous_buckets_key, buckets_key, client_identity, decode_buckets, encode_buckets,
+    ensure_entry, read_standing, tenant_buckets_key, OWNER_ENTRY, QUOTA_ENTRY,
 };
 use crate::period::{quota_period, Period};
 use crate::store::{SetError, SharedStore};
@@ -220,13 +220,12 @@ pub fn decide_cached(
             )
         }
     };
-    let Some(version) = applied_version(store) else {
+    if cache.version(store, now_ms).is_none() {
         return deny(
             DenyReason::ConfigUnavailable,
             "The gateway has not received its configuration yet; retry shortly.",
         );
-    };
-    cache.at_version(version);
+    }
     let hash = key.hash();
     let Some(record) = cache.key(store, &hash) else {
         return deny(DenyReason::InvalidApiKey, "The API key is not known.");
@@ -327,9 +326,7 @@ fn decide_anonymous(
             "Send your API key in the x-api-key header or as Authorization: Bearer <key>.",
         )
     };
-    if let Some(version) = applied_version(store) {
-        cache.at_version(version);
-    }
+    cache.version(store, now_ms);
     let Some(anonymous) = cache.anonymous(store) else {
         return missing();
     };
@@ -1051,7 +1048,7 @@ mod tests {
 mod metering_tests {
     use super::*;
     use crate::key::ApiKey;
-    use crate::layout::{apply_standings, apply_sync};
+    use crate::layout::{applied_version, apply_standings, apply_sync};
     use crate::period::quota_period;
     use crate::store::MemoryStore;
     use crate::wire::{

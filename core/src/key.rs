@@ -129,14 +129,32 @@ fn checksum(data: &[u8]) -> String {
     out.iter().map(|&b| b as char).collect()
 }
 
+/// CRC-32 (IEEE) by table: it runs on every request, and the bitwise form
+/// took a third of a microsecond for one key.
+// Built at compile time, where `i < 256` bounds every index.
+#[allow(clippy::indexing_slicing)]
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
+        let slot = usize::from((crc as u8) ^ byte);
+        crc = (crc >> 8) ^ CRC_TABLE.get(slot).copied().unwrap_or(0);
     }
     !crc
 }
