@@ -66,6 +66,7 @@ there is no such endpoint and `405 method_not_allowed` for a method it does not 
         routes::tenants::tenants_update,
         routes::tenants::tenants_delete,
         routes::keys::keys_create,
+        routes::keys::keys_create_batch,
         routes::keys::keys_list,
         routes::keys::keys_show,
         routes::keys::keys_update,

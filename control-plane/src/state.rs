@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics_token: Option<TokenDigest>,
     /// Most keys one usage receipt carries standings for.
     pub standings_page: usize,
+    /// Most keys one `/v1/sync` response carries; more are paged with `next`.
+    pub sync_page: usize,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             metrics_token: None,
             standings_page: crate::routes::usage::MAX_STANDINGS,
+            sync_page: crate::routes::sync::SYNC_PAGE_KEYS,
         }
     }
 
@@ -82,6 +85,12 @@ impl AppState {
     /// The same state with usage receipts paged at `keys` keys (tests use small pages).
     pub fn with_standings_page(mut self, keys: usize) -> Self {
         self.standings_page = keys.max(1);
+        self
+    }
+
+    /// The same state with `/v1/sync` paged at `keys` keys (tests use small pages).
+    pub fn with_sync_page(mut self, keys: usize) -> Self {
+        self.sync_page = keys.max(1);
         self
     }
 

@@ -1535,6 +1535,16 @@ async fn every_write_endpoint_answers_each_class_of_bad_input(backend: Backend) 
             duplicate: None,
         },
         Endpoint {
+            method: Method::POST,
+            uri: format!("/v1/tenants/{tenant_id}/keys/batch"),
+            unknown: Some("/v1/tenants/tnt_unknown/keys/batch".into()),
+            valid: r#"{"count": 1, "name": "n"}"#,
+            wrong_type: r#"{"count": 1, "name": "k", "scopes": "all"}"#,
+            missing: Some(r#"{"name": "n"}"#),
+            unknown_field: r#"{"count": 1, "name": "k", "plan": "gold"}"#,
+            duplicate: None,
+        },
+        Endpoint {
             method: Method::PATCH,
             uri: format!("/v1/keys/{key_id}"),
             unknown: Some("/v1/keys/key_unknown".into()),

@@ -47,6 +47,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tenants/{id}/usage"),
     ("GET", "/v1/tenants/{tenant_id}/keys"),
     ("POST", "/v1/tenants/{tenant_id}/keys"),
+    ("POST", "/v1/tenants/{tenant_id}/keys/batch"),
     ("GET", "/v1/tenants/{tenant_id}/tokens"),
     ("POST", "/v1/tenants/{tenant_id}/tokens"),
     ("DELETE", "/v1/tenants/{tenant_id}/tokens/{id}"),
@@ -944,6 +945,16 @@ async fn answers_match_the_documented_responses() {
     let fourth = json!({"name": "one too many"});
     w.call(a, "POST", &keys_uri, Some(fourth), S::CONFLICT)
         .await;
+    let batch_uri = format!("{keys_uri}/batch");
+    let too_many = json!({"count": 2});
+    w.call(a, "POST", &batch_uri, Some(too_many), S::CONFLICT)
+        .await;
+    let none = json!({"count": 0, "name": "bulk"});
+    w.call(a, "POST", &batch_uri, Some(none), S::UNPROCESSABLE_ENTITY)
+        .await;
+    let wider = json!({"count": 1, "name": "bulk", "monthly_quota": 1});
+    w.call(t, "POST", &batch_uri, Some(wider), S::FORBIDDEN)
+        .await;
 
     // Usage, reported and read back.
     let batch = json!({
@@ -1003,6 +1014,9 @@ async fn answers_match_the_documented_responses() {
     w.call(t, "DELETE", &successor, None, S::NO_CONTENT).await;
     w.call(a, "DELETE", &key_uri, None, S::NO_CONTENT).await;
     w.call(a, "DELETE", &key_uri, None, S::NOT_FOUND).await;
+    let two = json!({"count": 2, "name": "bulk", "allowed_cidrs": ["10.0.0.0/8"]});
+    let batch = w.call(t, "POST", &batch_uri, Some(two), S::CREATED).await;
+    assert_eq!(batch["keys"].as_array().unwrap().len(), 2);
     let token_uri = format!("{tokens_uri}/{}", id(&issued));
     w.call(a, "DELETE", &token_uri, None, S::NO_CONTENT).await;
     w.call(t, "GET", &tenant_uri, None, S::UNAUTHORIZED).await;

@@ -3,7 +3,8 @@
 //! A key may carry an expiry, scopes (method + path prefix), a client-IP
 //! allow-list and overrides of its plan's limits and quota; the filter enforces
 //! all of them. Rotation issues a successor with the same settings and lets the
-//! old key live on for a grace period.
+//! old key live on for a grace period. Keys are also issued in bulk, up to
+//! 10000 with the same settings in one transaction and one config version.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
             "/tenants/{tenant_id}/keys",
             post(keys_create).get(keys_list),
         )
+        .route("/tenants/{tenant_id}/keys/batch", post(keys_create_batch))
         .route(
             "/keys/{id}",
             get(keys_show).patch(keys_update).delete(keys_delete),
@@ -97,6 +99,85 @@ impl CreateKey {
                 monthly_quota: self.monthly_quota,
             },
         )
+    }
+}
+
+/// Most keys one `POST /v1/tenants/{tenant_id}/keys/batch` issues.
+pub const MAX_BATCH_KEYS: u64 = 10_000;
+
+/// The name of keys issued in a batch whose body names none.
+pub const DEFAULT_BATCH_NAME: &str = "batch";
+
+/// `count` keys with the same settings: `count`, and the fields of
+/// `CreateKey`, where `name` may be left out.
+// Read through `TryFrom`, as `CreateKey` plus `count`: serde's `flatten`
+// would lose `deny_unknown_fields`. Its schema is derived from `CreateKey`'s
+// the same way (below), so the two cannot drift apart.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
+pub struct CreateKeys {
+    pub count: u64,
+    pub key: CreateKey,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for CreateKeys {
+    type Error = serde_json::Error;
+
+    fn try_from(
+        mut body: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, serde_json::Error> {
+        use serde::de::Error as _;
+        let count = body
+            .remove("count")
+            .ok_or_else(|| serde_json::Error::missing_field("count"))?;
+        let count = serde_json::from_value(count)
+            .map_err(|e| serde_json::Error::custom(format!("count: {e}")))?;
+        body.entry("name")
+            .or_insert_with(|| DEFAULT_BATCH_NAME.into());
+        let key = serde_json::from_value(serde_json::Value::Object(body))?;
+        Ok(Self { count, key })
+    }
+}
+
+impl utoipa::PartialSchema for CreateKeys {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+        use utoipa::openapi::RefOr;
+        let mut schema = <CreateKey as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.description = Some(
+                "`count` keys with the same settings: `count`, and the fields of `CreateKey`, \
+                 where `name` may be left out."
+                    .into(),
+            );
+            object.required.retain(|field| field != "name");
+            object.required.insert(0, "count".into());
+            if let Some(RefOr::T(Schema::Object(name))) = object.properties.get_mut("name") {
+                name.description = Some(format!(
+                    "1 to 200 characters; `{DEFAULT_BATCH_NAME}` when absent."
+                ));
+            }
+            let count = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(1))
+                .maximum(Some(MAX_BATCH_KEYS))
+                .description(Some("How many keys to issue, 1 to 10000."))
+                .examples([1000]);
+            object.properties.insert("count".into(), count.into());
+        }
+        schema
+    }
+}
+
+impl utoipa::ToSchema for CreateKeys {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <CreateKey as utoipa::ToSchema>::schemas(schemas);
     }
 }
 
@@ -199,6 +280,13 @@ pub struct IssuedKey {
     pub view: KeyView,
     /// The plaintext key, `tg_<32 base62>_<6 base62>`: shown here and nowhere else, ever.
     pub key: String,
+}
+
+/// The answer to a batch: each key with its plaintext, shown here and nowhere else, ever.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IssuedKeys {
+    /// One per key issued.
+    pub keys: Vec<IssuedKey>,
 }
 
 #[derive(Clone, sqlx::FromRow)]
@@ -329,45 +417,162 @@ fn check(settings: &KeySettings) -> ApiResult<Checked> {
     Ok(Checked { expires })
 }
 
-/// Inserts a freshly generated key; returns its plaintext.
+/// What a new key, one or a batch, must pass before anything is written:
+/// overrides only from the admin, a valid name, settings every filter will
+/// accept, and an expiry (if any) in the future.
+fn check_new(principal: &Principal, name: &str, settings: &KeySettings) -> ApiResult<Checked> {
+    require_admin_for_overrides(
+        principal,
+        settings.limits.is_some() || settings.monthly_quota.is_some(),
+    )?;
+    validate_name("name", name)?;
+    let checked = check(settings)?;
+    if checked
+        .expires
+        .as_ref()
+        .is_some_and(|e| e.1 <= db::now_ms())
+    {
+        return Err(ApiError::invalid(
+            "invalid_expiry",
+            "expires_at must be in the future.",
+        ));
+    }
+    Ok(checked)
+}
+
+/// In the change's transaction: 404 unless the tenant exists, 409
+/// `key_limit_reached` when `adding` more keys would exceed its plan's `max_api_keys`.
+async fn check_allowance(tx: &mut db::Tx, tenant_id: &str, adding: i64) -> ApiResult<()> {
+    let max_api_keys: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT p.max_api_keys FROM tenants t JOIN plans p ON p.id = t.plan_id
+         WHERE t.id = $1 AND t.deleted_at IS NULL",
+    )
+    .bind(tenant_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(max_api_keys) = max_api_keys else {
+        return Err(ApiError::not_found("tenant", tenant_id));
+    };
+    if let Some(max) = max_api_keys {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        if count.saturating_add(adding) > max {
+            let more = if adding > 1 {
+                format!(
+                    "; {adding} more would make {}",
+                    count.saturating_add(adding)
+                )
+            } else {
+                String::new()
+            };
+            return Err(ApiError::conflict(
+                "key_limit_reached",
+                format!("The tenant's plan allows {max} API keys and it has {count}{more}."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A key just written, and its plaintext: for the one response that shows it.
+struct Fresh {
+    id: String,
+    key: ApiKey,
+}
+
+/// Values every key of one insert shares, bound once per statement as `$1`…`$12`.
+const SHARED_BINDS: usize = 12;
+/// Values of each key: id, prefix and hash.
+const ROW_BINDS: usize = 3;
+/// Keys per INSERT statement: 12 + 3 × 2000 = 6012 parameters, far below
+/// SQLite's limit (32766) and PostgreSQL's (65535). Every full chunk is the
+/// same statement, prepared once per connection.
+const INSERT_CHUNK: usize = 2000;
+
+/// `INSERT INTO api_keys` of `rows` keys that share everything but id, prefix and hash.
+fn insert_sql(rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::from(
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, expires_at,
+                               expires_at_ms, scopes, allowed_cidrs, limits, monthly_quota,
+                               rotated_from, created_at, updated_at, version)
+         VALUES ",
+    );
+    for row in 0..rows {
+        let n = SHARED_BINDS + row * ROW_BINDS;
+        let separator = if row == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{separator}(${}, $1, $2, ${}, ${}, TRUE, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            n + 1,
+            n + 2,
+            n + 3
+        );
+    }
+    sql
+}
+
+/// Generates and inserts `count` keys with the same tenant, name and settings.
 #[allow(clippy::too_many_arguments)] // each is one column group; a struct would only rename them
 async fn insert(
     tx: &mut db::Tx,
     version: i64,
-    id: &str,
     tenant_id: &str,
     name: &str,
     settings: &KeySettings,
     expires: &Option<(String, i64)>,
     rotated_from: Option<&str>,
-) -> ApiResult<ApiKey> {
-    let key = ApiKey::from_body(&Alphanumeric.sample_string(&mut rand::rng(), BODY_LEN))
-        .map_err(ApiError::internal)?;
+    count: usize,
+) -> ApiResult<Vec<Fresh>> {
+    let fresh = (0..count)
+        .map(|_| {
+            Ok(Fresh {
+                id: db::new_id("key"),
+                key: ApiKey::from_body(&Alphanumeric.sample_string(&mut rand::rng(), BODY_LEN))
+                    .map_err(ApiError::internal)?,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let now = db::now();
-    sqlx::query(
-        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, expires_at,
-                               expires_at_ms, scopes, allowed_cidrs, limits, monthly_quota,
-                               rotated_from, created_at, updated_at, version)
-         VALUES ($1, $2, $3, $4, $5, TRUE, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .bind(id)
-    .bind(tenant_id)
-    .bind(name)
-    .bind(key.display_prefix())
-    .bind(key.hash().to_hex())
-    .bind(expires.as_ref().map(|e| e.0.clone()))
-    .bind(expires.as_ref().map(|e| e.1))
-    .bind(to_json(&settings.scopes)?)
-    .bind(to_json(&settings.allowed_cidrs)?)
-    .bind(to_json(&settings.limits)?)
-    .bind(settings.monthly_quota.and_then(|q| i64::try_from(q).ok()))
-    .bind(rotated_from)
-    .bind(&now)
-    .bind(&now)
-    .bind(version)
-    .execute(&mut **tx)
-    .await?;
-    Ok(key)
+    let scopes = to_json(&settings.scopes)?;
+    let allowed_cidrs = to_json(&settings.allowed_cidrs)?;
+    let limits = to_json(&settings.limits)?;
+    let monthly_quota = settings.monthly_quota.and_then(|q| i64::try_from(q).ok());
+    let full_chunk = insert_sql(INSERT_CHUNK.min(count));
+    for chunk in fresh.chunks(INSERT_CHUNK) {
+        let last_chunk;
+        let sql = if chunk.len() == INSERT_CHUNK.min(count) {
+            &full_chunk
+        } else {
+            last_chunk = insert_sql(chunk.len());
+            &last_chunk
+        };
+        let mut query = sqlx::query(sql)
+            .bind(tenant_id)
+            .bind(name)
+            .bind(expires.as_ref().map(|e| e.0.as_str()))
+            .bind(expires.as_ref().map(|e| e.1))
+            .bind(scopes.as_deref())
+            .bind(allowed_cidrs.as_deref())
+            .bind(limits.as_deref())
+            .bind(monthly_quota)
+            .bind(rotated_from)
+            .bind(now.as_str())
+            .bind(now.as_str())
+            .bind(version);
+        for key in chunk {
+            query = query
+                .bind(key.id.as_str())
+                .bind(key.key.display_prefix())
+                .bind(key.key.hash().to_hex());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(fresh)
 }
 
 fn issued(view: KeyView, key: &ApiKey) -> Response {
@@ -378,12 +583,16 @@ fn issued(view: KeyView, key: &ApiKey) -> Response {
             (header::LOCATION, location),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
-        Json(IssuedKey {
-            view,
-            key: key.expose().to_owned(),
-        }),
+        Json(issued_key(view, key)),
     )
         .into_response()
+}
+
+fn issued_key(view: KeyView, key: &ApiKey) -> IssuedKey {
+    IssuedKey {
+        view,
+        key: key.expose().to_owned(),
+    }
 }
 
 /// Issue a key
@@ -429,60 +638,24 @@ async fn keys_create(
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
     let (name, settings) = input.split();
-    require_admin_for_overrides(
-        &principal,
-        settings.limits.is_some() || settings.monthly_quota.is_some(),
-    )?;
-    validate_name("name", &name)?;
-    let checked = check(&settings)?;
-    if checked
-        .expires
-        .as_ref()
-        .is_some_and(|e| e.1 <= db::now_ms())
-    {
-        return Err(ApiError::invalid(
-            "invalid_expiry",
-            "expires_at must be in the future.",
-        ));
-    }
-    let id = db::new_id("key");
+    let checked = check_new(&principal, &name, &settings)?;
 
     let (mut tx, version) = db::begin_change(&state.db).await?;
-    let max_api_keys: Option<Option<i64>> = sqlx::query_scalar(
-        "SELECT p.max_api_keys FROM tenants t JOIN plans p ON p.id = t.plan_id
-         WHERE t.id = $1 AND t.deleted_at IS NULL",
-    )
-    .bind(&tenant_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(max_api_keys) = max_api_keys else {
-        return Err(ApiError::not_found("tenant", &tenant_id));
-    };
-    if let Some(max) = max_api_keys {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND deleted_at IS NULL",
-        )
-        .bind(&tenant_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if count >= max {
-            return Err(ApiError::conflict(
-                "key_limit_reached",
-                format!("The tenant's plan allows {max} API keys and it has {count}."),
-            ));
-        }
-    }
-    let key = insert(
+    check_allowance(&mut tx, &tenant_id, 1).await?;
+    let mut fresh = insert(
         &mut tx,
         version,
-        &id,
         &tenant_id,
         &name,
         &settings,
         &checked.expires,
         None,
+        1,
     )
     .await?;
+    let Fresh { id, key } = fresh
+        .pop()
+        .ok_or_else(|| ApiError::internal("no key issued"))?;
     let view = find(&mut *tx, &id)
         .await?
         .ok_or_else(|| ApiError::internal("inserted key not found"))?
@@ -502,6 +675,125 @@ async fn keys_create(
     tx.commit().await?;
     state.published(version);
     Ok(issued(view, &key))
+}
+
+/// Issue keys in bulk
+///
+/// `count` keys (1 to 10000) with the same name (`batch` when absent) and
+/// settings, all or none, in one config version: every Envoy learns of them together. The plaintext
+/// keys are in this response only. The plan's `max_api_keys` counts all of
+/// them. A tenant token may issue keys for its own tenant, without `limits`
+/// or `monthly_quota`. One audit entry (`key.batch_create`) lists the ids.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant_id}/keys/batch",
+    tag = "keys",
+    params(("tenant_id" = String, Path, description = "Tenant id.")),
+    request_body = CreateKeys,
+    responses(
+        (status = 201, description = "Issued, every one.", body = IssuedKeys,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a tenant token set `limits` or `monthly_quota`.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "`key_limit_reached`: the plan's `max_api_keys` would be exceeded; nothing is issued.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = ContentTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_count` (not 1 to 10000), `invalid_body`, `invalid_name`, `invalid_expiry` or `invalid_key` (scopes, CIDRs, limits).",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, response = Throttled),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("admin_token" = []), ("tenant_token" = [])),
+)]
+async fn keys_create_batch(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    ApiJson(input): ApiJson<CreateKeys>,
+) -> ApiResult<Response> {
+    if !principal.sees(&tenant_id) {
+        return Err(ApiError::not_found("tenant", &tenant_id));
+    }
+    if !(1..=MAX_BATCH_KEYS).contains(&input.count) {
+        return Err(ApiError::invalid(
+            "invalid_count",
+            format!("count must be between 1 and {MAX_BATCH_KEYS}."),
+        ));
+    }
+    // At most MAX_BATCH_KEYS, so both conversions hold.
+    let count = usize::try_from(input.count).map_err(ApiError::internal)?;
+    let adding = i64::try_from(input.count).map_err(ApiError::internal)?;
+    let (name, settings) = input.key.split();
+    let checked = check_new(&principal, &name, &settings)?;
+
+    let (mut tx, version) = db::begin_change(&state.db).await?;
+    check_allowance(&mut tx, &tenant_id, adding).await?;
+    let fresh = insert(
+        &mut tx,
+        version,
+        &tenant_id,
+        &name,
+        &settings,
+        &checked.expires,
+        None,
+        count,
+    )
+    .await?;
+    // Read back as stored, like a single key: every key of this version is one of ours.
+    let mut rows: std::collections::HashMap<String, KeyRow> = sqlx::query_as::<_, KeyRow>(
+        &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE version = $1 AND tenant_id = $2"),
+    )
+    .bind(version)
+    .bind(&tenant_id)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| (row.id.clone(), row))
+    .collect();
+    let keys = fresh
+        .iter()
+        .map(|f| {
+            let row = rows
+                .remove(&f.id)
+                .ok_or_else(|| ApiError::internal("inserted key not found"))?;
+            Ok(issued_key(row.view()?, &f.key))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let batch_id = db::new_id("batch");
+    audit::record(
+        &mut tx,
+        &principal.label(),
+        audit::Entry {
+            action: "key.batch_create",
+            resource_id: &batch_id,
+            tenant_id: Some(&tenant_id),
+            before: None,
+            after: Some(serde_json::json!({
+                "count": count,
+                "key_ids": fresh.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+                "name": name,
+                "expires_at": checked.expires.as_ref().map(|e| e.0.as_str()),
+                "scopes": settings.scopes,
+                "allowed_cidrs": settings.allowed_cidrs,
+                "limits": settings.limits,
+                "monthly_quota": settings.monthly_quota,
+            })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    state.published(version);
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(IssuedKeys { keys }),
+    )
+        .into_response())
 }
 
 async fn find<'e>(
@@ -783,18 +1075,19 @@ async fn keys_rotate(
         (Some(text), Some(ms)) => Some((text.clone(), ms)),
         _ => None,
     };
-    let new_id = db::new_id("key");
-    let key = insert(
+    let Fresh { id: new_id, key } = insert(
         &mut tx,
         version,
-        &new_id,
         &old.tenant_id,
         &old.name,
         &settings,
         &expires,
         Some(&id),
+        1,
     )
-    .await?;
+    .await?
+    .pop()
+    .ok_or_else(|| ApiError::internal("no key issued"))?;
 
     let grace_ms = i64::try_from(input.grace_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     let end_ms = db::now_ms().saturating_add(grace_ms);
