@@ -191,10 +191,7 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
     for arm in [Arm::Plain, Arm::Native, Arm::EmptyWasm, Arm::Tollgate] {
         envoys.push(Envoy::start(envoy, arm, &inputs, &work, arm.name())?);
     }
-    let tollgate = envoys
-        .iter()
-        .find(|e| e.arm == Arm::Tollgate)
-        .ok_or("no Tollgate arm")?;
+    let tollgate = envoy_of(&envoys, Arm::Tollgate)?;
     let mut keys = setup.allowed_keys.clone();
     tollgate.wait_for_version(cp.version()?, Duration::from_secs(60))?;
     setup.exhaust(tollgate)?;
@@ -636,58 +633,43 @@ struct ArmLoads<'a>(Vec<(&'static str, &'a Envoy, Requests)>);
 
 impl<'a> ArmLoads<'a> {
     fn new(envoys: &'a [Envoy], setup: &Setup, keys: &[IssuedKey]) -> Result<Self> {
-        let envoy = |arm: Arm| {
-            envoys
-                .iter()
-                .find(|e| e.arm == arm)
-                .ok_or_else(|| format!("no {} Envoy", arm.name()))
-        };
         let plaintexts: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
-        let native = vec![setup.native_key.clone()];
-        let tollgate = envoy(Arm::Tollgate)?;
+        let native = std::slice::from_ref(&setup.native_key);
+        let arm = |name, arm, keys: &[String], status| -> Result<_> {
+            let envoy = envoy_of(envoys, arm)?;
+            Ok((
+                name,
+                envoy,
+                Requests::new(envoy.listener, "/", keys, status),
+            ))
+        };
         Ok(Self(vec![
-            (
-                "plain",
-                envoy(Arm::Plain)?,
-                Requests::new(envoy(Arm::Plain)?.listener, "/", &native, 200),
-            ),
-            (
-                "native",
-                envoy(Arm::Native)?,
-                Requests::new(envoy(Arm::Native)?.listener, "/", &native, 200),
-            ),
-            (
-                "empty-wasm",
-                envoy(Arm::EmptyWasm)?,
-                Requests::new(envoy(Arm::EmptyWasm)?.listener, "/", &native, 200),
-            ),
-            (
-                "tollgate",
-                tollgate,
-                Requests::new(tollgate.listener, "/", &plaintexts, 200),
-            ),
-            (
+            arm("plain", Arm::Plain, native, 200)?,
+            arm("native", Arm::Native, native, 200)?,
+            arm("empty-wasm", Arm::EmptyWasm, native, 200)?,
+            arm("tollgate", Arm::Tollgate, &plaintexts, 200)?,
+            arm(
                 "tollgate-401-unknown",
-                tollgate,
-                Requests::new(
-                    tollgate.listener,
-                    "/",
-                    std::slice::from_ref(&setup.unknown_key),
-                    401,
-                ),
-            ),
-            (
+                Arm::Tollgate,
+                std::slice::from_ref(&setup.unknown_key),
+                401,
+            )?,
+            arm(
                 "tollgate-429-exhausted",
-                tollgate,
-                Requests::new(
-                    tollgate.listener,
-                    "/",
-                    std::slice::from_ref(&setup.exhausted_key),
-                    429,
-                ),
-            ),
+                Arm::Tollgate,
+                std::slice::from_ref(&setup.exhausted_key),
+                429,
+            )?,
         ]))
     }
+}
+
+/// The running Envoy of `arm`.
+fn envoy_of(envoys: &[Envoy], arm: Arm) -> Result<&Envoy> {
+    envoys
+        .iter()
+        .find(|e| e.arm == arm)
+        .ok_or_else(|| format!("no {} Envoy", arm.name()))
 }
 
 fn warm_up(arms: &ArmLoads<'_>, options: &Options) -> Result {
