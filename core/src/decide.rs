@@ -13,7 +13,7 @@ use crate::config::{Limit, QUOTA_POLICY};
 use crate::key::ApiKey;
 use crate::layout::{
     anonymous_buckets_key, buckets_key, client_identity, decode_buckets, encode_buckets,
-    ensure_entry, read_standing, tenant_buckets_key, OWNER_ENTRY, QUOTA_ENTRY,
+    ensure_entry, tenant_buckets_key, OTHERS_ENTRY, OWNER_ENTRY, QUOTA_ENTRY,
 };
 use crate::period::{quota_period, Period};
 use crate::store::{SetError, SharedStore};
@@ -279,16 +279,9 @@ pub fn decide_cached(
     let (tenant_limits, key_limits): (Vec<Limit>, Vec<Limit>) = limits
         .into_iter()
         .partition(|l| l.scope == LimitScope::Tenant);
-    let quota = record.quota(&plan).map(|max| {
-        let period = quota_period(now_ms, record.billing_anchor_day);
-        let others_used = read_standing(store, &hash)
-            .filter(|s| s.period_start_ms == period.start_ms)
-            .map_or(0, |s| s.others_used);
-        Quota {
-            max,
-            period,
-            others_used,
-        }
+    let quota = record.quota(&plan).map(|max| Quota {
+        max,
+        period: quota_period(now_ms, record.billing_anchor_day),
     });
     let mut ledgers = vec![Ledger {
         entry: buckets_key(&hash),
@@ -420,8 +413,6 @@ fn verdict(
 struct Quota {
     max: u64,
     period: Period,
-    /// Use through other Envoys this period, from the control plane.
-    others_used: u64,
 }
 
 /// One shared-data entry that a request consumes from: its limits' buckets
@@ -434,11 +425,15 @@ struct Ledger {
     owner: Option<u128>,
 }
 
-/// A ledger as read at one instant: refilled buckets and this Envoy's quota count.
+/// A ledger as read at one instant: refilled buckets, this Envoy's quota
+/// count and the other Envoys' use as last reported.
 struct Look {
     cas: Option<u32>,
     buckets: Vec<Bucket>,
     own_used: u64,
+    others_used: u64,
+    /// The stored [`OTHERS_ENTRY`] as read, written back unchanged.
+    others: Option<Bucket>,
 }
 
 impl Ledger {
@@ -448,14 +443,15 @@ impl Ledger {
             ensure_entry(store, &self.entry);
             store.get(&self.entry)
         });
-        let (stored, cas) = match found {
-            Some((bytes, cas)) => (decode_buckets(&bytes), Some(cas)),
+        let (bytes, cas) = match found {
+            Some((bytes, cas)) => (bytes, Some(cas)),
             None => (Vec::new(), None),
         };
+        let stored = decode_buckets(&bytes);
         let stored_bucket = |name: &str| {
             stored
                 .iter()
-                .find(|(n, _)| n == name)
+                .find(|(n, _)| *n == name)
                 .map(|(_, bucket)| *bucket)
         };
         let mut buckets: Vec<Bucket> = self
@@ -484,7 +480,8 @@ impl Ledger {
                     .collect();
             }
         }
-        let own_used = match (self.quota, stored_bucket(QUOTA_ENTRY)) {
+        // A count of another period says nothing about this one.
+        let this_period = |entry: &str| match (self.quota, stored_bucket(entry)) {
             (Some(quota), Some(count)) if count.last_fill_ms == quota.period.start_ms => {
                 u64::try_from(count.level).unwrap_or(u64::MAX)
             }
@@ -493,7 +490,9 @@ impl Ledger {
         Look {
             cas,
             buckets,
-            own_used,
+            own_used: this_period(QUOTA_ENTRY),
+            others_used: this_period(OTHERS_ENTRY),
+            others: stored_bucket(OTHERS_ENTRY),
         }
     }
 
@@ -520,7 +519,7 @@ impl Ledger {
             }
         }
         if let Some(quota) = &self.quota {
-            let used = look.own_used.saturating_add(quota.others_used);
+            let used = look.own_used.saturating_add(look.others_used);
             if cost > 0 && used.saturating_add(cost) > quota.max {
                 violated.push(QUOTA_POLICY.to_owned());
                 wait_ms = wait_ms.max(quota.period.ms_left(now_ms));
@@ -533,7 +532,13 @@ impl Ledger {
         }
     }
 
-    fn policies(&self, buckets: &[Bucket], own_used: u64, now_ms: u64) -> Vec<PolicyStatus> {
+    fn policies(
+        &self,
+        buckets: &[Bucket],
+        own_used: u64,
+        others_used: u64,
+        now_ms: u64,
+    ) -> Vec<PolicyStatus> {
         let mut out: Vec<PolicyStatus> = self
             .limits
             .iter()
@@ -541,7 +546,7 @@ impl Ledger {
             .map(|(l, b)| status(l, b))
             .collect();
         if let Some(quota) = &self.quota {
-            let used = own_used.saturating_add(quota.others_used);
+            let used = own_used.saturating_add(others_used);
             out.push(PolicyStatus {
                 name: QUOTA_POLICY.to_owned(),
                 quota: quota.max,
@@ -575,6 +580,9 @@ impl Ledger {
                     last_fill_ms: quota.period.start_ms,
                 },
             ));
+        }
+        if let Some(others) = look.others {
+            entries.push((OTHERS_ENTRY, others));
         }
         if let Some(owner) = self.owner {
             entries.push((
@@ -647,7 +655,9 @@ fn refused(
     let mut policies: Vec<PolicyStatus> = ledgers
         .iter()
         .zip(looks)
-        .flat_map(|(ledger, look)| ledger.policies(&look.buckets, look.own_used, now_ms))
+        .flat_map(|(ledger, look)| {
+            ledger.policies(&look.buckets, look.own_used, look.others_used, now_ms)
+        })
         .collect();
     for p in &mut policies {
         if violated.contains(&p.name) {
@@ -713,7 +723,12 @@ fn consume(store: &impl SharedStore, ledgers: &[Ledger], cost: u64, now_ms: u64)
                 let own_used = look.own_used.saturating_add(cost);
                 match ledger.write(store, &look, &after, own_used) {
                     Ok(()) => {
-                        policies.extend(ledger.policies(&after, own_used, now_ms));
+                        policies.extend(ledger.policies(
+                            &after,
+                            own_used,
+                            look.others_used,
+                            now_ms,
+                        ));
                         break;
                     }
                     Err(SetError::CasMismatch) if i == 0 => continue 'attempt,
@@ -1267,6 +1282,15 @@ mod metering_tests {
         apply_standings(&s, &[standing(period.start_ms - 1, 100)]).unwrap();
         let a = get(&s, 0, T0);
         assert_eq!(policy(&allowed(&a).policies, "monthly").remaining, 7);
+        // A standing shares the key's bucket entry: it races requests by CAS
+        // and keeps the key's own count.
+        s.inject_cas_conflicts(3);
+        assert_eq!(apply_standings(&s, &[standing(period.start_ms, 5)]), Ok(1));
+        let a = get(&s, 0, T0);
+        assert_eq!(policy(&allowed(&a).policies, "monthly").remaining, 1);
+        s.inject_cas_conflicts(u32::MAX);
+        assert!(apply_standings(&s, &[standing(period.start_ms, 0)]).is_err());
+        s.inject_cas_conflicts(0);
         // Unreadable hashes are skipped.
         let mut bad = standing(period.start_ms, 1);
         bad.key_hash = "zz".into();

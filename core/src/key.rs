@@ -184,10 +184,30 @@ impl KeyHash {
         Some(Self(out))
     }
 
-    /// The shared-data lookup id: hex of the first 16 bytes. 128 bits keep
-    /// collisions out of reach while halving the host-side key string.
+    /// The shared-data lookup id: base64url of the first 15 bytes, 20
+    /// characters. 120 bits keep collisions out of reach (about 2^-80 at a
+    /// million keys), and a 2-character prefix plus 20 is 22 bytes, the
+    /// longest string Envoy's C++ library keeps inline without a heap block.
     pub fn lookup_id(&self) -> String {
-        hex::encode(self.0.get(..16).unwrap_or(&[]))
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::with_capacity(20);
+        for group in self.0.chunks_exact(3).take(5) {
+            let n = group
+                .iter()
+                .fold(0u32, |n, &byte| (n << 8) | u32::from(byte));
+            for shift in [18, 12, 6, 0] {
+                let six = usize::try_from((n >> shift) & 63).unwrap_or(0);
+                out.push(char::from(ALPHABET.get(six).copied().unwrap_or(b'A')));
+            }
+        }
+        out
+    }
+
+    /// The first four bytes, as a number.
+    pub fn prefix_u32(&self) -> u32 {
+        let [a, b, c, d, ..] = self.0;
+        u32::from_be_bytes([a, b, c, d])
     }
 }
 
@@ -250,7 +270,9 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
-        assert_eq!(h.lookup_id(), "ba7816bf8f01cfea414140de5dae2223");
+        // base64url of ba7816bf8f01cfea414140de5dae22
+        assert_eq!(h.lookup_id(), "ungWv48Bz-pBQUDeXa4i");
+        assert_eq!(h.prefix_u32(), 0xba78_16bf);
         assert!(KeyHash::from_hex("zz").is_none());
         let key = ApiKey::from_body(BODY).unwrap();
         let shown = format!("{key:?} {:?}", key.hash());

@@ -3,17 +3,20 @@
 //! - `tg/version`: the config version applied (u64 little-endian). Absent until
 //!   the first sync: the filter then fails closed.
 //! - `p/<plan id>`: a plan (wire JSON).
-//! - `k/<lookup id>`: a key record (wire JSON).
+//! - `k/<lookup id>`: a key record, compact binary ([`encode_key_record`]):
+//!   with a million keys, bytes per key is what Envoy's memory is made of.
 //! - `b/<lookup id>`: all token buckets of one key in one entry, and the key's
 //!   own quota count for the period ([`QUOTA_ENTRY`]), so one CAS covers every
 //!   window and the quota and a request consumes from all of them or none.
+//!   It also holds the key's quota use through other Envoys ([`OTHERS_ENTRY`],
+//!   written by the sync service from the control plane's standings), so a
+//!   request reads one entry, not two.
 //! - `bt/<tenant id>`: the buckets of the tenant-scoped limits.
 //! - `ba/<slot>`: the buckets of anonymous clients, one slot per hash of the
 //!   client address (so memory stays bounded), with the slot's owner.
-//! - `q/<lookup id>`: the key's quota use through other Envoys ([`Standing`]).
 //! - `tg/anonymous`: anonymous access (wire JSON).
 //!
-//! Only the sync service writes `tg/`, `p/`, `k/` and `q/`. Envoy lets a write
+//! Only the sync service writes `tg/`, `p/` and `k/`. Envoy lets a write
 //! to an absent entry through whatever its CAS token, so a bucket entry is
 //! created empty first ([`ensure_entry`]): racing creators write the same
 //! empty value and the CAS loop that follows sees every consumption.
@@ -31,6 +34,9 @@ const BUCKETS_FORMAT: u8 = 1;
 /// the count, `last_fill_ms` the start of the period it counts. Limit names
 /// cannot start with `@`.
 pub const QUOTA_ENTRY: &str = "@quota";
+/// The pseudo-bucket in `b/` holding the key's quota use through other
+/// Envoys: `level` is the count, `last_fill_ms` the start of its period.
+pub const OTHERS_ENTRY: &str = "@others";
 /// The pseudo-bucket in `ba/` naming the client that owns the slot.
 pub const OWNER_ENTRY: &str = "@owner";
 /// Anonymous clients share this many bucket slots.
@@ -40,10 +46,6 @@ const CREATE_ONLY: u32 = u32::MAX;
 
 pub fn tenant_buckets_key(tenant_id: &str) -> String {
     format!("bt/{tenant_id}")
-}
-
-pub fn standing_key(hash: &KeyHash) -> String {
-    format!("q/{}", hash.lookup_id())
 }
 
 /// An anonymous client's identity: its IPv4 address, or its IPv6 /64 (one
@@ -61,8 +63,7 @@ pub fn client_identity(ip: std::net::IpAddr) -> u128 {
 }
 
 pub fn anonymous_buckets_key(identity: u128) -> String {
-    let digest = KeyHash::of(&identity.to_le_bytes()).lookup_id();
-    let slot = u32::from_str_radix(digest.get(..8).unwrap_or("0"), 16).unwrap_or(0);
+    let slot = KeyHash::of(&identity.to_le_bytes()).prefix_u32();
     format!("ba/{}", slot % ANONYMOUS_SLOTS)
 }
 
@@ -74,25 +75,12 @@ pub fn ensure_entry(store: &impl SharedStore, entry: &str) {
     }
 }
 
-/// A key's quota use through other Envoys in one period, as the control plane last reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Standing {
-    pub period_start_ms: u64,
-    pub others_used: u64,
-}
+/// Compare-and-swap attempts for writing one standing before the receipt is
+/// left for the next report (its cursor is not advanced).
+const STANDING_ATTEMPTS: usize = 16;
 
-pub fn read_standing(store: &impl SharedStore, hash: &KeyHash) -> Option<Standing> {
-    let (bytes, _) = store.get(&standing_key(hash))?;
-    let start: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    let used: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
-    Some(Standing {
-        period_start_ms: u64::from_le_bytes(start),
-        others_used: u64::from_le_bytes(used),
-    })
-}
-
-/// Applies the standings of a usage receipt. Bad hashes are skipped, not fatal:
-/// standings are advisory counts, not config.
+/// Applies the standings of a usage receipt into the keys' bucket entries.
+/// Bad hashes are skipped, not fatal: standings are advisory counts, not config.
 pub fn apply_standings(
     store: &impl SharedStore,
     standings: &[crate::wire::QuotaStanding],
@@ -102,12 +90,35 @@ pub fn apply_standings(
         let Some(hash) = KeyHash::from_hex(&s.key_hash) else {
             continue;
         };
-        let mut bytes = s.period_start_ms.to_le_bytes().to_vec();
-        bytes.extend_from_slice(&s.others_used.to_le_bytes());
-        store.set(&standing_key(&hash), Some(&bytes), None)?;
+        let entry = buckets_key(&hash);
+        let others = Bucket {
+            level: u128::from(s.others_used),
+            last_fill_ms: s.period_start_ms,
+        };
+        write_others(store, &entry, others)?;
         applied += 1;
     }
     Ok(applied)
+}
+
+/// Sets the [`OTHERS_ENTRY`] of one bucket entry, keeping its buckets: a
+/// compare-and-swap loop like a request's, which it races with.
+fn write_others(store: &impl SharedStore, entry: &str, others: Bucket) -> Result<(), SetError> {
+    for _ in 0..STANDING_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(entry) else {
+            ensure_entry(store, entry);
+            continue;
+        };
+        let kept = decode_buckets(&bytes)
+            .into_iter()
+            .filter(|(name, _)| *name != OTHERS_ENTRY);
+        let value = encode_buckets(kept.chain([(OTHERS_ENTRY, others)]));
+        match store.set(entry, Some(&value), Some(cas)) {
+            Err(SetError::CasMismatch) => continue,
+            done => return done,
+        }
+    }
+    Err(SetError::CasMismatch)
 }
 
 pub fn read_anonymous(store: &impl SharedStore) -> Option<Anonymous> {
@@ -143,12 +154,129 @@ pub fn read_plan(store: &impl SharedStore, plan_id: &str) -> Option<Plan> {
 
 pub fn read_key(store: &impl SharedStore, hash: &KeyHash) -> Option<KeyRecord> {
     let (bytes, _) = store.get(&key_record_key(hash))?;
-    let wire: WireKey = serde_json::from_slice(&bytes).ok()?;
-    KeyRecord::try_from(&wire).ok()
+    KeyRecord::try_from(&decode_key_record(&bytes, hash)?).ok()
 }
 
-/// Buckets of one key, by limit name.
-pub fn decode_buckets(bytes: &[u8]) -> Vec<(String, Bucket)> {
+const KEY_FORMAT: u8 = 2;
+const KEY_ACTIVE: u8 = 1;
+const KEY_EXPIRES: u8 = 2;
+const KEY_QUOTA: u8 = 4;
+const KEY_ANCHOR: u8 = 8;
+const KEY_EXTRAS: u8 = 16;
+
+/// The rarely set parts of a key record, kept as JSON after the binary head.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyExtras {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scopes: Option<Vec<crate::wire::WireScope>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allowed_cidrs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<Vec<crate::wire::WireLimit>>,
+}
+
+/// A key record as stored under `k/`: a format byte, flags, the id, tenant
+/// and plan each after a length byte, then the optional expiry and quota
+/// (u64 little-endian) and billing anchor day, then, only if the key has
+/// scopes, CIDRs or limits of its own, those as JSON. The hash is the
+/// entry's name, so it is not stored again.
+pub fn encode_key_record(wire: &WireKey) -> Result<Vec<u8>, InvalidConfig> {
+    let extras = KeyExtras {
+        scopes: wire.scopes.clone(),
+        allowed_cidrs: wire.allowed_cidrs.clone(),
+        limits: wire.limits.clone(),
+    };
+    let has_extras =
+        extras.scopes.is_some() || extras.allowed_cidrs.is_some() || extras.limits.is_some();
+    let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+    let flags = flag(wire.active, KEY_ACTIVE)
+        | flag(wire.expires_at_ms.is_some(), KEY_EXPIRES)
+        | flag(wire.monthly_quota.is_some(), KEY_QUOTA)
+        | flag(wire.billing_anchor_day.is_some(), KEY_ANCHOR)
+        | flag(has_extras, KEY_EXTRAS);
+    let mut out = Vec::with_capacity(80);
+    out.extend_from_slice(&[KEY_FORMAT, flags]);
+    for (field, text) in [
+        ("id", &wire.id),
+        ("tenant_id", &wire.tenant_id),
+        ("plan_id", &wire.plan_id),
+    ] {
+        let len = u8::try_from(text.len()).map_err(|_| {
+            InvalidConfig(format!("key {}: {field} is longer than 255 bytes", wire.id))
+        })?;
+        out.push(len);
+        out.extend_from_slice(text.as_bytes());
+    }
+    for number in [wire.expires_at_ms, wire.monthly_quota]
+        .into_iter()
+        .flatten()
+    {
+        out.extend_from_slice(&number.to_le_bytes());
+    }
+    out.extend(wire.billing_anchor_day);
+    if has_extras {
+        let json = serde_json::to_vec(&extras).map_err(|e| InvalidConfig(e.to_string()))?;
+        out.extend_from_slice(&json);
+    }
+    Ok(out)
+}
+
+/// Reads what [`encode_key_record`] wrote; `None` if it is not such a record.
+pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<WireKey> {
+    let (&[format, flags], mut rest) = bytes.split_first_chunk::<2>()?;
+    if format != KEY_FORMAT {
+        return None;
+    }
+    let mut text = || -> Option<String> {
+        let (&len, tail) = rest.split_first()?;
+        let (value, tail) = tail.split_at_checked(usize::from(len))?;
+        rest = tail;
+        String::from_utf8(value.to_vec()).ok()
+    };
+    let (id, tenant_id, plan_id) = (text()?, text()?, text()?);
+    let mut number = |bit: u8| -> Option<Option<u64>> {
+        if flags & bit == 0 {
+            return Some(None);
+        }
+        let (value, tail) = rest.split_first_chunk::<8>()?;
+        rest = tail;
+        Some(Some(u64::from_le_bytes(*value)))
+    };
+    let expires_at_ms = number(KEY_EXPIRES)?;
+    let monthly_quota = number(KEY_QUOTA)?;
+    let billing_anchor_day = if flags & KEY_ANCHOR == 0 {
+        None
+    } else {
+        let (&day, tail) = rest.split_first()?;
+        rest = tail;
+        Some(day)
+    };
+    let extras: KeyExtras = if flags & KEY_EXTRAS == 0 {
+        KeyExtras {
+            scopes: None,
+            allowed_cidrs: None,
+            limits: None,
+        }
+    } else {
+        serde_json::from_slice(rest).ok()?
+    };
+    Some(WireKey {
+        hash: hash.to_hex(),
+        id,
+        tenant_id,
+        plan_id,
+        active: flags & KEY_ACTIVE != 0,
+        expires_at_ms,
+        scopes: extras.scopes,
+        allowed_cidrs: extras.allowed_cidrs,
+        limits: extras.limits,
+        monthly_quota,
+        billing_anchor_day,
+    })
+}
+
+/// Buckets of one key, by limit name, borrowed from the entry's bytes.
+pub fn decode_buckets(bytes: &[u8]) -> Vec<(&str, Bucket)> {
     let mut out = Vec::new();
     let mut rest = match bytes.split_first() {
         Some((&BUCKETS_FORMAT, rest)) => rest,
@@ -171,7 +299,7 @@ pub fn decode_buckets(bytes: &[u8]) -> Vec<(String, Bucket)> {
             break;
         };
         out.push((
-            name.to_owned(),
+            name,
             Bucket {
                 level: u128::from_le_bytes(level),
                 last_fill_ms: u64::from_le_bytes(last),
@@ -244,7 +372,11 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
     }
     let mut keys = Vec::with_capacity(sync.keys.len());
     for key in &sync.keys {
-        keys.push(KeyRecord::try_from(key).map_err(ApplyError::Invalid)?);
+        let record = KeyRecord::try_from(key).map_err(ApplyError::Invalid)?;
+        keys.push((
+            record.hash,
+            encode_key_record(key).map_err(ApplyError::Invalid)?,
+        ));
     }
     if let Some(anonymous) = &sync.anonymous {
         Anonymous::try_from(anonymous).map_err(ApplyError::Invalid)?;
@@ -265,15 +397,13 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
             .set(&plan_key(&plan.id), Some(&json), None)
             .map_err(ApplyError::Write)?;
     }
-    for (wire, record) in sync.keys.iter().zip(&keys) {
-        let json = serde_json::to_vec(wire)
-            .map_err(|e| ApplyError::Invalid(InvalidConfig(e.to_string())))?;
+    for (hash, bytes) in &keys {
         store
-            .set(&key_record_key(&record.hash), Some(&json), None)
+            .set(&key_record_key(hash), Some(bytes), None)
             .map_err(ApplyError::Write)?;
     }
     for hash in &deleted {
-        for entry in [key_record_key(hash), buckets_key(hash), standing_key(hash)] {
+        for entry in [key_record_key(hash), buckets_key(hash)] {
             store.set(&entry, None, None).map_err(ApplyError::Write)?;
         }
     }
@@ -335,6 +465,57 @@ mod tests {
     }
 
     #[crate::testing::test]
+    fn key_records_round_trip_compactly() {
+        let hash = KeyHash::of(b"k");
+        let plain = WireKey {
+            hash: hash.to_hex(),
+            id: "key_01JD3Q8Z5K2M7".into(),
+            tenant_id: "tnt_01JD3Q8Z5K2M7".into(),
+            plan_id: "pln_01JD3Q8Z5K2M7".into(),
+            active: true,
+            ..Default::default()
+        };
+        let bytes = encode_key_record(&plain).unwrap();
+        assert_eq!(bytes.len(), 2 + 3 * (1 + 17));
+        assert_eq!(decode_key_record(&bytes, &hash), Some(plain.clone()));
+
+        let full = WireKey {
+            active: false,
+            expires_at_ms: Some(1_700_000_000_123),
+            scopes: Some(vec![crate::wire::WireScope {
+                methods: Some(vec!["GET".into()]),
+                path_prefix: Some("/v1/".into()),
+            }]),
+            allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
+            limits: Some(vec![WireLimit {
+                name: "per-minute".into(),
+                max: 5,
+                window_seconds: 60,
+                burst: Some(2),
+                scope: Default::default(),
+            }]),
+            monthly_quota: Some(0),
+            billing_anchor_day: Some(31),
+            ..plain.clone()
+        };
+        let bytes = encode_key_record(&full).unwrap();
+        assert_eq!(decode_key_record(&bytes, &hash), Some(full));
+
+        // Truncated, foreign or empty bytes are no record.
+        for cut in 0..bytes.len() - 1 {
+            let partial = decode_key_record(&bytes[..cut], &hash);
+            assert!(partial.is_none(), "decoded {cut} bytes");
+        }
+        assert!(decode_key_record(br#"{"id":"key_1"}"#, &hash).is_none());
+
+        let long = WireKey {
+            tenant_id: "t".repeat(256),
+            ..plain
+        };
+        assert!(encode_key_record(&long).is_err());
+    }
+
+    #[crate::testing::test]
     fn buckets_round_trip_and_garbage_decodes_to_nothing() {
         let b = Bucket {
             level: 123_456_789_012_345,
@@ -343,7 +524,7 @@ mod tests {
         let bytes = encode_buckets([("per-second", b), ("daily", b)]);
         assert_eq!(
             decode_buckets(&bytes),
-            vec![("per-second".to_owned(), b), ("daily".to_owned(), b)]
+            vec![("per-second", b), ("daily", b)]
         );
         assert!(decode_buckets(&[]).is_empty());
         assert!(decode_buckets(&[9, 1, 2]).is_empty());

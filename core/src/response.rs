@@ -28,32 +28,77 @@ pub fn upstream_headers(allowed: &Allowed) -> Vec<(&'static str, &str)> {
     out
 }
 
-/// `RateLimit-Policy`, `RateLimit` and `X-RateLimit-*` for the given policies (none if empty).
-pub fn rate_limit_headers(policies: &[PolicyStatus]) -> Vec<(&'static str, String)> {
-    let Some(tightest) = policies.iter().min_by(|a, b| {
-        a.remaining
-            .cmp(&b.remaining)
-            .then(b.reset_seconds.cmp(&a.reset_seconds))
-    }) else {
-        return Vec::new();
-    };
-    let policy = policies
-        .iter()
-        .map(|p| format!("\"{}\";q={};w={}", p.name, p.quota, p.window_seconds))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = policies
-        .iter()
-        .map(|p| format!("\"{}\";r={};t={}", p.name, p.remaining, p.reset_seconds))
-        .collect::<Vec<_>>()
-        .join(", ");
-    vec![
-        ("ratelimit-policy", policy),
-        ("ratelimit", state),
-        ("x-ratelimit-limit", tightest.quota.to_string()),
-        ("x-ratelimit-remaining", tightest.remaining.to_string()),
-        ("x-ratelimit-reset", tightest.reset_seconds.to_string()),
-    ]
+/// The names of [`RateLimitHeaders`], in order.
+const RATE_LIMIT_HEADERS: [&str; 5] = [
+    "ratelimit-policy",
+    "ratelimit",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+];
+
+/// `RateLimit-Policy`, `RateLimit` and `X-RateLimit-*` for some policies
+/// (none if there are none). They are written on every admitted request,
+/// so all five values live in one string: one allocation, no `format!`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    text: String,
+    /// Where each value of [`RATE_LIMIT_HEADERS`] ends in `text`.
+    ends: [usize; 5],
+}
+
+impl RateLimitHeaders {
+    pub fn of(policies: &[PolicyStatus]) -> Self {
+        use core::fmt::Write;
+        let Some(tightest) = policies.iter().min_by(|a, b| {
+            a.remaining
+                .cmp(&b.remaining)
+                .then(b.reset_seconds.cmp(&a.reset_seconds))
+        }) else {
+            return Self::default();
+        };
+        let mut text = String::with_capacity(64 * policies.len() + 32);
+        let mut ends = [0; 5];
+        let mut slots = ends.iter_mut();
+        let mut end = |text: &String| {
+            if let Some(slot) = slots.next() {
+                *slot = text.len();
+            }
+        };
+        // Each policy as `"name";a=1;b=2`, comma-separated. Writing to a
+        // String cannot fail.
+        let items =
+            |text: &mut String, [a, b]: [&str; 2], of: fn(&PolicyStatus) -> [u64; 2]| {
+                for (i, p) in policies.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    let [x, y] = of(p);
+                    let _ = write!(text, "{sep}\"{}\";{a}={x};{b}={y}", p.name);
+                }
+            };
+        items(&mut text, ["q", "w"], |p| [p.quota, p.window_seconds]);
+        end(&text);
+        items(&mut text, ["r", "t"], |p| [p.remaining, p.reset_seconds]);
+        end(&text);
+        for n in [tightest.quota, tightest.remaining, tightest.reset_seconds] {
+            let _ = write!(text, "{n}");
+            end(&text);
+        }
+        Self { text, ends }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Each header's name and value; nothing when there are no policies.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let starts = core::iter::once(0).chain(self.ends);
+        RATE_LIMIT_HEADERS
+            .into_iter()
+            .zip(starts.zip(self.ends))
+            .filter(|_| !self.is_empty())
+            .filter_map(|(name, (start, end))| Some((name, self.text.get(start..end)?)))
+    }
 }
 
 #[derive(Serialize)]
@@ -111,7 +156,11 @@ pub fn local_reply(denied: &Denied) -> LocalReply {
     if reason.status() == 401 {
         headers.push(("www-authenticate", "Bearer realm=\"tollgate\"".to_owned()));
     }
-    headers.extend(rate_limit_headers(&denied.policies));
+    headers.extend(
+        RateLimitHeaders::of(&denied.policies)
+            .iter()
+            .map(|(name, value)| (name, value.to_owned())),
+    );
     LocalReply {
         status: reason.status(),
         headers,
@@ -135,16 +184,12 @@ mod tests {
 
     #[crate::testing::test]
     fn headers_list_every_policy_and_the_tightest_in_x_headers() {
-        let h = rate_limit_headers(&[
+        let h = RateLimitHeaders::of(&[
             p("per-second", 10, 1, 7, 1),
             p("per-hour", 1000, 3600, 3, 900),
         ]);
-        let get = |n: &str| {
-            h.iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.as_str())
-                .unwrap()
-        };
+        assert_eq!(h.iter().count(), 5);
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v).unwrap();
         assert_eq!(
             get("ratelimit-policy"),
             "\"per-second\";q=10;w=1, \"per-hour\";q=1000;w=3600"
@@ -156,7 +201,20 @@ mod tests {
         assert_eq!(get("x-ratelimit-limit"), "1000");
         assert_eq!(get("x-ratelimit-remaining"), "3");
         assert_eq!(get("x-ratelimit-reset"), "900");
-        assert!(rate_limit_headers(&[]).is_empty());
+        assert!(RateLimitHeaders::of(&[]).is_empty());
+        assert_eq!(RateLimitHeaders::of(&[]).iter().count(), 0);
+        let one = RateLimitHeaders::of(&[p("daily", 5, 86400, 0, 10)]);
+        let all: Vec<_> = one.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("ratelimit-policy", "\"daily\";q=5;w=86400"),
+                ("ratelimit", "\"daily\";r=0;t=10"),
+                ("x-ratelimit-limit", "5"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "10"),
+            ]
+        );
     }
 
     #[crate::testing::test]

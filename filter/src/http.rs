@@ -12,14 +12,15 @@ use tollgate_core::decide::{
 };
 use tollgate_core::key::KEY_PREFIX;
 use tollgate_core::response::{
-    local_reply, rate_limit_headers, upstream_headers, STRIPPED_REQUEST_HEADERS,
+    local_reply, upstream_headers, RateLimitHeaders, STRIPPED_REQUEST_HEADERS,
 };
 
+use crate::headers::{self, HeaderBlock};
 use crate::host::{now_ms, HostStore};
 use crate::usage::SharedTally;
 
 pub struct TollgateHttp {
-    response_headers: Vec<(&'static str, String)>,
+    response_headers: RateLimitHeaders,
     tally: SharedTally,
     cache: SharedCache,
 }
@@ -30,7 +31,7 @@ pub type SharedCache = Rc<RefCell<ConfigCache>>;
 impl TollgateHttp {
     pub fn new(tally: SharedTally, cache: SharedCache) -> Self {
         Self {
-            response_headers: Vec::new(),
+            response_headers: RateLimitHeaders::default(),
             tally,
             cache,
         }
@@ -65,20 +66,15 @@ fn reply(denied: &Denied) -> Action {
     Action::Pause
 }
 
-fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 impl HttpContext for TollgateHttp {
-    // Host calls cost about a microsecond each, so the request's headers are
-    // read in one call and, when it is admitted, written back in one call.
+    // A host call that hands data back costs about a microsecond (the host
+    // calls into the VM to allocate), one that only takes data far less: the
+    // request's headers are read in one call, and what changes is written
+    // header by header.
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let x_api_key = find(&headers, "x-api-key");
-        let authorization = find(&headers, "authorization");
+        let headers = HeaderBlock::request();
+        let x_api_key = headers.get("x-api-key");
+        let authorization = headers.get("authorization");
         let presented = presented_key(x_api_key, authorization);
 
         let Some(now) = now_ms() else {
@@ -94,8 +90,8 @@ impl HttpContext for TollgateHttp {
         };
         let facts = RequestFacts {
             api_key: presented,
-            method: find(&headers, ":method").unwrap_or_default(),
-            path: find(&headers, ":path").unwrap_or_default(),
+            method: headers.get(":method").unwrap_or_default(),
+            path: headers.get(":path").unwrap_or_default(),
             client_ip: ClientIp::Ask(client_ip),
         };
         let decision = match self.cache.try_borrow_mut() {
@@ -120,19 +116,23 @@ impl HttpContext for TollgateHttp {
                 let bearer_is_key = authorization
                     .and_then(|a| presented_key(None, Some(a)))
                     .is_some_and(|k| x_api_key.is_none() || k.starts_with(KEY_PREFIX));
+                let request = MapType::HttpRequestHeaders;
+                if headers.contains("x-api-key") {
+                    headers::set(request, "x-api-key", None);
+                }
+                if bearer_is_key {
+                    headers::set(request, "authorization", None);
+                }
                 let ours = upstream_headers(&allowed);
-                let mut upstream: Vec<(&str, &str)> = headers
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_str()))
-                    .filter(|(n, _)| {
-                        *n != "x-api-key"
-                            && !(bearer_is_key && *n == "authorization")
-                            && !STRIPPED_REQUEST_HEADERS.contains(n)
-                    })
-                    .collect();
-                upstream.extend(ours);
-                let _ = hostcalls::set_map(MapType::HttpRequestHeaders, upstream);
-                self.response_headers = rate_limit_headers(&allowed.policies);
+                for name in STRIPPED_REQUEST_HEADERS {
+                    if headers.contains(name) && !ours.iter().any(|(n, _)| *n == name) {
+                        headers::set(request, name, None);
+                    }
+                }
+                for (name, value) in ours {
+                    headers::set(request, name, Some(value));
+                }
+                self.response_headers = RateLimitHeaders::of(&allowed.policies);
                 Action::Continue
             }
             Decision::Deny(denied) => reply(&denied),
@@ -143,15 +143,9 @@ impl HttpContext for TollgateHttp {
         if self.response_headers.is_empty() {
             return Action::Continue;
         }
-        let ours = std::mem::take(&mut self.response_headers);
-        let headers = hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
-        let mut merged: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .filter(|(n, _)| !ours.iter().any(|(o, _)| o == n))
-            .collect();
-        merged.extend(ours.iter().map(|(n, v)| (*n, v.as_str())));
-        let _ = hostcalls::set_map(MapType::HttpResponseHeaders, merged);
+        for (name, value) in self.response_headers.iter() {
+            headers::set(MapType::HttpResponseHeaders, name, Some(value));
+        }
         Action::Continue
     }
 }

@@ -8,7 +8,8 @@
 //!   shared data, which the workers read.
 //!
 //! All host access goes through `proxy_wasm::hostcalls`, whose errors we
-//! handle, never through the SDK's trait defaults, which unwrap.
+//! handle, never through the SDK's trait defaults, which unwrap, except the
+//! per-request header calls, which [`headers`] makes itself.
 
 #![cfg_attr(
     not(test),
@@ -21,6 +22,7 @@
 )]
 
 pub mod call;
+pub mod headers;
 pub mod host;
 pub mod http;
 pub mod metrics;

@@ -49,10 +49,13 @@ pub struct Options {
     pub out: PathBuf,
     /// A control-plane binary to use instead of building one.
     pub control_plane: Option<PathBuf>,
+    /// Only these arms (by name), for quick comparisons while developing.
+    pub arms: Option<Vec<String>>,
 }
 
 const USAGE: &str = "cargo xtask bench [--smoke] [--scales 1,1000,100000,1000000] [--rounds 5] \
-[--requests 60000] [--rate 2000] [--out bench] [--control-plane <binary>]";
+[--requests 60000] [--rate 2000] [--out bench] [--control-plane <binary>] \
+[--arms plain,empty-wasm,tollgate]";
 
 impl Options {
     pub fn full() -> Self {
@@ -67,6 +70,7 @@ impl Options {
             revocations: 100,
             out: root().join("bench"),
             control_plane: None,
+            arms: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl Options {
             revocations: 5,
             out: root().join("target/bench-smoke"),
             control_plane: None,
+            arms: None,
         }
     }
 
@@ -117,6 +122,16 @@ impl Options {
                 "--rate" => options.rate = u32::try_from(number()?).unwrap_or(u32::MAX),
                 "--out" => options.out = PathBuf::from(value),
                 "--control-plane" => options.control_plane = Some(PathBuf::from(value)),
+                "--arms" => {
+                    let arms: Vec<String> = value.split(',').map(|a| a.trim().to_owned()).collect();
+                    if let Some(bad) = arms.iter().find(|a| !ARM_LOADS.contains(&a.as_str())) {
+                        return Err(format!(
+                            "--arms: no arm {bad:?}; arms are {}",
+                            ARM_LOADS.join(", ")
+                        ));
+                    }
+                    options.arms = Some(arms);
+                }
                 _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
             }
         }
@@ -216,7 +231,10 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
         let cold_sync = cold_sync(envoy, &inputs, &work, version)?;
         println!("cold Envoy: full sync {:.2} s", cold_sync.as_secs_f64());
         let mut scale_result = report::Scale::new(scale, rss, rss_empty, cold_sync);
-        let arms = ArmLoads::new(&envoys, &setup, &keys)?;
+        let mut arms = ArmLoads::new(&envoys, &setup, &keys)?;
+        if let Some(only) = &options.arms {
+            arms.0.retain(|(name, _, _)| only.iter().any(|o| o == name));
+        }
         warm_up(&arms, options)?;
         for round in 0..options.rounds {
             for i in 0..arms.0.len() {
@@ -627,6 +645,16 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
     envoy.wait_for_version(version, Duration::from_secs(120))?;
     Ok(started.elapsed())
 }
+
+/// The names of [`ArmLoads`], in order.
+const ARM_LOADS: [&str; 6] = [
+    "plain",
+    "native",
+    "empty-wasm",
+    "tollgate",
+    "tollgate-401-unknown",
+    "tollgate-429-exhausted",
+];
 
 /// Each arm's Envoy and the requests it is measured with.
 struct ArmLoads<'a>(Vec<(&'static str, &'a Envoy, Requests)>);
