@@ -31,11 +31,26 @@ fn capacity(limit: &Limit) -> u128 {
     u128::from(limit.max_tokens) * units_per_token(limit)
 }
 
+// Levels are u128 so no product can overflow, but they nearly always fit
+// in u64, and on wasm32 a u128 division is a slow library call.
 fn div_ceil(a: u128, b: u128) -> u128 {
     if b == 0 {
         return 0;
     }
-    a.div_ceil(b)
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => u128::from(a.div_ceil(b)),
+        _ => a.div_ceil(b),
+    }
+}
+
+fn div_floor(a: u128, b: u128) -> u128 {
+    if b == 0 {
+        return 0;
+    }
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => u128::from(a / b),
+        _ => a / b,
+    }
 }
 
 fn clamp_u64(v: u128) -> u64 {
@@ -91,7 +106,7 @@ impl Bucket {
 
     /// Whole tokens left.
     pub fn remaining(&self, limit: &Limit) -> u64 {
-        clamp_u64(self.level / units_per_token(limit))
+        clamp_u64(div_floor(self.level, units_per_token(limit)))
     }
 
     /// Milliseconds until the bucket is full again.
