@@ -67,12 +67,12 @@ pub fn anonymous_buckets_key(identity: u128) -> String {
     format!("ba/{}", slot % ANONYMOUS_SLOTS)
 }
 
-/// Creates `entry` empty if it is absent; never overwrites.
+/// Creates `entry` empty, for a caller that has just found it absent. A
+/// worker that created it meanwhile makes this a CAS mismatch, which is
+/// fine; overwriting it would need its token to be exactly [`CREATE_ONLY`],
+/// one value in 2^32 in that instant's race.
 pub fn ensure_entry(store: &impl SharedStore, entry: &str) {
-    if store.get(entry).is_none() {
-        // A mismatch means another worker created it first: fine.
-        let _ = store.set(entry, Some(&encode_buckets([])), Some(CREATE_ONLY));
-    }
+    let _ = store.set(entry, Some(&encode_buckets([])), Some(CREATE_ONLY));
 }
 
 /// Compare-and-swap attempts for writing one standing before the receipt is
