@@ -67,14 +67,13 @@ impl RateLimitHeaders {
         };
         // Each policy as `"name";a=1;b=2`, comma-separated. Writing to a
         // String cannot fail.
-        let items =
-            |text: &mut String, [a, b]: [&str; 2], of: fn(&PolicyStatus) -> [u64; 2]| {
-                for (i, p) in policies.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { ", " };
-                    let [x, y] = of(p);
-                    let _ = write!(text, "{sep}\"{}\";{a}={x};{b}={y}", p.name);
-                }
-            };
+        let items = |text: &mut String, [a, b]: [&str; 2], of: fn(&PolicyStatus) -> [u64; 2]| {
+            for (i, p) in policies.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                let [x, y] = of(p);
+                let _ = write!(text, "{sep}\"{}\";{a}={x};{b}={y}", p.name);
+            }
+        };
         items(&mut text, ["q", "w"], |p| [p.quota, p.window_seconds]);
         end(&text);
         items(&mut text, ["r", "t"], |p| [p.remaining, p.reset_seconds]);
