@@ -18,8 +18,9 @@
 //!
 //! Only the sync service writes `tg/`, `p/` and `k/`. Envoy lets a write
 //! to an absent entry through whatever its CAS token, so a bucket entry is
-//! created empty first ([`ensure_entry`]): racing creators write the same
-//! empty value and the CAS loop that follows sees every consumption.
+//! created empty first ([`ensure_entry`]): of racing creators one writes it
+//! and the others' CAS fails on the entry now present, so the CAS loop that
+//! follows sees every consumption.
 
 use crate::bucket::Bucket;
 use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
