@@ -502,6 +502,118 @@ async fn a_malformed_cursor_is_a_bad_query(backend: Backend) {
     assert_eq!(end.version, version(&state).await);
 }
 
+/// One answer of the feed, parsed, and its bytes.
+async fn raw_page(app: &Router, since: u64, after: Option<&str>) -> (SyncResponse, Vec<u8>) {
+    let after = after.map(|a| format!("&after={a}")).unwrap_or_default();
+    let uri = format!("/v1/sync?since={since}{after}");
+    let r = send(app, Method::GET, &uri, Some(SYNC), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.content_type(), "application/json");
+    (serde_json::from_slice(&r.bytes).unwrap(), r.bytes.to_vec())
+}
+
+/// The database writes the keys' JSON, and each answer is still exactly
+/// what serde writes for the `SyncResponse` it parses to: the wire types'
+/// field order, absent fields left out, numbers, booleans and nested JSON
+/// as such, strings escaped alike.
+async fn every_answer_is_what_serde_writes(backend: Backend) {
+    let state = test_state(backend).await.with_sync_page(3);
+    let app = app(state.clone());
+    let body = json!({
+        "name": db::new_id("plan"),
+        "limits": [{"name": "per-second", "max": 5, "window_seconds": 1}],
+        "monthly_quota": 1000,
+        "route_costs": [{"methods": ["POST"], "path_prefix": "/heavy", "cost": 5}]
+    });
+    let p = create(&app, "/v1/plans", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({"name": db::new_id("acme"), "plan_id": p, "billing_anchor_day": 15});
+    let anchored = create(&app, "/v1/tenants", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plain = tenant(&app, &p).await;
+    // Quotes, a backslash, a non-ASCII letter and control characters: JSON
+    // escapes them, and none may leak into the page's framing either.
+    let odd_prefix = "/v1/\"q\"\\caf\u{e9}\n\u{1e}\u{1f}";
+    let every_setting = json!({
+        "count": 2,
+        "name": "full",
+        "expires_at": "2099-01-01T00:00:00Z",
+        "scopes": [{"methods": ["GET", "HEAD"], "path_prefix": odd_prefix}, {}],
+        "allowed_cidrs": ["10.0.0.0/8", "2001:db8::/32"],
+        "limits": [
+            {"name": "per-second", "max": 2, "window_seconds": 1, "burst": 4},
+            {"name": "shared", "max": 100, "window_seconds": 60, "scope": "tenant"}
+        ],
+        "monthly_quota": 500
+    });
+    let r = batch(&app, common::ADMIN, &anchored, every_setting).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = batch(&app, common::ADMIN, &plain, json!({"count": 3})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let ids: Vec<&str> = r.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    let before = version(&state).await;
+    let uri = format!("/v1/keys/{}", ids[0]);
+    let r = admin(&app, Method::PATCH, &uri, Some(json!({"active": false}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = admin(&app, Method::DELETE, &format!("/v1/keys/{}", ids[1]), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let open = json!({"routes": [{"methods": ["GET"], "path_prefix": "/public"}], "plan_id": p});
+    let r = admin(&app, Method::PUT, "/v1/anonymous-access", Some(open)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let mut keys = Vec::new();
+    let mut deleted = Vec::new();
+    for since in [0, before] {
+        let mut after: Option<String> = None;
+        loop {
+            let (page, bytes) = raw_page(&app, since, after.as_deref()).await;
+            assert_eq!(
+                String::from_utf8(serde_json::to_vec(&page).unwrap()).unwrap(),
+                String::from_utf8(bytes).unwrap()
+            );
+            keys.extend(page.keys);
+            deleted.extend(page.deleted_keys);
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+    }
+    // The snapshot's four live keys and the delta's paused one; the delta's tombstone.
+    assert_eq!(keys.len(), 5);
+    assert_eq!(deleted.len(), 1);
+    let full = keys.iter().find(|k| k.tenant_id == anchored).unwrap();
+    assert_eq!(full.billing_anchor_day, Some(15));
+    assert_eq!(full.monthly_quota, Some(500));
+    assert_eq!(full.expires_at_ms, Some(4_070_908_800_000));
+    assert_eq!(
+        full.scopes.as_ref().unwrap()[0].path_prefix.as_deref(),
+        Some(odd_prefix)
+    );
+    assert_eq!(full.limits.as_ref().unwrap()[1].burst, None);
+    let bare = keys.iter().find(|k| k.id == ids[2]).unwrap();
+    assert!(bare.active && bare.plan_id == p);
+    assert_eq!(
+        (
+            bare.expires_at_ms,
+            bare.monthly_quota,
+            bare.billing_anchor_day
+        ),
+        (None, None, None)
+    );
+    assert!(bare.scopes.is_none() && bare.allowed_cidrs.is_none() && bare.limits.is_none());
+    assert!(keys.iter().any(|k| k.id == ids[0] && !k.active));
+}
+
 on_both_databases!(
     batch_issues_every_key_in_one_version,
     a_large_batch_spans_several_statements,
@@ -510,6 +622,7 @@ on_both_databases!(
     the_feed_pages_through_every_key_once,
     changes_made_during_a_walk_reach_it,
     a_malformed_cursor_is_a_bad_query,
+    every_answer_is_what_serde_writes,
 );
 
 /// The batch body is documented as what it is: `CreateKey`'s fields, `name`

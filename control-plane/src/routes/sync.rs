@@ -11,17 +11,24 @@
 //! `next`, whose `version` is the one the whole walk adds up to (see
 //! [`changes_since`] for why that holds although the pages are read in
 //! separate transactions).
+//!
+//! The database writes the keys' JSON, a page of them as one text, and it
+//! goes into the answer as it is; only the rest of the answer, a few plans
+//! at most, is serialised here. Both are exactly what serde would write for
+//! the [`SyncResponse`] the answer parses to.
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
-use tollgate_core::wire::{SyncResponse, WireKey};
+use tollgate_core::wire::{SyncResponse, WireAnonymous, WirePlan};
 
 use crate::auth::SyncCaller;
+use crate::db;
 use crate::error::Problem;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
@@ -133,7 +140,7 @@ async fn sync_poll(
     _caller: SyncCaller,
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<SyncParams>,
-) -> ApiResult<Json<SyncResponse>> {
+) -> ApiResult<Response> {
     if params.wait_ms > MAX_WAIT_MS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -156,39 +163,277 @@ async fn sync_poll(
         })
         .await;
     }
-    Ok(Json(
-        changes_since(&state, params.since, after.as_ref()).await?,
-    ))
+    let body = changes_since(&state, params.since, after.as_ref()).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyChange {
-    key_hash: String,
-    id: String,
-    tenant_id: String,
-    plan_id: String,
-    /// 0 or 1: see `db` on booleans.
-    active: i64,
-    expires_at_ms: Option<i64>,
-    scopes: Option<String>,
-    allowed_cidrs: Option<String>,
-    limits: Option<String>,
-    monthly_quota: Option<i64>,
-    billing_anchor_day: Option<i64>,
-    deleted: i64,
-    version: i64,
+/// Separate the rows of the page query's text, and the fields of a row. No
+/// JSON text holds a raw control character (they are escaped in strings and
+/// are not whitespace), so nothing in a field needs escaping.
+const ROW_SEP: char = '\u{1e}';
+const FIELD_SEP: char = '\u{1f}';
+
+/// The query for one page of keys: those past the cursor (past `since` on
+/// the first page) in `(version, key_hash)` order, a range scan of the index
+/// of that name, at most `$3` of them.
+///
+/// It answers a single text rather than a row per key: decoding 20 000 rows
+/// one by one through sqlx's `Any` driver and serialising them again cost
+/// several times what reading them does, so the database writes the JSON.
+/// A row is `<version>␟<key_hash as a JSON string>␟<the rest of the key's
+/// JSON>`, the rest being what follows `{"hash":<key_hash>` in what serde
+/// writes for a [`WireKey`](tollgate_core::wire::WireKey) (its fields in its
+/// order, absent ones left out, the JSON columns as stored: serde wrote them,
+/// and the database checks that they still parse), or empty for a
+/// tombstone. Rows are joined by ␞; no text at all when none match.
+///
+/// The rows are joined in the order the inner query reads them, which both
+/// databases keep although neither promises to: an aggregate's own `ORDER
+/// BY` sorts the page again, which made a page take from half as long again
+/// (PostgreSQL) to nearly twice as long (SQLite). With `ordered` it is
+/// there, for when a page is seen to have come out of order.
+fn key_page_sql(postgres: bool, after: bool, ordered: bool) -> String {
+    // What the two databases spell differently.
+    let quote = |column: &str| {
+        if postgres {
+            format!("to_json({column})")
+        } else {
+            format!("json_quote({column})")
+        }
+    };
+    let json = |column: &str| {
+        if postgres {
+            format!("{column}::json")
+        } else {
+            format!("json({column})")
+        }
+    };
+    let (join, chr) = if postgres {
+        ("string_agg", "chr")
+    } else {
+        ("group_concat", "char")
+    };
+    let (row_sep, field_sep) = (u32::from(ROW_SEP), u32::from(FIELD_SEP));
+    let order = if ordered {
+        " ORDER BY version, key_hash"
+    } else {
+        ""
+    };
+    let (hash, id) = (quote("k.key_hash"), quote("k.id"));
+    // The tenant's part of each key's JSON. PostgreSQL writes it once per
+    // tenant of the page: its Memoize keeps what a LATERAL subquery answered
+    // (OFFSET 0 stops the planner from merging the subquery into the join,
+    // which would write it for every key). SQLite has neither; it merges the
+    // subquery into the join.
+    let tenant = format!(
+        r#"concat(',"tenant_id":', {}, ',"plan_id":', {}) AS fields,
+           CASE WHEN t.billing_anchor_day BETWEEN 0 AND 255
+                THEN ',"billing_anchor_day":' || t.billing_anchor_day END AS anchor"#,
+        quote("t.id"),
+        quote("t.plan_id"),
+    );
+    let tenant = if postgres {
+        format!("JOIN LATERAL (SELECT {tenant} FROM tenants t WHERE t.id = k.tenant_id OFFSET 0) t ON TRUE")
+    } else {
+        format!("JOIN (SELECT t.id, {tenant} FROM tenants t) t ON t.id = k.tenant_id")
+    };
+    let (scopes, allowed_cidrs, limits) =
+        (json("k.scopes"), json("k.allowed_cidrs"), json("k.limits"));
+    // Row values alone, not `version > $1 AND (version, key_hash) > (…)`:
+    // given both, SQLite seeks on `version > $1` and filters the rest.
+    let range = if after {
+        "(k.version, k.key_hash) > ($4, $5)"
+    } else {
+        "k.version > $1"
+    };
+    // concat() skips NULLs, and `'…' || NULL` is NULL: that is how absent
+    // fields are left out. The CASEs keep what fits the field's type, as
+    // decoding into a WireKey did.
+    format!(
+        r#"SELECT {join}(concat(version, {chr}({field_sep}), hash, {chr}({field_sep}), rest),
+                         {chr}({row_sep}){order})
+           FROM (SELECT k.version, k.key_hash, {hash} AS hash,
+                        CASE WHEN k.deleted_at IS NULL THEN concat(
+                            ',"id":', {id}, t.fields,
+                            ',"active":', CASE WHEN k.active THEN 'true' ELSE 'false' END,
+                            CASE WHEN k.expires_at_ms >= 0
+                                 THEN ',"expires_at_ms":' || k.expires_at_ms END,
+                            ',"scopes":' || {scopes},
+                            ',"allowed_cidrs":' || {allowed_cidrs},
+                            ',"limits":' || {limits},
+                            CASE WHEN k.monthly_quota >= 0
+                                 THEN ',"monthly_quota":' || k.monthly_quota END,
+                            t.anchor, '}}')
+                        ELSE '' END AS rest
+                 FROM api_keys k {tenant}
+                 WHERE {range} AND (k.deleted_at IS NULL OR k.version > $2)
+                 ORDER BY k.version, k.key_hash
+                 LIMIT $3) page"#
+    )
 }
 
-fn json_column<T: serde::de::DeserializeOwned>(
-    text: Option<String>,
-) -> Result<Option<T>, ApiError> {
-    text.map(|t| serde_json::from_str(&t))
-        .transpose()
-        .map_err(ApiError::internal)
+/// One row of the page query's text.
+struct KeyRow<'a> {
+    version: u64,
+    /// As a JSON string.
+    hash: &'a str,
+    /// Empty for a tombstone.
+    rest: &'a str,
+}
+
+/// The rows of the page query's text, in its order.
+fn key_rows(text: &str) -> impl Iterator<Item = Result<KeyRow<'_>, ApiError>> {
+    text.split(ROW_SEP)
+        .filter(|row| !row.is_empty())
+        .map(|row| {
+            let mut fields = row.splitn(3, FIELD_SEP);
+            match (fields.next(), fields.next(), fields.next()) {
+                (Some(version), Some(hash), Some(rest)) => Ok(KeyRow {
+                    version: version.parse().map_err(ApiError::internal)?,
+                    hash,
+                    rest,
+                }),
+                _ => Err(ApiError::internal(
+                    "the sync page query answered a row without its three fields",
+                )),
+            }
+        })
+}
+
+/// Whether the rows come in `(version, key_hash)` order, the hashes compared
+/// as bytes (quoted, which keeps their order). They are lower-case hex, which
+/// collations order as bytes too; a database that ordered them otherwise
+/// would only have every page read again, sorted by itself.
+fn in_page_order(text: &str) -> Result<bool, ApiError> {
+    let mut previous: Option<(u64, &str)> = None;
+    for row in key_rows(text) {
+        let row = row?;
+        if previous.is_some_and(|previous| previous >= (row.version, row.hash)) {
+            return Ok(false);
+        }
+        previous = Some((row.version, row.hash));
+    }
+    Ok(true)
+}
+
+/// One page of keys, out of the page query's text.
+#[derive(Debug, Default, PartialEq)]
+struct KeyPage<'a> {
+    /// Each live key's hash (a JSON string) and the rest of its JSON.
+    keys: Vec<(&'a str, &'a str)>,
+    /// Each tombstone's hash, a JSON string.
+    deleted_keys: Vec<&'a str>,
+    /// When more follow: the `(version, key_hash)` of the page's last key.
+    last: Option<(u64, String)>,
+}
+
+impl<'a> KeyPage<'a> {
+    /// The first `page` rows of `text`, and the last of them when `text`
+    /// holds more (the query reads one row past a page to learn that).
+    fn split(text: &'a str, page: usize) -> Result<Self, ApiError> {
+        let mut split = Self::default();
+        let mut last = None;
+        for (n, row) in key_rows(text).enumerate() {
+            if n == page {
+                if let Some((version, hash)) = last {
+                    let hash = serde_json::from_str(hash).map_err(ApiError::internal)?;
+                    split.last = Some((version, hash));
+                }
+                break;
+            }
+            let row = row?;
+            if row.rest.is_empty() {
+                split.deleted_keys.push(row.hash);
+            } else {
+                split.keys.push((row.hash, row.rest));
+            }
+            last = Some((row.version, row.hash));
+        }
+        Ok(split)
+    }
+}
+
+/// The answer as serde writes a [`SyncResponse`] (its fields in its order,
+/// `anonymous` and `next` left out when absent), but with the keys spliced
+/// in as the database wrote them rather than parsed and written again.
+fn answer_body(
+    version: u64,
+    plans: &[WirePlan],
+    keys: &KeyPage<'_>,
+    deleted_plans: &[String],
+    anonymous: Option<&WireAnonymous>,
+    next: Option<&str>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let size: usize = keys
+        .keys
+        .iter()
+        .map(|(hash, rest)| hash.len() + rest.len() + 10)
+        .chain(keys.deleted_keys.iter().map(|hash| hash.len() + 1))
+        .sum();
+    let mut body = Vec::with_capacity(size + 4096);
+    body.extend_from_slice(b"{\"version\":");
+    serde_json::to_writer(&mut body, &version)?;
+    body.extend_from_slice(b",\"plans\":");
+    serde_json::to_writer(&mut body, plans)?;
+    body.extend_from_slice(b",\"keys\":[");
+    for (n, (hash, rest)) in keys.keys.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"hash\":");
+        body.extend_from_slice(hash.as_bytes());
+        body.extend_from_slice(rest.as_bytes());
+    }
+    body.extend_from_slice(b"],\"deleted_keys\":[");
+    for (n, hash) in keys.deleted_keys.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(hash.as_bytes());
+    }
+    body.extend_from_slice(b"],\"deleted_plans\":");
+    serde_json::to_writer(&mut body, deleted_plans)?;
+    if let Some(anonymous) = anonymous {
+        body.extend_from_slice(b",\"anonymous\":");
+        serde_json::to_writer(&mut body, anonymous)?;
+    }
+    if let Some(next) = next {
+        body.extend_from_slice(b",\"next\":");
+        serde_json::to_writer(&mut body, next)?;
+    }
+    body.push(b'}');
+    Ok(body)
+}
+
+/// The page query's text (see [`key_page_sql`]), empty when no key matched.
+async fn read_key_page(
+    tx: &mut db::Tx,
+    sql: &str,
+    (since, deleted_after, limit): (i64, i64, i64),
+    after: Option<&SyncCursor>,
+) -> Result<String, sqlx::Error> {
+    let mut query = sqlx::query_scalar::<_, Option<String>>(sql)
+        .bind(since)
+        .bind(deleted_after)
+        .bind(limit);
+    if let Some(cursor) = after {
+        query = query
+            .bind(i64::try_from(cursor.version).unwrap_or(i64::MAX))
+            .bind(cursor.key_hash.as_str());
+    }
+    Ok(query.fetch_one(&mut **tx).await?.unwrap_or_default())
 }
 
 /// What changed after `since`, from `after` on (the first page when `None`):
-/// at most `state.sync_page` keys, with `next` when more follow.
+/// at most `state.sync_page` keys, with `next` when more follow, as the JSON
+/// of a [`SyncResponse`].
 ///
 /// Each page is read in its own transaction, so a walk of several pages is no
 /// snapshot; it does not need to be. Versions are claimed in commit order
@@ -213,7 +458,7 @@ pub async fn changes_since(
     state: &AppState,
     since: u64,
     after: Option<&SyncCursor>,
-) -> Result<SyncResponse, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let mut tx = state.db.begin().await?;
     let version: i64 = sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
         .fetch_one(&mut *tx)
@@ -251,36 +496,20 @@ pub async fn changes_since(
     .bind(deleted_after)
     .fetch_all(&mut *tx)
     .await?;
-    // The walk in (version, key_hash) order, a range scan of the index of
-    // that name: past the cursor, or past `since` on the first page.
-    let sql = format!(
-        "SELECT k.key_hash, k.id, k.tenant_id, t.plan_id, CAST(k.active AS INTEGER) AS active,
-                k.expires_at_ms,
-                k.scopes, k.allowed_cidrs, k.limits, k.monthly_quota, t.billing_anchor_day,
-                CASE WHEN k.deleted_at IS NULL THEN 0 ELSE 1 END AS deleted, k.version
-         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-         WHERE {} AND (k.deleted_at IS NULL OR k.version > $2)
-         ORDER BY k.version, k.key_hash
-         LIMIT $3",
-        // Row values alone, not `version > $1 AND (version, key_hash) > (…)`:
-        // given both, SQLite seeks on `version > $1` and filters the rest.
-        if after.is_some() {
-            "(k.version, k.key_hash) > ($4, $5)"
-        } else {
-            "k.version > $1"
-        }
-    );
     let page = state.sync_page.max(1);
-    let mut query = sqlx::query_as::<_, KeyChange>(&sql)
-        .bind(since_db)
-        .bind(deleted_after)
-        .bind(i64::try_from(page).unwrap_or(i64::MAX).saturating_add(1));
-    if let Some(cursor) = after {
-        query = query
-            .bind(i64::try_from(cursor.version).unwrap_or(i64::MAX))
-            .bind(cursor.key_hash.as_str());
+    let postgres = db::is_postgres(&state.db);
+    let binds = (
+        since_db,
+        deleted_after,
+        i64::try_from(page).unwrap_or(i64::MAX).saturating_add(1),
+    );
+    let sql = key_page_sql(postgres, after.is_some(), false);
+    let mut rows = read_key_page(&mut tx, &sql, binds, after).await?;
+    if !in_page_order(&rows)? {
+        tracing::warn!("sync page rows came out of order; reading them again, sorted");
+        let sql = key_page_sql(postgres, after.is_some(), true);
+        rows = read_key_page(&mut tx, &sql, binds, after).await?;
     }
-    let mut keys = query.fetch_all(&mut *tx).await?;
     // Anonymous access when it changed, and always in a full snapshot (even
     // when it is off), so a filter never keeps access that was turned off.
     let anonymous = match anonymous::read(&mut *tx).await? {
@@ -289,45 +518,216 @@ pub async fn changes_since(
     };
     tx.commit().await?;
 
-    let next = if keys.len() > page {
-        keys.truncate(page);
-        keys.last().map(|last| {
-            SyncCursor {
-                version: u64::try_from(last.version).unwrap_or(0),
-                key_hash: last.key_hash.clone(),
-                began,
-            }
-            .to_string()
-        })
-    } else {
-        None
-    };
-    let mut response = SyncResponse {
+    let keys = KeyPage::split(&rows, page)?;
+    let next = keys.last.as_ref().map(|(version, key_hash)| {
+        SyncCursor {
+            version: *version,
+            key_hash: key_hash.clone(),
+            began,
+        }
+        .to_string()
+    });
+    let plans = plans
+        .iter()
+        .map(PlanRow::wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    answer_body(
         version,
-        plans: plans.iter().map(PlanRow::wire).collect::<Result<_, _>>()?,
-        deleted_plans,
-        anonymous,
-        next,
-        ..SyncResponse::default()
-    };
-    for key in keys {
-        if key.deleted != 0 {
-            response.deleted_keys.push(key.key_hash);
-        } else {
-            response.keys.push(WireKey {
-                hash: key.key_hash,
-                id: key.id,
-                tenant_id: key.tenant_id,
-                plan_id: key.plan_id,
-                active: key.active != 0,
-                expires_at_ms: key.expires_at_ms.and_then(|v| u64::try_from(v).ok()),
-                scopes: json_column(key.scopes)?,
-                allowed_cidrs: json_column(key.allowed_cidrs)?,
-                limits: json_column(key.limits)?,
-                monthly_quota: key.monthly_quota.and_then(|v| u64::try_from(v).ok()),
-                billing_anchor_day: key.billing_anchor_day.and_then(|d| u8::try_from(d).ok()),
-            });
+        &plans,
+        &keys,
+        &deleted_plans,
+        anonymous.as_ref(),
+        next.as_deref(),
+    )
+    .map_err(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::wire::{WireKey, WireScope};
+
+    fn row(version: u64, hash: &str, rest: &str) -> String {
+        format!("{version}{FIELD_SEP}\"{hash}\"{FIELD_SEP}{rest}")
+    }
+
+    fn text(rows: &[String]) -> String {
+        rows.join(&ROW_SEP.to_string())
+    }
+
+    #[test]
+    fn a_page_splits_into_keys_tombstones_and_where_the_next_begins() {
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let rows = text(&[
+            row(3, &a, r#","id":"k1"}"#),
+            row(3, &b, ""),
+            row(4, &c, r#","id":"k3"}"#),
+        ]);
+        assert!(in_page_order(&rows).unwrap());
+        let (qa, qb, qc) = (format!("\"{a}\""), format!("\"{b}\""), format!("\"{c}\""));
+
+        let page = KeyPage::split(&rows, 2).unwrap();
+        assert_eq!(page.keys, vec![(qa.as_str(), r#","id":"k1"}"#)]);
+        assert_eq!(page.deleted_keys, vec![qb.as_str()]);
+        assert_eq!(page.last, Some((3, b.clone())), "the last row sent");
+
+        let whole = KeyPage::split(&rows, 3).unwrap();
+        assert_eq!(whole.keys.len(), 2);
+        assert_eq!(whole.keys[1], (qc.as_str(), r#","id":"k3"}"#));
+        assert_eq!(whole.last, None, "nothing follows");
+
+        assert_eq!(KeyPage::split("", 3).unwrap(), KeyPage::default());
+        assert!(in_page_order("").unwrap());
+    }
+
+    #[test]
+    fn rows_out_of_order_or_malformed_are_noticed() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        for rows in [
+            [row(3, &b, ""), row(3, &a, "")],
+            [row(4, &a, ""), row(3, &b, "")],
+            [row(3, &a, ""), row(3, &a, "")],
+        ] {
+            assert!(!in_page_order(&text(&rows)).unwrap(), "{rows:?}");
+        }
+        let malformed = format!("3{FIELD_SEP}\"{a}\"");
+        assert!(in_page_order(&malformed).is_err());
+        assert!(KeyPage::split(&malformed, 5).is_err());
+        assert!(in_page_order(&row(0, &a, "").replacen('0', "x", 1)).is_err());
+    }
+
+    #[test]
+    fn the_answer_is_what_serde_writes_for_a_sync_response() {
+        let scoped = WireKey {
+            hash: "a".repeat(64),
+            id: "key_1".into(),
+            tenant_id: "tenant_1".into(),
+            plan_id: "plan_1".into(),
+            active: true,
+            expires_at_ms: Some(1),
+            scopes: Some(vec![WireScope::default()]),
+            allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
+            limits: Some(Vec::new()),
+            monthly_quota: Some(2),
+            billing_anchor_day: Some(3),
+        };
+        let bare = WireKey {
+            hash: "b".repeat(64),
+            ..WireKey::default()
+        };
+        let plan = WirePlan {
+            id: "plan_1".into(),
+            name: "Pro".into(),
+            limits: Vec::new(),
+            monthly_quota: None,
+            route_costs: Vec::new(),
+        };
+        for (anonymous, next) in [
+            (None, None),
+            (Some(WireAnonymous::default()), Some("1.x.2".to_owned())),
+        ] {
+            let response = SyncResponse {
+                version: 7,
+                plans: vec![plan.clone()],
+                keys: vec![scoped.clone(), bare.clone()],
+                deleted_keys: vec!["c".repeat(64)],
+                deleted_plans: vec!["plan_0".into()],
+                anonymous,
+                next,
+            };
+            let written: Vec<String> = response
+                .keys
+                .iter()
+                .map(|key| serde_json::to_string(key).unwrap())
+                .collect();
+            let quoted: Vec<String> = response
+                .keys
+                .iter()
+                .chain([&WireKey {
+                    hash: "c".repeat(64),
+                    ..WireKey::default()
+                }])
+                .map(|key| serde_json::to_string(&key.hash).unwrap())
+                .collect();
+            let page = KeyPage {
+                keys: written
+                    .iter()
+                    .zip(&quoted)
+                    .map(|(json, hash)| {
+                        let head = format!("{{\"hash\":{hash}");
+                        (hash.as_str(), json.strip_prefix(head.as_str()).unwrap())
+                    })
+                    .collect(),
+                deleted_keys: vec![quoted[2].as_str()],
+                last: None,
+            };
+            let body = answer_body(
+                response.version,
+                &response.plans,
+                &page,
+                &response.deleted_plans,
+                response.anonymous.as_ref(),
+                response.next.as_deref(),
+            )
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(body).unwrap(),
+                serde_json::to_string(&response).unwrap()
+            );
         }
     }
-    Ok(response)
+
+    /// The sorted query, read only when a page came out of order, reads
+    /// exactly what the other one does.
+    #[tokio::test]
+    async fn the_sorted_page_query_reads_what_the_other_does() {
+        let pool = db::connect_memory().await.unwrap();
+        db::migrate(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO plans (id, name, limits, metadata, public, created_at, updated_at, version)
+             VALUES ('plan_1', 'p', '[]', '{}', TRUE, 't', 't', 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO tenants (id, name, plan_id, created_at, updated_at, billing_anchor_day)
+             VALUES ('tenant_1', 't', 'plan_1', 't', 't', 15)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for n in 0..9_i64 {
+            sqlx::query(
+                "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, created_at,
+                                       updated_at, version, scopes, deleted_at)
+                 VALUES ($1, 'tenant_1', 'k', 'p', $2, $3, 't', 't', $4, $5, $6)",
+            )
+            .bind(format!("key_{n}"))
+            .bind(format!("{:x}", (n * 7) % 9).repeat(64))
+            .bind(n % 2 == 0)
+            .bind(2 + n % 3)
+            .bind((n % 3 == 0).then_some(r#"[{"path_prefix":"/v1"}]"#))
+            .bind((n == 4).then_some("t"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let mut tx = pool.begin().await.unwrap();
+        let binds = (0, 0, 4);
+        let cursor = SyncCursor {
+            version: 3,
+            key_hash: "0".repeat(64),
+            began: 9,
+        };
+        for after in [None, Some(&cursor)] {
+            let plain = key_page_sql(false, after.is_some(), false);
+            let sorted = key_page_sql(false, after.is_some(), true);
+            let plain = read_key_page(&mut tx, &plain, binds, after).await.unwrap();
+            let sorted = read_key_page(&mut tx, &sorted, binds, after).await.unwrap();
+            assert!(in_page_order(&plain).unwrap());
+            assert_eq!(plain, sorted);
+            assert_eq!(key_rows(&plain).count(), 4);
+        }
+    }
 }
