@@ -70,7 +70,7 @@ impl ApiKey {
         key.push_str(body);
         let sum = checksum(key.as_bytes());
         key.push('_');
-        key.push_str(&sum);
+        key.extend(sum.iter().map(|&b| char::from(b)));
         Ok(Self(key))
     }
 
@@ -96,7 +96,7 @@ impl ApiKey {
             return Err(MalformedKey::BadCharacter);
         }
         let signed = presented.get(..KEY_PREFIX.len() + BODY_LEN).unwrap_or("");
-        if checksum(signed.as_bytes()) != sum {
+        if checksum(signed.as_bytes()) != sum.as_bytes() {
             return Err(MalformedKey::BadChecksum);
         }
         Ok(Self(presented.to_owned()))
@@ -118,7 +118,7 @@ impl ApiKey {
 }
 
 /// CRC-32 (IEEE) of `data`, written as 6 base62 digits.
-fn checksum(data: &[u8]) -> String {
+fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32(data);
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
@@ -126,7 +126,7 @@ fn checksum(data: &[u8]) -> String {
         *slot = BASE62.get((n % 62) as usize).copied().unwrap_or(b'0');
         n /= 62;
     }
-    out.iter().map(|&b| b as char).collect()
+    out
 }
 
 /// CRC-32 (IEEE) by table: it runs on every request, and the bitwise form
@@ -189,9 +189,15 @@ impl KeyHash {
     /// million keys), and a 2-character prefix plus 20 is 22 bytes, the
     /// longest string Envoy's C++ library keeps inline without a heap block.
     pub fn lookup_id(&self) -> String {
+        let mut out = String::with_capacity(20);
+        self.push_lookup_id(&mut out);
+        out
+    }
+
+    /// Appends [`lookup_id`](Self::lookup_id) to `out`.
+    pub fn push_lookup_id(&self, out: &mut String) {
         const ALPHABET: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::with_capacity(20);
         for group in self.0.chunks_exact(3).take(5) {
             let n = group
                 .iter()
@@ -201,10 +207,8 @@ impl KeyHash {
                 out.push(char::from(ALPHABET.get(six).copied().unwrap_or(b'A')));
             }
         }
-        out
     }
 
-    /// The first four bytes, as a number.
     pub fn prefix_u32(&self) -> u32 {
         let [a, b, c, d, ..] = self.0;
         u32::from_be_bytes([a, b, c, d])

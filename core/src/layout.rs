@@ -137,7 +137,10 @@ pub fn key_record_key(hash: &KeyHash) -> String {
 }
 
 pub fn buckets_key(hash: &KeyHash) -> String {
-    format!("b/{}", hash.lookup_id())
+    let mut key = String::with_capacity(22);
+    key.push_str("b/");
+    hash.push_lookup_id(&mut key);
+    key
 }
 
 /// The config version this Envoy has applied, if any.

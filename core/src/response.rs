@@ -49,7 +49,6 @@ pub struct RateLimitHeaders {
 
 impl RateLimitHeaders {
     pub fn of(policies: &[PolicyStatus]) -> Self {
-        use core::fmt::Write;
         let Some(tightest) = policies.iter().min_by(|a, b| {
             a.remaining
                 .cmp(&b.remaining)
@@ -65,13 +64,23 @@ impl RateLimitHeaders {
                 *slot = text.len();
             }
         };
-        // Each policy as `"name";a=1;b=2`, comma-separated. Writing to a
-        // String cannot fail.
+        // Each policy as `"name";a=1;b=2`, comma-separated.
         let items = |text: &mut String, [a, b]: [&str; 2], of: fn(&PolicyStatus) -> [u64; 2]| {
             for (i, p) in policies.iter().enumerate() {
-                let sep = if i == 0 { "" } else { ", " };
                 let [x, y] = of(p);
-                let _ = write!(text, "{sep}\"{}\";{a}={x};{b}={y}", p.name);
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                text.push('"');
+                text.push_str(&p.name);
+                text.push_str("\";");
+                text.push_str(a);
+                text.push('=');
+                push_decimal(text, x);
+                text.push(';');
+                text.push_str(b);
+                text.push('=');
+                push_decimal(text, y);
             }
         };
         items(&mut text, ["q", "w"], |p| [p.quota, p.window_seconds]);
@@ -79,7 +88,7 @@ impl RateLimitHeaders {
         items(&mut text, ["r", "t"], |p| [p.remaining, p.reset_seconds]);
         end(&text);
         for n in [tightest.quota, tightest.remaining, tightest.reset_seconds] {
-            let _ = write!(text, "{n}");
+            push_decimal(&mut text, n);
             end(&text);
         }
         Self { text, ends }
@@ -97,6 +106,29 @@ impl RateLimitHeaders {
             .zip(starts.zip(self.ends))
             .filter(|_| !self.is_empty())
             .filter_map(|(name, (start, end))| Some((name, self.text.get(start..end)?)))
+    }
+}
+
+/// Appends `n` in decimal. `core::fmt` costs several times as much on
+/// wasm32, and these headers are written on every admitted request.
+fn push_decimal(text: &mut String, n: u64) {
+    let mut digits = [b'0'; 20];
+    let mut rest = n;
+    let mut used = 0;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        used += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let start = digits.len() - used;
+    if let Some(digits) = digits
+        .get(start..)
+        .and_then(|d| core::str::from_utf8(d).ok())
+    {
+        text.push_str(digits);
     }
 }
 
@@ -178,6 +210,25 @@ mod tests {
             window_seconds: w,
             remaining: r,
             reset_seconds: t,
+        }
+    }
+
+    #[crate::testing::test]
+    fn decimals_are_written_as_format_writes_them() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            1_000_000_007,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut text = String::from("x");
+            push_decimal(&mut text, n);
+            assert_eq!(text, format!("x{n}"));
         }
     }
 
