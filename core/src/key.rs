@@ -209,6 +209,7 @@ impl KeyHash {
         }
     }
 
+    /// The first four bytes, as a number.
     pub fn prefix_u32(&self) -> u32 {
         let [a, b, c, d, ..] = self.0;
         u32::from_be_bytes([a, b, c, d])

@@ -133,14 +133,19 @@ pub fn plan_key(plan_id: &str) -> String {
 }
 
 pub fn key_record_key(hash: &KeyHash) -> String {
-    format!("k/{}", hash.lookup_id())
+    entry_name("k/", hash)
 }
 
 pub fn buckets_key(hash: &KeyHash) -> String {
-    let mut key = String::with_capacity(22);
-    key.push_str("b/");
-    hash.push_lookup_id(&mut key);
-    key
+    entry_name("b/", hash)
+}
+
+/// `prefix` and the key's lookup id: 22 bytes for the two-byte prefixes.
+fn entry_name(prefix: &str, hash: &KeyHash) -> String {
+    let mut name = String::with_capacity(prefix.len() + 20);
+    name.push_str(prefix);
+    hash.push_lookup_id(&mut name);
+    name
 }
 
 /// The config version this Envoy has applied, if any.
