@@ -18,9 +18,9 @@
 //!
 //! Only the sync service writes `tg/`, `p/` and `k/`. Envoy lets a write
 //! to an absent entry through whatever its CAS token, so a bucket entry is
-//! created empty first ([`ensure_entry`]): of racing creators one writes it
-//! and the others' CAS fails on the entry now present, so the CAS loop that
-//! follows sees every consumption.
+//! created by a write guarded with [`CREATE_ONLY`], a token no present entry
+//! has: of racing creators one writes it and the others' write fails like
+//! any lost CAS race, so their loop reads again and sees every consumption.
 
 use crate::bucket::Bucket;
 use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
@@ -43,7 +43,9 @@ pub const OWNER_ENTRY: &str = "@owner";
 /// Anonymous clients share this many bucket slots.
 pub const ANONYMOUS_SLOTS: u32 = 65_536;
 /// A CAS token no entry will have: "write only if absent" in Envoy's terms.
-const CREATE_ONLY: u32 = u32::MAX;
+/// Overwriting a present entry with it would need that entry's token to be
+/// exactly this one, one value in 2^32 in that instant's race.
+pub const CREATE_ONLY: u32 = u32::MAX;
 
 pub fn tenant_buckets_key(tenant_id: &str) -> String {
     format!("bt/{tenant_id}")
@@ -66,14 +68,6 @@ pub fn client_identity(ip: std::net::IpAddr) -> u128 {
 pub fn anonymous_buckets_key(identity: u128) -> String {
     let slot = KeyHash::of(&identity.to_le_bytes()).prefix_u32();
     format!("ba/{}", slot % ANONYMOUS_SLOTS)
-}
-
-/// Creates `entry` empty, for a caller that has just found it absent. A
-/// worker that created it meanwhile makes this a CAS mismatch, which is
-/// fine; overwriting it would need its token to be exactly [`CREATE_ONLY`],
-/// one value in 2^32 in that instant's race.
-pub fn ensure_entry(store: &impl SharedStore, entry: &str) {
-    let _ = store.set(entry, Some(&encode_buckets([])), Some(CREATE_ONLY));
 }
 
 /// Compare-and-swap attempts for writing one standing before the receipt is
@@ -106,10 +100,7 @@ pub fn apply_standings(
 /// compare-and-swap loop like a request's, which it races with.
 fn write_others(store: &impl SharedStore, entry: &str, others: Bucket) -> Result<(), SetError> {
     for _ in 0..STANDING_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(entry) else {
-            ensure_entry(store, entry);
-            continue;
-        };
+        let (bytes, cas) = store.get(entry).unwrap_or((Vec::new(), CREATE_ONLY));
         let kept = decode_buckets(&bytes)
             .into_iter()
             .filter(|(name, _)| *name != OTHERS_ENTRY);
