@@ -267,6 +267,14 @@ impl TryFrom<&WireKey> for KeyRecord {
     fn try_from(wire: &WireKey) -> Result<Self, InvalidConfig> {
         let hash = KeyHash::from_hex(&wire.hash)
             .ok_or_else(|| invalid(format!("key {}: hash is not 64 hex digits", wire.id)))?;
+        Self::with_hash(wire, hash)
+    }
+}
+
+impl KeyRecord {
+    /// Validates `wire` as the record of `hash`, whatever `wire.hash` says:
+    /// a record read from shared data is named by its hash, not holding it.
+    pub fn with_hash(wire: &WireKey, hash: KeyHash) -> Result<Self, InvalidConfig> {
         for (field, value) in [
             ("id", &wire.id),
             ("tenant_id", &wire.tenant_id),

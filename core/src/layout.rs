@@ -154,15 +154,22 @@ pub fn read_plan(store: &impl SharedStore, plan_id: &str) -> Option<Plan> {
 
 pub fn read_key(store: &impl SharedStore, hash: &KeyHash) -> Option<KeyRecord> {
     let (bytes, _) = store.get(&key_record_key(hash))?;
-    KeyRecord::try_from(&decode_key_record(&bytes, hash)?).ok()
+    decode_key_record(&bytes, hash)
 }
 
-const KEY_FORMAT: u8 = 2;
+const KEY_FORMAT: u8 = 3;
+/// The format before ids were packed: the same with no packed field. A
+/// filter upgraded in a running Envoy finds these in shared data until the
+/// control plane next sends the key, and must keep admitting them.
+const KEY_FORMAT_TEXT_IDS: u8 = 2;
 const KEY_ACTIVE: u8 = 1;
 const KEY_EXPIRES: u8 = 2;
 const KEY_QUOTA: u8 = 4;
 const KEY_ANCHOR: u8 = 8;
 const KEY_EXTRAS: u8 = 16;
+/// The id, tenant and plan, in this order, with the flag telling that the
+/// field is packed ([`pack_id`]) and the kind the control plane gives it.
+const KEY_ID_FIELDS: [(u8, &str); 3] = [(32, "key_"), (64, "tnt_"), (128, "plan_")];
 
 /// The rarely set parts of a key record, kept as JSON after the binary head.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -175,11 +182,16 @@ struct KeyExtras {
     limits: Option<Vec<crate::wire::WireLimit>>,
 }
 
-/// A key record as stored under `k/`: a format byte, flags, the id, tenant
-/// and plan each after a length byte, then the optional expiry and quota
-/// (u64 little-endian) and billing anchor day, then, only if the key has
-/// scopes, CIDRs or limits of its own, those as JSON. The hash is the
-/// entry's name, so it is not stored again.
+/// A key record as stored under `k/`: a format byte, flags, then the id,
+/// tenant and plan, each either packed into 15 bytes or as text after a
+/// length byte, then the optional expiry and quota (u64 little-endian) and
+/// billing anchor day, then, only if the key has scopes, CIDRs or limits of
+/// its own, those as JSON. The hash is the entry's name, so it is not stored
+/// again.
+///
+/// A plain key is 47 bytes, where the ids as text made it 78: Envoy keeps
+/// each value in its own allocation, and with a million keys that
+/// allocation is a third of what Envoy's memory grows by.
 pub fn encode_key_record(wire: &WireKey) -> Result<Vec<u8>, InvalidConfig> {
     let extras = KeyExtras {
         scopes: wire.scopes.clone(),
@@ -189,23 +201,32 @@ pub fn encode_key_record(wire: &WireKey) -> Result<Vec<u8>, InvalidConfig> {
     let has_extras =
         extras.scopes.is_some() || extras.allowed_cidrs.is_some() || extras.limits.is_some();
     let flag = |on: bool, bit: u8| if on { bit } else { 0 };
-    let flags = flag(wire.active, KEY_ACTIVE)
+    let mut flags = flag(wire.active, KEY_ACTIVE)
         | flag(wire.expires_at_ms.is_some(), KEY_EXPIRES)
         | flag(wire.monthly_quota.is_some(), KEY_QUOTA)
         | flag(wire.billing_anchor_day.is_some(), KEY_ANCHOR)
         | flag(has_extras, KEY_EXTRAS);
-    let mut out = Vec::with_capacity(80);
-    out.extend_from_slice(&[KEY_FORMAT, flags]);
-    for (field, text) in [
+    let mut out = Vec::with_capacity(48);
+    out.extend_from_slice(&[KEY_FORMAT, 0]);
+    let texts = [
         ("id", &wire.id),
         ("tenant_id", &wire.tenant_id),
         ("plan_id", &wire.plan_id),
-    ] {
+    ];
+    for ((field, text), (bit, kind)) in texts.into_iter().zip(KEY_ID_FIELDS) {
+        if let Some(packed) = pack_id(text, kind) {
+            flags |= bit;
+            out.extend_from_slice(&packed);
+            continue;
+        }
         let len = u8::try_from(text.len()).map_err(|_| {
             InvalidConfig(format!("key {}: {field} is longer than 255 bytes", wire.id))
         })?;
         out.push(len);
         out.extend_from_slice(text.as_bytes());
+    }
+    if let Some(slot) = out.get_mut(1) {
+        *slot = flags;
     }
     for number in [wire.expires_at_ms, wire.monthly_quota]
         .into_iter()
@@ -221,19 +242,29 @@ pub fn encode_key_record(wire: &WireKey) -> Result<Vec<u8>, InvalidConfig> {
     Ok(out)
 }
 
-/// Reads what [`encode_key_record`] wrote; `None` if it is not such a record.
-pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<WireKey> {
+/// Reads what [`encode_key_record`] wrote as the record of `hash`; `None`
+/// if it is not such a record or not a valid one.
+pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<KeyRecord> {
     let (&[format, flags], mut rest) = bytes.split_first_chunk::<2>()?;
-    if format != KEY_FORMAT {
-        return None;
+    let packed_bits = KEY_ID_FIELDS.iter().fold(0, |bits, (bit, _)| bits | bit);
+    match format {
+        KEY_FORMAT => {}
+        KEY_FORMAT_TEXT_IDS if flags & packed_bits == 0 => {}
+        _ => return None,
     }
-    let mut text = || -> Option<String> {
+    let mut text = |(bit, kind): (u8, &str)| -> Option<String> {
+        if flags & bit != 0 {
+            let (packed, tail) = rest.split_first_chunk::<PACKED_ID_LEN>()?;
+            rest = tail;
+            return unpack_id(packed, kind);
+        }
         let (&len, tail) = rest.split_first()?;
         let (value, tail) = tail.split_at_checked(usize::from(len))?;
         rest = tail;
         String::from_utf8(value.to_vec()).ok()
     };
-    let (id, tenant_id, plan_id) = (text()?, text()?, text()?);
+    let [id, tenant, plan] = KEY_ID_FIELDS;
+    let (id, tenant_id, plan_id) = (text(id)?, text(tenant)?, text(plan)?);
     let mut number = |bit: u8| -> Option<Option<u64>> {
         if flags & bit == 0 {
             return Some(None);
@@ -252,6 +283,9 @@ pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<WireKey> {
         Some(day)
     };
     let extras: KeyExtras = if flags & KEY_EXTRAS == 0 {
+        if !rest.is_empty() {
+            return None;
+        }
         KeyExtras {
             scopes: None,
             allowed_cidrs: None,
@@ -260,8 +294,8 @@ pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<WireKey> {
     } else {
         serde_json::from_slice(rest).ok()?
     };
-    Some(WireKey {
-        hash: hash.to_hex(),
+    let wire = WireKey {
+        hash: String::new(),
         id,
         tenant_id,
         plan_id,
@@ -272,7 +306,65 @@ pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<WireKey> {
         limits: extras.limits,
         monthly_quota,
         billing_anchor_day,
-    })
+    };
+    KeyRecord::with_hash(&wire, *hash).ok()
+}
+
+/// The ids the control plane makes are a kind and 20 alphanumerics
+/// (`key_4fZ...`): two halves of ten base-62 digits, each below 2^60.
+const ID_DIGITS: usize = 20;
+const PACKED_ID_LEN: usize = 15;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// 62^10: one half's digits as a number are below this.
+const HALF_LIMIT: u64 = 839_299_365_868_340_224;
+const HALF_BITS: u32 = 60;
+
+/// `id` in 15 bytes, if it is `kind` and 20 alphanumerics.
+fn pack_id(id: &str, kind: &str) -> Option<[u8; PACKED_ID_LEN]> {
+    let digits = id.strip_prefix(kind)?.as_bytes();
+    if digits.len() != ID_DIGITS {
+        return None;
+    }
+    let half = |digits: &[u8]| {
+        digits.iter().try_fold(0u64, |n, &b| {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'A'..=b'Z' => b - b'A' + 10,
+                b'a'..=b'z' => b - b'a' + 36,
+                _ => return None,
+            };
+            Some(n * 62 + u64::from(d))
+        })
+    };
+    let (high, low) = digits.split_at(ID_DIGITS / 2);
+    let n = (u128::from(half(high)?) << HALF_BITS) | u128::from(half(low)?);
+    n.to_le_bytes().first_chunk().copied()
+}
+
+/// What [`pack_id`] packed; `None` for bytes it cannot have written.
+fn unpack_id(packed: &[u8; PACKED_ID_LEN], kind: &str) -> Option<String> {
+    let mut wide = [0u8; 16];
+    for (to, from) in wide.iter_mut().zip(packed) {
+        *to = *from;
+    }
+    let n = u128::from_le_bytes(wide);
+    let high = u64::try_from(n >> HALF_BITS).ok()?;
+    let low = u64::try_from(n & ((1 << HALF_BITS) - 1)).ok()?;
+    if high >= HALF_LIMIT || low >= HALF_LIMIT {
+        return None;
+    }
+    let mut digits = [0u8; ID_DIGITS];
+    let (high_digits, low_digits) = digits.split_at_mut(ID_DIGITS / 2);
+    for (mut n, out) in [(high, high_digits), (low, low_digits)] {
+        for slot in out.iter_mut().rev() {
+            *slot = *BASE62.get(usize::try_from(n % 62).ok()?)?;
+            n /= 62;
+        }
+    }
+    let mut id = String::with_capacity(kind.len() + ID_DIGITS);
+    id.push_str(kind);
+    id.push_str(core::str::from_utf8(&digits).ok()?);
+    Some(id)
 }
 
 /// Buckets of one key, by limit name, borrowed from the entry's bytes.
@@ -467,17 +559,30 @@ mod tests {
     #[crate::testing::test]
     fn key_records_round_trip_compactly() {
         let hash = KeyHash::of(b"k");
+        let record = |wire: &WireKey| Some(KeyRecord::try_from(wire).unwrap());
+        // Ids as the control plane makes them are packed.
         let plain = WireKey {
             hash: hash.to_hex(),
-            id: "key_01JD3Q8Z5K2M7".into(),
-            tenant_id: "tnt_01JD3Q8Z5K2M7".into(),
-            plan_id: "pln_01JD3Q8Z5K2M7".into(),
+            id: "key_0aZ9bY8cX7dW6eV5fU4g".into(),
+            tenant_id: "tnt_zzzzzzzzzzzzzzzzzzzz".into(),
+            plan_id: "plan_00000000000000000000".into(),
             active: true,
             ..Default::default()
         };
         let bytes = encode_key_record(&plain).unwrap();
-        assert_eq!(bytes.len(), 2 + 3 * (1 + 17));
-        assert_eq!(decode_key_record(&bytes, &hash), Some(plain.clone()));
+        assert_eq!(bytes.len(), 2 + 3 * 15);
+        assert_eq!(decode_key_record(&bytes, &hash), record(&plain));
+
+        // Any other ids are kept as text.
+        let other = WireKey {
+            id: "key_01JD3Q8Z5K2M7".into(),
+            tenant_id: "acme".into(),
+            plan_id: "plan_0aZ9bY8cX7dW6eV5fU4!".into(),
+            ..plain.clone()
+        };
+        let bytes = encode_key_record(&other).unwrap();
+        assert_eq!(bytes.len(), 2 + (1 + 17) + (1 + 4) + (1 + 25));
+        assert_eq!(decode_key_record(&bytes, &hash), record(&other));
 
         let full = WireKey {
             active: false,
@@ -494,18 +599,29 @@ mod tests {
                 burst: Some(2),
                 scope: Default::default(),
             }]),
-            monthly_quota: Some(0),
+            monthly_quota: Some(7),
             billing_anchor_day: Some(31),
             ..plain.clone()
         };
         let bytes = encode_key_record(&full).unwrap();
-        assert_eq!(decode_key_record(&bytes, &hash), Some(full));
+        assert_eq!(decode_key_record(&bytes, &hash), record(&full));
 
-        // Truncated, foreign or empty bytes are no record.
+        // Truncated, extended, foreign or empty bytes are no record.
         for cut in 0..bytes.len() - 1 {
             let partial = decode_key_record(&bytes[..cut], &hash);
             assert!(partial.is_none(), "decoded {cut} bytes");
         }
+        // A record written before ids were packed still reads.
+        let mut text_ids = encode_key_record(&other).unwrap();
+        text_ids[0] = KEY_FORMAT_TEXT_IDS;
+        assert_eq!(decode_key_record(&text_ids, &hash), record(&other));
+        let mut packed_as_old = encode_key_record(&plain).unwrap();
+        packed_as_old[0] = KEY_FORMAT_TEXT_IDS;
+        assert_eq!(decode_key_record(&packed_as_old, &hash), None);
+
+        let mut longer = encode_key_record(&plain).unwrap();
+        longer.push(0);
+        assert!(decode_key_record(&longer, &hash).is_none());
         assert!(decode_key_record(br#"{"id":"key_1"}"#, &hash).is_none());
 
         let long = WireKey {
@@ -513,6 +629,37 @@ mod tests {
             ..plain
         };
         assert!(encode_key_record(&long).is_err());
+    }
+
+    #[crate::testing::test]
+    fn packed_ids_are_exact_and_only_what_packing_writes_unpacks() {
+        for id in [
+            "key_00000000000000000000",
+            "key_zzzzzzzzzzzzzzzzzzzz",
+            "key_0000000000zzzzzzzzzz",
+            "key_Az09aZ90zA8y7X6w5V4u",
+        ] {
+            let packed = pack_id(id, "key_").unwrap();
+            assert_eq!(unpack_id(&packed, "key_").as_deref(), Some(id));
+        }
+        for id in [
+            "key_0000000000000000000",
+            "key_000000000000000000000",
+            "tnt_00000000000000000000",
+            "key_0000000000000000000-",
+            "key_000000000000000000é",
+        ] {
+            assert_eq!(pack_id(id, "key_"), None, "{id}");
+        }
+        // Each half is below 62^10: one more in either is no id.
+        let top = pack_id("key_zzzzzzzzzzzzzzzzzzzz", "key_").unwrap();
+        let n = u128::from_le_bytes([top.as_slice(), &[0]].concat().try_into().unwrap());
+        for over in [n + 1, n + (1 << HALF_BITS)] {
+            let bytes: [u8; PACKED_ID_LEN] =
+                over.to_le_bytes()[..PACKED_ID_LEN].try_into().unwrap();
+            assert_eq!(unpack_id(&bytes, "key_"), None);
+        }
+        assert_eq!(unpack_id(&[0xff; PACKED_ID_LEN], "key_"), None);
     }
 
     #[crate::testing::test]
