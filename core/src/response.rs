@@ -4,8 +4,6 @@
 //! `RateLimit`, one item per policy) plus the widely used `X-RateLimit-*` trio,
 //! which describes the most constrained policy. Denials are problem+json.
 
-use serde::Serialize;
-
 use crate::decide::{Allowed, Denied, DenyReason, PolicyStatus};
 
 /// Headers the filter sets on an allowed request before it goes upstream.
@@ -111,7 +109,7 @@ impl RateLimitHeaders {
 
 /// Appends `n` in decimal. `core::fmt` costs several times as much on
 /// wasm32, and these headers are written on every admitted request.
-fn push_decimal(text: &mut String, n: u64) {
+pub(crate) fn push_decimal(text: &mut String, n: u64) {
     let mut digits = [b'0'; 20];
     let mut rest = n;
     let mut used = 0;
@@ -132,71 +130,124 @@ fn push_decimal(text: &mut String, n: u64) {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u32,
-    detail: &'a str,
-    code: &'a str,
-    #[serde(
-        rename = "violated-policies",
-        skip_serializing_if = "<[String]>::is_empty"
-    )]
-    violated_policies: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after: Option<u64>,
-}
-
 /// A local reply: status, headers and problem+json body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    retry_after: Option<String>,
+    rate_limit: RateLimitHeaders,
+    pub body: String,
 }
+
+impl LocalReply {
+    /// The reply's headers, rate-limit ones included.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let content_type = ("content-type", "application/problem+json");
+        let retry_after = self.retry_after.as_deref().map(|s| ("retry-after", s));
+        let challenge =
+            (self.status == 401).then_some(("www-authenticate", "Bearer realm=\"tollgate\""));
+        core::iter::once(content_type)
+            .chain(retry_after)
+            .chain(challenge)
+            .chain(self.rate_limit.iter())
+    }
+}
+
+const QUOTA_EXCEEDED_TYPE: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+const PROBLEM_TYPE_PREFIX: &str = "urn:tollgate:problem:";
 
 /// The problem type URI for a denial. 429s use the IANA-registered type the
 /// rate-limit draft points to.
 pub fn problem_type(reason: DenyReason) -> String {
+    let mut out = String::new();
+    push_problem_type(&mut out, reason);
+    out
+}
+
+fn push_problem_type(out: &mut String, reason: DenyReason) {
     match reason {
-        DenyReason::RateLimited | DenyReason::QuotaExceeded => {
-            "https://iana.org/assignments/http-problem-types#quota-exceeded".into()
+        DenyReason::RateLimited | DenyReason::QuotaExceeded => out.push_str(QUOTA_EXCEEDED_TYPE),
+        other => {
+            out.push_str(PROBLEM_TYPE_PREFIX);
+            out.push_str(other.code());
         }
-        other => format!("urn:tollgate:problem:{}", other.code()),
     }
 }
 
 pub fn local_reply(denied: &Denied) -> LocalReply {
-    let reason = denied.reason;
-    let problem = Problem {
-        kind: problem_type(reason),
-        title: reason.title(),
-        status: reason.status(),
-        detail: &denied.detail,
-        code: reason.code(),
-        violated_policies: &denied.violated,
-        retry_after: denied.retry_after,
-    };
-    let body = serde_json::to_vec(&problem).unwrap_or_default();
-    let mut headers = vec![("content-type", "application/problem+json".to_owned())];
-    if let Some(secs) = denied.retry_after {
-        headers.push(("retry-after", secs.to_string()));
-    }
-    if reason.status() == 401 {
-        headers.push(("www-authenticate", "Bearer realm=\"tollgate\"".to_owned()));
-    }
-    headers.extend(
-        RateLimitHeaders::of(&denied.policies)
-            .iter()
-            .map(|(name, value)| (name, value.to_owned())),
-    );
+    let status = denied.reason.status();
+    let retry_after = denied.retry_after.map(|secs| {
+        let mut text = String::new();
+        push_decimal(&mut text, secs);
+        text
+    });
     LocalReply {
-        status: reason.status(),
-        headers,
-        body,
+        status,
+        retry_after,
+        rate_limit: RateLimitHeaders::of(&denied.policies),
+        body: problem_json(denied),
     }
+}
+
+/// The problem+json body, written by hand as serde_json would write it: a
+/// denial must cost no more than an admission, and throttled clients are
+/// the ones that retry hardest.
+fn problem_json(denied: &Denied) -> String {
+    let reason = denied.reason;
+    let mut out = String::with_capacity(200 + denied.detail.len());
+    out.push_str("{\"type\":\"");
+    push_problem_type(&mut out, reason);
+    out.push_str("\",\"title\":");
+    push_json_string(&mut out, reason.title());
+    out.push_str(",\"status\":");
+    push_decimal(&mut out, u64::from(reason.status()));
+    out.push_str(",\"detail\":");
+    push_json_string(&mut out, &denied.detail);
+    out.push_str(",\"code\":");
+    push_json_string(&mut out, reason.code());
+    if !denied.violated.is_empty() {
+        out.push_str(",\"violated-policies\":[");
+        for (i, name) in denied.violated.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, name);
+        }
+        out.push(']');
+    }
+    if let Some(secs) = denied.retry_after {
+        out.push_str(",\"retry_after\":");
+        push_decimal(&mut out, secs);
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `text` as a JSON string, escaped as serde_json escapes.
+fn push_json_string(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => {
+                let b = u32::from(c);
+                out.push_str("\\u00");
+                for nibble in [b >> 4, b & 15] {
+                    let digit = usize::try_from(nibble).ok().and_then(|n| HEX.get(n));
+                    out.push(char::from(digit.copied().unwrap_or(b'0')));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -278,11 +329,11 @@ mod tests {
             key_id: None,
         });
         assert_eq!(reply.status, 429);
-        assert!(reply.headers.contains(&("retry-after", "3".into())));
-        assert!(reply
-            .headers
-            .contains(&("content-type", "application/problem+json".into())));
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        let headers: Vec<_> = reply.headers().collect();
+        assert!(headers.contains(&("retry-after", "3")));
+        assert!(headers.contains(&("content-type", "application/problem+json")));
+        assert!(headers.contains(&("x-ratelimit-remaining", "0")));
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(body["code"], "rate_limited");
         assert_eq!(body["status"], 429);
         assert_eq!(body["violated-policies"][0], "per-second");
@@ -301,11 +352,84 @@ mod tests {
         });
         assert_eq!(reply.status, 401);
         assert!(!reply
-            .headers
-            .iter()
-            .any(|(k, _)| k.starts_with("x-ratelimit") || *k == "retry-after"));
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            .headers()
+            .any(|(k, _)| k.starts_with("x-ratelimit") || k == "retry-after"));
+        assert!(reply
+            .headers()
+            .any(|h| h == ("www-authenticate", "Bearer realm=\"tollgate\"")));
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(body["code"], "invalid_api_key");
         assert!(body.get("violated-policies").is_none());
+    }
+
+    /// What the body was before it was written by hand.
+    #[derive(serde::Serialize)]
+    struct Problem<'a> {
+        #[serde(rename = "type")]
+        kind: String,
+        title: &'a str,
+        status: u32,
+        detail: &'a str,
+        code: &'a str,
+        #[serde(
+            rename = "violated-policies",
+            skip_serializing_if = "<[String]>::is_empty"
+        )]
+        violated_policies: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+    }
+
+    #[crate::testing::test]
+    fn problem_bodies_are_what_serde_json_writes() {
+        let every_control: String = (0u8..0x20).map(char::from).collect();
+        let details = [
+            String::new(),
+            "Rate limit per-second, monthly exceeded; retry in 3 s.".into(),
+            "quote \" backslash \\ slash / del \u{7f} é 😀".into(),
+            every_control,
+        ];
+        let reasons = [
+            DenyReason::MissingApiKey,
+            DenyReason::InvalidApiKey,
+            DenyReason::DisabledApiKey,
+            DenyReason::ExpiredApiKey,
+            DenyReason::Forbidden,
+            DenyReason::RateLimited,
+            DenyReason::QuotaExceeded,
+            DenyReason::ConfigUnavailable,
+        ];
+        for reason in reasons {
+            for detail in &details {
+                for (violated, retry_after) in [
+                    (vec![], None),
+                    (
+                        vec!["per-second".to_owned(), "odd\"name".to_owned()],
+                        Some(0),
+                    ),
+                    (vec!["monthly".to_owned()], Some(u64::MAX)),
+                ] {
+                    let denied = Denied {
+                        reason,
+                        detail: detail.clone(),
+                        retry_after,
+                        policies: vec![],
+                        violated: violated.clone(),
+                        key_id: None,
+                    };
+                    let expected = serde_json::to_string(&Problem {
+                        kind: problem_type(reason),
+                        title: reason.title(),
+                        status: reason.status(),
+                        detail,
+                        code: reason.code(),
+                        violated_policies: &violated,
+                        retry_after,
+                    })
+                    .unwrap();
+                    assert_eq!(local_reply(&denied).body, expected);
+                }
+            }
+        }
     }
 }

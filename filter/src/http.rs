@@ -52,12 +52,10 @@ fn client_ip() -> Option<std::net::IpAddr> {
 
 fn reply(denied: &Denied) -> Action {
     let reply = local_reply(denied);
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect();
-    if let Err(status) = hostcalls::send_http_response(reply.status, headers, Some(&reply.body)) {
+    let headers: Vec<(&str, &str)> = reply.headers().collect();
+    if let Err(status) =
+        hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
+    {
         let _ = hostcalls::log(
             LogLevel::Error,
             &format!("tollgate: cannot send local reply: {status:?}"),
