@@ -240,8 +240,8 @@ impl KeyRecord {
 
     /// The plan's limits with this key's overrides applied: an override
     /// replaces the plan's limit of the same name, other overrides are added.
-    pub fn effective_limits(&self, plan: &Plan) -> Vec<Limit> {
-        let mut limits: Vec<Limit> = plan
+    pub fn effective_limits<'a>(&'a self, plan: &'a Plan) -> Vec<&'a Limit> {
+        let mut limits: Vec<&Limit> = plan
             .limits
             .iter()
             .map(|l| {
@@ -249,12 +249,11 @@ impl KeyRecord {
                     .iter()
                     .find(|o| o.name == l.name)
                     .unwrap_or(l)
-                    .clone()
             })
             .collect();
         for o in &self.limit_overrides {
             if !plan.limits.iter().any(|l| l.name == o.name) {
-                limits.push(o.clone());
+                limits.push(o);
             }
         }
         limits
@@ -545,7 +544,7 @@ mod override_tests {
         let names: Vec<(String, u64)> = key
             .effective_limits(&plan)
             .into_iter()
-            .map(|l| (l.name, l.max))
+            .map(|l| (l.name.clone(), l.max))
             .collect();
         assert_eq!(
             names,

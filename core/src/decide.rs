@@ -277,7 +277,7 @@ pub fn decide_cached(
 
     let limits = record.effective_limits(&plan);
     let cost = plan.cost_of(facts.method, facts.path);
-    let (tenant_limits, key_limits): (Vec<Limit>, Vec<Limit>) = limits
+    let (tenant_limits, key_limits): (Vec<&Limit>, Vec<&Limit>) = limits
         .into_iter()
         .partition(|l| l.scope == LimitScope::Tenant);
     let quota = record.quota(&plan).map(|max| Quota {
@@ -340,7 +340,7 @@ fn decide_anonymous(
     let cost = plan.cost_of(facts.method, facts.path);
     let ledger = Ledger {
         entry: anonymous_buckets_key(identity),
-        limits: plan.limits.clone(),
+        limits: plan.limits.iter().collect(),
         quota: None,
         owner: Some(identity),
     };
@@ -420,9 +420,10 @@ struct Quota {
 
 /// One shared-data entry that a request consumes from: its limits' buckets
 /// and, for a key, the key's own quota count.
-struct Ledger {
+struct Ledger<'a> {
     entry: String,
-    limits: Vec<Limit>,
+    /// Borrowed from the key record and plan: a request copies no limit.
+    limits: Vec<&'a Limit>,
     quota: Option<Quota>,
     /// For an anonymous slot: the client address consuming from it.
     owner: Option<u128>,
@@ -440,7 +441,7 @@ struct Look {
     others: Option<Bucket>,
 }
 
-impl Ledger {
+impl Ledger<'_> {
     fn look(&self, store: &impl SharedStore, now_ms: u64) -> Look {
         // An absent entry is written by creating it, which fails like a
         // lost race if another worker created it first. Creating it empty
