@@ -108,13 +108,44 @@ impl Tally {
         }
     }
 
-    /// The tally a worker hands over, as bytes for a shared queue.
+    /// The tally a worker hands over, as bytes for a shared queue: a
+    /// compact binary form written straight from the tally. With many
+    /// distinct keys each request adds an entry, so its cost per entry is a
+    /// cost per request.
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.seal_ref()).unwrap_or_default()
+        let mut out = Vec::with_capacity(32 + 64 * self.keys.len());
+        out.push(TALLY_FORMAT);
+        push_u64(&mut out, self.dropped);
+        push_counts(&mut out, &self.unattributed);
+        push_len(&mut out, self.keys.len());
+        for usage in self.keys.values() {
+            push_text(&mut out, &usage.key_id);
+            push_u64(&mut out, usage.allowed);
+            push_u64(&mut out, usage.cost);
+            match usage.last_used_ms {
+                Some(ms) => {
+                    out.push(1);
+                    push_u64(&mut out, ms);
+                }
+                None => out.push(0),
+            }
+            push_counts(&mut out, &usage.denied);
+        }
+        out
     }
 
-    /// Reads what [`Tally::to_bytes`] wrote; `None` if it is not that.
+    /// Reads what [`Tally::to_bytes`] wrote, or the JSON form that filters
+    /// before it handed over (one may still be draining in an upgraded
+    /// Envoy); `None` if it is neither.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        match bytes.first() {
+            Some(&TALLY_FORMAT) => Reader(bytes.get(1..)?).tally(),
+            Some(b'{') => Self::from_json(bytes),
+            _ => None,
+        }
+    }
+
+    fn from_json(bytes: &[u8]) -> Option<Self> {
         let batch: UsageBatch = serde_json::from_slice(bytes).ok()?;
         let mut tally = Tally {
             unattributed: batch.unattributed,
@@ -126,15 +157,95 @@ impl Tally {
         }
         Some(tally)
     }
+}
 
-    fn seal_ref(&self) -> UsageBatch {
-        UsageBatch {
-            batch_id: String::new(),
-            keys: self.keys.values().cloned().collect(),
-            unattributed: self.unattributed.clone(),
-            dropped: self.dropped,
-            ..UsageBatch::default()
+/// The first byte of [`Tally::to_bytes`]; JSON starts with `{`.
+const TALLY_FORMAT: u8 = 1;
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(&n.to_le_bytes());
+}
+
+fn push_len(out: &mut Vec<u8>, len: usize) {
+    push_u64(out, u64::try_from(len).unwrap_or(u64::MAX));
+}
+
+fn push_text(out: &mut Vec<u8>, text: &str) {
+    push_len(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn push_counts(out: &mut Vec<u8>, counts: &BTreeMap<String, u64>) {
+    push_len(out, counts.len());
+    for (code, n) in counts {
+        push_text(out, code);
+        push_u64(out, *n);
+    }
+}
+
+/// Reads [`Tally::to_bytes`]'s form from the front of its slice.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u64(&mut self) -> Option<u64> {
+        let (n, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_le_bytes(*n))
+    }
+
+    /// A length, which cannot exceed the bytes left (each item takes one at
+    /// least), so a corrupt one cannot make a huge allocation.
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?)
+            .ok()
+            .filter(|&n| n <= self.0.len())
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let len = self.len()?;
+        let (text, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        String::from_utf8(text.to_vec()).ok()
+    }
+
+    fn counts(&mut self) -> Option<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..self.len()? {
+            counts.insert(self.text()?, self.u64()?);
         }
+        Some(counts)
+    }
+
+    fn tally(mut self) -> Option<Tally> {
+        let dropped = self.u64()?;
+        let unattributed = self.counts()?;
+        let mut keys = BTreeMap::new();
+        for _ in 0..self.len()? {
+            let key_id = self.text()?;
+            let allowed = self.u64()?;
+            let cost = self.u64()?;
+            let (&seen, rest) = self.0.split_first()?;
+            self.0 = rest;
+            let last_used_ms = match seen {
+                0 => None,
+                1 => Some(self.u64()?),
+                _ => return None,
+            };
+            let denied = self.counts()?;
+            let usage = KeyUsage {
+                key_id: key_id.clone(),
+                allowed,
+                cost,
+                denied,
+                last_used_ms,
+            };
+            keys.insert(key_id, usage);
+        }
+        self.0.is_empty().then_some(Tally {
+            keys,
+            unattributed,
+            dropped,
+        })
     }
 }
 
@@ -187,6 +298,39 @@ mod tests {
         assert_eq!((b.allowed, b.last_used_ms), (0, None));
         assert_eq!(b.denied.get("forbidden"), Some(&2));
         assert!(Tally::from_bytes(b"not json").is_none());
+    }
+
+    #[test]
+    fn handed_over_bytes_keep_everything_and_garbage_reads_as_nothing() {
+        let mut t = Tally::default();
+        t.allowed("key_a", 3, 1_700_000_000_000);
+        t.denied(Some("key_a"), "rate_limited");
+        t.denied(Some("key_é"), "quota_exceeded");
+        t.denied(None, "invalid_api_key");
+        t.anonymous();
+        t.dropped = 7;
+        let bytes = t.to_bytes();
+        assert_eq!(Tally::from_bytes(&bytes), Some(t.clone()));
+        assert_eq!(
+            Tally::from_bytes(&Tally::default().to_bytes()),
+            Some(Tally::default())
+        );
+
+        // What filters before the binary form handed over still counts.
+        let json = serde_json::to_vec(&t.clone().seal(String::new())).unwrap();
+        assert_eq!(Tally::from_bytes(&json), Some(t.clone()));
+
+        for cut in 0..bytes.len() {
+            assert_eq!(Tally::from_bytes(&bytes[..cut]), None, "{cut} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Tally::from_bytes(&longer), None);
+        // A length past the end is refused before anything is allocated.
+        let mut huge = vec![TALLY_FORMAT];
+        huge.extend_from_slice(&0u64.to_le_bytes());
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(Tally::from_bytes(&huge), None);
     }
 
     #[test]
