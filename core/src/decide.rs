@@ -92,6 +92,18 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every reason, for whatever must cover them all (metrics, tests).
+    pub const ALL: [DenyReason; 8] = [
+        Self::MissingApiKey,
+        Self::InvalidApiKey,
+        Self::DisabledApiKey,
+        Self::ExpiredApiKey,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::QuotaExceeded,
+        Self::ConfigUnavailable,
+    ];
+
     pub fn status(self) -> u32 {
         match self {
             Self::MissingApiKey

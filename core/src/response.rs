@@ -389,17 +389,7 @@ mod tests {
             "quote \" backslash \\ slash / del \u{7f} é 😀".into(),
             every_control,
         ];
-        let reasons = [
-            DenyReason::MissingApiKey,
-            DenyReason::InvalidApiKey,
-            DenyReason::DisabledApiKey,
-            DenyReason::ExpiredApiKey,
-            DenyReason::Forbidden,
-            DenyReason::RateLimited,
-            DenyReason::QuotaExceeded,
-            DenyReason::ConfigUnavailable,
-        ];
-        for reason in reasons {
+        for reason in DenyReason::ALL {
             for detail in &details {
                 for (violated, retry_after) in [
                     (vec![], None),

@@ -25,16 +25,7 @@ use proxy_wasm::types::{LogLevel, MetricType};
 use tollgate_core::decide::{Decision, DenyReason};
 
 /// Every refusal reason, each with its own counter.
-pub const REASONS: [DenyReason; 8] = [
-    DenyReason::MissingApiKey,
-    DenyReason::InvalidApiKey,
-    DenyReason::DisabledApiKey,
-    DenyReason::ExpiredApiKey,
-    DenyReason::Forbidden,
-    DenyReason::RateLimited,
-    DenyReason::QuotaExceeded,
-    DenyReason::ConfigUnavailable,
-];
+pub const REASONS: [DenyReason; 8] = DenyReason::ALL;
 
 /// Where `reason`'s counter sits in [`REASONS`] order.
 fn slot(reason: DenyReason) -> usize {
