@@ -13,7 +13,7 @@ use crate::config::{Limit, QUOTA_POLICY};
 use crate::key::ApiKey;
 use crate::layout::{
     anonymous_buckets_key, buckets_key, client_identity, decode_buckets, encode_buckets,
-    tenant_buckets_key, CREATE_ONLY, OTHERS_ENTRY, OWNER_ENTRY, QUOTA_ENTRY,
+    read_for_update, tenant_buckets_key, OTHERS_ENTRY, OWNER_ENTRY, QUOTA_ENTRY,
 };
 use crate::period::{quota_period, Period};
 use crate::response::push_decimal;
@@ -444,7 +444,7 @@ struct Ledger<'a> {
 /// A ledger as read at one instant: refilled buckets, this Envoy's quota
 /// count and the other Envoys' use as last reported.
 struct Look {
-    /// The entry's CAS token, or [`CREATE_ONLY`] while it is absent.
+    /// The CAS token to write the entry with ([`read_for_update`]).
     cas: u32,
     buckets: Vec<Bucket>,
     own_used: u64,
@@ -455,11 +455,7 @@ struct Look {
 
 impl Ledger<'_> {
     fn look(&self, store: &impl SharedStore, now_ms: u64) -> Look {
-        // An absent entry is written by creating it, which fails like a
-        // lost race if another worker created it first. Creating it empty
-        // and reading it back took two more host calls on every key's first
-        // request, which with a million keys is most requests.
-        let (bytes, cas) = store.get(&self.entry).unwrap_or((Vec::new(), CREATE_ONLY));
+        let (bytes, cas) = read_for_update(store, &self.entry);
         let stored = decode_buckets(&bytes);
         let stored_bucket = |name: &str| {
             stored

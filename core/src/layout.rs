@@ -18,9 +18,10 @@
 //!
 //! Only the sync service writes `tg/`, `p/` and `k/`. Envoy lets a write
 //! to an absent entry through whatever its CAS token, so a bucket entry is
-//! created by a write guarded with [`CREATE_ONLY`], a token no present entry
-//! has: of racing creators one writes it and the others' write fails like
-//! any lost CAS race, so their loop reads again and sees every consumption.
+//! created by a write guarded with a token no present entry has
+//! ([`read_for_update`]): of racing creators one writes it and the others'
+//! write fails like any lost CAS race, so their loop reads again and sees
+//! every consumption.
 
 use crate::bucket::Bucket;
 use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
@@ -45,7 +46,16 @@ pub const ANONYMOUS_SLOTS: u32 = 65_536;
 /// A CAS token no entry will have: "write only if absent" in Envoy's terms.
 /// Overwriting a present entry with it would need that entry's token to be
 /// exactly this one, one value in 2^32 in that instant's race.
-pub const CREATE_ONLY: u32 = u32::MAX;
+const CREATE_ONLY: u32 = u32::MAX;
+
+/// A bucket entry's bytes and the CAS token to write it back with. An absent
+/// entry reads as empty with `CREATE_ONLY`, so the write creates it, and
+/// fails like a lost race if another worker created it first. Creating it
+/// empty and reading it back took two more host calls on every key's first
+/// request, which with a million keys is most requests.
+pub fn read_for_update(store: &impl SharedStore, entry: &str) -> (Vec<u8>, u32) {
+    store.get(entry).unwrap_or((Vec::new(), CREATE_ONLY))
+}
 
 pub fn tenant_buckets_key(tenant_id: &str) -> String {
     format!("bt/{tenant_id}")
@@ -100,7 +110,7 @@ pub fn apply_standings(
 /// compare-and-swap loop like a request's, which it races with.
 fn write_others(store: &impl SharedStore, entry: &str, others: Bucket) -> Result<(), SetError> {
     for _ in 0..STANDING_ATTEMPTS {
-        let (bytes, cas) = store.get(entry).unwrap_or((Vec::new(), CREATE_ONLY));
+        let (bytes, cas) = read_for_update(store, entry);
         let kept = decode_buckets(&bytes)
             .into_iter()
             .filter(|(name, _)| *name != OTHERS_ENTRY);
