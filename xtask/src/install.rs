@@ -104,6 +104,29 @@ pub fn node() -> Result {
     )
 }
 
+/// binaryen's `wasm-opt`, `wasm-metadce` and `wasm-dis`, from Debian, which
+/// turn cargo's filter.wasm into the shipped one (`wasm.rs`).
+pub fn binaryen() -> Result {
+    let present = ["wasm-opt", "wasm-metadce", "wasm-dis"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    if present {
+        return Ok(());
+    }
+    println!("installing binaryen from Debian");
+    run("apt-get update", Command::new("apt-get").arg("update"))?;
+    run(
+        "apt-get install binaryen",
+        Command::new("apt-get")
+            .args(["install", "-y", "binaryen"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 /// The bin directory of the newest Debian PostgreSQL (`/usr/lib/postgresql/<v>/bin`).
 fn postgres_bin() -> Option<PathBuf> {
     std::fs::read_dir("/usr/lib/postgresql")

@@ -11,6 +11,7 @@ mod install;
 mod pg;
 mod procs;
 mod up;
+mod wasm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -26,8 +27,9 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The filter as shipped: cargo's build after [`wasm::ship`].
 pub fn filter_wasm() -> PathBuf {
-    root().join("target/wasm32-wasip1/release/filter.wasm")
+    root().join("target/filter.wasm")
 }
 
 pub fn debug_bin(name: &str) -> PathBuf {
@@ -55,6 +57,7 @@ pub fn cargo() -> Command {
 
 /// Builds what `up` and the end-to-end tests run: filter.wasm and the binaries.
 pub fn build_artifacts() -> Result {
+    install::binaryen()?;
     run(
         "build filter.wasm",
         cargo().args([
@@ -66,6 +69,7 @@ pub fn build_artifacts() -> Result {
             "wasm32-wasip1",
         ]),
     )?;
+    wasm::ship(&wasm::built_filter(), &filter_wasm())?;
     run(
         "build control-plane and demo-upstream",
         cargo().args([
@@ -180,6 +184,20 @@ fn test(args: &[String]) -> Result {
     Ok(())
 }
 
+/// `cargo xtask build`: the filter.wasm to copy into an Envoy, and the binaries.
+fn build(args: &[String]) -> Result {
+    if let Some(other) = args.first() {
+        return Err(format!("unknown argument {other:?} (cargo xtask build)"));
+    }
+    install::rust_bits()?;
+    build_artifacts()?;
+    println!(
+        "\nfilter.wasm to copy into Envoy: {}",
+        filter_wasm().display()
+    );
+    Ok(())
+}
+
 /// `cargo xtask postgres`: the tests' PostgreSQL until Ctrl-C, for running them by hand.
 fn postgres(args: &[String]) -> Result {
     if let Some(other) = args.first() {
@@ -212,8 +230,9 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("postgres") => postgres(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
+        Some("build") => build(&args[1..]),
         _ => Err(
-            "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask bench [--smoke] | cargo xtask postgres"
+            "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask build | cargo xtask bench [--smoke] | cargo xtask postgres"
                 .into(),
         ),
     };
