@@ -10,13 +10,13 @@ use std::net::IpAddr;
 use crate::bucket::{ceil_seconds, Bucket, Check};
 use crate::cache::ConfigCache;
 use crate::config::{Limit, QUOTA_POLICY};
+use crate::json::write::push_decimal;
 use crate::key::ApiKey;
 use crate::layout::{
     anonymous_buckets_key, buckets_key, client_identity, decode_buckets, encode_buckets,
     read_for_update, tenant_buckets_key, OTHERS_ENTRY, OWNER_ENTRY, QUOTA_ENTRY,
 };
 use crate::period::{quota_period, Period};
-use crate::response::push_decimal;
 use crate::store::{SetError, SharedStore};
 use crate::wire::LimitScope;
 

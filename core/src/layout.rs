@@ -25,9 +25,10 @@
 
 use crate::bucket::Bucket;
 use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
+use crate::json::{self, Field, Fields, FromJson, Object, Reader, ToJson};
 use crate::key::KeyHash;
 use crate::store::{SetError, SharedStore};
-use crate::wire::{SyncResponse, WireAnonymous, WireKey, WirePlan};
+use crate::wire::{SyncResponse, WireAnonymous, WireKey, WireLimit, WirePlan, WireScope};
 
 pub const VERSION_KEY: &str = "tg/version";
 pub const ANONYMOUS_KEY: &str = "tg/anonymous";
@@ -125,7 +126,7 @@ fn write_others(store: &impl SharedStore, entry: &str, others: Bucket) -> Result
 
 pub fn read_anonymous(store: &impl SharedStore) -> Option<Anonymous> {
     let (bytes, _) = store.get(ANONYMOUS_KEY)?;
-    let wire: WireAnonymous = serde_json::from_slice(&bytes).ok()?;
+    let wire: WireAnonymous = json::from_slice(&bytes).ok()?;
     Anonymous::try_from(&wire).ok()
 }
 
@@ -158,7 +159,7 @@ pub fn applied_version(store: &impl SharedStore) -> Option<u64> {
 
 pub fn read_plan(store: &impl SharedStore, plan_id: &str) -> Option<Plan> {
     let (bytes, _) = store.get(&plan_key(plan_id))?;
-    let wire: WirePlan = serde_json::from_slice(&bytes).ok()?;
+    let wire: WirePlan = json::from_slice(&bytes).ok()?;
     Plan::try_from(&wire).ok()
 }
 
@@ -182,14 +183,46 @@ const KEY_EXTRAS: u8 = 16;
 const KEY_ID_FIELDS: [(u8, &str); 3] = [(32, "key_"), (64, "tnt_"), (128, "plan_")];
 
 /// The rarely set parts of a key record, kept as JSON after the binary head.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// Unknown fields are skipped, not refused: serde read it without
+/// `deny_unknown_fields`, and records in shared data outlive filters.
+#[derive(Default)]
+#[cfg_attr(test, derive(Debug, PartialEq, serde::Serialize, serde::Deserialize))]
 struct KeyExtras {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scopes: Option<Vec<crate::wire::WireScope>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
+    scopes: Option<Vec<WireScope>>,
+    #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
     allowed_cidrs: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    limits: Option<Vec<crate::wire::WireLimit>>,
+    #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
+    limits: Option<Vec<WireLimit>>,
+}
+
+const EXTRAS_FIELDS: Fields = Fields::open(&[
+    Field::optional("scopes"),
+    Field::optional("allowed_cidrs"),
+    Field::optional("limits"),
+]);
+
+impl FromJson for KeyExtras {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        let mut v = KeyExtras::default();
+        reader.object(&EXTRAS_FIELDS, &mut |r, field| match field {
+            0 => r.set(&mut v.scopes),
+            1 => r.set(&mut v.allowed_cidrs),
+            2 => r.set(&mut v.limits),
+            _ => Ok(()),
+        })?;
+        Ok(v)
+    }
+}
+
+impl ToJson for KeyExtras {
+    fn write_json(&self, out: &mut String) {
+        Object::new(out)
+            .option("scopes", &self.scopes)
+            .option("allowed_cidrs", &self.allowed_cidrs)
+            .option("limits", &self.limits)
+            .end();
+    }
 }
 
 /// A key record as stored under `k/`: a format byte, flags, then the id,
@@ -246,8 +279,7 @@ pub fn encode_key_record(wire: &WireKey) -> Result<Vec<u8>, InvalidConfig> {
     }
     out.extend(wire.billing_anchor_day);
     if has_extras {
-        let json = serde_json::to_vec(&extras).map_err(|e| InvalidConfig(e.to_string()))?;
-        out.extend_from_slice(&json);
+        out.extend_from_slice(&json::to_vec(&extras));
     }
     Ok(out)
 }
@@ -296,13 +328,9 @@ pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<KeyRecord> {
         if !rest.is_empty() {
             return None;
         }
-        KeyExtras {
-            scopes: None,
-            allowed_cidrs: None,
-            limits: None,
-        }
+        KeyExtras::default()
     } else {
-        serde_json::from_slice(rest).ok()?
+        json::from_slice(rest).ok()?
     };
     let wire = WireKey {
         hash: String::new(),
@@ -493,10 +521,8 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
     }
 
     for plan in &sync.plans {
-        let json = serde_json::to_vec(plan)
-            .map_err(|e| ApplyError::Invalid(InvalidConfig(e.to_string())))?;
         store
-            .set(&plan_key(&plan.id), Some(&json), None)
+            .set(&plan_key(&plan.id), Some(&json::to_vec(plan)), None)
             .map_err(ApplyError::Write)?;
     }
     for (hash, bytes) in &keys {
@@ -515,10 +541,8 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
             .map_err(ApplyError::Write)?;
     }
     if let Some(anonymous) = &sync.anonymous {
-        let json = serde_json::to_vec(anonymous)
-            .map_err(|e| ApplyError::Invalid(InvalidConfig(e.to_string())))?;
         store
-            .set(ANONYMOUS_KEY, Some(&json), None)
+            .set(ANONYMOUS_KEY, Some(&json::to_vec(anonymous)), None)
             .map_err(ApplyError::Write)?;
     }
     if sync.next.is_none() {
@@ -532,8 +556,8 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::tests::{agree, mutations_agree, round_trip};
     use crate::store::MemoryStore;
-    use crate::wire::WireLimit;
 
     fn sync_with_key(version: u64, hash: &KeyHash) -> SyncResponse {
         SyncResponse {
@@ -597,7 +621,7 @@ mod tests {
         let full = WireKey {
             active: false,
             expires_at_ms: Some(1_700_000_000_123),
-            scopes: Some(vec![crate::wire::WireScope {
+            scopes: Some(vec![WireScope {
                 methods: Some(vec!["GET".into()]),
                 path_prefix: Some("/v1/".into()),
             }]),
@@ -639,6 +663,145 @@ mod tests {
             ..plain
         };
         assert!(encode_key_record(&long).is_err());
+    }
+
+    #[crate::testing::test]
+    fn key_extras_are_json_as_serde_json_writes_and_reads_it() {
+        let full = KeyExtras {
+            scopes: Some(vec![
+                WireScope {
+                    methods: Some(vec!["GET".into(), "HEAD".into()]),
+                    path_prefix: Some("/v1/\"é\"".into()),
+                },
+                WireScope::default(),
+            ]),
+            allowed_cidrs: Some(vec!["10.0.0.0/8".into(), "::1/128".into()]),
+            limits: Some(vec![WireLimit {
+                name: "per-minute".into(),
+                max: u64::MAX,
+                window_seconds: 60,
+                burst: Some(0),
+                scope: crate::wire::LimitScope::Tenant,
+            }]),
+        };
+        round_trip(&full);
+        round_trip(&KeyExtras::default());
+        round_trip(&KeyExtras {
+            scopes: Some(vec![]),
+            allowed_cidrs: Some(vec![]),
+            limits: Some(vec![]),
+        });
+
+        // Unknown fields are skipped whatever their value, which is
+        // checked as serde_json checks a value it ignores.
+        let nested =
+            br#"{"x":{"a":[1,-2.5e+3,0,1E-7,true,false,null,"s\u12aB\/",{},[]]},"scopes":null}"#;
+        let deep = format!(
+            "{{\"x\":{}1{}}}",
+            "[{\"a\":".repeat(5000),
+            "}]".repeat(5000)
+        );
+        let cases: &[(&[u8], bool)] = &[
+            (br#"{"x":1}"#, true),
+            (nested, true),
+            (deep.as_bytes(), true),
+            (br#"{"x":1,"x":"again"}"#, true),
+            (br#"{"x":"\ud800"}"#, true),
+            (b"{\"x\":\"\xff\"}", true),
+            (b"{\"x\":{\"\xff\\udc00\":1}}", true),
+            (br#"{"x":-0.0e-0}"#, true),
+            (br#"{"x":01}"#, false),
+            (br#"{"x":-}"#, false),
+            (br#"{"x":-a}"#, false),
+            (br#"{"x":1.}"#, false),
+            (br#"{"x":.1}"#, false),
+            (br#"{"x":1e}"#, false),
+            (br#"{"x":1e+}"#, false),
+            (br#"{"x":+1}"#, false),
+            (br#"{"x":[1,]}"#, false),
+            (br#"{"x":[,]}"#, false),
+            (br#"{"x":{"a":1,}}"#, false),
+            (br#"{"x":{"a"}}"#, false),
+            (br#"{"x":{"a":}}"#, false),
+            (br#"{"x":{1:2}}"#, false),
+            (br#"{"x":[}"#, false),
+            (br#"{"x":[1}"#, false),
+            (br#"{"x":{"a":1]}"#, false),
+            (br#"{"x":[[]]]}"#, false),
+            (br#"{"x":[[]}"#, false),
+            (br#"{"x":"\q"}"#, false),
+            (br#"{"x":"\u12"}"#, false),
+            (b"{\"x\":\"a\nb\"}", false),
+            (br#"{"x":tru}"#, false),
+            (br#"{"x":nul}"#, false),
+            (br#"{"x":}"#, false),
+            (br#"{"x":1 2}"#, false),
+            (br#"{"x":1"#, false),
+            (br#"{"x":[1"#, false),
+            (br#"{"x\ud800":1}"#, false),
+            (br#"{"scopes":null,"scopes":null}"#, false),
+            (br#"{"limits":[{"name":"a"}]}"#, false),
+            (br#"[null,null,null]"#, true),
+            (br#"[null,null,null,null]"#, false),
+        ];
+        for (input, accepted) in cases {
+            let what = String::from_utf8_lossy(&input[..input.len().min(80)]);
+            assert_eq!(agree::<KeyExtras>(input), *accepted, "{what}");
+        }
+        mutations_agree::<KeyExtras>(nested);
+        mutations_agree::<KeyExtras>(&serde_json::to_vec(&full).unwrap());
+    }
+
+    #[crate::testing::test]
+    fn entries_are_what_serde_json_wrote_so_earlier_filters_entries_still_read() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        let mut sync = sync_with_key(1, &hash);
+        sync.plans[0].monthly_quota = Some(1_000);
+        sync.plans[0].route_costs = vec![crate::wire::WireRouteCost {
+            methods: Some(vec!["POST".into()]),
+            path_prefix: Some("/batch".into()),
+            cost: 5,
+        }];
+        sync.plans[0].limits[0].scope = crate::wire::LimitScope::Tenant;
+        let scopes = vec![WireScope {
+            methods: Some(vec!["GET".into()]),
+            path_prefix: Some("/v1/".into()),
+        }];
+        sync.keys[0].scopes = Some(scopes.clone());
+        sync.keys[0].allowed_cidrs = Some(vec!["10.0.0.0/8".into()]);
+        sync.anonymous = Some(WireAnonymous {
+            routes: scopes.clone(),
+            plan_id: Some("plan_1".into()),
+        });
+        apply_sync(&store, &sync).unwrap();
+
+        let plan = serde_json::to_vec(&sync.plans[0]).unwrap();
+        assert_eq!(store.get(&plan_key("plan_1")).unwrap().0, plan);
+        let anonymous = serde_json::to_vec(&sync.anonymous).unwrap();
+        assert_eq!(store.get(ANONYMOUS_KEY).unwrap().0, anonymous);
+        let extras = serde_json::to_vec(&KeyExtras {
+            scopes: Some(scopes),
+            allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
+            limits: None,
+        })
+        .unwrap();
+        let record = store.get(&key_record_key(&hash)).unwrap().0;
+        assert!(record.ends_with(&extras));
+        // So what serde_json wrote reads as what was applied.
+        assert_eq!(
+            read_plan(&store, "plan_1"),
+            Plan::try_from(&sync.plans[0]).ok()
+        );
+        let applied = sync
+            .anonymous
+            .as_ref()
+            .map(|a| Anonymous::try_from(a).unwrap());
+        assert_eq!(read_anonymous(&store), applied);
+        assert_eq!(
+            read_key(&store, &hash),
+            KeyRecord::try_from(&sync.keys[0]).ok()
+        );
     }
 
     #[crate::testing::test]

@@ -5,6 +5,7 @@
 //! - [`access`]: key scopes and client-IP allow-lists;
 //! - [`key`]: the API key format (`tg_<body>_<checksum>`) and the one hash both sides use;
 //! - [`wire`]: the JSON the control plane sends to the filter, defined once;
+//! - [`json`]: that JSON read and written without serde, for filter.wasm's size;
 //! - [`config`]: wire types validated into the config the filter enforces;
 //! - [`bucket`]: token buckets with time as an argument;
 //! - [`cache`]: a VM's memo of parsed config, valid for one applied version;
@@ -30,6 +31,7 @@ pub mod bucket;
 pub mod cache;
 pub mod config;
 pub mod decide;
+pub mod json;
 pub mod key;
 pub mod layout;
 pub mod period;

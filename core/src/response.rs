@@ -5,6 +5,7 @@
 //! which describes the most constrained policy. Denials are problem+json.
 
 use crate::decide::{Allowed, Denied, DenyReason, PolicyStatus};
+use crate::json::write::{push_decimal, push_json_string};
 
 /// Headers the filter sets on an allowed request before it goes upstream.
 pub const UPSTREAM_TENANT: &str = "x-tenant-id";
@@ -107,29 +108,6 @@ impl RateLimitHeaders {
     }
 }
 
-/// Appends `n` in decimal. `core::fmt` costs several times as much on
-/// wasm32, and these headers are written on every admitted request.
-pub(crate) fn push_decimal(text: &mut String, n: u64) {
-    let mut digits = [b'0'; 20];
-    let mut rest = n;
-    let mut used = 0;
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        used += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let start = digits.len() - used;
-    if let Some(digits) = digits
-        .get(start..)
-        .and_then(|d| core::str::from_utf8(d).ok())
-    {
-        text.push_str(digits);
-    }
-}
-
 /// A local reply: status, headers and problem+json body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
@@ -223,33 +201,6 @@ fn problem_json(denied: &Denied) -> String {
     out
 }
 
-/// Appends `text` as a JSON string, escaped as serde_json escapes.
-fn push_json_string(out: &mut String, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if u32::from(c) < 0x20 => {
-                let b = u32::from(c);
-                out.push_str("\\u00");
-                for nibble in [b >> 4, b & 15] {
-                    let digit = usize::try_from(nibble).ok().and_then(|n| HEX.get(n));
-                    out.push(char::from(digit.copied().unwrap_or(b'0')));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,25 +212,6 @@ mod tests {
             window_seconds: w,
             remaining: r,
             reset_seconds: t,
-        }
-    }
-
-    #[crate::testing::test]
-    fn decimals_are_written_as_format_writes_them() {
-        for n in [
-            0,
-            1,
-            9,
-            10,
-            99,
-            100,
-            1_000_000_007,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
-            let mut text = String::from("x");
-            push_decimal(&mut text, n);
-            assert_eq!(text, format!("x{n}"));
         }
     }
 

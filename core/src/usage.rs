@@ -146,7 +146,7 @@ impl Tally {
     }
 
     fn from_json(bytes: &[u8]) -> Option<Self> {
-        let batch: UsageBatch = serde_json::from_slice(bytes).ok()?;
+        let batch: UsageBatch = crate::json::from_slice(bytes).ok()?;
         let mut tally = Tally {
             unattributed: batch.unattributed,
             dropped: batch.dropped,

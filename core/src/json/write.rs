@@ -1,0 +1,156 @@
+//! Writing, byte for byte as serde_json's `to_vec` writes: no whitespace,
+//! fields in declaration order, `skip_serializing_if` fields left out.
+
+use std::collections::BTreeMap;
+
+/// A type written as serde_json writes its `Serialize` derive.
+pub trait ToJson {
+    fn write_json(&self, out: &mut String);
+}
+
+/// An object being written: each field says whether serde writes it.
+pub struct Object<'a> {
+    out: &'a mut String,
+    empty: bool,
+}
+
+impl<'a> Object<'a> {
+    /// Writes the `{`.
+    pub fn new(out: &'a mut String) -> Self {
+        out.push('{');
+        Self { out, empty: true }
+    }
+
+    /// Not inlined: it is called for every field of every type written.
+    #[inline(never)]
+    pub fn field(&mut self, name: &str, value: &dyn ToJson) -> &mut Self {
+        if !self.empty {
+            self.out.push(',');
+        }
+        self.empty = false;
+        push_json_string(self.out, name);
+        self.out.push(':');
+        value.write_json(self.out);
+        self
+    }
+
+    /// A field written only when `write` (the opposite of its
+    /// `skip_serializing_if`).
+    pub fn field_if(&mut self, write: bool, name: &str, value: &dyn ToJson) -> &mut Self {
+        if write {
+            self.field(name, value);
+        }
+        self
+    }
+
+    /// An `Option` field with `skip_serializing_if = "Option::is_none"`.
+    pub fn option<T: ToJson>(&mut self, name: &str, value: &Option<T>) -> &mut Self {
+        if let Some(value) = value {
+            self.field(name, value);
+        }
+        self
+    }
+
+    /// Writes the `}`.
+    pub fn end(&mut self) {
+        self.out.push('}');
+    }
+}
+
+impl ToJson for u64 {
+    fn write_json(&self, out: &mut String) {
+        push_decimal(out, *self);
+    }
+}
+
+impl ToJson for u8 {
+    fn write_json(&self, out: &mut String) {
+        push_decimal(out, u64::from(*self));
+    }
+}
+
+impl ToJson for bool {
+    fn write_json(&self, out: &mut String) {
+        out.push_str(if *self { "true" } else { "false" });
+    }
+}
+
+impl ToJson for String {
+    fn write_json(&self, out: &mut String) {
+        push_json_string(out, self);
+    }
+}
+
+impl<T: ToJson> ToJson for Vec<T> {
+    fn write_json(&self, out: &mut String) {
+        out.push('[');
+        for (i, value) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            value.write_json(out);
+        }
+        out.push(']');
+    }
+}
+
+impl<T: ToJson> ToJson for BTreeMap<String, T> {
+    fn write_json(&self, out: &mut String) {
+        let mut object = Object::new(out);
+        for (name, value) in self {
+            object.field(name, value);
+        }
+        object.end();
+    }
+}
+
+/// Appends `n` in decimal, as JSON and the rate-limit headers write it.
+/// `core::fmt` costs several times as much on wasm32, and the headers are
+/// written on every admitted request.
+pub(crate) fn push_decimal(text: &mut String, n: u64) {
+    let mut digits = [b'0'; 20];
+    let mut rest = n;
+    let mut used = 0;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        used += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let start = digits.len() - used;
+    if let Some(digits) = digits
+        .get(start..)
+        .and_then(|d| core::str::from_utf8(d).ok())
+    {
+        text.push_str(digits);
+    }
+}
+
+/// Appends `text` as a JSON string, escaped as serde_json escapes.
+pub(crate) fn push_json_string(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => {
+                let b = u32::from(c);
+                out.push_str("\\u00");
+                for nibble in [b >> 4, b & 15] {
+                    let digit = usize::try_from(nibble).ok().and_then(|n| HEX.get(n));
+                    out.push(char::from(digit.copied().unwrap_or(b'0')));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
