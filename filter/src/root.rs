@@ -3,7 +3,7 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
-use serde::Deserialize;
+use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
 
 use crate::host::now_ms;
 use crate::http::{SharedCache, TollgateHttp};
@@ -11,12 +11,31 @@ use crate::sync::{SyncConfig, SyncLoop};
 use crate::usage::{Flusher, Reporter, SharedTally, FLUSH_EVERY, QUEUE};
 
 /// Plugin configuration. The HTTP filter needs none; the singleton service
-/// carries `{"sync": {...}}`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// carries `{"sync": {...}}`. Unknown fields are errors.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct PluginConfig {
-    #[serde(default)]
     pub sync: Option<SyncConfig>,
+}
+
+const PLUGIN_CONFIG: Fields = Fields::closed(&[Field::optional("sync")]);
+
+impl FromJson for PluginConfig {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        let mut v = PluginConfig::default();
+        reader.object(&PLUGIN_CONFIG, &mut |r, _| r.set(&mut v.sync))?;
+        Ok(v)
+    }
+}
+
+impl PluginConfig {
+    /// The configuration in `raw`: none at all if it is empty or
+    /// whitespace, else JSON.
+    pub fn parse(raw: &[u8]) -> Result<Self, json::Error> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        json::from_slice(raw)
+    }
 }
 
 #[derive(Default)]
@@ -66,20 +85,14 @@ impl RootContext for TollgateRoot {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config: PluginConfig = if raw.iter().all(u8::is_ascii_whitespace) {
-            PluginConfig::default()
-        } else {
-            match serde_json::from_slice(&raw) {
-                Ok(config) => config,
-                Err(e) => {
-                    let _ = hostcalls::log(
-                        LogLevel::Error,
-                        &format!(
-                            "tollgate: bad plugin configuration, keeping the previous one: {e}"
-                        ),
-                    );
-                    return false;
-                }
+        let config = match PluginConfig::parse(&raw) {
+            Ok(config) => config,
+            Err(e) => {
+                let _ = hostcalls::log(
+                    LogLevel::Error,
+                    &format!("tollgate: bad plugin configuration, keeping the previous one: {e}"),
+                );
+                return false;
             }
         };
         match config.sync {
@@ -166,5 +179,67 @@ impl RootContext for TollgateRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(authority: &str, wait_ms: u64, retry_ms: u64) -> Option<SyncConfig> {
+        Some(SyncConfig {
+            cluster: "cp".into(),
+            authority: authority.into(),
+            token: "t".into(),
+            wait_ms,
+            retry_ms,
+        })
+    }
+
+    /// What serde_json read with the derives these types had (`sync`
+    /// optional, `deny_unknown_fields` on both, defaults for `authority`,
+    /// `wait_ms` and `retry_ms`): each verdict checked against it.
+    #[test]
+    fn plugin_configuration_reads_as_serde_json_read_it() {
+        let defaults = sync("tollgate-control-plane", 20_000, 250);
+        let cases: &[(&[u8], Option<Option<SyncConfig>>)] = &[
+            (b"", Some(None)),
+            (b" \n\t\r", Some(None)),
+            (b"{}", Some(None)),
+            (br#"{"sync":null}"#, Some(None)),
+            (br#"{"sync":{"cluster":"cp","token":"t"}}"#, Some(defaults.clone())),
+            (
+                br#" { "sync" : { "token" : "t" , "cluster" : "cp" } } "#,
+                Some(defaults.clone()),
+            ),
+            (
+                br#"{"sync":{"cluster":"cp","authority":"a","token":"t","wait_ms":1,"retry_ms":60000}}"#,
+                Some(sync("a", 1, 60_000)),
+            ),
+            (br#"{"sync":["cp","a","t"]}"#, Some(sync("a", 20_000, 250))),
+            (b"[null]", Some(None)),
+            (b"[]", Some(None)),
+            (b"null", None),
+            (b"\"\"", None),
+            (br#"{"sync":{}}"#, None),
+            (br#"{"sync":{"cluster":"cp"}}"#, None),
+            (br#"{"sync":{"token":"t"}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t","wait":1}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t"},"other":1}"#, None),
+            (br#"{"sync":null,"sync":null}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t","token":"u"}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t","wait_ms":null}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t","wait_ms":-1}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t","wait_ms":1.5}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":null}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t"}}}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t"},}"#, None),
+            (br#"{"sync":{"cluster":"cp","token":"t"}"#, None),
+            (b"\x0c{}", None),
+        ];
+        for (raw, expected) in cases {
+            let read = PluginConfig::parse(raw).ok().map(|c| c.sync);
+            assert_eq!(&read, expected, "{}", String::from_utf8_lossy(raw));
+        }
     }
 }

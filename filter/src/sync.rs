@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
-use serde::Deserialize;
+use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
 use tollgate_core::layout::{applied_version, apply_sync};
 use tollgate_core::wire::SyncResponse;
 
@@ -22,32 +22,51 @@ use crate::host::{now_ms, HostStore};
 pub const TICK: Duration = Duration::from_millis(50);
 const MAX_BACKOFF_MS: u64 = 2_000;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The `sync` object of the plugin configuration. Unknown fields are errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncConfig {
     /// The Envoy cluster that reaches the control plane.
     pub cluster: String,
-    /// `:authority` sent to the control plane.
-    #[serde(default = "default_authority")]
+    /// `:authority` sent to the control plane; `tollgate-control-plane`
+    /// when absent.
     pub authority: String,
     /// The control plane's sync token (`CONTROL_PLANE_SYNC_TOKEN`).
     pub token: String,
-    /// How long the control plane may hold a poll open when nothing changed.
-    #[serde(default = "default_wait_ms")]
+    /// How long the control plane may hold a poll open when nothing
+    /// changed; 20 s when absent.
     pub wait_ms: u64,
-    /// First retry delay after a failed poll; doubles up to 2 s.
-    #[serde(default = "default_retry_ms")]
+    /// First retry delay after a failed poll, doubling up to 2 s; 250 ms
+    /// when absent.
     pub retry_ms: u64,
 }
 
-fn default_authority() -> String {
-    "tollgate-control-plane".into()
-}
-fn default_wait_ms() -> u64 {
-    20_000
-}
-fn default_retry_ms() -> u64 {
-    250
+const SYNC_CONFIG: Fields = Fields::closed(&[
+    Field::required("cluster"),
+    Field::optional("authority"),
+    Field::required("token"),
+    Field::optional("wait_ms"),
+    Field::optional("retry_ms"),
+]);
+
+impl FromJson for SyncConfig {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        let mut v = SyncConfig {
+            cluster: String::new(),
+            authority: "tollgate-control-plane".into(),
+            token: String::new(),
+            wait_ms: 20_000,
+            retry_ms: 250,
+        };
+        reader.object(&SYNC_CONFIG, &mut |r, field| match field {
+            0 => r.set(&mut v.cluster),
+            1 => r.set(&mut v.authority),
+            2 => r.set(&mut v.token),
+            3 => r.set(&mut v.wait_ms),
+            4 => r.set(&mut v.retry_ms),
+            _ => Ok(()),
+        })?;
+        Ok(v)
+    }
 }
 
 impl SyncConfig {
@@ -184,7 +203,7 @@ impl SyncLoop {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let sync: SyncResponse = match serde_json::from_slice(&body) {
+        let sync: SyncResponse = match json::from_slice(&body) {
             Ok(sync) => sync,
             Err(e) => {
                 log(

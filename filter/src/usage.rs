@@ -141,10 +141,7 @@ impl Reporter {
         };
         // A retried batch asks for the newest standings; its counts stay the same.
         batch.standings_since = self.standings_since;
-        let Ok(body) = serde_json::to_vec(batch) else {
-            self.pending = None;
-            return;
-        };
+        let body = tollgate_core::json::to_vec(batch);
         let auth = format!("Bearer {}", self.config.token);
         let headers = vec![
             (":method", "POST"),
@@ -231,7 +228,7 @@ impl Reporter {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let receipt: UsageReceipt = match serde_json::from_slice(&body) {
+        let receipt: UsageReceipt = match tollgate_core::json::from_slice(&body) {
             Ok(receipt) => receipt,
             Err(e) => {
                 log(
