@@ -87,44 +87,44 @@ pub fn wasm_bindgen_test_runner() -> Result<PathBuf> {
     Ok(runner)
 }
 
-pub fn node() -> Result {
-    let present = Command::new("node")
+/// Whether `tool --version` runs.
+fn runs(tool: &str) -> bool {
+    Command::new(tool)
         .arg("--version")
         .output()
         .map(|o| o.status.success())
-        .unwrap_or(false);
-    if present {
-        return Ok(());
-    }
-    println!("installing Node.js from Debian");
+        .unwrap_or(false)
+}
+
+/// `apt-get install -y <package>`, after refreshing the package lists.
+fn apt_install(package: &str, what: &str) -> Result {
+    println!("installing {what} from Debian");
     run("apt-get update", Command::new("apt-get").arg("update"))?;
     run(
-        "apt-get install nodejs",
-        Command::new("apt-get").args(["install", "-y", "nodejs"]),
+        &format!("apt-get install {package}"),
+        Command::new("apt-get")
+            .args(["install", "-y", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+pub fn node() -> Result {
+    if runs("node") {
+        return Ok(());
+    }
+    apt_install("nodejs", "Node.js")
 }
 
 /// binaryen's `wasm-opt`, `wasm-metadce` and `wasm-dis`, from Debian, which
 /// turn cargo's filter.wasm into the shipped one (`wasm.rs`).
 pub fn binaryen() -> Result {
-    let present = ["wasm-opt", "wasm-metadce", "wasm-dis"].iter().all(|tool| {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    });
-    if present {
+    if ["wasm-opt", "wasm-metadce", "wasm-dis"]
+        .into_iter()
+        .all(runs)
+    {
         return Ok(());
     }
-    println!("installing binaryen from Debian");
-    run("apt-get update", Command::new("apt-get").arg("update"))?;
-    run(
-        "apt-get install binaryen",
-        Command::new("apt-get")
-            .args(["install", "-y", "binaryen"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    apt_install("binaryen", "binaryen")
 }
 
 /// The bin directory of the newest Debian PostgreSQL (`/usr/lib/postgresql/<v>/bin`).
@@ -152,14 +152,7 @@ pub fn postgres() -> Result<PathBuf> {
     if let Some(bin) = postgres_bin() {
         return Ok(bin);
     }
-    println!("installing PostgreSQL from Debian");
-    run("apt-get update", Command::new("apt-get").arg("update"))?;
-    run(
-        "apt-get install postgresql",
-        Command::new("apt-get")
-            .args(["install", "-y", "postgresql"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    apt_install("postgresql", "PostgreSQL")?;
     postgres_bin()
         .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin after installing".into())
 }
