@@ -10,6 +10,11 @@
 //! All host access goes through `proxy_wasm::hostcalls`, whose errors we
 //! handle, never through the SDK's trait defaults, which unwrap, except the
 //! per-request header calls, which [`headers`] makes itself.
+//!
+//! The shipped `filter.wasm` exports only the callbacks listed in
+//! `filter/exports.txt` (`cargo xtask build` drops the SDK's others, so
+//! Envoy does not call into the VM for them): overriding another trait
+//! callback here means adding its export there, or Envoy never calls it.
 
 #![cfg_attr(
     not(test),
