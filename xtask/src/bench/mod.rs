@@ -51,11 +51,15 @@ pub struct Options {
     pub control_plane: Option<PathBuf>,
     /// Only these arms (by name), for quick comparisons while developing.
     pub arms: Option<Vec<String>>,
+    /// Another build of the filter, measured as arm `tollgate-candidate`
+    /// alongside `tollgate` in the same alternated rounds: run-to-run noise
+    /// on this machine is larger than most changes worth comparing.
+    pub candidate: Option<PathBuf>,
 }
 
 const USAGE: &str = "cargo xtask bench [--smoke] [--scales 1,1000,100000,1000000] [--rounds 5] \
 [--requests 60000] [--rate 2000] [--out bench] [--control-plane <binary>] \
-[--arms plain,empty-wasm,tollgate]";
+[--arms plain,empty-wasm,tollgate] [--candidate <other filter.wasm>]";
 
 impl Options {
     pub fn full() -> Self {
@@ -71,6 +75,7 @@ impl Options {
             out: root().join("bench"),
             control_plane: None,
             arms: None,
+            candidate: None,
         }
     }
 
@@ -87,6 +92,7 @@ impl Options {
             out: root().join("target/bench-smoke"),
             control_plane: None,
             arms: None,
+            candidate: None,
         }
     }
 
@@ -122,17 +128,24 @@ impl Options {
                 "--rate" => options.rate = u32::try_from(number()?).unwrap_or(u32::MAX),
                 "--out" => options.out = PathBuf::from(value),
                 "--control-plane" => options.control_plane = Some(PathBuf::from(value)),
+                "--candidate" => options.candidate = Some(PathBuf::from(value)),
                 "--arms" => {
                     let arms: Vec<String> = value.split(',').map(|a| a.trim().to_owned()).collect();
-                    if let Some(bad) = arms.iter().find(|a| !ARM_LOADS.contains(&a.as_str())) {
+                    let known = |a: &str| ARM_LOADS.contains(&a) || a == CANDIDATE;
+                    if let Some(bad) = arms.iter().find(|a| !known(a)) {
                         return Err(format!(
-                            "--arms: no arm {bad:?}; arms are {}",
+                            "--arms: no arm {bad:?}; arms are {}, and {CANDIDATE} with --candidate",
                             ARM_LOADS.join(", ")
                         ));
                     }
                     options.arms = Some(arms);
                 }
                 _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
+            }
+        }
+        if let Some(wasm) = &options.candidate {
+            if !wasm.is_file() {
+                return Err(format!("--candidate: no file {}", wasm.display()));
             }
         }
         Ok(options)
@@ -210,6 +223,22 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
     for arm in [Arm::Plain, Arm::Native, Arm::EmptyWasm, Arm::Tollgate] {
         envoys.push(Envoy::start(envoy, arm, &inputs, &work, arm.name())?);
     }
+    let candidate = match &options.candidate {
+        Some(wasm) => {
+            let inputs = Inputs {
+                filter_wasm: &path_str(wasm)?,
+                ..inputs
+            };
+            Some(Envoy::start(
+                envoy,
+                Arm::Tollgate,
+                &inputs,
+                &work,
+                CANDIDATE,
+            )?)
+        }
+        None => None,
+    };
     let tollgate = envoy_of(&envoys, Arm::Tollgate)?;
     let mut keys = setup.allowed_keys.clone();
     tollgate.wait_for_version(cp.version()?, Duration::from_secs(60))?;
@@ -227,6 +256,9 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
         let version = cp.version()?;
         let started = Instant::now();
         tollgate.wait_for_version(version, Duration::from_secs(120))?;
+        if let Some(candidate) = &candidate {
+            candidate.wait_for_version(version, Duration::from_secs(120))?;
+        }
         println!(
             "the running Envoy had them {:.2} s later",
             started.elapsed().as_secs_f64()
@@ -235,7 +267,7 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
         let cold_sync = cold_sync(envoy, &inputs, &work, version)?;
         println!("cold Envoy: full sync {:.2} s", cold_sync.as_secs_f64());
         let mut scale_result = report::Scale::new(scale, rss, rss_empty, cold_sync);
-        let mut arms = ArmLoads::new(&envoys, &setup, &keys)?;
+        let mut arms = ArmLoads::new(&envoys, candidate.as_ref(), &setup, &keys)?;
         if let Some(only) = &options.arms {
             arms.0.retain(|(name, _, _)| only.iter().any(|o| o == name));
         }
@@ -265,6 +297,7 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
         results.revocation = Some(revocations(&cp, tollgate, &keys, options.revocations)?);
     }
     drop(envoys);
+    drop(candidate);
     drop(cp);
     report::write(&results, &options.out)?;
     println!("\nwrote {}", options.out.display());
@@ -660,11 +693,19 @@ const ARM_LOADS: [&str; 6] = [
     "tollgate-429-exhausted",
 ];
 
+/// The arm of `--candidate`.
+const CANDIDATE: &str = "tollgate-candidate";
+
 /// Each arm's Envoy and the requests it is measured with.
 struct ArmLoads<'a>(Vec<(&'static str, &'a Envoy, Requests)>);
 
 impl<'a> ArmLoads<'a> {
-    fn new(envoys: &'a [Envoy], setup: &Setup, keys: &[IssuedKey]) -> Result<Self> {
+    fn new(
+        envoys: &'a [Envoy],
+        candidate: Option<&'a Envoy>,
+        setup: &Setup,
+        keys: &[IssuedKey],
+    ) -> Result<Self> {
         let plaintexts: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
         let native = std::slice::from_ref(&setup.native_key);
         let arm = |name, arm, keys: &[String], status| -> Result<_> {
@@ -675,7 +716,7 @@ impl<'a> ArmLoads<'a> {
                 Requests::new(envoy.listener, "/", keys, status),
             ))
         };
-        Ok(Self(vec![
+        let mut loads = vec![
             arm("plain", Arm::Plain, native, 200)?,
             arm("native", Arm::Native, native, 200)?,
             arm("empty-wasm", Arm::EmptyWasm, native, 200)?,
@@ -692,7 +733,12 @@ impl<'a> ArmLoads<'a> {
                 std::slice::from_ref(&setup.exhausted_key),
                 429,
             )?,
-        ]))
+        ];
+        if let Some(envoy) = candidate {
+            let requests = Requests::new(envoy.listener, "/", &plaintexts, 200);
+            loads.push((CANDIDATE, envoy, requests));
+        }
+        Ok(Self(loads))
     }
 }
 
