@@ -1698,6 +1698,12 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
     let (key_id, _) = key(&app, &tenant_id).await;
     let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
     assert!(shown.body["last_used_at"].is_null());
+    // The uses reported below are from before this test ran.
+    sqlx::query("UPDATE api_keys SET created_at = '2026-11-18T09:00:00Z' WHERE id = $1")
+        .bind(&key_id)
+        .execute(&state.db)
+        .await
+        .unwrap();
 
     let used_ms: u64 = 1_795_000_000_000; // 2026-11-18T11:06:40Z
     let batch = json!({
@@ -1771,6 +1777,32 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
         "{last}"
     );
 
+    // A use in the minute the key was created is not shown as before it.
+    let (fresh_id, _) = key(&app, &tenant_id).await;
+    sqlx::query("UPDATE api_keys SET created_at = '2026-11-18T11:06:30Z' WHERE id = $1")
+        .bind(&fresh_id)
+        .execute(&state.db)
+        .await
+        .unwrap();
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-10", "keys": [{"key_id": fresh_id, "allowed": 1, "last_used_ms": used_ms}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{fresh_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:06:30Z");
+    assert_eq!(shown.body["created_at"], "2026-11-18T11:06:30Z");
+    // The next minute's use moves it on as before.
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-11", "keys": [{"key_id": fresh_id, "allowed": 1, "last_used_ms": used_ms + 60_000}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{fresh_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:07:00Z");
+
     // Without the sync token, nothing about the request is even read.
     let r = send(&app, Method::POST, "/v1/usage", None, Some("{")).await;
     assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
@@ -1804,7 +1836,7 @@ async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) 
         .fetch_one(&state.db)
         .await
         .unwrap();
-    assert_eq!(batches, 3);
+    assert_eq!(batches, 5, "the five accepted above, none of the refused");
 }
 
 async fn usage_reads_back_per_key_and_per_tenant(backend: Backend) {

@@ -7,7 +7,8 @@
 //! first records its id, so a batch that arrives twice (a lost answer, a
 //! retry after a timeout) is counted once. Counts land per key, hour and
 //! outcome, with the summed cost of what was let through; the key's
-//! `last_used_at` moves forward to the minute.
+//! `last_used_at` moves forward to the minute, never to before the key's
+//! `created_at`.
 //!
 //! **Quota ledger.** The same transaction adds each key's cost to
 //! `quota_counts`, per key, quota period (from the last use and the tenant's
@@ -211,8 +212,11 @@ async fn apply(state: &AppState, batch: &UsageBatch, now: u64) -> ApiResult<bool
         let last_used = usage.last_used_ms.map(|last| last.min(now));
         if let Some(last) = last_used {
             let minute = truncated(last, MINUTE);
+            // Truncated, a use in the minute the key was created would show
+            // as before its creation; it shows as the creation instead.
             sqlx::query(
-                "UPDATE api_keys SET last_used_at = $1
+                "UPDATE api_keys
+                 SET last_used_at = CASE WHEN created_at > $1 THEN created_at ELSE $1 END
                  WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
             )
             .bind(&minute)
