@@ -20,6 +20,9 @@ pub enum Arm {
     Native,
     /// A proxy-wasm filter that does nothing: the floor.
     EmptyWasm,
+    /// A proxy-wasm filter making only the host calls a shared-data rate
+    /// limiter with rate-limit headers must make: the floor for any limiter.
+    MinimalLimiter,
     /// Tollgate.
     Tollgate,
 }
@@ -30,6 +33,7 @@ impl Arm {
             Self::Plain => "plain",
             Self::Native => "native",
             Self::EmptyWasm => "empty-wasm",
+            Self::MinimalLimiter => "minimal-limiter",
             Self::Tollgate => "tollgate",
         }
     }
@@ -44,6 +48,7 @@ pub struct Ports {
 pub struct Inputs<'a> {
     pub native_key: &'a str,
     pub empty_wasm: &'a str,
+    pub minimal_limiter_wasm: &'a str,
     pub filter_wasm: &'a str,
     pub control_plane_port: u16,
     pub sync_token: &'a str,
@@ -72,20 +77,8 @@ pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<Stri
               enable_x_ratelimit_headers: DRAFT_VERSION_03"#,
             key = inputs.native_key
         ),
-        Arm::EmptyWasm => format!(
-            r#"
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: empty
-                root_id: empty
-                vm_config:
-                  vm_id: empty
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{path}" }} }}"#,
-            path = inputs.empty_wasm
-        ),
+        Arm::EmptyWasm => wasm_filter("empty", inputs.empty_wasm),
+        Arm::MinimalLimiter => wasm_filter("minimal", inputs.minimal_limiter_wasm),
     };
     Ok(format!(
         r#"admin:
@@ -116,6 +109,23 @@ static_resources:
         admin = ports.admin,
         listener = ports.listener,
     ))
+}
+
+/// A proxy-wasm filter of the benchmark's own, in a VM of its own.
+fn wasm_filter(name: &str, path: &str) -> String {
+    format!(
+        r#"
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{path}" }} }}"#
+    )
 }
 
 fn tollgate(ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {

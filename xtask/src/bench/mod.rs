@@ -163,7 +163,7 @@ pub fn bench(args: &[String]) -> Result {
 fn build(options: &Options) -> Result<PathBuf> {
     install::binaryen()?;
     run(
-        "build filter.wasm and the empty filter",
+        "build filter.wasm and the two floors",
         cargo().args([
             "build",
             "--release",
@@ -173,10 +173,12 @@ fn build(options: &Options) -> Result<PathBuf> {
             "tollgate-filter",
             "-p",
             "tollgate-empty-filter",
+            "-p",
+            "tollgate-minimal-limiter",
         ]),
     )?;
-    // The empty filter stays as cargo builds it: it is the floor the issue
-    // defines, an SDK filter that does nothing.
+    // The floors stay as cargo builds them: the empty filter is the floor the
+    // issue defines, an SDK filter that does nothing.
     crate::wasm::ship(&crate::wasm::built_filter(), &crate::filter_wasm())?;
     if let Some(binary) = &options.control_plane {
         return Ok(binary.clone());
@@ -204,6 +206,7 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
     let wasm_dir = root().join("target/wasm32-wasip1/release");
     let filter_wasm = crate::filter_wasm();
     let empty_wasm = wasm_dir.join("empty_filter.wasm");
+    let minimal_limiter_wasm = wasm_dir.join("minimal_limiter.wasm");
     let work = tempdir()?;
     pin_self_to_cpu(1);
 
@@ -214,13 +217,20 @@ pub fn run_bench(options: &Options, envoy: &Path) -> Result {
     let inputs = Inputs {
         native_key: &setup.native_key,
         empty_wasm: &path_str(&empty_wasm)?,
+        minimal_limiter_wasm: &path_str(&minimal_limiter_wasm)?,
         filter_wasm: &path_str(&filter_wasm)?,
         control_plane_port: cp.addr.port(),
         sync_token: SYNC_TOKEN,
     };
     println!("==> one Envoy per arm, pinned to CPU 0");
     let mut envoys = Vec::new();
-    for arm in [Arm::Plain, Arm::Native, Arm::EmptyWasm, Arm::Tollgate] {
+    for arm in [
+        Arm::Plain,
+        Arm::Native,
+        Arm::EmptyWasm,
+        Arm::MinimalLimiter,
+        Arm::Tollgate,
+    ] {
         envoys.push(Envoy::start(envoy, arm, &inputs, &work, arm.name())?);
     }
     let candidate = match &options.candidate {
@@ -684,10 +694,11 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
 }
 
 /// The names of [`ArmLoads`], in order.
-const ARM_LOADS: [&str; 6] = [
+const ARM_LOADS: [&str; 7] = [
     "plain",
     "native",
     "empty-wasm",
+    "minimal-limiter",
     "tollgate",
     "tollgate-401-unknown",
     "tollgate-429-exhausted",
@@ -720,6 +731,7 @@ impl<'a> ArmLoads<'a> {
             arm("plain", Arm::Plain, native, 200)?,
             arm("native", Arm::Native, native, 200)?,
             arm("empty-wasm", Arm::EmptyWasm, native, 200)?,
+            arm("minimal-limiter", Arm::MinimalLimiter, &plaintexts, 200)?,
             arm("tollgate", Arm::Tollgate, &plaintexts, 200)?,
             arm(
                 "tollgate-401-unknown",
