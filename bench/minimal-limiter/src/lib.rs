@@ -5,8 +5,8 @@
 //! usage reports.
 //!
 //! Per request: read the `x-api-key` header, read the clock, read the key's
-//! bucket and write it back with compare-and-swap, then add `RateLimit-Policy`
-//! and `RateLimit` to the response. Six host calls, two of which hand data
+//! bucket and write it back with compare-and-swap, then set `RateLimit-Policy`
+//! and `RateLimit` on the response. Six host calls, two of which hand data
 //! back into the VM. What it costs over the empty filter is what those calls
 //! cost; what Tollgate costs over it is what Tollgate itself adds.
 
