@@ -5,6 +5,8 @@
 //! run is the config users run.
 
 pub mod harness;
+pub mod istio;
+pub mod registry;
 
 /// The values that fill `envoy/tollgate.yaml`'s placeholders.
 #[derive(Debug, Clone)]
