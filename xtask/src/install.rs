@@ -156,3 +156,35 @@ pub fn postgres() -> Result<PathBuf> {
     postgres_bin()
         .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin after installing".into())
 }
+
+/// The static musl target and, for the C in the control plane (ring, SQLite),
+/// `musl-gcc` from Debian's `musl-tools`: what `cargo xtask image
+/// --control-plane` builds with.
+pub fn musl(target: &str) -> Result {
+    run(
+        "rustup target add",
+        Command::new("rustup").args(["target", "add", target]),
+    )?;
+    if runs("musl-gcc") {
+        return Ok(());
+    }
+    apt_install("musl-tools", "musl-gcc (musl-tools)")
+}
+
+/// Debian's `docker-registry`, the loopback registry the image tests push to
+/// and pull from (`tests/src/registry.rs`).
+pub fn docker_registry() -> Result<PathBuf> {
+    let registry = PathBuf::from("/usr/bin/docker-registry");
+    if registry.is_file() {
+        return Ok(registry);
+    }
+    apt_install("docker-registry", "the Docker registry")?;
+    if registry.is_file() {
+        Ok(registry)
+    } else {
+        Err(format!(
+            "no {} after installing docker-registry",
+            registry.display()
+        ))
+    }
+}

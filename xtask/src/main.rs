@@ -4,12 +4,17 @@
 //! (Envoy from PyPI, the wasm-bindgen test runner) and through rustup, so a
 //! fresh machine needs nothing but cargo, Python and Node.js.
 //! `cargo xtask postgres` runs the tests' throwaway PostgreSQL on its own;
-//! `cargo xtask bench` measures what the filter costs Envoy (`bench/`).
+//! `cargo xtask bench` measures what the filter costs Envoy (`bench/`);
+//! `cargo xtask image` packs the filter or the control plane as a
+//! reproducible OCI image (`image.rs`).
 
 mod bench;
+mod image;
 mod install;
+mod oci;
 mod pg;
 mod procs;
+mod push;
 mod up;
 mod wasm;
 
@@ -55,8 +60,8 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Builds what `up` and the end-to-end tests run: filter.wasm and the binaries.
-pub fn build_artifacts() -> Result {
+/// Builds [`filter_wasm`], as `cargo xtask build` does.
+pub fn build_filter() -> Result {
     install::binaryen()?;
     run(
         "build filter.wasm",
@@ -69,7 +74,12 @@ pub fn build_artifacts() -> Result {
             "wasm32-wasip1",
         ]),
     )?;
-    wasm::ship(&wasm::built_filter(), &filter_wasm())?;
+    wasm::ship(&wasm::built_filter(), &filter_wasm())
+}
+
+/// Builds what `up` and the end-to-end tests run: filter.wasm and the binaries.
+pub fn build_artifacts() -> Result {
+    build_filter()?;
     run(
         "build control-plane and demo-upstream",
         cargo().args([
@@ -100,6 +110,7 @@ fn test(args: &[String]) -> Result {
     let runner = install::wasm_bindgen_test_runner()?;
     install::node()?;
     install::postgres()?;
+    let docker_registry = install::docker_registry()?;
 
     step("cargo fmt --check");
     run(
@@ -166,6 +177,13 @@ fn test(args: &[String]) -> Result {
         println!("\n--quick: end-to-end tests skipped");
         return Ok(());
     }
+    // Built once here; the image tests unpack it, run it and rebuild it from
+    // its own binary. The filter images they build themselves, running this
+    // xtask binary on TOLLGATE_FILTER_WASM, so no test starts cargo.
+    step("control-plane image (static musl build)");
+    let control_plane_image = image::default_out(true);
+    image::control_plane_image(None, &control_plane_image)?;
+    let xtask = std::env::current_exe().map_err(|e| format!("the xtask binary's path: {e}"))?;
     step("end-to-end tests in real Envoy");
     build_artifacts()?;
     run(
@@ -180,7 +198,10 @@ fn test(args: &[String]) -> Result {
             .env(
                 "TOLLGATE_ENVOY_TEMPLATE",
                 root().join("envoy/tollgate.yaml"),
-            ),
+            )
+            .env("TOLLGATE_XTASK", &xtask)
+            .env("TOLLGATE_CONTROL_PLANE_IMAGE", &control_plane_image)
+            .env("TOLLGATE_DOCKER_REGISTRY", &docker_registry),
     )?;
     step("benchmark smoke run (cargo xtask bench --smoke)");
     bench::run_bench(&bench::Options::smoke(), &envoy)?;
@@ -235,8 +256,12 @@ fn main() -> ExitCode {
         Some("postgres") => postgres(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("build") => build(&args[1..]),
+        Some("image") => image::image(&args[1..]),
         _ => Err(
-            "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask build | cargo xtask bench [--smoke] | cargo xtask postgres"
+            "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask build | \
+             cargo xtask bench [--smoke] | cargo xtask postgres | \
+             cargo xtask image [--control-plane] [--wasm <file> | --binary <file>] [--out <dir>] \
+             [--push <host:port>/<repository>:<tag>]"
                 .into(),
         ),
     };
