@@ -70,12 +70,7 @@ pub fn presented_key<'a>(
     if let Some(key) = x_api_key.map(str::trim).filter(|k| !k.is_empty()) {
         return Some(key);
     }
-    let auth = authorization?.trim();
-    let (scheme, token) = auth.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    authorization.and_then(crate::credential::bearer_token)
 }
 
 /// Why a request was refused. Each maps to one status and one stable `code`.
@@ -187,15 +182,22 @@ pub enum Decision {
     Deny(Denied),
 }
 
+impl Denied {
+    /// A refusal with nothing but its reason and detail.
+    pub fn new(reason: DenyReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            retry_after: None,
+            policies: Vec::new(),
+            violated: Vec::new(),
+            key_id: None,
+        }
+    }
+}
+
 fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
-    Decision::Deny(Denied {
-        reason,
-        detail: detail.into(),
-        retry_after: None,
-        policies: Vec::new(),
-        violated: Vec::new(),
-        key_id: None,
-    })
+    Decision::Deny(Denied::new(reason, detail))
 }
 
 /// [`deny`], charged to a known key.
@@ -1391,7 +1393,7 @@ mod metering_tests {
         // ledger is absent until then, so key 0's write is a create that loses.
         let k1 = key(1);
         let ledgers_for_k1 = || {
-            assert!(s.get("bt/t1").is_none());
+            assert!(s.get(&crate::layout::tenant_buckets_key("t1")).is_none());
             let facts = RequestFacts {
                 api_key: Some(k1.expose()),
                 method: "GET",
@@ -1435,7 +1437,7 @@ mod metering_tests {
         }
 
         fn set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> Result<(), SetError> {
-            if key.starts_with("bt/") {
+            if key.starts_with("tg2/bt/") {
                 if let Some(hook) = self.before_tenant_write.take() {
                     hook();
                 }

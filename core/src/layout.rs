@@ -1,27 +1,37 @@
 //! Where config and bucket state live in shared data, and how they are encoded.
 //!
-//! - `tg/version`: the config version applied (u64 little-endian). Absent until
-//!   the first sync: the filter then fails closed.
-//! - `p/<plan id>`: a plan (wire JSON).
-//! - `k/<lookup id>`: a key record, compact binary ([`encode_key_record`]):
-//!   with a million keys, bytes per key is what Envoy's memory is made of.
-//! - `b/<lookup id>`: all token buckets of one key in one entry, and the key's
-//!   own quota count for the period ([`QUOTA_ENTRY`]), so one CAS covers every
-//!   window and the quota and a request consumes from all of them or none.
-//!   It also holds the key's quota use through other Envoys ([`OTHERS_ENTRY`],
-//!   written by the sync service from the control plane's standings), so a
-//!   request reads one entry, not two.
-//! - `bt/<tenant id>`: the buckets of the tenant-scoped limits.
-//! - `ba/<slot>`: the buckets of anonymous clients, one slot per hash of the
-//!   client address (so memory stays bounded), with the slot's owner.
-//! - `tg/anonymous`: anonymous access (wire JSON).
+//! Every name starts with [`NAMESPACE`], `tg` and the layout version: under
+//! Istio every Wasm plugin of a proxy shares one shared-data namespace (the
+//! empty `vm_id`), and during a rolling upgrade an old and a new image run
+//! side by side in one Envoy. A change to any encoding below bumps the
+//! version, so neither ever reads the other's entries; each keeps its own
+//! config, lease and usage until the old one is gone.
 //!
-//! Only the sync service writes `tg/`, `p/` and `k/`. Envoy lets a write
-//! to an absent entry through whatever its CAS token, so a bucket entry is
-//! created by a write guarded with a token no present entry has
-//! ([`read_for_update`]): of racing creators one writes it and the others'
-//! write fails like any lost CAS race, so their loop reads again and sees
-//! every consumption.
+//! - `tg2/version`: the config version applied (u64 little-endian). Absent
+//!   until the first sync: the filter then fails closed.
+//! - `tg2/p/<plan id>`: a plan (wire JSON).
+//! - `tg2/k/<lookup id>`: a key record, compact binary ([`encode_key_record`]):
+//!   with a million keys, bytes per key is what Envoy's memory is made of.
+//! - `tg2/b/<lookup id>`: all token buckets of one key in one entry, and the
+//!   key's own quota count for the period ([`QUOTA_ENTRY`]), so one CAS covers
+//!   every window and the quota and a request consumes from all of them or
+//!   none. It also holds the key's quota use through other Envoys
+//!   ([`OTHERS_ENTRY`], written by the leader from the control plane's
+//!   standings), so a request reads one entry, not two.
+//! - `tg2/bt/<tenant id>`: the buckets of the tenant-scoped limits.
+//! - `tg2/ba/<slot>`: the buckets of anonymous clients, one slot per hash of
+//!   the client address (so memory stays bounded), with the slot's owner.
+//! - `tg2/anonymous`: anonymous access (wire JSON).
+//! - `tg2/lease`, `tg2/roots`, `tg2/report` and the queue `tg2/usage`: the
+//!   leader election and the usage hand-over between root contexts (the
+//!   filter's `lease` and `report` modules).
+//!
+//! Only the leader writes `tg2/version`, `tg2/p/`, `tg2/k/` and
+//! `tg2/anonymous`. Envoy lets a write to an absent entry through whatever
+//! its CAS token, so a bucket entry is created by a write guarded with a
+//! token no present entry has ([`read_for_update`]): of racing creators one
+//! writes it and the others' write fails like any lost CAS race, so their
+//! loop reads again and sees every consumption.
 
 use crate::bucket::Bucket;
 use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
@@ -30,8 +40,23 @@ use crate::key::KeyHash;
 use crate::store::{SetError, SharedStore};
 use crate::wire::{SyncResponse, WireAnonymous, WireKey, WireLimit, WirePlan, WireScope};
 
-pub const VERSION_KEY: &str = "tg/version";
-pub const ANONYMOUS_KEY: &str = "tg/anonymous";
+/// The start of every shared-data and queue name: `tg` and the layout
+/// version. Six bytes with the kind (`tg2/k/`), so a key's entry name is
+/// 22 bytes, the longest string Envoy's C++ library keeps without a heap
+/// block (see [`KeyHash::push_lookup_id`]).
+pub const NAMESPACE: &str = "tg2/";
+pub const VERSION_KEY: &str = "tg2/version";
+pub const ANONYMOUS_KEY: &str = "tg2/anonymous";
+/// Which root context leads (the filter's `lease`).
+pub const LEASE_KEY: &str = "tg2/lease";
+/// The last root-context number handed out: each root context takes the
+/// next, so every contender for the lease has its own.
+pub const ROOTS_KEY: &str = "tg2/roots";
+/// The usage reporter's state, kept here rather than in any VM so a new
+/// leader carries on where the last one stopped ([`crate::usage::ReportState`]).
+pub const REPORT_KEY: &str = "tg2/report";
+/// The shared queue through which every VM hands its counts to the leader.
+pub const USAGE_QUEUE: &str = "tg2/usage";
 const BUCKETS_FORMAT: u8 = 1;
 /// The pseudo-bucket in `b/` holding the key's own quota count: `level` is
 /// the count, `last_fill_ms` the start of the period it counts. Limit names
@@ -59,7 +84,7 @@ pub fn read_for_update(store: &impl SharedStore, entry: &str) -> (Vec<u8>, u32) 
 }
 
 pub fn tenant_buckets_key(tenant_id: &str) -> String {
-    format!("bt/{tenant_id}")
+    format!("tg2/bt/{tenant_id}")
 }
 
 /// An anonymous client's identity: its IPv4 address, or its IPv6 /64 (one
@@ -78,7 +103,7 @@ pub fn client_identity(ip: std::net::IpAddr) -> u128 {
 
 pub fn anonymous_buckets_key(identity: u128) -> String {
     let slot = KeyHash::of(&identity.to_le_bytes()).prefix_u32();
-    format!("ba/{}", slot % ANONYMOUS_SLOTS)
+    format!("tg2/ba/{}", slot % ANONYMOUS_SLOTS)
 }
 
 /// Compare-and-swap attempts for writing one standing before the receipt is
@@ -131,20 +156,20 @@ pub fn read_anonymous(store: &impl SharedStore) -> Option<Anonymous> {
 }
 
 pub fn plan_key(plan_id: &str) -> String {
-    format!("p/{plan_id}")
+    format!("tg2/p/{plan_id}")
 }
 
 pub fn key_record_key(hash: &KeyHash) -> String {
-    entry_name("k/", hash)
+    entry_name("tg2/k/", hash)
 }
 
 pub fn buckets_key(hash: &KeyHash) -> String {
-    entry_name("b/", hash)
+    entry_name("tg2/b/", hash)
 }
 
-/// `prefix` and the key's lookup id: 22 bytes for the two-byte prefixes.
+/// `prefix` and the key's lookup id: 22 bytes for the six-byte prefixes.
 fn entry_name(prefix: &str, hash: &KeyHash) -> String {
-    let mut name = String::with_capacity(prefix.len() + 20);
+    let mut name = String::with_capacity(prefix.len() + 16);
     name.push_str(prefix);
     hash.push_lookup_id(&mut name);
     name
@@ -168,11 +193,9 @@ pub fn read_key(store: &impl SharedStore, hash: &KeyHash) -> Option<KeyRecord> {
     decode_key_record(&bytes, hash)
 }
 
+/// The record's format. Records of the formats before it (2: ids as text)
+/// lived under the unversioned names, which this layout never reads.
 const KEY_FORMAT: u8 = 3;
-/// The format before ids were packed: the same with no packed field. A
-/// filter upgraded in a running Envoy finds these in shared data until the
-/// control plane next sends the key, and must keep admitting them.
-const KEY_FORMAT_TEXT_IDS: u8 = 2;
 const KEY_ACTIVE: u8 = 1;
 const KEY_EXPIRES: u8 = 2;
 const KEY_QUOTA: u8 = 4;
@@ -288,11 +311,8 @@ pub fn encode_key_record(wire: &WireKey) -> Result<Vec<u8>, InvalidConfig> {
 /// if it is not such a record or not a valid one.
 pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<KeyRecord> {
     let (&[format, flags], mut rest) = bytes.split_first_chunk::<2>()?;
-    let packed_bits = KEY_ID_FIELDS.iter().fold(0, |bits, (bit, _)| bits | bit);
-    match format {
-        KEY_FORMAT => {}
-        KEY_FORMAT_TEXT_IDS if flags & packed_bits == 0 => {}
-        _ => return None,
+    if format != KEY_FORMAT {
+        return None;
     }
     let mut text = |(bit, kind): (u8, &str)| -> Option<String> {
         if flags & bit != 0 {
@@ -645,13 +665,10 @@ mod tests {
             let partial = decode_key_record(&bytes[..cut], &hash);
             assert!(partial.is_none(), "decoded {cut} bytes");
         }
-        // A record written before ids were packed still reads.
-        let mut text_ids = encode_key_record(&other).unwrap();
-        text_ids[0] = KEY_FORMAT_TEXT_IDS;
-        assert_eq!(decode_key_record(&text_ids, &hash), record(&other));
-        let mut packed_as_old = encode_key_record(&plain).unwrap();
-        packed_as_old[0] = KEY_FORMAT_TEXT_IDS;
-        assert_eq!(decode_key_record(&packed_as_old, &hash), None);
+        // Another format is no record.
+        let mut other_format = encode_key_record(&other).unwrap();
+        other_format[0] = 2;
+        assert_eq!(decode_key_record(&other_format, &hash), None);
 
         let mut longer = encode_key_record(&plain).unwrap();
         longer.push(0);

@@ -3,6 +3,7 @@
 //! Everything here is plain Rust with no host calls and no clock of its own, so
 //! the same code is unit-tested natively, on wasm32, and runs inside Envoy:
 //! - [`access`]: key scopes and client-IP allow-lists;
+//! - [`credential`]: where a request carries its key, and taking it off before upstream;
 //! - [`key`]: the API key format (`tg_<body>_<checksum>`) and the one hash both sides use;
 //! - [`wire`]: the JSON the control plane sends to the filter, defined once;
 //! - [`json`]: that JSON read and written without serde, for filter.wasm's size;
@@ -30,6 +31,7 @@ pub mod access;
 pub mod bucket;
 pub mod cache;
 pub mod config;
+pub mod credential;
 pub mod decide;
 pub mod json;
 pub mod key;

@@ -1,10 +1,15 @@
 //! Counting what the filter decided, until the counts reach the control plane.
 //!
-//! Each worker tallies its decisions in memory (no host call per request),
-//! hands the tally to the Envoy's sync service now and then, and the service
-//! merges the tallies into the next [`UsageBatch`]. Memory is bounded: past
-//! [`MAX_KEYS`] distinct keys, further counts are dropped and the drop is
-//! itself counted, so the loss is visible rather than silent.
+//! Each VM tallies its decisions in memory (no host call per request) and
+//! hands the tally over through a shared queue now and then; the root
+//! context that leads the Envoy drains the queue into a [`ReportState`] kept
+//! in shared data, seals it into the next [`UsageBatch`] and reports it.
+//! Because that state lives in shared data and not in the leader's VM, a new
+//! leader resends an unacknowledged batch under its id (the control plane
+//! counts a batch once) and carries on with the counts not yet sealed.
+//! Memory is bounded: past [`MAX_KEYS`] distinct keys, further counts are
+//! dropped and the drop is itself counted, so the loss is visible rather
+//! than silent.
 
 use std::collections::BTreeMap;
 
@@ -134,33 +139,183 @@ impl Tally {
         out
     }
 
-    /// Reads what [`Tally::to_bytes`] wrote, or the JSON form that filters
-    /// before it handed over (one may still be draining in an upgraded
-    /// Envoy); `None` if it is neither.
+    /// Reads what [`Tally::to_bytes`] wrote; `None` if it is not that.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        match bytes.first() {
-            Some(&TALLY_FORMAT) => Reader(bytes.get(1..)?).tally(),
-            Some(b'{') => Self::from_json(bytes),
+        match bytes.split_first() {
+            Some((&TALLY_FORMAT, rest)) => Reader(rest).tally(),
             _ => None,
         }
     }
 
-    fn from_json(bytes: &[u8]) -> Option<Self> {
-        let batch: UsageBatch = crate::json::from_slice(bytes).ok()?;
-        let mut tally = Tally {
-            unattributed: batch.unattributed,
-            dropped: batch.dropped,
-            ..Tally::default()
-        };
-        for usage in batch.keys {
-            tally.keys.insert(usage.key_id.clone(), usage);
+    /// The batch these counts make, named `batch_id`, leaving them in place.
+    pub fn to_batch(&self, batch_id: &str) -> UsageBatch {
+        UsageBatch {
+            batch_id: batch_id.to_owned(),
+            keys: self.keys.values().cloned().collect(),
+            unattributed: self.unattributed.clone(),
+            dropped: self.dropped,
+            ..UsageBatch::default()
         }
-        Some(tally)
+    }
+
+    /// Distinct keys counted.
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Counts dropped because the tally was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 }
 
-/// The first byte of [`Tally::to_bytes`]; JSON starts with `{`.
+/// The first byte of [`Tally::to_bytes`].
 const TALLY_FORMAT: u8 = 1;
+
+/// A batch sealed and sent, not yet acknowledged: resent under the same id
+/// until the control plane answers for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sealed {
+    pub batch_id: String,
+    pub counts: Tally,
+}
+
+/// The usage reporter's whole state, in shared data
+/// ([`crate::layout::REPORT_KEY`]) so that it outlives the leader that
+/// wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportState {
+    /// This Envoy as the control plane knows it (`reporter_id`): chosen by
+    /// the first leader and kept by the next ones. Quota standings leave out
+    /// the reporter's own counts, so a new id for the same Envoy would
+    /// count its past requests against it twice.
+    pub instance: String,
+    /// The number of the last batch sealed; batch ids are
+    /// `<instance>-<sequence>`.
+    pub sequence: u64,
+    /// The last receipt's `cursor`: standings up to here are applied.
+    pub standings_since: u64,
+    /// The batch in flight, if one is.
+    pub pending: Option<Sealed>,
+    /// Counts handed over since `pending` was sealed.
+    pub open: Tally,
+}
+
+/// The first byte of [`ReportState::to_bytes`].
+const REPORT_FORMAT: u8 = 1;
+
+impl ReportState {
+    pub fn new(instance: String) -> Self {
+        Self {
+            instance,
+            ..Self::default()
+        }
+    }
+
+    /// Seals the open counts into the next batch, unless a batch is still
+    /// pending. An empty batch is sealed too: it is the heartbeat whose
+    /// answer carries the other Envoys' quota use.
+    pub fn seal(&mut self) -> &Sealed {
+        let sequence = self.sequence;
+        let instance = &self.instance;
+        let open = &mut self.open;
+        let mut sealed = false;
+        let pending = self.pending.get_or_insert_with(|| {
+            sealed = true;
+            Sealed {
+                batch_id: format!("{instance}-{}", sequence.saturating_add(1)),
+                counts: std::mem::take(open),
+            }
+        });
+        if sealed {
+            self.sequence = sequence.saturating_add(1);
+        }
+        pending
+    }
+
+    /// The pending batch as sent: named, with this reporter and the
+    /// standings cursor.
+    pub fn batch(&self) -> Option<UsageBatch> {
+        let pending = self.pending.as_ref()?;
+        let mut batch = pending.counts.to_batch(&pending.batch_id);
+        batch.reporter_id.clone_from(&self.instance);
+        batch.standings_since = self.standings_since;
+        Some(batch)
+    }
+
+    /// The control plane answered for `batch_id`; whether it was the
+    /// pending one (an answer to a batch already settled changes nothing).
+    pub fn settle(&mut self, batch_id: &str) -> bool {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.batch_id == batch_id)
+        {
+            self.pending = None;
+            return true;
+        }
+        false
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let open = self.open.to_bytes();
+        let pending = self
+            .pending
+            .as_ref()
+            .map(|p| (&p.batch_id, p.counts.to_bytes()));
+        let mut out =
+            Vec::with_capacity(64 + open.len() + pending.as_ref().map_or(0, |p| p.1.len()));
+        out.push(REPORT_FORMAT);
+        push_text(&mut out, &self.instance);
+        push_u64(&mut out, self.sequence);
+        push_u64(&mut out, self.standings_since);
+        match &pending {
+            Some((id, counts)) => {
+                out.push(1);
+                push_text(&mut out, id);
+                push_len(&mut out, counts.len());
+                out.extend_from_slice(counts);
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&open);
+        out
+    }
+
+    /// Reads what [`ReportState::to_bytes`] wrote; `None` if it is not that.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (&REPORT_FORMAT, rest) = bytes.split_first()? else {
+            return None;
+        };
+        let mut r = Reader(rest);
+        let instance = r.text()?;
+        let sequence = r.u64()?;
+        let standings_since = r.u64()?;
+        let (&has_pending, rest) = r.0.split_first()?;
+        r.0 = rest;
+        let pending = match has_pending {
+            0 => None,
+            1 => {
+                let batch_id = r.text()?;
+                let len = r.len()?;
+                let (counts, rest) = r.0.split_at_checked(len)?;
+                r.0 = rest;
+                Some(Sealed {
+                    batch_id,
+                    counts: Tally::from_bytes(counts)?,
+                })
+            }
+            _ => return None,
+        };
+        Some(Self {
+            instance,
+            sequence,
+            standings_since,
+            pending,
+            open: Tally::from_bytes(r.0)?,
+        })
+    }
+}
 
 fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&n.to_le_bytes());
@@ -297,7 +452,7 @@ mod tests {
         let b = batch.keys.iter().find(|k| k.key_id == "key_b").unwrap();
         assert_eq!((b.allowed, b.last_used_ms), (0, None));
         assert_eq!(b.denied.get("forbidden"), Some(&2));
-        assert!(Tally::from_bytes(b"not json").is_none());
+        assert!(Tally::from_bytes(b"not a tally").is_none());
     }
 
     #[test]
@@ -315,10 +470,6 @@ mod tests {
             Tally::from_bytes(&Tally::default().to_bytes()),
             Some(Tally::default())
         );
-
-        // What filters before the binary form handed over still counts.
-        let json = serde_json::to_vec(&t.clone().seal(String::new())).unwrap();
-        assert_eq!(Tally::from_bytes(&json), Some(t.clone()));
 
         for cut in 0..bytes.len() {
             assert_eq!(Tally::from_bytes(&bytes[..cut]), None, "{cut} bytes");
@@ -358,5 +509,58 @@ mod tests {
                 .allowed,
             2
         );
+    }
+
+    fn counted(n: u64) -> Tally {
+        let mut t = Tally::default();
+        for _ in 0..n {
+            t.allowed("key_a", 1, 10);
+        }
+        t
+    }
+
+    #[test]
+    fn a_sealed_batch_keeps_its_id_until_settled_and_new_counts_wait() {
+        let mut s = ReportState::new("env1".into());
+        s.open.merge(counted(2));
+        assert_eq!(s.seal().batch_id, "env1-1");
+        s.open.merge(counted(3));
+        // Still pending: sealing again resends the same batch, same counts.
+        assert_eq!(s.seal().batch_id, "env1-1");
+        let batch = s.batch().unwrap();
+        assert_eq!(
+            (batch.keys[0].allowed, batch.reporter_id.as_str()),
+            (2, "env1")
+        );
+        assert!(!s.settle("env1-0"));
+        assert!(s.settle("env1-1"));
+        assert!(!s.settle("env1-1"), "a second answer settles nothing");
+        assert_eq!(s.seal().batch_id, "env1-2");
+        assert_eq!(s.batch().unwrap().keys[0].allowed, 3);
+        assert!(s.settle("env1-2"));
+        // Nothing counted: an empty heartbeat batch, still numbered.
+        assert_eq!(s.seal().batch_id, "env1-3");
+        assert!(s.batch().unwrap().keys.is_empty());
+    }
+
+    #[test]
+    fn the_report_state_round_trips_and_garbage_reads_as_nothing() {
+        let mut s = ReportState::new("18c-7".into());
+        s.standings_since = 42;
+        s.open.merge(counted(2));
+        s.seal();
+        s.open.merge(counted(5));
+        s.open.denied(None, "invalid_api_key");
+        let bytes = s.to_bytes();
+        assert_eq!(ReportState::from_bytes(&bytes), Some(s.clone()));
+        s.settle("18c-7-1");
+        assert_eq!(ReportState::from_bytes(&s.to_bytes()), Some(s.clone()));
+        for cut in 0..bytes.len() {
+            assert_eq!(ReportState::from_bytes(&bytes[..cut]), None, "{cut} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(ReportState::from_bytes(&longer), None);
+        assert_eq!(ReportState::from_bytes(b"\x02"), None);
     }
 }

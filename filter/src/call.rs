@@ -25,6 +25,13 @@ impl Pacing {
         now >= self.next_attempt_ms
     }
 
+    /// Whether a call is out at `now` and not yet presumed lost.
+    pub fn busy(&self, now: u64, timeout_ms: u64) -> bool {
+        self.in_flight.is_some_and(|(_, started)| {
+            now.saturating_sub(started) < timeout_ms.saturating_add(LOST_AFTER_MS)
+        })
+    }
+
     pub fn sent(&mut self, token: u32, now: u64) {
         self.in_flight = Some((token, now));
     }
@@ -70,6 +77,7 @@ mod tests {
         let mut p = Pacing::default();
         assert!(p.due(0, 1_000));
         p.sent(7, 0);
+        assert!(p.busy(5_999, 1_000) && !p.busy(6_000, 1_000));
         assert!(!p.due(5_999, 1_000));
         assert!(!p.answered(8));
         assert!(p.answered(7));

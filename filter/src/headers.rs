@@ -1,14 +1,8 @@
-//! Header maps read in one host call and looked at in place, and single
-//! headers written without reading anything back.
+//! Header maps read in one host call and looked at in place.
 //!
-//! The SDK's `get_map` turns every header into two `String`s, and its header
-//! calls panic on an unexpected status. Here the host's serialized map is
-//! kept as the one buffer the host wrote and searched where it lies, and a
-//! refused write is reported, not a panic. Writing one header is a host call
-//! that returns nothing, so it costs far less than a call that hands data
-//! back (the host must call into the VM to allocate for that).
-
-use proxy_wasm::types::MapType;
+//! The SDK's `get_map` turns every header into two `String`s. Here the
+//! host's serialized map (`crate::host::request_header_block`) is kept as
+//! the one buffer the host wrote and searched where it lies.
 
 /// A header map as the host serialized it: a `u32` count, then a `u32` key
 /// length and value length per pair, then each key and value followed by a
@@ -20,13 +14,10 @@ pub struct HeaderBlock {
 impl HeaderBlock {
     /// The request's headers, or an empty block if the host has none to give.
     pub fn request() -> Self {
-        Self {
-            bytes: raw::header_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default(),
-        }
+        Self::from_bytes(crate::host::request_header_block())
     }
 
-    #[cfg(test)]
-    fn from_bytes(bytes: Vec<u8>) -> Self {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
         Self { bytes }
     }
 
@@ -89,73 +80,6 @@ impl<'a> Iterator for Pairs<'a> {
         self.data = value_end.checked_add(1)?;
         self.index += 1;
         Some((key, value))
-    }
-}
-
-/// Sets `name` to `value` (replacing any values it had) on the request or
-/// response headers; `None` removes it. False if the host refused.
-pub fn set(map: MapType, name: &str, value: Option<&str>) -> bool {
-    raw::set_header(map, name, value)
-}
-
-// The proxy-wasm ABI calls the SDK wraps, declared again so that their
-// statuses are numbers to check rather than panics.
-#[allow(unsafe_code)]
-mod raw {
-    use proxy_wasm::types::MapType;
-
-    const OK: u32 = 0;
-
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_get_header_map_pairs(
-            map_type: MapType,
-            return_map_data: *mut *mut u8,
-            return_map_size: *mut usize,
-        ) -> u32;
-        fn proxy_replace_header_map_value(
-            map_type: MapType,
-            key_data: *const u8,
-            key_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-        fn proxy_remove_header_map_value(
-            map_type: MapType,
-            key_data: *const u8,
-            key_size: usize,
-        ) -> u32;
-    }
-
-    pub fn header_map_pairs(map: MapType) -> Option<Vec<u8>> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: the host writes a pointer to `size` bytes it allocated
-        // through the SDK's `proxy_on_memory_allocate`, which allocates a
-        // `Vec<u8>` of exactly that capacity: ownership passes to us.
-        unsafe {
-            if proxy_get_header_map_pairs(map, &mut data, &mut size) != OK || data.is_null() {
-                return None;
-            }
-            Some(Vec::from_raw_parts(data, size, size))
-        }
-    }
-
-    pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> bool {
-        // SAFETY: the host only reads the given ranges during the call.
-        let status = unsafe {
-            match value {
-                Some(value) => proxy_replace_header_map_value(
-                    map,
-                    name.as_ptr(),
-                    name.len(),
-                    value.as_ptr(),
-                    value.len(),
-                ),
-                None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
-            }
-        };
-        status == OK
     }
 }
 

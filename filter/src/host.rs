@@ -1,12 +1,62 @@
-//! The real [`SharedStore`]: proxy-wasm shared data, shared by every VM with our `vm_id`.
+//! The one door to Envoy: every host call the filter makes is in this file.
+//!
+//! The background work (the lease, the sync loop, the usage reporter) sees
+//! the host only through the narrow [`Host`] trait, so it is plain Rust that
+//! native unit tests drive with an in-memory fake (`crate::fake`). The
+//! request path and the root context's glue call the free functions below.
+//!
+//! Host errors are handled, never unwrapped: the SDK's trait defaults
+//! unwrap, so nothing here uses them, and the header calls are the ABI's own
+//! (see [`raw`]) so that their statuses are numbers to check.
+
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use tollgate_core::store::{SetError, SharedStore};
 
-pub struct HostStore;
+/// A call to the control plane, as the loops ask for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub cluster: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    /// The sync token, sent as `Authorization: Bearer`.
+    pub token: &'a str,
+    /// Sent with `content-type: application/json` when present.
+    pub body: Option<&'a [u8]>,
+    pub timeout_ms: u64,
+}
 
-impl SharedStore for HostStore {
+/// A call's answer, as the loops see it: `status` is `None` when no
+/// response came (reset, timeout, no upstream).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub status: Option<u16>,
+    pub body: Vec<u8>,
+}
+
+/// What the background loops need of Envoy: shared data (through
+/// [`SharedStore`]), calls out, the usage queue, logs and stats.
+pub trait Host: SharedStore {
+    fn log(&self, level: LogLevel, message: &str);
+    /// Sends `call`; the answer comes later under the returned token.
+    fn dispatch(&self, call: &Call<'_>) -> Result<u32, String>;
+    /// Appends to a shared queue; false if the queue is gone.
+    fn enqueue(&self, queue: u32, bytes: &[u8]) -> bool;
+    /// The oldest item of a shared queue, `None` when it is empty or gone.
+    fn dequeue(&self, queue: u32) -> Option<Vec<u8>>;
+    /// Bits for a new reporter identity.
+    fn random(&self) -> u64;
+    /// A stats event (`crate::metrics`).
+    fn stat(&self, event: crate::metrics::Event);
+}
+
+/// Envoy, the real host.
+pub struct Proxy;
+
+impl SharedStore for Proxy {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(bytes), Some(cas))) if !bytes.is_empty() => Some((bytes, cas)),
@@ -22,9 +72,210 @@ impl SharedStore for HostStore {
     }
 }
 
+impl Host for Proxy {
+    fn log(&self, level: LogLevel, message: &str) {
+        log(level, message);
+    }
+
+    fn dispatch(&self, call: &Call<'_>) -> Result<u32, String> {
+        let auth = format!("Bearer {}", call.token);
+        let mut headers = vec![
+            (":method", call.method),
+            (":path", call.path),
+            (":authority", call.authority),
+            ("authorization", auth.as_str()),
+        ];
+        if call.body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        hostcalls::dispatch_http_call(
+            call.cluster,
+            headers,
+            call.body,
+            vec![],
+            Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|status| format!("{status:?}"))
+    }
+
+    fn enqueue(&self, queue: u32, bytes: &[u8]) -> bool {
+        hostcalls::enqueue_shared_queue(queue, Some(bytes)).is_ok()
+    }
+
+    fn dequeue(&self, queue: u32) -> Option<Vec<u8>> {
+        hostcalls::dequeue_shared_queue(queue).ok().flatten()
+    }
+
+    fn random(&self) -> u64 {
+        // std's hasher seeds come from WASI `random_get`, which Envoy answers
+        // from its own random source: no crate needed for a few bits.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(now_ms().unwrap_or(0));
+        hasher.finish()
+    }
+
+    fn stat(&self, event: crate::metrics::Event) {
+        crate::metrics::record(event);
+    }
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
 /// Host wall-clock time in Unix milliseconds, or `None` if the host will not say.
 pub fn now_ms() -> Option<u64> {
     let now = hostcalls::get_current_time().ok()?;
     let since = now.duration_since(std::time::UNIX_EPOCH).ok()?;
     u64::try_from(since.as_millis()).ok()
+}
+
+/// The plugin configuration's bytes (empty when there is none).
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// An environment variable of the VM (Envoy's `vm_config.environment_variables`,
+/// Istio's `vmConfig.env`), read through WASI.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+pub fn set_tick_period(period: Duration) -> bool {
+    hostcalls::set_tick_period(period).is_ok()
+}
+
+/// The shared queue called `name` in this VM's `vm_id`, created if absent.
+/// Registering an existing queue keeps what it holds.
+pub fn register_queue(name: &str) -> Option<u32> {
+    hostcalls::register_shared_queue(name).ok()
+}
+
+/// The answer to the call being delivered now.
+pub fn call_answer(body_size: usize) -> Answer {
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok());
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    Answer { status, body }
+}
+
+/// The downstream peer, from Envoy's `source.address` attribute (`ip:port`).
+pub fn client_ip() -> Option<std::net::IpAddr> {
+    let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
+    let text = std::str::from_utf8(&raw).ok()?;
+    text.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| text.parse::<std::net::IpAddr>())
+        .ok()
+}
+
+/// Answers the request from the filter instead of the upstream.
+pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) -> bool {
+    match hostcalls::send_http_response(status, headers, Some(body)) {
+        Ok(()) => true,
+        Err(status) => {
+            log(
+                LogLevel::Error,
+                &format!("tollgate: cannot send local reply: {status:?}"),
+            );
+            false
+        }
+    }
+}
+
+/// The request's headers as the host serializes them (see `crate::headers`).
+pub fn request_header_block() -> Vec<u8> {
+    raw::header_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// Sets `name` to `value` (replacing any values it had) on the request or
+/// response headers; `None` removes it. False if the host refused.
+pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> bool {
+    raw::set_header(map, name, value)
+}
+
+pub fn define_counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+pub fn define_gauge(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Gauge, name).ok()
+}
+
+pub fn increment_metric(id: u32, by: u64) {
+    let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    let _ = hostcalls::record_metric(id, value);
+}
+
+// The proxy-wasm ABI calls the SDK wraps, declared again so that their
+// statuses are numbers to check rather than panics.
+#[allow(unsafe_code)]
+mod raw {
+    use proxy_wasm::types::MapType;
+
+    const OK: u32 = 0;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+        fn proxy_replace_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_remove_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+        ) -> u32;
+    }
+
+    pub fn header_map_pairs(map: MapType) -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer to `size` bytes it allocated
+        // through the SDK's `proxy_on_memory_allocate`, which allocates a
+        // `Vec<u8>` of exactly that capacity: ownership passes to us.
+        unsafe {
+            if proxy_get_header_map_pairs(map, &mut data, &mut size) != OK || data.is_null() {
+                return None;
+            }
+            Some(Vec::from_raw_parts(data, size, size))
+        }
+    }
+
+    pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> bool {
+        // SAFETY: the host only reads the given ranges during the call.
+        let status = unsafe {
+            match value {
+                Some(value) => proxy_replace_header_map_value(
+                    map,
+                    name.as_ptr(),
+                    name.len(),
+                    value.as_ptr(),
+                    value.len(),
+                ),
+                None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
+            }
+        };
+        status == OK
+    }
 }

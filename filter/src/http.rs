@@ -3,65 +3,56 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel, MapType};
+use proxy_wasm::types::{Action, MapType};
 use tollgate_core::cache::ConfigCache;
+use tollgate_core::credential::path_without_param;
 use tollgate_core::decide::{
-    decide, decide_cached, presented_key, ClientIp, Decision, Denied, DenyReason, RequestFacts,
+    decide, decide_cached, ClientIp, Decision, Denied, DenyReason, RequestFacts,
 };
-use tollgate_core::key::KEY_PREFIX;
 use tollgate_core::response::{
     local_reply, upstream_headers, RateLimitHeaders, STRIPPED_REQUEST_HEADERS,
 };
 
-use crate::headers::{self, HeaderBlock};
-use crate::host::{now_ms, HostStore};
-use crate::usage::SharedTally;
+use crate::config::PluginConfig;
+use crate::headers::HeaderBlock;
+use crate::host::{self, Proxy};
+use crate::report::SharedTally;
 
 pub struct TollgateHttp {
     response_headers: RateLimitHeaders,
     tally: SharedTally,
     cache: SharedCache,
+    /// `None` only for a root context Envoy never configured.
+    config: Option<Rc<PluginConfig>>,
 }
 
-/// A worker's [`ConfigCache`], shared by its root context and its HTTP contexts.
+/// A VM's [`ConfigCache`], shared by its root contexts and its HTTP contexts.
 pub type SharedCache = Rc<RefCell<ConfigCache>>;
 
 impl TollgateHttp {
-    pub fn new(tally: SharedTally, cache: SharedCache) -> Self {
+    pub fn new(tally: SharedTally, cache: SharedCache, config: Option<Rc<PluginConfig>>) -> Self {
         Self {
             response_headers: RateLimitHeaders::default(),
             tally,
             cache,
+            config,
         }
     }
 }
 
 impl Context for TollgateHttp {}
 
-/// The downstream peer, from Envoy's `source.address` attribute (`ip:port`).
-fn client_ip() -> Option<std::net::IpAddr> {
-    let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
-    let text = std::str::from_utf8(&raw).ok()?;
-    text.parse::<std::net::SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| text.parse::<std::net::IpAddr>())
-        .ok()
-}
-
 fn reply(denied: &Denied) -> Action {
     let reply = local_reply(denied);
     let headers: Vec<(&str, &str)> = reply.headers().collect();
-    if let Err(status) =
-        hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
-    {
-        let _ = hostcalls::log(
-            LogLevel::Error,
-            &format!("tollgate: cannot send local reply: {status:?}"),
-        );
-    }
+    host::send_local_reply(reply.status, headers, reply.body.as_bytes());
     Action::Pause
+}
+
+fn refuse(reason: DenyReason, detail: &str) -> Action {
+    crate::metrics::denied(reason);
+    reply(&Denied::new(reason, detail))
 }
 
 impl HttpContext for TollgateHttp {
@@ -70,32 +61,48 @@ impl HttpContext for TollgateHttp {
     // request's headers are read in one call, and what changes is written
     // header by header.
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(config) = self.config.clone() else {
+            return refuse(
+                DenyReason::ConfigUnavailable,
+                "The gateway's Tollgate filter has no valid configuration.",
+            );
+        };
+        let sources = &config.api_key;
         let headers = HeaderBlock::request();
-        let x_api_key = headers.get("x-api-key");
-        let authorization = headers.get("authorization");
-        let presented = presented_key(x_api_key, authorization);
+        let header = |name: &str| headers.get(name);
+        let path = headers.get(":path").unwrap_or_default();
+        #[cfg(feature = "crash-test")]
+        if let Some(action) = crate::crash_test::arm_if_asked(&headers) {
+            return action;
+        }
+        let presented = sources.find(header, path);
+        // Scopes and route costs see the path the upstream will see.
+        let upstream_path = sources
+            .query
+            .as_deref()
+            .and_then(|name| path_without_param(path, name));
 
-        let Some(now) = now_ms() else {
-            crate::metrics::denied(DenyReason::ConfigUnavailable);
-            return reply(&Denied {
-                reason: DenyReason::ConfigUnavailable,
-                detail: "The gateway cannot read its clock.".into(),
-                retry_after: None,
-                policies: Vec::new(),
-                violated: Vec::new(),
-                key_id: None,
-            });
+        let Some(now) = host::now_ms() else {
+            return refuse(
+                DenyReason::ConfigUnavailable,
+                "The gateway cannot read its clock.",
+            );
         };
         let facts = RequestFacts {
-            api_key: presented,
+            api_key: presented.as_ref().map(|(key, _)| key.as_str()),
             method: headers.get(":method").unwrap_or_default(),
-            path: headers.get(":path").unwrap_or_default(),
-            client_ip: ClientIp::Ask(client_ip),
+            path: upstream_path.as_deref().unwrap_or(path),
+            client_ip: ClientIp::Ask(host::client_ip),
         };
-        let decision = match self.cache.try_borrow_mut() {
-            Ok(mut cache) => decide_cached(&facts, &HostStore, &mut cache, now),
-            Err(_) => decide(&facts, &HostStore, now),
+        let mut decision = match self.cache.try_borrow_mut() {
+            Ok(mut cache) => decide_cached(&facts, &Proxy, &mut cache, now),
+            Err(_) => decide(&facts, &Proxy, now),
         };
+        if let Decision::Deny(denied) = &mut decision {
+            if denied.reason == DenyReason::MissingApiKey {
+                denied.detail = sources.describe();
+            }
+        }
         crate::metrics::count(&decision);
         if let Ok(mut tally) = self.tally.try_borrow_mut() {
             match &decision {
@@ -111,24 +118,30 @@ impl HttpContext for TollgateHttp {
         match decision {
             Decision::Allow(allowed) => {
                 // The key never travels upstream, and identity headers are only ever ours.
-                let bearer_is_key = authorization
-                    .and_then(|a| presented_key(None, Some(a)))
-                    .is_some_and(|k| x_api_key.is_none() || k.starts_with(KEY_PREFIX));
+                let from = presented.as_ref().map(|(_, from)| *from);
+                let removals = sources.removals(header, path, from);
                 let request = MapType::HttpRequestHeaders;
-                if headers.contains("x-api-key") {
-                    headers::set(request, "x-api-key", None);
+                for name in &removals.headers {
+                    host::set_header(request, name, None);
                 }
-                if bearer_is_key {
-                    headers::set(request, "authorization", None);
+                if removals.authorization {
+                    host::set_header(request, "authorization", None);
+                }
+                if let Some(path) = &removals.path {
+                    host::set_header(request, ":path", Some(path));
+                }
+                if let Some(cookie) = &removals.cookie {
+                    let value = Some(cookie.as_str()).filter(|c| !c.is_empty());
+                    host::set_header(request, "cookie", value);
                 }
                 let ours = upstream_headers(&allowed);
                 for name in STRIPPED_REQUEST_HEADERS {
                     if headers.contains(name) && !ours.iter().any(|(n, _)| *n == name) {
-                        headers::set(request, name, None);
+                        host::set_header(request, name, None);
                     }
                 }
                 for (name, value) in ours {
-                    headers::set(request, name, Some(value));
+                    host::set_header(request, name, Some(value));
                 }
                 self.response_headers = RateLimitHeaders::of(&allowed.policies);
                 Action::Continue
@@ -142,7 +155,7 @@ impl HttpContext for TollgateHttp {
             return Action::Continue;
         }
         for (name, value) in self.response_headers.iter() {
-            headers::set(MapType::HttpResponseHeaders, name, Some(value));
+            host::set_header(MapType::HttpResponseHeaders, name, Some(value));
         }
         Action::Continue
     }

@@ -1,15 +1,18 @@
 //! Tollgate's proxy-wasm filter: thin glue between Envoy and `tollgate-core`.
 //!
-//! One `.wasm`, two roles chosen by plugin configuration:
+//! One HTTP filter and nothing beside it, so that it runs the same way in a
+//! plain Envoy, as an Istio `WasmPlugin` and under Envoy Gateway:
 //! - on every worker, the HTTP filter ([`http`]) gathers request facts, asks
 //!   `tollgate_core::decide::decide` and applies the verdict;
-//! - in one singleton Wasm service per Envoy process ([`sync`]), the config
-//!   sync loop long-polls the control plane and writes what changed into
-//!   shared data, which the workers read.
+//! - every root context ([`root`]) hands its VM's counts over and takes part
+//!   in an election through shared data ([`lease`]); the one leader per
+//!   Envoy process runs the config sync loop ([`sync`]), which writes what
+//!   changed into shared data for every worker to read, and the usage
+//!   reporter ([`report`]).
 //!
-//! All host access goes through `proxy_wasm::hostcalls`, whose errors we
-//! handle, never through the SDK's trait defaults, which unwrap, except the
-//! per-request header calls, which [`headers`] makes itself.
+//! Every host call is in [`host`]; the lease, sync and report loops see the
+//! host only through its narrow `Host` trait and are unit-tested natively
+//! against an in-memory fake.
 //!
 //! The shipped `filter.wasm` exports only the callbacks listed in
 //! `filter/exports.txt` (`cargo xtask build` drops the SDK's others, so
@@ -27,13 +30,19 @@
 )]
 
 pub mod call;
+pub mod config;
+#[cfg(feature = "crash-test")]
+pub mod crash_test;
+#[cfg(test)]
+mod fake;
 pub mod headers;
 pub mod host;
 pub mod http;
+pub mod lease;
 pub mod metrics;
+pub mod report;
 pub mod root;
 pub mod sync;
-pub mod usage;
 
 use proxy_wasm::types::LogLevel;
 
@@ -46,7 +55,7 @@ mod entry {
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Info);
         std::panic::set_hook(Box::new(|info| {
-            let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("tollgate panicked: {info}"));
+            host::log(LogLevel::Critical, &format!("tollgate panicked: {info}"));
         }));
         proxy_wasm::set_root_context(|_| Box::new(root::TollgateRoot::default()));
     }}

@@ -1,7 +1,7 @@
 //! Envoy stats, through proxy-wasm metrics.
 //!
-//! `define_metric` is per VM: every VM (each worker's, the sync service's)
-//! defines the same names once, in its root context ([`define`]), and Envoy
+//! `define_metric` is per VM: every VM (each worker's, the main thread's)
+//! defines the same names once, on its first tick ([`define`]), and Envoy
 //! keeps one stat per name, so counters add up across workers and a gauge
 //! is one value. Envoy files user metrics under `wasmcustom.` (so `/stats`
 //! shows `wasmcustom.tollgate.requests_allowed_total`), and
@@ -15,14 +15,42 @@
 //!
 //! Cost per request: none. Each VM counts its decisions in memory
 //! ([`count`]) and adds them to Envoy's counters on its tick ([`flush`],
-//! every 250 ms), so the counters trail by at most that. Metric calls never
-//! fail a request: a host that refuses one is ignored.
+//! every 50 ms), so the counters trail by at most that. The sync and usage
+//! stats are the leader's ([`Event`], through `crate::host::Host::stat`).
+//! Metric calls never fail a request: a host that refuses one is ignored.
 
 use std::cell::Cell;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MetricType};
+use proxy_wasm::types::LogLevel;
 use tollgate_core::decide::{Decision, DenyReason};
+
+use crate::host;
+
+/// What the leader's loops report to Envoy's stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The sync loop's tick, for [`SYNC_AGE`].
+    SyncTick { now_ms: u64 },
+    /// A poll answered and applied: `version` is in force as of `now_ms`.
+    Synced { version: u64, now_ms: u64 },
+    /// A poll that failed: not sent, not answered, not 200, or refused.
+    SyncFailed,
+    /// Usage counts lost because a tally was full.
+    UsageDropped(u64),
+    /// A usage report that failed or was refused.
+    UsageReportFailed,
+}
+
+/// Applies one [`Event`] to this VM's stats.
+pub fn record(event: Event) {
+    match event {
+        Event::SyncTick { now_ms } => sync_tick(now_ms),
+        Event::Synced { version, now_ms } => synced(version, now_ms),
+        Event::SyncFailed => sync_failed(),
+        Event::UsageDropped(n) => usage_dropped(n),
+        Event::UsageReportFailed => usage_report_failed(),
+    }
+}
 
 /// Every refusal reason, each with its own counter.
 pub const REASONS: [DenyReason; 8] = DenyReason::ALL;
@@ -70,7 +98,7 @@ pub struct Metrics {
     usage_report_failures: u32,
 }
 
-/// The sync service's clock for [`SYNC_AGE`]: how long the config may have
+/// The leader's clock for [`SYNC_AGE`]: how long the config may have
 /// been stale. While the last poll succeeded the channel is in sync: the
 /// next poll is held open by the control plane, which answers it as soon as
 /// anything changes, so the age is 0. After a failed poll it is the time
@@ -100,8 +128,8 @@ thread_local! {
 
 impl Metrics {
     fn define_all() -> Option<Self> {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
-        let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).ok();
+        let counter = host::define_counter;
+        let gauge = host::define_gauge;
         let mut denied = [0; REASONS.len()];
         for (id, reason) in denied.iter_mut().zip(REASONS) {
             *id = counter(&denied_name(reason))?;
@@ -127,7 +155,7 @@ pub fn define() {
         }
         let metrics = Metrics::define_all();
         if metrics.is_none() {
-            let _ = hostcalls::log(
+            host::log(
                 LogLevel::Error,
                 "tollgate: cannot define Envoy stats; running without them",
             );
@@ -142,12 +170,12 @@ fn ids() -> Option<Metrics> {
 
 fn add(id: u32, n: u64) {
     if n > 0 {
-        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        host::increment_metric(id, n);
     }
 }
 
 fn set(id: u32, value: u64) {
-    let _ = hostcalls::record_metric(id, value);
+    host::record_metric(id, value);
 }
 
 /// Request counts not yet handed to Envoy: `allowed`, `anonymous`, then
@@ -170,7 +198,7 @@ fn bump(slot: usize) {
 
 /// Counts one request's decision in this VM, with no host call: a host call
 /// per request costs about a microsecond, and [`flush`] hands the counts to
-/// Envoy on the worker's tick (every 250 ms).
+/// Envoy on the root context's tick.
 pub fn count(decision: &Decision) {
     bump(match decision {
         Decision::Allow(allowed) if allowed.key_id.is_some() => 0,
@@ -194,8 +222,7 @@ pub fn flush() {
     }
 }
 
-/// A poll answered and applied: `version` is in force as of `now_ms`.
-pub fn synced(version: u64, now_ms: u64) {
+fn synced(version: u64, now_ms: u64) {
     SYNC_CLOCK.with(|cell| {
         let mut clock = cell.get();
         clock.last_success_ms = Some(now_ms);
@@ -209,9 +236,9 @@ pub fn synced(version: u64, now_ms: u64) {
     }
 }
 
-/// The sync service's tick: brings [`SYNC_AGE`] up to date (a host call
-/// only when the whole seconds change).
-pub fn sync_tick(now_ms: u64) {
+/// Brings [`SYNC_AGE`] up to date (a host call only when the whole seconds
+/// change).
+fn sync_tick(now_ms: u64) {
     let Some(m) = ids() else { return };
     let secs = SYNC_CLOCK.with(|cell| {
         let mut clock = cell.get();
@@ -234,8 +261,7 @@ pub fn sync_tick(now_ms: u64) {
     }
 }
 
-/// A poll that failed: not sent, not answered, not 200, or refused.
-pub fn sync_failed() {
+fn sync_failed() {
     SYNC_CLOCK.with(|cell| {
         let mut clock = cell.get();
         clock.in_sync = false;
@@ -246,15 +272,13 @@ pub fn sync_failed() {
     }
 }
 
-/// Usage counts lost because a tally was full.
-pub fn usage_dropped(n: u64) {
+fn usage_dropped(n: u64) {
     if let Some(m) = ids() {
         add(m.usage_dropped, n);
     }
 }
 
-/// A usage report that failed or was refused.
-pub fn usage_report_failed() {
+fn usage_report_failed() {
     if let Some(m) = ids() {
         add(m.usage_report_failures, 1);
     }

@@ -1,62 +1,111 @@
-//! The root context: reads plugin configuration and picks the role.
+//! The root context: one per VM and configuration, the glue of the background work.
+//!
+//! Every root context, on every tick, hands its VM's counts to the usage
+//! queue and takes part in the election ([`crate::lease`]); the one that
+//! leads also runs the sync loop and the usage reporter. The decisions are
+//! in those modules, behind `crate::host::Host`; this file only reads the
+//! clock, passes answers in as values and applies what they decide.
+//!
+//! A VM's tally and config memo belong to the VM, not to a root context: a
+//! configuration update replaces the root contexts but keeps the VMs, and
+//! requests still in flight keep counting into the same tally, which the
+//! new root context hands over.
 
-use proxy_wasm::hostcalls;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel};
-use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
+use proxy_wasm::types::{ContextType, LogLevel};
 
-use crate::host::now_ms;
+use crate::config::PluginConfig;
+use crate::host::{self, Proxy};
 use crate::http::{SharedCache, TollgateHttp};
-use crate::sync::{SyncConfig, SyncLoop};
-use crate::usage::{Flusher, Reporter, SharedTally, FLUSH_EVERY, QUEUE};
+use crate::lease::{self, Lease};
+use crate::report::{self, Reporter, SharedTally, USAGE_QUEUE};
+use crate::sync::SyncLoop;
 
-/// Plugin configuration. The HTTP filter needs none; the singleton service
-/// carries `{"sync": {...}}`. Unknown fields are errors.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct PluginConfig {
-    pub sync: Option<SyncConfig>,
-}
+/// How often every root context ticks: the hand-over of counts, the lease,
+/// and the leader's look at whether a poll or a report is due.
+pub const TICK: Duration = Duration::from_millis(50);
 
-const PLUGIN_CONFIG: Fields = Fields::closed(&[Field::optional("sync")]);
-
-impl FromJson for PluginConfig {
-    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
-        let mut v = PluginConfig::default();
-        reader.object(&PLUGIN_CONFIG, &mut |r, _| r.set(&mut v.sync))?;
-        Ok(v)
-    }
-}
-
-impl PluginConfig {
-    /// The configuration in `raw`: none at all if it is empty or
-    /// whitespace, else JSON.
-    pub fn parse(raw: &[u8]) -> Result<Self, json::Error> {
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self::default());
-        }
-        json::from_slice(raw)
-    }
+thread_local! {
+    /// This VM's decisions since the last hand-over.
+    static TALLY: SharedTally = SharedTally::default();
+    /// This VM's parsed config, shared by its HTTP contexts.
+    static CACHE: SharedCache = SharedCache::default();
+    /// Whether this VM has served a request: the main thread's never does.
+    static SERVING: Cell<bool> = const { Cell::new(false) };
 }
 
 #[derive(Default)]
 pub struct TollgateRoot {
-    sync: Option<SyncLoop>,
-    reporter: Option<Reporter>,
-    /// This VM's decisions since the last hand-over.
-    tally: SharedTally,
-    /// This VM's parsed config, shared by its HTTP contexts.
-    cache: SharedCache,
-    flusher: Option<Flusher>,
+    config: Option<Rc<PluginConfig>>,
+    /// Drawn on the first tick, never in `on_configure`, which Envoy also
+    /// runs in a canary VM it throws away.
+    lease: Option<Lease>,
+    queue: Option<u32>,
+    sync: SyncLoop,
+    reporter: Reporter,
 }
 
-/// Our `vm_id`, under which the service's usage queue lives.
-fn vm_id() -> String {
-    hostcalls::get_property(vec!["plugin_vm_id"])
-        .ok()
-        .flatten()
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| "tollgate".to_owned())
+impl TollgateRoot {
+    fn started(&mut self) -> Option<(Lease, u32)> {
+        if self.queue.is_none() {
+            crate::metrics::define();
+            self.queue = host::register_queue(USAGE_QUEUE);
+            if self.queue.is_none() {
+                host::log(
+                    LogLevel::Error,
+                    "tollgate: cannot register the usage queue; retrying",
+                );
+            }
+        }
+        if self.lease.is_none() {
+            self.lease = lease::draw_number(&Proxy).map(Lease::new);
+        }
+        Some((self.lease?, self.queue?))
+    }
+
+    fn resign(&mut self) {
+        self.sync.resign();
+        self.reporter.resign();
+    }
+
+    /// Hands the lease to the contender that asked, once this leader's
+    /// long-poll has ended; until then it sends no new one.
+    fn hand_over_if_asked(&mut self, config: &PluginConfig, now: u64) -> bool {
+        let Some(lease) = self.lease.as_mut() else {
+            return false;
+        };
+        if !lease.asked() {
+            return false;
+        }
+        self.sync.hold();
+        if !self.sync.idle(&config.sync, now) || !lease.hand_over(&Proxy, now) {
+            return false;
+        }
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "tollgate: root context {} hands the lead to a root context that serves no requests",
+                lease.me()
+            ),
+        );
+        self.resign();
+        true
+    }
+}
+
+impl Drop for TollgateRoot {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.as_mut() {
+            if lease.leading() {
+                host::log(LogLevel::Info, "tollgate: leader stopping, lease given up");
+            }
+            lease.release(&Proxy);
+        }
+    }
 }
 
 impl Context for TollgateRoot {
@@ -67,179 +116,101 @@ impl Context for TollgateRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let Some(reporter) = self.reporter.as_mut() {
-            if reporter.on_response(token, body_size) {
-                return;
-            }
+        let (Some(config), Some(lease), Some(now)) =
+            (self.config.clone(), self.lease, host::now_ms())
+        else {
+            return;
+        };
+        // Only the holder applies answers: a root that lost the lease while
+        // its call was out must not write over what the new leader wrote.
+        if !lease.confirm(&Proxy, now) {
+            self.resign();
+            return;
         }
-        if let Some(sync) = self.sync.as_mut() {
-            sync.on_response(token, body_size);
+        let answer = host::call_answer(body_size);
+        if !self
+            .reporter
+            .on_answer(&Proxy, &config.sync, token, &answer, now)
+        {
+            self.sync
+                .on_answer(&Proxy, &config.sync, token, &answer, now);
         }
+        self.hand_over_if_asked(&config, now);
     }
 }
 
 impl RootContext for TollgateRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        crate::metrics::define();
-        let raw = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config = match PluginConfig::parse(&raw) {
+        let raw = host::plugin_configuration();
+        let config = match PluginConfig::parse(&raw, host::env_var) {
             Ok(config) => config,
             Err(e) => {
-                let _ = hostcalls::log(
+                host::log(
                     LogLevel::Error,
-                    &format!("tollgate: bad plugin configuration, keeping the previous one: {e}"),
+                    &format!(
+                        "tollgate: plugin configuration refused, keeping the previous one: {e}"
+                    ),
                 );
                 return false;
             }
         };
-        match config.sync {
-            Some(sync_config) => {
-                if let Err(e) = sync_config.validate() {
-                    let _ = hostcalls::log(
-                        LogLevel::Error,
-                        &format!("tollgate: bad sync configuration: {e}"),
-                    );
-                    return false;
-                }
-                match self.reporter.as_mut() {
-                    Some(existing) => existing.reconfigure(sync_config.clone()),
-                    None => match hostcalls::register_shared_queue(QUEUE) {
-                        Ok(queue) => {
-                            self.reporter = Some(Reporter::new(
-                                sync_config.clone(),
-                                queue,
-                                now_ms().unwrap_or(0),
-                            ))
-                        }
-                        Err(e) => {
-                            let _ = hostcalls::log(
-                                LogLevel::Error,
-                                &format!("tollgate: cannot register the usage queue: {e:?}"),
-                            );
-                        }
-                    },
-                }
-                match self.sync.as_mut() {
-                    Some(existing) => existing.reconfigure(sync_config),
-                    None => self.sync = Some(SyncLoop::new(sync_config)),
-                }
-                self.flusher = None;
-                if hostcalls::set_tick_period(crate::sync::TICK).is_err() {
-                    let _ =
-                        hostcalls::log(LogLevel::Error, "tollgate: cannot start the sync timer");
-                    return false;
-                }
-            }
-            None => {
-                self.sync = None;
-                self.reporter = None;
-                self.flusher = Some(Flusher::new(vm_id()));
-                if hostcalls::set_tick_period(FLUSH_EVERY).is_err() {
-                    let _ = hostcalls::log(
-                        LogLevel::Error,
-                        "tollgate: cannot start the usage timer; usage will not be reported",
-                    );
-                }
-            }
+        if !host::set_tick_period(TICK) {
+            host::log(LogLevel::Error, "tollgate: cannot start the timer");
+            return false;
         }
+        self.config = Some(Rc::new(config));
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(sync) = self.sync.as_mut() {
-            sync.on_tick();
-        }
-        if let Some(reporter) = self.reporter.as_mut() {
-            reporter.absorb(&self.tally);
-            reporter.on_tick();
-        }
-        if let Some(flusher) = self.flusher.as_mut() {
-            flusher.flush(&self.tally);
-            crate::metrics::flush();
-        }
-    }
-
-    fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Some(reporter) = self.reporter.as_mut() {
-            if reporter.queue() == queue_id {
-                reporter.on_queue_ready();
+        let Some(now) = host::now_ms() else { return };
+        let Some((mut lease, queue)) = self.started() else {
+            return;
+        };
+        TALLY.with(|tally| report::hand_over(&Proxy, queue, tally));
+        crate::metrics::flush();
+        let was_leading = lease.leading();
+        let leading = lease.tick(&Proxy, now, SERVING.with(Cell::get));
+        self.lease = Some(lease);
+        if leading != was_leading {
+            let change = if leading {
+                "leads this Envoy: syncing config and reporting usage"
+            } else {
+                "no longer leads this Envoy"
+            };
+            host::log(
+                LogLevel::Info,
+                &format!("tollgate: root context {} {change}", lease.me()),
+            );
+            if !leading {
+                self.resign();
             }
         }
+        if !leading {
+            return;
+        }
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        #[cfg(feature = "crash-test")]
+        crate::crash_test::crash_if_asked();
+        if self.hand_over_if_asked(&config, now) {
+            return;
+        }
+        self.sync.on_tick(&Proxy, &config.sync, now);
+        self.reporter.on_tick(&Proxy, &config.sync, queue, now);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        SERVING.with(|serving| serving.set(true));
         Some(Box::new(TollgateHttp::new(
-            self.tally.clone(),
-            self.cache.clone(),
+            TALLY.with(Rc::clone),
+            CACHE.with(Rc::clone),
+            self.config.clone(),
         )))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sync(authority: &str, wait_ms: u64, retry_ms: u64) -> Option<SyncConfig> {
-        Some(SyncConfig {
-            cluster: "cp".into(),
-            authority: authority.into(),
-            token: "t".into(),
-            wait_ms,
-            retry_ms,
-        })
-    }
-
-    /// What serde_json read with the derives these types had (`sync`
-    /// optional, `deny_unknown_fields` on both, defaults for `authority`,
-    /// `wait_ms` and `retry_ms`): each verdict checked against it.
-    #[test]
-    fn plugin_configuration_reads_as_serde_json_read_it() {
-        let defaults = sync("tollgate-control-plane", 20_000, 250);
-        let cases: &[(&[u8], Option<Option<SyncConfig>>)] = &[
-            (b"", Some(None)),
-            (b" \n\t\r", Some(None)),
-            (b"{}", Some(None)),
-            (br#"{"sync":null}"#, Some(None)),
-            (br#"{"sync":{"cluster":"cp","token":"t"}}"#, Some(defaults.clone())),
-            (
-                br#" { "sync" : { "token" : "t" , "cluster" : "cp" } } "#,
-                Some(defaults.clone()),
-            ),
-            (
-                br#"{"sync":{"cluster":"cp","authority":"a","token":"t","wait_ms":1,"retry_ms":60000}}"#,
-                Some(sync("a", 1, 60_000)),
-            ),
-            (br#"{"sync":["cp","a","t"]}"#, Some(sync("a", 20_000, 250))),
-            (b"[null]", Some(None)),
-            (b"[]", Some(None)),
-            (b"null", None),
-            (b"\"\"", None),
-            (br#"{"sync":{}}"#, None),
-            (br#"{"sync":{"cluster":"cp"}}"#, None),
-            (br#"{"sync":{"token":"t"}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t","wait":1}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t"},"other":1}"#, None),
-            (br#"{"sync":null,"sync":null}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t","token":"u"}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t","wait_ms":null}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t","wait_ms":-1}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t","wait_ms":1.5}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":null}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t"}}}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t"},}"#, None),
-            (br#"{"sync":{"cluster":"cp","token":"t"}"#, None),
-            (b"\x0c{}", None),
-        ];
-        for (raw, expected) in cases {
-            let read = PluginConfig::parse(raw).ok().map(|c| c.sync);
-            assert_eq!(&read, expected, "{}", String::from_utf8_lossy(raw));
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! The config sync loop, run once per Envoy process by the singleton Wasm service.
+//! The config sync loop, run by the root context that leads ([`crate::lease`]).
 //!
 //! It long-polls `GET /v1/sync?since=<applied version>` on the control plane
 //! through an Envoy cluster. The control plane answers as soon as anything
@@ -6,127 +6,70 @@
 //! into shared data with `tollgate_core::layout::apply_sync` and asks again at
 //! once. When the control plane is away the last applied config stays in
 //! force and the loop retries with a capped backoff.
+//!
+//! Everything it keeps in memory is the call in flight and the cursor of a
+//! paged answer; the applied version is in shared data. So a new leader
+//! simply starts polling from that version, and a loop that stopped leading
+//! forgets its call ([`SyncLoop::resign`]): an answer to it is ignored, never
+//! applied over what the new leader wrote.
 
-use std::time::Duration;
-
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
-use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
+use proxy_wasm::types::LogLevel;
+use tollgate_core::json;
 use tollgate_core::layout::{applied_version, apply_sync};
 use tollgate_core::wire::SyncResponse;
 
 use crate::call::Pacing;
-use crate::host::{now_ms, HostStore};
+use crate::config::SyncConfig;
+use crate::host::{Answer, Call, Host};
+use crate::metrics::Event;
 
-/// How often the loop looks whether a poll is due.
-pub const TICK: Duration = Duration::from_millis(50);
 const MAX_BACKOFF_MS: u64 = 2_000;
 
-/// The `sync` object of the plugin configuration. Unknown fields are errors.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncConfig {
-    /// The Envoy cluster that reaches the control plane.
-    pub cluster: String,
-    /// `:authority` sent to the control plane; `tollgate-control-plane`
-    /// when absent.
-    pub authority: String,
-    /// The control plane's sync token (`CONTROL_PLANE_SYNC_TOKEN`).
-    pub token: String,
-    /// How long the control plane may hold a poll open when nothing
-    /// changed; 20 s when absent.
-    pub wait_ms: u64,
-    /// First retry delay after a failed poll, doubling up to 2 s; 250 ms
-    /// when absent.
-    pub retry_ms: u64,
-}
-
-const SYNC_CONFIG: Fields = Fields::closed(&[
-    Field::required("cluster"),
-    Field::optional("authority"),
-    Field::required("token"),
-    Field::optional("wait_ms"),
-    Field::optional("retry_ms"),
-]);
-
-impl FromJson for SyncConfig {
-    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
-        let mut v = SyncConfig {
-            cluster: String::new(),
-            authority: "tollgate-control-plane".into(),
-            token: String::new(),
-            wait_ms: 20_000,
-            retry_ms: 250,
-        };
-        reader.object(&SYNC_CONFIG, &mut |r, field| match field {
-            0 => r.set(&mut v.cluster),
-            1 => r.set(&mut v.authority),
-            2 => r.set(&mut v.token),
-            3 => r.set(&mut v.wait_ms),
-            4 => r.set(&mut v.retry_ms),
-            _ => Ok(()),
-        })?;
-        Ok(v)
-    }
-}
-
-impl SyncConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.cluster.is_empty() {
-            return Err("sync.cluster must name an Envoy cluster".into());
-        }
-        if self.token.is_empty() {
-            return Err("sync.token must not be empty".into());
-        }
-        if !(1..=60_000).contains(&self.wait_ms) {
-            return Err("sync.wait_ms must be between 1 and 60000".into());
-        }
-        if !(1..=60_000).contains(&self.retry_ms) {
-            return Err("sync.retry_ms must be between 1 and 60000".into());
-        }
-        Ok(())
-    }
-}
-
+#[derive(Debug, Default)]
 pub struct SyncLoop {
-    config: SyncConfig,
     pacing: Pacing,
     /// Mid-walk through a paged answer: the cursor of the next page.
     after: Option<String>,
-}
-
-fn log(level: LogLevel, msg: &str) {
-    let _ = hostcalls::log(level, msg);
+    /// No new poll: the lease is to be handed over once the open one ends.
+    held: bool,
 }
 
 impl SyncLoop {
-    pub fn new(config: SyncConfig) -> Self {
-        Self {
-            config,
-            pacing: Pacing::default(),
-            after: None,
-        }
+    fn timeout_ms(config: &SyncConfig) -> u64 {
+        config.wait_ms + 5_000
     }
 
-    pub fn reconfigure(&mut self, config: SyncConfig) {
-        self.config = config;
+    /// Forgets the call in flight and any walk: this root context no longer leads.
+    pub fn resign(&mut self) {
+        *self = Self::default();
     }
 
-    fn timeout_ms(&self) -> u64 {
-        self.config.wait_ms + 5_000
+    /// Sends no new poll (a paged walk still finishes): the lease is to be
+    /// handed over, and the control plane should not hold two polls of one
+    /// Envoy meanwhile.
+    pub fn hold(&mut self) {
+        self.held = true;
     }
 
-    pub fn on_tick(&mut self) {
-        let Some(now) = now_ms() else { return };
-        crate::metrics::sync_tick(now);
-        self.poll(now);
+    /// Whether no poll is out at `now` and no walk is half done.
+    pub fn idle(&self, config: &SyncConfig, now: u64) -> bool {
+        !self.pacing.busy(now, Self::timeout_ms(config)) && self.after.is_none()
+    }
+
+    pub fn on_tick(&mut self, host: &impl Host, config: &SyncConfig, now: u64) {
+        host.stat(Event::SyncTick { now_ms: now });
+        self.poll(host, config, now);
     }
 
     /// Sends the next poll if one is due.
-    fn poll(&mut self, now: u64) {
-        if !self.pacing.due(now, self.timeout_ms()) {
+    fn poll(&mut self, host: &impl Host, config: &SyncConfig, now: u64) {
+        if self.held && self.after.is_none() {
             return;
         }
-        let applied = applied_version(&HostStore);
+        if !self.pacing.due(now, Self::timeout_ms(config)) {
+            return;
+        }
+        let applied = applied_version(host);
         let since = applied.unwrap_or(0);
         // Until the first config is applied, ask for everything without
         // waiting; after a failure too, so that being back in sync is known
@@ -135,120 +78,276 @@ impl SyncLoop {
         let wait = if applied.is_none() || self.pacing.failures() > 0 || self.after.is_some() {
             0
         } else {
-            self.config.wait_ms
+            config.wait_ms
         };
         let mut path = format!("/v1/sync?since={since}&wait_ms={wait}");
         if let Some(after) = &self.after {
             path.push_str("&after=");
             path.push_str(after);
         }
-        let auth = format!("Bearer {}", self.config.token);
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", self.config.authority.as_str()),
-            ("authorization", auth.as_str()),
-        ];
-        match hostcalls::dispatch_http_call(
-            &self.config.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(self.timeout_ms()),
-        ) {
+        let call = Call {
+            cluster: &config.cluster,
+            method: "GET",
+            path: &path,
+            authority: &config.authority,
+            token: &config.token,
+            body: None,
+            timeout_ms: Self::timeout_ms(config),
+        };
+        match host.dispatch(&call) {
             Ok(token) => self.pacing.sent(token, now),
             Err(status) => {
-                log(
+                host.log(
                     LogLevel::Warn,
                     &format!(
-                        "tollgate: sync dispatch to cluster {} failed: {status:?}",
-                        self.config.cluster
+                        "tollgate: sync dispatch to cluster {} failed: {status}",
+                        config.cluster
                     ),
                 );
-                self.back_off(now);
+                self.back_off(host, config, now);
             }
         }
     }
 
-    fn back_off(&mut self, now: u64) {
-        crate::metrics::sync_failed();
-        self.pacing
-            .failed(now, self.config.retry_ms, MAX_BACKOFF_MS);
+    fn back_off(&mut self, host: &impl Host, config: &SyncConfig, now: u64) {
+        host.stat(Event::SyncFailed);
+        self.pacing.failed(now, config.retry_ms, MAX_BACKOFF_MS);
     }
 
-    pub fn on_response(&mut self, token: u32, body_size: usize) {
+    /// Whether `token` answers this loop's call; if so the answer is applied.
+    pub fn on_answer(
+        &mut self,
+        host: &impl Host,
+        config: &SyncConfig,
+        token: u32,
+        answer: &Answer,
+        now: u64,
+    ) -> bool {
         if !self.pacing.answered(token) {
-            return;
+            return false;
         }
-        let now = now_ms().unwrap_or(0);
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        if status.as_deref() != Some("200") {
+        if answer.status != Some(200) {
             if self.pacing.failures() == 0 {
-                log(
+                let status = answer.status.map_or_else(
+                    || "none: control plane unreachable".to_owned(),
+                    |s| s.to_string(),
+                );
+                host.log(
                     LogLevel::Warn,
                     &format!(
-                        "tollgate: sync poll failed (status {}); enforcing the last applied config",
-                        status
-                            .as_deref()
-                            .unwrap_or("none: control plane unreachable")
+                        "tollgate: sync poll failed (status {status}); enforcing the last applied config"
                     ),
                 );
             }
-            self.back_off(now);
-            return;
+            self.back_off(host, config, now);
+            return true;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let sync: SyncResponse = match json::from_slice(&body) {
+        let sync: SyncResponse = match json::from_slice(&answer.body) {
             Ok(sync) => sync,
             Err(e) => {
-                log(
+                host.log(
                     LogLevel::Error,
                     &format!("tollgate: sync response is not valid JSON: {e}"),
                 );
-                self.back_off(now);
-                return;
+                self.back_off(host, config, now);
+                return true;
             }
         };
-        let before = applied_version(&HostStore);
-        match apply_sync(&HostStore, &sync) {
+        let before = applied_version(host);
+        match apply_sync(host, &sync) {
             Ok(_) if sync.next.is_some() => {
                 // A page of a longer walk: its keys are written, the version
                 // waits for the last page. Ask for the next one at once.
                 self.after = sync.next;
                 self.pacing.succeeded(now, 0);
-                self.poll(now);
+                self.poll(host, config, now);
             }
             Ok(version) => {
                 self.after = None;
                 if self.pacing.failures() > 0 {
-                    log(LogLevel::Info, "tollgate: control plane reachable again");
+                    host.log(LogLevel::Info, "tollgate: control plane reachable again");
                 }
                 self.pacing.succeeded(now, 0);
-                crate::metrics::synced(version, now);
+                host.stat(Event::Synced {
+                    version,
+                    now_ms: now,
+                });
                 // Straight back into the long poll: a change committed
                 // before the next tick must not wait for it.
-                self.poll(now);
+                self.poll(host, config, now);
                 if before != Some(version) {
-                    log(LogLevel::Info, &format!(
-                        "tollgate: applied config version {version} ({} plans, {} keys, {} deletions)",
-                        sync.plans.len(),
-                        sync.keys.len(),
-                        sync.deleted_keys.len()
-                    ));
+                    host.log(
+                        LogLevel::Info,
+                        &format!(
+                            "tollgate: applied config version {version} ({} plans, {} keys, {} deletions)",
+                            sync.plans.len(),
+                            sync.keys.len(),
+                            sync.deleted_keys.len()
+                        ),
+                    );
                 }
             }
             Err(e) => {
-                log(
+                host.log(
                     LogLevel::Error,
                     &format!("tollgate: sync response refused: {e}"),
                 );
-                self.back_off(now);
+                self.back_off(host, config, now);
             }
         }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{config, FakeHost};
+    use tollgate_core::wire::{SyncResponse, WireKey};
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn answer(sync: &SyncResponse) -> Answer {
+        Answer {
+            status: Some(200),
+            body: serde_json::to_vec(sync).unwrap(),
+        }
+    }
+
+    fn key(n: u8, active: bool) -> WireKey {
+        WireKey {
+            hash: tollgate_core::key::KeyHash::of(&[n]).to_hex(),
+            id: format!("key_{n:020}"),
+            tenant_id: "tnt_00000000000000000001".into(),
+            plan_id: "plan_0000000000000000001".into(),
+            active,
+            ..WireKey::default()
+        }
+    }
+
+    #[test]
+    fn the_first_poll_asks_for_everything_at_once_then_long_polls() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut sync = SyncLoop::default();
+        sync.on_tick(&host, &c, T0);
+        let sent = host.take_sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].path, "/v1/sync?since=0&wait_ms=0");
+        assert_eq!(sent[0].token_header, "sync-token");
+        // One call at a time.
+        sync.on_tick(&host, &c, T0 + 50);
+        assert!(host.take_sent().is_empty());
+        let first = SyncResponse {
+            version: 3,
+            keys: vec![key(1, true)],
+            ..SyncResponse::default()
+        };
+        assert!(sync.on_answer(&host, &c, sent[0].token, &answer(&first), T0 + 60));
+        assert_eq!(applied_version(&host), Some(3));
+        let next = host.take_sent();
+        assert_eq!(next[0].path, "/v1/sync?since=3&wait_ms=20000");
+    }
+
+    #[test]
+    fn a_paged_walk_records_the_version_only_after_its_last_page() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut sync = SyncLoop::default();
+        sync.on_tick(&host, &c, T0);
+        let t = host.take_sent()[0].token;
+        let page = SyncResponse {
+            version: 9,
+            keys: vec![key(1, true)],
+            next: Some("k1".into()),
+            ..SyncResponse::default()
+        };
+        sync.on_answer(&host, &c, t, &answer(&page), T0);
+        assert_eq!(applied_version(&host), None);
+        let sent = host.take_sent();
+        assert_eq!(sent[0].path, "/v1/sync?since=0&wait_ms=0&after=k1");
+        let last = SyncResponse {
+            version: 9,
+            keys: vec![key(2, true)],
+            ..SyncResponse::default()
+        };
+        sync.on_answer(&host, &c, sent[0].token, &answer(&last), T0);
+        assert_eq!(applied_version(&host), Some(9));
+    }
+
+    #[test]
+    fn failures_back_off_and_the_config_stays() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut sync = SyncLoop::default();
+        sync.on_tick(&host, &c, T0);
+        let t = host.take_sent()[0].token;
+        let v1 = SyncResponse {
+            version: 1,
+            ..SyncResponse::default()
+        };
+        sync.on_answer(&host, &c, t, &answer(&v1), T0);
+        let t = host.take_sent()[0].token;
+        // No upstream: back off retry_ms, then ask without waiting.
+        sync.on_answer(&host, &c, t, &Answer::default(), T0 + 10);
+        assert_eq!(applied_version(&host), Some(1));
+        sync.on_tick(&host, &c, T0 + 10 + 249);
+        assert!(host.take_sent().is_empty());
+        sync.on_tick(&host, &c, T0 + 10 + 250);
+        let sent = host.take_sent();
+        assert_eq!(sent[0].path, "/v1/sync?since=1&wait_ms=0");
+        // A body that is not a sync answer is refused whole.
+        let bad = Answer {
+            status: Some(200),
+            body: b"{\"version\":\"x\"}".to_vec(),
+        };
+        sync.on_answer(&host, &c, sent[0].token, &bad, T0 + 300);
+        assert_eq!(applied_version(&host), Some(1));
+        assert!(host.stats.borrow().contains(&Event::SyncFailed));
+        // A refused dispatch (no such cluster) backs off too.
+        host.refuse_dispatch.set(true);
+        sync.on_tick(&host, &c, T0 + 10_000);
+        assert!(host
+            .logs
+            .borrow()
+            .iter()
+            .any(|(_, m)| m.contains("cluster cp")));
+    }
+
+    #[test]
+    fn a_held_loop_finishes_its_poll_and_sends_no_other() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut sync = SyncLoop::default();
+        sync.on_tick(&host, &c, T0);
+        let t = host.take_sent()[0].token;
+        sync.hold();
+        assert!(!sync.idle(&c, T0 + 1));
+        let v1 = SyncResponse {
+            version: 1,
+            ..SyncResponse::default()
+        };
+        assert!(sync.on_answer(&host, &c, t, &answer(&v1), T0 + 2));
+        assert_eq!(applied_version(&host), Some(1));
+        assert!(host.take_sent().is_empty());
+        sync.on_tick(&host, &c, T0 + 3);
+        assert!(host.take_sent().is_empty() && sync.idle(&c, T0 + 3));
+    }
+
+    #[test]
+    fn a_loop_that_resigned_ignores_the_answer_to_its_old_call() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut sync = SyncLoop::default();
+        sync.on_tick(&host, &c, T0);
+        let t = host.take_sent()[0].token;
+        sync.resign();
+        let v5 = SyncResponse {
+            version: 5,
+            keys: vec![key(1, true)],
+            ..SyncResponse::default()
+        };
+        assert!(!sync.on_answer(&host, &c, t, &answer(&v5), T0 + 10));
+        assert_eq!(applied_version(&host), None);
     }
 }

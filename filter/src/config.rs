@@ -1,0 +1,326 @@
+//! The plugin configuration: parsed, then validated, as a whole.
+//!
+//! ```json
+//! {"sync": {"cluster": "outbound|8080||tollgate-control-plane.tollgate.svc.cluster.local",
+//!           "token_env": "TOLLGATE_SYNC_TOKEN"},
+//!  "api_key": {"headers": ["x-api-key"], "bearer": true, "query": "api_key", "cookie": "api_key"}}
+//! ```
+//!
+//! Envoy runs `on_configure` first in a canary VM that it then throws away,
+//! and refuses the configuration if that fails: so reading it has no side
+//! effects, and a configuration with anything wrong is refused whole while
+//! the previous one stays in force. Unknown fields are errors. It reads
+//! what Istio's pilot writes from a `WasmPlugin`'s `pluginConfig` (compact
+//! JSON, keys sorted, whole numbers without a fraction).
+
+use tollgate_core::credential::KeySources;
+use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
+
+/// The validated configuration one root context runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    pub sync: SyncConfig,
+    pub api_key: KeySources,
+}
+
+/// How the leader reaches the control plane.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// The Envoy cluster that reaches the control plane.
+    pub cluster: String,
+    /// `:authority` sent to the control plane.
+    pub authority: String,
+    /// The control plane's sync token (`CONTROL_PLANE_SYNC_TOKEN`).
+    pub token: String,
+    /// How long the control plane may hold a poll open when nothing changed.
+    pub wait_ms: u64,
+    /// First retry delay after a failed call, doubling up to a cap.
+    pub retry_ms: u64,
+}
+
+/// The token stays out of logs and config dumps of ours.
+impl core::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SyncConfig")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("token", &"<redacted>")
+            .field("wait_ms", &self.wait_ms)
+            .field("retry_ms", &self.retry_ms)
+            .finish()
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The configuration as written.
+#[derive(Debug, Default)]
+struct WireConfig {
+    sync: WireSync,
+    api_key: Option<WireKeySources>,
+}
+
+#[derive(Debug, Default)]
+struct WireSync {
+    cluster: String,
+    authority: Option<String>,
+    token: Option<String>,
+    token_env: Option<String>,
+    wait_ms: Option<u64>,
+    retry_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct WireKeySources {
+    headers: Option<Vec<String>>,
+    bearer: Option<bool>,
+    query: Option<String>,
+    cookie: Option<String>,
+}
+
+const CONFIG: Fields = Fields::closed(&[Field::required("sync"), Field::optional("api_key")]);
+const SYNC: Fields = Fields::closed(&[
+    Field::required("cluster"),
+    Field::optional("authority"),
+    Field::optional("token"),
+    Field::optional("token_env"),
+    Field::optional("wait_ms"),
+    Field::optional("retry_ms"),
+]);
+const KEY_SOURCES: Fields = Fields::closed(&[
+    Field::optional("headers"),
+    Field::optional("bearer"),
+    Field::optional("query"),
+    Field::optional("cookie"),
+]);
+
+impl FromJson for WireConfig {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        let mut v = WireConfig::default();
+        reader.object(&CONFIG, &mut |r, field| match field {
+            0 => r.set(&mut v.sync),
+            _ => r.set(&mut v.api_key),
+        })?;
+        Ok(v)
+    }
+}
+
+impl FromJson for WireSync {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        let mut v = WireSync::default();
+        reader.object(&SYNC, &mut |r, field| match field {
+            0 => r.set(&mut v.cluster),
+            1 => r.set(&mut v.authority),
+            2 => r.set(&mut v.token),
+            3 => r.set(&mut v.token_env),
+            4 => r.set(&mut v.wait_ms),
+            _ => r.set(&mut v.retry_ms),
+        })?;
+        Ok(v)
+    }
+}
+
+impl FromJson for WireKeySources {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        let mut v = WireKeySources::default();
+        reader.object(&KEY_SOURCES, &mut |r, field| match field {
+            0 => r.set(&mut v.headers),
+            1 => r.set(&mut v.bearer),
+            2 => r.set(&mut v.query),
+            _ => r.set(&mut v.cookie),
+        })?;
+        Ok(v)
+    }
+}
+
+const DEFAULT_AUTHORITY: &str = "tollgate-control-plane";
+const DEFAULT_WAIT_MS: u64 = 20_000;
+const DEFAULT_RETRY_MS: u64 = 250;
+
+impl PluginConfig {
+    /// Reads and validates `raw`; `env` looks up the VM's environment
+    /// variables (for `sync.token_env`).
+    pub fn parse(raw: &[u8], env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError(
+                "the plugin configuration is empty: Tollgate needs at least \
+                 {\"sync\": {\"cluster\": <cluster>, \"token\" or \"token_env\": ...}}"
+                    .into(),
+            ));
+        }
+        let wire: WireConfig = json::from_slice(raw)
+            .map_err(|e| ConfigError(format!("the plugin configuration is not valid: {e}")))?;
+        Self::try_from_wire(wire, env)
+    }
+
+    fn try_from_wire(
+        wire: WireConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let bad = |why: &str| Err(ConfigError(why.to_owned()));
+        let s = wire.sync;
+        if s.cluster.is_empty() {
+            return bad("sync.cluster must name the Envoy cluster that reaches the control plane");
+        }
+        let token = match (s.token, s.token_env) {
+            (Some(token), None) => token,
+            (None, Some(name)) => match env(&name) {
+                Some(token) => token,
+                None => return Err(ConfigError(format!(
+                    "sync.token_env names {name:?}, which is not set in the Wasm VM's environment \
+                         (Envoy: vm_config.environment_variables; Istio: vmConfig.env)"
+                ))),
+            },
+            (Some(_), Some(_)) => return bad("sync has both token and token_env: give one"),
+            (None, None) => {
+                return bad("sync needs the control plane's sync token: token or token_env")
+            }
+        };
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            return bad("sync token must not be empty");
+        }
+        if token.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return bad("sync token must not contain spaces or control characters");
+        }
+        let authority = s.authority.unwrap_or_else(|| DEFAULT_AUTHORITY.to_owned());
+        if authority.is_empty() {
+            return bad("sync.authority must not be empty");
+        }
+        let wait_ms = s.wait_ms.unwrap_or(DEFAULT_WAIT_MS);
+        if !(1..=60_000).contains(&wait_ms) {
+            return bad("sync.wait_ms must be between 1 and 60000");
+        }
+        let retry_ms = s.retry_ms.unwrap_or(DEFAULT_RETRY_MS);
+        if !(1..=60_000).contains(&retry_ms) {
+            return bad("sync.retry_ms must be between 1 and 60000");
+        }
+        let defaults = KeySources::default();
+        let api_key = match wire.api_key {
+            None => defaults,
+            Some(k) => KeySources {
+                headers: k.headers.unwrap_or(defaults.headers),
+                bearer: k.bearer.unwrap_or(defaults.bearer),
+                query: k.query,
+                cookie: k.cookie,
+            },
+        };
+        api_key.validate().map_err(|e| ConfigError(e.0))?;
+        Ok(Self {
+            sync: SyncConfig {
+                cluster: s.cluster,
+                authority,
+                token,
+                wait_ms,
+                retry_ms,
+            },
+            api_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(raw: &str) -> Result<PluginConfig, ConfigError> {
+        PluginConfig::parse(raw.as_bytes(), |name| {
+            (name == "TOLLGATE_SYNC_TOKEN").then(|| "from-env".to_owned())
+        })
+    }
+
+    #[test]
+    fn the_smallest_configuration_takes_the_defaults() {
+        let c = parse(r#"{"sync":{"cluster":"cp","token":"t"}}"#).unwrap();
+        assert_eq!(
+            c.sync,
+            SyncConfig {
+                cluster: "cp".into(),
+                authority: "tollgate-control-plane".into(),
+                token: "t".into(),
+                wait_ms: 20_000,
+                retry_ms: 250,
+            }
+        );
+        assert_eq!(c.api_key, KeySources::default());
+    }
+
+    #[test]
+    fn what_istio_writes_from_a_plugin_config_reads() {
+        // pilot's jsonpb: compact, keys sorted, numbers from doubles.
+        let raw = r#"{"api_key":{"bearer":false,"cookie":"session_key","headers":["x-api-key","x-key"],"query":"api_key"},"sync":{"authority":"cp.example","cluster":"outbound|8080||tollgate-control-plane.tollgate.svc.cluster.local","retry_ms":500,"token_env":"TOLLGATE_SYNC_TOKEN","wait_ms":20000}}"#;
+        let c = parse(raw).unwrap();
+        assert_eq!(c.sync.token, "from-env");
+        assert_eq!(
+            c.sync.cluster,
+            "outbound|8080||tollgate-control-plane.tollgate.svc.cluster.local"
+        );
+        assert_eq!((c.sync.wait_ms, c.sync.retry_ms), (20_000, 500));
+        assert_eq!(
+            c.api_key,
+            KeySources {
+                headers: vec!["x-api-key".into(), "x-key".into()],
+                bearer: false,
+                query: Some("api_key".into()),
+                cookie: Some("session_key".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn anything_wrong_refuses_the_whole_configuration() {
+        let refused = [
+            "",
+            " \n",
+            "{}",
+            "null",
+            r#"{"sync":null}"#,
+            r#"{"sync":{}}"#,
+            r#"{"sync":{"cluster":"cp"}}"#,
+            r#"{"sync":{"token":"t"}}"#,
+            r#"{"sync":{"cluster":"","token":"t"}}"#,
+            r#"{"sync":{"cluster":"cp","token":""}}"#,
+            r#"{"sync":{"cluster":"cp","token":"a b"}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","token_env":"TOLLGATE_SYNC_TOKEN"}}"#,
+            r#"{"sync":{"cluster":"cp","token_env":"UNSET"}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","wait":1}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"other":1}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","wait_ms":0}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","wait_ms":60001}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","wait_ms":1.5}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","wait_ms":-1}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","retry_ms":0}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","authority":""}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"api_key":{"headers":["X-Key"]}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"api_key":{"query":""}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"api_key":{"headers":[],"bearer":false}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"api_key":{"header":"x"}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"}}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","token":"u"}}"#,
+        ];
+        for raw in refused {
+            assert!(parse(raw).is_err(), "accepted {raw:?}");
+        }
+        let e = PluginConfig::parse(br#"{"sync":{"cluster":"cp","token_env":"X"}}"#, no_env)
+            .unwrap_err();
+        assert!(e.0.contains("\"X\"") && e.0.contains("vmConfig.env"), "{e}");
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let c = parse(r#"{"sync":{"cluster":"cp","token":"s3cret-token"}}"#).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

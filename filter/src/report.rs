@@ -1,0 +1,499 @@
+//! Usage reporting: every VM counts, the leader reports.
+//!
+//! Each VM tallies its decisions in memory (no host call per request) and on
+//! every tick hands the tally to the shared queue [`USAGE_QUEUE`] ([`hand_over`]):
+//! a tick's worth of requests at most, so the hand-over on a worker's thread
+//! grows with its request rate, never with the number of keys counted.
+//!
+//! The leader ([`Reporter`]) drains the queue at most every second into the
+//! reporter state in shared data ([`REPORT_KEY`], `tollgate_core::usage::ReportState`),
+//! seals the next batch there and sends it to `POST /v1/usage` through the
+//! control-plane cluster. Nothing it needs lives only in its VM: a batch
+//! keeps its id until the control plane acknowledges it (the control plane
+//! counts a batch once, however often it arrives), and counts drained but
+//! not yet sealed wait in the same entry. So when the leader goes away, the
+//! next one resends the pending batch and carries on. What a VM loses when
+//! it dies is the tally it had not handed over yet: one tick of its requests.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::types::LogLevel;
+use tollgate_core::layout::{apply_standings, REPORT_KEY};
+use tollgate_core::store::SetError;
+use tollgate_core::usage::{ReportState, Tally};
+use tollgate_core::wire::UsageReceipt;
+
+use crate::call::Pacing;
+use crate::config::SyncConfig;
+use crate::host::{Answer, Call, Host};
+use crate::metrics::Event;
+
+pub use tollgate_core::layout::USAGE_QUEUE;
+
+/// How often the leader reports. It reports even with nothing to count:
+/// the answer carries other Envoys' quota use.
+pub const REPORT_EVERY_MS: u64 = 1_000;
+const MAX_BACKOFF_MS: u64 = 5_000;
+const TIMEOUT_MS: u64 = 5_000;
+/// Compare-and-swap attempts on the reporter state within one callback.
+const STATE_ATTEMPTS: usize = 8;
+/// A write token no present entry has: "create only" in Envoy's terms.
+const CREATE_ONLY: u32 = u32::MAX;
+
+/// A VM's tally, shared by its root contexts and its HTTP contexts.
+pub type SharedTally = Rc<RefCell<Tally>>;
+
+/// Hands `tally` to the leader through the queue; kept on failure.
+pub fn hand_over(host: &impl Host, queue: u32, tally: &SharedTally) {
+    let Ok(mut tally) = tally.try_borrow_mut() else {
+        return;
+    };
+    if tally.is_empty() {
+        return;
+    }
+    if host.enqueue(queue, &tally.to_bytes()) {
+        *tally = Tally::default();
+    }
+}
+
+/// The reporter state and the token to write it back with.
+fn read_state(host: &impl Host, now: u64) -> (ReportState, u32) {
+    match host.get(REPORT_KEY) {
+        Some((bytes, cas)) => match ReportState::from_bytes(&bytes) {
+            Some(state) => (state, cas),
+            None => {
+                host.log(
+                    LogLevel::Error,
+                    "tollgate: unreadable usage reporter state replaced; its unacknowledged counts are lost",
+                );
+                (new_state(host, now), cas)
+            }
+        },
+        None => (new_state(host, now), CREATE_ONLY),
+    }
+}
+
+/// A new reporter identity: the time and random bits, so a restarted Envoy
+/// is a new reporter to the control plane.
+fn new_state(host: &impl Host, now: u64) -> ReportState {
+    ReportState::new(format!("{now:x}-{:08x}", host.random() as u32))
+}
+
+fn write_state(host: &impl Host, state: &ReportState, cas: u32) -> Result<(), SetError> {
+    host.set(REPORT_KEY, Some(&state.to_bytes()), Some(cas))
+}
+
+/// The leader's side.
+#[derive(Debug, Default)]
+pub struct Reporter {
+    pacing: Pacing,
+    /// The batch id of the call in flight.
+    in_flight: Option<String>,
+}
+
+impl Reporter {
+    /// Forgets the call in flight: this root context no longer leads. The
+    /// batch stays pending in shared data for the next leader.
+    pub fn resign(&mut self) {
+        *self = Self::default();
+    }
+
+    pub fn on_tick(&mut self, host: &impl Host, config: &SyncConfig, queue: u32, now: u64) {
+        if !self.pacing.due(now, TIMEOUT_MS) {
+            return;
+        }
+        let mut drained = Tally::default();
+        while let Some(bytes) = host.dequeue(queue) {
+            match Tally::from_bytes(&bytes) {
+                Some(tally) => drained.merge(tally),
+                None => host.log(LogLevel::Error, "tollgate: unreadable usage tally dropped"),
+            }
+        }
+        let mut sent = None;
+        for _ in 0..STATE_ATTEMPTS {
+            let (mut state, cas) = read_state(host, now);
+            state.open.merge(drained.clone());
+            let sealed_now = state.pending.is_none();
+            state.seal();
+            if write_state(host, &state, cas).is_ok() {
+                if sealed_now {
+                    if let Some(p) = &state.pending {
+                        host.stat(Event::UsageDropped(p.counts.dropped()));
+                    }
+                }
+                sent = state.batch();
+                break;
+            }
+        }
+        let Some(batch) = sent else {
+            // The counts must not be lost: back into the queue for next time.
+            if !drained.is_empty() && !host.enqueue(queue, &drained.to_bytes()) {
+                host.log(
+                    LogLevel::Error,
+                    "tollgate: cannot keep usage counts: the usage queue is gone",
+                );
+            }
+            host.log(
+                LogLevel::Warn,
+                "tollgate: cannot store the usage reporter state",
+            );
+            self.back_off(host, config, now);
+            return;
+        };
+        let body = tollgate_core::json::to_vec(&batch);
+        let call = Call {
+            cluster: &config.cluster,
+            method: "POST",
+            path: "/v1/usage",
+            authority: &config.authority,
+            token: &config.token,
+            body: Some(&body),
+            timeout_ms: TIMEOUT_MS,
+        };
+        match host.dispatch(&call) {
+            Ok(token) => {
+                self.pacing.sent(token, now);
+                self.in_flight = Some(batch.batch_id);
+            }
+            Err(status) => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!("tollgate: usage dispatch failed: {status}"),
+                );
+                self.back_off(host, config, now);
+            }
+        }
+    }
+
+    fn back_off(&mut self, host: &impl Host, config: &SyncConfig, now: u64) {
+        host.stat(Event::UsageReportFailed);
+        self.pacing.failed(now, config.retry_ms, MAX_BACKOFF_MS);
+    }
+
+    /// Whether `token` answers this reporter's call; if so it is handled.
+    pub fn on_answer(
+        &mut self,
+        host: &impl Host,
+        config: &SyncConfig,
+        token: u32,
+        answer: &Answer,
+        now: u64,
+    ) -> bool {
+        if !self.pacing.answered(token) {
+            return false;
+        }
+        let batch_id = self.in_flight.take().unwrap_or_default();
+        match answer.status {
+            Some(200) => {
+                if self.pacing.failures() > 0 {
+                    host.log(LogLevel::Info, "tollgate: usage reports delivered again");
+                }
+                let (cursor, more) = self.apply_receipt(host, &answer.body);
+                self.settle(host, &batch_id, cursor, now);
+                // Another page of standings is waiting: ask again at once.
+                self.pacing
+                    .succeeded(now, if more { 0 } else { REPORT_EVERY_MS });
+            }
+            // The control plane refused the batch itself: retrying cannot help.
+            Some(400 | 413 | 422) => {
+                host.log(
+                    LogLevel::Error,
+                    "tollgate: the control plane refused a usage batch; dropped",
+                );
+                self.settle(host, &batch_id, None, now);
+                host.stat(Event::UsageReportFailed);
+                self.pacing.succeeded(now, REPORT_EVERY_MS);
+            }
+            other => {
+                if self.pacing.failures() == 0 {
+                    let status = other.map_or_else(
+                        || "none: control plane unreachable".to_owned(),
+                        |s| s.to_string(),
+                    );
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "tollgate: usage report failed (status {status}); keeping the counts"
+                        ),
+                    );
+                }
+                self.back_off(host, config, now);
+            }
+        }
+        true
+    }
+
+    /// Marks `batch_id` answered in the shared state, and moves the
+    /// standings cursor when the receipt gave one.
+    fn settle(&self, host: &impl Host, batch_id: &str, cursor: Option<u64>, now: u64) {
+        for _ in 0..STATE_ATTEMPTS {
+            let (mut state, cas) = read_state(host, now);
+            let settled = state.settle(batch_id);
+            if let Some(cursor) = cursor {
+                // The control plane's cursor, even a lower one: after its
+                // database was restored, a higher one would skip standings.
+                state.standings_since = cursor;
+            }
+            if !settled && cursor.is_none() {
+                return;
+            }
+            if write_state(host, &state, cas).is_ok() {
+                return;
+            }
+        }
+        host.log(
+            LogLevel::Warn,
+            "tollgate: cannot record a usage receipt; the batch will be sent again and counted once",
+        );
+    }
+
+    /// Applies the quota standings of a 200 answer: the new cursor, if they
+    /// were applied, and whether more are waiting.
+    fn apply_receipt(&self, host: &impl Host, body: &[u8]) -> (Option<u64>, bool) {
+        let receipt: UsageReceipt = match tollgate_core::json::from_slice(body) {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!("tollgate: unreadable usage receipt, standings not updated: {e}"),
+                );
+                return (None, false);
+            }
+        };
+        match apply_standings(host, &receipt.standings) {
+            Ok(_) => (Some(receipt.cursor), receipt.more),
+            Err(e) => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!("tollgate: cannot store quota standings: {e}"),
+                );
+                (None, false)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{config, FakeHost, Sent, QUEUE};
+    use std::collections::BTreeMap;
+    use tollgate_core::store::SharedStore;
+    use tollgate_core::wire::UsageBatch;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn batch(sent: &Sent) -> UsageBatch {
+        assert_eq!(
+            (sent.method.as_str(), sent.path.as_str()),
+            ("POST", "/v1/usage")
+        );
+        serde_json::from_slice(&sent.body).unwrap()
+    }
+
+    fn ok() -> Answer {
+        Answer {
+            status: Some(200),
+            body: br#"{"standings":[],"cursor":0,"more":false}"#.to_vec(),
+        }
+    }
+
+    /// A VM counting `n` requests of `key` and handing them over.
+    fn counted(host: &FakeHost, key: &str, n: u64) {
+        let tally = SharedTally::default();
+        for _ in 0..n {
+            tally.borrow_mut().allowed(key, 1, T0);
+        }
+        hand_over(host, QUEUE, &tally);
+        assert!(tally.borrow().is_empty());
+    }
+
+    /// What the control plane counts: each batch id once.
+    #[derive(Default)]
+    struct Ledger {
+        seen: BTreeMap<String, UsageBatch>,
+    }
+
+    impl Ledger {
+        fn receive(&mut self, b: UsageBatch) {
+            self.seen.entry(b.batch_id.clone()).or_insert(b);
+        }
+
+        fn allowed(&self, key: &str) -> u64 {
+            self.seen
+                .values()
+                .flat_map(|b| &b.keys)
+                .filter(|k| k.key_id == key)
+                .map(|k| k.allowed)
+                .sum()
+        }
+    }
+
+    #[test]
+    fn handed_over_counts_are_reported_once_and_acknowledged() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        counted(&host, "key_a", 3);
+        counted(&host, "key_a", 2);
+        r.on_tick(&host, &c, QUEUE, T0);
+        let sent = host.take_sent();
+        let b = batch(&sent[0]);
+        assert_eq!(b.keys[0].allowed, 5);
+        assert_eq!(b.reporter_id, "18bcfe56800-feedbeef");
+        assert_eq!(b.batch_id, format!("{}-1", b.reporter_id));
+        assert!(r.on_answer(&host, &c, sent[0].token, &ok(), T0 + 5));
+        let (state, _) = read_state(&host, T0);
+        assert_eq!(state.pending, None);
+        // Next report a second later, numbered on.
+        r.on_tick(&host, &c, QUEUE, T0 + 5 + REPORT_EVERY_MS - 1);
+        assert!(host.take_sent().is_empty());
+        r.on_tick(&host, &c, QUEUE, T0 + 5 + REPORT_EVERY_MS);
+        assert!(batch(&host.take_sent()[0]).batch_id.ends_with("-2"));
+    }
+
+    #[test]
+    fn while_the_control_plane_is_away_the_batch_keeps_its_id_and_counts_wait() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        let mut ledger = Ledger::default();
+        counted(&host, "key_a", 4);
+        r.on_tick(&host, &c, QUEUE, T0);
+        let first = host.take_sent().remove(0);
+        let id = batch(&first).batch_id;
+        r.on_answer(&host, &c, first.token, &Answer::default(), T0 + 1);
+        counted(&host, "key_a", 6);
+        let mut now = T0 + 1;
+        let mut retries = 0;
+        while retries < 3 {
+            now += 100;
+            r.on_tick(&host, &c, QUEUE, now);
+            for s in host.take_sent() {
+                let b = batch(&s);
+                assert_eq!((b.batch_id.as_str(), b.keys[0].allowed), (id.as_str(), 4));
+                r.on_answer(
+                    &host,
+                    &c,
+                    s.token,
+                    &Answer {
+                        status: Some(503),
+                        body: vec![],
+                    },
+                    now,
+                );
+                retries += 1;
+            }
+        }
+        // Back: the same batch, counted; then the 6 that waited.
+        for _ in 0..200 {
+            now += 100;
+            r.on_tick(&host, &c, QUEUE, now);
+            for s in host.take_sent() {
+                ledger.receive(batch(&s));
+                r.on_answer(&host, &c, s.token, &ok(), now);
+            }
+        }
+        assert_eq!(ledger.allowed("key_a"), 10);
+        assert!(host.queues.borrow()[&QUEUE].is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_resends_the_pending_batch_under_its_id_and_nothing_counts_twice() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut ledger = Ledger::default();
+        let (mut old, mut new) = (Reporter::default(), Reporter::default());
+        counted(&host, "key_a", 7);
+        old.on_tick(&host, &c, QUEUE, T0);
+        let lost = host.take_sent().remove(0);
+        // The control plane counted it, but the leader went away before the
+        // answer came (its root context replaced): the answer is never seen.
+        ledger.receive(batch(&lost));
+        old.resign();
+        counted(&host, "key_a", 2);
+        new.on_tick(&host, &c, QUEUE, T0 + 2_000);
+        let resent = host.take_sent().remove(0);
+        assert_eq!(batch(&resent).batch_id, batch(&lost).batch_id);
+        ledger.receive(batch(&resent));
+        new.on_answer(&host, &c, resent.token, &ok(), T0 + 2_001);
+        // The old leader's late answer changes nothing.
+        assert!(!old.on_answer(&host, &c, lost.token, &ok(), T0 + 2_002));
+        new.on_tick(&host, &c, QUEUE, T0 + 3_001);
+        let next = host.take_sent().remove(0);
+        ledger.receive(batch(&next));
+        assert_eq!(ledger.allowed("key_a"), 9);
+        assert_eq!(ledger.seen.len(), 2);
+        // The reporter identity carried over: its quota standings stay right.
+        assert_eq!(batch(&next).reporter_id, batch(&lost).reporter_id);
+    }
+
+    #[test]
+    fn a_batch_the_control_plane_refuses_is_dropped_and_the_next_one_goes() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        counted(&host, "key_a", 1);
+        r.on_tick(&host, &c, QUEUE, T0);
+        let s = host.take_sent().remove(0);
+        r.on_answer(
+            &host,
+            &c,
+            s.token,
+            &Answer {
+                status: Some(422),
+                body: vec![],
+            },
+            T0,
+        );
+        assert_eq!(read_state(&host, T0).0.pending, None);
+        counted(&host, "key_a", 1);
+        r.on_tick(&host, &c, QUEUE, T0 + REPORT_EVERY_MS);
+        assert!(batch(&host.take_sent()[0]).batch_id.ends_with("-2"));
+    }
+
+    #[test]
+    fn counts_survive_a_state_that_cannot_be_written() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        counted(&host, "key_a", 3);
+        // Every compare-and-swap on the state loses this tick.
+        host.set(
+            REPORT_KEY,
+            Some(&ReportState::new("x".into()).to_bytes()),
+            None,
+        )
+        .unwrap();
+        host.store.inject_cas_conflicts(STATE_ATTEMPTS as u32);
+        r.on_tick(&host, &c, QUEUE, T0);
+        assert!(host.take_sent().is_empty());
+        assert_eq!(host.queues.borrow()[&QUEUE].len(), 1, "back in the queue");
+        r.on_tick(&host, &c, QUEUE, T0 + 10_000);
+        let b = batch(&host.take_sent()[0]);
+        assert_eq!((b.reporter_id.as_str(), b.keys[0].allowed), ("x", 3));
+    }
+
+    #[test]
+    fn quota_standings_move_the_cursor_and_more_asks_again_at_once() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        r.on_tick(&host, &c, QUEUE, T0);
+        let s = host.take_sent().remove(0);
+        let hash = tollgate_core::key::KeyHash::of(b"k").to_hex();
+        let receipt = format!(
+            r#"{{"standings":[{{"key_hash":"{hash}","period_start_ms":{T0},"others_used":4}}],"cursor":17,"more":true}}"#
+        );
+        let answer = Answer {
+            status: Some(200),
+            body: receipt.into_bytes(),
+        };
+        r.on_answer(&host, &c, s.token, &answer, T0 + 1);
+        assert_eq!(read_state(&host, T0).0.standings_since, 17);
+        r.on_tick(&host, &c, QUEUE, T0 + 2);
+        let b = batch(&host.take_sent()[0]);
+        assert_eq!(b.standings_since, 17);
+    }
+}
