@@ -105,6 +105,8 @@ pub struct Stack {
     envoy: Option<Child>,
     /// More Envoys syncing from the same control plane.
     more_envoys: Vec<Child>,
+    /// The plugin configuration Envoy gets instead of the template's.
+    plugin_config: Option<Value>,
     pub client: reqwest::Client,
 }
 
@@ -124,10 +126,28 @@ impl Stack {
         stack
     }
 
+    /// The same, with `plugin_config` as the filter's configuration instead
+    /// of `envoy/tollgate.yaml`'s (the sync token is the harness's).
+    pub async fn start_with_plugin_config(plugin_config: Value) -> Self {
+        let mut stack = Self::new();
+        stack.plugin_config = Some(plugin_config);
+        stack.start_upstream().await;
+        stack.start_envoy().await;
+        stack.start_control_plane().await;
+        stack
+    }
+
     /// Upstream and Envoy only: Envoy has never had config.
     pub async fn start_without_control_plane() -> Self {
+        let mut stack = Self::new();
+        stack.start_upstream().await;
+        stack.start_envoy().await;
+        stack
+    }
+
+    fn new() -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let mut stack = Self {
+        Self {
             envoy_port: free_port(),
             envoy_admin_port: free_port(),
             control_plane_port: free_port(),
@@ -139,14 +159,12 @@ impl Stack {
             upstream: None,
             envoy: None,
             more_envoys: Vec::new(),
+            plugin_config: None,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("an HTTP client"),
-        };
-        stack.start_upstream().await;
-        stack.start_envoy().await;
-        stack
+        }
     }
 
     fn log_file(&self, name: &str) -> Stdio {
@@ -221,6 +239,10 @@ impl Stack {
             },
         )
         .expect("the template renders");
+        let config = match &self.plugin_config {
+            Some(plugin_config) => with_plugin_config(&config, plugin_config),
+            None => config,
+        };
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write envoy.yaml");
         let child = Command::new(env_path("TOLLGATE_ENVOY"))
@@ -397,6 +419,32 @@ impl Stack {
         }
         out
     }
+}
+
+/// A plugin configuration syncing from the harness's control plane, with
+/// `api_key` saying where keys are read.
+pub fn plugin_config_with_api_key(api_key: Value) -> Value {
+    json!({
+        "sync": {"cluster": "tollgate_control_plane", "token": SYNC_TOKEN},
+        "api_key": api_key,
+    })
+}
+
+/// `rendered` (from `envoy/tollgate.yaml`) with its plugin configuration
+/// replaced by `config`.
+fn with_plugin_config(rendered: &str, config: &Value) -> String {
+    let marker = "value: '{\"sync\"";
+    let line = rendered
+        .lines()
+        .find(|line| line.trim_start().starts_with(marker))
+        .expect("the template's plugin configuration line");
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let json = serde_json::to_string(config).expect("JSON");
+    assert!(
+        !json.contains('\''),
+        "single quotes would end the YAML string"
+    );
+    rendered.replace(line, &format!("{indent}value: '{json}'"))
 }
 
 fn stop(mut child: Child) {
