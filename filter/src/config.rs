@@ -174,10 +174,12 @@ impl PluginConfig {
             (Some(token), None) => token,
             (None, Some(name)) => match env(&name) {
                 Some(token) => token,
-                None => return Err(ConfigError(format!(
+                None => {
+                    return Err(ConfigError(format!(
                     "sync.token_env names {name:?}, which is not set in the Wasm VM's environment \
                          (Envoy: vm_config.environment_variables; Istio: vmConfig.env)"
-                ))),
+                )))
+                }
             },
             (Some(_), Some(_)) => return bad("sync has both token and token_env: give one"),
             (None, None) => {

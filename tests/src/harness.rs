@@ -20,7 +20,9 @@ use crate::{render_envoy_config, EnvoyValues};
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const SYNC_TOKEN: &str = "e2e-sync-token-0123456789";
 
-fn env_path(name: &str) -> PathBuf {
+/// A path `cargo xtask test` passes in `name`; panics, naming it, if unset
+/// or missing.
+pub fn env_path(name: &str) -> PathBuf {
     let value = std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run the end-to-end tests through `cargo xtask test`")
     });
@@ -36,11 +38,36 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{n}")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// Runs `$TOLLGATE_XTASK image <args>` (the running `cargo xtask`'s own
+/// binary, so no test starts cargo); returns the `sha256:<hex>` digest it
+/// prints on its last line.
+pub fn xtask_image<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let output = Command::new(env_path("TOLLGATE_XTASK"))
+        .arg("image")
+        .args(args)
+        .output()
+        .expect("the xtask binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "xtask image failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default().to_owned();
+    let hex = last.strip_prefix("sha256:").unwrap_or_default();
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the last line is not a digest: {last:?}\n{stdout}"
+    );
+    last
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
@@ -137,6 +164,15 @@ impl Stack {
         stack
     }
 
+    /// Control plane and upstream, and no Envoy yet: for a test that
+    /// starts an Envoy of its own shape ([`Stack::add_envoy`]).
+    pub async fn start_without_envoy() -> Self {
+        let mut stack = Self::new();
+        stack.start_upstream().await;
+        stack.start_control_plane().await;
+        stack
+    }
+
     /// Upstream and Envoy only: Envoy has never had config.
     pub async fn start_without_control_plane() -> Self {
         let mut stack = Self::new();
@@ -223,6 +259,97 @@ impl Stack {
         port
     }
 
+    /// Starts an Envoy (2 workers) on the bootstrap at `config`, with `env`
+    /// added to its environment, and waits until its admin port on
+    /// `admin_port` says ready; it logs to `<name>.log` and is stopped with
+    /// the stack.
+    pub async fn add_envoy(
+        &mut self,
+        name: &str,
+        config: &std::path::Path,
+        admin_port: u16,
+        env: &[(&str, &str)],
+    ) {
+        let child = self.run_envoy(config, admin_port, name, env).await;
+        self.more_envoys.push(child);
+    }
+
+    async fn run_envoy(
+        &self,
+        config: &std::path::Path,
+        admin_port: u16,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Child {
+        let child = Command::new(env_path("TOLLGATE_ENVOY"))
+            .arg("-c")
+            .arg(config)
+            .args([
+                "--concurrency",
+                "2",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .envs(env.iter().copied())
+            .stdout(self.log_file(&format!("{name}.log")))
+            .stderr(self.log_file(&format!("{name}.log")))
+            .spawn()
+            .expect("envoy starts");
+        self.wait_ready("Envoy", format!("http://127.0.0.1:{admin_port}/ready"))
+            .await;
+        child
+    }
+
+    /// What an Envoy wrote to `<name>.log` so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The key's use this quota period, as the control plane reports it.
+    pub async fn used(&self, key_id: &str) -> u64 {
+        let r = self
+            .admin(Method::GET, &format!("/v1/keys/{key_id}/usage"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        r.body["used"].as_u64().expect("used")
+    }
+
+    /// Waits until the key's use is `expected`; panics if it goes past it.
+    pub async fn until_used(&self, key_id: &str, expected: u64, limit: Duration) {
+        eventually(limit, &format!("{expected} used by {key_id}"), || async {
+            let used = self.used(key_id).await;
+            assert!(
+                used <= expected,
+                "{used} used by {key_id}, more than {expected}"
+            );
+            (used == expected).then_some(())
+        })
+        .await;
+    }
+
+    /// One series of the control plane's `/metrics`, summed over its labels.
+    pub async fn control_plane_metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.control_plane_port);
+        let text = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .expect("the control plane answers")
+            .text()
+            .await
+            .expect("a metrics body");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let bare = series.split('{').next()?;
+                (bare == name).then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
+    }
+
     async fn spawn_envoy(&self, envoy_port: u16, envoy_admin_port: u16, name: &str) -> Child {
         let template = std::fs::read_to_string(env_path("TOLLGATE_ENVOY_TEMPLATE"))
             .expect("the Envoy template");
@@ -245,26 +372,7 @@ impl Stack {
         };
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write envoy.yaml");
-        let child = Command::new(env_path("TOLLGATE_ENVOY"))
-            .arg("-c")
-            .arg(&path)
-            .args([
-                "--concurrency",
-                "2",
-                "--disable-hot-restart",
-                "--log-level",
-                "info",
-            ])
-            .stdout(self.log_file(&format!("{name}.log")))
-            .stderr(self.log_file(&format!("{name}.log")))
-            .spawn()
-            .expect("envoy starts");
-        self.wait_ready(
-            "Envoy",
-            format!("http://127.0.0.1:{envoy_admin_port}/ready"),
-        )
-        .await;
-        child
+        self.run_envoy(&path, envoy_admin_port, name, &[]).await
     }
 
     fn spawn_control_plane(&self, port: u16, log: &str) -> Child {
@@ -405,14 +513,17 @@ impl Stack {
     /// The last lines of every log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for name in [
-            "envoy.log",
-            "envoy-2.log",
-            "control-plane.log",
-            "replica.log",
-            "upstream.log",
-        ] {
-            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        for name in names {
+            let text = std::fs::read_to_string(self.dir.path().join(&name)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
             out.push_str(&format!("--- {name} ---\n{tail}\n"));
@@ -447,8 +558,9 @@ fn with_plugin_config(rendered: &str, config: &Value) -> String {
     rendered.replace(line, &format!("{indent}value: '{json}'"))
 }
 
-fn stop(mut child: Child) {
-    // SIGTERM first so servers exit cleanly, SIGKILL if they do not within 5 s.
+/// Stops `child` by pid: SIGTERM first so servers exit cleanly, SIGKILL if
+/// they do not within 5 s.
+pub fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

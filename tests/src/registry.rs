@@ -18,7 +18,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -160,20 +160,8 @@ impl Drop for Registry {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM first so it exits cleanly, SIGKILL if it does not within 5 s.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::harness::stop(child);
         }
     }
 }

@@ -11,47 +11,16 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use tollgate_e2e::harness::{eventually, unique_name, ADMIN_TOKEN, SYNC_TOKEN};
+use tollgate_e2e::harness::{
+    env_path, eventually, free_port, stop, unique_name, xtask_image, ADMIN_TOKEN, SYNC_TOKEN,
+};
 use tollgate_e2e::registry::{digest, pull_wasm, Registry};
-
-fn env_path(name: &str) -> PathBuf {
-    let value = std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the end-to-end tests through `cargo xtask test`")
-    });
-    let path = PathBuf::from(value);
-    assert!(path.exists(), "{name}={} does not exist", path.display());
-    path
-}
-
-/// Runs `$TOLLGATE_XTASK image <args>`; returns the digest on its last line.
-fn xtask_image<S: AsRef<OsStr>>(args: &[S]) -> String {
-    let output = Command::new(env_path("TOLLGATE_XTASK"))
-        .arg("image")
-        .args(args)
-        .output()
-        .expect("the xtask binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "xtask image failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or_default().to_owned();
-    let hex = last.strip_prefix("sha256:").unwrap_or_default();
-    assert!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        "the last line is not a digest: {last:?}\n{stdout}"
-    );
-    last
-}
 
 /// Every file under `dir`, by relative path.
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -204,13 +173,6 @@ fn strings(value: &Value) -> Vec<String> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// The effective uid of process `pid`, from /proc.
 fn uid_of(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -229,23 +191,14 @@ fn chroot() -> PathBuf {
         .expect("chroot (coreutils) on PATH")
 }
 
-/// A process killed (SIGTERM, then SIGKILL after 5 s) when dropped.
-struct Running(Child);
+/// A process stopped by pid when dropped.
+struct Running(Option<Child>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.0.take() {
+            stop(child);
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -301,13 +254,13 @@ async fn the_control_plane_image_runs_serve_as_its_nonroot_user_under_chroot() {
         .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN);
     let out = std::fs::File::create(&log).unwrap();
     let err = out.try_clone().unwrap();
-    let server = Running(
+    let server = Running(Some(
         command
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("chroot starts"),
-    );
+    ));
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -335,7 +288,7 @@ async fn the_control_plane_image_runs_serve_as_its_nonroot_user_under_chroot() {
     )
     .await;
     // chroot execs the entrypoint: the pid is the server's, running as 65532.
-    assert_eq!(uid_of(server.0.id()), Some(65532));
+    assert_eq!(uid_of(server.0.as_ref().map_or(0, Child::id)), Some(65532));
     assert!(
         rootfs.join("data/tollgate.db").is_file(),
         "no SQLite database in the image's /data"

@@ -77,6 +77,55 @@ pub fn build_filter() -> Result {
     wasm::ship(&wasm::built_filter(), &filter_wasm())
 }
 
+/// The test build of the filter that can crash its leader on purpose
+/// (`filter/src/crash_test.rs`), shipped like the real one.
+pub fn crash_test_filter_wasm() -> PathBuf {
+    root().join("target/filter-crash-test.wasm")
+}
+
+/// Another proxy-wasm plugin for the tests (`tests/neighbour-filter`).
+pub fn neighbour_wasm() -> PathBuf {
+    root().join("target/wasm32-wasip1/release/neighbour_filter.wasm")
+}
+
+/// Builds the Wasm modules only the end-to-end tests load: the crash-test
+/// filter (in a target directory of its own, so the shipped filter's build
+/// is not relinked) and the neighbour plugin.
+fn build_test_filters() -> Result {
+    let dir = root().join("target/crash-test");
+    run(
+        "build the crash-test filter",
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "tollgate-filter",
+                "--features",
+                "crash-test",
+                "--target",
+                "wasm32-wasip1",
+                "--target-dir",
+            ])
+            .arg(&dir),
+    )?;
+    wasm::ship(
+        &dir.join("wasm32-wasip1/release/filter.wasm"),
+        &crash_test_filter_wasm(),
+    )?;
+    run(
+        "build the neighbour filter",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "tollgate-neighbour-filter",
+            "--target",
+            "wasm32-wasip1",
+        ]),
+    )
+}
+
 /// Builds what `up` and the end-to-end tests run: filter.wasm and the binaries.
 pub fn build_artifacts() -> Result {
     build_filter()?;
@@ -142,6 +191,23 @@ fn test(args: &[String]) -> Result {
             "tollgate-empty-filter",
             "-p",
             "tollgate-minimal-limiter",
+            "-p",
+            "tollgate-neighbour-filter",
+            "--target",
+            "wasm32-wasip1",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "clippy (wasm32-wasip1, the crash-test filter)",
+        cargo().args([
+            "clippy",
+            "-p",
+            "tollgate-filter",
+            "--features",
+            "crash-test",
             "--target",
             "wasm32-wasip1",
             "--",
@@ -186,6 +252,7 @@ fn test(args: &[String]) -> Result {
     let xtask = std::env::current_exe().map_err(|e| format!("the xtask binary's path: {e}"))?;
     step("end-to-end tests in real Envoy");
     build_artifacts()?;
+    build_test_filters()?;
     run(
         "end-to-end tests",
         cargo()
@@ -193,6 +260,8 @@ fn test(args: &[String]) -> Result {
             .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url)
             .env("TOLLGATE_ENVOY", &envoy)
             .env("TOLLGATE_FILTER_WASM", filter_wasm())
+            .env("TOLLGATE_FILTER_CRASH_TEST_WASM", crash_test_filter_wasm())
+            .env("TOLLGATE_NEIGHBOUR_WASM", neighbour_wasm())
             .env("TOLLGATE_CONTROL_PLANE", debug_bin("control-plane"))
             .env("TOLLGATE_DEMO_UPSTREAM", debug_bin("demo-upstream"))
             .env(
@@ -209,13 +278,21 @@ fn test(args: &[String]) -> Result {
     Ok(())
 }
 
-/// `cargo xtask build`: the filter.wasm to copy into an Envoy, and the binaries.
+/// `cargo xtask build [--test-filters]`: the filter.wasm to copy into an
+/// Envoy, and the binaries; with `--test-filters`, also the Wasm modules only
+/// the end-to-end tests load, for running them by hand.
 fn build(args: &[String]) -> Result {
-    if let Some(other) = args.first() {
-        return Err(format!("unknown argument {other:?} (cargo xtask build)"));
+    let test_filters = args.iter().any(|a| a == "--test-filters");
+    if let Some(other) = args.iter().find(|a| *a != "--test-filters") {
+        return Err(format!(
+            "unknown argument {other:?} (cargo xtask build [--test-filters])"
+        ));
     }
     install::rust_bits()?;
     build_artifacts()?;
+    if test_filters {
+        build_test_filters()?;
+    }
     println!(
         "\nfilter.wasm to copy into Envoy: {}",
         filter_wasm().display()
