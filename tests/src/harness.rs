@@ -466,6 +466,12 @@ impl Stack {
 
     /// Creates a plan with one limit, a tenant on it and a key; returns (key id, plaintext).
     pub async fn tenant_with_key(&self, limit: Value) -> (String, String) {
+        let tenant_id = self.tenant_on_plan(limit).await;
+        self.new_key(&tenant_id).await
+    }
+
+    /// Creates a plan with one limit and a tenant on it; returns the tenant id.
+    pub async fn tenant_on_plan(&self, limit: Value) -> String {
         let plan = self
             .admin(
                 Method::POST,
@@ -482,8 +488,7 @@ impl Stack {
             )
             .await;
         assert_eq!(tenant.status, StatusCode::CREATED, "{:?}", tenant.body);
-        let tenant_id = tenant.body["id"].as_str().expect("tenant id").to_owned();
-        self.new_key(&tenant_id).await
+        tenant.body["id"].as_str().expect("tenant id").to_owned()
     }
 
     pub async fn new_key(&self, tenant_id: &str) -> (String, String) {

@@ -196,24 +196,9 @@ typed_config:
     )
 }
 
+/// A tenant on a plan with one `limit` and a key: (tenant id, key id, key).
 async fn key_on_plan(stack: &Stack, limit: serde_json::Value) -> (String, String, String) {
-    let plan = stack
-        .admin(
-            Method::POST,
-            "/v1/plans",
-            Some(json!({"name": unique_name("plan"), "limits": [limit]})),
-        )
-        .await;
-    assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
-    let tenant = stack
-        .admin(
-            Method::POST,
-            "/v1/tenants",
-            Some(json!({"name": unique_name("tenant"), "plan_id": plan.body["id"]})),
-        )
-        .await;
-    assert_eq!(tenant.status, StatusCode::CREATED, "{:?}", tenant.body);
-    let tenant_id = tenant.body["id"].as_str().expect("tenant id").to_owned();
+    let tenant_id = stack.tenant_on_plan(limit).await;
     let (key_id, key) = stack.new_key(&tenant_id).await;
     (tenant_id, key_id, key)
 }
@@ -384,6 +369,8 @@ async fn the_lead_moves_on_when_its_root_context_is_replaced_or_its_vm_crashes_a
         &env_path("TOLLGATE_FILTER_CRASH_TEST_WASM"),
     )
     .await;
+    // Any root id works: pilot sets the WasmPlugin's pluginName there.
+    plugin.plugin_name = Some("any-plugin-name".into());
     let sidecar = Sidecar::start(
         &mut stack,
         &plugin,
@@ -409,7 +396,24 @@ async fn the_lead_moves_on_when_its_root_context_is_replaced_or_its_vm_crashes_a
     // root contexts (the leader's among them) are replaced.
     let filter = ecds_resource_name(&plugin);
     let updates = format!("extension_config_discovery.http_filter.{filter}.config_reload");
+    let failures = format!("extension_config_discovery.http_filter.{filter}.config_fail");
+
+    // A configuration the filter refuses (an unknown field): Envoy keeps the
+    // one in force, and so does Tollgate.
+    let mut bad = plugin.clone();
+    bad.plugin_config["sync"]["wait"] = json!(1);
+    sidecar.update(&bad, &module, FailurePolicy::FailReload);
+    eventually(BOUND, "the bad configuration refused", || async {
+        (sidecar.stat(&stack, &failures).await > 0).then_some(())
+    })
+    .await;
+    let log = stack.log(&sidecar.name);
+    assert!(log.contains("plugin configuration refused"), "{log}");
+    assert!(log.contains("config update rejected"), "{log}");
+    assert_eq!(sidecar.with_key(&key).await.status, StatusCode::OK);
+    admitted += 1;
     let before = sidecar.stat(&stack, &updates).await;
+
     plugin.plugin_config["sync"]["wait_ms"] = json!(15000);
     sidecar.update(&plugin, &module, FailurePolicy::FailReload);
     eventually(BOUND, "the configuration update applied", || async {
