@@ -231,7 +231,7 @@ async fn exactly_burst_requests_pass_under_concurrent_load() {
 async fn fails_closed_without_config_and_keeps_enforcing_when_the_control_plane_is_gone() {
     let mut stack = Stack::start_without_control_plane().await;
     let never_issued = ApiKey::from_body(&"Q".repeat(32)).unwrap();
-    // Give the sync service time to try (and fail) a few times.
+    // Give the leader time to try (and fail) a few times.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let reply = stack.get_with_key(never_issued.expose()).await;
     assert_problem(&reply, 503, "config_unavailable");

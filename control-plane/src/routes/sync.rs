@@ -1,4 +1,4 @@
-//! The config feed: `GET /v1/sync?since=N&wait_ms=M`, long-polled by each Envoy's sync service.
+//! The config feed: `GET /v1/sync?since=N&wait_ms=M`, long-polled by each Envoy's leading root context.
 //!
 //! Answers at once when something changed after version `since`, otherwise
 //! holds the request until a change is committed or `wait_ms` passes. The
@@ -117,7 +117,7 @@ impl std::fmt::Display for SyncCursor {
 
 /// Config changes since a version
 ///
-/// Long-polled by each Envoy's sync service: answers at once when something
+/// Long-polled by each Envoy's leader: answers at once when something
 /// changed after `since`, otherwise when a change is committed or `wait_ms`
 /// has passed (then with nothing new). At most 20000 keys an answer: when
 /// `next` is present, ask again with the same `since` and `after=<next>`,

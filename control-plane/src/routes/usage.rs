@@ -2,7 +2,7 @@
 //! admins and tenants read back (`GET /v1/keys/{id}/usage`,
 //! `GET /v1/tenants/{id}/usage`).
 //!
-//! Each Envoy's sync service sends what its workers counted, in batches that
+//! Each Envoy's leader sends what its workers counted, in batches that
 //! keep their id across retries. A batch is applied in one transaction that
 //! first records its id, so a batch that arrives twice (a lost answer, a
 //! retry after a timeout) is counted once. Counts land per key, hour and
