@@ -147,6 +147,19 @@ impl Tally {
         }
     }
 
+    /// Adds a hand-over ([`Tally::to_bytes`]) to these counts without
+    /// building a tally of it first: only keys new here allocate. False, and
+    /// nothing added, if the bytes are not a tally.
+    pub fn merge_bytes(&mut self, bytes: &[u8]) -> bool {
+        let Some((&TALLY_FORMAT, rest)) = bytes.split_first() else {
+            return false;
+        };
+        if Reader(rest).add_to(None).is_none() {
+            return false;
+        }
+        Reader(rest).add_to(Some(self)).is_some()
+    }
+
     /// The batch these counts make, named `batch_id`, leaving them in place.
     pub fn to_batch(&self, batch_id: &str) -> UsageBatch {
         UsageBatch {
@@ -172,17 +185,20 @@ impl Tally {
 /// The first byte of [`Tally::to_bytes`].
 const TALLY_FORMAT: u8 = 1;
 
-/// A batch sealed and sent, not yet acknowledged: resent under the same id
-/// until the control plane answers for it.
+/// A batch sealed and sent, not yet acknowledged: resent under the same id,
+/// byte for byte, until the control plane answers for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sealed {
     pub batch_id: String,
-    pub counts: Tally,
+    /// The request body, JSON: kept as sent so that a resend, by this
+    /// leader or the next, costs a copy rather than an encoding.
+    pub body: Vec<u8>,
 }
 
 /// The usage reporter's whole state, in shared data
 /// ([`crate::layout::REPORT_KEY`]) so that it outlives the leader that
-/// wrote it.
+/// wrote it. Reading and writing it copies bytes and parses no counts: the
+/// leader does that every second, on a thread it may share with requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReportState {
     /// This Envoy as the control plane knows it (`reporter_id`): chosen by
@@ -197,12 +213,13 @@ pub struct ReportState {
     pub standings_since: u64,
     /// The batch in flight, if one is.
     pub pending: Option<Sealed>,
-    /// Counts handed over since `pending` was sealed.
-    pub open: Tally,
+    /// Counts handed over while a batch was pending ([`Tally::to_bytes`];
+    /// empty when there are none), sealed into the next batch.
+    open: Vec<u8>,
 }
 
 /// The first byte of [`ReportState::to_bytes`].
-const REPORT_FORMAT: u8 = 1;
+const REPORT_FORMAT: u8 = 2;
 
 impl ReportState {
     pub fn new(instance: String) -> Self {
@@ -212,35 +229,46 @@ impl ReportState {
         }
     }
 
-    /// Seals the open counts into the next batch, unless a batch is still
-    /// pending. An empty batch is sealed too: it is the heartbeat whose
-    /// answer carries the other Envoys' quota use.
-    pub fn seal(&mut self) -> &Sealed {
-        let sequence = self.sequence;
-        let instance = &self.instance;
-        let open = &mut self.open;
-        let mut sealed = false;
-        let pending = self.pending.get_or_insert_with(|| {
-            sealed = true;
-            Sealed {
-                batch_id: format!("{instance}-{}", sequence.saturating_add(1)),
-                counts: std::mem::take(open),
-            }
-        });
-        if sealed {
-            self.sequence = sequence.saturating_add(1);
+    /// Keeps `counts` for the next batch while one is pending.
+    pub fn keep(&mut self, counts: &Tally) {
+        if counts.is_empty() {
+            return;
         }
-        pending
+        let mut open = self.take_open();
+        open.merge(counts.clone());
+        self.open = open.to_bytes();
     }
 
-    /// The pending batch as sent: named, with this reporter and the
-    /// standings cursor.
-    pub fn batch(&self) -> Option<UsageBatch> {
-        let pending = self.pending.as_ref()?;
-        let mut batch = pending.counts.to_batch(&pending.batch_id);
+    fn take_open(&mut self) -> Tally {
+        let open = std::mem::take(&mut self.open);
+        Tally::from_bytes(&open).unwrap_or_default()
+    }
+
+    /// Seals the counts kept so far and `counts` into the next batch, as
+    /// the body to send, unless a batch is still pending. An empty batch is
+    /// sealed too: it is the heartbeat whose answer carries the other
+    /// Envoys' quota use. Returns the counts it dropped for being full.
+    pub fn seal(&mut self, counts: &Tally) -> Option<u64> {
+        if self.pending.is_some() {
+            self.keep(counts);
+            return None;
+        }
+        let mut all = self.take_open();
+        if all.is_empty() {
+            all = counts.clone();
+        } else {
+            all.merge(counts.clone());
+        }
+        self.sequence = self.sequence.saturating_add(1);
+        let batch_id = format!("{}-{}", self.instance, self.sequence);
+        let mut batch = all.to_batch(&batch_id);
         batch.reporter_id.clone_from(&self.instance);
         batch.standings_since = self.standings_since;
-        Some(batch)
+        self.pending = Some(Sealed {
+            batch_id,
+            body: crate::json::to_vec(&batch),
+        });
+        Some(all.dropped())
     }
 
     /// The control plane answered for `batch_id`; whether it was the
@@ -258,27 +286,22 @@ impl ReportState {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let open = self.open.to_bytes();
-        let pending = self
-            .pending
-            .as_ref()
-            .map(|p| (&p.batch_id, p.counts.to_bytes()));
-        let mut out =
-            Vec::with_capacity(64 + open.len() + pending.as_ref().map_or(0, |p| p.1.len()));
+        let body = self.pending.as_ref().map_or(0, |p| p.body.len());
+        let mut out = Vec::with_capacity(64 + body + self.open.len());
         out.push(REPORT_FORMAT);
         push_text(&mut out, &self.instance);
         push_u64(&mut out, self.sequence);
         push_u64(&mut out, self.standings_since);
-        match &pending {
-            Some((id, counts)) => {
+        match &self.pending {
+            Some(p) => {
                 out.push(1);
-                push_text(&mut out, id);
-                push_len(&mut out, counts.len());
-                out.extend_from_slice(counts);
+                push_text(&mut out, &p.batch_id);
+                push_len(&mut out, p.body.len());
+                out.extend_from_slice(&p.body);
             }
             None => out.push(0),
         }
-        out.extend_from_slice(&open);
+        out.extend_from_slice(&self.open);
         out
     }
 
@@ -298,22 +321,36 @@ impl ReportState {
             1 => {
                 let batch_id = r.text()?;
                 let len = r.len()?;
-                let (counts, rest) = r.0.split_at_checked(len)?;
+                let (body, rest) = r.0.split_at_checked(len)?;
                 r.0 = rest;
                 Some(Sealed {
                     batch_id,
-                    counts: Tally::from_bytes(counts)?,
+                    body: body.to_vec(),
                 })
             }
             _ => return None,
         };
+        let open = r.0;
+        if !open.is_empty() && Tally::from_bytes(open).is_none() {
+            return None;
+        }
         Some(Self {
             instance,
             sequence,
             standings_since,
             pending,
-            open: Tally::from_bytes(r.0)?,
+            open: open.to_vec(),
         })
+    }
+}
+
+/// Adds `n` to `code`'s count; allocates only for a code not there yet.
+fn add_count(into: &mut BTreeMap<String, u64>, code: &str, n: u64) {
+    match into.get_mut(code) {
+        Some(mine) => *mine = mine.saturating_add(n),
+        None => {
+            into.insert(code.to_owned(), n);
+        }
     }
 }
 
@@ -341,7 +378,7 @@ fn push_counts(out: &mut Vec<u8>, counts: &BTreeMap<String, u64>) {
 /// Reads [`Tally::to_bytes`]'s form from the front of its slice.
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn u64(&mut self) -> Option<u64> {
         let (n, rest) = self.0.split_first_chunk::<8>()?;
         self.0 = rest;
@@ -357,10 +394,63 @@ impl Reader<'_> {
     }
 
     fn text(&mut self) -> Option<String> {
+        self.str().map(str::to_owned)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
         let len = self.len()?;
         let (text, rest) = self.0.split_at_checked(len)?;
         self.0 = rest;
-        String::from_utf8(text.to_vec()).ok()
+        core::str::from_utf8(text).ok()
+    }
+
+    /// Reads a whole tally and adds it to `into`; with `None`, only checks
+    /// that it reads.
+    fn add_to(mut self, mut into: Option<&mut Tally>) -> Option<()> {
+        let dropped = self.u64()?;
+        if let Some(t) = into.as_deref_mut() {
+            t.dropped = t.dropped.saturating_add(dropped);
+        }
+        for _ in 0..self.len()? {
+            let (code, n) = (self.str()?, self.u64()?);
+            if let Some(t) = into.as_deref_mut() {
+                add_count(&mut t.unattributed, code, n);
+            }
+        }
+        for _ in 0..self.len()? {
+            let key_id = self.str()?;
+            let allowed = self.u64()?;
+            let cost = self.u64()?;
+            let (&seen, rest) = self.0.split_first()?;
+            self.0 = rest;
+            let last_used_ms = match seen {
+                0 => None,
+                1 => Some(self.u64()?),
+                _ => return None,
+            };
+            let denied_at = self.0;
+            let mut weight = allowed;
+            for _ in 0..self.len()? {
+                let (_, n) = (self.str()?, self.u64()?);
+                weight = weight.saturating_add(n);
+            }
+            let Some(t) = into.as_deref_mut() else {
+                continue;
+            };
+            let Some(usage) = t.entry(key_id) else {
+                t.dropped = t.dropped.saturating_add(weight);
+                continue;
+            };
+            usage.allowed = usage.allowed.saturating_add(allowed);
+            usage.cost = usage.cost.saturating_add(cost);
+            usage.last_used_ms = usage.last_used_ms.max(last_used_ms);
+            let mut denied = Reader(denied_at);
+            for _ in 0..denied.len()? {
+                let (code, n) = (denied.str()?, denied.u64()?);
+                add_count(&mut usage.denied, code, n);
+            }
+        }
+        self.0.is_empty().then_some(())
     }
 
     fn counts(&mut self) -> Option<BTreeMap<String, u64>> {
@@ -519,48 +609,89 @@ mod tests {
         t
     }
 
+    fn sent(s: &ReportState) -> UsageBatch {
+        serde_json::from_slice(&s.pending.as_ref().unwrap().body).unwrap()
+    }
+
     #[test]
-    fn a_sealed_batch_keeps_its_id_until_settled_and_new_counts_wait() {
+    fn a_sealed_batch_keeps_its_id_and_body_until_settled_and_new_counts_wait() {
         let mut s = ReportState::new("env1".into());
-        s.open.merge(counted(2));
-        assert_eq!(s.seal().batch_id, "env1-1");
-        s.open.merge(counted(3));
-        // Still pending: sealing again resends the same batch, same counts.
-        assert_eq!(s.seal().batch_id, "env1-1");
-        let batch = s.batch().unwrap();
-        assert_eq!(
-            (batch.keys[0].allowed, batch.reporter_id.as_str()),
-            (2, "env1")
-        );
+        s.standings_since = 5;
+        assert_eq!(s.seal(&counted(2)), Some(0));
+        let first = s.pending.clone().unwrap();
+        assert_eq!(first.batch_id, "env1-1");
+        let b = sent(&s);
+        assert_eq!((b.keys[0].allowed, b.reporter_id.as_str()), (2, "env1"));
+        assert_eq!((b.batch_id.as_str(), b.standings_since), ("env1-1", 5));
+        // Still pending: the new counts wait, the batch stays as it was.
+        assert_eq!(s.seal(&counted(3)), None);
+        s.keep(&counted(1));
+        assert_eq!(s.pending.as_ref(), Some(&first));
         assert!(!s.settle("env1-0"));
         assert!(s.settle("env1-1"));
         assert!(!s.settle("env1-1"), "a second answer settles nothing");
-        assert_eq!(s.seal().batch_id, "env1-2");
-        assert_eq!(s.batch().unwrap().keys[0].allowed, 3);
+        s.seal(&counted(0));
+        assert_eq!(s.pending.as_ref().unwrap().batch_id, "env1-2");
+        assert_eq!(sent(&s).keys[0].allowed, 4);
         assert!(s.settle("env1-2"));
         // Nothing counted: an empty heartbeat batch, still numbered.
-        assert_eq!(s.seal().batch_id, "env1-3");
-        assert!(s.batch().unwrap().keys.is_empty());
+        s.seal(&Tally::default());
+        assert_eq!(s.pending.as_ref().unwrap().batch_id, "env1-3");
+        assert!(sent(&s).keys.is_empty());
     }
 
     #[test]
     fn the_report_state_round_trips_and_garbage_reads_as_nothing() {
         let mut s = ReportState::new("18c-7".into());
         s.standings_since = 42;
-        s.open.merge(counted(2));
-        s.seal();
-        s.open.merge(counted(5));
-        s.open.denied(None, "invalid_api_key");
+        s.seal(&counted(2));
+        let mut more = counted(5);
+        more.denied(None, "invalid_api_key");
+        s.keep(&more);
         let bytes = s.to_bytes();
         assert_eq!(ReportState::from_bytes(&bytes), Some(s.clone()));
         s.settle("18c-7-1");
         assert_eq!(ReportState::from_bytes(&s.to_bytes()), Some(s.clone()));
+        let cut_from = bytes.len() - s.open.len();
         for cut in 0..bytes.len() {
-            assert_eq!(ReportState::from_bytes(&bytes[..cut]), None, "{cut} bytes");
+            if cut != cut_from {
+                assert_eq!(ReportState::from_bytes(&bytes[..cut]), None, "{cut} bytes");
+            }
         }
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(ReportState::from_bytes(&longer), None);
-        assert_eq!(ReportState::from_bytes(b"\x02"), None);
+        assert_eq!(ReportState::from_bytes(b"\x01"), None);
+    }
+
+    #[test]
+    fn merging_bytes_adds_what_merging_a_tally_adds() {
+        let mut a = Tally::default();
+        a.allowed("key_a", 2, 5);
+        a.denied(Some("key_a"), "rate_limited");
+        a.denied(Some("key_b"), "forbidden");
+        a.denied(None, "invalid_api_key");
+        a.anonymous();
+        a.dropped = 3;
+        let mut by_tally = counted(4);
+        let mut by_bytes = counted(4);
+        by_tally.merge(a.clone());
+        assert!(by_bytes.merge_bytes(&a.to_bytes()));
+        assert_eq!(by_bytes, by_tally);
+        // A cut or altered hand-over adds nothing at all.
+        let bytes = a.to_bytes();
+        for cut in 0..bytes.len() {
+            let mut t = counted(1);
+            assert!(!t.merge_bytes(&bytes[..cut]), "{cut} bytes");
+            assert_eq!(t, counted(1));
+        }
+        // Past MAX_KEYS the counts are dropped, and counted as dropped.
+        let mut full = Tally::default();
+        for i in 0..MAX_KEYS {
+            full.allowed(&format!("k{i}"), 1, 1);
+        }
+        assert!(full.merge_bytes(&a.to_bytes()));
+        assert_eq!(full.keys(), MAX_KEYS);
+        assert_eq!(full.dropped(), 3 + 2 + 1, "its own drops, key_a and key_b");
     }
 }

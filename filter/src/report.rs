@@ -5,10 +5,11 @@
 //! a tick's worth of requests at most, so the hand-over on a worker's thread
 //! grows with its request rate, never with the number of keys counted.
 //!
-//! The leader ([`Reporter`]) drains the queue at most every second into the
-//! reporter state in shared data ([`REPORT_KEY`], `tollgate_core::usage::ReportState`),
-//! seals the next batch there and sends it to `POST /v1/usage` through the
-//! control-plane cluster. Nothing it needs lives only in its VM: a batch
+//! The leader ([`Reporter`]) drains the queue at most every second, seals
+//! the next batch into the reporter state in shared data ([`REPORT_KEY`],
+//! `tollgate_core::usage::ReportState`) as the very body it sends to
+//! `POST /v1/usage` through the control-plane cluster, so that neither
+//! reading nor writing that state parses a count. Nothing it needs lives only in its VM: a batch
 //! keeps its id until the control plane acknowledges it (the control plane
 //! counts a batch once, however often it arrives), and counts drained but
 //! not yet sealed wait in the same entry. So when the leader goes away, the
@@ -105,24 +106,19 @@ impl Reporter {
         }
         let mut drained = Tally::default();
         while let Some(bytes) = host.dequeue(queue) {
-            match Tally::from_bytes(&bytes) {
-                Some(tally) => drained.merge(tally),
-                None => host.log(LogLevel::Error, "tollgate: unreadable usage tally dropped"),
+            if !drained.merge_bytes(&bytes) {
+                host.log(LogLevel::Error, "tollgate: unreadable usage tally dropped");
             }
         }
         let mut sent = None;
         for _ in 0..STATE_ATTEMPTS {
             let (mut state, cas) = read_state(host, now);
-            state.open.merge(drained.clone());
-            let sealed_now = state.pending.is_none();
-            state.seal();
+            let dropped = state.seal(&drained);
             if write_state(host, &state, cas).is_ok() {
-                if sealed_now {
-                    if let Some(p) = &state.pending {
-                        host.stat(Event::UsageDropped(p.counts.dropped()));
-                    }
+                if let Some(n) = dropped {
+                    host.stat(Event::UsageDropped(n));
                 }
-                sent = state.batch();
+                sent = state.pending;
                 break;
             }
         }
@@ -141,14 +137,13 @@ impl Reporter {
             self.back_off(host, config, now);
             return;
         };
-        let body = tollgate_core::json::to_vec(&batch);
         let call = Call {
             cluster: &config.cluster,
             method: "POST",
             path: "/v1/usage",
             authority: &config.authority,
             token: &config.token,
-            body: Some(&body),
+            body: Some(&batch.body),
             timeout_ms: TIMEOUT_MS,
         };
         match host.dispatch(&call) {
