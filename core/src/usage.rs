@@ -141,10 +141,8 @@ impl Tally {
 
     /// Reads what [`Tally::to_bytes`] wrote; `None` if it is not that.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        match bytes.split_first() {
-            Some((&TALLY_FORMAT, rest)) => Reader(rest).tally(),
-            _ => None,
-        }
+        let mut tally = Self::default();
+        tally.merge_bytes(bytes).then_some(tally)
     }
 
     /// Adds a hand-over ([`Tally::to_bytes`]) to these counts without
@@ -451,46 +449,6 @@ impl<'a> Reader<'a> {
             }
         }
         self.0.is_empty().then_some(())
-    }
-
-    fn counts(&mut self) -> Option<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
-        for _ in 0..self.len()? {
-            counts.insert(self.text()?, self.u64()?);
-        }
-        Some(counts)
-    }
-
-    fn tally(mut self) -> Option<Tally> {
-        let dropped = self.u64()?;
-        let unattributed = self.counts()?;
-        let mut keys = BTreeMap::new();
-        for _ in 0..self.len()? {
-            let key_id = self.text()?;
-            let allowed = self.u64()?;
-            let cost = self.u64()?;
-            let (&seen, rest) = self.0.split_first()?;
-            self.0 = rest;
-            let last_used_ms = match seen {
-                0 => None,
-                1 => Some(self.u64()?),
-                _ => return None,
-            };
-            let denied = self.counts()?;
-            let usage = KeyUsage {
-                key_id: key_id.clone(),
-                allowed,
-                cost,
-                denied,
-                last_used_ms,
-            };
-            keys.insert(key_id, usage);
-        }
-        self.0.is_empty().then_some(Tally {
-            keys,
-            unattributed,
-            dropped,
-        })
     }
 }
 
