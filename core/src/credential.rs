@@ -7,8 +7,9 @@
 //! looked at in that order and the first one carrying a key wins.
 //!
 //! A key never travels upstream: every configured place that carries one is
-//! taken off the request before it goes on ([`KeySources::removals`]), the
-//! query parameter out of `:path` and the cookie out of `Cookie`.
+//! taken off the request before it goes on: the query parameter out of
+//! `:path` ([`KeySources::upstream_path`]), the headers and the cookie out
+//! of `Cookie` ([`KeySources::removals`]).
 
 /// The places a key may be, as configured; `Default` is `x-api-key`, then
 /// `Authorization: Bearer`.
@@ -181,10 +182,19 @@ impl KeySources {
     /// one the key came from, except an `Authorization` that is not a
     /// Tollgate key when the key came from elsewhere (it belongs to the
     /// upstream then).
+    /// `path` without the key's query parameter, if it carried one: what
+    /// goes upstream, and what scopes and route costs see.
+    pub fn upstream_path(&self, path: &str) -> Option<String> {
+        self.query
+            .as_deref()
+            .and_then(|name| path_without_param(path, name))
+    }
+
+    /// The other edits [`KeySources::upstream_path`] leaves: headers and
+    /// the cookie.
     pub fn removals<'a>(
         &'a self,
         header: impl Fn(&str) -> Option<&'a str>,
-        path: &'a str,
         key_from: Option<Source>,
     ) -> Removals<'a> {
         let key_came_from_bearer = key_from == Some(Source::Bearer);
@@ -198,10 +208,6 @@ impl KeySources {
             && header("authorization")
                 .and_then(bearer_token)
                 .is_some_and(|k| key_came_from_bearer || k.starts_with(crate::key::KEY_PREFIX));
-        let path = self
-            .query
-            .as_deref()
-            .and_then(|name| path_without_param(path, name));
         let cookie = self.cookie.as_deref().and_then(|name| {
             let cookies = header("cookie")?;
             cookie_value(cookies, name)?;
@@ -210,7 +216,6 @@ impl KeySources {
         Removals {
             headers,
             authorization,
-            path,
             cookie,
         }
     }
@@ -249,8 +254,6 @@ pub struct Removals<'a> {
     pub headers: Vec<&'a str>,
     /// Whether to remove `Authorization`.
     pub authorization: bool,
-    /// The new `:path`, when the key parameter was in it.
-    pub path: Option<String>,
     /// The new `Cookie` (empty: remove the header), when the key cookie was in it.
     pub cookie: Option<String>,
 }
@@ -482,22 +485,26 @@ mod tests {
             ("authorization", "Bearer upstream-token"),
             ("cookie", "tg_key=k; theme=dark"),
         ];
-        let r = s.removals(headers(&pairs), "/p?api_key=k&q=1", Some(Source::Header));
+        let r = s.removals(headers(&pairs), Some(Source::Header));
         assert_eq!(r.headers, vec!["x-api-key"]);
         assert!(!r.authorization, "someone else's bearer token stays");
-        assert_eq!(r.path.as_deref(), Some("/p?q=1"));
+        assert_eq!(
+            s.upstream_path("/p?api_key=k&q=1").as_deref(),
+            Some("/p?q=1")
+        );
         assert_eq!(r.cookie.as_deref(), Some("theme=dark"));
         let r = s.removals(
             headers(&[("authorization", "Bearer x")]),
-            "/",
             Some(Source::Bearer),
         );
-        assert!(r.authorization && r.headers.is_empty() && r.path.is_none() && r.cookie.is_none());
-        let r = s.removals(headers(&[("authorization", "Bearer tg_x")]), "/", None);
+        assert!(r.authorization && r.headers.is_empty() && r.cookie.is_none());
+        assert!(s.upstream_path("/").is_none());
+        let r = s.removals(headers(&[("authorization", "Bearer tg_x")]), None);
         assert!(r.authorization, "a Tollgate key never goes upstream");
         let defaults = KeySources::default();
-        let r = defaults.removals(headers(&[("cookie", "tg_key=k")]), "/?api_key=k", None);
+        let r = defaults.removals(headers(&[("cookie", "tg_key=k")]), None);
         assert_eq!(r, Removals::default());
+        assert!(defaults.upstream_path("/?api_key=k").is_none());
     }
 
     #[crate::testing::test]

@@ -6,7 +6,6 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use tollgate_core::cache::ConfigCache;
-use tollgate_core::credential::path_without_param;
 use tollgate_core::decide::{
     decide, decide_cached, ClientIp, Decision, Denied, DenyReason, RequestFacts,
 };
@@ -77,10 +76,7 @@ impl HttpContext for TollgateHttp {
         }
         let presented = sources.find(header, path);
         // Scopes and route costs see the path the upstream will see.
-        let upstream_path = sources
-            .query
-            .as_deref()
-            .and_then(|name| path_without_param(path, name));
+        let upstream_path = sources.upstream_path(path);
 
         let Some(now) = host::now_ms() else {
             return refuse(
@@ -119,7 +115,7 @@ impl HttpContext for TollgateHttp {
             Decision::Allow(allowed) => {
                 // The key never travels upstream, and identity headers are only ever ours.
                 let from = presented.as_ref().map(|(_, from)| *from);
-                let removals = sources.removals(header, path, from);
+                let removals = sources.removals(header, from);
                 let request = MapType::HttpRequestHeaders;
                 for name in &removals.headers {
                     host::set_header(request, name, None);
@@ -127,7 +123,7 @@ impl HttpContext for TollgateHttp {
                 if removals.authorization {
                     host::set_header(request, "authorization", None);
                 }
-                if let Some(path) = &removals.path {
+                if let Some(path) = &upstream_path {
                     host::set_header(request, ":path", Some(path));
                 }
                 if let Some(cookie) = &removals.cookie {
