@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::state::{AppState, TokenDigest};
+use crate::store::tokens;
 
 /// Every tenant token starts with this.
 pub const TENANT_TOKEN_PREFIX: &str = "tgt_";
@@ -37,12 +38,12 @@ pub fn check(headers: &HeaderMap, expected: &TokenDigest) -> Result<(), ApiError
 /// caller without the token learns nothing about what a valid request is.
 pub struct SyncCaller;
 
-impl axum::extract::FromRequestParts<crate::AppState> for SyncCaller {
+impl axum::extract::FromRequestParts<AppState> for SyncCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        state: &crate::AppState,
+        state: &AppState,
     ) -> Result<Self, ApiError> {
         check(&parts.headers, &state.sync_token).map(|()| Self)
     }
@@ -107,13 +108,7 @@ pub async fn authenticate(
     let principal = if state.admin_token.matches(token) {
         Principal::Admin
     } else if token.starts_with(TENANT_TOKEN_PREFIX) {
-        let tenant: Option<String> = sqlx::query_scalar(
-            "SELECT k.tenant_id FROM tenant_tokens k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND t.deleted_at IS NULL",
-        )
-        .bind(tenant_token_hash(token))
-        .fetch_optional(&state.db)
-        .await?;
+        let tenant = tokens::tenant_of(&state.db, &tenant_token_hash(token)).await?;
         Principal::Tenant(tenant.ok_or_else(|| ApiError::unauthorized("The token is not valid."))?)
     } else {
         return Err(ApiError::unauthorized("The token is not valid."));

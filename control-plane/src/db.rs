@@ -1,4 +1,4 @@
-//! The database: connection, migrations, and the config version every change bumps.
+//! The database: connection, migrations, and what every store module shares.
 //!
 //! One code path for both stores, through sqlx's `Any` driver: SQLite is the
 //! embedded default, PostgreSQL (`postgres://…`) serves several replicas.
@@ -7,11 +7,7 @@
 //! `CAST(… AS INTEGER)` because the `Any` driver cannot decode SQLite's
 //! `BOOLEAN` columns.
 //!
-//! Each write transaction bumps the global config version as its *first*
-//! statement. That takes SQLite's write lock, or PostgreSQL's row lock, up
-//! front and serialises versions in commit order, so `since=N` never skips a
-//! change. On PostgreSQL the same transaction queues a `NOTIFY`, delivered on
-//! commit, which wakes the long-polls held by every other replica.
+//! The SQL itself lives in `store`, one module per resource.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,9 +20,6 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub type Db = AnyPool;
 pub type Tx = Transaction<'static, Any>;
-
-/// The channel replicas `LISTEN` on; the payload is the committed version.
-pub const CHANGES_CHANNEL: &str = "tollgate_config";
 
 /// Whether `url` names a PostgreSQL database (otherwise it is SQLite).
 pub fn is_postgres_url(url: &str) -> bool {
@@ -89,49 +82,6 @@ pub async fn connect_memory() -> Result<Db, sqlx::Error> {
 
 pub async fn migrate(db: &Db) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(db).await
-}
-
-pub async fn current_version(db: &Db) -> Result<u64, sqlx::Error> {
-    let v: i64 = sqlx::query_scalar("SELECT version FROM config_version WHERE id = 1")
-        .fetch_one(db)
-        .await?;
-    Ok(u64::try_from(v).unwrap_or(0))
-}
-
-/// Starts a write transaction and claims the next config version for it.
-pub async fn begin_change(db: &Db) -> Result<(Tx, i64), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let version: i64 = sqlx::query_scalar(
-        "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if is_postgres(db) {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANGES_CHANNEL)
-            .bind(version.to_string())
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok((tx, version))
-}
-
-/// Now, as RFC 3339 UTC with seconds.
-pub fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
-/// Now, as Unix milliseconds: the form of every `_ms` column.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Unix milliseconds as RFC 3339 UTC with seconds, the form of [`now`].
-pub fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
 }
 
 /// A new resource id: `<kind>_` and 20 random alphanumerics.

@@ -7,23 +7,38 @@
 //! its OpenAPI document is at `/openapi.json`, Swagger UI at `/docs`,
 //! Prometheus metrics at `/metrics`.
 
+//!
+//! The modules, from the bottom up: `clock`, `db` and `error`; `store`, the
+//! SQL of every resource; `state`, with `metrics` and `throttle`; `change`,
+//! the envelope every write goes through; `auth`, `extract`, `input`,
+//! `paging`, `docs` and `middleware`, what handlers share; `routes`, one
+//! module per resource; and `openapi`, the document that lists them. The
+//! background work (`webhooks`, `replicas`) and `seed` sit beside `routes`.
+//! No module uses one above it.
+
 pub mod auth;
+pub mod change;
+pub mod clock;
 pub mod db;
+pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod input;
 pub mod metrics;
+pub mod middleware;
 pub mod openapi;
+pub mod paging;
 pub mod replicas;
 pub mod routes;
 pub mod seed;
 pub mod state;
+pub mod store;
 pub mod throttle;
 pub mod webhooks;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware::from_fn_with_state;
 use axum::Router;
 
 use crate::error::ApiError;
@@ -42,10 +57,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::anonymous::router())
         .merge(routes::webhooks::router())
         .merge(routes::usage::read_router())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest(
             "/v1",
@@ -53,10 +65,7 @@ pub fn app(state: AppState) -> Router {
                 .merge(routes::catalog::router())
                 // Outside authentication, so wrong tokens count too. Not on the
                 // Envoys' endpoints (sync token): /v1/sync and /v1/usage.
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    throttle::limit_admin,
-                ))
+                .route_layer(from_fn_with_state(state.clone(), middleware::limit_admin))
                 .merge(routes::sync::router())
                 .merge(routes::usage::router()),
         )
@@ -64,15 +73,12 @@ pub fn app(state: AppState) -> Router {
         // GET /openapi.json and Swagger UI at /docs: public, outside /v1.
         .merge(openapi::router())
         // GET /metrics (Prometheus): outside /v1, behind --metrics-token if set.
-        .merge(metrics::router())
+        .merge(metrics::endpoint::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(log_request))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn(middleware::log_request))
+        .layer(from_fn_with_state(state.clone(), middleware::track))
         .with_state(state)
 }
 
@@ -86,29 +92,4 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "This endpoint does not support that method.",
     )
-}
-
-/// One structured line per request. Only the route template is logged, never
-/// headers or bodies, so keys and tokens cannot leak into logs.
-async fn log_request(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    // Every Envoy polls /v1/sync and reports to /v1/usage every second or so:
-    // their successes are routine, at debug level; everything else is info.
-    let routine =
-        response.status().is_success() && matches!(route.as_str(), "/v1/sync" | "/v1/usage");
-    if routine {
-        tracing::debug!(%method, route, status, elapsed_ms, "request");
-    } else {
-        tracing::info!(%method, route, status, elapsed_ms, "request");
-    }
-    response
 }

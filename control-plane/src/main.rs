@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
-use tollgate_control_plane::{app, db, replicas, webhooks, AppState};
+use tollgate_control_plane::{app, db, replicas, store, webhooks, AppState};
 
 #[derive(Parser)]
 #[command(name = "control-plane", about = "Tollgate control plane", version)]
@@ -175,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Seed(args) => {
             let pool = args.db.open().await?;
-            let version = db::current_version(&pool).await?;
+            let version = store::feed::current_version(&pool).await?;
             // Tokens are irrelevant here: nothing is served.
             let state = AppState::new(pool, "-", "-", version);
             let outcome = tollgate_control_plane::seed::seed(&state, args.if_empty)
@@ -199,7 +199,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let throttle = args.throttle();
     let admin_token = token_or_generate(args.admin_token, "admin token", "tgadmin_")?;
     let sync_token = token_or_generate(args.sync_token, "sync token", "tgsync_")?;
-    let version = db::current_version(&pool).await?;
+    let version = store::feed::current_version(&pool).await?;
     if args
         .metrics_token
         .as_deref()

@@ -11,18 +11,19 @@
 //! feature): nothing is fetched from a CDN, at build time or in the browser.
 //!
 //! The error responses every handler shares (401, 403 for admin-only
-//! operations, 413, 415, 429, 5XX) are reusable components defined here;
-//! the ones specific to a handler are written next to it.
+//! operations, 413, 415, 429, 5XX) are reusable components defined in
+//! `docs`, below the routes that refer to them; the ones specific to a
+//! handler are written next to it.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::docs::{
+    AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
+};
 use crate::error::Problem;
 use crate::routes;
-
-/// The media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -159,43 +160,3 @@ where
         .url(OPENAPI_PATH, ApiDoc::openapi())
         .into()
 }
-
-// Reusable responses. Each wraps `Problem` only to name its body's schema;
-// none is ever constructed.
-
-/// `unauthorized`: no `Authorization: Bearer` token, or not a valid one.
-#[derive(ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"tollgate-admin\"`"))
-)]
-pub struct Unauthorized(pub Problem<'static>);
-
-/// `forbidden`: this operation needs the admin token, and a tenant token was sent.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct AdminOnly(pub Problem<'static>);
-
-/// `payload_too_large`: the body is larger than 64 KiB.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct ContentTooLarge(pub Problem<'static>);
-
-/// `unsupported_media_type`: the body must be sent with `Content-Type: application/json`.
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct UnsupportedMediaType(pub Problem<'static>);
-
-/// `admin_rate_limited`: too many admin API requests with this token or from this client
-/// address; retry after `Retry-After` seconds.
-#[derive(ToResponse)]
-#[response(
-    content_type = "application/problem+json",
-    headers(("Retry-After" = u64, description = "Seconds until a request would pass."))
-)]
-pub struct Throttled(pub Problem<'static>);
-
-/// `internal_error` (500, logged on the server) or `busy` (503: the database is busy; retry shortly).
-#[derive(ToResponse)]
-#[response(content_type = "application/problem+json")]
-pub struct ServerError(pub Problem<'static>);

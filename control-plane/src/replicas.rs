@@ -2,7 +2,7 @@
 //!
 //! A replica learns of its own commits directly; commits made through another
 //! replica arrive as `NOTIFY tollgate_config, '<version>'` (queued by
-//! [`db::begin_change`], delivered on commit). Each one wakes the long-polls
+//! `store::feed::claim_version`, delivered on commit). Each one wakes the long-polls
 //! held here, so an Envoy syncing from this replica sees the change at once.
 //! Notifications sent while the listening connection was down are lost, so
 //! every (re)connection re-reads the committed version instead of trusting
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use crate::db;
 use crate::state::AppState;
+use crate::store::feed;
 
 /// Follows other replicas' commits until the server shuts down.
 pub async fn follow(state: AppState, url: String) {
@@ -28,7 +28,7 @@ async fn listen(state: &AppState, url: &str) {
     loop {
         match PgListener::connect(url).await {
             Ok(mut listener) => {
-                if let Err(e) = listener.listen(db::CHANGES_CHANNEL).await {
+                if let Err(e) = listener.listen(feed::CHANGES_CHANNEL).await {
                     tracing::warn!(error = %e, "cannot LISTEN for other replicas' changes");
                 } else {
                     catch_up(state).await;
@@ -60,7 +60,7 @@ async fn relay(state: &AppState, listener: &mut PgListener) {
 }
 
 async fn catch_up(state: &AppState) {
-    match db::current_version(&state.db).await {
+    match feed::current_version(&state.db).await {
         Ok(version) => state.published(i64::try_from(version).unwrap_or(i64::MAX)),
         Err(e) => tracing::warn!(error = %e, "cannot read the config version"),
     }

@@ -5,11 +5,12 @@
 use serde_json::json;
 use tollgate_core::wire::WireLimit;
 
+use crate::change::{snapshot, Change};
 use crate::db;
 use crate::error::ApiError;
-use crate::routes::audit;
-use crate::routes::plans::{insert, PlanView};
 use crate::state::AppState;
+use crate::store::audit::Entry;
+use crate::store::plans::{self, PlanView};
 
 fn limits(hourly: u64, daily: u64) -> Vec<WireLimit> {
     vec![
@@ -74,17 +75,16 @@ pub struct Seeded {
 /// Creates each preset whose name is not taken, all in one change. With
 /// `only_if_empty`, does nothing at all unless the database has no plans.
 pub async fn seed(state: &AppState, only_if_empty: bool) -> Result<Seeded, ApiError> {
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let existing: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM plans WHERE deleted_at IS NULL")
-            .fetch_all(&mut *tx)
-            .await?;
+    let now = state.now();
+    let mut change = Change::begin(state, "seed", now).await?;
+    let version = change.version();
+    let existing = plans::names(change.tx()).await?;
     let mut outcome = Seeded::default();
     if only_if_empty && !existing.is_empty() {
         outcome.skipped = existing;
         return Ok(outcome);
     }
-    let now = db::now();
+    let now = now.rfc3339();
     for p in PRESETS {
         if existing.iter().any(|e| e == p.name) {
             outcome.skipped.push(p.name.to_owned());
@@ -103,25 +103,21 @@ pub async fn seed(state: &AppState, only_if_empty: bool) -> Result<Seeded, ApiEr
             created_at: now.clone(),
             updated_at: now.clone(),
         };
-        insert(&mut tx, &view, version).await?;
-        audit::record(
-            &mut tx,
-            "seed",
-            audit::Entry {
+        plans::insert(change.tx(), &view, version).await?;
+        change
+            .audit(Entry {
                 action: "plan.create",
                 resource_id: &view.id,
                 tenant_id: None,
                 before: None,
-                after: audit::snapshot(&view)?,
-            },
-        )
-        .await?;
+                after: snapshot(&view)?,
+            })
+            .await?;
         outcome.created.push(p.name.to_owned());
     }
     if outcome.created.is_empty() {
         return Ok(outcome);
     }
-    tx.commit().await?;
-    state.published(version);
+    change.commit().await?;
     Ok(outcome)
 }

@@ -1,5 +1,5 @@
-//! What every handler shares: the database, the tokens, and the version feed
-//! that wakes long-polling Envoys.
+//! What every handler shares: the database, the clock, the tokens, and the
+//! version feed that wakes long-polling Envoys.
 
 use std::sync::Arc;
 
@@ -7,8 +7,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
+use crate::clock::{Clock, Now, SystemClock};
 use crate::db::Db;
 use crate::metrics::Metrics;
+use crate::store;
 use crate::throttle::{AdminLimiter, ThrottleConfig};
 
 /// A bearer token held only as its SHA-256, compared in constant time.
@@ -36,6 +38,8 @@ impl TokenDigest {
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// Where every handler and worker takes `now` from, once per request or pass.
+    pub clock: Arc<dyn Clock>,
     pub admin_token: TokenDigest,
     pub sync_token: TokenDigest,
     /// The latest committed config version.
@@ -58,6 +62,7 @@ impl AppState {
     pub fn new(db: Db, admin_token: &str, sync_token: &str, version: u64) -> Self {
         Self {
             db,
+            clock: Arc::new(SystemClock),
             admin_token: TokenDigest::of(admin_token),
             sync_token: TokenDigest::of(sync_token),
             versions: Arc::new(watch::Sender::new(version)),
@@ -65,9 +70,20 @@ impl AppState {
             throttle: Arc::new(AdminLimiter::new(ThrottleConfig::default())),
             metrics: Arc::new(Metrics::default()),
             metrics_token: None,
-            standings_page: crate::routes::usage::MAX_STANDINGS,
-            sync_page: crate::routes::sync::SYNC_PAGE_KEYS,
+            standings_page: store::usage::MAX_STANDINGS,
+            sync_page: store::feed::SYNC_PAGE_KEYS,
         }
+    }
+
+    /// The same state reading time from `clock` (tests set it).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by the state's clock.
+    pub fn now(&self) -> Now {
+        self.clock.now()
     }
 
     /// The same state with `GET /metrics` behind `token` (`None`: open).
@@ -96,8 +112,13 @@ impl AppState {
 
     /// Tells long-polling Envoys that `version` is committed.
     pub fn published(&self, version: i64) {
+        Self::publish_to(&self.versions, version);
+    }
+
+    /// Moves `versions` up to `version`, waking who waits for it; never down.
+    pub fn publish_to(versions: &watch::Sender<u64>, version: i64) {
         let version = u64::try_from(version).unwrap_or(0);
-        self.versions.send_if_modified(|current| {
+        versions.send_if_modified(|current| {
             if version > *current {
                 *current = version;
                 true

@@ -16,8 +16,8 @@
 //!
 //! [`AdminLimiter`] is pure: time is an argument, in milliseconds, and the
 //! buckets are `tollgate_core::bucket`'s exact-integer ones, so the edges are
-//! tested to the millisecond. [`limit_admin`] is the middleware that feeds it
-//! the clock, the presented token and the client address.
+//! tested to the millisecond. `middleware::limit_admin` feeds it the clock,
+//! the presented token and the client address.
 //!
 //! Memory is bounded: each map tracks at most `max_entries` callers. When a
 //! new caller finds its map full, buckets that are full again (idle callers,
@@ -30,22 +30,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Extensions, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 use tollgate_core::bucket::{ceil_seconds, Bucket, Check};
 use tollgate_core::config::Limit;
 
-use crate::auth;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Callers tracked per map (tokens, addresses) before pruning and overflow.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
@@ -413,48 +407,6 @@ impl AdminLimiter {
             inner.ips.as_ref().map_or(0, |m| m.buckets.len()),
         )
     }
-}
-
-/// The client's address: what the server accepted the connection from, or
-/// what a test set with `MockConnectInfo`. `None` skips the per-address limit.
-fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
-    extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .or_else(|| {
-            extensions
-                .get::<MockConnectInfo<SocketAddr>>()
-                .map(|MockConnectInfo(addr)| addr.ip())
-        })
-}
-
-/// Middleware for the admin routes and the catalog, outside authentication,
-/// so wrong and missing tokens are counted before any database work.
-pub async fn limit_admin(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let client = client_ip(request.extensions());
-    let token = auth::bearer(request.headers());
-    let now_ms = state.throttle.now_ms();
-    if let Err(throttled) = state.throttle.check(token, client, now_ms) {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or("unmatched", MatchedPath::as_str);
-        // Never the token: the address (or /64) and the route are enough to act on.
-        tracing::warn!(
-            limit = throttled.scope.as_str(),
-            client = client.map(|ip| ClientKey::of(ip).to_string()),
-            method = %request.method(),
-            route,
-            retry_after_s = throttled.retry_after_s(),
-            "admin API caller throttled"
-        );
-        return Err(throttled.into());
-    }
-    Ok(next.run(request).await)
 }
 
 #[cfg(test)]

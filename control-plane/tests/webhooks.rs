@@ -572,12 +572,22 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
         .to_owned();
     let token = tenant_token(&app, &tenant_id).await;
 
-    assert_eq!(webhooks::deliver_due(&state.db, &client).await.unwrap(), 0);
+    assert_eq!(
+        webhooks::deliver_due(&state.db, &client, &*state.clock)
+            .await
+            .unwrap(),
+        0
+    );
     report(&app, "b-1", "envoy-a", &key_id, 8).await;
 
     // The first attempt is answered 500: pending, to be retried after a second.
     let sent_after = now_ms();
-    assert_eq!(webhooks::deliver_due(&state.db, &client).await.unwrap(), 1);
+    assert_eq!(
+        webhooks::deliver_due(&state.db, &client, &*state.clock)
+            .await
+            .unwrap(),
+        1
+    );
     let sent_before = now_ms();
     let page = deliveries(&app, &token, &tenant_id, "").await;
     assert_eq!(items(&page).len(), 1);
@@ -610,8 +620,18 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
 
     // The retry is answered 204: delivered, after two attempts.
     make_due(&state).await;
-    assert_eq!(webhooks::deliver_due(&state.db, &client).await.unwrap(), 1);
-    assert_eq!(webhooks::deliver_due(&state.db, &client).await.unwrap(), 0);
+    assert_eq!(
+        webhooks::deliver_due(&state.db, &client, &*state.clock)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        webhooks::deliver_due(&state.db, &client, &*state.clock)
+            .await
+            .unwrap(),
+        0
+    );
     let page = deliveries(&app, &token, &tenant_id, "?status=delivered").await;
     assert_eq!(items(&page).len(), 1);
     let event = &items(&page)[0];
@@ -659,7 +679,12 @@ async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backe
     report(&app, "b-1", "envoy-a", &key_id, 8).await;
     for attempt in 1..=MAX_ATTEMPTS {
         make_due(&state).await;
-        assert_eq!(webhooks::deliver_due(&state.db, &client).await.unwrap(), 1);
+        assert_eq!(
+            webhooks::deliver_due(&state.db, &client, &*state.clock)
+                .await
+                .unwrap(),
+            1
+        );
         let page = deliveries(&app, ADMIN, &tenant_id, "").await;
         let event = &items(&page)[0];
         assert_eq!(event["attempts"], attempt);
@@ -674,7 +699,12 @@ async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backe
         assert_eq!(event["status"], status);
     }
     make_due(&state).await;
-    assert_eq!(webhooks::deliver_due(&state.db, &client).await.unwrap(), 0);
+    assert_eq!(
+        webhooks::deliver_due(&state.db, &client, &*state.clock)
+            .await
+            .unwrap(),
+        0
+    );
     let failed = deliveries(&app, ADMIN, &tenant_id, "?status=failed").await;
     assert_eq!(items(&failed).len(), 1);
 
@@ -682,7 +712,12 @@ async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backe
     report(&app, "b-2", "envoy-a", &key_id, 2).await;
     let r = admin(&app, Method::DELETE, &webhook_uri(&tenant_id), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(webhooks::deliver_due(&state.db, &client).await.unwrap(), 1);
+    assert_eq!(
+        webhooks::deliver_due(&state.db, &client, &*state.clock)
+            .await
+            .unwrap(),
+        1
+    );
     let page = deliveries(&app, ADMIN, &tenant_id, "?status=failed").await;
     let newest = &items(&page)[0];
     assert_eq!(newest["threshold"], 100);

@@ -5,21 +5,23 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tollgate_core::config::Anonymous;
 use tollgate_core::wire::{WireAnonymous, WireScope};
 
 use crate::auth::Principal;
-use crate::db;
-use crate::error::Problem;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
-use crate::openapi::{
+use crate::change::{snapshot, Change};
+use crate::docs::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
     PROBLEM_JSON,
 };
-use crate::routes::{audit, plans};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiJson;
 use crate::state::AppState;
+use crate::store::anonymous;
+pub use crate::store::anonymous::AnonymousAccessView;
+use crate::store::audit::Entry;
+use crate::store::plans;
 
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -42,54 +44,6 @@ pub struct PutAnonymousAccess {
     pub plan_id: Option<String>,
 }
 
-/// Anonymous access as it is. No routes: every request needs a key.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AnonymousAccessView {
-    pub routes: Vec<WireScope>,
-    pub plan_id: Option<String>,
-    /// `null` until first set.
-    #[schema(format = DateTime)]
-    pub updated_at: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct AnonymousRow {
-    routes: String,
-    plan_id: Option<String>,
-    updated_at: Option<String>,
-    version: i64,
-}
-
-async fn fetch<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-) -> ApiResult<(AnonymousAccessView, i64)> {
-    let row = sqlx::query_as::<_, AnonymousRow>(
-        "SELECT routes, plan_id, updated_at, version FROM anonymous_access WHERE id = 1",
-    )
-    .fetch_one(executor)
-    .await?;
-    let view = AnonymousAccessView {
-        routes: serde_json::from_str(&row.routes).map_err(ApiError::internal)?,
-        plan_id: row.plan_id,
-        updated_at: row.updated_at,
-    };
-    Ok((view, row.version))
-}
-
-/// What the filters get, and the config version that last changed it.
-pub(crate) async fn read<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-) -> ApiResult<(WireAnonymous, i64)> {
-    let (view, version) = fetch(executor).await?;
-    Ok((
-        WireAnonymous {
-            routes: view.routes,
-            plan_id: view.plan_id,
-        },
-        version,
-    ))
-}
-
 /// Get anonymous access
 #[utoipa::path(
     get,
@@ -109,7 +63,7 @@ async fn anonymous_show(
     State(state): State<AppState>,
 ) -> ApiResult<Json<AnonymousAccessView>> {
     principal.require_admin()?;
-    Ok(Json(fetch(&state.db).await?.0))
+    Ok(Json(anonymous::fetch(&state.db).await?.0))
 }
 
 /// Set anonymous access
@@ -145,44 +99,28 @@ async fn anonymous_replace(
         plan_id: input.plan_id.clone(),
     })
     .map_err(|e| ApiError::invalid("invalid_anonymous_access", e.0))?;
-    let (mut tx, version) = db::begin_change(&state.db).await?;
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
     if let Some(plan_id) = &input.plan_id {
-        if plans::find(&mut *tx, plan_id).await?.is_none() {
-            return Err(ApiError::invalid(
-                "plan_not_found",
-                format!("No plan with id {plan_id:?}."),
-            ));
-        }
+        plans::require(change.tx(), plan_id).await?;
     }
-    let (before, _) = fetch(&mut *tx).await?;
+    let (before, _) = anonymous::fetch(&mut **change.tx()).await?;
     let view = AnonymousAccessView {
         routes: input.routes,
         plan_id: input.plan_id,
-        updated_at: Some(db::now()),
+        updated_at: Some(now.rfc3339()),
     };
-    sqlx::query(
-        "UPDATE anonymous_access SET routes = $1, plan_id = $2, updated_at = $3, version = $4
-         WHERE id = 1",
-    )
-    .bind(serde_json::to_string(&view.routes).map_err(ApiError::internal)?)
-    .bind(&view.plan_id)
-    .bind(&view.updated_at)
-    .bind(version)
-    .execute(&mut *tx)
-    .await?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    anonymous::replace(change.tx(), &view, version).await?;
+    change
+        .audit(Entry {
             action: "anonymous_access.update",
             resource_id: "anonymous_access",
             tenant_id: None,
-            before: audit::snapshot(&before)?,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            before: snapshot(&before)?,
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok(Json(view))
 }

@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tollgate_core::wire::{WireLimit, WireRouteCost};
 
+use crate::docs::{ServerError, Throttled};
 use crate::error::ApiResult;
-use crate::openapi::{ServerError, Throttled};
-use crate::routes::plans::{PlanRow, PLAN_COLUMNS};
 use crate::state::AppState;
+use crate::store::plans;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/catalog", get(catalog_index))
@@ -51,16 +51,11 @@ pub struct Catalog {
     ),
 )]
 async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
-    let rows = sqlx::query_as::<_, PlanRow>(&format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE public AND deleted_at IS NULL
-         ORDER BY monthly_quota IS NULL, monthly_quota, created_at, id"
-    ))
-    .fetch_all(&state.db)
-    .await?;
-    let mut plans = Vec::with_capacity(rows.len());
+    let rows = plans::public(&state.db).await?;
+    let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
         let view = row.view()?;
-        plans.push(CatalogEntry {
+        entries.push(CatalogEntry {
             name: view.name,
             limits: view.limits,
             monthly_quota: view.monthly_quota,
@@ -70,5 +65,5 @@ async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Catalog>
             metadata: view.metadata,
         });
     }
-    Ok(Json(Catalog { plans }))
+    Ok(Json(Catalog { plans: entries }))
 }

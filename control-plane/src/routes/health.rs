@@ -5,10 +5,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::db;
+use crate::docs::ServerError;
 use crate::error::ApiResult;
-use crate::openapi::ServerError;
 use crate::state::AppState;
+use crate::store::feed;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz))
@@ -37,7 +37,7 @@ pub struct Health {
     ),
 )]
 async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    let config_version = db::current_version(&state.db).await?;
+    let config_version = feed::current_version(&state.db).await?;
     Ok(Json(Health {
         status: "ok",
         config_version,

@@ -20,17 +20,21 @@ use tollgate_core::key::{ApiKey, BODY_LEN};
 use tollgate_core::wire::{WireKey, WireLimit, WireScope};
 
 use crate::auth::Principal;
-use crate::db;
-use crate::error::Problem;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery};
-use crate::openapi::{
+use crate::change::{snapshot, Change};
+use crate::clock::Now;
+use crate::db::{self, Tx};
+use crate::docs::{
     ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON,
 };
-use crate::routes::{
-    audit, cursor_clause, invalid_cursor, nullable, page_limit, tenants, validate_name, Order, Page,
-};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::input::{nullable, validate_name};
+use crate::paging::{invalid_cursor, page_limit, Page};
 use crate::state::AppState;
+use crate::store::audit::Entry;
+use crate::store::keys::{self, Fresh, KeyRow, Shared};
+pub use crate::store::keys::{KeySettings, KeyView};
+use crate::store::tenants;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -48,18 +52,6 @@ pub fn router() -> Router<AppState> {
 
 /// Longest grace period a rotated key may keep working: 30 days.
 pub const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
-
-/// The settings a key carries besides its name; copied as they are on rotation.
-#[derive(Debug, Clone, Default)]
-pub struct KeySettings {
-    /// RFC 3339; after it the filter answers 401 `expired_api_key`.
-    pub expires_at: Option<String>,
-    pub scopes: Option<Vec<WireScope>>,
-    pub allowed_cidrs: Option<Vec<String>>,
-    /// Replace the plan's limit of the same name, or add to them.
-    pub limits: Option<Vec<WireLimit>>,
-    pub monthly_quota: Option<u64>,
-}
 
 // No `#[serde(flatten)]` of KeySettings: serde cannot combine it with deny_unknown_fields.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -245,34 +237,6 @@ pub struct RotateKey {
     pub grace_seconds: u64,
 }
 
-/// A key as admins see it: never the plaintext, never the hash.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct KeyView {
-    #[schema(example = "key_Jc3nV8qR2wX5tB0mZ7yH")]
-    pub id: String,
-    pub tenant_id: String,
-    pub name: String,
-    /// `tg_` and the first 8 characters of the body, to recognise the key by.
-    #[schema(example = "tg_Ab3dE6gH")]
-    pub prefix: String,
-    pub active: bool,
-    #[schema(format = DateTime)]
-    pub expires_at: Option<String>,
-    pub scopes: Option<Vec<WireScope>>,
-    pub allowed_cidrs: Option<Vec<String>>,
-    pub limits: Option<Vec<WireLimit>>,
-    pub monthly_quota: Option<u64>,
-    /// The key this one was rotated from.
-    pub rotated_from: Option<String>,
-    /// To the minute, from what the filters report; `null` until first used.
-    #[schema(format = DateTime)]
-    pub last_used_at: Option<String>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-}
-
 /// The one response that carries the plaintext.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssuedKey {
@@ -287,76 +251,6 @@ pub struct IssuedKey {
 pub struct IssuedKeys {
     /// One per key issued.
     pub keys: Vec<IssuedKey>,
-}
-
-#[derive(Clone, sqlx::FromRow)]
-struct KeyRow {
-    id: String,
-    tenant_id: String,
-    name: String,
-    prefix: String,
-    /// 0 or 1: see `db` on booleans.
-    active: i64,
-    expires_at: Option<String>,
-    expires_at_ms: Option<i64>,
-    scopes: Option<String>,
-    allowed_cidrs: Option<String>,
-    limits: Option<String>,
-    monthly_quota: Option<i64>,
-    rotated_from: Option<String>,
-    last_used_at: Option<String>,
-    created_at: String,
-    updated_at: String,
-}
-
-const KEY_COLUMNS: &str =
-    "id, tenant_id, name, prefix, CAST(active AS INTEGER) AS active, expires_at, expires_at_ms, \
-     scopes, allowed_cidrs, limits, monthly_quota, rotated_from, last_used_at, created_at, updated_at";
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &Option<String>) -> ApiResult<Option<T>> {
-    text.as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(ApiError::internal)
-}
-
-fn to_json<T: Serialize>(value: &Option<T>) -> ApiResult<Option<String>> {
-    value
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(ApiError::internal)
-}
-
-impl KeyRow {
-    fn view(self) -> ApiResult<KeyView> {
-        Ok(KeyView {
-            scopes: from_json(&self.scopes)?,
-            allowed_cidrs: from_json(&self.allowed_cidrs)?,
-            limits: from_json(&self.limits)?,
-            monthly_quota: self.monthly_quota.and_then(|q| u64::try_from(q).ok()),
-            id: self.id,
-            tenant_id: self.tenant_id,
-            name: self.name,
-            prefix: self.prefix,
-            active: self.active != 0,
-            expires_at: self.expires_at,
-            rotated_from: self.rotated_from,
-            last_used_at: self.last_used_at,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-
-    fn settings(&self) -> ApiResult<KeySettings> {
-        Ok(KeySettings {
-            expires_at: self.expires_at.clone(),
-            scopes: from_json(&self.scopes)?,
-            allowed_cidrs: from_json(&self.allowed_cidrs)?,
-            limits: from_json(&self.limits)?,
-            monthly_quota: self.monthly_quota.and_then(|q| u64::try_from(q).ok()),
-        })
-    }
 }
 
 /// Settings checked the way every filter will check them, plus the expiry
@@ -420,18 +314,19 @@ fn check(settings: &KeySettings) -> ApiResult<Checked> {
 /// What a new key, one or a batch, must pass before anything is written:
 /// overrides only from the admin, a valid name, settings every filter will
 /// accept, and an expiry (if any) in the future.
-fn check_new(principal: &Principal, name: &str, settings: &KeySettings) -> ApiResult<Checked> {
+fn check_new(
+    principal: &Principal,
+    name: &str,
+    settings: &KeySettings,
+    now: Now,
+) -> ApiResult<Checked> {
     require_admin_for_overrides(
         principal,
         settings.limits.is_some() || settings.monthly_quota.is_some(),
     )?;
     validate_name("name", name)?;
     let checked = check(settings)?;
-    if checked
-        .expires
-        .as_ref()
-        .is_some_and(|e| e.1 <= db::now_ms())
-    {
+    if checked.expires.as_ref().is_some_and(|e| e.1 <= now.db_ms()) {
         return Err(ApiError::invalid(
             "invalid_expiry",
             "expires_at must be in the future.",
@@ -442,24 +337,13 @@ fn check_new(principal: &Principal, name: &str, settings: &KeySettings) -> ApiRe
 
 /// In the change's transaction: 404 unless the tenant exists, 409
 /// `key_limit_reached` when `adding` more keys would exceed its plan's `max_api_keys`.
-async fn check_allowance(tx: &mut db::Tx, tenant_id: &str, adding: i64) -> ApiResult<()> {
-    let max_api_keys: Option<Option<i64>> = sqlx::query_scalar(
-        "SELECT p.max_api_keys FROM tenants t JOIN plans p ON p.id = t.plan_id
-         WHERE t.id = $1 AND t.deleted_at IS NULL",
-    )
-    .bind(tenant_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+async fn check_allowance(tx: &mut Tx, tenant_id: &str, adding: i64) -> ApiResult<()> {
+    let max_api_keys = keys::allowance(tx, tenant_id).await?;
     let Some(max_api_keys) = max_api_keys else {
         return Err(ApiError::not_found("tenant", tenant_id));
     };
     if let Some(max) = max_api_keys {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND deleted_at IS NULL",
-        )
-        .bind(tenant_id)
-        .fetch_one(&mut **tx)
-        .await?;
+        let count = keys::count_of_tenant(tx, tenant_id).await?;
         if count.saturating_add(adding) > max {
             let more = if adding > 1 {
                 format!(
@@ -478,56 +362,9 @@ async fn check_allowance(tx: &mut db::Tx, tenant_id: &str, adding: i64) -> ApiRe
     Ok(())
 }
 
-/// A key just written, and its plaintext: for the one response that shows it.
-struct Fresh {
-    id: String,
-    key: ApiKey,
-}
-
-/// Values every key of one insert shares, bound once per statement as `$1`…`$12`.
-const SHARED_BINDS: usize = 12;
-/// Values of each key: id, prefix and hash.
-const ROW_BINDS: usize = 3;
-/// Keys per INSERT statement: 12 + 3 × 2000 = 6012 parameters, far below
-/// SQLite's limit (32766) and PostgreSQL's (65535). Every full chunk is the
-/// same statement, prepared once per connection.
-const INSERT_CHUNK: usize = 2000;
-
-/// `INSERT INTO api_keys` of `rows` keys that share everything but id, prefix and hash.
-fn insert_sql(rows: usize) -> String {
-    use std::fmt::Write as _;
-    let mut sql = String::from(
-        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, expires_at,
-                               expires_at_ms, scopes, allowed_cidrs, limits, monthly_quota,
-                               rotated_from, created_at, updated_at, version)
-         VALUES ",
-    );
-    for row in 0..rows {
-        let n = SHARED_BINDS + row * ROW_BINDS;
-        let separator = if row == 0 { "" } else { ", " };
-        let _ = write!(
-            sql,
-            "{separator}(${}, $1, $2, ${}, ${}, TRUE, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            n + 1,
-            n + 2,
-            n + 3
-        );
-    }
-    sql
-}
-
-/// Generates and inserts `count` keys with the same tenant, name and settings.
-#[allow(clippy::too_many_arguments)] // each is one column group; a struct would only rename them
-async fn insert(
-    tx: &mut db::Tx,
-    version: i64,
-    tenant_id: &str,
-    name: &str,
-    settings: &KeySettings,
-    expires: &Option<(String, i64)>,
-    rotated_from: Option<&str>,
-    count: usize,
-) -> ApiResult<Vec<Fresh>> {
+/// Generates `count` keys that share everything in `shared` and writes
+/// them in `change`: their ids and plaintexts, for the one response that shows them.
+async fn issue(change: &mut Change, shared: &Shared<'_>, count: usize) -> ApiResult<Vec<Fresh>> {
     let fresh = (0..count)
         .map(|_| {
             Ok(Fresh {
@@ -537,42 +374,16 @@ async fn insert(
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let now = db::now();
-    let scopes = to_json(&settings.scopes)?;
-    let allowed_cidrs = to_json(&settings.allowed_cidrs)?;
-    let limits = to_json(&settings.limits)?;
-    let monthly_quota = settings.monthly_quota.and_then(|q| i64::try_from(q).ok());
-    let full_chunk = insert_sql(INSERT_CHUNK.min(count));
-    for chunk in fresh.chunks(INSERT_CHUNK) {
-        let last_chunk;
-        let sql = if chunk.len() == INSERT_CHUNK.min(count) {
-            &full_chunk
-        } else {
-            last_chunk = insert_sql(chunk.len());
-            &last_chunk
-        };
-        let mut query = sqlx::query(sql)
-            .bind(tenant_id)
-            .bind(name)
-            .bind(expires.as_ref().map(|e| e.0.as_str()))
-            .bind(expires.as_ref().map(|e| e.1))
-            .bind(scopes.as_deref())
-            .bind(allowed_cidrs.as_deref())
-            .bind(limits.as_deref())
-            .bind(monthly_quota)
-            .bind(rotated_from)
-            .bind(now.as_str())
-            .bind(now.as_str())
-            .bind(version);
-        for key in chunk {
-            query = query
-                .bind(key.id.as_str())
-                .bind(key.key.display_prefix())
-                .bind(key.key.hash().to_hex());
-        }
-        query.execute(&mut **tx).await?;
-    }
+    let (version, now) = (change.version(), change.now().rfc3339());
+    keys::insert(change.tx(), version, shared, &fresh, &now).await?;
     Ok(fresh)
+}
+
+/// The one key [`issue`] issued.
+fn only(mut fresh: Vec<Fresh>) -> ApiResult<Fresh> {
+    fresh
+        .pop()
+        .ok_or_else(|| ApiError::internal("no key issued"))
 }
 
 fn issued(view: KeyView, key: &ApiKey) -> Response {
@@ -637,43 +448,34 @@ async fn keys_create(
     if !principal.sees(&tenant_id) {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
+    let now = state.now();
     let (name, settings) = input.split();
-    let checked = check_new(&principal, &name, &settings)?;
+    let checked = check_new(&principal, &name, &settings, now)?;
 
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    check_allowance(&mut tx, &tenant_id, 1).await?;
-    let mut fresh = insert(
-        &mut tx,
-        version,
-        &tenant_id,
-        &name,
-        &settings,
-        &checked.expires,
-        None,
-        1,
-    )
-    .await?;
-    let Fresh { id, key } = fresh
-        .pop()
-        .ok_or_else(|| ApiError::internal("no key issued"))?;
-    let view = find(&mut *tx, &id)
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    check_allowance(change.tx(), &tenant_id, 1).await?;
+    let shared = Shared {
+        tenant_id: &tenant_id,
+        name: &name,
+        settings: &settings,
+        expires: &checked.expires,
+        rotated_from: None,
+    };
+    let Fresh { id, key } = only(issue(&mut change, &shared, 1).await?)?;
+    let view = keys::find(&mut **change.tx(), &id)
         .await?
         .ok_or_else(|| ApiError::internal("inserted key not found"))?
         .view()?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    change
+        .audit(Entry {
             action: "key.create",
             resource_id: &id,
             tenant_id: Some(&tenant_id),
             before: None,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok(issued(view, &key))
 }
 
@@ -728,33 +530,28 @@ async fn keys_create_batch(
     // At most MAX_BATCH_KEYS, so both conversions hold.
     let count = usize::try_from(input.count).map_err(ApiError::internal)?;
     let adding = i64::try_from(input.count).map_err(ApiError::internal)?;
+    let now = state.now();
     let (name, settings) = input.key.split();
-    let checked = check_new(&principal, &name, &settings)?;
+    let checked = check_new(&principal, &name, &settings, now)?;
 
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    check_allowance(&mut tx, &tenant_id, adding).await?;
-    let fresh = insert(
-        &mut tx,
-        version,
-        &tenant_id,
-        &name,
-        &settings,
-        &checked.expires,
-        None,
-        count,
-    )
-    .await?;
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    check_allowance(change.tx(), &tenant_id, adding).await?;
+    let shared = Shared {
+        tenant_id: &tenant_id,
+        name: &name,
+        settings: &settings,
+        expires: &checked.expires,
+        rotated_from: None,
+    };
+    let fresh = issue(&mut change, &shared, count).await?;
     // Read back as stored, like a single key: every key of this version is one of ours.
-    let mut rows: std::collections::HashMap<String, KeyRow> = sqlx::query_as::<_, KeyRow>(
-        &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE version = $1 AND tenant_id = $2"),
-    )
-    .bind(version)
-    .bind(&tenant_id)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|row| (row.id.clone(), row))
-    .collect();
+    let mut rows: std::collections::HashMap<String, KeyRow> =
+        keys::of_version(change.tx(), version, &tenant_id)
+            .await?
+            .into_iter()
+            .map(|row| (row.id.clone(), row))
+            .collect();
     let keys = fresh
         .iter()
         .map(|f| {
@@ -765,10 +562,8 @@ async fn keys_create_batch(
         })
         .collect::<ApiResult<Vec<_>>>()?;
     let batch_id = db::new_id("batch");
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    change
+        .audit(Entry {
             action: "key.batch_create",
             resource_id: &batch_id,
             tenant_id: Some(&tenant_id),
@@ -783,11 +578,9 @@ async fn keys_create_batch(
                 "limits": settings.limits,
                 "monthly_quota": settings.monthly_quota,
             })),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+        })
+        .await?;
+    change.commit().await?;
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
@@ -796,21 +589,9 @@ async fn keys_create_batch(
         .into_response())
 }
 
-async fn find<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    id: &str,
-) -> Result<Option<KeyRow>, sqlx::Error> {
-    sqlx::query_as::<_, KeyRow>(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND deleted_at IS NULL"
-    ))
-    .bind(id)
-    .fetch_optional(executor)
-    .await
-}
-
 /// 404 unless the key exists and belongs to a tenant the caller may see.
 async fn visible_key(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
-    match find(&state.db, id).await? {
+    match keys::find(&state.db, id).await? {
         Some(key) if principal.sees(&key.tenant_id) => Ok(()),
         _ => Err(ApiError::not_found("API key", id)),
     }
@@ -838,7 +619,7 @@ async fn keys_show(
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyView>> {
     visible_key(&state, &principal, &id).await?;
-    let row = find(&state.db, &id)
+    let row = keys::find(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("API key", &id))?;
     Ok(Json(row.view()?))
@@ -891,8 +672,10 @@ async fn keys_update(
     if let Some(name) = &input.name {
         validate_name("name", name)?;
     }
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let Some(current) = find(&mut *tx, &id).await? else {
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    let Some(current) = keys::find(&mut **change.tx(), &id).await? else {
         return Err(ApiError::not_found("API key", &id));
     };
     let current_settings = current.settings()?;
@@ -909,12 +692,7 @@ async fn keys_update(
             .unwrap_or(current_settings.monthly_quota),
     };
     let checked = check(&settings)?;
-    if new_expiry
-        && checked
-            .expires
-            .as_ref()
-            .is_some_and(|e| e.1 <= db::now_ms())
-    {
+    if new_expiry && checked.expires.as_ref().is_some_and(|e| e.1 <= now.db_ms()) {
         return Err(ApiError::invalid(
             "invalid_expiry",
             "expires_at must be in the future.",
@@ -922,43 +700,27 @@ async fn keys_update(
     }
     let active = input.active.unwrap_or(current.active != 0);
     let name = input.name.unwrap_or_else(|| current.name.clone());
-    sqlx::query(
-        "UPDATE api_keys SET active = $1, name = $2, expires_at = $3, expires_at_ms = $4,
-                             scopes = $5, allowed_cidrs = $6, limits = $7, monthly_quota = $8,
-                             updated_at = $9, version = $10
-         WHERE id = $11",
-    )
-    .bind(active)
-    .bind(&name)
-    .bind(checked.expires.as_ref().map(|e| e.0.clone()))
-    .bind(checked.expires.as_ref().map(|e| e.1))
-    .bind(to_json(&settings.scopes)?)
-    .bind(to_json(&settings.allowed_cidrs)?)
-    .bind(to_json(&settings.limits)?)
-    .bind(settings.monthly_quota.and_then(|q| i64::try_from(q).ok()))
-    .bind(db::now())
-    .bind(version)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    let updated = find(&mut *tx, &id)
+    let fields = keys::Update {
+        active,
+        name: &name,
+        settings: &settings,
+        expires: &checked.expires,
+    };
+    keys::update(change.tx(), &id, &fields, version, &now.rfc3339()).await?;
+    let updated = keys::find(&mut **change.tx(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("API key", &id))?
         .view()?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    change
+        .audit(Entry {
             action: "key.update",
             resource_id: &id,
             tenant_id: Some(&updated.tenant_id),
-            before: audit::snapshot(&current.clone().view()?)?,
-            after: audit::snapshot(&updated)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            before: snapshot(&current.clone().view()?)?,
+            after: snapshot(&updated)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok(Json(updated))
 }
 
@@ -986,39 +748,26 @@ async fn keys_delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     visible_key(&state, &principal, &id).await?;
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let Some(current) = find(&mut *tx, &id).await? else {
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    let Some(current) = keys::find(&mut **change.tx(), &id).await? else {
         return Err(ApiError::not_found("API key", &id));
     };
-    let now = db::now();
     // A tombstone, not a DELETE: filters learn of deletions from the version feed.
-    let done = sqlx::query(
-        "UPDATE api_keys SET deleted_at = $1, active = FALSE, updated_at = $2, version = $3
-         WHERE id = $4 AND deleted_at IS NULL",
-    )
-    .bind(&now)
-    .bind(&now)
-    .bind(version)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
+    if !keys::delete(change.tx(), &id, version, &now.rfc3339()).await? {
         return Err(ApiError::not_found("API key", &id));
     }
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    change
+        .audit(Entry {
             action: "key.delete",
             resource_id: &id,
             tenant_id: Some(&current.tenant_id),
-            before: audit::snapshot(&current.clone().view()?)?,
+            before: snapshot(&current.clone().view()?)?,
             after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+        })
+        .await?;
+    change.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1066,8 +815,10 @@ async fn keys_rotate(
             format!("grace_seconds must be at most {MAX_GRACE_SECONDS}."),
         ));
     }
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let Some(old) = find(&mut *tx, &id).await? else {
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    let Some(old) = keys::find(&mut **change.tx(), &id).await? else {
         return Err(ApiError::not_found("API key", &id));
     };
     let settings = old.settings()?;
@@ -1075,73 +826,50 @@ async fn keys_rotate(
         (Some(text), Some(ms)) => Some((text.clone(), ms)),
         _ => None,
     };
-    let Fresh { id: new_id, key } = insert(
-        &mut tx,
-        version,
-        &old.tenant_id,
-        &old.name,
-        &settings,
-        &expires,
-        Some(&id),
-        1,
-    )
-    .await?
-    .pop()
-    .ok_or_else(|| ApiError::internal("no key issued"))?;
+    let shared = Shared {
+        tenant_id: &old.tenant_id,
+        name: &old.name,
+        settings: &settings,
+        expires: &expires,
+        rotated_from: Some(&id),
+    };
+    let Fresh { id: new_id, key } = only(issue(&mut change, &shared, 1).await?)?;
 
     let grace_ms = i64::try_from(input.grace_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let end_ms = db::now_ms().saturating_add(grace_ms);
+    let end_ms = now.db_ms().saturating_add(grace_ms);
     let end_ms = old.expires_at_ms.map_or(end_ms, |e| e.min(end_ms));
     let end = OffsetDateTime::from_unix_timestamp_nanos(i128::from(end_ms) * 1_000_000)
         .map_err(ApiError::internal)?
         .format(&Rfc3339)
         .map_err(ApiError::internal)?;
-    sqlx::query(
-        "UPDATE api_keys SET expires_at = $1, expires_at_ms = $2, updated_at = $3, version = $4
-         WHERE id = $5",
-    )
-    .bind(&end)
-    .bind(end_ms)
-    .bind(db::now())
-    .bind(version)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    let view = find(&mut *tx, &new_id)
+    keys::end_at(change.tx(), &id, (&end, end_ms), version, &now.rfc3339()).await?;
+    let view = keys::find(&mut **change.tx(), &new_id)
         .await?
         .ok_or_else(|| ApiError::internal("rotated key not found"))?
         .view()?;
-    let old_after = find(&mut *tx, &id)
+    let old_after = keys::find(&mut **change.tx(), &id)
         .await?
         .ok_or_else(|| ApiError::internal("rotated key not found"))?
         .view()?;
-    let actor = principal.label();
-    audit::record(
-        &mut tx,
-        &actor,
-        audit::Entry {
+    change
+        .audit(Entry {
             action: "key.rotate",
             resource_id: &id,
             tenant_id: Some(&old.tenant_id),
-            before: audit::snapshot(&old.clone().view()?)?,
-            after: audit::snapshot(&old_after)?,
-        },
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        &actor,
-        audit::Entry {
+            before: snapshot(&old.clone().view()?)?,
+            after: snapshot(&old_after)?,
+        })
+        .await?;
+    change
+        .audit(Entry {
             action: "key.create",
             resource_id: &new_id,
             tenant_id: Some(&old.tenant_id),
             before: None,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok(issued(view, &key))
 }
 
@@ -1191,26 +919,16 @@ async fn keys_list(
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
     let limit = page_limit(query.limit)?;
-    if tenants::find(&state.db, &tenant_id).await?.is_none() {
+    if !tenants::exists(&state.db, &tenant_id).await? {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
     let after = query.after.as_deref();
     if let Some(after) = after {
-        find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+        keys::find(&state.db, after)
+            .await?
+            .ok_or_else(invalid_cursor)?;
     }
-    let sql = format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys
-         WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2 IS NULL OR active = $2) {}
-         ORDER BY created_at, id LIMIT $4",
-        cursor_clause("api_keys", 3, Order::Ascending)
-    );
-    let rows = sqlx::query_as::<_, KeyRow>(&sql)
-        .bind(&tenant_id)
-        .bind(query.active)
-        .bind(after)
-        .bind(limit + 1)
-        .fetch_all(&state.db)
-        .await?;
+    let rows = keys::list(&state.db, &tenant_id, query.active, after, limit + 1).await?;
     let views = rows
         .into_iter()
         .map(KeyRow::view)

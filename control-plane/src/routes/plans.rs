@@ -6,24 +6,26 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use tollgate_core::config::Plan;
 use tollgate_core::wire::{WireLimit, WirePlan, WireRouteCost};
 
 use crate::auth::Principal;
+use crate::change::{snapshot, Change};
 use crate::db;
-use crate::error::Problem;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery};
-use crate::openapi::{
+use crate::docs::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
     PROBLEM_JSON,
 };
-use crate::routes::{
-    audit, cursor_clause, invalid_cursor, nullable, page_limit, validate_name, Order, Page,
-};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::input::{nullable, validate_name};
+use crate::paging::{invalid_cursor, page_limit, Page};
 use crate::state::AppState;
+use crate::store::audit::Entry;
+pub use crate::store::plans::PlanView;
+use crate::store::{anonymous, plans, tenants};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -114,79 +116,6 @@ impl UpdatePlan {
     }
 }
 
-/// A plan. `null` quotas and allowances mean unlimited.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct PlanView {
-    #[schema(example = "plan_4f9XkQ2mB7cR1tZ8aL0e")]
-    pub id: String,
-    pub name: String,
-    pub limits: Vec<WireLimit>,
-    pub monthly_quota: Option<u64>,
-    /// Per-route costs, first match wins; `[]`: every request costs 1.
-    pub route_costs: Vec<WireRouteCost>,
-    pub max_api_keys: Option<u64>,
-    pub max_users: Option<u64>,
-    #[schema(value_type = Object)]
-    pub metadata: Value,
-    pub public: bool,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct PlanRow {
-    pub id: String,
-    pub name: String,
-    pub limits: String,
-    pub monthly_quota: Option<i64>,
-    pub route_costs: String,
-    pub max_api_keys: Option<i64>,
-    pub max_users: Option<i64>,
-    pub metadata: String,
-    /// 0 or 1: see `db` on booleans.
-    pub public: i64,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-fn to_u64(v: Option<i64>) -> Option<u64> {
-    v.and_then(|v| u64::try_from(v).ok())
-}
-
-impl PlanRow {
-    pub(crate) fn wire(&self) -> Result<WirePlan, ApiError> {
-        Ok(WirePlan {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            limits: serde_json::from_str(&self.limits).map_err(ApiError::internal)?,
-            monthly_quota: to_u64(self.monthly_quota),
-            route_costs: serde_json::from_str(&self.route_costs).map_err(ApiError::internal)?,
-        })
-    }
-
-    pub(crate) fn view(self) -> Result<PlanView, ApiError> {
-        Ok(PlanView {
-            limits: serde_json::from_str(&self.limits).map_err(ApiError::internal)?,
-            metadata: serde_json::from_str(&self.metadata).map_err(ApiError::internal)?,
-            monthly_quota: to_u64(self.monthly_quota),
-            route_costs: serde_json::from_str(&self.route_costs).map_err(ApiError::internal)?,
-            max_api_keys: to_u64(self.max_api_keys),
-            max_users: to_u64(self.max_users),
-            public: self.public != 0,
-            id: self.id,
-            name: self.name,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
-
-pub(crate) const PLAN_COLUMNS: &str =
-    "id, name, limits, monthly_quota, route_costs, max_api_keys, \
-     max_users, metadata, CAST(public AS INTEGER) AS public, created_at, updated_at";
-
 fn to_i64(field: &str, value: Option<u64>) -> Result<Option<i64>, ApiError> {
     value
         .map(|v| {
@@ -231,40 +160,6 @@ fn validate(view: &PlanView) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn name_taken(name: &str) -> ApiError {
-    ApiError::conflict(
-        "plan_name_taken",
-        format!("A plan named {name:?} already exists."),
-    )
-}
-
-/// Inserts a validated plan inside a change transaction.
-pub(crate) async fn insert(tx: &mut db::Tx, view: &PlanView, version: i64) -> ApiResult<()> {
-    let inserted = sqlx::query(
-        "INSERT INTO plans (id, name, limits, monthly_quota, max_api_keys, max_users, metadata,
-                            public, created_at, updated_at, version, route_costs)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(&view.id)
-    .bind(&view.name)
-    .bind(serde_json::to_string(&view.limits).map_err(ApiError::internal)?)
-    .bind(to_i64("monthly_quota", view.monthly_quota)?)
-    .bind(to_i64("max_api_keys", view.max_api_keys)?)
-    .bind(to_i64("max_users", view.max_users)?)
-    .bind(view.metadata.to_string())
-    .bind(view.public)
-    .bind(&view.created_at)
-    .bind(&view.updated_at)
-    .bind(version)
-    .bind(serde_json::to_string(&view.route_costs).map_err(ApiError::internal)?)
-    .execute(&mut **tx)
-    .await;
-    match inserted {
-        Err(e) if db::is_unique_violation(&e) => Err(name_taken(&view.name)),
-        other => other.map(|_| ()).map_err(ApiError::from),
-    }
-}
-
 /// Create a plan
 #[utoipa::path(
     post,
@@ -293,7 +188,7 @@ async fn plans_create(
     ApiJson(input): ApiJson<CreatePlan>,
 ) -> ApiResult<Response> {
     principal.require_admin()?;
-    let now = db::now();
+    let now = state.now();
     let view = PlanView {
         id: db::new_id("plan"),
         name: input.name,
@@ -306,44 +201,29 @@ async fn plans_create(
             .metadata
             .unwrap_or_else(|| Value::Object(Default::default())),
         public: input.public,
-        created_at: now.clone(),
-        updated_at: now,
+        created_at: now.rfc3339(),
+        updated_at: now.rfc3339(),
     };
     validate(&view)?;
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    insert(&mut tx, &view, version).await?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    plans::insert(change.tx(), &view, version).await?;
+    change
+        .audit(Entry {
             action: "plan.create",
             resource_id: &view.id,
             tenant_id: None,
             before: None,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/plans/{}", view.id))],
         Json(view),
     )
         .into_response())
-}
-
-pub(crate) async fn find<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    id: &str,
-) -> Result<Option<PlanRow>, sqlx::Error> {
-    sqlx::query_as::<_, PlanRow>(&format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1 AND deleted_at IS NULL"
-    ))
-    .bind(id)
-    .fetch_optional(executor)
-    .await
 }
 
 /// Get a plan
@@ -371,15 +251,12 @@ async fn plans_show(
 ) -> ApiResult<Json<PlanView>> {
     if let Principal::Tenant(tenant_id) = &principal {
         // A tenant may read its own plan, and no other.
-        let own: Option<String> = sqlx::query_scalar("SELECT plan_id FROM tenants WHERE id = $1")
-            .bind(tenant_id)
-            .fetch_optional(&state.db)
-            .await?;
+        let own = tenants::plan_of(&state.db, tenant_id).await?;
         if own.as_deref() != Some(id.as_str()) {
             return Err(ApiError::not_found("plan", &id));
         }
     }
-    let row = find(&state.db, &id)
+    let row = plans::find(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("plan", &id))?;
     Ok(Json(row.view()?))
@@ -426,21 +303,14 @@ async fn plans_list(
     let limit = page_limit(query.limit)?;
     let after = query.after.as_deref();
     if let Some(after) = after {
-        find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+        plans::find(&state.db, after)
+            .await?
+            .ok_or_else(invalid_cursor)?;
     }
-    let sql = format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL {}
-         ORDER BY created_at, id LIMIT $2",
-        cursor_clause("plans", 1, Order::Ascending)
-    );
-    let rows = sqlx::query_as::<_, PlanRow>(&sql)
-        .bind(after)
-        .bind(limit + 1)
-        .fetch_all(&state.db)
-        .await?;
+    let rows = plans::list(&state.db, after, limit + 1).await?;
     let views = rows
         .into_iter()
-        .map(PlanRow::view)
+        .map(plans::PlanRow::view)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(Page::from_rows(views, limit, |p| p.id.clone())))
 }
@@ -484,12 +354,14 @@ async fn plans_update(
              route_costs, max_api_keys, max_users, metadata, public.",
         ));
     }
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let current = find(&mut *tx, &id)
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    let current = plans::find(&mut **change.tx(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("plan", &id))?
         .view()?;
-    let before = audit::snapshot(&current)?;
+    let before = snapshot(&current)?;
     let view = PlanView {
         name: input.name.unwrap_or(current.name),
         limits: input.limits.unwrap_or(current.limits),
@@ -499,48 +371,21 @@ async fn plans_update(
         max_users: input.max_users.unwrap_or(current.max_users),
         metadata: input.metadata.unwrap_or(current.metadata),
         public: input.public.unwrap_or(current.public),
-        updated_at: db::now(),
+        updated_at: now.rfc3339(),
         ..current
     };
     validate(&view)?;
-    let updated = sqlx::query(
-        "UPDATE plans SET name = $1, limits = $2, monthly_quota = $3, max_api_keys = $4, max_users = $5,
-                          metadata = $6, public = $7, updated_at = $8, version = $9, route_costs = $10
-         WHERE id = $11",
-    )
-    .bind(&view.name)
-    .bind(serde_json::to_string(&view.limits).map_err(ApiError::internal)?)
-    .bind(to_i64("monthly_quota", view.monthly_quota)?)
-    .bind(to_i64("max_api_keys", view.max_api_keys)?)
-    .bind(to_i64("max_users", view.max_users)?)
-    .bind(view.metadata.to_string())
-    .bind(view.public)
-    .bind(&view.updated_at)
-    .bind(version)
-    .bind(serde_json::to_string(&view.route_costs).map_err(ApiError::internal)?)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await;
-    match updated {
-        Err(e) if db::is_unique_violation(&e) => return Err(name_taken(&view.name)),
-        other => {
-            other?;
-        }
-    }
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    plans::update(change.tx(), &view, version).await?;
+    change
+        .audit(Entry {
             action: "plan.update",
             resource_id: &id,
             tenant_id: None,
             before,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok(Json(view))
 }
 
@@ -569,16 +414,13 @@ async fn plans_delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let Some(current) = find(&mut *tx, &id).await? else {
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    let Some(current) = plans::find(&mut **change.tx(), &id).await? else {
         return Err(ApiError::not_found("plan", &id));
     };
-    let tenants: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM tenants WHERE plan_id = $1 AND deleted_at IS NULL",
-    )
-    .bind(&id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let tenants = plans::tenants_on(change.tx(), &id).await?;
     if tenants > 0 {
         return Err(ApiError::conflict(
             "plan_in_use",
@@ -588,39 +430,24 @@ async fn plans_delete(
             ),
         ));
     }
-    let anonymous: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM anonymous_access WHERE id = 1 AND plan_id = $1")
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
-    if anonymous > 0 {
+    let anonymous = anonymous::uses_plan(change.tx(), &id).await?;
+    if anonymous {
         return Err(ApiError::conflict(
             "plan_in_use_by_anonymous_access",
             "Anonymous access uses this plan; point PUT /v1/anonymous-access at another plan \
              (or turn it off) first.",
         ));
     }
-    let now = db::now();
-    sqlx::query("UPDATE plans SET deleted_at = $1, updated_at = $2, version = $3 WHERE id = $4")
-        .bind(&now)
-        .bind(&now)
-        .bind(version)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    plans::delete(change.tx(), &id, version, &now.rfc3339()).await?;
+    change
+        .audit(Entry {
             action: "plan.delete",
             resource_id: &id,
             tenant_id: None,
-            before: audit::snapshot(&current.view()?)?,
+            before: snapshot(&current.view()?)?,
             after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+        })
+        .await?;
+    change.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

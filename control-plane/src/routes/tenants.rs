@@ -7,21 +7,23 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::auth::Principal;
+use crate::change::{snapshot, Change};
 use crate::db;
-use crate::error::Problem;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery};
-use crate::openapi::{
+use crate::docs::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
     PROBLEM_JSON,
 };
-use crate::routes::{
-    audit, cursor_clause, invalid_cursor, nullable, page_limit, plans, validate_name, Order, Page,
-};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::input::{nullable, validate_name};
+use crate::paging::{invalid_cursor, page_limit, Page};
 use crate::state::AppState;
+use crate::store::audit::Entry;
+pub use crate::store::tenants::TenantView;
+use crate::store::{keys, plans, tenants};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -65,46 +67,6 @@ pub struct UpdateTenant {
     pub billing_anchor_day: Option<Option<i64>>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TenantView {
-    #[schema(example = "tnt_8sLq2ZxV0bN4mT7cK1pW")]
-    pub id: String,
-    pub name: String,
-    pub plan_id: String,
-    /// The day of the month quota periods start on; `null`: calendar months (UTC).
-    #[schema(minimum = 1, maximum = 31)]
-    pub billing_anchor_day: Option<u8>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-}
-
-#[derive(sqlx::FromRow)]
-struct TenantRow {
-    id: String,
-    name: String,
-    plan_id: String,
-    billing_anchor_day: Option<i64>,
-    created_at: String,
-    updated_at: String,
-}
-
-impl From<TenantRow> for TenantView {
-    fn from(row: TenantRow) -> Self {
-        Self {
-            id: row.id,
-            name: row.name,
-            plan_id: row.plan_id,
-            billing_anchor_day: row.billing_anchor_day.and_then(|d| u8::try_from(d).ok()),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
-    }
-}
-
-const TENANT_COLUMNS: &str = "id, name, plan_id, billing_anchor_day, created_at, updated_at";
-
 /// A billing anchor day as sent: 1 to 31.
 fn anchor_day(day: Option<i64>) -> ApiResult<Option<u8>> {
     day.map(|d| {
@@ -119,36 +81,6 @@ fn anchor_day(day: Option<i64>) -> ApiResult<Option<u8>> {
             })
     })
     .transpose()
-}
-
-fn name_taken(name: &str) -> ApiError {
-    ApiError::conflict(
-        "tenant_name_taken",
-        format!("A tenant named {name:?} already exists."),
-    )
-}
-
-async fn require_plan(tx: &mut db::Tx, plan_id: &str) -> ApiResult<()> {
-    match plans::find(&mut **tx, plan_id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::invalid(
-            "plan_not_found",
-            format!("No plan with id {plan_id:?}."),
-        )),
-    }
-}
-
-pub(crate) async fn find<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    id: &str,
-) -> Result<Option<TenantView>, sqlx::Error> {
-    let row = sqlx::query_as::<_, TenantRow>(&format!(
-        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND deleted_at IS NULL"
-    ))
-    .bind(id)
-    .fetch_optional(executor)
-    .await?;
-    Ok(row.map(TenantView::from))
 }
 
 /// Create a tenant
@@ -181,49 +113,28 @@ async fn tenants_create(
     principal.require_admin()?;
     validate_name("name", &input.name)?;
     let billing_anchor_day = anchor_day(input.billing_anchor_day)?;
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    require_plan(&mut tx, &input.plan_id).await?;
-    let now = db::now();
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    plans::require(change.tx(), &input.plan_id).await?;
     let view = TenantView {
         id: db::new_id("tnt"),
         name: input.name,
         plan_id: input.plan_id,
         billing_anchor_day,
-        created_at: now.clone(),
-        updated_at: now,
+        created_at: now.rfc3339(),
+        updated_at: now.rfc3339(),
     };
-    let inserted = sqlx::query(
-        "INSERT INTO tenants (id, name, plan_id, billing_anchor_day, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&view.id)
-    .bind(&view.name)
-    .bind(&view.plan_id)
-    .bind(view.billing_anchor_day.map(i64::from))
-    .bind(&view.created_at)
-    .bind(&view.updated_at)
-    .execute(&mut *tx)
-    .await;
-    match inserted {
-        Err(e) if db::is_unique_violation(&e) => return Err(name_taken(&view.name)),
-        other => {
-            other?;
-        }
-    }
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    tenants::insert(change.tx(), &view).await?;
+    change
+        .audit(Entry {
             action: "tenant.create",
             resource_id: &view.id,
             tenant_id: Some(&view.id),
             before: None,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/tenants/{}", view.id))],
@@ -258,7 +169,7 @@ async fn tenants_show(
     if !principal.sees(&id) {
         return Err(ApiError::not_found("tenant", &id));
     }
-    find(&state.db, &id)
+    tenants::find(&state.db, &id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("tenant", &id))
@@ -308,21 +219,11 @@ async fn tenants_list(
     let limit = page_limit(query.limit)?;
     let after = query.after.as_deref();
     if let Some(after) = after {
-        find(&state.db, after).await?.ok_or_else(invalid_cursor)?;
+        tenants::find(&state.db, after)
+            .await?
+            .ok_or_else(invalid_cursor)?;
     }
-    let sql = format!(
-        "SELECT {TENANT_COLUMNS} FROM tenants
-         WHERE deleted_at IS NULL AND ($1 IS NULL OR plan_id = $1) {}
-         ORDER BY created_at, id LIMIT $3",
-        cursor_clause("tenants", 2, Order::Ascending)
-    );
-    let rows = sqlx::query_as::<_, TenantRow>(&sql)
-        .bind(&query.plan_id)
-        .bind(after)
-        .bind(limit + 1)
-        .fetch_all(&state.db)
-        .await?;
-    let rows = rows.into_iter().map(TenantView::from).collect();
+    let rows = tenants::list(&state.db, query.plan_id.as_deref(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(rows, limit, |t| t.id.clone())))
 }
 
@@ -381,8 +282,10 @@ async fn tenants_update(
         validate_name("name", name)?;
     }
     let new_anchor = input.billing_anchor_day.map(anchor_day).transpose()?;
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let current = find(&mut *tx, &id)
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    let current = tenants::find(&mut **change.tx(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("tenant", &id))?;
     let plan_changes = input
@@ -391,55 +294,31 @@ async fn tenants_update(
         .is_some_and(|p| *p != current.plan_id);
     let anchor_changes = new_anchor.is_some_and(|a| a != current.billing_anchor_day);
     if let Some(plan_id) = &input.plan_id {
-        require_plan(&mut tx, plan_id).await?;
+        plans::require(change.tx(), plan_id).await?;
     }
-    let before = audit::snapshot(&current)?;
+    let before = snapshot(&current)?;
     let view = TenantView {
         name: input.name.unwrap_or(current.name),
         plan_id: input.plan_id.unwrap_or(current.plan_id),
         billing_anchor_day: new_anchor.unwrap_or(current.billing_anchor_day),
-        updated_at: db::now(),
+        updated_at: now.rfc3339(),
         ..current
     };
-    let updated = sqlx::query(
-        "UPDATE tenants SET name = $1, plan_id = $2, billing_anchor_day = $3, updated_at = $4
-         WHERE id = $5",
-    )
-    .bind(&view.name)
-    .bind(&view.plan_id)
-    .bind(view.billing_anchor_day.map(i64::from))
-    .bind(&view.updated_at)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await;
-    match updated {
-        Err(e) if db::is_unique_violation(&e) => return Err(name_taken(&view.name)),
-        other => {
-            other?;
-        }
-    }
+    tenants::update(change.tx(), &view).await?;
     if plan_changes || anchor_changes {
         // Every key now carries a different plan or quota period to the filters.
-        sqlx::query("UPDATE api_keys SET version = $1 WHERE tenant_id = $2 AND deleted_at IS NULL")
-            .bind(version)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+        keys::republish_of_tenant(change.tx(), &id, version).await?;
     }
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    change
+        .audit(Entry {
             action: "tenant.update",
             resource_id: &id,
             tenant_id: Some(&id),
             before,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok(Json(view))
 }
 
@@ -467,41 +346,24 @@ async fn tenants_delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
-    let (mut tx, version) = db::begin_change(&state.db).await?;
-    let Some(current) = find(&mut *tx, &id).await? else {
+    let now = state.now();
+    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let version = change.version();
+    let Some(current) = tenants::find(&mut **change.tx(), &id).await? else {
         return Err(ApiError::not_found("tenant", &id));
     };
-    let now = db::now();
     // Deleting a tenant revokes all its keys, at every filter too.
-    sqlx::query(
-        "UPDATE api_keys SET deleted_at = $1, active = FALSE, updated_at = $2, version = $3
-         WHERE tenant_id = $4 AND deleted_at IS NULL",
-    )
-    .bind(&now)
-    .bind(&now)
-    .bind(version)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE tenants SET deleted_at = $1, updated_at = $2 WHERE id = $3")
-        .bind(&now)
-        .bind(&now)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    keys::delete_of_tenant(change.tx(), &id, version, &now.rfc3339()).await?;
+    tenants::delete(change.tx(), &id, &now.rfc3339()).await?;
+    change
+        .audit(Entry {
             action: "tenant.delete",
             resource_id: &id,
             tenant_id: Some(&id),
-            before: audit::snapshot(&current)?,
+            before: snapshot(&current)?,
             after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    state.published(version);
+        })
+        .await?;
+    change.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

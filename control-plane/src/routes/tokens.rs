@@ -10,16 +10,19 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{tenant_token_hash, Principal, TENANT_TOKEN_PREFIX};
+use crate::change::{snapshot, Change};
 use crate::db;
-use crate::error::Problem;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
-use crate::openapi::{
+use crate::docs::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
     PROBLEM_JSON,
 };
-use crate::routes::{audit, tenants, validate_name};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiJson;
+use crate::input::validate_name;
 use crate::state::AppState;
+use crate::store::audit::Entry;
+pub use crate::store::tokens::TokenView;
+use crate::store::{tenants, tokens};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -38,20 +41,6 @@ pub struct CreateToken {
     pub name: String,
 }
 
-/// A tenant token's metadata: never the token or its hash.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct TokenView {
-    #[schema(example = "tok_Qm4xT9bV2nL7cZ0pR5sK")]
-    pub id: String,
-    pub tenant_id: String,
-    pub name: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// `null` while the token works.
-    #[schema(format = DateTime)]
-    pub revoked_at: Option<String>,
-}
-
 /// The one response that carries the token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssuedToken {
@@ -68,9 +57,10 @@ pub struct TokenList {
 }
 
 async fn require_tenant(state: &AppState, tenant_id: &str) -> ApiResult<()> {
-    match tenants::find(&state.db, tenant_id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found("tenant", tenant_id)),
+    if tenants::exists(&state.db, tenant_id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("tenant", tenant_id))
     }
 }
 
@@ -107,6 +97,7 @@ async fn tokens_create(
     principal.require_admin()?;
     validate_name("name", &input.name)?;
     require_tenant(&state, &tenant_id).await?;
+    let now = state.now();
     let token = format!(
         "{TENANT_TOKEN_PREFIX}{}",
         Alphanumeric.sample_string(&mut rand::rng(), 40)
@@ -115,35 +106,22 @@ async fn tokens_create(
         id: db::new_id("tok"),
         tenant_id,
         name: input.name,
-        created_at: db::now(),
+        created_at: now.rfc3339(),
         revoked_at: None,
     };
-    // Tokens are not pushed to filters, so no config version: a plain transaction.
-    let mut tx = state.db.begin().await?;
-    sqlx::query(
-        "INSERT INTO tenant_tokens (id, tenant_id, name, token_hash, created_at)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&view.id)
-    .bind(&view.tenant_id)
-    .bind(&view.name)
-    .bind(tenant_token_hash(&token))
-    .bind(&view.created_at)
-    .execute(&mut *tx)
-    .await?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    // Tokens are not pushed to filters, so no config version.
+    let mut change = Change::begin_unpublished(&state, principal.label(), now).await?;
+    tokens::insert(change.tx(), &view, &tenant_token_hash(&token)).await?;
+    change
+        .audit(Entry {
             action: "token.create",
             resource_id: &view.id,
             tenant_id: Some(&view.tenant_id),
             before: None,
-            after: audit::snapshot(&view)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+            after: snapshot(&view)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
@@ -175,13 +153,7 @@ async fn tokens_list(
 ) -> ApiResult<Json<TokenList>> {
     principal.require_admin()?;
     require_tenant(&state, &tenant_id).await?;
-    let items = sqlx::query_as::<_, TokenView>(
-        "SELECT id, tenant_id, name, created_at, revoked_at FROM tenant_tokens
-         WHERE tenant_id = $1 ORDER BY created_at, id",
-    )
-    .bind(&tenant_id)
-    .fetch_all(&state.db)
-    .await?;
+    let items = tokens::of_tenant(&state.db, &tenant_id).await?;
     Ok(Json(TokenList { items }))
 }
 
@@ -211,33 +183,23 @@ async fn tokens_revoke(
     Path((tenant_id, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
-    let mut tx = state.db.begin().await?;
-    let revoked = sqlx::query_as::<_, TokenView>(
-        "UPDATE tenant_tokens SET revoked_at = $1
-         WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL
-         RETURNING id, tenant_id, name, created_at, revoked_at",
-    )
-    .bind(db::now())
-    .bind(&id)
-    .bind(&tenant_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("token", &id))?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    let now = state.now();
+    let mut change = Change::begin_unpublished(&state, principal.label(), now).await?;
+    let revoked = tokens::revoke(change.tx(), &tenant_id, &id, &now.rfc3339())
+        .await?
+        .ok_or_else(|| ApiError::not_found("token", &id))?;
+    change
+        .audit(Entry {
             action: "token.revoke",
             resource_id: &id,
             tenant_id: Some(&tenant_id),
-            before: audit::snapshot(&TokenView {
+            before: snapshot(&TokenView {
                 revoked_at: None,
                 ..revoked.clone()
             })?,
-            after: audit::snapshot(&revoked)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+            after: snapshot(&revoked)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,15 +13,18 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
-use crate::db::{self, Tx};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiQuery};
-use crate::openapi::{
+use crate::change::{snapshot, Change, Unpublished};
+use crate::docs::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
     PROBLEM_JSON,
 };
-use crate::routes::{audit, cursor_clause, invalid_cursor, page_limit, tenants, Order, Page};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::paging::{invalid_cursor, page_limit, Page};
 use crate::state::AppState;
+use crate::store::audit::Entry;
+pub use crate::store::webhooks::{AttemptView, WebhookView};
+use crate::store::{tenants, webhooks};
 
 /// Longest webhook URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
@@ -49,35 +52,6 @@ pub struct SetWebhook {
     pub rotate_secret: bool,
 }
 
-/// A tenant's webhook. `secret` appears only when it was just issued.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct WebhookView {
-    pub tenant_id: String,
-    pub url: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    /// `whsec_` and 40 alphanumerics, the HMAC-SHA256 key of the
-    /// `Tollgate-Signature` header: shown when created or rotated, never again.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-}
-
-/// One attempt to deliver an event.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct AttemptView {
-    #[serde(skip)]
-    pub event_id: String,
-    #[schema(format = DateTime)]
-    pub attempted_at: String,
-    pub url: String,
-    /// `null` when no HTTP answer came.
-    pub status_code: Option<i64>,
-    pub error: Option<String>,
-    pub duration_ms: i64,
-}
-
 /// One alert and its delivery attempts.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
@@ -101,19 +75,6 @@ pub struct DeliveryView {
     pub attempt_log: Vec<AttemptView>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct EventRow {
-    id: String,
-    key_id: String,
-    event_type: String,
-    threshold: i64,
-    status: String,
-    attempts: i64,
-    created_at: String,
-    delivered_at: Option<String>,
-    payload: String,
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -127,7 +88,7 @@ pub struct DeliveriesQuery {
 }
 
 async fn visible_tenant(principal: &Principal, state: &AppState, tenant_id: &str) -> ApiResult<()> {
-    if !principal.sees(tenant_id) || tenants::find(&state.db, tenant_id).await?.is_none() {
+    if !principal.sees(tenant_id) || !tenants::exists(&state.db, tenant_id).await? {
         return Err(ApiError::not_found("tenant", tenant_id));
     }
     Ok(())
@@ -155,41 +116,21 @@ fn new_secret() -> String {
     format!("whsec_{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
 }
 
-async fn find<'e>(
-    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    tenant_id: &str,
-) -> ApiResult<Option<WebhookView>> {
-    let row: Option<(String, String, String)> =
-        sqlx::query_as("SELECT url, created_at, updated_at FROM webhooks WHERE tenant_id = $1")
-            .bind(tenant_id)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(url, created_at, updated_at)| WebhookView {
-        tenant_id: tenant_id.to_owned(),
-        url,
-        created_at,
-        updated_at,
-        secret: None,
-    }))
-}
-
 /// Starts a change to the tenant's webhook. Its first statement writes the
 /// tenant's row, which takes PostgreSQL's row lock (SQLite's write lock), so
 /// changes to one webhook run one after another and each reads, inside the
 /// transaction, what the one before it left: two first PUTs at once are a
 /// create and an update, not a failed insert.
-async fn begin_webhook_change(state: &AppState, tenant_id: &str) -> ApiResult<Tx> {
-    let mut tx = state.db.begin().await?;
-    let locked = sqlx::query(
-        "UPDATE tenants SET updated_at = updated_at WHERE id = $1 AND deleted_at IS NULL",
-    )
-    .bind(tenant_id)
-    .execute(&mut *tx)
-    .await?;
-    if locked.rows_affected() == 0 {
+async fn begin_webhook_change(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: &str,
+) -> ApiResult<Change<Unpublished>> {
+    let mut change = Change::begin_unpublished(state, principal.label(), state.now()).await?;
+    if !tenants::lock(change.tx(), tenant_id).await? {
         return Err(ApiError::not_found("tenant", tenant_id));
     }
-    Ok(tx)
+    Ok(change)
 }
 
 /// A tenant's webhook
@@ -213,7 +154,7 @@ async fn webhook_get(
     Path(tenant_id): Path<String>,
 ) -> ApiResult<Json<WebhookView>> {
     visible_tenant(&principal, &state, &tenant_id).await?;
-    find(&state.db, &tenant_id)
+    webhooks::find(&state.db, &tenant_id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))
@@ -259,34 +200,16 @@ async fn webhook_set(
     principal.require_admin()?;
     visible_tenant(&principal, &state, &tenant_id).await?;
     validate_url(&input.url)?;
-    let mut tx = begin_webhook_change(&state, &tenant_id).await?;
-    let before = find(&mut *tx, &tenant_id).await?;
-    let now = db::now();
+    let mut change = begin_webhook_change(&state, &principal, &tenant_id).await?;
+    let before = webhooks::find(&mut **change.tx(), &tenant_id).await?;
+    let now = change.now().rfc3339();
     let secret = (before.is_none() || input.rotate_secret).then(new_secret);
     match (&before, &secret) {
         (None, Some(secret)) => {
-            sqlx::query(
-                "INSERT INTO webhooks (tenant_id, url, secret, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $4)",
-            )
-            .bind(&tenant_id)
-            .bind(&input.url)
-            .bind(secret)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
+            webhooks::insert(change.tx(), &tenant_id, &input.url, secret, &now).await?;
         }
         (_, secret) => {
-            sqlx::query(
-                "UPDATE webhooks SET url = $1, secret = COALESCE($2, secret), updated_at = $3
-                 WHERE tenant_id = $4",
-            )
-            .bind(&input.url)
-            .bind(secret.as_deref())
-            .bind(&now)
-            .bind(&tenant_id)
-            .execute(&mut *tx)
-            .await?;
+            webhooks::update(change.tx(), &tenant_id, &input.url, secret.as_deref(), &now).await?;
         }
     }
     let after = WebhookView {
@@ -298,10 +221,8 @@ async fn webhook_set(
         updated_at: now,
         secret: None,
     };
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    change
+        .audit(Entry {
             action: if before.is_none() {
                 "webhook.create"
             } else {
@@ -309,12 +230,11 @@ async fn webhook_set(
             },
             resource_id: &tenant_id,
             tenant_id: Some(&tenant_id),
-            before: before.as_ref().map(audit::snapshot).transpose()?.flatten(),
-            after: audit::snapshot(&after)?,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+            before: before.as_ref().map(snapshot).transpose()?.flatten(),
+            after: snapshot(&after)?,
+        })
+        .await?;
+    change.commit().await?;
     Ok((
         StatusCode::OK,
         [(header::CACHE_CONTROL, "no-store")],
@@ -348,27 +268,21 @@ async fn webhook_delete(
 ) -> ApiResult<StatusCode> {
     principal.require_admin()?;
     visible_tenant(&principal, &state, &tenant_id).await?;
-    let mut tx = begin_webhook_change(&state, &tenant_id).await?;
-    let before = find(&mut *tx, &tenant_id)
+    let mut change = begin_webhook_change(&state, &principal, &tenant_id).await?;
+    let before = webhooks::find(&mut **change.tx(), &tenant_id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))?;
-    sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1")
-        .bind(&tenant_id)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
-        &principal.label(),
-        audit::Entry {
+    webhooks::delete(change.tx(), &tenant_id).await?;
+    change
+        .audit(Entry {
             action: "webhook.delete",
             resource_id: &tenant_id,
             tenant_id: Some(&tenant_id),
-            before: audit::snapshot(&before)?,
+            before: snapshot(&before)?,
             after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+        })
+        .await?;
+    change.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -408,38 +322,21 @@ async fn deliveries_list(
         }
     }
     if let Some(after) = &query.after {
-        let known: Option<String> =
-            sqlx::query_scalar("SELECT id FROM webhook_events WHERE id = $1 AND tenant_id = $2")
-                .bind(after)
-                .bind(&tenant_id)
-                .fetch_optional(&state.db)
-                .await?;
-        if known.is_none() {
+        if !webhooks::event_exists(&state.db, &tenant_id, after).await? {
             return Err(invalid_cursor());
         }
     }
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
-        "SELECT id, key_id, event_type, threshold, status, attempts, created_at, delivered_at, payload
-         FROM webhook_events
-         WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) {}
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-        cursor_clause("webhook_events", 3, Order::Descending)
-    ))
-    .bind(&tenant_id)
-    .bind(query.status.as_deref())
-    .bind(query.after.as_deref())
-    .bind(limit + 1)
-    .fetch_all(&state.db)
+    let rows = webhooks::events(
+        &state.db,
+        &tenant_id,
+        query.status.as_deref(),
+        query.after.as_deref(),
+        limit + 1,
+    )
     .await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
-        let attempt_log: Vec<AttemptView> = sqlx::query_as(
-            "SELECT event_id, attempted_at, url, status_code, error, duration_ms
-             FROM webhook_attempts WHERE event_id = $1 ORDER BY id",
-        )
-        .bind(&row.id)
-        .fetch_all(&state.db)
-        .await?;
+        let attempt_log = webhooks::attempts(&state.db, &row.id).await?;
         items.push(DeliveryView {
             payload: serde_json::from_str(&row.payload).map_err(ApiError::internal)?,
             id: row.id,

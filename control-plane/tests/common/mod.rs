@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tollgate_control_plane::{app, db, AppState};
+use tollgate_control_plane::{app, db, store, AppState};
 use tollgate_core::wire::SyncResponse;
 use tower::ServiceExt;
 
@@ -219,7 +219,7 @@ pub async fn sync(app: &Router, since: u64) -> SyncResponse {
 
 /// The configuration version.
 pub async fn version(state: &AppState) -> u64 {
-    db::current_version(&state.db).await.unwrap()
+    store::feed::current_version(&state.db).await.unwrap()
 }
 
 /// The number of rows of each table.

@@ -2,15 +2,15 @@
 //!
 //! A small registry of its own rather than a metrics crate: a handful of
 //! counters and gauges in atomics, and the per-route series behind one short
-//! mutex held for a map update per request. [`track`] is the middleware that
-//! counts every request by route template, method and status and times it;
+//! mutex held for a map update per request. `middleware::track` counts every
+//! request by route template, method and status and times it;
 //! the usage ingest and the sync long-poll report through one-line hooks
 //! ([`Metrics::usage_ingested`], [`Metrics::poll_held`]).
 //!
 //! Labels never carry tenant data: routes are templates (`/v1/keys/{id}`,
 //! never an id), paths that match no route are `unmatched`, methods outside
 //! the standard set are `other`, so the series stay few whatever clients
-//! send. `/metrics` is open unless `--metrics-token` is set; then it wants
+//! send. `/metrics` ([`endpoint`]) is open unless `--metrics-token` is set; then it wants
 //! `Authorization: Bearer <that token>` (not the admin token: a scraper
 //! should hold no admin rights).
 
@@ -18,18 +18,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::http::Method;
 use tollgate_core::wire::UsageBatch;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+pub mod endpoint;
 
 /// Where the metrics are served.
 pub const METRICS_PATH: &str = "/metrics";
@@ -239,41 +233,6 @@ impl Metrics {
 fn header_lines(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Middleware: counts and times every request, under its route template.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics.observe(
-        route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
-/// `GET /metrics`, merged at the top level of the app.
-pub fn router() -> Router<AppState> {
-    Router::new().route(METRICS_PATH, get(metrics))
-}
-
-async fn metrics(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    if let Some(token) = &state.metrics_token {
-        crate::auth::check(request.headers(), token)?;
-    }
-    let body = state.metrics.render(*state.versions.borrow());
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        body,
-    )
-        .into_response())
 }
 
 #[cfg(test)]

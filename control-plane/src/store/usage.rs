@@ -1,0 +1,359 @@
+//! Usage as stored: counts per key, hour and outcome, the batches already
+//! counted, and the quota ledger the Envoys' standings are read from.
+//!
+//! Each Envoy's leader sends what its workers counted, in batches that
+//! keep their id across retries. A batch is applied in one transaction that
+//! first records its id, so a batch that arrives twice (a lost answer, a
+//! retry after a timeout) is counted once. Counts land per key, hour and
+//! outcome, with the summed cost of what was let through; the key's
+//! `last_used_at` moves forward to the minute, never to before the key's
+//! `created_at`.
+//!
+//! **Quota ledger.** The same transaction adds each key's cost to
+//! `quota_counts`, per key, quota period (from the last use and the tenant's
+//! billing anchor) and reporting Envoy. Every row it writes takes the next
+//! value of one sequence, claimed while holding the sequence's row until
+//! commit, so values become visible in order. The answer to every batch, a
+//! [`UsageReceipt`], tells the reporter what the *other* Envoys used of each
+//! key's quota in its current period, for keys whose rows changed after the
+//! reporter's `standings_since`, one page at a time. Envoys report every
+//! second even when idle, to hear the standings: an empty batch writes
+//! nothing and costs one or two indexed reads.
+
+use std::time::{Duration, SystemTime};
+
+use tollgate_core::period::quota_period;
+use tollgate_core::wire::{QuotaStanding, UsageBatch, UsageReceipt};
+
+use crate::clock::Now;
+use crate::db::{self, Db, Tx};
+use crate::error::ApiResult;
+use crate::store::{db_int, webhooks};
+
+/// Most keys one [`UsageReceipt`] carries standings for; `more` says another page waits.
+pub const MAX_STANDINGS: usize = 10_000;
+
+/// The outcome requests let through are counted under.
+pub const ALLOWED: &str = "allowed";
+
+/// RFC 3339 of `ms` truncated to `step` (an hour for counts, a minute for last use).
+pub fn truncated(ms: u64, step: Duration) -> String {
+    let step_ms = u64::try_from(step.as_millis()).unwrap_or(1).max(1);
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms - ms % step_ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+pub const HOUR: Duration = Duration::from_secs(3600);
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Adds `count` requests of `outcome` (and, for `allowed`, their `cost`).
+async fn add_count(
+    tx: &mut Tx,
+    key_id: &str,
+    hour: &str,
+    outcome: &str,
+    count: u64,
+    cost: u64,
+) -> ApiResult<()> {
+    if count == 0 && cost == 0 {
+        return Ok(());
+    }
+    // The tenant is looked up here (tombstones keep it) rather than trusted from the report.
+    sqlx::query(
+        "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count, cost)
+         VALUES ($1, (SELECT tenant_id FROM api_keys WHERE id = $1), $2, $3, $4, $5)
+         ON CONFLICT (key_id, hour, outcome) DO UPDATE
+         SET count = usage_hourly.count + excluded.count, cost = usage_hourly.cost + excluded.cost",
+    )
+    .bind(key_id)
+    .bind(hour)
+    .bind(outcome)
+    .bind(db_int(count))
+    .bind(db_int(cost))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A key's cost in one quota period, for the ledger.
+struct LedgerEntry {
+    key_id: String,
+    key_hash: String,
+    period_start_ms: i64,
+    cost: i64,
+}
+
+pub fn anchor(day: Option<i64>) -> Option<u8> {
+    day.and_then(|d| u8::try_from(d).ok())
+}
+
+/// Counts `batch` unless it was counted before; whether it was new.
+pub async fn apply(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
+    let now = at.unix_ms();
+    let hour = truncated(now, HOUR);
+    let mut tx = db.begin().await?;
+    let first_time = sqlx::query("INSERT INTO usage_batches (id, received_at) VALUES ($1, $2)")
+        .bind(&batch.batch_id)
+        .bind(at.rfc3339())
+        .execute(&mut *tx)
+        .await;
+    match first_time {
+        // Dropping `tx` rolls back; on PostgreSQL the failed insert ended it anyway.
+        Err(e) if db::is_unique_violation(&e) => return Ok(false),
+        other => {
+            other?;
+        }
+    }
+    let mut ledger = Vec::new();
+    for usage in &batch.keys {
+        add_count(
+            &mut tx,
+            &usage.key_id,
+            &hour,
+            ALLOWED,
+            usage.allowed,
+            usage.cost,
+        )
+        .await?;
+        for (code, n) in &usage.denied {
+            add_count(&mut tx, &usage.key_id, &hour, code, *n, 0).await?;
+        }
+        // A filter's clock may run ahead; never record a use in the future.
+        let last_used = usage.last_used_ms.map(|last| last.min(now));
+        if let Some(last) = last_used {
+            let minute = truncated(last, MINUTE);
+            // Truncated, a use in the minute the key was created would show
+            // as before its creation; it shows as the creation instead.
+            sqlx::query(
+                "UPDATE api_keys
+                 SET last_used_at = CASE WHEN created_at > $1 THEN created_at ELSE $1 END
+                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(&minute)
+            .bind(&usage.key_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if usage.cost > 0 {
+            // The period is the tenant's as it is now; unknown keys have no quota.
+            let key: Option<(String, Option<i64>)> = sqlx::query_as(
+                "SELECT k.key_hash, t.billing_anchor_day
+                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1",
+            )
+            .bind(&usage.key_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((key_hash, anchor_day)) = key {
+                let period = quota_period(last_used.unwrap_or(now), anchor(anchor_day));
+                ledger.push(LedgerEntry {
+                    key_id: usage.key_id.clone(),
+                    key_hash,
+                    period_start_ms: db_int(period.start_ms),
+                    cost: db_int(usage.cost),
+                });
+            }
+        }
+    }
+    for (code, n) in &batch.unattributed {
+        add_count(&mut tx, "", &hour, code, *n, 0).await?;
+    }
+    if !ledger.is_empty() {
+        // Last, so the sequence's row is held only for the ledger's writes.
+        let rows = i64::try_from(ledger.len()).unwrap_or(i64::MAX);
+        let last: i64 =
+            sqlx::query_scalar("UPDATE quota_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq")
+                .bind(rows)
+                .fetch_one(&mut *tx)
+                .await?;
+        for (seq, entry) in (last - rows + 1..).zip(&ledger) {
+            sqlx::query(
+                "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
+                 SET used = quota_counts.used + excluded.used, seq = excluded.seq",
+            )
+            .bind(&entry.key_id)
+            .bind(&entry.key_hash)
+            .bind(entry.period_start_ms)
+            .bind(&batch.reporter_id)
+            .bind(entry.cost)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    // Quota alerts join the same transaction: they exist exactly when the usage does.
+    let touched: Vec<(&str, i64)> = ledger
+        .iter()
+        .map(|e| (e.key_id.as_str(), e.period_start_ms))
+        .collect();
+    webhooks::enqueue_quota_alerts(&mut tx, &touched, at).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The earliest start of a current quota period, over every anchor day: no
+/// ledger row from before it can count towards any key's standing.
+fn earliest_current_start(now: u64) -> u64 {
+    (1..=31u8)
+        .map(|day| quota_period(now, Some(day)).start_ms)
+        .min()
+        .unwrap_or(0)
+}
+
+#[derive(sqlx::FromRow)]
+struct StandingRow {
+    key_id: String,
+    key_hash: String,
+    last_seq: i64,
+    period_start_ms: Option<i64>,
+    used: Option<i64>,
+    billing_anchor_day: Option<i64>,
+}
+
+/// What reporters other than `reporter_id` used of each key's quota in its
+/// current period, for keys whose ledger rows changed after `since`.
+pub async fn receipt(
+    db: &Db,
+    page: usize,
+    reporter_id: &str,
+    since: u64,
+    now: u64,
+) -> ApiResult<UsageReceipt> {
+    // The head first: every row at or below it is committed (see the module
+    // docs), so reading rows after it can miss none of them.
+    let head: i64 = sqlx::query_scalar("SELECT seq FROM quota_seq WHERE id = 1")
+        .fetch_one(db)
+        .await?;
+    let since_db = i64::try_from(since).unwrap_or(i64::MAX);
+    let cursor = u64::try_from(head).unwrap_or(0);
+    if head <= since_db {
+        return Ok(UsageReceipt {
+            standings: Vec::new(),
+            cursor,
+            more: false,
+        });
+    }
+    let page = page.max(1);
+    let rows = sqlx::query_as::<_, StandingRow>(
+        "SELECT p.key_id, p.key_hash, p.last_seq, c.period_start_ms, c.used, t.billing_anchor_day
+         FROM (SELECT key_id, MAX(key_hash) AS key_hash, MAX(seq) AS last_seq
+               FROM quota_counts
+               WHERE seq > $1 AND seq <= $2 AND reporter_id <> $3
+               GROUP BY key_id ORDER BY MAX(seq) LIMIT $4) p
+         LEFT JOIN quota_counts c
+                ON c.key_id = p.key_id AND c.reporter_id <> $3 AND c.period_start_ms >= $5
+         LEFT JOIN api_keys k ON k.id = p.key_id
+         LEFT JOIN tenants t ON t.id = k.tenant_id
+         ORDER BY p.last_seq",
+    )
+    .bind(since_db)
+    .bind(head)
+    .bind(reporter_id)
+    .bind(i64::try_from(page + 1).unwrap_or(i64::MAX))
+    .bind(db_int(earliest_current_start(now)))
+    .fetch_all(db)
+    .await?;
+    // Rows come grouped by key, keys in the order of their newest change;
+    // each key's figure is for its current period, whatever period changed.
+    struct Standing {
+        key_id: String,
+        last_seq: i64,
+        standing: QuotaStanding,
+    }
+    let mut standings: Vec<Standing> = Vec::new();
+    for row in rows {
+        if standings.last().is_none_or(|s| s.key_id != row.key_id) {
+            let period = quota_period(now, anchor(row.billing_anchor_day));
+            standings.push(Standing {
+                key_id: row.key_id.clone(),
+                last_seq: row.last_seq,
+                standing: QuotaStanding {
+                    key_hash: row.key_hash.clone(),
+                    period_start_ms: period.start_ms,
+                    others_used: 0,
+                },
+            });
+        }
+        let Some(s) = standings.last_mut() else {
+            continue;
+        };
+        if row.period_start_ms == Some(db_int(s.standing.period_start_ms)) {
+            let used = row.used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0);
+            s.standing.others_used = s.standing.others_used.saturating_add(used);
+        }
+    }
+    let more = standings.len() > page;
+    standings.truncate(page);
+    // A full page covers up to its newest key's change; the rest, up to the head.
+    let cursor = match standings.last() {
+        Some(last) if more => u64::try_from(last.last_seq).unwrap_or(0),
+        _ => cursor,
+    };
+    Ok(UsageReceipt {
+        standings: standings.into_iter().map(|s| s.standing).collect(),
+        cursor,
+        more,
+    })
+}
+
+/// What counts against a key's quota: its own and its plan's quota, and its
+/// tenant's billing anchor; `None` for no such key (or a deleted one).
+#[derive(sqlx::FromRow)]
+pub struct KeyQuota {
+    pub tenant_id: String,
+    pub own_quota: Option<i64>,
+    pub plan_quota: Option<i64>,
+    pub billing_anchor_day: Option<i64>,
+}
+
+pub async fn key_quota(db: &Db, key_id: &str) -> Result<Option<KeyQuota>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT k.tenant_id, k.monthly_quota AS own_quota, p.monthly_quota AS plan_quota,
+                t.billing_anchor_day
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN plans p ON p.id = t.plan_id
+         WHERE k.id = $1 AND k.deleted_at IS NULL",
+    )
+    .bind(key_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The cost the key was let through for in the hours from `from` to `to`
+/// (exclusive; both RFC 3339 of whole hours).
+pub async fn cost_between(db: &Db, key_id: &str, from: &str, to: &str) -> Result<u64, sqlx::Error> {
+    // SUM of BIGINT is NUMERIC on PostgreSQL, which the Any driver cannot read.
+    let used: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(cost) AS BIGINT) FROM usage_hourly
+         WHERE key_id = $1 AND outcome = 'allowed' AND hour >= $2 AND hour < $3",
+    )
+    .bind(key_id)
+    .bind(from)
+    .bind(to)
+    .fetch_one(db)
+    .await?;
+    Ok(used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0))
+}
+
+/// One hour of one key's counts: (key_id, hour, outcome, count, cost); the
+/// key id is empty for refusals that named no known key.
+pub type HourRow = (String, String, String, i64, i64);
+
+/// The tenant's hourly counts from `from_hour` to `to` (exclusive), by key, hour and outcome.
+pub async fn tenant_hours(
+    db: &Db,
+    tenant_id: &str,
+    from_hour: &str,
+    to: &str,
+) -> Result<Vec<HourRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT key_id, hour, outcome, count, cost FROM usage_hourly
+         WHERE tenant_id = $1 AND hour >= $2 AND hour < $3
+         ORDER BY key_id, hour, outcome",
+    )
+    .bind(tenant_id)
+    .bind(from_hour)
+    .bind(to)
+    .fetch_all(db)
+    .await
+}
