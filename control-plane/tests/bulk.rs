@@ -623,13 +623,13 @@ on_both_databases!(
     changes_made_during_a_walk_reach_it,
     a_malformed_cursor_is_a_bad_query,
     every_answer_is_what_serde_writes,
+    the_batch_body_is_documented_as_create_key_plus_count,
 );
 
 /// The batch body is documented as what it is: `CreateKey`'s fields, `name`
 /// optional, and `count`.
-#[tokio::test]
-async fn the_batch_body_is_documented_as_create_key_plus_count() {
-    let (app, _) = common::test_app(Backend::Sqlite).await;
+async fn the_batch_body_is_documented_as_create_key_plus_count(backend: Backend) {
+    let (app, _) = common::test_app(backend).await;
     let r = send(&app, Method::GET, "/openapi.json", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     let schemas = &r.body["components"]["schemas"];

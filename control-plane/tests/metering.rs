@@ -3,9 +3,9 @@
 //! access, costs in usage reports, and the quota ledger behind the standings
 //! each usage receipt carries.
 //!
-//! Like `api.rs`, every test runs on SQLite and on the PostgreSQL server named
-//! by `TOLLGATE_TEST_POSTGRES_URL` (`cargo xtask test` starts one; `cargo
-//! xtask postgres` starts one by hand).
+//! Like the API tests (`tests/api/`), every test runs on SQLite and on the
+//! PostgreSQL server named by `TOLLGATE_TEST_POSTGRES_URL` (`cargo xtask
+//! test` starts one; `cargo xtask postgres` starts one by hand).
 
 pub mod common;
 

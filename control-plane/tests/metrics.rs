@@ -1,7 +1,9 @@
-//! `GET /metrics` through `app(state).oneshot(..)` on an in-memory SQLite
-//! database: requests by route template (never an id), the latency
-//! histogram, usage batches, open long-polls, the config version, and the
-//! optional metrics token.
+//! `GET /metrics` through `app(state).oneshot(..)`: requests by route
+//! template (never an id), the latency histogram, usage batches, open
+//! long-polls, the config version, and the optional metrics token.
+//!
+//! Every test runs on SQLite and on the PostgreSQL server named by
+//! `TOLLGATE_TEST_POSTGRES_URL`.
 
 pub mod common;
 
@@ -34,9 +36,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test]
-async fn counts_requests_by_route_template_and_reports_usage_and_version() {
-    let app = app(test_state(Backend::Sqlite).await);
+async fn counts_requests_by_route_template_and_reports_usage_and_version(backend: Backend) {
+    let app = app(test_state(backend).await);
 
     let r = send(&app, "GET", "/v1/plans/plan_secret123", Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -107,9 +108,8 @@ async fn counts_requests_by_route_template_and_reports_usage_and_version() {
     );
 }
 
-#[tokio::test]
-async fn a_held_long_poll_is_an_open_poll_until_it_answers() {
-    let app = app(test_state(Backend::Sqlite).await);
+async fn a_held_long_poll_is_an_open_poll_until_it_answers(backend: Backend) {
+    let app = app(test_state(backend).await);
     let poll = tokio::spawn({
         let app = app.clone();
         async move {
@@ -157,11 +157,8 @@ async fn a_held_long_poll_is_an_open_poll_until_it_answers() {
     );
 }
 
-#[tokio::test]
-async fn with_a_metrics_token_only_that_token_may_scrape() {
-    let app = app(test_state(Backend::Sqlite)
-        .await
-        .with_metrics_token(Some(METRICS)));
+async fn with_a_metrics_token_only_that_token_may_scrape(backend: Backend) {
+    let app = app(test_state(backend).await.with_metrics_token(Some(METRICS)));
     for token in [
         None,
         Some(ADMIN),
@@ -179,3 +176,9 @@ async fn with_a_metrics_token_only_that_token_may_scrape() {
         "{text}"
     );
 }
+
+on_both_databases!(
+    counts_requests_by_route_template_and_reports_usage_and_version,
+    a_held_long_poll_is_an_open_poll_until_it_answers,
+    with_a_metrics_token_only_that_token_may_scrape,
+);

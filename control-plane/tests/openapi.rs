@@ -9,6 +9,11 @@
 //! [`answers_match_the_documented_responses`], which walks through every
 //! endpoint and checks each answer against the document with a small JSON
 //! Schema checker (enough of it for the shapes utoipa generates).
+//!
+//! Every test that builds the app runs on SQLite and on the PostgreSQL server
+//! named by `TOLLGATE_TEST_POSTGRES_URL`; the two that need no database,
+//! [`the_sources_route_exactly_routes`] (it reads `src/routes`) and
+//! [`the_checker_catches_what_it_should`], run once.
 
 pub mod common;
 
@@ -71,9 +76,9 @@ const METHODS: &[&str] = &[
 /// Route files whose routes are not nested under `/v1` (see `app()` in lib.rs).
 const TOP_LEVEL_ROUTE_FILES: &[&str] = &["health.rs"];
 
-/// The app on a fresh in-memory SQLite database.
-async fn test_app() -> Router {
-    common::test_app(Backend::Sqlite).await.0
+/// The app on a fresh, migrated database of `backend`.
+async fn test_app(backend: Backend) -> Router {
+    common::test_app(backend).await.0
 }
 
 /// The fallback's answer: no route for this path at all.
@@ -148,9 +153,8 @@ fn uses_problem(doc: &Value, response: &Value) -> bool {
         == "#/components/schemas/Problem"
 }
 
-#[tokio::test]
-async fn documents_exactly_the_routes_the_router_serves() {
-    let app = test_app().await;
+async fn documents_exactly_the_routes_the_router_serves(backend: Backend) {
+    let app = test_app(backend).await;
     let doc = document(&app).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     assert_eq!(doc["info"]["title"], "Tollgate control plane");
@@ -274,9 +278,8 @@ async fn documents_exactly_the_routes_the_router_serves() {
     }
 }
 
-#[tokio::test]
-async fn the_problem_schema_is_what_errors_look_like() {
-    let app = test_app().await;
+async fn the_problem_schema_is_what_errors_look_like(backend: Backend) {
+    let app = test_app(backend).await;
     let doc = document(&app).await;
     let problem = &doc["components"]["schemas"]["Problem"];
     let properties: BTreeSet<&str> = problem["properties"]
@@ -297,9 +300,8 @@ async fn the_problem_schema_is_what_errors_look_like() {
     assert!(errors.is_empty(), "{errors:#?}");
 }
 
-#[tokio::test]
-async fn swagger_ui_is_served_from_the_binary() {
-    let app = test_app().await;
+async fn swagger_ui_is_served_from_the_binary(backend: Backend) {
+    let app = test_app(backend).await;
 
     // `/docs` redirects to `/docs/`, which is Swagger UI's page.
     let r = send(&app, "GET", "/docs", None, None).await;
@@ -339,9 +341,8 @@ async fn swagger_ui_is_served_from_the_binary() {
     assert!(r.text().contains("/openapi.json"), "{}", r.text());
 }
 
-#[tokio::test]
-async fn other_paths_still_answer_the_api_s_own_404_and_405() {
-    let app = test_app().await;
+async fn other_paths_still_answer_the_api_s_own_404_and_405(backend: Backend) {
+    let app = test_app(backend).await;
     for uri in [
         "/nope",
         "/v1/nope",
@@ -450,9 +451,8 @@ fn with_dummy_ids(path: &str) -> String {
         .join("/")
 }
 
-#[tokio::test]
-async fn every_documented_operation_is_routed() {
-    let app = test_app().await;
+async fn every_documented_operation_is_routed(backend: Backend) {
+    let app = test_app(backend).await;
     let doc = document(&app).await;
     for (method, path, _) in operations(&doc) {
         let uri = with_dummy_ids(&path);
@@ -776,9 +776,8 @@ fn id(body: &Value) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn answers_match_the_documented_responses() {
-    let app = test_app().await;
+async fn answers_match_the_documented_responses(backend: Backend) {
+    let app = test_app(backend).await;
     let doc = document(&app).await;
     let w = Walk {
         app: &app,
@@ -1024,3 +1023,12 @@ async fn answers_match_the_documented_responses() {
     w.call(a, "DELETE", &plan_uri, None, S::NO_CONTENT).await;
     w.call(a, "GET", &plan_uri, None, S::NOT_FOUND).await;
 }
+
+on_both_databases!(
+    documents_exactly_the_routes_the_router_serves,
+    the_problem_schema_is_what_errors_look_like,
+    swagger_ui_is_served_from_the_binary,
+    other_paths_still_answer_the_api_s_own_404_and_405,
+    every_documented_operation_is_routed,
+    answers_match_the_documented_responses,
+);

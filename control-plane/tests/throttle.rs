@@ -1,5 +1,6 @@
 //! The admin API's own rate limits, per token and per client address, driven
-//! through `app(state).oneshot(..)` on an in-memory SQLite database.
+//! through `app(state).oneshot(..)`. Every test runs on SQLite and on the
+//! PostgreSQL server named by `TOLLGATE_TEST_POSTGRES_URL`.
 //!
 //! Limits here are one request a minute after a small burst, so a refill can
 //! never happen while a test runs and every edge is deterministic.
@@ -79,9 +80,8 @@ async fn tenant_with_token(setup: &Router) -> (String, String) {
     (tenant, token["token"].as_str().unwrap().to_owned())
 }
 
-#[tokio::test]
-async fn admin_token_is_limited_after_its_burst_and_other_tokens_are_not() {
-    let state = test_state(Backend::Sqlite).await;
+async fn admin_token_is_limited_after_its_burst_and_other_tokens_are_not(backend: Backend) {
+    let state = test_state(backend).await;
     let (tenant, tenant_token) = tenant_with_token(&app(state.clone())).await;
     let app = app(state.with_throttle(tiny(Some(3), None)));
 
@@ -109,9 +109,8 @@ async fn admin_token_is_limited_after_its_burst_and_other_tokens_are_not() {
     }
 }
 
-#[tokio::test]
-async fn wrong_and_missing_tokens_are_limited_per_client_address() {
-    let state = test_state(Backend::Sqlite).await;
+async fn wrong_and_missing_tokens_are_limited_per_client_address(backend: Backend) {
+    let state = test_state(backend).await;
     let app = app(state.with_throttle(tiny(None, Some(3))))
         .layer(MockConnectInfo(SocketAddr::from(GUESSER)));
 
@@ -153,9 +152,8 @@ async fn wrong_and_missing_tokens_are_limited_per_client_address() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
-#[tokio::test]
-async fn the_envoys_endpoints_are_never_limited() {
-    let state = test_state(Backend::Sqlite).await;
+async fn the_envoys_endpoints_are_never_limited(backend: Backend) {
+    let state = test_state(backend).await;
     let app = app(state.with_throttle(tiny(Some(1), Some(1))))
         .layer(MockConnectInfo(SocketAddr::from(GUESSER)));
 
@@ -178,9 +176,8 @@ async fn the_envoys_endpoints_are_never_limited() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
 }
 
-#[tokio::test]
-async fn without_a_client_address_only_the_per_token_limit_applies() {
-    let state = test_state(Backend::Sqlite).await;
+async fn without_a_client_address_only_the_per_token_limit_applies(backend: Backend) {
+    let state = test_state(backend).await;
     // No ConnectInfo at all: the per-address limit of 1 cannot apply.
     let app = app(state.with_throttle(tiny(Some(2), Some(1))));
 
@@ -198,9 +195,8 @@ async fn without_a_client_address_only_the_per_token_limit_applies() {
     assert_throttled(&get(&app, "/v1/plans", Some(ADMIN)).await, 60, "per-token");
 }
 
-#[tokio::test]
-async fn limits_can_be_turned_off() {
-    let state = test_state(Backend::Sqlite).await;
+async fn limits_can_be_turned_off(backend: Backend) {
+    let state = test_state(backend).await;
     let app = app(state.with_throttle(ThrottleConfig::off()))
         .layer(MockConnectInfo(SocketAddr::from(GUESSER)));
     for _ in 0..50 {
@@ -210,3 +206,11 @@ async fn limits_can_be_turned_off() {
         );
     }
 }
+
+on_both_databases!(
+    admin_token_is_limited_after_its_burst_and_other_tokens_are_not,
+    wrong_and_missing_tokens_are_limited_per_client_address,
+    the_envoys_endpoints_are_never_limited,
+    without_a_client_address_only_the_per_token_limit_applies,
+    limits_can_be_turned_off,
+);

@@ -2,9 +2,9 @@
 //! through the API, the alerts usage reports queue, and their signed
 //! delivery with retries to a small receiver on 127.0.0.1.
 //!
-//! Like `api.rs`, every test runs on SQLite and on the PostgreSQL server named
-//! by `TOLLGATE_TEST_POSTGRES_URL` (`cargo xtask test` starts one; `cargo
-//! xtask postgres` starts one by hand).
+//! Like the API tests (`tests/api/`), every test runs on SQLite and on the
+//! PostgreSQL server named by `TOLLGATE_TEST_POSTGRES_URL` (`cargo xtask
+//! test` starts one; `cargo xtask postgres` starts one by hand).
 
 pub mod common;
 

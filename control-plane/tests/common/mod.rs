@@ -2,8 +2,9 @@
 //! app they drive with `oneshot`, one request and its answer, and the
 //! fixtures most tests start from.
 //!
-//! Each test file declares `pub mod common;`: as public items of the test
-//! crate, helpers one file does not use are not reported as dead code there.
+//! Each test file declares `pub mod common;` (`api/main.rs` with a `#[path]`
+//! to this file): as public items of the test crate, helpers one file does
+//! not use are not reported as dead code there.
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
@@ -181,6 +182,15 @@ pub async fn create(app: &Router, uri: &str, body: Value) -> Value {
     let r = admin(app, Method::POST, uri, Some(body)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{uri}: {:?}", r.body);
     r.body
+}
+
+/// A new private plan: five a second with a burst of ten.
+pub async fn plan(app: &Router, max_api_keys: Option<u64>) -> String {
+    let body = json!({"name": format!("plan-{}", db::new_id("x")), "limits": [{"name": "per-second", "max": 5, "window_seconds": 1, "burst": 10}], "max_api_keys": max_api_keys});
+    create(app, "/v1/plans", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// A new tenant on the plan.

@@ -1,0 +1,295 @@
+//! Usage reports from the Envoys (counted once per batch, moving a key's
+//! `last_used_at`) and usage read back per key and per tenant.
+
+use crate::common::{
+    admin, assert_problem, key, plan, send, tenant, tenant_token, test_app, Backend, Reply, ADMIN,
+    SYNC,
+};
+use axum::http::{Method, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+
+async fn report(app: &Router, batch: Value) -> Reply {
+    let body = batch.to_string();
+    send(app, Method::POST, "/v1/usage", Some(SYNC), Some(&body)).await
+}
+
+async fn usage_reports_are_counted_once_and_move_last_used_at(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    assert!(shown.body["last_used_at"].is_null());
+    // The uses reported below are from before this test ran.
+    sqlx::query("UPDATE api_keys SET created_at = '2026-11-18T09:00:00Z' WHERE id = $1")
+        .bind(&key_id)
+        .execute(&state.db)
+        .await
+        .unwrap();
+
+    let used_ms: u64 = 1_795_000_000_000; // 2026-11-18T11:06:40Z
+    let batch = json!({
+        "batch_id": "envoy-1-7",
+        "keys": [{"key_id": key_id, "allowed": 5, "cost": 5, "denied": {"rate_limited": 2}, "last_used_ms": used_ms}],
+        "unattributed": {"invalid_api_key": 3}
+    });
+    let r = report(&app, batch.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body, json!({"standings": [], "cursor": 1, "more": false}));
+    // The same batch again, as after a lost answer: counted once, answered again.
+    let again = report(&app, batch).await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(again.body, r.body);
+
+    let rows: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT key_id, tenant_id, outcome, count FROM usage_hourly ORDER BY key_id, outcome",
+    )
+    .fetch_all(&state.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("".to_owned(), None, "invalid_api_key".to_owned(), 3),
+            (
+                key_id.clone(),
+                Some(tenant_id.clone()),
+                "allowed".to_owned(),
+                5
+            ),
+            (
+                key_id.clone(),
+                Some(tenant_id.clone()),
+                "rate_limited".to_owned(),
+                2
+            ),
+        ]
+    );
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:06:00Z");
+
+    // Another batch adds up; an older last use never moves last_used_at back,
+    // and one from a clock far ahead is clipped to now.
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-8", "keys": [{"key_id": key_id, "allowed": 1, "cost": 1, "last_used_ms": used_ms - 3_600_000}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let allowed: i64 = sqlx::query_scalar(
+        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_hourly WHERE key_id = $1 AND outcome = 'allowed'",
+    )
+    .bind(&key_id)
+    .fetch_one(&state.db)
+    .await
+    .unwrap();
+    assert_eq!(allowed, 6);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:06:00Z");
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-9", "keys": [{"key_id": key_id, "allowed": 1, "last_used_ms": 4_000_000_000_000u64}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{key_id}"), None).await;
+    let last = shown.body["last_used_at"].as_str().unwrap().to_owned();
+    assert!(
+        last.as_str() < "2100" && last.as_str() > "2026-11-18T11:06:00Z",
+        "{last}"
+    );
+
+    // A use in the minute the key was created is not shown as before it.
+    let (fresh_id, _) = key(&app, &tenant_id).await;
+    sqlx::query("UPDATE api_keys SET created_at = '2026-11-18T11:06:30Z' WHERE id = $1")
+        .bind(&fresh_id)
+        .execute(&state.db)
+        .await
+        .unwrap();
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-10", "keys": [{"key_id": fresh_id, "allowed": 1, "last_used_ms": used_ms}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{fresh_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:06:30Z");
+    assert_eq!(shown.body["created_at"], "2026-11-18T11:06:30Z");
+    // The next minute's use moves it on as before.
+    let r = report(
+        &app,
+        json!({"batch_id": "envoy-1-11", "keys": [{"key_id": fresh_id, "allowed": 1, "last_used_ms": used_ms + 60_000}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{fresh_id}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:07:00Z");
+
+    // Without the sync token, nothing about the request is even read.
+    let r = send(&app, Method::POST, "/v1/usage", None, Some("{")).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = send(&app, Method::GET, "/v1/sync?since=abc", None, None).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    // Reporting is the filters' business: the sync token, not the admin's.
+    let body = json!({"batch_id": "x"}).to_string();
+    let r = send(&app, Method::POST, "/v1/usage", Some(ADMIN), Some(&body)).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    for bad in [
+        json!({"batch_id": ""}),
+        json!({"batch_id": "b", "unattributed": {"Bad Code": 1}}),
+        json!({"batch_id": "b", "unattributed": {"allowed": 1}}),
+        json!({"batch_id": "b", "keys": [{"key_id": "k", "allowed": 9_223_372_036_854_775_808u64}]}),
+        json!({"batch_id": "b", "keys": [{"key_id": "k", "cost": 9_223_372_036_854_775_808u64}]}),
+        json!({"batch_id": "b", "reporter_id": "r".repeat(129)}),
+        json!({"batch_id": "b", "keys": [{"key_id": "", "allowed": 1}]}),
+    ] {
+        assert_problem(
+            &report(&app, bad).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_usage",
+        );
+    }
+    assert_problem(
+        &report(&app, json!({"batch_id": "b", "extra": 1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    );
+    let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_batches")
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
+    assert_eq!(batches, 5, "the five accepted above, none of the refused");
+}
+
+async fn usage_reads_back_per_key_and_per_tenant(backend: Backend) {
+    let (app, _) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let (quiet_key, _) = key(&app, &tenant_id).await;
+    let r = report(
+        &app,
+        json!({"batch_id": "u-1", "keys": [{"key_id": key_id, "allowed": 5, "cost": 5, "denied": {"rate_limited": 2}}]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    let usage = admin(&app, Method::GET, &format!("/v1/keys/{key_id}/usage"), None).await;
+    assert_eq!(usage.status, StatusCode::OK, "{:?}", usage.body);
+    assert_eq!(usage.body["used"], 5);
+    assert!(usage.body["quota"].is_null() && usage.body["remaining"].is_null());
+    let start = usage.body["period_start"].as_str().unwrap();
+    assert!(start.ends_with("-01T00:00:00Z"), "{start}");
+    assert!(usage.body["period_end"].as_str().unwrap() > start);
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/keys/{key_id}"),
+        Some(json!({"monthly_quota": 100})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let usage = admin(&app, Method::GET, &format!("/v1/keys/{key_id}/usage"), None).await;
+    assert_eq!(
+        (
+            usage.body["quota"].as_u64(),
+            usage.body["remaining"].as_u64()
+        ),
+        (Some(100), Some(95))
+    );
+    let quiet = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/keys/{quiet_key}/usage"),
+        None,
+    )
+    .await;
+    assert_eq!(quiet.body["used"], 0);
+
+    for granularity in ["hour", "day"] {
+        let series = admin(
+            &app,
+            Method::GET,
+            &format!("/v1/tenants/{tenant_id}/usage?granularity={granularity}"),
+            None,
+        )
+        .await;
+        assert_eq!(series.status, StatusCode::OK, "{:?}", series.body);
+        assert_eq!(series.body["granularity"], granularity);
+        let keys = series.body["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1, "{:?}", series.body);
+        assert_eq!(keys[0]["key_id"], key_id.as_str());
+        let points = keys[0]["series"].as_array().unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0]["allowed"], 5);
+        assert_eq!(points[0]["cost"], 5);
+        assert_eq!(points[0]["denied"]["rate_limited"], 2);
+    }
+    let past = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant_id}/usage?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z"),
+        None,
+    )
+    .await;
+    assert_eq!(past.body["keys"], json!([]));
+
+    for bad in [
+        "?granularity=minute",
+        "?from=yesterday",
+        "?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "?color=red",
+    ] {
+        let r = admin(
+            &app,
+            Method::GET,
+            &format!("/v1/tenants/{tenant_id}/usage{bad}"),
+            None,
+        )
+        .await;
+        assert_problem(&r, StatusCode::BAD_REQUEST, "invalid_query");
+    }
+    // Tenants read their own usage, and no one else's.
+    let token = tenant_token(&app, &tenant_id).await;
+    let own = send(
+        &app,
+        Method::GET,
+        &format!("/v1/keys/{key_id}/usage"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
+    let own = send(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant_id}/usage"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK);
+    let other = tenant(&app, &plan_id).await;
+    let (other_key, _) = key(&app, &other).await;
+    for uri in [
+        format!("/v1/keys/{other_key}/usage"),
+        format!("/v1/tenants/{other}/usage"),
+    ] {
+        let r = send(&app, Method::GET, &uri, Some(&token), None).await;
+        assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    }
+    for uri in ["/v1/keys/key_nope/usage", "/v1/tenants/tnt_nope/usage"] {
+        assert_problem(
+            &admin(&app, Method::GET, uri, None).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+    }
+}
+
+on_both_databases!(
+    usage_reports_are_counted_once_and_move_last_used_at,
+    usage_reads_back_per_key_and_per_tenant,
+);
