@@ -5,17 +5,25 @@
 //! Paths come from the environment that `cargo xtask test` sets:
 //! `TOLLGATE_ENVOY`, `TOLLGATE_FILTER_WASM`, `TOLLGATE_CONTROL_PLANE`,
 //! `TOLLGATE_DEMO_UPSTREAM`, `TOLLGATE_ENVOY_TEMPLATE`.
+//!
+//! Starting a process and waiting until it is ready is `tollgate-launch`'s,
+//! shared with `cargo xtask up` and the benchmark: a child that exits while
+//! starting fails the test at once, with its last output.
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tollgate_launch::{Output, Process};
 
 use crate::{render_envoy_config, EnvoyValues};
+
+/// How long a child may take to be ready.
+const START_LIMIT: Duration = Duration::from_secs(30);
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const SYNC_TOKEN: &str = "e2e-sync-token-0123456789";
@@ -39,10 +47,30 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    tollgate_launch::free_port().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `command` logging to `log` (a path).
+pub(crate) fn spawn(name: &str, command: Command, log: PathBuf) -> Process {
+    Process::spawn(name, command, Output::File(log)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until `GET path` on loopback `port` answers 2xx; panics at once,
+/// with its last output, if the process exits first. On a blocking thread:
+/// the probe blocks, and a test's runtime may have only the one.
+pub(crate) async fn until_ready(mut process: Process, port: u16, path: &str) -> Process {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let path = path.to_owned();
+    let (process, ready) = tokio::task::spawn_blocking(move || {
+        let ready = process.wait_for_http(addr, &path, START_LIMIT);
+        (process, ready)
+    })
+    .await
+    .expect("the wait for readiness");
+    if let Err(e) = ready {
+        panic!("{e}");
+    }
+    process
 }
 
 /// Runs `$TOLLGATE_XTASK image <args>` (the running `cargo xtask`'s own
@@ -125,13 +153,13 @@ pub struct Stack {
     pub upstream_port: u16,
     /// `--database-url` for every control plane; `None` is SQLite in `dir`.
     database_url: Option<String>,
-    control_plane: Option<Child>,
+    control_plane: Option<Process>,
     /// More control planes on the same database, on their own ports.
-    replicas: Vec<Child>,
-    upstream: Option<Child>,
-    envoy: Option<Child>,
+    replicas: Vec<Process>,
+    upstream: Option<Process>,
+    envoy: Option<Process>,
     /// More Envoys syncing from the same control plane.
-    more_envoys: Vec<Child>,
+    more_envoys: Vec<Process>,
     /// The plugin configuration Envoy gets instead of the template's.
     plugin_config: Option<Value>,
     pub client: reqwest::Client,
@@ -203,43 +231,15 @@ impl Stack {
         }
     }
 
-    fn log_file(&self, name: &str) -> Stdio {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(name))
-            .expect("a log file");
-        Stdio::from(file)
-    }
-
-    async fn wait_ready(&self, what: &str, url: String) {
-        let client = self.client.clone();
-        eventually(Duration::from_secs(30), what, || {
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                }
-            }
-        })
-        .await;
+    fn spawn(&self, name: &str, command: Command, log: &str) -> Process {
+        spawn(name, command, self.dir.path().join(log))
     }
 
     async fn start_upstream(&mut self) {
-        let child = Command::new(env_path("TOLLGATE_DEMO_UPSTREAM"))
-            .args(["--addr", &format!("127.0.0.1:{}", self.upstream_port)])
-            .stdout(self.log_file("upstream.log"))
-            .stderr(self.log_file("upstream.log"))
-            .spawn()
-            .expect("demo-upstream starts");
-        self.upstream = Some(child);
-        self.wait_ready(
-            "the demo upstream",
-            format!("http://127.0.0.1:{}/", self.upstream_port),
-        )
-        .await;
+        let mut command = Command::new(env_path("TOLLGATE_DEMO_UPSTREAM"));
+        command.args(["--addr", &format!("127.0.0.1:{}", self.upstream_port)]);
+        let process = self.spawn("the demo upstream", command, "upstream.log");
+        self.upstream = Some(until_ready(process, self.upstream_port, "/").await);
     }
 
     async fn start_envoy(&mut self) {
@@ -280,8 +280,9 @@ impl Stack {
         admin_port: u16,
         name: &str,
         env: &[(&str, &str)],
-    ) -> Child {
-        let child = Command::new(env_path("TOLLGATE_ENVOY"))
+    ) -> Process {
+        let mut command = Command::new(env_path("TOLLGATE_ENVOY"));
+        command
             .arg("-c")
             .arg(config)
             .args([
@@ -291,14 +292,9 @@ impl Stack {
                 "--log-level",
                 "info",
             ])
-            .envs(env.iter().copied())
-            .stdout(self.log_file(&format!("{name}.log")))
-            .stderr(self.log_file(&format!("{name}.log")))
-            .spawn()
-            .expect("envoy starts");
-        self.wait_ready("Envoy", format!("http://127.0.0.1:{admin_port}/ready"))
-            .await;
-        child
+            .envs(env.iter().copied());
+        let process = self.spawn(&format!("Envoy ({name})"), command, &format!("{name}.log"));
+        until_ready(process, admin_port, "/ready").await
     }
 
     /// What an Envoy wrote to `<name>.log` so far.
@@ -350,7 +346,7 @@ impl Stack {
             .sum()
     }
 
-    async fn spawn_envoy(&self, envoy_port: u16, envoy_admin_port: u16, name: &str) -> Child {
+    async fn spawn_envoy(&self, envoy_port: u16, envoy_admin_port: u16, name: &str) -> Process {
         let template = std::fs::read_to_string(env_path("TOLLGATE_ENVOY_TEMPLATE"))
             .expect("the Envoy template");
         let filter = env_path("TOLLGATE_FILTER_WASM");
@@ -375,7 +371,7 @@ impl Stack {
         self.run_envoy(&path, envoy_admin_port, name, &[]).await
     }
 
-    fn spawn_control_plane(&self, port: u16, log: &str) -> Child {
+    fn spawn_control_plane(&self, name: &str, port: u16, log: &str) -> Process {
         let mut command = Command::new(env_path("TOLLGATE_CONTROL_PLANE"));
         command
             .arg("serve")
@@ -387,39 +383,31 @@ impl Stack {
         }
         command
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
-            .stdout(self.log_file(log))
-            .stderr(self.log_file(log))
-            .spawn()
-            .expect("control-plane starts")
+            .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN);
+        self.spawn(name, command, log)
     }
 
     /// Starts (or restarts) the control plane on the same port and data directory.
     pub async fn start_control_plane(&mut self) {
-        self.control_plane =
-            Some(self.spawn_control_plane(self.control_plane_port, "control-plane.log"));
-        self.wait_ready(
-            "the control plane",
-            format!("http://127.0.0.1:{}/healthz", self.control_plane_port),
-        )
-        .await;
+        let port = self.control_plane_port;
+        let process = self.spawn_control_plane("the control plane", port, "control-plane.log");
+        self.control_plane = Some(until_ready(process, port, "/healthz").await);
     }
 
     /// Starts another control plane on the same database, one Envoy does not
     /// sync from; returns its port.
     pub async fn start_replica(&mut self) -> u16 {
         let port = free_port();
-        let child = self.spawn_control_plane(port, "replica.log");
-        self.replicas.push(child);
-        self.wait_ready("a replica", format!("http://127.0.0.1:{port}/healthz"))
-            .await;
+        let process = self.spawn_control_plane("a replica", port, "replica.log");
+        self.replicas
+            .push(until_ready(process, port, "/healthz").await);
         port
     }
 
     /// Kills the control plane and waits until it is gone.
     pub fn stop_control_plane(&mut self) {
-        if let Some(child) = self.control_plane.take() {
-            stop(child);
+        if let Some(process) = self.control_plane.take() {
+            process.stop();
         }
     }
 
@@ -566,18 +554,7 @@ fn with_plugin_config(rendered: &str, config: &Value) -> String {
 /// Stops `child` by pid: SIGTERM first so servers exit cleanly, SIGKILL if
 /// they do not within 5 s.
 pub fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    tollgate_launch::stop(&mut child);
 }
 
 impl Drop for Stack {
@@ -587,7 +564,7 @@ impl Drop for Stack {
         }
         let replicas = std::mem::take(&mut self.replicas);
         let more_envoys = std::mem::take(&mut self.more_envoys);
-        for child in [
+        for process in [
             self.envoy.take(),
             self.control_plane.take(),
             self.upstream.take(),
@@ -597,7 +574,7 @@ impl Drop for Stack {
         .chain(replicas)
         .chain(more_envoys)
         {
-            stop(child);
+            process.stop();
         }
     }
 }

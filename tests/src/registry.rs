@@ -15,14 +15,15 @@
 //! Wasm binary of at most 256 MiB.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::harness::eventually;
+use tollgate_launch::Process;
+
+use crate::harness::{free_port, spawn, until_ready};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -41,7 +42,7 @@ pub struct Registry {
     /// `127.0.0.1:<port>`, what image references start with.
     pub addr: String,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl Registry {
@@ -61,10 +62,7 @@ impl Registry {
             binary.display()
         );
         let dir = tempfile::tempdir().expect("a temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
+        let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -94,53 +92,15 @@ impl Registry {
             .join("\n"),
         )
         .expect("write the registry's config");
-        let log = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.path().join("registry.log"))
-                .map(Stdio::from)
-                .expect("a log file")
-        };
-        let child = Command::new(&binary)
-            .arg("serve")
-            .arg(&config)
-            .stdout(log())
-            .stderr(log())
-            .spawn()
-            .expect("docker-registry starts");
-        let mut registry = Self {
+        let mut command = Command::new(&binary);
+        command.arg("serve").arg(&config);
+        let process = spawn("docker-registry", command, dir.path().join("registry.log"));
+        let process = until_ready(process, port, "/v2/").await;
+        Self {
             addr,
             dir,
-            child: Some(child),
-        };
-        registry.wait_ready().await;
-        registry
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("an HTTP client");
-        let url = format!("http://{}/v2/", self.addr);
-        let log = self.dir.path().join("registry.log");
-        let child = self.child.as_mut().expect("the registry's process");
-        eventually(Duration::from_secs(30), "docker-registry's /v2/", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("docker-registry exited ({status}) before answering:\n{text}");
-            }
-            let request = client.get(&url).send();
-            async move {
-                match request.await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                }
-            }
-        })
-        .await;
+            process: Some(process),
+        }
     }
 
     /// The registry's log, for failure messages.
@@ -160,8 +120,8 @@ impl Drop for Registry {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        if let Some(child) = self.child.take() {
-            crate::harness::stop(child);
+        if let Some(process) = self.process.take() {
+            process.stop();
         }
     }
 }

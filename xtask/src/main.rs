@@ -4,7 +4,8 @@
 //! (Envoy from PyPI, the wasm-bindgen test runner) and through rustup, so a
 //! fresh machine needs nothing but cargo, Python and Node.js.
 //! `cargo xtask postgres` runs the tests' throwaway PostgreSQL on its own;
-//! `cargo xtask bench` measures what the filter costs Envoy (`bench/`);
+//! `cargo xtask bench` measures what the filter costs Envoy (`bench.rs`
+//! builds it, `bench/runner` runs it);
 //! `cargo xtask image` packs the filter or the control plane as a
 //! reproducible OCI image (`image.rs`).
 
@@ -13,7 +14,6 @@ mod image;
 mod install;
 mod oci;
 mod pg;
-mod procs;
 mod push;
 mod up;
 mod wasm;
@@ -43,10 +43,15 @@ pub fn debug_bin(name: &str) -> PathBuf {
 
 pub type Result<T = ()> = std::result::Result<T, String>;
 
-/// Runs a command with inherited output; an error names it.
+/// Runs a command in the workspace root with inherited output; an error names it.
 pub fn run(what: &str, command: &mut Command) -> Result {
+    run_here(what, command.current_dir(root()))
+}
+
+/// [`run`] in the directory `cargo xtask` was started in, for a command
+/// given paths relative to it.
+pub fn run_here(what: &str, command: &mut Command) -> Result {
     let status = command
-        .current_dir(root())
         .status()
         .map_err(|e| format!("{what}: cannot start: {e}"))?;
     if status.success() {
@@ -273,7 +278,7 @@ fn test(args: &[String]) -> Result {
             .env("TOLLGATE_DOCKER_REGISTRY", &docker_registry),
     )?;
     step("benchmark smoke run (cargo xtask bench --smoke)");
-    bench::run_bench(&bench::Options::smoke(), &envoy)?;
+    bench::run_bench(&["--smoke".to_owned()], &envoy)?;
     println!("\nall checks passed");
     Ok(())
 }

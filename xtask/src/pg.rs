@@ -8,8 +8,6 @@
 //! fast shutdown and the directory deleted. The tests get its URL as
 //! `TOLLGATE_TEST_POSTGRES_URL`.
 
-use std::fs::File;
-use std::net::TcpListener;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::procs::Managed;
+use tollgate_launch::{free_port, Output, Process};
+
 use crate::{install, Result};
 
 /// A running server; dropping it stops the server and deletes its directory.
@@ -32,7 +31,7 @@ pub struct Cluster {
 /// What must be cleaned up; behind a mutex so a signal handler can do it too.
 struct Server {
     dir: PathBuf,
-    process: Option<Managed>,
+    process: Option<Process>,
 }
 
 impl Drop for Server {
@@ -110,13 +109,6 @@ fn run_as() -> Result<Option<(u32, u32)>> {
         .ok_or_else(|| "running as root, but there is no postgres user to run PostgreSQL as".into())
 }
 
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
 /// Under the system's temporary directory, not the checkout: as root, the
 /// `postgres` user must be able to reach it.
 fn fresh_dir() -> Result<PathBuf> {
@@ -186,10 +178,6 @@ pub fn start() -> Result<Cluster> {
     }
 
     let port = free_port()?.to_string();
-    let log_path = dir.join("postgres.log");
-    let log = File::create(&log_path)
-        .and_then(|log| Ok((log.try_clone()?, log)))
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     let mut postgres = command("postgres");
     postgres
         .arg("-D")
@@ -199,10 +187,9 @@ pub fn start() -> Result<Cluster> {
         .args(["-c", "listen_addresses=127.0.0.1", "-p", &port])
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
         .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-        .stdin(Stdio::null())
-        .stdout(log.0)
-        .stderr(log.1);
-    let process = Managed::spawn("postgres", postgres)?;
+        .stdin(Stdio::null());
+    let log = Output::File(dir.join("postgres.log"));
+    let process = Process::spawn_owned("postgres", postgres, log)?;
     if let Some(server) = cluster
         .server
         .lock()

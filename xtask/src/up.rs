@@ -1,17 +1,19 @@
 //! `cargo xtask up`: control plane, demo upstream and Envoy with the filter, in the foreground.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tollgate_e2e::{render_envoy_config, EnvoyValues};
+use tollgate_launch::{http_ok, render_envoy_config, EnvoyValues, Output, Process};
 
-use crate::procs::Managed;
 use crate::{build_artifacts, debug_bin, filter_wasm, install, root, Result};
+
+/// How long the control plane and Envoy may take to be ready.
+const START_LIMIT: Duration = Duration::from_secs(60);
 
 struct Flags {
     envoy_port: u16,
@@ -80,37 +82,26 @@ fn random_token() -> Result<String> {
     ))
 }
 
-/// A bare HTTP/1.1 GET: enough to probe readiness without an HTTP client dependency.
-fn http_ok(port: u16, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
-}
-
-fn wait_until(
-    what: &str,
-    limit: Duration,
+/// Starts `command` with its output on the terminal and waits until `GET
+/// path` on `port` answers; an error at once if it exits first, or on Ctrl-C.
+fn start_ready(
+    name: &str,
+    command: Command,
+    port: u16,
+    path: &str,
     stop: &AtomicBool,
-    mut ready: impl FnMut() -> bool,
+    running: &mut Vec<Process>,
 ) -> Result {
-    let started = Instant::now();
-    while !ready() {
+    let mut process = Process::spawn_owned(name, command, Output::Terminal)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ready = process.wait_until(START_LIMIT, || {
         if stop.load(Ordering::SeqCst) {
             return Err("interrupted".into());
         }
-        if started.elapsed() > limit {
-            return Err(format!("{what} did not become ready within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+        Ok(http_ok(addr, path))
+    });
+    running.push(process);
+    ready
 }
 
 pub fn up(args: &[String]) -> Result {
@@ -158,7 +149,7 @@ pub fn up(args: &[String]) -> Result {
             .map_err(|e| format!("cannot handle signals: {e}"))?;
     }
 
-    let mut running: Vec<Managed> = Vec::new();
+    let mut running: Vec<Process> = Vec::new();
     let outcome = start_and_watch(
         &flags,
         &data_dir,
@@ -170,7 +161,7 @@ pub fn up(args: &[String]) -> Result {
     );
     println!("\n==> stopping");
     for process in running.into_iter().rev() {
-        let name = process.name;
+        let name = process.name().to_owned();
         process.stop();
         println!("stopped {name}");
     }
@@ -192,7 +183,7 @@ fn start_and_watch(
     envoy_config: &std::path::Path,
     sync_token: &str,
     stop: &AtomicBool,
-    running: &mut Vec<Managed>,
+    running: &mut Vec<Process>,
 ) -> Result {
     // Presets make the walk-through shorter; only ever into an empty database.
     crate::run(
@@ -208,14 +199,22 @@ fn start_and_watch(
         .arg("--data-dir")
         .arg(data_dir)
         .env("CONTROL_PLANE_SYNC_TOKEN", sync_token);
-    running.push(Managed::spawn("control plane", control_plane)?);
-    wait_until("the control plane", Duration::from_secs(60), stop, || {
-        http_ok(flags.control_plane_port, "/healthz")
-    })?;
+    start_ready(
+        "the control plane",
+        control_plane,
+        flags.control_plane_port,
+        "/healthz",
+        stop,
+        running,
+    )?;
 
     let mut upstream = Command::new(debug_bin("demo-upstream"));
     upstream.args(["--addr", &format!("127.0.0.1:{}", flags.upstream_port)]);
-    running.push(Managed::spawn("demo upstream", upstream)?);
+    running.push(Process::spawn_owned(
+        "the demo upstream",
+        upstream,
+        Output::Terminal,
+    )?);
 
     let mut proxy = Command::new(envoy);
     proxy.arg("-c").arg(envoy_config).args([
@@ -225,10 +224,14 @@ fn start_and_watch(
         "--log-level",
         "warn",
     ]);
-    running.push(Managed::spawn("envoy", proxy)?);
-    wait_until("Envoy", Duration::from_secs(60), stop, || {
-        http_ok(flags.envoy_admin_port, "/ready")
-    })?;
+    start_ready(
+        "Envoy",
+        proxy,
+        flags.envoy_admin_port,
+        "/ready",
+        stop,
+        running,
+    )?;
 
     println!(
         "\n==> Tollgate is up (Ctrl-C stops everything)\n\
@@ -247,7 +250,7 @@ fn start_and_watch(
     while !stop.load(Ordering::SeqCst) {
         for process in running.iter_mut() {
             if let Some(status) = process.exited() {
-                return Err(format!("{} exited unexpectedly ({status})", process.name));
+                return Err(format!("{} exited unexpectedly ({status})", process.name()));
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -5,7 +5,7 @@
 //! with its route swapped for the same `direct_response`, so what is measured
 //! is what ships.
 
-use tollgate_e2e::{render_envoy_config, EnvoyValues};
+use tollgate_launch::{render_envoy_config, EnvoyValues};
 
 use crate::{root, Result};
 

@@ -1,5 +1,13 @@
-//! `cargo xtask bench`: what Tollgate costs Envoy, next to what Envoy already
-//! ships and to the floor of being a proxy-wasm filter at all.
+//! The benchmark behind `cargo xtask bench`: what Tollgate costs Envoy, next
+//! to what Envoy already ships and to the floor of being a proxy-wasm filter
+//! at all.
+//!
+//! A crate of its own, not a part of xtask: xtask installs Envoy, builds the
+//! filters and the control plane, and runs this binary with their paths in
+//! `TOLLGATE_ENVOY`, `TOLLGATE_CONTROL_PLANE` (unless `--control-plane` names
+//! one), `TOLLGATE_FILTER_WASM`, `TOLLGATE_EMPTY_WASM` and
+//! `TOLLGATE_MINIMAL_LIMITER_WASM`; the runner's own arguments are
+//! `cargo xtask bench`'s, passed on as they are.
 //!
 //! One run starts one Envoy per arm ([`arms`]), every one `--concurrency 1`
 //! and pinned to CPU 0, with the load generator ([`load`]) and the control
@@ -13,19 +21,18 @@
 //! `--smoke` (run by `cargo xtask test`) does all of it small and fast and
 //! writes under `target/`, so it proves the benchmark works, not figures.
 
-pub mod arms;
-pub mod load;
-pub mod report;
+mod arms;
+mod load;
+mod report;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tollgate_launch::{free_port, Output, Process};
 
-use crate::procs::Managed;
-use crate::{cargo, install, root, run, Result};
 use arms::{Arm, Inputs, Ports};
 use load::{Conn, Requests};
 
@@ -33,6 +40,18 @@ const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const SYNC_TOKEN: &str = "bench-sync-token-0123456789";
 /// Keys issued per batch call (the API's maximum).
 const BATCH: usize = 10_000;
+/// How long a control plane or an Envoy may take to be ready.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+/// The workspace root: `envoy/tollgate.yaml`, the default `--out`, `git`.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -152,61 +171,50 @@ impl Options {
     }
 }
 
-pub fn bench(args: &[String]) -> Result {
-    let options = Options::parse(args)?;
-    install::rust_bits()?;
-    let envoy = install::envoy()?;
-    run_bench(&options, &envoy)
-}
-
-/// Builds what the arms run; the control plane in release unless smoke.
-fn build(options: &Options) -> Result<PathBuf> {
-    install::binaryen()?;
-    run(
-        "build filter.wasm and the two floors",
-        cargo().args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            "tollgate-filter",
-            "-p",
-            "tollgate-empty-filter",
-            "-p",
-            "tollgate-minimal-limiter",
-        ]),
-    )?;
-    // The floors stay as cargo builds them: the empty filter is the floor the
-    // issue defines, an SDK filter that does nothing.
-    crate::wasm::ship(&crate::wasm::built_filter(), &crate::filter_wasm())?;
-    if let Some(binary) = &options.control_plane {
-        return Ok(binary.clone());
-    }
-    let mut command = cargo();
-    command.args([
-        "build",
-        "-p",
-        "tollgate-control-plane",
-        "--bin",
-        "control-plane",
-    ]);
-    let profile = if options.smoke {
-        "debug"
+/// A path xtask passes in `name`.
+fn env_path(name: &str) -> Result<PathBuf> {
+    let path = std::env::var_os(name).map(PathBuf::from).ok_or_else(|| {
+        format!("{name} is not set: run the benchmark through `cargo xtask bench`")
+    })?;
+    if path.is_file() {
+        Ok(path)
     } else {
-        command.arg("--release");
-        "release"
-    };
-    run("build the control plane", &mut command)?;
-    Ok(root().join("target").join(profile).join("control-plane"))
+        Err(format!("{name}={} does not exist", path.display()))
+    }
 }
 
-pub fn run_bench(options: &Options, envoy: &Path) -> Result {
-    let control_plane = build(options)?;
-    let wasm_dir = root().join("target/wasm32-wasip1/release");
-    let filter_wasm = crate::filter_wasm();
-    let empty_wasm = wasm_dir.join("empty_filter.wasm");
-    let minimal_limiter_wasm = wasm_dir.join("minimal_limiter.wasm");
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // xtask checks the arguments before it spends minutes building.
+    let (check_only, args) = match args.split_first() {
+        Some((first, rest)) if first == "--check-args" => (true, rest),
+        _ => (false, &args[..]),
+    };
+    let result = Options::parse(args).and_then(|options| {
+        if check_only {
+            Ok(())
+        } else {
+            run_bench(&options)
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_bench(options: &Options) -> Result {
+    let envoy = &env_path("TOLLGATE_ENVOY")?;
+    let control_plane = match &options.control_plane {
+        Some(binary) => binary.clone(),
+        None => env_path("TOLLGATE_CONTROL_PLANE")?,
+    };
+    let filter_wasm = env_path("TOLLGATE_FILTER_WASM")?;
+    let empty_wasm = env_path("TOLLGATE_EMPTY_WASM")?;
+    let minimal_limiter_wasm = env_path("TOLLGATE_MINIMAL_LIMITER_WASM")?;
     let work = tempdir()?;
     pin_self_to_cpu(1);
 
@@ -344,13 +352,6 @@ fn pin_self_to_cpu(cpu: u32) {
     }
 }
 
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -376,28 +377,14 @@ fn expect_status(what: &str, (status, body): (u16, Value), want: u16) -> Result<
     }
 }
 
-fn wait_ready(addr: SocketAddr, path: &str, what: &str) -> Result {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if matches!(call(addr, "GET", path, None), Ok((200, _))) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{what} was not ready within 60 s"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 struct ControlPlane {
     addr: SocketAddr,
-    _process: Managed,
+    _process: Process,
 }
 
 impl ControlPlane {
     fn start(binary: &Path, work: &Path) -> Result<Self> {
         let addr = loopback(free_port()?);
-        let log = log_file(work, "control-plane.log")?;
         // On the load generator's CPU, at the lowest priority: the control
         // plane ingesting a usage batch of a thousand keys every second
         // delays the generator's requests, and their latency counts against
@@ -413,11 +400,10 @@ impl ControlPlane {
             .arg(work.join("data"))
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(log.0)
-            .stderr(log.1);
-        let process = Managed::spawn("control-plane", command)?;
-        wait_ready(addr, "/healthz", "the control plane")?;
+            .env("RUST_LOG", "warn");
+        let log = Output::File(work.join("control-plane.log"));
+        let mut process = Process::spawn_owned("the control plane", command, log)?;
+        process.wait_for_http(addr, "/healthz", START_LIMIT)?;
         Ok(Self {
             addr,
             _process: process,
@@ -569,18 +555,12 @@ impl Setup {
     }
 }
 
-fn log_file(work: &Path, name: &str) -> Result<(Stdio, Stdio)> {
-    let file = std::fs::File::create(work.join(name)).map_err(|e| format!("{name}: {e}"))?;
-    let clone = file.try_clone().map_err(|e| format!("{name}: {e}"))?;
-    Ok((Stdio::from(file), Stdio::from(clone)))
-}
-
 struct Envoy {
     arm: Arm,
     pid: u32,
     listener: SocketAddr,
     admin: SocketAddr,
-    _process: Managed,
+    _process: Process,
 }
 
 impl Envoy {
@@ -598,7 +578,6 @@ impl Envoy {
         let config = arms::envoy_config(arm, &ports, inputs)?;
         let path = work.join(format!("{name}.yaml"));
         std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
-        let log = log_file(work, &format!("{name}.log"))?;
         let mut command = Command::new("taskset");
         command
             .args(["-c", "0"])
@@ -611,19 +590,18 @@ impl Envoy {
                 "--disable-hot-restart",
                 "--log-level",
                 "warn",
-            ])
-            .stdout(log.0)
-            .stderr(log.1);
-        let process = Managed::spawn("envoy", command)?;
-        let envoy = Self {
+            ]);
+        let log = Output::File(work.join(format!("{name}.log")));
+        let mut process = Process::spawn_owned(&format!("Envoy ({name})"), command, log)?;
+        let admin = loopback(ports.admin);
+        process.wait_for_http(admin, "/ready", START_LIMIT)?;
+        Ok(Self {
             arm,
             pid: process.pid(),
             listener: loopback(ports.listener),
-            admin: loopback(ports.admin),
+            admin,
             _process: process,
-        };
-        wait_ready(envoy.admin, "/ready", &format!("Envoy ({name})"))?;
-        Ok(envoy)
+        })
     }
 
     /// User plus system CPU time of the whole process, in microseconds.

@@ -1,0 +1,106 @@
+//! `cargo xtask bench`: builds what the benchmark measures and runs it.
+//!
+//! The benchmark itself is `bench/runner` (package `tollgate-bench`), a
+//! crate of its own so that xtask stays a task runner; what xtask keeps is
+//! what it already does for `up` and `test`: installing Envoy, building
+//! and shipping the filter, building the control plane. The runner gets
+//! their paths in the environment and `cargo xtask bench`'s arguments as
+//! they are, and runs in the caller's directory, so that a relative `--out`
+//! or `--candidate` means what it did.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{cargo, debug_bin, filter_wasm, install, root, run, run_here, wasm, Result};
+
+pub fn bench(args: &[String]) -> Result {
+    install::rust_bits()?;
+    let envoy = install::envoy()?;
+    run_bench(args, &envoy)
+}
+
+/// Builds, then runs the benchmark with `args`; `--smoke` is the small run
+/// `cargo xtask test` makes.
+pub fn run_bench(args: &[String], envoy: &Path) -> Result {
+    // Built first, in the debug profile the benchmark has always run in (the
+    // load generator's figures depend on it), so that it refuses mistyped
+    // arguments before minutes of building.
+    run(
+        "build the benchmark runner",
+        cargo().args(["build", "-p", "tollgate-bench"]),
+    )?;
+    let runner = debug_bin("tollgate-bench");
+    run_here(
+        "the benchmark's arguments",
+        Command::new(&runner).arg("--check-args").args(args),
+    )?;
+    let mut command = Command::new(&runner);
+    command.args(args);
+    if let Some(control_plane) = build(args)? {
+        command.env("TOLLGATE_CONTROL_PLANE", control_plane);
+    }
+    let wasm_dir = root().join("target/wasm32-wasip1/release");
+    run_here(
+        "the benchmark",
+        command
+            .env("TOLLGATE_ENVOY", envoy)
+            .env("TOLLGATE_FILTER_WASM", filter_wasm())
+            .env("TOLLGATE_EMPTY_WASM", wasm_dir.join("empty_filter.wasm"))
+            .env(
+                "TOLLGATE_MINIMAL_LIMITER_WASM",
+                wasm_dir.join("minimal_limiter.wasm"),
+            ),
+    )
+}
+
+/// Builds what the arms run; the control plane too, in release unless
+/// `--smoke`, when `args` do not name one. Returns the control plane built.
+fn build(args: &[String]) -> Result<Option<PathBuf>> {
+    install::binaryen()?;
+    run(
+        "build filter.wasm and the two floors",
+        cargo().args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "tollgate-filter",
+            "-p",
+            "tollgate-empty-filter",
+            "-p",
+            "tollgate-minimal-limiter",
+        ]),
+    )?;
+    // The floors stay as cargo builds them: the empty filter is the floor the
+    // issue defines, an SDK filter that does nothing.
+    wasm::ship(&wasm::built_filter(), &filter_wasm())?;
+    let smoke = args.iter().any(|a| a == "--smoke");
+    // The runner has checked the arguments: past `--smoke`, flags and values alternate.
+    let given = args
+        .iter()
+        .filter(|a| *a != "--smoke")
+        .step_by(2)
+        .any(|flag| flag == "--control-plane");
+    if given {
+        return Ok(None);
+    }
+    let mut command = cargo();
+    command.args([
+        "build",
+        "-p",
+        "tollgate-control-plane",
+        "--bin",
+        "control-plane",
+    ]);
+    let profile = if smoke {
+        "debug"
+    } else {
+        command.arg("--release");
+        "release"
+    };
+    run("build the control plane", &mut command)?;
+    Ok(Some(
+        root().join("target").join(profile).join("control-plane"),
+    ))
+}
