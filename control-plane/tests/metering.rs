@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use axum::http::{Method, StatusCode};
 use axum::Router;
 use common::{
-    admin, assert_problem, create, last_audit, send, sync, tenant_token, test_app, test_state,
-    version, Backend, SYNC,
+    admin, assert_problem, create, last_audit, now_ms, send, sync, tenant_token, test_app,
+    test_state, version, Backend, SYNC,
 };
 use serde_json::{json, Value};
 use tollgate_control_plane::{app, db, AppState};
@@ -73,16 +73,6 @@ async fn row_counts(state: &AppState) -> Vec<i64> {
     counts.push(seq);
     counts.push(i64::try_from(version(state).await).unwrap());
     counts
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 fn rfc3339(ms: u64) -> String {

@@ -9,14 +9,17 @@
 pub mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tollgate_control_plane::clock::Clock;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use common::{
-    admin, assert_problem, create, key, last_audit, send, tenant, tenant_token, test_app, Backend,
-    Reply, ADMIN, SYNC,
+    admin, assert_problem, create, key, last_audit, now_ms, send, tenant, tenant_token, test_app,
+    test_app_at, Backend, Reply, ADMIN, NOW, SYNC,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -528,26 +531,20 @@ async fn receiver() -> (String, Inbox) {
     (format!("http://{addr}/hook?tenant=acme"), inbox)
 }
 
-/// Checks `Tollgate-Signature: t=<unix>,v1=<hex>` over `"<t>.<body>"` with `secret`.
-fn signed_with(received: &Received, secret: &str) -> bool {
+/// Checks `Tollgate-Signature: t=<unix>,v1=<hex>` over `"<t>.<body>"` with
+/// `secret`, signed within the minute before `now_ms`.
+fn signed_with(received: &Received, secret: &str, now_ms: u64) -> bool {
     let header = received.headers["tollgate-signature"].to_str().unwrap();
     let (t, v1) = header
         .strip_prefix("t=")
         .and_then(|rest| rest.split_once(",v1="))
         .unwrap_or_else(|| panic!("{header}"));
     let t: i64 = t.parse().unwrap();
-    let now = now_ms() / 1000;
+    let now = i64::try_from(now_ms / 1000).unwrap();
     assert!((now - 60..=now).contains(&t), "{header}");
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.{}", received.body).as_bytes());
     mac.verify_slice(&hex::decode(v1).unwrap()).is_ok()
-}
-
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    i64::try_from(since_epoch.as_millis()).unwrap()
 }
 
 /// Makes every pending event due now, instead of waiting out its backoff.
@@ -559,7 +556,7 @@ async fn make_due(state: &AppState) {
 }
 
 async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
-    let (app, state) = test_app(backend).await;
+    let (app, state, clock) = test_app_at(backend, NOW).await;
     let (url, inbox) = receiver().await;
     let client = webhooks::client();
     let tenant_id = tenant_on_quota(&app).await;
@@ -581,14 +578,14 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
     report(&app, "b-1", "envoy-a", &key_id, 8).await;
 
     // The first attempt is answered 500: pending, to be retried after a second.
-    let sent_after = now_ms();
+    let sent_after = i64::try_from(now_ms()).unwrap();
     assert_eq!(
         webhooks::deliver_due(&state.db, &client, &*state.clock)
             .await
             .unwrap(),
         1
     );
-    let sent_before = now_ms();
+    let sent_before = i64::try_from(now_ms()).unwrap();
     let page = deliveries(&app, &token, &tenant_id, "").await;
     assert_eq!(items(&page).len(), 1);
     let event = &items(&page)[0];
@@ -618,8 +615,16 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
         assert_eq!(none["items"], json!([]), "{status}");
     }
 
-    // The retry is answered 204: delivered, after two attempts.
-    make_due(&state).await;
+    // The retry is answered 204: delivered, after two attempts. Not due
+    // 999 ms after the first, due a second after it.
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(
+        webhooks::deliver_due(&state.db, &client, &*state.clock)
+            .await
+            .unwrap(),
+        0
+    );
+    clock.advance(Duration::from_millis(1));
     assert_eq!(
         webhooks::deliver_due(&state.db, &client, &*state.clock)
             .await
@@ -659,8 +664,17 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
         assert_eq!(body, event["payload"]);
         assert_eq!(body["data"]["threshold"], 80);
         assert_eq!(body["data"]["used"], 8);
-        assert!(signed_with(received, &secret), "{:?}", received.headers);
-        assert!(!signed_with(received, old["secret"].as_str().unwrap()));
+        let now_ms = clock.now().unix_ms();
+        assert!(
+            signed_with(received, &secret, now_ms),
+            "{:?}",
+            received.headers
+        );
+        assert!(!signed_with(
+            received,
+            old["secret"].as_str().unwrap(),
+            now_ms
+        ));
     }
     assert_eq!(inbox[0].body, inbox[1].body);
 }
@@ -733,14 +747,7 @@ async fn late_usage_alerts_for_the_period_it_was_counted_in(backend: Backend) {
     let tenant_id = tenant(&app, &plan_id).await;
     set_webhook(&app, &tenant_id, json!({"url": HOOK}), true).await;
     let (key_id, _) = key(&app, &tenant_id).await;
-    let now_ms = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
-    let this = tollgate_core::period::quota_period(now_ms, None);
+    let this = tollgate_core::period::quota_period(now_ms(), None);
     let last = tollgate_core::period::quota_period(this.start_ms - 1, None);
     let batch = json!({
         "batch_id": "late-1",

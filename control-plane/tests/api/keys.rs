@@ -2,12 +2,16 @@
 //! secrets, their settings validated, changed and cleared, rotation with a
 //! grace period, and each change reaching the sync feed.
 
+use std::time::Duration;
+
 use crate::common::{
-    admin, assert_problem, key, plan, send, sync, tenant, tenant_token, test_app, Backend, ADMIN,
+    admin, assert_problem, at_ms, key, now_ms, plan, send, sync, tenant, tenant_token, test_app,
+    test_app_at, Backend, ADMIN,
 };
 use axum::http::{Method, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
+use tollgate_control_plane::clock::Clock;
 use tollgate_core::key::{ApiKey, KeyHash};
 
 async fn keys_are_shown_once_and_stored_hashed(backend: Backend) {
@@ -286,10 +290,7 @@ async fn rotation_issues_a_twin_and_ends_the_old_key_after_the_grace(backend: Ba
     let old_key = r.body["key"].as_str().unwrap().to_owned();
     let v0 = sync(&app, 0).await.version;
 
-    let started_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let started_ms = now_ms();
     // The plan allows one key: rotation is not blocked by that.
     let r = admin(
         &app,
@@ -496,7 +497,47 @@ async fn key_settings_can_be_changed_and_cleared_with_patch(backend: Backend) {
     }
 }
 
+/// "In the future" is the state's clock: an expiry at this very millisecond
+/// is refused, one a millisecond later is taken, and the same holds for a
+/// PATCH once the clock has moved on.
+async fn an_expiry_must_be_after_now_to_the_millisecond(backend: Backend) {
+    let (app, _state, clock) = test_app_at(backend, "2026-11-30T23:59:59.999Z").await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let uri = format!("/v1/tenants/{tenant_id}/keys");
+    let at = |expires_at: &str| json!({"name": "edge", "expires_at": expires_at}).to_string();
+    let now = send(
+        &app,
+        Method::POST,
+        &uri,
+        Some(ADMIN),
+        Some(&at("2026-11-30T23:59:59.999Z")),
+    )
+    .await;
+    assert_problem(&now, StatusCode::UNPROCESSABLE_ENTITY, "invalid_expiry");
+    let next = send(
+        &app,
+        Method::POST,
+        &uri,
+        Some(ADMIN),
+        Some(&at("2026-12-01T00:00:00Z")),
+    )
+    .await;
+    assert_eq!(next.status, StatusCode::CREATED, "{:?}", next.body);
+    assert_eq!(next.body["expires_at"], "2026-12-01T00:00:00Z");
+
+    let key_uri = format!("/v1/keys/{}", next.body["id"].as_str().unwrap());
+    let later = json!({"expires_at": "2026-12-01T00:00:01Z"}).to_string();
+    clock.advance(Duration::from_millis(1_001));
+    let r = send(&app, Method::PATCH, &key_uri, Some(ADMIN), Some(&later)).await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_expiry");
+    clock.set(at_ms(clock.now().unix_ms() - 1));
+    let r = send(&app, Method::PATCH, &key_uri, Some(ADMIN), Some(&later)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
 on_both_databases!(
+    an_expiry_must_be_after_now_to_the_millisecond,
     keys_are_shown_once_and_stored_hashed,
     key_lifecycle_reaches_the_sync_feed,
     keys_list_filters_by_active_and_never_shows_secrets,

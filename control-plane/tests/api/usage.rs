@@ -1,13 +1,16 @@
 //! Usage reports from the Envoys (counted once per batch, moving a key's
 //! `last_used_at`) and usage read back per key and per tenant.
 
+use std::time::Duration;
+
 use crate::common::{
-    admin, assert_problem, key, plan, send, tenant, tenant_token, test_app, Backend, Reply, ADMIN,
-    SYNC,
+    admin, assert_problem, create, key, plan, send, tenant, tenant_token, test_app, test_app_at,
+    Backend, Reply, ADMIN, SYNC,
 };
 use axum::http::{Method, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
+use tollgate_control_plane::clock::Clock;
 
 async fn report(app: &Router, batch: Value) -> Reply {
     let body = batch.to_string();
@@ -289,7 +292,37 @@ async fn usage_reads_back_per_key_and_per_tenant(backend: Backend) {
     }
 }
 
+/// A key's quota period follows the state's clock: the last millisecond of
+/// the tenant's period still shows it, with its use; the next shows the new
+/// period, empty.
+async fn the_quota_period_turns_over_at_the_anchor_to_the_millisecond(backend: Backend) {
+    let (app, _state, clock) = test_app_at(backend, "2026-12-14T23:59:59.999Z").await;
+    let plan_id = plan(&app, None).await;
+    let body = json!({"name": "anchored", "plan_id": plan_id, "billing_anchor_day": 15});
+    let tenant_id = create(&app, "/v1/tenants", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let last_ms = clock.now().unix_ms();
+    let batch = json!({"batch_id": "edge-1", "keys": [{"key_id": key_id, "allowed": 3, "cost": 3, "last_used_ms": last_ms}]});
+    assert_eq!(report(&app, batch).await.status, StatusCode::OK);
+
+    let uri = format!("/v1/keys/{key_id}/usage");
+    let before = admin(&app, Method::GET, &uri, None).await.body;
+    assert_eq!(before["period_start"], "2026-11-15T00:00:00Z", "{before}");
+    assert_eq!(before["period_end"], "2026-12-15T00:00:00Z", "{before}");
+    assert_eq!(before["used"], 3, "{before}");
+
+    clock.advance(Duration::from_millis(1));
+    let after = admin(&app, Method::GET, &uri, None).await.body;
+    assert_eq!(after["period_start"], "2026-12-15T00:00:00Z", "{after}");
+    assert_eq!(after["period_end"], "2027-01-15T00:00:00Z", "{after}");
+    assert_eq!(after["used"], 0, "{after}");
+}
+
 on_both_databases!(
     usage_reports_are_counted_once_and_move_last_used_at,
     usage_reads_back_per_key_and_per_tenant,
+    the_quota_period_turns_over_at_the_anchor_to_the_millisecond,
 );

@@ -11,12 +11,25 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use std::sync::Arc;
+
+use tollgate_control_plane::clock::{Clock, Now, SetClock};
 use tollgate_control_plane::{app, db, store, AppState};
 use tollgate_core::wire::SyncResponse;
 use tower::ServiceExt;
 
 pub const ADMIN: &str = "admin-token-for-tests";
 pub const SYNC: &str = "sync-token-for-tests";
+
+/// The instant every test's control plane is at unless a test sets its own:
+/// mid-month and mid-hour, so no test straddles an hour, a day or a quota
+/// period, whenever it runs.
+pub const NOW: &str = "2026-11-18T12:34:56.789Z";
+
+/// [`NOW`] in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SetClock::at_rfc3339(NOW).now().unix_ms()
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
@@ -62,19 +75,37 @@ pub async fn fresh_postgres() -> db::Db {
     db::connect(&format!("{base}/{name}")).await.unwrap()
 }
 
-/// A migrated, empty database (SQLite: private and in memory) and its state.
+/// A migrated, empty database (SQLite: private and in memory) and its state,
+/// at [`NOW`].
 pub async fn test_state(backend: Backend) -> AppState {
+    test_state_at(backend, Arc::new(SetClock::at_rfc3339(NOW))).await
+}
+
+/// The same, reading time from `clock`, which the test moves.
+pub async fn test_state_at(backend: Backend, clock: Arc<SetClock>) -> AppState {
     let pool = match backend {
         Backend::Sqlite => db::connect_memory().await.unwrap(),
         Backend::Postgres => fresh_postgres().await,
     };
     db::migrate(&pool).await.unwrap();
-    AppState::new(pool, ADMIN, SYNC, 0)
+    AppState::new(pool, ADMIN, SYNC, 0).with_clock(clock)
 }
 
 pub async fn test_app(backend: Backend) -> (Router, AppState) {
     let state = test_state(backend).await;
     (app(state.clone()), state)
+}
+
+/// An app whose clock the test holds, set at `at` (RFC 3339).
+pub async fn test_app_at(backend: Backend, at: &str) -> (Router, AppState, Arc<SetClock>) {
+    let clock = Arc::new(SetClock::at_rfc3339(at));
+    let state = test_state_at(backend, clock.clone()).await;
+    (app(state.clone()), state, clock)
+}
+
+/// `ms` after the Unix epoch, as [`Now`].
+pub fn at_ms(ms: u64) -> Now {
+    Now::from_unix_ms(ms)
 }
 
 /// One answer.
