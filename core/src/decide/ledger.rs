@@ -1,0 +1,359 @@
+//! The compare-and-swap ledger engine: consuming a request's cost from the
+//! shared-data entries that meter it, from all of them or from none.
+//!
+//! Apart from the pipeline in [`super`] because it is the one part of a
+//! decision that writes: every worker of every VM races on the same entries,
+//! and what keeps that exact (one CAS per entry, a lost race reads again, a
+//! later refusal refunds the earlier entries) is easier to judge when it is
+//! all in one place and nothing else is.
+
+use crate::bucket::{ceil_seconds, Bucket, Check};
+use crate::config::{Limit, QUOTA_POLICY};
+use crate::layout::{
+    decode_buckets, encode_buckets, read_for_update, OTHERS_ENTRY, OWNER_ENTRY, QUOTA_ENTRY,
+};
+use crate::period::Period;
+use crate::store::{SetError, SharedStore};
+
+use super::PolicyStatus;
+
+/// How many times a bucket update is retried when another worker wrote first.
+pub const MAX_CAS_ATTEMPTS: u32 = 32;
+
+/// A monthly quota as it applies to this request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Quota {
+    pub(super) max: u64,
+    pub(super) period: Period,
+}
+
+/// One shared-data entry that a request consumes from: its limits' buckets
+/// and, for a key, the key's own quota count.
+pub(super) struct Ledger<'a> {
+    pub(super) entry: String,
+    /// Borrowed from the key record and plan: a request copies no limit.
+    pub(super) limits: Vec<&'a Limit>,
+    pub(super) quota: Option<Quota>,
+    /// For an anonymous slot: the client address consuming from it.
+    pub(super) owner: Option<u128>,
+}
+
+/// A ledger as read at one instant: refilled buckets, this Envoy's quota
+/// count and the other Envoys' use as last reported.
+struct Look {
+    /// The CAS token to write the entry with ([`read_for_update`]).
+    cas: u32,
+    buckets: Vec<Bucket>,
+    own_used: u64,
+    others_used: u64,
+    /// The stored [`OTHERS_ENTRY`] as read, written back unchanged.
+    others: Option<Bucket>,
+}
+
+impl Ledger<'_> {
+    fn look(&self, store: &impl SharedStore, now_ms: u64) -> Look {
+        let (bytes, cas) = read_for_update(store, &self.entry);
+        let stored = decode_buckets(&bytes);
+        let stored_bucket = |name: &str| {
+            stored
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, bucket)| *bucket)
+        };
+        let mut buckets: Vec<Bucket> = self
+            .limits
+            .iter()
+            .map(|limit| {
+                stored_bucket(&limit.name)
+                    .map(|b| b.refilled(limit, now_ms))
+                    .unwrap_or_else(|| Bucket::full(limit, now_ms))
+            })
+            .collect();
+        if let Some(owner) = self.owner {
+            // A slot another client left idle (all its buckets full again) is
+            // taken over; a busy one is shared, which only ever admits less.
+            let previous = stored_bucket(OWNER_ENTRY).map(|b| b.level);
+            let idle = self
+                .limits
+                .iter()
+                .zip(&buckets)
+                .all(|(limit, b)| b.ms_until_full(limit) == 0);
+            if previous.is_some_and(|p| p != owner) && idle {
+                buckets = self
+                    .limits
+                    .iter()
+                    .map(|limit| Bucket::full(limit, now_ms))
+                    .collect();
+            }
+        }
+        // A count of another period says nothing about this one.
+        let this_period = |entry: &str| match (self.quota, stored_bucket(entry)) {
+            (Some(quota), Some(count)) if count.last_fill_ms == quota.period.start_ms => {
+                u64::try_from(count.level).unwrap_or(u64::MAX)
+            }
+            _ => 0,
+        };
+        Look {
+            cas,
+            buckets,
+            own_used: this_period(QUOTA_ENTRY),
+            others_used: this_period(OTHERS_ENTRY),
+            others: stored_bucket(OTHERS_ENTRY),
+        }
+    }
+
+    /// The buckets after consuming `cost`, or which policies refuse and how long until they would not.
+    fn judge(
+        &self,
+        look: &Look,
+        cost: u64,
+        now_ms: u64,
+    ) -> Result<Vec<Bucket>, (Vec<String>, u64)> {
+        let mut after = Vec::with_capacity(look.buckets.len());
+        let mut violated = Vec::new();
+        let mut wait_ms = 0u64;
+        for (limit, bucket) in self.limits.iter().zip(&look.buckets) {
+            match bucket.check(limit, cost) {
+                Check::Admit { level_after } => after.push(Bucket {
+                    level: level_after,
+                    last_fill_ms: bucket.last_fill_ms,
+                }),
+                Check::Deny { wait_ms: w } => {
+                    violated.push(limit.name.clone());
+                    wait_ms = wait_ms.max(w);
+                }
+            }
+        }
+        if let Some(quota) = &self.quota {
+            let used = look.own_used.saturating_add(look.others_used);
+            if cost > 0 && used.saturating_add(cost) > quota.max {
+                violated.push(QUOTA_POLICY.to_owned());
+                wait_ms = wait_ms.max(quota.period.ms_left(now_ms));
+            }
+        }
+        if violated.is_empty() {
+            Ok(after)
+        } else {
+            Err((violated, wait_ms))
+        }
+    }
+
+    fn policies(
+        &self,
+        buckets: &[Bucket],
+        own_used: u64,
+        others_used: u64,
+        now_ms: u64,
+    ) -> Vec<PolicyStatus> {
+        let mut out: Vec<PolicyStatus> = self
+            .limits
+            .iter()
+            .zip(buckets)
+            .map(|(l, b)| status(l, b))
+            .collect();
+        if let Some(quota) = &self.quota {
+            let used = own_used.saturating_add(others_used);
+            out.push(PolicyStatus {
+                name: QUOTA_POLICY.to_owned(),
+                quota: quota.max,
+                window_seconds: quota.period.seconds(),
+                remaining: quota.max.saturating_sub(used),
+                reset_seconds: ceil_seconds(quota.period.ms_left(now_ms)),
+            });
+        }
+        out
+    }
+
+    /// Writes `buckets` and the quota count `own_used`, guarded by the look's CAS token.
+    fn write(
+        &self,
+        store: &impl SharedStore,
+        look: &Look,
+        buckets: &[Bucket],
+        own_used: u64,
+    ) -> Result<(), SetError> {
+        let mut entries: Vec<(&str, Bucket)> = self
+            .limits
+            .iter()
+            .map(|l| l.name.as_str())
+            .zip(buckets.iter().copied())
+            .collect();
+        if let Some(quota) = &self.quota {
+            entries.push((
+                QUOTA_ENTRY,
+                Bucket {
+                    level: u128::from(own_used),
+                    last_fill_ms: quota.period.start_ms,
+                },
+            ));
+        }
+        if let Some(others) = look.others {
+            entries.push((OTHERS_ENTRY, others));
+        }
+        if let Some(owner) = self.owner {
+            entries.push((
+                OWNER_ENTRY,
+                Bucket {
+                    level: owner,
+                    last_fill_ms: 0,
+                },
+            ));
+        }
+        store.set(&self.entry, Some(&encode_buckets(entries)), Some(look.cas))
+    }
+
+    /// Gives back what an admitted request took, when a later ledger refused it.
+    fn refund(&self, store: &impl SharedStore, cost: u64, now_ms: u64) {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let look = self.look(store, now_ms);
+            let buckets: Vec<Bucket> = self
+                .limits
+                .iter()
+                .zip(&look.buckets)
+                .map(|(limit, b)| b.refunded(limit, cost))
+                .collect();
+            let own_used = look.own_used.saturating_sub(cost);
+            match self.write(store, &look, &buckets, own_used) {
+                Err(SetError::CasMismatch) => continue,
+                // Giving up leaves the ledger over-charged: never over-admits.
+                _ => return,
+            }
+        }
+    }
+}
+
+pub(super) enum Consumed {
+    Admitted {
+        policies: Vec<PolicyStatus>,
+        cost: u64,
+    },
+    Refused {
+        policies: Vec<PolicyStatus>,
+        violated: Vec<String>,
+        wait_ms: u64,
+    },
+    /// Every CAS attempt lost: refuse rather than risk admitting past the limit.
+    Contended,
+}
+
+fn status(limit: &Limit, bucket: &Bucket) -> PolicyStatus {
+    PolicyStatus {
+        name: limit.name.clone(),
+        quota: limit.max,
+        window_seconds: limit.window_seconds,
+        remaining: bucket.remaining(limit),
+        reset_seconds: ceil_seconds(bucket.ms_until_full(limit)),
+    }
+}
+
+/// The policies of every ledger as they stand, with the refusing ones'
+/// reset set to the wait.
+fn refused(
+    ledgers: &[Ledger],
+    looks: &[Look],
+    violated: Vec<String>,
+    wait_ms: u64,
+    now_ms: u64,
+) -> Consumed {
+    let mut policies: Vec<PolicyStatus> = ledgers
+        .iter()
+        .zip(looks)
+        .flat_map(|(ledger, look)| {
+            ledger.policies(&look.buckets, look.own_used, look.others_used, now_ms)
+        })
+        .collect();
+    for p in &mut policies {
+        if violated.contains(&p.name) {
+            p.reset_seconds = ceil_seconds(wait_ms).max(1);
+        }
+    }
+    Consumed::Refused {
+        policies,
+        violated,
+        wait_ms,
+    }
+}
+
+/// Consumes `cost` from every ledger, or from none. Each ledger is one CAS;
+/// when a later ledger refuses after an earlier one was charged, the earlier
+/// one is refunded, so a refused request consumes nothing anywhere.
+pub(super) fn consume(
+    store: &impl SharedStore,
+    ledgers: &[Ledger],
+    cost: u64,
+    now_ms: u64,
+) -> Consumed {
+    if ledgers
+        .iter()
+        .all(|l| l.limits.is_empty() && l.quota.is_none())
+    {
+        return Consumed::Admitted {
+            policies: Vec::new(),
+            cost,
+        };
+    }
+    'attempt: for _ in 0..MAX_CAS_ATTEMPTS {
+        let looks: Vec<Look> = ledgers.iter().map(|l| l.look(store, now_ms)).collect();
+        let mut violated = Vec::new();
+        let mut wait_ms = 0;
+        for (ledger, look) in ledgers.iter().zip(&looks) {
+            if let Err((names, wait)) = ledger.judge(look, cost, now_ms) {
+                violated.extend(names);
+                wait_ms = u64::max(wait_ms, wait);
+            }
+        }
+        if !violated.is_empty() {
+            // Nothing is written: a refused request consumes from no window.
+            return refused(ledgers, &looks, violated, wait_ms, now_ms);
+        }
+        let mut policies = Vec::new();
+        // Each write is guarded by its look's CAS token, so the looks just
+        // judged are used as they are; only a lost race reads again.
+        let mut looks = looks.into_iter();
+        for (i, ledger) in ledgers.iter().enumerate() {
+            let mut look = match looks.next() {
+                Some(look) => look,
+                None => ledger.look(store, now_ms),
+            };
+            let mut tries = 0;
+            loop {
+                let after = match ledger.judge(&look, cost, now_ms) {
+                    Ok(after) => after,
+                    Err((names, wait)) => {
+                        for earlier in ledgers.iter().take(i) {
+                            earlier.refund(store, cost, now_ms);
+                        }
+                        let looks: Vec<Look> =
+                            ledgers.iter().map(|l| l.look(store, now_ms)).collect();
+                        return refused(ledgers, &looks, names, wait, now_ms);
+                    }
+                };
+                let own_used = look.own_used.saturating_add(cost);
+                match ledger.write(store, &look, &after, own_used) {
+                    Ok(()) => {
+                        policies.extend(ledger.policies(
+                            &after,
+                            own_used,
+                            look.others_used,
+                            now_ms,
+                        ));
+                        break;
+                    }
+                    Err(SetError::CasMismatch) if i == 0 => continue 'attempt,
+                    Err(SetError::CasMismatch) if tries < MAX_CAS_ATTEMPTS => {
+                        tries += 1;
+                        look = ledger.look(store, now_ms);
+                    }
+                    Err(_) => {
+                        for earlier in ledgers.iter().take(i) {
+                            earlier.refund(store, cost, now_ms);
+                        }
+                        return Consumed::Contended;
+                    }
+                }
+            }
+        }
+        return Consumed::Admitted { policies, cost };
+    }
+    Consumed::Contended
+}

@@ -1,0 +1,309 @@
+//! The pipeline's checks, in the order `decide` runs them, on a store
+//! filled by one sync answer.
+
+use super::*;
+use crate::key::ApiKey;
+use crate::layout::apply_sync;
+use crate::store::MemoryStore;
+use crate::wire::{SyncResponse, WireKey, WireLimit, WirePlan};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn key(n: u8) -> ApiKey {
+    let body: String = core::iter::repeat_n((b'a' + n) as char, 32).collect();
+    ApiKey::from_body(&body).unwrap()
+}
+
+fn store_with(limits: Vec<WireLimit>, active: bool) -> (MemoryStore, ApiKey) {
+    store_with_key(limits, |k| k.active = active)
+}
+
+fn store_with_key(
+    limits: Vec<WireLimit>,
+    edit: impl FnOnce(&mut WireKey),
+) -> (MemoryStore, ApiKey) {
+    let store = MemoryStore::new();
+    let k = key(0);
+    let mut wire_key = WireKey {
+        hash: k.hash().to_hex(),
+        id: "key_1".into(),
+        tenant_id: "tnt_1".into(),
+        plan_id: "plan_1".into(),
+        active: true,
+        ..Default::default()
+    };
+    edit(&mut wire_key);
+    apply_sync(
+        &store,
+        &SyncResponse {
+            version: 1,
+            plans: vec![WirePlan {
+                id: "plan_1".into(),
+                name: "Pro".into(),
+                limits,
+                monthly_quota: None,
+                route_costs: vec![],
+            }],
+            keys: vec![wire_key],
+            deleted_keys: vec![],
+            deleted_plans: vec![],
+            anonymous: None,
+            next: None,
+        },
+    )
+    .unwrap();
+    (store, k)
+}
+
+fn limit(name: &str, max: u64, window_seconds: u64, burst: Option<u64>) -> WireLimit {
+    WireLimit {
+        name: name.into(),
+        max,
+        window_seconds,
+        burst,
+        scope: Default::default(),
+    }
+}
+
+fn run(store: &MemoryStore, key: &str, now: u64) -> Decision {
+    run_as(store, key, "GET", "/", None, now)
+}
+
+fn run_as(
+    store: &MemoryStore,
+    key: &str,
+    method: &str,
+    path: &str,
+    ip: Option<&str>,
+    now: u64,
+) -> Decision {
+    let facts = RequestFacts {
+        api_key: Some(key),
+        method,
+        path,
+        client_ip: ip.map(|ip| ip.parse().unwrap()).into(),
+    };
+    decide(&facts, store, now)
+}
+
+fn reason(d: &Decision) -> Option<DenyReason> {
+    match d {
+        Decision::Allow(_) => None,
+        Decision::Deny(d) => Some(d.reason),
+    }
+}
+
+#[crate::testing::test]
+fn key_comes_from_x_api_key_then_bearer() {
+    assert_eq!(presented_key(Some("a"), Some("Bearer b")), Some("a"));
+    assert_eq!(presented_key(None, Some("Bearer b")), Some("b"));
+    assert_eq!(presented_key(None, Some("bearer  b ")), Some("b"));
+    assert_eq!(presented_key(Some(""), Some("Basic b")), None);
+    assert_eq!(presented_key(None, Some("Bearer")), None);
+    assert_eq!(presented_key(None, None), None);
+}
+
+#[crate::testing::test]
+fn missing_malformed_and_unconfigured() {
+    let empty = MemoryStore::new();
+    assert_eq!(
+        reason(&decide(&RequestFacts::default(), &empty, T0)),
+        Some(DenyReason::MissingApiKey)
+    );
+    assert_eq!(
+        reason(&run(&empty, "tg_nope", T0)),
+        Some(DenyReason::InvalidApiKey)
+    );
+    // Malformed keys are refused before the config check.
+    assert_eq!(
+        reason(&run(&empty, key(1).expose(), T0)),
+        Some(DenyReason::ConfigUnavailable)
+    );
+    let (store, _) = store_with(vec![], true);
+    assert_eq!(
+        reason(&run(&store, key(1).expose(), T0)),
+        Some(DenyReason::InvalidApiKey)
+    );
+}
+
+#[crate::testing::test]
+fn disabled_key_is_refused() {
+    let (store, k) = store_with(vec![limit("s", 1, 1, None)], false);
+    assert_eq!(
+        reason(&run(&store, k.expose(), T0)),
+        Some(DenyReason::DisabledApiKey)
+    );
+}
+
+#[crate::testing::test]
+fn allowed_carries_identity_and_policies() {
+    let (store, k) = store_with(vec![limit("per-minute", 60, 60, Some(3))], true);
+    let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+        panic!("expected allow")
+    };
+    assert_eq!(
+        (
+            a.tenant_id.as_deref(),
+            a.key_id.as_deref(),
+            Some(a.plan_name.as_str())
+        ),
+        (Some("tnt_1"), Some("key_1"), Some("Pro"))
+    );
+    assert_eq!(
+        a.policies,
+        vec![PolicyStatus {
+            name: "per-minute".into(),
+            quota: 60,
+            window_seconds: 60,
+            remaining: 2,
+            reset_seconds: 1,
+        }]
+    );
+}
+
+#[crate::testing::test]
+fn burst_then_429_with_retry_after_then_refill() {
+    let (store, k) = store_with(vec![limit("per-second", 2, 1, Some(2))], true);
+    assert!(reason(&run(&store, k.expose(), T0)).is_none());
+    assert!(reason(&run(&store, k.expose(), T0)).is_none());
+    let Decision::Deny(d) = run(&store, k.expose(), T0) else {
+        panic!("expected deny")
+    };
+    assert_eq!(d.reason, DenyReason::RateLimited);
+    assert_eq!(d.retry_after, Some(1));
+    assert_eq!(d.violated, vec!["per-second".to_owned()]);
+    assert_eq!(d.detail, "Rate limit per-second exceeded; retry in 1 s.");
+    assert_eq!(d.policies[0].remaining, 0);
+    assert_eq!(
+        reason(&run(&store, k.expose(), T0 + 499)),
+        Some(DenyReason::RateLimited)
+    );
+    assert!(reason(&run(&store, k.expose(), T0 + 500)).is_none());
+}
+
+#[crate::testing::test]
+fn a_refused_request_consumes_from_no_window() {
+    let (store, k) = store_with(
+        vec![
+            limit("per-second", 1, 1, None),
+            limit("per-hour", 100, 3600, None),
+        ],
+        true,
+    );
+    let Decision::Allow(first) = run(&store, k.expose(), T0) else {
+        panic!()
+    };
+    assert_eq!(first.policies[1].remaining, 99);
+    for _ in 0..5 {
+        assert_eq!(
+            reason(&run(&store, k.expose(), T0)),
+            Some(DenyReason::RateLimited)
+        );
+    }
+    let Decision::Allow(next) = run(&store, k.expose(), T0 + 1000) else {
+        panic!()
+    };
+    assert_eq!(next.policies[1].remaining, 98);
+}
+
+#[crate::testing::test]
+fn retry_after_comes_from_the_denying_policy() {
+    let (store, k) = store_with(
+        vec![
+            limit("per-second", 10, 1, None),
+            limit("per-minute", 1, 60, None),
+        ],
+        true,
+    );
+    assert!(reason(&run(&store, k.expose(), T0)).is_none());
+    let Decision::Deny(d) = run(&store, k.expose(), T0) else {
+        panic!()
+    };
+    assert_eq!(d.violated, vec!["per-minute".to_owned()]);
+    assert_eq!(d.retry_after, Some(60));
+}
+
+#[crate::testing::test]
+fn cas_conflicts_are_retried_and_never_double_count() {
+    let (store, k) = store_with(vec![limit("s", 1, 3600, Some(3))], true);
+    store.inject_cas_conflicts(MAX_CAS_ATTEMPTS - 1);
+    let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+        panic!()
+    };
+    assert_eq!(a.policies[0].remaining, 2);
+    store.inject_cas_conflicts(MAX_CAS_ATTEMPTS);
+    let Decision::Deny(d) = run(&store, k.expose(), T0) else {
+        panic!()
+    };
+    assert_eq!(d.retry_after, Some(1));
+    let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+        panic!()
+    };
+    assert_eq!(a.policies[0].remaining, 1);
+}
+
+#[crate::testing::test]
+fn expiry_is_enforced_at_the_exact_millisecond() {
+    let (store, k) = store_with_key(vec![], |w| w.expires_at_ms = Some(T0 + 1000));
+    assert!(reason(&run(&store, k.expose(), T0 + 999)).is_none());
+    assert_eq!(
+        reason(&run(&store, k.expose(), T0 + 1000)),
+        Some(DenyReason::ExpiredApiKey)
+    );
+    let Decision::Deny(d) = run(&store, k.expose(), T0 + 1000) else {
+        panic!()
+    };
+    assert_eq!(d.reason.status(), 401);
+    assert_eq!(d.reason.code(), "expired_api_key");
+}
+
+#[crate::testing::test]
+fn scopes_and_cidrs_answer_403() {
+    let (store, k) = store_with_key(vec![limit("s", 100, 1, None)], |w| {
+        w.scopes = Some(vec![crate::wire::WireScope {
+            methods: Some(vec!["GET".into()]),
+            path_prefix: Some("/read".into()),
+        }]);
+        w.allowed_cidrs = Some(vec!["10.0.0.0/8".into(), "2001:db8::/32".into()]);
+    });
+    let k = k.expose();
+    let ok = |m, p, ip| reason(&run_as(&store, k, m, p, ip, T0));
+    assert_eq!(ok("GET", "/read/x", Some("10.1.2.3")), None);
+    assert_eq!(ok("GET", "/read", Some("2001:db8::7")), None);
+    assert_eq!(
+        ok("POST", "/read", Some("10.1.2.3")),
+        Some(DenyReason::Forbidden)
+    );
+    assert_eq!(
+        ok("GET", "/write", Some("10.1.2.3")),
+        Some(DenyReason::Forbidden)
+    );
+    assert_eq!(
+        ok("GET", "/read", Some("192.168.0.1")),
+        Some(DenyReason::Forbidden)
+    );
+    assert_eq!(ok("GET", "/read", None), Some(DenyReason::Forbidden));
+    assert_eq!(DenyReason::Forbidden.status(), 403);
+}
+
+#[crate::testing::test]
+fn key_overrides_change_the_enforced_limits() {
+    let (store, k) = store_with_key(vec![limit("per-hour", 1, 3600, Some(1))], |w| {
+        w.limits = Some(vec![limit("per-hour", 1, 3600, Some(2))]);
+    });
+    assert!(reason(&run(&store, k.expose(), T0)).is_none());
+    assert!(reason(&run(&store, k.expose(), T0)).is_none());
+    assert_eq!(
+        reason(&run(&store, k.expose(), T0)),
+        Some(DenyReason::RateLimited)
+    );
+}
+
+#[crate::testing::test]
+fn a_plan_without_limits_admits_without_headers() {
+    let (store, k) = store_with(vec![], true);
+    let Decision::Allow(a) = run(&store, k.expose(), T0) else {
+        panic!()
+    };
+    assert!(a.policies.is_empty());
+}
