@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{root, run, Result};
+use crate::{root, run, run_here, Result};
 
 pub const ENVOY_VERSION: &str = "1.40.0";
 /// Must equal the `wasm-bindgen` version `wasm-bindgen-test` pins in Cargo.lock.
@@ -96,14 +96,17 @@ fn runs(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// `apt-get install -y <package>`, after refreshing the package lists.
-fn apt_install(package: &str, what: &str) -> Result {
+/// `apt-get install -y <packages>`, after refreshing the package lists.
+/// Waits up to 5 min for the dpkg lock rather than failing at once: another
+/// build on the same machine may be installing something too.
+fn apt_install(packages: &[&str], what: &str) -> Result {
     println!("installing {what} from Debian");
     run("apt-get update", Command::new("apt-get").arg("update"))?;
     run(
-        &format!("apt-get install {package}"),
+        &format!("apt-get install {}", packages.join(" ")),
         Command::new("apt-get")
-            .args(["install", "-y", package])
+            .args(["install", "-y", "-o", "DPkg::Lock::Timeout=300"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -112,7 +115,7 @@ pub fn node() -> Result {
     if runs("node") {
         return Ok(());
     }
-    apt_install("nodejs", "Node.js")
+    apt_install(&["nodejs"], "Node.js")
 }
 
 /// binaryen's `wasm-opt`, `wasm-metadce` and `wasm-dis`, from Debian, which
@@ -124,7 +127,7 @@ pub fn binaryen() -> Result {
     {
         return Ok(());
     }
-    apt_install("binaryen", "binaryen")
+    apt_install(&["binaryen"], "binaryen")
 }
 
 /// The bin directory of the newest Debian PostgreSQL (`/usr/lib/postgresql/<v>/bin`).
@@ -152,7 +155,7 @@ pub fn postgres() -> Result<PathBuf> {
     if let Some(bin) = postgres_bin() {
         return Ok(bin);
     }
-    apt_install("postgresql", "PostgreSQL")?;
+    apt_install(&["postgresql"], "PostgreSQL")?;
     postgres_bin()
         .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin after installing".into())
 }
@@ -168,7 +171,7 @@ pub fn musl(target: &str) -> Result {
     if runs("musl-gcc") {
         return Ok(());
     }
-    apt_install("musl-tools", "musl-gcc (musl-tools)")
+    apt_install(&["musl-tools"], "musl-gcc (musl-tools)")
 }
 
 /// Debian's `docker-registry`, the loopback registry the image tests push to
@@ -178,7 +181,7 @@ pub fn docker_registry() -> Result<PathBuf> {
     if registry.is_file() {
         return Ok(registry);
     }
-    apt_install("docker-registry", "the Docker registry")?;
+    apt_install(&["docker-registry"], "the Docker registry")?;
     if registry.is_file() {
         Ok(registry)
     } else {
@@ -186,5 +189,79 @@ pub fn docker_registry() -> Result<PathBuf> {
             "no {} after installing docker-registry",
             registry.display()
         ))
+    }
+}
+
+/// Debian's `chromium` and the `chromium-driver` built from the same source
+/// package, so the driver always speaks to its own browser version: what the
+/// browser tests drive over WebDriver (`tests/src/browser.rs`). Returns
+/// (chromium, chromedriver).
+pub fn chromium() -> Result<(PathBuf, PathBuf)> {
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    let chromedriver = PathBuf::from("/usr/bin/chromedriver");
+    if chromium.is_file() && chromedriver.is_file() {
+        return Ok((chromium, chromedriver));
+    }
+    apt_install(
+        &["chromium", "chromium-driver"],
+        "Chromium and chromedriver",
+    )?;
+    if let Some(missing) = [&chromium, &chromedriver]
+        .into_iter()
+        .find(|p| !p.is_file())
+    {
+        return Err(format!(
+            "no {} after installing chromium and chromium-driver",
+            missing.display()
+        ));
+    }
+    Ok((chromium, chromedriver))
+}
+
+/// The npm project the browser tests inject into pages from: axe-core,
+/// pinned by its committed `package-lock.json`.
+fn browser_packages() -> PathBuf {
+    root().join("tests/browser")
+}
+
+/// The version of `package` that `lock` (a `package-lock.json`, or the
+/// `node_modules/.package-lock.json` npm writes beside what it installed) pins.
+fn locked_version(lock: &std::path::Path, package: &str) -> Option<String> {
+    let text = std::fs::read_to_string(lock).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["packages"][format!("node_modules/{package}")]["version"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// axe-core from the npm registry, `npm ci` into `tests/browser/node_modules`
+/// (git-ignored: it is third-party code, MPL-2.0) unless the version the lock
+/// file pins is already there; returns the path of `axe.min.js`.
+pub fn axe_core() -> Result<PathBuf> {
+    let dir = browser_packages();
+    let axe = dir.join("node_modules/axe-core/axe.min.js");
+    let wanted = locked_version(&dir.join("package-lock.json"), "axe-core")
+        .ok_or_else(|| format!("no axe-core in {}/package-lock.json", dir.display()))?;
+    let installed = locked_version(&dir.join("node_modules/.package-lock.json"), "axe-core");
+    if axe.is_file() && installed.as_deref() == Some(wanted.as_str()) {
+        return Ok(axe);
+    }
+    if !runs("npm") {
+        apt_install(&["npm"], "npm")?;
+    }
+    println!(
+        "installing axe-core {wanted} (npm ci) into {}",
+        dir.display()
+    );
+    run_here(
+        "npm ci (tests/browser)",
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir),
+    )?;
+    if axe.is_file() {
+        Ok(axe)
+    } else {
+        Err(format!("no {} after npm ci", axe.display()))
     }
 }

@@ -165,6 +165,8 @@ fn test(args: &[String]) -> Result {
     install::node()?;
     install::postgres()?;
     let docker_registry = install::docker_registry()?;
+    let (chromium, chromedriver) = install::chromium()?;
+    let axe = install::axe_core()?;
 
     step("cargo fmt --check");
     run(
@@ -275,7 +277,10 @@ fn test(args: &[String]) -> Result {
             )
             .env("TOLLGATE_XTASK", &xtask)
             .env("TOLLGATE_CONTROL_PLANE_IMAGE", &control_plane_image)
-            .env("TOLLGATE_DOCKER_REGISTRY", &docker_registry),
+            .env("TOLLGATE_DOCKER_REGISTRY", &docker_registry)
+            .env("TOLLGATE_CHROMIUM", &chromium)
+            .env("TOLLGATE_CHROMEDRIVER", &chromedriver)
+            .env("TOLLGATE_AXE", &axe),
     )?;
     step("benchmark smoke run (cargo xtask bench --smoke)");
     bench::run_bench(&["--smoke".to_owned()], &envoy)?;
