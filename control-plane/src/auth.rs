@@ -58,18 +58,49 @@ pub fn tenant_token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Whom a caller acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
+pub enum Role {
     Admin,
     Tenant(String),
 }
 
+/// Who is calling, and through what: the API with a bearer token, or the
+/// dashboard with a session signed in by one. Both go through the same rules;
+/// only the audit log's actor tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub role: Role,
+    /// The dashboard session's public id, when the call came through it.
+    pub session: Option<String>,
+}
+
 impl Principal {
+    pub fn admin() -> Self {
+        Self {
+            role: Role::Admin,
+            session: None,
+        }
+    }
+
+    pub fn tenant(id: impl Into<String>) -> Self {
+        Self {
+            role: Role::Tenant(id.into()),
+            session: None,
+        }
+    }
+
+    /// The same caller, acting through dashboard session `session_id`.
+    pub fn via_session(mut self, session_id: impl Into<String>) -> Self {
+        self.session = Some(session_id.into());
+        self
+    }
+
     /// For operations only the admin may perform.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self {
-            Self::Admin => Ok(()),
-            Self::Tenant(_) => Err(ApiError::new(
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Tenant(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "This operation needs the admin token.",
@@ -79,23 +110,49 @@ impl Principal {
 
     /// Whether this caller may see the tenant's resources; callers answer 404 when not.
     pub fn sees(&self, tenant_id: &str) -> bool {
-        match self {
-            Self::Admin => true,
-            Self::Tenant(own) => own == tenant_id,
+        match &self.role {
+            Role::Admin => true,
+            Role::Tenant(own) => own == tenant_id,
         }
     }
 
     pub fn is_admin(&self) -> bool {
-        matches!(self, Self::Admin)
+        matches!(self.role, Role::Admin)
     }
 
-    /// Who did it, for logs.
-    pub fn label(&self) -> String {
-        match self {
-            Self::Admin => "admin".into(),
-            Self::Tenant(id) => format!("tenant:{id}"),
+    /// The caller's own tenant, when it is a tenant.
+    pub fn own_tenant(&self) -> Option<&str> {
+        match &self.role {
+            Role::Admin => None,
+            Role::Tenant(id) => Some(id),
         }
     }
+
+    /// Who did it, for the audit log and logs: `admin` or `tenant:<id>`, and
+    /// ` via dashboard session <id>` when it came through the dashboard.
+    pub fn label(&self) -> String {
+        let who = match &self.role {
+            Role::Admin => "admin".to_owned(),
+            Role::Tenant(id) => format!("tenant:{id}"),
+        };
+        match &self.session {
+            None => who,
+            Some(session) => format!("{who} via dashboard session {session}"),
+        }
+    }
+}
+
+/// The principal a bearer token stands for, if it is the admin token or a
+/// live tenant token; the dashboard signs in with the same tokens.
+pub async fn principal_of(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
+    if state.admin_token.matches(token) {
+        return Ok(Some(Principal::admin()));
+    }
+    if !token.starts_with(TENANT_TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let tenant = tokens::tenant_of(&state.db, &tenant_token_hash(token)).await?;
+    Ok(tenant.map(Principal::tenant))
 }
 
 /// Resolves the bearer token into a [`Principal`] or answers 401.
@@ -105,14 +162,9 @@ pub async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let token = bearer(request.headers()).ok_or_else(missing)?;
-    let principal = if state.admin_token.matches(token) {
-        Principal::Admin
-    } else if token.starts_with(TENANT_TOKEN_PREFIX) {
-        let tenant = tokens::tenant_of(&state.db, &tenant_token_hash(token)).await?;
-        Principal::Tenant(tenant.ok_or_else(|| ApiError::unauthorized("The token is not valid."))?)
-    } else {
-        return Err(ApiError::unauthorized("The token is not valid."));
-    };
+    let principal = principal_of(&state, token)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("The token is not valid."))?;
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }

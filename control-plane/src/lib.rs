@@ -13,12 +13,14 @@
 //! the envelope every write goes through; `auth`, `extract`, `input`,
 //! `paging`, `docs` and `middleware`, what handlers share; `routes`, one
 //! module per resource; and `openapi`, the document that lists them. The
-//! background work (`webhooks`, `replicas`) and `seed` sit beside `routes`.
+//! background work (`webhooks`, `replicas`) and `seed` sit beside `routes`;
+//! `dashboard`, the pages over the same operations, sits above them.
 //! No module uses one above it.
 
 pub mod auth;
 pub mod change;
 pub mod clock;
+pub mod dashboard;
 pub mod db;
 pub mod docs;
 pub mod error;
@@ -74,6 +76,8 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         // GET /metrics (Prometheus): outside /v1, behind --metrics-token if set.
         .merge(metrics::endpoint::router())
+        // The dashboard and /pricing: HTML, sessions, their own headers.
+        .merge(dashboard::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -28,6 +28,12 @@ impl TokenDigest {
         Self(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// Lower-case hex, as the dashboard's sessions record the token they
+    /// were signed in with.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// Hashing first makes the comparison independent of the presented length too.
     pub fn matches(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();

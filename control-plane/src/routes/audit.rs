@@ -136,12 +136,12 @@ async fn audit_list(
     ApiQuery(query): ApiQuery<ListAudit>,
 ) -> ApiResult<Json<Page<AuditEntry>>> {
     let limit = page_limit(query.limit)?;
-    let tenant_id = match (&principal, query.tenant_id) {
-        (Principal::Admin, wanted) => wanted,
-        (Principal::Tenant(own), Some(wanted)) if wanted != *own => {
+    let tenant_id = match (principal.own_tenant(), query.tenant_id) {
+        (None, wanted) => wanted,
+        (Some(own), Some(wanted)) if wanted != own => {
             return Err(ApiError::not_found("tenant", &wanted));
         }
-        (Principal::Tenant(own), _) => Some(own.clone()),
+        (Some(own), _) => Some(own.to_owned()),
     };
     let since = time_bound("since", query.since.as_deref())?;
     let until = time_bound("until", query.until.as_deref())?;

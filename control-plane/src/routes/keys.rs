@@ -386,15 +386,15 @@ fn only(mut fresh: Vec<Fresh>) -> ApiResult<Fresh> {
         .ok_or_else(|| ApiError::internal("no key issued"))
 }
 
-fn issued(view: KeyView, key: &ApiKey) -> Response {
-    let location = format!("/v1/keys/{}", view.id);
+fn issued(issued: IssuedKey) -> Response {
+    let location = format!("/v1/keys/{}", issued.view.id);
     (
         StatusCode::CREATED,
         [
             (header::LOCATION, location),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
-        Json(issued_key(view, key)),
+        Json(issued),
     )
         .into_response()
 }
@@ -445,7 +445,20 @@ async fn keys_create(
     Path(tenant_id): Path<String>,
     ApiJson(input): ApiJson<CreateKey>,
 ) -> ApiResult<Response> {
-    if !principal.sees(&tenant_id) {
+    create(&state, &principal, &tenant_id, input)
+        .await
+        .map(issued)
+}
+
+/// Issues a key for `tenant_id` as `principal`: the API's and the dashboard's
+/// one way. The answer is the only place its plaintext ever appears.
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: &str,
+    input: CreateKey,
+) -> ApiResult<IssuedKey> {
+    if !principal.sees(tenant_id) {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
     let now = state.now();
@@ -470,13 +483,13 @@ async fn keys_create(
         .audit(Entry {
             action: "key.create",
             resource_id: &id,
-            tenant_id: Some(&tenant_id),
+            tenant_id: Some(tenant_id),
             before: None,
             after: snapshot(&view)?,
         })
         .await?;
     change.commit().await?;
-    Ok(issued(view, &key))
+    Ok(issued_key(view, &key))
 }
 
 /// Issue keys in bulk
@@ -657,7 +670,17 @@ async fn keys_update(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<UpdateKey>,
 ) -> ApiResult<Json<KeyView>> {
-    visible_key(&state, &principal, &id).await?;
+    update(&state, &principal, &id, input).await.map(Json)
+}
+
+/// Changes key `id` as `principal`; only the admin may override its limits or quota.
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    input: UpdateKey,
+) -> ApiResult<KeyView> {
+    visible_key(state, principal, id).await?;
     if input.is_empty() {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -714,14 +737,14 @@ async fn keys_update(
     change
         .audit(Entry {
             action: "key.update",
-            resource_id: &id,
+            resource_id: id,
             tenant_id: Some(&updated.tenant_id),
             before: snapshot(&current.clone().view()?)?,
             after: snapshot(&updated)?,
         })
         .await?;
     change.commit().await?;
-    Ok(Json(updated))
+    Ok(updated)
 }
 
 /// Delete a key
@@ -747,7 +770,13 @@ async fn keys_delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    visible_key(&state, &principal, &id).await?;
+    delete(&state, &principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes key `id` as `principal`: every Envoy refuses it within about a second.
+pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
+    visible_key(state, principal, id).await?;
     let now = state.now();
     let mut change = Change::begin(&state, principal.label(), now).await?;
     let version = change.version();
@@ -761,14 +790,14 @@ async fn keys_delete(
     change
         .audit(Entry {
             action: "key.delete",
-            resource_id: &id,
+            resource_id: id,
             tenant_id: Some(&current.tenant_id),
             before: snapshot(&current.clone().view()?)?,
             after: None,
         })
         .await?;
     change.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Rotate a key
@@ -808,7 +837,17 @@ async fn keys_rotate(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<RotateKey>,
 ) -> ApiResult<Response> {
-    visible_key(&state, &principal, &id).await?;
+    rotate(&state, &principal, &id, input).await.map(issued)
+}
+
+/// Rotates key `id` as `principal`: the successor, with its plaintext.
+pub async fn rotate(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    input: RotateKey,
+) -> ApiResult<IssuedKey> {
+    visible_key(state, principal, id).await?;
     if input.grace_seconds > MAX_GRACE_SECONDS {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -870,7 +909,7 @@ async fn keys_rotate(
         })
         .await?;
     change.commit().await?;
-    Ok(issued(view, &key))
+    Ok(issued_key(view, &key))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -187,6 +187,21 @@ async fn plans_create(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreatePlan>,
 ) -> ApiResult<Response> {
+    let view = create(&state, &principal, input).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/plans/{}", view.id))],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// Creates a plan as `principal` (the admin): the API's and the dashboard's one way.
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    input: CreatePlan,
+) -> ApiResult<PlanView> {
     principal.require_admin()?;
     let now = state.now();
     let view = PlanView {
@@ -218,12 +233,7 @@ async fn plans_create(
         })
         .await?;
     change.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/plans/{}", view.id))],
-        Json(view),
-    )
-        .into_response())
+    Ok(view)
 }
 
 /// Get a plan
@@ -249,7 +259,7 @@ async fn plans_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PlanView>> {
-    if let Principal::Tenant(tenant_id) = &principal {
+    if let Some(tenant_id) = principal.own_tenant() {
         // A tenant may read its own plan, and no other.
         let own = tenants::plan_of(&state.db, tenant_id).await?;
         if own.as_deref() != Some(id.as_str()) {
@@ -346,6 +356,16 @@ async fn plans_update(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<UpdatePlan>,
 ) -> ApiResult<Json<PlanView>> {
+    update(&state, &principal, &id, input).await.map(Json)
+}
+
+/// Changes plan `id` as `principal` (the admin).
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    input: UpdatePlan,
+) -> ApiResult<PlanView> {
     principal.require_admin()?;
     if input.is_empty() {
         return Err(ApiError::invalid(
@@ -379,14 +399,14 @@ async fn plans_update(
     change
         .audit(Entry {
             action: "plan.update",
-            resource_id: &id,
+            resource_id: id,
             tenant_id: None,
             before,
             after: snapshot(&view)?,
         })
         .await?;
     change.commit().await?;
-    Ok(Json(view))
+    Ok(view)
 }
 
 /// Delete a plan
@@ -413,6 +433,12 @@ async fn plans_delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    delete(&state, &principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes plan `id` as `principal` (the admin); 409 while anyone uses it.
+pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
     principal.require_admin()?;
     let now = state.now();
     let mut change = Change::begin(&state, principal.label(), now).await?;
@@ -442,12 +468,12 @@ async fn plans_delete(
     change
         .audit(Entry {
             action: "plan.delete",
-            resource_id: &id,
+            resource_id: id,
             tenant_id: None,
             before: snapshot(&current.view()?)?,
             after: None,
         })
         .await?;
     change.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -110,6 +110,21 @@ async fn tenants_create(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreateTenant>,
 ) -> ApiResult<Response> {
+    let view = create(&state, &principal, input).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/tenants/{}", view.id))],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// Creates a tenant as `principal` (the admin): the API's and the dashboard's one way.
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    input: CreateTenant,
+) -> ApiResult<TenantView> {
     principal.require_admin()?;
     validate_name("name", &input.name)?;
     let billing_anchor_day = anchor_day(input.billing_anchor_day)?;
@@ -135,12 +150,7 @@ async fn tenants_create(
         })
         .await?;
     change.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/tenants/{}", view.id))],
-        Json(view),
-    )
-        .into_response())
+    Ok(view)
 }
 
 /// Get a tenant
@@ -262,7 +272,18 @@ async fn tenants_update(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<UpdateTenant>,
 ) -> ApiResult<Json<TenantView>> {
-    if !principal.sees(&id) {
+    update(&state, &principal, &id, input).await.map(Json)
+}
+
+/// Changes tenant `id` as `principal`: a tenant may rename itself, only the
+/// admin may change its plan or billing anchor.
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    input: UpdateTenant,
+) -> ApiResult<TenantView> {
+    if !principal.sees(id) {
         return Err(ApiError::not_found("tenant", &id));
     }
     if (input.plan_id.is_some() || input.billing_anchor_day.is_some()) && !principal.is_admin() {
@@ -312,14 +333,14 @@ async fn tenants_update(
     change
         .audit(Entry {
             action: "tenant.update",
-            resource_id: &id,
-            tenant_id: Some(&id),
+            resource_id: id,
+            tenant_id: Some(id),
             before,
             after: snapshot(&view)?,
         })
         .await?;
     change.commit().await?;
-    Ok(Json(view))
+    Ok(view)
 }
 
 /// Delete a tenant
@@ -345,6 +366,12 @@ async fn tenants_delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    delete(&state, &principal, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes tenant `id` as `principal` (the admin), revoking all its keys.
+pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
     principal.require_admin()?;
     let now = state.now();
     let mut change = Change::begin(&state, principal.label(), now).await?;
@@ -358,12 +385,12 @@ async fn tenants_delete(
     change
         .audit(Entry {
             action: "tenant.delete",
-            resource_id: &id,
-            tenant_id: Some(&id),
+            resource_id: id,
+            tenant_id: Some(id),
             before: snapshot(&current)?,
             after: None,
         })
         .await?;
     change.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -22,7 +22,7 @@ use crate::input::validate_name;
 use crate::state::AppState;
 use crate::store::audit::Entry;
 pub use crate::store::tokens::TokenView;
-use crate::store::{tenants, tokens};
+use crate::store::{sessions, tenants, tokens};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -188,6 +188,8 @@ async fn tokens_revoke(
     let revoked = tokens::revoke(change.tx(), &tenant_id, &id, &now.rfc3339())
         .await?
         .ok_or_else(|| ApiError::not_found("token", &id))?;
+    // Dashboard sessions signed in with it end with it.
+    sessions::delete_of_token(change.tx(), &id).await?;
     change
         .audit(Entry {
             action: "token.revoke",

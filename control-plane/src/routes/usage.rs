@@ -201,6 +201,16 @@ async fn key_usage(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyUsageView>> {
+    key_usage_of(&state, &principal, id).await.map(Json)
+}
+
+/// Key `id`'s use this quota period as `principal` may see it: the API's and
+/// the dashboard's quota bar.
+pub async fn key_usage_of(
+    state: &AppState,
+    principal: &Principal,
+    id: String,
+) -> ApiResult<KeyUsageView> {
     let row = usage::key_quota(&state.db, &id).await?;
     let Some(usage::KeyQuota {
         tenant_id,
@@ -219,14 +229,14 @@ async fn key_usage(
     let (period_start, period_end) = (rfc3339_ms(period.start_ms), rfc3339_ms(period.end_ms));
     let used = usage::cost_between(&state.db, &id, &period_start, &period_end).await?;
     let quota = own_quota.or(plan_quota).and_then(|q| u64::try_from(q).ok());
-    Ok(Json(KeyUsageView {
+    Ok(KeyUsageView {
         key_id: id,
         period_start,
         period_end,
         used,
         quota,
         remaining: quota.map(|q| q.saturating_sub(used)),
-    }))
+    })
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -310,6 +320,19 @@ async fn tenant_usage(
     Path(tenant_id): Path<String>,
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> ApiResult<Json<TenantUsageView>> {
+    tenant_series(&state, &principal, tenant_id, query)
+        .await
+        .map(Json)
+}
+
+/// Tenant `tenant_id`'s series per key as `principal` may see them: the
+/// API's answer and the dashboard's charts.
+pub async fn tenant_series(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: String,
+    query: UsageQuery,
+) -> ApiResult<TenantUsageView> {
     if !principal.sees(&tenant_id) {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
@@ -376,11 +399,11 @@ async fn tenant_usage(
             *n = n.saturating_add(count);
         }
     }
-    Ok(Json(TenantUsageView {
+    Ok(TenantUsageView {
         tenant_id,
         from: rfc3339(from)?,
         to: rfc3339(to)?,
         granularity,
         keys,
-    }))
+    })
 }

@@ -409,3 +409,30 @@ pub async fn list(
         .fetch_all(db)
         .await
 }
+
+/// Live keys that are active and unexpired at `now_ms`, of one tenant or of all.
+pub async fn count_active(
+    db: &Db,
+    tenant_id: Option<&str>,
+    now_ms: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM api_keys
+         WHERE deleted_at IS NULL AND active = TRUE
+           AND (expires_at_ms IS NULL OR expires_at_ms > $2)
+           AND ($1 IS NULL OR tenant_id = $1)",
+    )
+    .bind(tenant_id)
+    .bind(now_ms)
+    .fetch_one(db)
+    .await
+}
+
+/// How many live keys each of these tenants holds.
+pub async fn count_of_tenants(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tenant_id, COUNT(*) FROM api_keys WHERE deleted_at IS NULL GROUP BY tenant_id",
+    )
+    .fetch_all(db)
+    .await
+}

@@ -261,3 +261,23 @@ pub async fn deleted_since(tx: &mut Tx, since: i64) -> Result<Vec<String>, sqlx:
     .fetch_all(&mut **tx)
     .await
 }
+
+/// How many live plans there are.
+pub async fn count(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM plans WHERE deleted_at IS NULL")
+        .fetch_one(db)
+        .await
+}
+
+/// Per live plan: how many tenants are on it and how many live keys they hold.
+pub async fn subscribers(db: &Db) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.id,
+                (SELECT COUNT(*) FROM tenants t WHERE t.plan_id = p.id AND t.deleted_at IS NULL),
+                (SELECT COUNT(*) FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                 WHERE t.plan_id = p.id AND t.deleted_at IS NULL AND k.deleted_at IS NULL)
+         FROM plans p WHERE p.deleted_at IS NULL",
+    )
+    .fetch_all(db)
+    .await
+}

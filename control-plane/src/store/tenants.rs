@@ -163,3 +163,10 @@ pub async fn list(
         .await?;
     Ok(rows.into_iter().map(TenantView::from).collect())
 }
+
+/// How many live tenants there are.
+pub async fn count(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM tenants WHERE deleted_at IS NULL")
+        .fetch_one(db)
+        .await
+}

@@ -357,3 +357,33 @@ pub async fn tenant_hours(
     .fetch_all(db)
     .await
 }
+
+/// Requests by outcome (`allowed` or a refusal's code) in the hours from
+/// `from_hour` on, of one tenant or of all.
+pub async fn outcome_totals(
+    db: &Db,
+    tenant_id: Option<&str>,
+    from_hour: &str,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT outcome, CAST(SUM(count) AS BIGINT) FROM usage_hourly
+         WHERE hour >= $2 AND ($1 IS NULL OR tenant_id = $1)
+         GROUP BY outcome ORDER BY outcome",
+    )
+    .bind(tenant_id)
+    .bind(from_hour)
+    .fetch_all(db)
+    .await
+}
+
+/// The cost each tenant's keys were let through for in the hours from `from_hour` on.
+pub async fn cost_by_tenant(db: &Db, from_hour: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tenant_id, CAST(SUM(cost) AS BIGINT) FROM usage_hourly
+         WHERE outcome = 'allowed' AND hour >= $1 AND tenant_id IS NOT NULL
+         GROUP BY tenant_id",
+    )
+    .bind(from_hour)
+    .fetch_all(db)
+    .await
+}

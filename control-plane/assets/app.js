@@ -1,0 +1,52 @@
+// Tollgate dashboard: a little of our own script on top of pages that work
+// without it. Copy buttons, confirmations before destructive forms, and a
+// gate on leaving a plaintext key unseen. No inline handlers: the CSP forbids them.
+"use strict";
+
+document.addEventListener("DOMContentLoaded", () => {
+  // <button data-copy="#id">: copies the text of the element it names.
+  for (const button of document.querySelectorAll("button[data-copy]")) {
+    button.hidden = false;
+    button.addEventListener("click", async () => {
+      const source = document.querySelector(button.dataset.copy);
+      const status = document.querySelector(button.dataset.status || "#copy-status");
+      try {
+        await navigator.clipboard.writeText(source.textContent.trim());
+        button.dataset.copied = "true";
+        if (status) status.textContent = "Copied to the clipboard.";
+      } catch (e) {
+        if (status) status.textContent = "Copying failed: select the key and copy it by hand.";
+      }
+    });
+  }
+
+  // <form data-confirm="question">: asks before sending.
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  }
+
+  // <a data-leave-gate="#copy-button">: leaving before copying asks first.
+  for (const link of document.querySelectorAll("a[data-leave-gate]")) {
+    link.addEventListener("click", (event) => {
+      const copy = document.querySelector(link.dataset.leaveGate);
+      if (copy && copy.dataset.copied !== "true" &&
+          !window.confirm("You have not copied the key. It will never be shown again. Leave anyway?")) {
+        event.preventDefault();
+      }
+    });
+  }
+
+  // <dialog data-open-on-load>: the show-once key opens as a modal dialog.
+  for (const dialog of document.querySelectorAll("dialog[data-open-on-load]")) {
+    if (typeof dialog.showModal === "function") dialog.showModal();
+    dialog.addEventListener("cancel", (event) => {
+      const copy = dialog.querySelector("button[data-copy]");
+      if (copy && copy.dataset.copied !== "true" &&
+          !window.confirm("You have not copied the key. It will never be shown again. Close anyway?")) {
+        event.preventDefault();
+      }
+    });
+  }
+});

@@ -1,0 +1,117 @@
+//! A submitted form as ordered name–value pairs. Repeated names (a plan's
+//! limit rows) keep their order, and every value arrives as text, so a bad
+//! number becomes the field's own error on the page instead of a rejection
+//! the browser shows bare.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{FromRequest, Request};
+use axum::Form;
+
+use crate::dashboard::page::PageError;
+use crate::error::ApiError;
+
+pub struct FormData(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequest<S> for FormData {
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, PageError> {
+        match Form::<Vec<(String, String)>>::from_request(request, state).await {
+            Ok(Form(pairs)) => Ok(Self(pairs)),
+            Err(FormRejection::InvalidFormContentType(_)) => Err(PageError(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the form as application/x-www-form-urlencoded.",
+            ))),
+            Err(e) => Err(PageError(ApiError::invalid(
+                "invalid_form",
+                format!("The form could not be read: {e}."),
+            ))),
+        }
+    }
+}
+
+impl FormData {
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+
+    /// The first value of `name`, trimmed; `""` when absent.
+    pub fn text(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.trim())
+    }
+
+    /// The first value of `name`, trimmed, or `None` when absent or blank.
+    pub fn optional(&self, name: &str) -> Option<&str> {
+        Some(self.text(name)).filter(|v| !v.is_empty())
+    }
+
+    /// Every value of `name`, in the order sent, trimmed.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
+
+    /// Whether a checkbox named `name` was ticked.
+    pub fn checked(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    /// A whole number in `field`, blank meaning none; `code` names the
+    /// error the API gives for the same mistake.
+    pub fn number(&self, name: &str, code: &'static str, label: &str) -> Result<Option<u64>, ApiError> {
+        self.optional(name)
+            .map(|v| parse_number(v, code, label))
+            .transpose()
+    }
+}
+
+/// A whole number as typed, with spaces or thin spaces between thousands allowed.
+pub fn parse_number(text: &str, code: &'static str, label: &str) -> Result<u64, ApiError> {
+    let digits: String = text
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '\u{202f}' | '_' | ','))
+        .collect();
+    digits
+        .parse::<u64>()
+        .map_err(|_| ApiError::invalid(code, format!("{label} must be a whole number, 0 or more.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> FormData {
+        FormData::from_pairs(
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn repeated_fields_keep_their_order() {
+        let f = form(&[("limit_name", "a"), ("x", "1"), ("limit_name", " b ")]);
+        assert_eq!(f.all("limit_name"), ["a", "b"]);
+        assert_eq!(f.text("x"), "1");
+        assert_eq!(f.text("missing"), "");
+        assert_eq!(f.optional("missing"), None);
+    }
+
+    #[test]
+    fn numbers_accept_grouping_and_refuse_the_rest() {
+        assert_eq!(parse_number("10 000", "c", "Quota").ok(), Some(10_000));
+        assert_eq!(parse_number("1,000", "c", "Quota").ok(), Some(1000));
+        let e = parse_number("-1", "invalid_plan", "Quota").err();
+        assert_eq!(e.map(|e| e.code), Some("invalid_plan"));
+        assert!(parse_number("ten", "c", "Quota").is_err());
+        assert_eq!(form(&[("q", " ")]).number("q", "c", "Quota").ok(), Some(None));
+    }
+}

@@ -1,0 +1,42 @@
+//! The dashboard: plans, tenants, keys and usage in the browser, for the
+//! admin and for each tenant, served by the control plane itself under
+//! `/dashboard` (and the public tier comparison at `/pricing`).
+//!
+//! Pages are rendered on the server from templates (`templates/`) with plain
+//! forms, so every one works without JavaScript; `assets/app.js` only adds
+//! copy buttons and confirmations. Every write goes through the same
+//! functions as the JSON API (`routes::*::create`, `update`, …): the same
+//! rules, the same validation, the same audit log, whose actor names the
+//! dashboard session. Sessions are in `session`; what every response carries
+//! and every form must prove is in `guard`.
+
+pub mod assets;
+pub mod form;
+pub mod guard;
+pub mod overview;
+pub mod page;
+pub mod session;
+
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::middleware;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router<AppState> {
+    let login = Router::new()
+        .route(
+            session::LOGIN_PATH,
+            get(session::login_page).post(session::login),
+        )
+        // Sign-in attempts count against the admin API's limits, per client.
+        .route_layer(from_fn_with_state(state, middleware::limit_admin));
+    Router::new()
+        .route("/dashboard", get(overview::show))
+        .route("/dashboard/logout", post(session::logout))
+        .route("/dashboard/assets/{file}", get(assets::serve))
+        .merge(login)
+        .layer(from_fn(guard::refuse_cross_site))
+        .layer(from_fn(guard::secure_headers))
+}
