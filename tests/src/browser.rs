@@ -426,6 +426,45 @@ impl Browser {
         panic!("could not make the viewport {width}×{height}");
     }
 
+    /// At the [`PHONE`] width, the elements that stick out past the right
+    /// edge and make the whole page scroll sideways (the outermost of each,
+    /// at most five); empty when the page fits. Back at [`DESKTOP`] after.
+    pub async fn phone_overflow(&self) -> Vec<String> {
+        self.resize(PHONE).await;
+        let script = "const width = document.documentElement.clientWidth;
+            if (document.documentElement.scrollWidth <= width) return [];
+            const past = el => el.getBoundingClientRect().right > width + 1;
+            const name = el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+                + [...el.classList].map(c => '.' + c).join('');
+            return [...document.body.querySelectorAll('*')]
+              .filter(el => past(el) && !(el.parentElement && el.parentElement !== document.body
+                  && past(el.parentElement)))
+              .slice(0, 5)
+              .map(el => name(el) + ' ends at ' + Math.round(el.getBoundingClientRect().right) + 'px');";
+        let found = self.execute(script, vec![]).await;
+        self.resize(DESKTOP).await;
+        found
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Fails if the page scrolls sideways at the [`PHONE`] width, naming what
+    /// sticks out (a wide table belongs in a container that scrolls itself).
+    pub async fn check_fits_phone(&self) {
+        let overflow = self.phone_overflow().await;
+        if !overflow.is_empty() {
+            let url = self.url().await;
+            panic!(
+                "{url} is wider than {} px:\n  - {}",
+                PHONE.width,
+                overflow.join("\n  - ")
+            );
+        }
+    }
+
     /// Runs axe-core's WCAG 2 A and AA rules on the page; returns the
     /// violations with impact `serious` or `critical`.
     pub async fn accessibility_violations(&self) -> Vec<Violation> {
