@@ -65,7 +65,12 @@ impl FormData {
 
     /// A whole number in `field`, blank meaning none; `code` names the
     /// error the API gives for the same mistake.
-    pub fn number(&self, name: &str, code: &'static str, label: &str) -> Result<Option<u64>, ApiError> {
+    pub fn number(
+        &self,
+        name: &str,
+        code: &'static str,
+        label: &str,
+    ) -> Result<Option<u64>, ApiError> {
         self.optional(name)
             .map(|v| parse_number(v, code, label))
             .transpose()
@@ -112,6 +117,9 @@ mod tests {
         let e = parse_number("-1", "invalid_plan", "Quota").err();
         assert_eq!(e.map(|e| e.code), Some("invalid_plan"));
         assert!(parse_number("ten", "c", "Quota").is_err());
-        assert_eq!(form(&[("q", " ")]).number("q", "c", "Quota").ok(), Some(None));
+        assert_eq!(
+            form(&[("q", " ")]).number("q", "c", "Quota").ok(),
+            Some(None)
+        );
     }
 }

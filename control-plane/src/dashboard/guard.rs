@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn fetch_metadata_decides_when_present() {
-        assert!(!is_cross_site(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!is_cross_site(&headers(&[(
+            "sec-fetch-site",
+            "same-origin"
+        )])));
         assert!(!is_cross_site(&headers(&[("sec-fetch-site", "none")])));
         assert!(is_cross_site(&headers(&[("sec-fetch-site", "same-site")])));
         assert!(is_cross_site(&headers(&[

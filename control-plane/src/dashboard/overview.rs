@@ -60,7 +60,8 @@ pub async fn show(State(state): State<AppState>, Signed { principal }: Signed) -
     let anchor = tenant_view.as_ref().and_then(|t| t.billing_anchor_day);
     let period = quota_period(now.unix_ms(), anchor);
     let day_start = now.unix_ms() - now.unix_ms() % 86_400_000;
-    let today = usage::outcome_totals(&state.db, tenant, &truncated(day_start, usage::HOUR)).await?;
+    let today =
+        usage::outcome_totals(&state.db, tenant, &truncated(day_start, usage::HOUR)).await?;
     let in_period =
         usage::outcome_totals(&state.db, tenant, &truncated(period.start_ms, usage::HOUR)).await?;
     let mut outcomes: Vec<OutcomeRow> = Vec::new();
@@ -95,12 +96,16 @@ pub async fn show(State(state): State<AppState>, Signed { principal }: Signed) -
     let page = Overview {
         chrome: Chrome::new(&principal, "Overview", "overview"),
         plans: if admin {
-            Some(count(u64::try_from(plans::count(&state.db).await?).unwrap_or(0)))
+            Some(count(
+                u64::try_from(plans::count(&state.db).await?).unwrap_or(0),
+            ))
         } else {
             None
         },
         tenants: if admin {
-            Some(count(u64::try_from(tenants::count(&state.db).await?).unwrap_or(0)))
+            Some(count(
+                u64::try_from(tenants::count(&state.db).await?).unwrap_or(0),
+            ))
         } else {
             None
         },

@@ -81,7 +81,10 @@ fn expired_cookie() -> HeaderValue {
 }
 
 /// The principal a live session acts as, if the request carries one.
-async fn live_session(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+async fn live_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Principal>, ApiError> {
     let Some(secret) = cookie(headers, COOKIE) else {
         return Ok(None);
     };
@@ -194,7 +197,9 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> PageRe
     if let Some(secret) = cookie(&headers, COOKIE) {
         let principal = live_session(&state, &headers).await?;
         let now = state.now();
-        let actor = principal.as_ref().map_or_else(|| "anonymous".to_owned(), Principal::label);
+        let actor = principal
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), Principal::label);
         let mut change = Change::begin_unpublished(&state, actor, now).await?;
         if let Some(id) = sessions::delete(change.tx(), &secret_hash(secret)).await? {
             change

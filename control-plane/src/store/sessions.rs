@@ -69,12 +69,10 @@ pub async fn find(
 
 /// Ends the session (sign-out); whether there was one.
 pub async fn delete(tx: &mut Tx, secret_hash: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "DELETE FROM dashboard_sessions WHERE secret_hash = $1 RETURNING id",
-    )
-    .bind(secret_hash)
-    .fetch_optional(&mut **tx)
-    .await
+    sqlx::query_scalar("DELETE FROM dashboard_sessions WHERE secret_hash = $1 RETURNING id")
+        .bind(secret_hash)
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 /// Forgets sessions that expired before `now_ms`; run at each sign-in so the
