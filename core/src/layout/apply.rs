@@ -177,38 +177,8 @@ mod tests {
     use crate::bucket::Bucket;
     use crate::layout::key_record::{read_key, KeyExtras};
     use crate::store::MemoryStore;
-    use crate::wire::{WireKey, WireLimit, WireScope};
-
-    fn sync_with_key(version: u64, hash: &KeyHash) -> SyncResponse {
-        SyncResponse {
-            version,
-            plans: vec![WirePlan {
-                id: "plan_1".into(),
-                name: "Free".into(),
-                limits: vec![WireLimit {
-                    name: "per-second".into(),
-                    max: 1,
-                    window_seconds: 1,
-                    burst: None,
-                    scope: Default::default(),
-                }],
-                monthly_quota: None,
-                route_costs: vec![],
-            }],
-            keys: vec![WireKey {
-                hash: hash.to_hex(),
-                id: "key_1".into(),
-                tenant_id: "tnt_1".into(),
-                plan_id: "plan_1".into(),
-                active: true,
-                ..Default::default()
-            }],
-            deleted_keys: vec![],
-            deleted_plans: vec![],
-            anonymous: None,
-            next: None,
-        }
-    }
+    use crate::testing::sync_with_key;
+    use crate::wire::WireScope;
 
     #[crate::testing::test]
     fn entries_are_what_serde_json_wrote_so_earlier_filters_entries_still_read() {

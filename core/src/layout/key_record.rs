@@ -255,21 +255,19 @@ fn unpack_id(packed: &[u8; PACKED_ID_LEN], kind: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::tests::{agree, mutations_agree, round_trip};
+    use crate::testing::{agree, limit, mutations_agree, round_trip, wire_key};
 
     #[crate::testing::test]
     fn key_records_round_trip_compactly() {
         let hash = KeyHash::of(b"k");
         let record = |wire: &WireKey| Some(KeyRecord::try_from(wire).unwrap());
         // Ids as the control plane makes them are packed.
-        let plain = WireKey {
-            hash: hash.to_hex(),
-            id: "key_0aZ9bY8cX7dW6eV5fU4g".into(),
-            tenant_id: "tnt_zzzzzzzzzzzzzzzzzzzz".into(),
-            plan_id: "plan_00000000000000000000".into(),
-            active: true,
-            ..Default::default()
-        };
+        let plain = wire_key(
+            &hash,
+            "key_0aZ9bY8cX7dW6eV5fU4g",
+            "tnt_zzzzzzzzzzzzzzzzzzzz",
+            "plan_00000000000000000000",
+        );
         let bytes = encode_key_record(&plain).unwrap();
         assert_eq!(bytes.len(), 2 + 3 * 15);
         assert_eq!(decode_key_record(&bytes, &hash), record(&plain));
@@ -293,13 +291,7 @@ mod tests {
                 path_prefix: Some("/v1/".into()),
             }]),
             allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
-            limits: Some(vec![WireLimit {
-                name: "per-minute".into(),
-                max: 5,
-                window_seconds: 60,
-                burst: Some(2),
-                scope: Default::default(),
-            }]),
+            limits: Some(vec![limit("per-minute", 5, 60).with_burst(2)]),
             monthly_quota: Some(7),
             billing_anchor_day: Some(31),
             ..plain.clone()
@@ -340,13 +332,9 @@ mod tests {
                 WireScope::default(),
             ]),
             allowed_cidrs: Some(vec!["10.0.0.0/8".into(), "::1/128".into()]),
-            limits: Some(vec![WireLimit {
-                name: "per-minute".into(),
-                max: u64::MAX,
-                window_seconds: 60,
-                burst: Some(0),
-                scope: crate::wire::LimitScope::Tenant,
-            }]),
+            limits: Some(vec![limit("per-minute", u64::MAX, 60)
+                .with_burst(0)
+                .per_tenant()]),
         };
         round_trip(&full);
         round_trip(&KeyExtras::default());
