@@ -33,10 +33,10 @@
 //! writes it and the others' write fails like any lost CAS race, so their
 //! loop reads again and sees every consumption.
 //!
-//! One module per concern: `names` says where each entry
-//! lives, `key_record` and `bucket_entry` how the two binary entries are
-//! encoded, and `apply` how the leader writes config and standings. Other
-//! crates use the names re-exported here.
+//! One module per concern: `names` says where each entry lives,
+//! `key_record` and `bucket_entry` how the two binary entries are encoded,
+//! and `apply` how the leader writes config and standings. Other crates use
+//! the names re-exported here.
 
 mod apply;
 mod bucket_entry;
