@@ -38,15 +38,21 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
-  // <dialog data-open-on-load>: the show-once key opens as a modal dialog.
-  for (const dialog of document.querySelectorAll("dialog[data-open-on-load]")) {
-    if (typeof dialog.showModal === "function") dialog.showModal();
-    dialog.addEventListener("cancel", (event) => {
+  // <dialog open data-modal>: the show-once key is in the page as it comes
+  // (readable without script) and becomes a modal dialog with it.
+  for (const dialog of document.querySelectorAll("dialog[data-modal]")) {
+    if (typeof dialog.showModal === "function") {
+      dialog.close();
+      dialog.showModal();
+    }
+    const unseen = () => {
       const copy = dialog.querySelector("button[data-copy]");
-      if (copy && copy.dataset.copied !== "true" &&
-          !window.confirm("You have not copied the key. It will never be shown again. Close anyway?")) {
-        event.preventDefault();
-      }
-    });
+      return copy && copy.dataset.copied !== "true" &&
+        !window.confirm("You have not copied the key. It will never be shown again. Close anyway?");
+    };
+    dialog.addEventListener("cancel", (event) => { if (unseen()) event.preventDefault(); });
+    for (const close of dialog.querySelectorAll("button[data-close-gate]")) {
+      close.addEventListener("click", (event) => { if (unseen()) event.preventDefault(); });
+    }
   }
 });

@@ -99,28 +99,13 @@ mod tests {
     use super::*;
     use crate::layout::apply_sync;
     use crate::store::MemoryStore;
-    use crate::wire::{SyncResponse, WireKey, WirePlan};
+    use crate::testing::sync_with_key;
+    use crate::wire::SyncResponse;
 
     fn sync(version: u64, hash: &KeyHash, active: bool) -> SyncResponse {
-        SyncResponse {
-            version,
-            plans: vec![WirePlan {
-                id: "plan_1".into(),
-                name: "Free".into(),
-                limits: vec![],
-                monthly_quota: None,
-                route_costs: vec![],
-            }],
-            keys: vec![WireKey {
-                hash: hash.to_hex(),
-                id: "key_1".into(),
-                tenant_id: "tnt_1".into(),
-                plan_id: "plan_1".into(),
-                active,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
+        let mut sync = sync_with_key(version, hash);
+        sync.keys[0].active = active;
+        sync
     }
 
     #[crate::testing::test]

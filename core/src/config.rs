@@ -425,39 +425,27 @@ impl TryFrom<&WireAnonymous> for Anonymous {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn wire_limit(name: &str, max: u64, window: u64, burst: Option<u64>) -> WireLimit {
-        WireLimit {
-            name: name.into(),
-            max,
-            window_seconds: window,
-            burst,
-            scope: Default::default(),
-        }
-    }
+    use crate::testing::{limit, plan};
 
     #[crate::testing::test]
     fn burst_defaults_to_max() {
-        let l = Limit::try_from(&wire_limit("per-minute", 60, 60, None)).unwrap();
+        let l = Limit::try_from(&limit("per-minute", 60, 60)).unwrap();
         assert_eq!(l.max_tokens, 60);
-        let l = Limit::try_from(&wire_limit("per-minute", 60, 60, Some(5))).unwrap();
+        let l = Limit::try_from(&limit("per-minute", 60, 60).with_burst(5)).unwrap();
         assert_eq!(l.max_tokens, 5);
     }
 
     #[crate::testing::test]
     fn bad_limits_are_rejected_with_the_field_named() {
         for (wl, needle) in [
-            (wire_limit("", 1, 1, None), "limit name"),
-            (wire_limit("a b", 1, 1, None), "limit name"),
-            (wire_limit("x\"", 1, 1, None), "limit name"),
-            (wire_limit("x", 0, 1, None), "max"),
-            (wire_limit("x", 1, 0, None), "window_seconds"),
-            (
-                wire_limit("x", 1, MAX_WINDOW_SECONDS + 1, None),
-                "window_seconds",
-            ),
-            (wire_limit("x", 1, 1, Some(0)), "burst"),
-            (wire_limit("x", MAX_TOKENS + 1, 1, None), "max"),
+            (limit("", 1, 1), "limit name"),
+            (limit("a b", 1, 1), "limit name"),
+            (limit("x\"", 1, 1), "limit name"),
+            (limit("x", 0, 1), "max"),
+            (limit("x", 1, 0), "window_seconds"),
+            (limit("x", 1, MAX_WINDOW_SECONDS + 1), "window_seconds"),
+            (limit("x", 1, 1).with_burst(0), "burst"),
+            (limit("x", MAX_TOKENS + 1, 1), "max"),
         ] {
             let err = Limit::try_from(&wl).unwrap_err();
             assert!(err.0.contains(needle), "{err} should mention {needle}");
@@ -466,13 +454,7 @@ mod tests {
 
     #[crate::testing::test]
     fn plan_rejects_duplicate_limit_names_whole() {
-        let wire = WirePlan {
-            id: "plan_1".into(),
-            name: "Pro".into(),
-            limits: vec![wire_limit("a", 1, 1, None), wire_limit("a", 2, 2, None)],
-            monthly_quota: None,
-            route_costs: vec![],
-        };
+        let wire = plan("plan_1", "Pro", vec![limit("a", 1, 1), limit("a", 2, 2)]);
         assert!(Plan::try_from(&wire).unwrap_err().0.contains("twice"));
     }
 
@@ -497,10 +479,7 @@ mod tests {
         fenced.allowed_cidrs = Some(vec!["10.0.0.0/99".into()]);
         assert!(KeyRecord::try_from(&fenced).is_err());
         let mut twice = wire.clone();
-        twice.limits = Some(vec![
-            wire_limit("a", 1, 1, None),
-            wire_limit("a", 1, 1, None),
-        ]);
+        twice.limits = Some(vec![limit("a", 1, 1), limit("a", 1, 1)]);
         assert!(KeyRecord::try_from(&twice).is_err());
         wire.hash = "nothex".into();
         assert!(KeyRecord::try_from(&wire).is_err());
@@ -513,23 +492,15 @@ mod tests {
 #[cfg(test)]
 mod override_tests {
     use super::*;
+    use crate::testing::{limit, plan};
 
     #[crate::testing::test]
     fn key_overrides_replace_by_name_and_add_the_rest() {
-        let limit = |name: &str, max| WireLimit {
-            name: name.into(),
-            max,
-            window_seconds: 60,
-            burst: None,
-            scope: Default::default(),
-        };
-        let plan = Plan::try_from(&WirePlan {
-            id: "p".into(),
-            name: "P".into(),
-            limits: vec![limit("minute", 10), limit("hour", 100)],
-            monthly_quota: None,
-            route_costs: vec![],
-        })
+        let plan = Plan::try_from(&plan(
+            "p",
+            "P",
+            vec![limit("minute", 10, 60), limit("hour", 100, 60)],
+        ))
         .unwrap();
         let key = KeyRecord::try_from(&WireKey {
             hash: "00".repeat(32),
@@ -537,7 +508,7 @@ mod override_tests {
             tenant_id: "t".into(),
             plan_id: "p".into(),
             active: true,
-            limits: Some(vec![limit("hour", 5), limit("burst", 2)]),
+            limits: Some(vec![limit("hour", 5, 60), limit("burst", 2, 60)]),
             ..Default::default()
         })
         .unwrap();

@@ -43,9 +43,4 @@ pub mod usage;
 pub mod wire;
 
 #[cfg(test)]
-pub(crate) mod testing {
-    #[cfg(not(target_arch = "wasm32"))]
-    pub use core::prelude::v1::test;
-    #[cfg(target_arch = "wasm32")]
-    pub use wasm_bindgen_test::wasm_bindgen_test as test;
-}
+pub(crate) mod testing;

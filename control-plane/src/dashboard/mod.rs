@@ -11,16 +11,23 @@
 //! and every form must prove is in `guard`.
 
 pub mod assets;
+pub mod chart;
 pub mod form;
 pub mod guard;
+pub mod keys;
 pub mod overview;
 pub mod page;
+pub mod plans;
+pub mod pricing;
 pub mod session;
+pub mod tenants;
 
+use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::error::ApiError;
 use crate::middleware;
 use crate::state::AppState;
 
@@ -35,8 +42,52 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/dashboard", get(overview::show))
         .route("/dashboard/logout", post(session::logout))
+        .route("/dashboard/plans", get(plans::list).post(plans::create))
+        .route("/dashboard/plans/new", get(plans::new_form))
+        .route(
+            "/dashboard/plans/{id}",
+            get(plans::edit_form).post(plans::update),
+        )
+        .route("/dashboard/plans/{id}/delete", post(plans::delete))
+        .route(
+            "/dashboard/tenants",
+            get(tenants::list).post(tenants::create),
+        )
+        .route(
+            "/dashboard/tenants/{id}",
+            get(tenants::show).post(tenants::update),
+        )
+        .route("/dashboard/tenants/{id}/delete", post(tenants::delete))
+        .route("/dashboard/tenants/{id}/keys", post(keys::create))
+        .route("/dashboard/keys/{id}", get(keys::show))
+        .route("/dashboard/keys/{id}/active", post(keys::set_active))
+        .route("/dashboard/keys/{id}/rotate", post(keys::rotate))
+        .route("/dashboard/keys/{id}/delete", post(keys::delete))
+        .route("/dashboard/pricing", get(pricing::signed_in))
+        .route("/pricing", get(pricing::public))
         .route("/dashboard/assets/{file}", get(assets::serve))
         .merge(login)
         .layer(from_fn(guard::refuse_cross_site))
         .layer(from_fn(guard::secure_headers))
+}
+
+/// Why a form was refused, shown above it: the API's status, `code` and
+/// detail, and the field it is about (`""`: the form as a whole).
+#[derive(Debug)]
+pub struct Flash {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub field: &'static str,
+}
+
+impl Flash {
+    pub fn field(field: &'static str, e: ApiError) -> Self {
+        Self {
+            status: e.status,
+            code: e.code,
+            detail: e.detail,
+            field,
+        }
+    }
 }

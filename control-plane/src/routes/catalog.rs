@@ -51,6 +51,11 @@ pub struct Catalog {
     ),
 )]
 async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
+    catalog(&state).await.map(Json)
+}
+
+/// The public plans: the API's catalog and the dashboard's tier comparison.
+pub async fn catalog(state: &AppState) -> ApiResult<Catalog> {
     let rows = plans::public(&state.db).await?;
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
@@ -65,5 +70,5 @@ async fn catalog_index(State(state): State<AppState>) -> ApiResult<Json<Catalog>
             metadata: view.metadata,
         });
     }
-    Ok(Json(Catalog { plans: entries }))
+    Ok(Catalog { plans: entries })
 }

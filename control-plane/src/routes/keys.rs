@@ -459,16 +459,16 @@ pub async fn create(
     input: CreateKey,
 ) -> ApiResult<IssuedKey> {
     if !principal.sees(tenant_id) {
-        return Err(ApiError::not_found("tenant", &tenant_id));
+        return Err(ApiError::not_found("tenant", tenant_id));
     }
     let now = state.now();
     let (name, settings) = input.split();
-    let checked = check_new(&principal, &name, &settings, now)?;
+    let checked = check_new(principal, &name, &settings, now)?;
 
-    let mut change = Change::begin(&state, principal.label(), now).await?;
-    check_allowance(change.tx(), &tenant_id, 1).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
+    check_allowance(change.tx(), tenant_id, 1).await?;
     let shared = Shared {
-        tenant_id: &tenant_id,
+        tenant_id,
         name: &name,
         settings: &settings,
         expires: &checked.expires,
@@ -689,17 +689,17 @@ pub async fn update(
         ));
     }
     require_admin_for_overrides(
-        &principal,
+        principal,
         input.limits.is_some() || input.monthly_quota.is_some(),
     )?;
     if let Some(name) = &input.name {
         validate_name("name", name)?;
     }
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
-    let Some(current) = keys::find(&mut **change.tx(), &id).await? else {
-        return Err(ApiError::not_found("API key", &id));
+    let Some(current) = keys::find(&mut **change.tx(), id).await? else {
+        return Err(ApiError::not_found("API key", id));
     };
     let current_settings = current.settings()?;
     let new_expiry = matches!(input.expires_at, Some(Some(_)));
@@ -729,10 +729,10 @@ pub async fn update(
         settings: &settings,
         expires: &checked.expires,
     };
-    keys::update(change.tx(), &id, &fields, version, &now.rfc3339()).await?;
-    let updated = keys::find(&mut **change.tx(), &id)
+    keys::update(change.tx(), id, &fields, version, &now.rfc3339()).await?;
+    let updated = keys::find(&mut **change.tx(), id)
         .await?
-        .ok_or_else(|| ApiError::not_found("API key", &id))?
+        .ok_or_else(|| ApiError::not_found("API key", id))?
         .view()?;
     change
         .audit(Entry {
@@ -778,14 +778,14 @@ async fn keys_delete(
 pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
     visible_key(state, principal, id).await?;
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
-    let Some(current) = keys::find(&mut **change.tx(), &id).await? else {
-        return Err(ApiError::not_found("API key", &id));
+    let Some(current) = keys::find(&mut **change.tx(), id).await? else {
+        return Err(ApiError::not_found("API key", id));
     };
     // A tombstone, not a DELETE: filters learn of deletions from the version feed.
-    if !keys::delete(change.tx(), &id, version, &now.rfc3339()).await? {
-        return Err(ApiError::not_found("API key", &id));
+    if !keys::delete(change.tx(), id, version, &now.rfc3339()).await? {
+        return Err(ApiError::not_found("API key", id));
     }
     change
         .audit(Entry {
@@ -855,10 +855,10 @@ pub async fn rotate(
         ));
     }
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
-    let Some(old) = keys::find(&mut **change.tx(), &id).await? else {
-        return Err(ApiError::not_found("API key", &id));
+    let Some(old) = keys::find(&mut **change.tx(), id).await? else {
+        return Err(ApiError::not_found("API key", id));
     };
     let settings = old.settings()?;
     let expires = match (&old.expires_at, old.expires_at_ms) {
@@ -870,7 +870,7 @@ pub async fn rotate(
         name: &old.name,
         settings: &settings,
         expires: &expires,
-        rotated_from: Some(&id),
+        rotated_from: Some(id),
     };
     let Fresh { id: new_id, key } = only(issue(&mut change, &shared, 1).await?)?;
 
@@ -881,19 +881,19 @@ pub async fn rotate(
         .map_err(ApiError::internal)?
         .format(&Rfc3339)
         .map_err(ApiError::internal)?;
-    keys::end_at(change.tx(), &id, (&end, end_ms), version, &now.rfc3339()).await?;
+    keys::end_at(change.tx(), id, (&end, end_ms), version, &now.rfc3339()).await?;
     let view = keys::find(&mut **change.tx(), &new_id)
         .await?
         .ok_or_else(|| ApiError::internal("rotated key not found"))?
         .view()?;
-    let old_after = keys::find(&mut **change.tx(), &id)
+    let old_after = keys::find(&mut **change.tx(), id)
         .await?
         .ok_or_else(|| ApiError::internal("rotated key not found"))?
         .view()?;
     change
         .audit(Entry {
             action: "key.rotate",
-            resource_id: &id,
+            resource_id: id,
             tenant_id: Some(&old.tenant_id),
             before: snapshot(&old.clone().view()?)?,
             after: snapshot(&old_after)?,

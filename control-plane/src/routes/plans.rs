@@ -220,7 +220,7 @@ pub async fn create(
         updated_at: now.rfc3339(),
     };
     validate(&view)?;
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
     plans::insert(change.tx(), &view, version).await?;
     change
@@ -375,11 +375,11 @@ pub async fn update(
         ));
     }
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
-    let current = plans::find(&mut **change.tx(), &id)
+    let current = plans::find(&mut **change.tx(), id)
         .await?
-        .ok_or_else(|| ApiError::not_found("plan", &id))?
+        .ok_or_else(|| ApiError::not_found("plan", id))?
         .view()?;
     let before = snapshot(&current)?;
     let view = PlanView {
@@ -441,12 +441,12 @@ async fn plans_delete(
 pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
     principal.require_admin()?;
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
-    let Some(current) = plans::find(&mut **change.tx(), &id).await? else {
-        return Err(ApiError::not_found("plan", &id));
+    let Some(current) = plans::find(&mut **change.tx(), id).await? else {
+        return Err(ApiError::not_found("plan", id));
     };
-    let tenants = plans::tenants_on(change.tx(), &id).await?;
+    let tenants = plans::tenants_on(change.tx(), id).await?;
     if tenants > 0 {
         return Err(ApiError::conflict(
             "plan_in_use",
@@ -456,7 +456,7 @@ pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiRes
             ),
         ));
     }
-    let anonymous = anonymous::uses_plan(change.tx(), &id).await?;
+    let anonymous = anonymous::uses_plan(change.tx(), id).await?;
     if anonymous {
         return Err(ApiError::conflict(
             "plan_in_use_by_anonymous_access",
@@ -464,7 +464,7 @@ pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiRes
              (or turn it off) first.",
         ));
     }
-    plans::delete(change.tx(), &id, version, &now.rfc3339()).await?;
+    plans::delete(change.tx(), id, version, &now.rfc3339()).await?;
     change
         .audit(Entry {
             action: "plan.delete",

@@ -129,7 +129,7 @@ pub async fn create(
     validate_name("name", &input.name)?;
     let billing_anchor_day = anchor_day(input.billing_anchor_day)?;
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     plans::require(change.tx(), &input.plan_id).await?;
     let view = TenantView {
         id: db::new_id("tnt"),
@@ -284,7 +284,7 @@ pub async fn update(
     input: UpdateTenant,
 ) -> ApiResult<TenantView> {
     if !principal.sees(id) {
-        return Err(ApiError::not_found("tenant", &id));
+        return Err(ApiError::not_found("tenant", id));
     }
     if (input.plan_id.is_some() || input.billing_anchor_day.is_some()) && !principal.is_admin() {
         return Err(ApiError::new(
@@ -304,11 +304,11 @@ pub async fn update(
     }
     let new_anchor = input.billing_anchor_day.map(anchor_day).transpose()?;
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
-    let current = tenants::find(&mut **change.tx(), &id)
+    let current = tenants::find(&mut **change.tx(), id)
         .await?
-        .ok_or_else(|| ApiError::not_found("tenant", &id))?;
+        .ok_or_else(|| ApiError::not_found("tenant", id))?;
     let plan_changes = input
         .plan_id
         .as_ref()
@@ -328,7 +328,7 @@ pub async fn update(
     tenants::update(change.tx(), &view).await?;
     if plan_changes || anchor_changes {
         // Every key now carries a different plan or quota period to the filters.
-        keys::republish_of_tenant(change.tx(), &id, version).await?;
+        keys::republish_of_tenant(change.tx(), id, version).await?;
     }
     change
         .audit(Entry {
@@ -374,14 +374,14 @@ async fn tenants_delete(
 pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiResult<()> {
     principal.require_admin()?;
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
-    let Some(current) = tenants::find(&mut **change.tx(), &id).await? else {
-        return Err(ApiError::not_found("tenant", &id));
+    let Some(current) = tenants::find(&mut **change.tx(), id).await? else {
+        return Err(ApiError::not_found("tenant", id));
     };
     // Deleting a tenant revokes all its keys, at every filter too.
-    keys::delete_of_tenant(change.tx(), &id, version, &now.rfc3339()).await?;
-    tenants::delete(change.tx(), &id, &now.rfc3339()).await?;
+    keys::delete_of_tenant(change.tx(), id, version, &now.rfc3339()).await?;
+    tenants::delete(change.tx(), id, &now.rfc3339()).await?;
     change
         .audit(Entry {
             action: "tenant.delete",

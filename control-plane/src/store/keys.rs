@@ -436,3 +436,14 @@ pub async fn count_of_tenants(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error
     .fetch_all(db)
     .await
 }
+
+/// Whether a live key was rotated from key `id`.
+pub async fn has_successor(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM api_keys WHERE rotated_from = $1 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .fetch_one(db)
+    .await?;
+    Ok(n > 0)
+}

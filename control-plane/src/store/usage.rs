@@ -387,3 +387,20 @@ pub async fn cost_by_tenant(db: &Db, from_hour: &str) -> Result<Vec<(String, i64
     .fetch_all(db)
     .await
 }
+
+/// The cost each of the tenant's keys was let through for in the hours from `from_hour` on.
+pub async fn cost_by_key(
+    db: &Db,
+    tenant_id: &str,
+    from_hour: &str,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT key_id, CAST(SUM(cost) AS BIGINT) FROM usage_hourly
+         WHERE outcome = 'allowed' AND hour >= $2 AND tenant_id = $1
+         GROUP BY key_id",
+    )
+    .bind(tenant_id)
+    .bind(from_hour)
+    .fetch_all(db)
+    .await
+}

@@ -14,6 +14,7 @@
 pub mod common;
 
 mod audit;
+mod dashboard;
 mod errors;
 mod health;
 mod keys;

@@ -9,9 +9,7 @@
 
 use crate::bucket::{ceil_seconds, Bucket, Check};
 use crate::config::{Limit, QUOTA_POLICY};
-use crate::layout::{
-    decode_buckets, encode_buckets, read_for_update, OTHERS_ENTRY, OWNER_ENTRY, QUOTA_ENTRY,
-};
+use crate::layout::{read_for_update, BucketEntry, QuotaCount};
 use crate::period::Period;
 use crate::store::{SetError, SharedStore};
 
@@ -46,25 +44,20 @@ struct Look {
     buckets: Vec<Bucket>,
     own_used: u64,
     others_used: u64,
-    /// The stored [`OTHERS_ENTRY`] as read, written back unchanged.
-    others: Option<Bucket>,
+    /// The other Envoys' count as stored, written back unchanged.
+    others: Option<QuotaCount>,
 }
 
 impl Ledger<'_> {
     fn look(&self, store: &impl SharedStore, now_ms: u64) -> Look {
         let (bytes, cas) = read_for_update(store, &self.entry);
-        let stored = decode_buckets(&bytes);
-        let stored_bucket = |name: &str| {
-            stored
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, bucket)| *bucket)
-        };
+        let stored = BucketEntry::decode(&bytes);
         let mut buckets: Vec<Bucket> = self
             .limits
             .iter()
             .map(|limit| {
-                stored_bucket(&limit.name)
+                stored
+                    .bucket(&limit.name)
                     .map(|b| b.refilled(limit, now_ms))
                     .unwrap_or_else(|| Bucket::full(limit, now_ms))
             })
@@ -72,7 +65,7 @@ impl Ledger<'_> {
         if let Some(owner) = self.owner {
             // A slot another client left idle (all its buckets full again) is
             // taken over; a busy one is shared, which only ever admits less.
-            let previous = stored_bucket(OWNER_ENTRY).map(|b| b.level);
+            let previous = stored.owner;
             let idle = self
                 .limits
                 .iter()
@@ -87,18 +80,16 @@ impl Ledger<'_> {
             }
         }
         // A count of another period says nothing about this one.
-        let this_period = |entry: &str| match (self.quota, stored_bucket(entry)) {
-            (Some(quota), Some(count)) if count.last_fill_ms == quota.period.start_ms => {
-                u64::try_from(count.level).unwrap_or(u64::MAX)
-            }
+        let this_period = |count: Option<QuotaCount>| match (self.quota, count) {
+            (Some(quota), Some(count)) => count.used_in(quota.period.start_ms),
             _ => 0,
         };
         Look {
             cas,
             buckets,
-            own_used: this_period(QUOTA_ENTRY),
-            others_used: this_period(OTHERS_ENTRY),
-            others: stored_bucket(OTHERS_ENTRY),
+            own_used: this_period(stored.quota),
+            others_used: this_period(stored.others),
+            others: stored.others,
         }
     }
 
@@ -172,34 +163,20 @@ impl Ledger<'_> {
         buckets: &[Bucket],
         own_used: u64,
     ) -> Result<(), SetError> {
-        let mut entries: Vec<(&str, Bucket)> = self
-            .limits
-            .iter()
-            .map(|l| l.name.as_str())
-            .zip(buckets.iter().copied())
-            .collect();
-        if let Some(quota) = &self.quota {
-            entries.push((
-                QUOTA_ENTRY,
-                Bucket {
-                    level: u128::from(own_used),
-                    last_fill_ms: quota.period.start_ms,
-                },
-            ));
-        }
-        if let Some(others) = look.others {
-            entries.push((OTHERS_ENTRY, others));
-        }
-        if let Some(owner) = self.owner {
-            entries.push((
-                OWNER_ENTRY,
-                Bucket {
-                    level: owner,
-                    last_fill_ms: 0,
-                },
-            ));
-        }
-        store.set(&self.entry, Some(&encode_buckets(entries)), Some(look.cas))
+        let entry = BucketEntry {
+            buckets: self
+                .limits
+                .iter()
+                .map(|l| l.name.as_str())
+                .zip(buckets.iter().copied())
+                .collect(),
+            quota: self
+                .quota
+                .map(|quota| QuotaCount::new(own_used, quota.period.start_ms)),
+            others: look.others,
+            owner: self.owner,
+        };
+        store.set(&self.entry, Some(&entry.encode()), Some(look.cas))
     }
 
     /// Gives back what an admitted request took, when a later ledger refused it.

@@ -3,67 +3,18 @@
 //! request from consuming anywhere.
 
 use super::*;
-use crate::key::ApiKey;
 use crate::layout::{applied_version, apply_standings, apply_sync};
 use crate::period::quota_period;
 use crate::store::{MemoryStore, SetError};
-use crate::wire::{
-    QuotaStanding, SyncResponse, WireAnonymous, WireKey, WireLimit, WirePlan, WireRouteCost,
-    WireScope,
-};
+use crate::testing::{key, limit, plan, store, sync, wire_key};
+use crate::wire::{QuotaStanding, WireAnonymous, WireKey, WireRouteCost, WireScope};
 
 /// 2026-11-23T00:00:00Z.
 const T0: u64 = 1_795_392_000_000;
 
-fn key(n: u8) -> ApiKey {
-    let body: String = core::iter::repeat_n((b'a' + n) as char, 32).collect();
-    ApiKey::from_body(&body).unwrap()
-}
-
-fn limit(name: &str, max: u64, window_seconds: u64, scope: LimitScope) -> WireLimit {
-    WireLimit {
-        name: name.into(),
-        max,
-        window_seconds,
-        burst: None,
-        scope,
-    }
-}
-
-fn plan(id: &str, limits: Vec<WireLimit>, quota: Option<u64>) -> WirePlan {
-    WirePlan {
-        id: id.into(),
-        name: id.to_uppercase(),
-        limits,
-        monthly_quota: quota,
-        route_costs: vec![],
-    }
-}
-
-fn wire_key(n: u8, tenant: &str, plan: &str) -> WireKey {
-    WireKey {
-        hash: key(n).hash().to_hex(),
-        id: format!("key_{n}"),
-        tenant_id: tenant.into(),
-        plan_id: plan.into(),
-        active: true,
-        ..Default::default()
-    }
-}
-
-fn sync(version: u64, plans: Vec<WirePlan>, keys: Vec<WireKey>) -> SyncResponse {
-    SyncResponse {
-        version,
-        plans,
-        keys,
-        ..Default::default()
-    }
-}
-
-fn store(plans: Vec<WirePlan>, keys: Vec<WireKey>) -> MemoryStore {
-    let store = MemoryStore::new();
-    apply_sync(&store, &sync(1, plans, keys)).unwrap();
-    store
+/// Key `n` as `key_<n>` of `tenant` on `plan`.
+fn numbered_key(n: u8, tenant: &str, plan: &str) -> WireKey {
+    wire_key(&key(n).hash(), &format!("key_{n}"), tenant, plan)
 }
 
 fn req(store: &MemoryStore, n: u8, method: &str, path: &str, now: u64) -> Decision {
@@ -112,8 +63,8 @@ fn policy<'a>(policies: &'a [PolicyStatus], name: &str) -> &'a PolicyStatus {
 #[crate::testing::test]
 fn quota_admits_exactly_the_quota_then_429_until_the_period_ends() {
     let s = store(
-        vec![plan("p", vec![], Some(3))],
-        vec![wire_key(0, "t", "p")],
+        vec![plan("p", "P", vec![]).with_quota(3)],
+        vec![numbered_key(0, "t", "p")],
     );
     for left in [2, 1, 0] {
         let a = get(&s, 0, T0 + 5);
@@ -146,13 +97,11 @@ fn a_request_refused_by_one_window_consumes_from_no_window_and_not_the_quota() {
     let s = store(
         vec![plan(
             "p",
-            vec![
-                limit("per-second", 1, 1, LimitScope::Key),
-                limit("per-hour", 100, 3600, LimitScope::Key),
-            ],
-            Some(50),
-        )],
-        vec![wire_key(0, "t", "p")],
+            "P",
+            vec![limit("per-second", 1, 1), limit("per-hour", 100, 3600)],
+        )
+        .with_quota(50)],
+        vec![numbered_key(0, "t", "p")],
     );
     allowed(&get(&s, 0, T0));
     for _ in 0..10 {
@@ -168,11 +117,7 @@ fn a_request_refused_by_one_window_consumes_from_no_window_and_not_the_quota() {
 
 #[crate::testing::test]
 fn route_costs_are_consumed_from_buckets_and_quota_and_free_routes_pass_when_used_up() {
-    let mut p = plan(
-        "p",
-        vec![limit("per-minute", 10, 60, LimitScope::Key)],
-        Some(6),
-    );
+    let mut p = plan("p", "P", vec![limit("per-minute", 10, 60)]).with_quota(6);
     p.route_costs = vec![
         WireRouteCost {
             methods: Some(vec!["POST".into()]),
@@ -185,7 +130,7 @@ fn route_costs_are_consumed_from_buckets_and_quota_and_free_routes_pass_when_use
             cost: 0,
         },
     ];
-    let s = store(vec![p], vec![wire_key(0, "t", "p")]);
+    let s = store(vec![p], vec![numbered_key(0, "t", "p")]);
     let a = req(&s, 0, "POST", "/v1/parse", T0);
     let a = allowed(&a);
     assert_eq!(a.cost, 3);
@@ -209,8 +154,8 @@ fn route_costs_are_consumed_from_buckets_and_quota_and_free_routes_pass_when_use
 #[crate::testing::test]
 fn other_envoys_use_counts_only_in_its_own_period() {
     let s = store(
-        vec![plan("p", vec![], Some(10))],
-        vec![wire_key(0, "t", "p")],
+        vec![plan("p", "P", vec![]).with_quota(10)],
+        vec![numbered_key(0, "t", "p")],
     );
     let period = quota_period(T0, None);
     let standing = |start, used| QuotaStanding {
@@ -245,18 +190,21 @@ fn other_envoys_use_counts_only_in_its_own_period() {
 #[crate::testing::test]
 fn a_plan_upgrade_mid_period_keeps_the_use_and_applies_the_new_quota_at_once() {
     let s = store(
-        vec![plan("free", vec![], Some(2)), plan("pro", vec![], Some(5))],
-        vec![wire_key(0, "t", "free")],
+        vec![
+            plan("free", "FREE", vec![]).with_quota(2),
+            plan("pro", "PRO", vec![]).with_quota(5),
+        ],
+        vec![numbered_key(0, "t", "free")],
     );
     allowed(&get(&s, 0, T0));
     allowed(&get(&s, 0, T0));
     assert_eq!(denied(&get(&s, 0, T0)).reason, DenyReason::QuotaExceeded);
-    apply_sync(&s, &sync(2, vec![], vec![wire_key(0, "t", "pro")])).unwrap();
+    apply_sync(&s, &sync(2, vec![], vec![numbered_key(0, "t", "pro")])).unwrap();
     let a = get(&s, 0, T0);
     let m = policy(&allowed(&a).policies, "monthly").clone();
     assert_eq!((m.quota, m.remaining), (5, 2));
     // A key override raises it further, again at once.
-    let mut raised = wire_key(0, "t", "pro");
+    let mut raised = numbered_key(0, "t", "pro");
     raised.monthly_quota = Some(100);
     apply_sync(&s, &sync(3, vec![], vec![raised])).unwrap();
     let a = get(&s, 0, T0);
@@ -265,9 +213,9 @@ fn a_plan_upgrade_mid_period_keeps_the_use_and_applies_the_new_quota_at_once() {
 
 #[crate::testing::test]
 fn a_billing_anchor_moves_the_period_boundary() {
-    let mut k = wire_key(0, "t", "p");
+    let mut k = numbered_key(0, "t", "p");
     k.billing_anchor_day = Some(25);
-    let s = store(vec![plan("p", vec![], Some(1))], vec![k]);
+    let s = store(vec![plan("p", "P", vec![]).with_quota(1)], vec![k]);
     // T0 is 23 Nov: the period runs 25 Oct .. 25 Nov.
     allowed(&get(&s, 0, T0));
     let d = get(&s, 0, T0);
@@ -280,16 +228,16 @@ fn tenant_scoped_limits_are_shared_by_the_tenants_keys_only() {
     let s = store(
         vec![plan(
             "p",
+            "P",
             vec![
-                limit("per-key", 10, 3600, LimitScope::Key),
-                limit("per-tenant", 3, 60, LimitScope::Tenant),
+                limit("per-key", 10, 3600),
+                limit("per-tenant", 3, 60).per_tenant(),
             ],
-            None,
         )],
         vec![
-            wire_key(0, "t1", "p"),
-            wire_key(1, "t1", "p"),
-            wire_key(2, "t2", "p"),
+            numbered_key(0, "t1", "p"),
+            numbered_key(1, "t1", "p"),
+            numbered_key(2, "t2", "p"),
         ],
     );
     allowed(&get(&s, 0, T0));
@@ -312,13 +260,14 @@ fn a_lost_race_on_the_tenant_bucket_refunds_the_key_bucket() {
     let s = store(
         vec![plan(
             "p",
+            "P",
             vec![
-                limit("per-key", 5, 3600, LimitScope::Key),
-                limit("per-tenant", 1, 3600, LimitScope::Tenant),
+                limit("per-key", 5, 3600),
+                limit("per-tenant", 1, 3600).per_tenant(),
             ],
-            Some(9),
-        )],
-        vec![wire_key(0, "t1", "p"), wire_key(1, "t1", "p")],
+        )
+        .with_quota(9)],
+        vec![numbered_key(0, "t1", "p"), numbered_key(1, "t1", "p")],
     );
     // Key 0's request is judged, its key ledger written; then key 1 takes
     // the last tenant token before key 0 writes the tenant ledger. That
@@ -381,11 +330,7 @@ impl crate::store::SharedStore for RacingStore<'_> {
 fn with_anonymous(store: &MemoryStore, routes: Vec<WireScope>) {
     let mut s = sync(
         2,
-        vec![plan(
-            "demo",
-            vec![limit("per-minute", 2, 60, LimitScope::Key)],
-            None,
-        )],
+        vec![plan("demo", "DEMO", vec![limit("per-minute", 2, 60)])],
         vec![],
     );
     s.anonymous = Some(WireAnonymous {
@@ -473,7 +418,7 @@ fn bad_metering_config_is_refused_whole() {
         plan_id: None,
     });
     assert!(apply_sync(&s, &bad).is_err());
-    let mut p = plan("p", vec![limit("monthly", 1, 1, LimitScope::Key)], None);
+    let mut p = plan("p", "P", vec![limit("monthly", 1, 1)]);
     assert!(apply_sync(&s, &sync(2, vec![p.clone()], vec![])).is_err());
     p.limits.clear();
     p.route_costs = vec![WireRouteCost {
@@ -482,7 +427,7 @@ fn bad_metering_config_is_refused_whole() {
         cost: 1,
     }];
     assert!(apply_sync(&s, &sync(2, vec![p], vec![])).is_err());
-    let mut k = wire_key(0, "t", "p");
+    let mut k = numbered_key(0, "t", "p");
     k.billing_anchor_day = Some(32);
     assert!(apply_sync(&s, &sync(2, vec![], vec![k])).is_err());
     assert_eq!(applied_version(&s), Some(1));

@@ -3,66 +3,28 @@
 
 use super::*;
 use crate::key::ApiKey;
-use crate::layout::apply_sync;
 use crate::store::MemoryStore;
-use crate::wire::{SyncResponse, WireKey, WireLimit, WirePlan};
+use crate::testing::{key, limit, plan, store, wire_key};
+use crate::wire::{WireKey, WireLimit};
 
 const T0: u64 = 1_800_000_000_000;
-
-fn key(n: u8) -> ApiKey {
-    let body: String = core::iter::repeat_n((b'a' + n) as char, 32).collect();
-    ApiKey::from_body(&body).unwrap()
-}
 
 fn store_with(limits: Vec<WireLimit>, active: bool) -> (MemoryStore, ApiKey) {
     store_with_key(limits, |k| k.active = active)
 }
 
+/// Key 0 as `key_1` of `tnt_1`, edited, on `plan_1` ("Pro") with `limits`.
 fn store_with_key(
     limits: Vec<WireLimit>,
     edit: impl FnOnce(&mut WireKey),
 ) -> (MemoryStore, ApiKey) {
-    let store = MemoryStore::new();
     let k = key(0);
-    let mut wire_key = WireKey {
-        hash: k.hash().to_hex(),
-        id: "key_1".into(),
-        tenant_id: "tnt_1".into(),
-        plan_id: "plan_1".into(),
-        active: true,
-        ..Default::default()
-    };
+    let mut wire_key = wire_key(&k.hash(), "key_1", "tnt_1", "plan_1");
     edit(&mut wire_key);
-    apply_sync(
-        &store,
-        &SyncResponse {
-            version: 1,
-            plans: vec![WirePlan {
-                id: "plan_1".into(),
-                name: "Pro".into(),
-                limits,
-                monthly_quota: None,
-                route_costs: vec![],
-            }],
-            keys: vec![wire_key],
-            deleted_keys: vec![],
-            deleted_plans: vec![],
-            anonymous: None,
-            next: None,
-        },
+    (
+        store(vec![plan("plan_1", "Pro", limits)], vec![wire_key]),
+        k,
     )
-    .unwrap();
-    (store, k)
-}
-
-fn limit(name: &str, max: u64, window_seconds: u64, burst: Option<u64>) -> WireLimit {
-    WireLimit {
-        name: name.into(),
-        max,
-        window_seconds,
-        burst,
-        scope: Default::default(),
-    }
 }
 
 fn run(store: &MemoryStore, key: &str, now: u64) -> Decision {
@@ -128,7 +90,7 @@ fn missing_malformed_and_unconfigured() {
 
 #[crate::testing::test]
 fn disabled_key_is_refused() {
-    let (store, k) = store_with(vec![limit("s", 1, 1, None)], false);
+    let (store, k) = store_with(vec![limit("s", 1, 1)], false);
     assert_eq!(
         reason(&run(&store, k.expose(), T0)),
         Some(DenyReason::DisabledApiKey)
@@ -137,7 +99,7 @@ fn disabled_key_is_refused() {
 
 #[crate::testing::test]
 fn allowed_carries_identity_and_policies() {
-    let (store, k) = store_with(vec![limit("per-minute", 60, 60, Some(3))], true);
+    let (store, k) = store_with(vec![limit("per-minute", 60, 60).with_burst(3)], true);
     let Decision::Allow(a) = run(&store, k.expose(), T0) else {
         panic!("expected allow")
     };
@@ -163,7 +125,7 @@ fn allowed_carries_identity_and_policies() {
 
 #[crate::testing::test]
 fn burst_then_429_with_retry_after_then_refill() {
-    let (store, k) = store_with(vec![limit("per-second", 2, 1, Some(2))], true);
+    let (store, k) = store_with(vec![limit("per-second", 2, 1).with_burst(2)], true);
     assert!(reason(&run(&store, k.expose(), T0)).is_none());
     assert!(reason(&run(&store, k.expose(), T0)).is_none());
     let Decision::Deny(d) = run(&store, k.expose(), T0) else {
@@ -184,10 +146,7 @@ fn burst_then_429_with_retry_after_then_refill() {
 #[crate::testing::test]
 fn a_refused_request_consumes_from_no_window() {
     let (store, k) = store_with(
-        vec![
-            limit("per-second", 1, 1, None),
-            limit("per-hour", 100, 3600, None),
-        ],
+        vec![limit("per-second", 1, 1), limit("per-hour", 100, 3600)],
         true,
     );
     let Decision::Allow(first) = run(&store, k.expose(), T0) else {
@@ -209,10 +168,7 @@ fn a_refused_request_consumes_from_no_window() {
 #[crate::testing::test]
 fn retry_after_comes_from_the_denying_policy() {
     let (store, k) = store_with(
-        vec![
-            limit("per-second", 10, 1, None),
-            limit("per-minute", 1, 60, None),
-        ],
+        vec![limit("per-second", 10, 1), limit("per-minute", 1, 60)],
         true,
     );
     assert!(reason(&run(&store, k.expose(), T0)).is_none());
@@ -225,7 +181,7 @@ fn retry_after_comes_from_the_denying_policy() {
 
 #[crate::testing::test]
 fn cas_conflicts_are_retried_and_never_double_count() {
-    let (store, k) = store_with(vec![limit("s", 1, 3600, Some(3))], true);
+    let (store, k) = store_with(vec![limit("s", 1, 3600).with_burst(3)], true);
     store.inject_cas_conflicts(MAX_CAS_ATTEMPTS - 1);
     let Decision::Allow(a) = run(&store, k.expose(), T0) else {
         panic!()
@@ -259,7 +215,7 @@ fn expiry_is_enforced_at_the_exact_millisecond() {
 
 #[crate::testing::test]
 fn scopes_and_cidrs_answer_403() {
-    let (store, k) = store_with_key(vec![limit("s", 100, 1, None)], |w| {
+    let (store, k) = store_with_key(vec![limit("s", 100, 1)], |w| {
         w.scopes = Some(vec![crate::wire::WireScope {
             methods: Some(vec!["GET".into()]),
             path_prefix: Some("/read".into()),
@@ -288,8 +244,8 @@ fn scopes_and_cidrs_answer_403() {
 
 #[crate::testing::test]
 fn key_overrides_change_the_enforced_limits() {
-    let (store, k) = store_with_key(vec![limit("per-hour", 1, 3600, Some(1))], |w| {
-        w.limits = Some(vec![limit("per-hour", 1, 3600, Some(2))]);
+    let (store, k) = store_with_key(vec![limit("per-hour", 1, 3600).with_burst(1)], |w| {
+        w.limits = Some(vec![limit("per-hour", 1, 3600).with_burst(2)]);
     });
     assert!(reason(&run(&store, k.expose(), T0)).is_none());
     assert!(reason(&run(&store, k.expose(), T0)).is_none());

@@ -32,7 +32,7 @@ pub mod write;
 mod wire;
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 pub use read::{Field, Fields, FromJson, Reader};
 pub use write::{Object, ToJson};

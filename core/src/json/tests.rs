@@ -4,78 +4,22 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::write::push_decimal;
 use super::*;
+use crate::testing::{agree, limit, mutations_agree, plan, reads_back, round_trip};
 use crate::wire::*;
-
-/// Whether we accept `input` as a `T`, asserting that serde_json says the
-/// same and, when both accept, reads the same value.
-pub(crate) fn agree<T>(input: &[u8]) -> bool
-where
-    T: FromJson + DeserializeOwned + PartialEq + Debug,
-{
-    let ours = from_slice::<T>(input);
-    let theirs = serde_json::from_slice::<T>(input);
-    match (&ours, &theirs) {
-        (Ok(a), Ok(b)) => assert_eq!(a, b, "{:?}", String::from_utf8_lossy(input)),
-        (Err(_), Err(_)) => {}
-        _ => panic!(
-            "{:?}: ours {ours:?}, serde_json {theirs:?}",
-            String::from_utf8_lossy(input)
-        ),
-    }
-    ours.is_ok()
-}
-
-/// `value` written as serde_json writes it, and read back from that.
-pub(crate) fn round_trip<T>(value: &T)
-where
-    T: ToJson + FromJson + Serialize + DeserializeOwned + PartialEq + Debug,
-{
-    let expected = serde_json::to_vec(value).unwrap();
-    assert_eq!(
-        String::from_utf8(to_vec(value)).unwrap(),
-        String::from_utf8(expected.clone()).unwrap()
-    );
-    reads_back(value);
-}
-
-/// `value` read back from what serde_json writes for it.
-fn reads_back<T>(value: &T)
-where
-    T: FromJson + Serialize + DeserializeOwned + PartialEq + Debug,
-{
-    let bytes = serde_json::to_vec(value).unwrap();
-    assert_eq!(from_slice::<T>(&bytes).as_ref(), Ok(value));
-    let pretty = serde_json::to_vec_pretty(value).unwrap();
-    assert_eq!(from_slice::<T>(&pretty).as_ref(), Ok(value));
-    assert!(agree::<T>(&bytes) && agree::<T>(&pretty));
-}
 
 fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
 }
 
 fn full_limit() -> WireLimit {
-    WireLimit {
-        name: "per-second".into(),
-        max: u64::MAX,
-        window_seconds: 0,
-        burst: Some(7),
-        scope: LimitScope::Tenant,
-    }
+    limit("per-second", u64::MAX, 0).with_burst(7).per_tenant()
 }
 
 fn minimal_limit() -> WireLimit {
-    WireLimit {
-        name: String::new(),
-        max: 0,
-        window_seconds: 1,
-        burst: None,
-        scope: LimitScope::Key,
-    }
+    limit("", 0, 1)
 }
 
 fn full_scope() -> WireScope {
@@ -107,13 +51,7 @@ fn full_plan() -> WirePlan {
 }
 
 fn minimal_plan() -> WirePlan {
-    WirePlan {
-        id: String::new(),
-        name: String::new(),
-        limits: vec![],
-        monthly_quota: None,
-        route_costs: vec![],
-    }
+    plan("", "", vec![])
 }
 
 fn full_anonymous() -> WireAnonymous {
@@ -613,32 +551,6 @@ fn structs_accept_and_refuse_what_serde_json_does() {
             true,
         ),
     ]);
-}
-
-/// Every document one byte away from `bytes` (cut short, a byte replaced,
-/// a byte inserted) gets serde_json's verdict as a `T`, and its value.
-pub(crate) fn mutations_agree<T>(bytes: &[u8])
-where
-    T: FromJson + DeserializeOwned + PartialEq + Debug,
-{
-    const BYTES: &[u8] = b" \t\n\r\"\\,:[]{}0159-+.eEnutfalx/\x00\x1f\x7f\x80\xc3\xff";
-    assert!(agree::<T>(bytes));
-    let mut accepted = 0;
-    for at in 0..=bytes.len() {
-        agree::<T>(&bytes[..at]);
-        for &b in BYTES {
-            let mut inserted = bytes.to_vec();
-            inserted.insert(at, b);
-            accepted += usize::from(agree::<T>(&inserted));
-            if at < bytes.len() {
-                let mut replaced = bytes.to_vec();
-                replaced[at] = b;
-                accepted += usize::from(agree::<T>(&replaced));
-            }
-        }
-    }
-    // Both verdicts occur: whitespace and string contents are accepted.
-    assert!(accepted > bytes.len(), "{accepted}");
 }
 
 #[crate::testing::test]

@@ -1,0 +1,336 @@
+//! Applying what the leader receives: a sync answer into the config entries
+//! (plans, key records, anonymous access, the version), and a usage
+//! receipt's standings into the keys' bucket entries; and reading the config
+//! entries back.
+//!
+//! The leader is the only writer of config, so this is where a bad answer is
+//! refused whole and the version is written last: every VM reads the version
+//! first and trusts what it names.
+
+use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
+use crate::json;
+use crate::key::KeyHash;
+use crate::store::{SetError, SharedStore};
+use crate::wire::{QuotaStanding, SyncResponse, WireAnonymous, WirePlan};
+
+use super::bucket_entry::{read_for_update, BucketEntry, QuotaCount};
+use super::key_record::encode_key_record;
+use super::names::{buckets_key, key_record_key, plan_key, ANONYMOUS_KEY, VERSION_KEY};
+
+/// The config version this Envoy has applied, if any.
+pub fn applied_version(store: &impl SharedStore) -> Option<u64> {
+    let (bytes, _) = store.get(VERSION_KEY)?;
+    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(raw))
+}
+
+pub fn read_plan(store: &impl SharedStore, plan_id: &str) -> Option<Plan> {
+    let (bytes, _) = store.get(&plan_key(plan_id))?;
+    let wire: WirePlan = json::from_slice(&bytes).ok()?;
+    Plan::try_from(&wire).ok()
+}
+
+pub fn read_anonymous(store: &impl SharedStore) -> Option<Anonymous> {
+    let (bytes, _) = store.get(ANONYMOUS_KEY)?;
+    let wire: WireAnonymous = json::from_slice(&bytes).ok()?;
+    Anonymous::try_from(&wire).ok()
+}
+
+/// Why a sync response was not applied. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    Invalid(InvalidConfig),
+    Write(SetError),
+    /// The response is older than what is already applied.
+    Stale {
+        applied: u64,
+        offered: u64,
+    },
+}
+
+impl core::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "invalid config, none of it applied: {e}"),
+            Self::Write(e) => write!(f, "{e}"),
+            Self::Stale { applied, offered } => {
+                write!(
+                    f,
+                    "offered version {offered} is older than applied {applied}"
+                )
+            }
+        }
+    }
+}
+
+/// Applies a sync response: validates all of it first (a bad response is
+/// rejected whole and the old config stays), then writes plans, keys and
+/// deletions, and the version last, unless more pages follow
+/// ([`SyncResponse::next`]): then the version waits for the last page.
+/// Bucket entries are not created here but on a key's first request, so a
+/// key that is never used costs only its record.
+pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, ApplyError> {
+    if let Some(applied) = applied_version(store) {
+        if sync.version < applied {
+            return Err(ApplyError::Stale {
+                applied,
+                offered: sync.version,
+            });
+        }
+    }
+    for plan in &sync.plans {
+        Plan::try_from(plan).map_err(ApplyError::Invalid)?;
+    }
+    let mut keys = Vec::with_capacity(sync.keys.len());
+    for key in &sync.keys {
+        let record = KeyRecord::try_from(key).map_err(ApplyError::Invalid)?;
+        keys.push((
+            record.hash,
+            encode_key_record(key).map_err(ApplyError::Invalid)?,
+        ));
+    }
+    if let Some(anonymous) = &sync.anonymous {
+        Anonymous::try_from(anonymous).map_err(ApplyError::Invalid)?;
+    }
+    let mut deleted = Vec::with_capacity(sync.deleted_keys.len());
+    for hex in &sync.deleted_keys {
+        deleted.push(KeyHash::from_hex(hex).ok_or_else(|| {
+            ApplyError::Invalid(InvalidConfig(format!(
+                "deleted key hash {hex:?} is not 64 hex digits"
+            )))
+        })?);
+    }
+
+    for plan in &sync.plans {
+        store
+            .set(&plan_key(&plan.id), Some(&json::to_vec(plan)), None)
+            .map_err(ApplyError::Write)?;
+    }
+    for (hash, bytes) in &keys {
+        store
+            .set(&key_record_key(hash), Some(bytes), None)
+            .map_err(ApplyError::Write)?;
+    }
+    for hash in &deleted {
+        for entry in [key_record_key(hash), buckets_key(hash)] {
+            store.set(&entry, None, None).map_err(ApplyError::Write)?;
+        }
+    }
+    for plan_id in &sync.deleted_plans {
+        store
+            .set(&plan_key(plan_id), None, None)
+            .map_err(ApplyError::Write)?;
+    }
+    if let Some(anonymous) = &sync.anonymous {
+        store
+            .set(ANONYMOUS_KEY, Some(&json::to_vec(anonymous)), None)
+            .map_err(ApplyError::Write)?;
+    }
+    if sync.next.is_none() {
+        store
+            .set(VERSION_KEY, Some(&sync.version.to_le_bytes()), None)
+            .map_err(ApplyError::Write)?;
+    }
+    Ok(sync.version)
+}
+
+/// Compare-and-swap attempts for writing one standing before the receipt is
+/// left for the next report (its cursor is not advanced).
+const STANDING_ATTEMPTS: usize = 16;
+
+/// Applies the standings of a usage receipt into the keys' bucket entries.
+/// Bad hashes are skipped, not fatal: standings are advisory counts, not config.
+pub fn apply_standings(
+    store: &impl SharedStore,
+    standings: &[QuotaStanding],
+) -> Result<usize, SetError> {
+    let mut applied = 0;
+    for s in standings {
+        let Some(hash) = KeyHash::from_hex(&s.key_hash) else {
+            continue;
+        };
+        let others = QuotaCount::new(s.others_used, s.period_start_ms);
+        write_others(store, &buckets_key(&hash), others)?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Sets the other Envoys' count of one bucket entry, keeping the rest: a
+/// compare-and-swap loop like a request's, which it races with.
+fn write_others(store: &impl SharedStore, entry: &str, others: QuotaCount) -> Result<(), SetError> {
+    for _ in 0..STANDING_ATTEMPTS {
+        let (bytes, cas) = read_for_update(store, entry);
+        let mut buckets = BucketEntry::decode(&bytes);
+        buckets.others = Some(others);
+        match store.set(entry, Some(&buckets.encode()), Some(cas)) {
+            Err(SetError::CasMismatch) => continue,
+            done => return done,
+        }
+    }
+    Err(SetError::CasMismatch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::Bucket;
+    use crate::layout::key_record::{read_key, KeyExtras};
+    use crate::store::MemoryStore;
+    use crate::testing::sync_with_key;
+    use crate::wire::WireScope;
+
+    #[crate::testing::test]
+    fn entries_are_what_serde_json_wrote_so_earlier_filters_entries_still_read() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        let mut sync = sync_with_key(1, &hash);
+        sync.plans[0].monthly_quota = Some(1_000);
+        sync.plans[0].route_costs = vec![crate::wire::WireRouteCost {
+            methods: Some(vec!["POST".into()]),
+            path_prefix: Some("/batch".into()),
+            cost: 5,
+        }];
+        sync.plans[0].limits[0].scope = crate::wire::LimitScope::Tenant;
+        let scopes = vec![WireScope {
+            methods: Some(vec!["GET".into()]),
+            path_prefix: Some("/v1/".into()),
+        }];
+        sync.keys[0].scopes = Some(scopes.clone());
+        sync.keys[0].allowed_cidrs = Some(vec!["10.0.0.0/8".into()]);
+        sync.anonymous = Some(WireAnonymous {
+            routes: scopes.clone(),
+            plan_id: Some("plan_1".into()),
+        });
+        apply_sync(&store, &sync).unwrap();
+
+        let plan = serde_json::to_vec(&sync.plans[0]).unwrap();
+        assert_eq!(store.get(&plan_key("plan_1")).unwrap().0, plan);
+        let anonymous = serde_json::to_vec(&sync.anonymous).unwrap();
+        assert_eq!(store.get(ANONYMOUS_KEY).unwrap().0, anonymous);
+        let extras = serde_json::to_vec(&KeyExtras {
+            scopes: Some(scopes),
+            allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
+            limits: None,
+        })
+        .unwrap();
+        let record = store.get(&key_record_key(&hash)).unwrap().0;
+        assert!(record.ends_with(&extras));
+        // So what serde_json wrote reads as what was applied.
+        assert_eq!(
+            read_plan(&store, "plan_1"),
+            Plan::try_from(&sync.plans[0]).ok()
+        );
+        let applied = sync
+            .anonymous
+            .as_ref()
+            .map(|a| Anonymous::try_from(a).unwrap());
+        assert_eq!(read_anonymous(&store), applied);
+        assert_eq!(
+            read_key(&store, &hash),
+            KeyRecord::try_from(&sync.keys[0]).ok()
+        );
+    }
+
+    #[crate::testing::test]
+    fn apply_writes_everything_and_the_version_last() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        assert_eq!(applied_version(&store), None);
+        assert_eq!(apply_sync(&store, &sync_with_key(3, &hash)), Ok(3));
+        assert_eq!(applied_version(&store), Some(3));
+        assert_eq!(read_key(&store, &hash).unwrap().id, "key_1");
+        assert_eq!(read_plan(&store, "plan_1").unwrap().name, "Free");
+        // Created on the key's first request, not for every key synced.
+        assert!(store.get(&buckets_key(&hash)).is_none());
+    }
+
+    #[crate::testing::test]
+    fn a_page_with_more_to_come_writes_its_keys_but_not_the_version() {
+        let store = MemoryStore::new();
+        let (first, second) = (KeyHash::of(b"k1"), KeyHash::of(b"k2"));
+        let mut page = sync_with_key(5, &first);
+        page.next = Some("5.abc".into());
+        assert_eq!(apply_sync(&store, &page), Ok(5));
+        assert!(read_key(&store, &first).is_some());
+        assert_eq!(applied_version(&store), None, "no version mid-walk");
+        assert_eq!(apply_sync(&store, &sync_with_key(6, &second)), Ok(6));
+        assert!(read_key(&store, &first).is_some() && read_key(&store, &second).is_some());
+        assert_eq!(applied_version(&store), Some(6));
+    }
+
+    #[crate::testing::test]
+    fn a_bad_response_is_rejected_whole() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        apply_sync(&store, &sync_with_key(1, &hash)).unwrap();
+        let before = store.keys();
+        let mut bad = sync_with_key(2, &KeyHash::of(b"other"));
+        bad.plans[0].limits[0].max = 0;
+        assert!(matches!(
+            apply_sync(&store, &bad),
+            Err(ApplyError::Invalid(_))
+        ));
+        let mut bad = sync_with_key(2, &KeyHash::of(b"other"));
+        bad.deleted_keys.push("xyz".into());
+        assert!(matches!(
+            apply_sync(&store, &bad),
+            Err(ApplyError::Invalid(_))
+        ));
+        assert_eq!(store.keys(), before);
+        assert_eq!(applied_version(&store), Some(1));
+    }
+
+    #[crate::testing::test]
+    fn deletion_removes_the_record_and_stale_versions_are_refused() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        apply_sync(&store, &sync_with_key(1, &hash)).unwrap();
+        let delete = SyncResponse {
+            version: 2,
+            deleted_keys: vec![hash.to_hex()],
+            ..Default::default()
+        };
+        apply_sync(&store, &delete).unwrap();
+        assert!(read_key(&store, &hash).is_none());
+        assert!(read_plan(&store, "plan_1").is_some());
+        let delete_plan = SyncResponse {
+            version: 2,
+            deleted_plans: vec!["plan_1".into()],
+            ..Default::default()
+        };
+        apply_sync(&store, &delete_plan).unwrap();
+        assert!(read_plan(&store, "plan_1").is_none());
+        assert_eq!(
+            apply_sync(&store, &sync_with_key(1, &hash)),
+            Err(ApplyError::Stale {
+                applied: 2,
+                offered: 1
+            })
+        );
+    }
+
+    #[crate::testing::test]
+    fn an_existing_bucket_survives_a_key_update() {
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        apply_sync(&store, &sync_with_key(1, &hash)).unwrap();
+        let state = BucketEntry {
+            buckets: vec![(
+                "per-second",
+                Bucket {
+                    level: 0,
+                    last_fill_ms: 9,
+                },
+            )],
+            ..Default::default()
+        }
+        .encode();
+        store.set(&buckets_key(&hash), Some(&state), None).unwrap();
+        let mut update = sync_with_key(2, &hash);
+        update.keys[0].active = false;
+        apply_sync(&store, &update).unwrap();
+        assert_eq!(store.get(&buckets_key(&hash)).unwrap().0, state);
+        assert!(!read_key(&store, &hash).unwrap().active);
+    }
+}

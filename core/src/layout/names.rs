@@ -1,0 +1,71 @@
+//! The names of the shared-data entries and queues: what lives where.
+//!
+//! Apart from the encodings so that a reader can see the whole namespace in
+//! one screen, and so that a name is made in one place: the filter's lease,
+//! reporter and queue use these too, and a name spelled twice would be a
+//! name that can drift.
+
+use crate::key::KeyHash;
+
+/// The start of every shared-data and queue name: `tg` and the layout
+/// version. Six bytes with the kind (`tg2/k/`), so a key's entry name is
+/// 22 bytes, the longest string Envoy's C++ library keeps without a heap
+/// block (see [`KeyHash::push_lookup_id`]).
+pub const NAMESPACE: &str = "tg2/";
+pub const VERSION_KEY: &str = "tg2/version";
+pub const ANONYMOUS_KEY: &str = "tg2/anonymous";
+/// Which root context leads (the filter's `lease`).
+pub const LEASE_KEY: &str = "tg2/lease";
+/// The last root-context number handed out: each root context takes the
+/// next, so every contender for the lease has its own.
+pub const ROOTS_KEY: &str = "tg2/roots";
+/// The usage reporter's state, kept here rather than in any VM so a new
+/// leader carries on where the last one stopped ([`crate::usage::ReportState`]).
+pub const REPORT_KEY: &str = "tg2/report";
+/// The shared queue through which every VM hands its counts to the leader.
+pub const USAGE_QUEUE: &str = "tg2/usage";
+/// Anonymous clients share this many bucket slots.
+pub const ANONYMOUS_SLOTS: u32 = 65_536;
+
+pub fn plan_key(plan_id: &str) -> String {
+    format!("tg2/p/{plan_id}")
+}
+
+pub fn key_record_key(hash: &KeyHash) -> String {
+    entry_name("tg2/k/", hash)
+}
+
+pub fn buckets_key(hash: &KeyHash) -> String {
+    entry_name("tg2/b/", hash)
+}
+
+pub fn tenant_buckets_key(tenant_id: &str) -> String {
+    format!("tg2/bt/{tenant_id}")
+}
+
+/// An anonymous client's identity: its IPv4 address, or its IPv6 /64 (one
+/// subscriber's usual allocation), as a number.
+pub fn client_identity(ip: std::net::IpAddr) -> u128 {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64 << 64) | 1,
+    }
+}
+
+pub fn anonymous_buckets_key(identity: u128) -> String {
+    let slot = KeyHash::of(&identity.to_le_bytes()).prefix_u32();
+    format!("tg2/ba/{}", slot % ANONYMOUS_SLOTS)
+}
+
+/// `prefix` and the key's lookup id: 22 bytes for the six-byte prefixes.
+fn entry_name(prefix: &str, hash: &KeyHash) -> String {
+    let mut name = String::with_capacity(prefix.len() + 16);
+    name.push_str(prefix);
+    hash.push_lookup_id(&mut name);
+    name
+}
