@@ -108,7 +108,11 @@ fn assert_page(r: &Reply, status: StatusCode, contains: &str) {
         "{}",
         r.content_type()
     );
-    assert!(r.text().contains(contains), "no {contains:?} in {}", r.text());
+    assert!(
+        r.text().contains(contains),
+        "no {contains:?} in {}",
+        r.text()
+    );
 }
 
 fn assert_redirect(r: &Reply, to: &str) {
@@ -128,21 +132,34 @@ async fn signing_in_trades_the_token_for_a_session_cookie(backend: Backend) {
 
     let before = row_counts(&state, &TABLES).await;
     for token in ["", "wrong", "tgt_not-a-token", SYNC] {
-        let r = anonymous.post("/dashboard/login", &[("token", token)]).await;
+        let r = anonymous
+            .post("/dashboard/login", &[("token", token)])
+            .await;
         assert_page(&r, StatusCode::UNAUTHORIZED, "role=\"alert\"");
         assert!(r.headers.get(header::SET_COOKIE).is_none());
     }
     assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
 
-    let r = anonymous.post("/dashboard/login", &[("token", ADMIN)]).await;
+    let r = anonymous
+        .post("/dashboard/login", &[("token", ADMIN)])
+        .await;
     assert_redirect(&r, "/dashboard");
     let set = r.headers[header::SET_COOKIE].to_str().unwrap();
     assert!(set.starts_with("__Host-tollgate_session="), "{set}");
-    for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict", "Max-Age=43200"] {
+    for attribute in [
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=43200",
+    ] {
         assert!(set.contains(attribute), "{attribute} in {set}");
     }
     let secret = set.split(';').next().unwrap().split_once('=').unwrap().1;
-    assert!(!secret.contains(ADMIN), "the cookie never carries the token");
+    assert!(
+        !secret.contains(ADMIN),
+        "the cookie never carries the token"
+    );
     let stored: Vec<String> = sqlx::query_scalar("SELECT secret_hash FROM dashboard_sessions")
         .fetch_all(&state.db)
         .await
@@ -152,17 +169,28 @@ async fn signing_in_trades_the_token_for_a_session_cookie(backend: Backend) {
 
     let mut browser = Browser::new(&app);
     browser.keep_cookie(&r);
-    assert_page(&browser.get("/dashboard").await, StatusCode::OK, "<h1>Overview</h1>");
+    assert_page(
+        &browser.get("/dashboard").await,
+        StatusCode::OK,
+        "<h1>Overview</h1>",
+    );
     let entry = last_audit(&app, "session.sign_in").await;
     let actor = entry["actor"].as_str().unwrap();
-    assert!(actor.starts_with("admin via dashboard session ses_"), "{actor}");
+    assert!(
+        actor.starts_with("admin via dashboard session ses_"),
+        "{actor}"
+    );
 
     // The cookie is the dashboard's only: the API still wants Authorization.
     let req = browser
         .request(Method::GET, "/v1/plans")
         .body(Body::empty())
         .unwrap();
-    assert_problem(&respond(&app, req).await, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_problem(
+        &respond(&app, req).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
 }
 
 async fn every_page_is_sent_with_the_security_headers(backend: Backend) {
@@ -195,11 +223,19 @@ async fn every_page_is_sent_with_the_security_headers(backend: Backend) {
             r.status
         );
         let csp = r.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-        for directive in ["default-src 'none'", "script-src 'self'", "frame-ancestors 'none'"] {
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
             assert!(csp.contains(directive), "{page}: {csp}");
         }
         assert!(!csp.contains("unsafe-inline"), "{page}: {csp}");
-        assert_eq!(r.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{page}");
+        assert_eq!(
+            r.headers[header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff",
+            "{page}"
+        );
         assert_eq!(r.headers[header::REFERRER_POLICY], "same-origin", "{page}");
         assert_eq!(r.headers[header::CACHE_CONTROL], "no-store", "{page}");
         // No inline script anywhere: the CSP would refuse it.
@@ -217,11 +253,19 @@ async fn a_session_ends_at_expiry_at_sign_out_and_with_its_token(backend: Backen
     let tenant_id = tenant(&app, &plan_id).await;
     let token = tenant_token(&app, &tenant_id).await;
     let tenant_browser = Browser::signed_in(&app, &token).await;
-    assert_page(&tenant_browser.get("/dashboard").await, StatusCode::OK, "Overview");
+    assert_page(
+        &tenant_browser.get("/dashboard").await,
+        StatusCode::OK,
+        "Overview",
+    );
 
     // Expiry: 12 hours to the millisecond.
     clock.advance(Duration::from_millis(12 * 3600 * 1000 - 1));
-    assert_page(&admin_browser.get("/dashboard").await, StatusCode::OK, "Overview");
+    assert_page(
+        &admin_browser.get("/dashboard").await,
+        StatusCode::OK,
+        "Overview",
+    );
     clock.advance(Duration::from_millis(1));
     let r = admin_browser.get("/dashboard").await;
     assert_redirect(&r, "/dashboard/login");
@@ -235,7 +279,13 @@ async fn a_session_ends_at_expiry_at_sign_out_and_with_its_token(backend: Backen
 
     // Revoking the tenant token ends the sessions signed in with it.
     let mut tenant_browser = Browser::signed_in(&app, &token).await;
-    let tokens = admin(&app, Method::GET, &format!("/v1/tenants/{tenant_id}/tokens"), None).await;
+    let tokens = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant_id}/tokens"),
+        None,
+    )
+    .await;
     let token_id = tokens.body["items"][0]["id"].as_str().unwrap().to_owned();
     let r = admin(
         &app,
@@ -247,6 +297,19 @@ async fn a_session_ends_at_expiry_at_sign_out_and_with_its_token(backend: Backen
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_redirect(&tenant_browser.get("/dashboard").await, "/dashboard/login");
 
+    // So does deleting the tenant, whose tokens are then no one's.
+    let token = tenant_token(&app, &tenant_id).await;
+    let deleted_tenant = Browser::signed_in(&app, &token).await;
+    let r = admin(
+        &app,
+        Method::DELETE,
+        &format!("/v1/tenants/{tenant_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_redirect(&deleted_tenant.get("/dashboard").await, "/dashboard/login");
+
     // Sign-out: the session is gone from the database, for every replica.
     let admin_browser = Browser::signed_in(&app, ADMIN).await;
     let r = admin_browser.post("/dashboard/logout", &[]).await;
@@ -256,9 +319,12 @@ async fn a_session_ends_at_expiry_at_sign_out_and_with_its_token(backend: Backen
         .fetch_one(&state.db)
         .await
         .unwrap();
-    assert_eq!(live, 0, "expired, revoked and signed-out sessions are all gone");
+    assert_eq!(live, 1, "expired, revoked and signed-out sessions are gone; the deleted tenant.s is refused and forgotten at its expiry");
     let entry = last_audit(&app, "session.sign_out").await;
-    assert!(entry["actor"].as_str().unwrap().starts_with("admin via dashboard session"));
+    assert!(entry["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("admin via dashboard session"));
     tenant_browser.cookie = None;
 }
 
@@ -266,7 +332,12 @@ async fn cross_site_forms_are_refused_and_change_nothing(backend: Backend) {
     let (app, state) = test_app(backend).await;
     let browser = Browser::signed_in(&app, ADMIN).await;
     let before = row_counts(&state, &TABLES).await;
-    let form = form_encode(&[("name", "Evil"), ("limit_name", "m"), ("limit_max", "1"), ("limit_window", "60")]);
+    let form = form_encode(&[
+        ("name", "Evil"),
+        ("limit_name", "m"),
+        ("limit_max", "1"),
+        ("limit_window", "60"),
+    ]);
     let forged = |site: Option<&str>, origin: Option<&str>| {
         let mut req = Request::builder()
             .method(Method::POST)
@@ -299,7 +370,11 @@ async fn cross_site_forms_are_refused_and_change_nothing(backend: Backend) {
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from(form_encode(&[("token", ADMIN)])))
         .unwrap();
-    assert_page(&respond(&app, req).await, StatusCode::FORBIDDEN, "cross_site_request");
+    assert_page(
+        &respond(&app, req).await,
+        StatusCode::FORBIDDEN,
+        "cross_site_request",
+    );
     assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
     // The same form from our own page goes through.
     let r = respond(&app, forged(Some("same-origin"), None)).await;
@@ -309,7 +384,11 @@ async fn cross_site_forms_are_refused_and_change_nothing(backend: Backend) {
 async fn plans_are_created_edited_and_deleted_through_the_forms(backend: Backend) {
     let (app, state) = test_app(backend).await;
     let browser = Browser::signed_in(&app, ADMIN).await;
-    assert_page(&browser.get("/dashboard/plans").await, StatusCode::OK, "No plans yet");
+    assert_page(
+        &browser.get("/dashboard/plans").await,
+        StatusCode::OK,
+        "No plans yet",
+    );
     let good = [
         ("name", "Pro"),
         ("limit_name", "per_minute"),
@@ -328,7 +407,10 @@ async fn plans_are_created_edited_and_deleted_through_the_forms(backend: Backend
         ("cost_value", "5"),
         ("max_api_keys", "3"),
         ("max_users", ""),
-        ("metadata", r#"{"price": "$49/month", "features": ["Email support"]}"#),
+        (
+            "metadata",
+            r#"{"price": "$49/month", "features": ["Email support"]}"#,
+        ),
         ("public", "on"),
     ];
 
@@ -348,8 +430,14 @@ async fn plans_are_created_edited_and_deleted_through_the_forms(backend: Backend
         }
         let r = browser.post("/dashboard/plans", &form).await;
         assert_page(&r, StatusCode::UNPROCESSABLE_ENTITY, code);
-        assert!(r.text().contains("aria-invalid=\"true\""), "{field}: the field is marked");
-        assert!(r.text().contains(value.trim()), "{field}: the form comes back as typed");
+        assert!(
+            r.text().contains("aria-invalid=\"true\""),
+            "{field}: the field is marked"
+        );
+        assert!(
+            r.text().contains(value.trim()),
+            "{field}: the form comes back as typed"
+        );
     }
     assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
 
@@ -371,7 +459,10 @@ async fn plans_are_created_edited_and_deleted_through_the_forms(backend: Backend
     assert_eq!(created["public"], true);
     assert_eq!(created["metadata"]["price"], "$49/month");
     let entry = last_audit(&app, "plan.create").await;
-    assert!(entry["actor"].as_str().unwrap().starts_with("admin via dashboard session"));
+    assert!(entry["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("admin via dashboard session"));
     let plan_id = created["id"].as_str().unwrap().to_owned();
 
     let list = browser.get("/dashboard/plans").await;
@@ -387,7 +478,9 @@ async fn plans_are_created_edited_and_deleted_through_the_forms(backend: Backend
     let mut changed = good.to_vec();
     changed[2] = ("limit_max", "200");
     changed[11] = ("monthly_quota", "");
-    let r = browser.post(&format!("/dashboard/plans/{plan_id}"), &changed).await;
+    let r = browser
+        .post(&format!("/dashboard/plans/{plan_id}"), &changed)
+        .await;
     assert_redirect(&r, "/dashboard/plans");
     let plan = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None).await;
     assert_eq!(plan.body["limits"][0]["max"], 200);
@@ -395,12 +488,25 @@ async fn plans_are_created_edited_and_deleted_through_the_forms(backend: Backend
 
     // In use: the reason is shown on the list, and the plan stays.
     let tenant_id = tenant(&app, &plan_id).await;
-    let r = browser.post(&format!("/dashboard/plans/{plan_id}/delete"), &[]).await;
+    let r = browser
+        .post(&format!("/dashboard/plans/{plan_id}/delete"), &[])
+        .await;
     assert_page(&r, StatusCode::CONFLICT, "plan_in_use");
-    assert!(r.text().contains("<h1>Plans</h1>"), "the list, not an error page");
-    let r = admin(&app, Method::DELETE, &format!("/v1/tenants/{tenant_id}"), None).await;
+    assert!(
+        r.text().contains("<h1>Plans</h1>"),
+        "the list, not an error page"
+    );
+    let r = admin(
+        &app,
+        Method::DELETE,
+        &format!("/v1/tenants/{tenant_id}"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = browser.post(&format!("/dashboard/plans/{plan_id}/delete"), &[]).await;
+    let r = browser
+        .post(&format!("/dashboard/plans/{plan_id}/delete"), &[])
+        .await;
     assert_redirect(&r, "/dashboard/plans");
     let r = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None).await;
     assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
@@ -413,15 +519,30 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
     let r = browser
         .post(
             "/dashboard/tenants",
-            &[("name", "acme"), ("plan_id", &plan_id), ("billing_anchor_day", "40")],
+            &[
+                ("name", "acme"),
+                ("plan_id", &plan_id),
+                ("billing_anchor_day", "40"),
+            ],
         )
         .await;
-    assert_page(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_billing_anchor_day");
-    assert!(r.text().contains("value=\"acme\""), "the form comes back as typed");
+    assert_page(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_billing_anchor_day",
+    );
+    assert!(
+        r.text().contains("value=\"acme\""),
+        "the form comes back as typed"
+    );
     let r = browser
         .post(
             "/dashboard/tenants",
-            &[("name", "acme"), ("plan_id", &plan_id), ("billing_anchor_day", "15")],
+            &[
+                ("name", "acme"),
+                ("plan_id", &plan_id),
+                ("billing_anchor_day", "15"),
+            ],
         )
         .await;
     let location = r.headers[header::LOCATION].to_str().unwrap().to_owned();
@@ -434,19 +555,43 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
     let r = browser
         .post(
             &format!("/dashboard/tenants/{tenant_id}/keys"),
-            &[("name", "production"), ("expires_at", "2030-01-01T00:00"), ("scopes", "GET /v1"), ("allowed_cidrs", "")],
+            &[
+                ("name", "production"),
+                ("expires_at", "2030-01-01T00:00"),
+                ("scopes", "GET /v1"),
+                ("allowed_cidrs", ""),
+            ],
         )
         .await;
     assert_page(&r, StatusCode::CREATED, "it will never be shown again");
     let text = r.text();
     let start = text.find("<output id=\"new-key\"").unwrap();
-    let key = text[start..].split('>').nth(1).unwrap().split('<').next().unwrap().to_owned();
+    let key = text[start..]
+        .split('>')
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
     assert!(key.starts_with("tg_"), "{key}");
-    assert!(!browser.get(&location).await.text().contains(&key), "shown once");
-    let keys = admin(&app, Method::GET, &format!("/v1/tenants/{tenant_id}/keys"), None).await;
+    assert!(
+        !browser.get(&location).await.text().contains(&key),
+        "shown once"
+    );
+    let keys = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant_id}/keys"),
+        None,
+    )
+    .await;
     let issued = &keys.body["items"][0];
     assert_eq!(issued["expires_at"], "2030-01-01T00:00:00Z");
-    assert_eq!(issued["scopes"], json!([{"methods": ["GET"], "path_prefix": "/v1"}]));
+    assert_eq!(
+        issued["scopes"],
+        json!([{"methods": ["GET"], "path_prefix": "/v1"}])
+    );
     let key_id = issued["id"].as_str().unwrap().to_owned();
 
     // A bad key form writes nothing and says which field.
@@ -454,14 +599,24 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
     let r = browser
         .post(
             &format!("/dashboard/tenants/{tenant_id}/keys"),
-            &[("name", "x"), ("expires_at", "2001-01-01T00:00"), ("scopes", ""), ("allowed_cidrs", "")],
+            &[
+                ("name", "x"),
+                ("expires_at", "2001-01-01T00:00"),
+                ("scopes", ""),
+                ("allowed_cidrs", ""),
+            ],
         )
         .await;
     assert_page(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_expiry");
     let r = browser
         .post(
             &format!("/dashboard/tenants/{tenant_id}/keys"),
-            &[("name", "x"), ("expires_at", ""), ("scopes", ""), ("allowed_cidrs", "10.0.0.0/99")],
+            &[
+                ("name", "x"),
+                ("expires_at", ""),
+                ("scopes", ""),
+                ("allowed_cidrs", "10.0.0.0/99"),
+            ],
         )
         .await;
     assert_page(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_key");
@@ -470,15 +625,23 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
     // Deactivating in the page is what the Envoys are told.
     let version = version(&state).await;
     let r = browser
-        .post(&format!("/dashboard/keys/{key_id}/active"), &[("active", "false")])
+        .post(
+            &format!("/dashboard/keys/{key_id}/active"),
+            &[("active", "false")],
+        )
         .await;
     assert_redirect(&r, &format!("/dashboard/keys/{key_id}"));
     let feed = sync(&app, version).await;
-    assert!(feed.keys.iter().any(|k| k.id == key_id && !k.active), "{feed:?}");
+    assert!(
+        feed.keys.iter().any(|k| k.id == key_id && !k.active),
+        "{feed:?}"
+    );
     let page = browser.get(&format!("/dashboard/keys/{key_id}")).await;
     assert_page(&page, StatusCode::OK, "badge deactivated");
     let filtered = browser
-        .get(&format!("/dashboard/tenants/{tenant_id}?status=deactivated"))
+        .get(&format!(
+            "/dashboard/tenants/{tenant_id}?status=deactivated"
+        ))
         .await;
     assert_page(&filtered, StatusCode::OK, "production");
     let filtered = browser
@@ -486,44 +649,77 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
         .await;
     assert_page(&filtered, StatusCode::OK, "No key is in this state");
     let entry = last_audit(&app, "key.update").await;
-    assert!(entry["actor"].as_str().unwrap().contains("via dashboard session"));
+    assert!(entry["actor"]
+        .as_str()
+        .unwrap()
+        .contains("via dashboard session"));
 
     // Rotating shows the successor's plaintext once; the old key is rotating.
     let r = browser
-        .post(&format!("/dashboard/keys/{key_id}/rotate"), &[("grace_seconds", "3600")])
+        .post(
+            &format!("/dashboard/keys/{key_id}/rotate"),
+            &[("grace_seconds", "3600")],
+        )
         .await;
     assert_page(&r, StatusCode::CREATED, "it will never be shown again");
     let page = browser.get(&format!("/dashboard/keys/{key_id}")).await;
     assert_page(&page, StatusCode::OK, "Rotating until");
     let r = browser
-        .post(&format!("/dashboard/keys/{key_id}/rotate"), &[("grace_seconds", "5")])
+        .post(
+            &format!("/dashboard/keys/{key_id}/rotate"),
+            &[("grace_seconds", "5")],
+        )
         .await;
     assert_page(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_form");
 
     // The quota bar follows what the Envoys report.
     let report = json!({"batch_id": "u-1", "keys": [{"key_id": key_id, "allowed": 7, "cost": 7, "denied": {"rate_limited": 2}}]});
-    let r = send(&app, Method::POST, "/v1/usage", Some(SYNC), Some(&report.to_string())).await;
+    let r = send(
+        &app,
+        Method::POST,
+        "/v1/usage",
+        Some(SYNC),
+        Some(&report.to_string()),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let page = browser.get(&format!("/dashboard/keys/{key_id}")).await;
     assert_page(&page, StatusCode::OK, "<span id=\"quota-used\">7</span>");
     assert!(page.text().contains("<svg class=\"chart\""), "the chart");
-    assert!(page.text().contains("rate_limited 2"), "the table of the chart");
+    assert!(
+        page.text().contains("rate_limited 2"),
+        "the table of the chart"
+    );
 
     // Deleting the tenant wants its name typed.
     let r = browser
-        .post(&format!("/dashboard/tenants/{tenant_id}/delete"), &[("confirm_name", "acm")])
+        .post(
+            &format!("/dashboard/tenants/{tenant_id}/delete"),
+            &[("confirm_name", "acm")],
+        )
         .await;
-    assert_page(&r, StatusCode::UNPROCESSABLE_ENTITY, "confirmation_mismatch");
+    assert_page(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "confirmation_mismatch",
+    );
     assert_eq!(
-        admin(&app, Method::GET, &format!("/v1/tenants/{tenant_id}"), None).await.status,
+        admin(&app, Method::GET, &format!("/v1/tenants/{tenant_id}"), None)
+            .await
+            .status,
         StatusCode::OK
     );
     let r = browser
-        .post(&format!("/dashboard/tenants/{tenant_id}/delete"), &[("confirm_name", "acme")])
+        .post(
+            &format!("/dashboard/tenants/{tenant_id}/delete"),
+            &[("confirm_name", "acme")],
+        )
         .await;
     assert_redirect(&r, "/dashboard/tenants");
     assert_eq!(
-        admin(&app, Method::GET, &format!("/v1/tenants/{tenant_id}"), None).await.status,
+        admin(&app, Method::GET, &format!("/v1/tenants/{tenant_id}"), None)
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
 }
@@ -542,15 +738,33 @@ async fn a_tenant_sees_only_its_own_and_no_admin_actions(backend: Backend) {
     assert_page(&page, StatusCode::OK, "Issue a key");
     assert!(!page.text().contains("Delete tenant"), "no admin action");
     assert!(!page.text().contains("name=\"plan_id\""), "no plan change");
-    assert_page(&browser.get(&format!("/dashboard/keys/{own_key}")).await, StatusCode::OK, "Deactivate");
+    assert_page(
+        &browser.get(&format!("/dashboard/keys/{own_key}")).await,
+        StatusCode::OK,
+        "Deactivate",
+    );
     let overview = browser.get("/dashboard").await;
     assert_page(&overview, StatusCode::OK, "your plan");
-    assert!(!overview.text().contains("/dashboard/plans\""), "no plans link");
+    assert!(
+        !overview.text().contains("/dashboard/plans\""),
+        "no plans link"
+    );
 
-    for page in [format!("/dashboard/tenants/{other}"), format!("/dashboard/keys/{other_key}")] {
-        assert_page(&browser.get(&page).await, StatusCode::NOT_FOUND, "not_found");
+    for page in [
+        format!("/dashboard/tenants/{other}"),
+        format!("/dashboard/keys/{other_key}"),
+    ] {
+        assert_page(
+            &browser.get(&page).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
     }
-    for page in ["/dashboard/plans", "/dashboard/tenants", "/dashboard/plans/new"] {
+    for page in [
+        "/dashboard/plans",
+        "/dashboard/tenants",
+        "/dashboard/plans/new",
+    ] {
         assert_page(&browser.get(page).await, StatusCode::FORBIDDEN, "forbidden");
     }
 
@@ -558,11 +772,20 @@ async fn a_tenant_sees_only_its_own_and_no_admin_actions(backend: Backend) {
     let before = row_counts(&state, &TABLES).await;
     let forged: [(String, Vec<(&str, &str)>); 6] = [
         ("/dashboard/plans".into(), vec![("name", "Free")]),
-        ("/dashboard/tenants".into(), vec![("name", "x"), ("plan_id", &plan_id)]),
+        (
+            "/dashboard/tenants".into(),
+            vec![("name", "x"), ("plan_id", &plan_id)],
+        ),
         (format!("/dashboard/tenants/{own}/delete"), vec![]),
         (format!("/dashboard/plans/{plan_id}/delete"), vec![]),
-        (format!("/dashboard/tenants/{other}/keys"), vec![("name", "x")]),
-        (format!("/dashboard/keys/{other_key}/active"), vec![("active", "false")]),
+        (
+            format!("/dashboard/tenants/{other}/keys"),
+            vec![("name", "x")],
+        ),
+        (
+            format!("/dashboard/keys/{other_key}/active"),
+            vec![("active", "false")],
+        ),
     ];
     for (uri, form) in forged {
         let r = browser.post(&uri, &form).await;
@@ -573,38 +796,59 @@ async fn a_tenant_sees_only_its_own_and_no_admin_actions(backend: Backend) {
         );
     }
     let r = browser
-        .post(&format!("/dashboard/tenants/{own}"), &[("name", "renamed"), ("plan_id", "plan_x")])
+        .post(
+            &format!("/dashboard/tenants/{own}"),
+            &[("name", "renamed"), ("plan_id", "plan_x")],
+        )
         .await;
     assert_page(&r, StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
 
     // What it may do, it does, as itself through the dashboard.
     let r = browser
-        .post(&format!("/dashboard/tenants/{own}/keys"), &[("name", "mine")])
+        .post(
+            &format!("/dashboard/tenants/{own}/keys"),
+            &[("name", "mine")],
+        )
         .await;
     assert_page(&r, StatusCode::CREATED, "never be shown again");
     let entry = last_audit(&app, "key.create").await;
     let actor = entry["actor"].as_str().unwrap();
-    assert!(actor.starts_with(&format!("tenant:{own} via dashboard session ses_")), "{actor}");
+    assert!(
+        actor.starts_with(&format!("tenant:{own} via dashboard session ses_")),
+        "{actor}"
+    );
 }
 
 async fn the_tier_comparison_is_public_and_lists_public_plans_only(backend: Backend) {
     let (app, _) = test_app(backend).await;
     let anonymous = Browser::new(&app);
-    assert_page(&anonymous.get("/pricing").await, StatusCode::OK, "No public plans yet");
+    assert_page(
+        &anonymous.get("/pricing").await,
+        StatusCode::OK,
+        "No public plans yet",
+    );
     create(
         &app,
         "/v1/plans",
         json!({"name": "Starter", "limits": [], "monthly_quota": 1000, "public": true, "metadata": {"price": "$0"}}),
     )
     .await;
-    create(&app, "/v1/plans", json!({"name": "Secret", "limits": [], "public": false})).await;
+    create(
+        &app,
+        "/v1/plans",
+        json!({"name": "Secret", "limits": [], "public": false}),
+    )
+    .await;
     let page = anonymous.get("/pricing").await;
     assert_page(&page, StatusCode::OK, "Starter");
     assert!(page.text().contains("$0"));
     assert!(!page.text().contains("Secret"));
     // Signed out, the signed-in comparison is behind sign-in.
-    assert_redirect(&anonymous.get("/dashboard/pricing").await, "/dashboard/login");
+    assert_redirect(
+        &anonymous.get("/dashboard/pricing").await,
+        "/dashboard/login",
+    );
 }
 
 async fn forms_in_other_encodings_get_a_clear_error_page(backend: Backend) {
@@ -617,7 +861,11 @@ async fn forms_in_other_encodings_get_a_clear_error_page(backend: Backend) {
         .body(Body::from("{}"))
         .unwrap();
     let r = respond(&app, req).await;
-    assert_page(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_page(
+        &r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
     let r = browser.get("/dashboard/nope").await;
     assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(row_counts(&state, &TABLES).await, before);
