@@ -454,12 +454,17 @@ async fn key_page(
             start.get(11..16).unwrap_or(start).to_owned()
         }
     };
-    let chart_points: Vec<ChartPoint> = points
-        .iter()
-        .map(|p| ChartPoint {
-            label: label(&p.start),
-            allowed: p.allowed,
-            denied: p.denied.values().sum(),
+    // Every hour (day) of the span gets its slot, so a quiet one shows as
+    // a gap rather than disappearing.
+    let chart_points: Vec<ChartPoint> = slots(now, daily)
+        .into_iter()
+        .map(|start| {
+            let point = points.iter().find(|p| p.start == start);
+            ChartPoint {
+                label: label(&start),
+                allowed: point.map_or(0, |p| p.allowed),
+                denied: point.map_or(0, |p| p.denied.values().sum()),
+            }
         })
         .collect();
     let usage = points
@@ -533,6 +538,21 @@ async fn key_page(
         key: view,
     };
     Ok(render(status, &page))
+}
+
+/// The starts of the hours (or days) the API's default span covers at
+/// `now`: the last 24 hours, or the last 30 days, oldest first, in the form
+/// the series names them.
+fn slots(now: Now, daily: bool) -> Vec<String> {
+    const HOUR_MS: u64 = 3600 * 1000;
+    const DAY_MS: u64 = 24 * HOUR_MS;
+    let (step, count) = if daily { (DAY_MS, 31) } else { (HOUR_MS, 25) };
+    let last = now.unix_ms() - now.unix_ms() % step;
+    (0..count)
+        .rev()
+        .filter_map(|i| last.checked_sub(i * step))
+        .map(|start| truncated(start, usage::HOUR))
+        .collect()
 }
 
 /// `GET /dashboard/keys/{id}`.
@@ -620,4 +640,53 @@ pub async fn delete(
         .ok_or_else(|| ApiError::not_found("API key", &id))?;
     api::delete(&state, &signed.principal, &id).await?;
     Ok(Redirect::to(&format!("/dashboard/tenants/{tenant_id}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_has_a_slot_for_every_hour_and_day_of_the_span() {
+        let now = Now::from_unix_ms(1_795_000_000_000 + 1234);
+        let hours = slots(now, false);
+        assert_eq!(hours.len(), 25, "the 24 hours before and the current one");
+        assert!(hours.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(hours.last(), Some(&truncated(now.unix_ms(), usage::HOUR)));
+        let days = slots(now, true);
+        assert_eq!(days.len(), 31);
+        assert!(days.iter().all(|d| d.ends_with("T00:00:00Z")), "{days:?}");
+    }
+
+    #[test]
+    fn expiry_fields_are_read_as_utc() {
+        assert_eq!(expiry_of(""), None);
+        assert_eq!(
+            expiry_of("2030-01-01T10:00").as_deref(),
+            Some("2030-01-01T10:00:00Z")
+        );
+        assert_eq!(
+            expiry_of("2030-01-01T10:00:30").as_deref(),
+            Some("2030-01-01T10:00:30Z")
+        );
+        assert_eq!(
+            expiry_of("2030-01-01T10:00:00+02:00").as_deref(),
+            Some("2030-01-01T10:00:00+02:00")
+        );
+    }
+
+    #[test]
+    fn scopes_are_methods_and_a_prefix_per_line() {
+        let scopes = scopes_of("get,head /v1/reports\n\n/admin\nPOST").unwrap_or_default();
+        assert_eq!(scopes.len(), 3);
+        assert_eq!(scopes[0].methods, Some(vec!["GET".into(), "HEAD".into()]));
+        assert_eq!(scopes[0].path_prefix.as_deref(), Some("/v1/reports"));
+        assert_eq!(scopes[1].methods, None);
+        assert_eq!(scopes[2].path_prefix, None);
+        assert_eq!(scopes_of(" \n"), None);
+        assert_eq!(
+            cidrs_of("10.0.0.0/8, ::1/128\n"),
+            Some(vec!["10.0.0.0/8".into(), "::1/128".into()])
+        );
+    }
 }
