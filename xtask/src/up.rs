@@ -242,6 +242,7 @@ fn start_and_watch(
          \x20   data directory:          {}",
         flags.envoy_port,
         flags.control_plane_port,
+        flags.control_plane_port,
         flags.envoy_admin_port,
         flags.upstream_port,
         data_dir.display()
