@@ -14,6 +14,7 @@ pub mod assets;
 pub mod chart;
 pub mod form;
 pub mod guard;
+pub mod key_list;
 pub mod keys;
 pub mod overview;
 pub mod page;
@@ -22,12 +23,10 @@ pub mod pricing;
 pub mod session;
 pub mod tenants;
 
-use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::error::ApiError;
 use crate::middleware;
 use crate::state::AppState;
 
@@ -69,25 +68,4 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(login)
         .layer(from_fn(guard::refuse_cross_site))
         .layer(from_fn(guard::secure_headers))
-}
-
-/// Why a form was refused, shown above it: the API's status, `code` and
-/// detail, and the field it is about (`""`: the form as a whole).
-#[derive(Debug)]
-pub struct Flash {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub detail: String,
-    pub field: &'static str,
-}
-
-impl Flash {
-    pub fn field(field: &'static str, e: ApiError) -> Self {
-        Self {
-            status: e.status,
-            code: e.code,
-            detail: e.detail,
-            field,
-        }
-    }
 }

@@ -114,6 +114,27 @@ impl IntoResponse for PageError {
 
 pub type PageResult = Result<Response, PageError>;
 
+/// Why a form was refused, shown above it: the API's status, `code` and
+/// detail, and the field it is about (`""`: the form as a whole).
+#[derive(Debug)]
+pub struct Flash {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub field: &'static str,
+}
+
+impl Flash {
+    pub fn field(field: &'static str, e: ApiError) -> Self {
+        Self {
+            status: e.status,
+            code: e.code,
+            detail: e.detail,
+            field,
+        }
+    }
+}
+
 /// `1234567` as `1 234 567`: the thin grouping people read at a glance.
 pub fn count(n: u64) -> String {
     let digits = n.to_string();
