@@ -143,7 +143,7 @@ pub async fn create(
             *page.status_mut() = StatusCode::CREATED;
             Ok(page)
         }
-        Err(e) if e.status.is_client_error() && e.status != StatusCode::NOT_FOUND => {
+        Err(e) if Flash::belongs_on_form(&e) => {
             let flash = Flash::field(field_of(&e), e);
             tenant_page(
                 &state,

@@ -125,6 +125,15 @@ pub struct Flash {
 }
 
 impl Flash {
+    /// Whether an API refusal belongs on the form that caused it: a mistake
+    /// in what was typed (4xx), not "you may not" (403) or "no such thing"
+    /// (404), which are error pages of their own.
+    pub fn belongs_on_form(e: &ApiError) -> bool {
+        e.status.is_client_error()
+            && e.status != StatusCode::FORBIDDEN
+            && e.status != StatusCode::NOT_FOUND
+    }
+
     pub fn field(field: &'static str, e: ApiError) -> Self {
         Self {
             status: e.status,

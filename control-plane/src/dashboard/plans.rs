@@ -421,7 +421,7 @@ pub async fn create(State(state): State<AppState>, signed: Signed, form: FormDat
     };
     match api::create(&state, &signed.principal, input).await {
         Ok(_) => Ok(Redirect::to("/dashboard/plans").into_response()),
-        Err(e) if e.status.is_client_error() && e.status != StatusCode::FORBIDDEN => {
+        Err(e) if Flash::belongs_on_form(&e) => {
             let field = field_of(&e);
             refused(&signed, None, draft, Flash::field(field, e))
         }
@@ -454,11 +454,7 @@ pub async fn update(
     };
     match api::update(&state, &signed.principal, &id, input).await {
         Ok(_) => Ok(Redirect::to("/dashboard/plans").into_response()),
-        Err(e)
-            if e.status.is_client_error()
-                && e.status != StatusCode::FORBIDDEN
-                && e.status != StatusCode::NOT_FOUND =>
-        {
+        Err(e) if Flash::belongs_on_form(&e) => {
             let field = field_of(&e);
             refused(&signed, Some(id), draft, Flash::field(field, e))
         }

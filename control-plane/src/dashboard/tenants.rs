@@ -198,7 +198,7 @@ pub async fn create(State(state): State<AppState>, signed: Signed, form: FormDat
     };
     match api::create(&state, &signed.principal, input).await {
         Ok(view) => Ok(Redirect::to(&format!("/dashboard/tenants/{}", view.id)).into_response()),
-        Err(e) if e.status.is_client_error() && e.status != StatusCode::FORBIDDEN => {
+        Err(e) if Flash::belongs_on_form(&e) => {
             let (_, flash) = refuse(e);
             refused_list(&state, &signed.principal, &form, flash).await
         }
@@ -279,6 +279,26 @@ pub async fn tenant_page(
     Ok(render(status, &page))
 }
 
+/// The tenant's page with why its form was refused.
+async fn refused_tenant(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    flash: Flash,
+) -> PageResult {
+    let draft = keys::KeyDraft::default();
+    tenant_page(
+        state,
+        principal,
+        id,
+        StatusFilter::All,
+        Some(flash),
+        None,
+        draft,
+    )
+    .await
+}
+
 /// `GET /dashboard/tenants/{id}`.
 pub async fn show(
     State(state): State<AppState>,
@@ -320,36 +340,14 @@ pub async fn update(
         },
         Err(e) => {
             let flash = Flash::field(field_of(&e), e);
-            return tenant_page(
-                &state,
-                &signed.principal,
-                &id,
-                StatusFilter::All,
-                Some(flash),
-                None,
-                Default::default(),
-            )
-            .await;
+            return refused_tenant(&state, &signed.principal, &id, flash).await;
         }
     };
     match api::update(&state, &signed.principal, &id, input).await {
         Ok(_) => Ok(Redirect::to(&format!("/dashboard/tenants/{id}")).into_response()),
-        Err(e)
-            if e.status.is_client_error()
-                && e.status != StatusCode::NOT_FOUND
-                && e.status != StatusCode::FORBIDDEN =>
-        {
+        Err(e) if Flash::belongs_on_form(&e) => {
             let flash = Flash::field(field_of(&e), e);
-            tenant_page(
-                &state,
-                &signed.principal,
-                &id,
-                StatusFilter::All,
-                Some(flash),
-                None,
-                Default::default(),
-            )
-            .await
+            refused_tenant(&state, &signed.principal, &id, flash).await
         }
         Err(e) => Err(PageError(e)),
     }
@@ -372,16 +370,7 @@ pub async fn delete(
             format!("Type the tenant's name, {:?}, to delete it.", tenant.name),
         );
         let flash = Flash::field("confirm_name", e);
-        return tenant_page(
-            &state,
-            &signed.principal,
-            &id,
-            StatusFilter::All,
-            Some(flash),
-            None,
-            Default::default(),
-        )
-        .await;
+        return refused_tenant(&state, &signed.principal, &id, flash).await;
     }
     api::delete(&state, &signed.principal, &id).await?;
     Ok(Redirect::to("/dashboard/tenants").into_response())
