@@ -88,6 +88,23 @@ pub fn parse_number(text: &str, code: &'static str, label: &str) -> Result<u64, 
         .map_err(|_| ApiError::invalid(code, format!("{label} must be a whole number, 0 or more.")))
 }
 
+/// `YYYY-MM-DDTHH:MM` from a date-time field is taken as UTC; a full
+/// RFC 3339 time is passed on as it is, for the API to judge.
+pub fn utc_of_field(text: &str) -> Option<String> {
+    if text.is_empty() {
+        return None;
+    }
+    let bare = text.len() == 16 && text.as_bytes().get(10) == Some(&b'T');
+    let with_seconds = text.len() == 19 && text.as_bytes().get(10) == Some(&b'T');
+    Some(if bare {
+        format!("{text}:00Z")
+    } else if with_seconds {
+        format!("{text}Z")
+    } else {
+        text.to_owned()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use tollgate_core::wire::WireScope;
 use crate::auth::Principal;
 use crate::clock::Now;
 use crate::dashboard::chart::{stacked_bars, ChartPoint};
-use crate::dashboard::form::FormData;
+use crate::dashboard::form::{utc_of_field, FormData};
 use crate::dashboard::page::{allowance, count, render, when, Chrome, PageError, PageResult};
 use crate::dashboard::session::Signed;
 use crate::dashboard::tenants::tenant_page;
@@ -238,25 +238,8 @@ pub async fn lines(
     Ok(lines)
 }
 
-/// `YYYY-MM-DDTHH:MM` from a date-time field is taken as UTC; a full
-/// RFC 3339 time is passed on as it is, for the API to judge.
-fn expiry_of(text: &str) -> Option<String> {
-    if text.is_empty() {
-        return None;
-    }
-    let bare = text.len() == 16 && text.as_bytes().get(10) == Some(&b'T');
-    let with_seconds = text.len() == 19 && text.as_bytes().get(10) == Some(&b'T');
-    Some(if bare {
-        format!("{text}:00Z")
-    } else if with_seconds {
-        format!("{text}Z")
-    } else {
-        text.to_owned()
-    })
-}
-
 /// Scopes one per line: methods and/or a path prefix, e.g. `GET,HEAD /v1/reports`.
-fn scopes_of(text: &str) -> Option<Vec<WireScope>> {
+pub fn scopes_of(text: &str) -> Option<Vec<WireScope>> {
     let scopes: Vec<WireScope> = text
         .lines()
         .map(str::trim)
@@ -282,6 +265,17 @@ fn scopes_of(text: &str) -> Option<Vec<WireScope>> {
         })
         .collect();
     (!scopes.is_empty()).then_some(scopes)
+}
+
+/// A scope as `scopes_of` reads it back: methods, then the path prefix.
+pub fn scope_line(scope: &WireScope) -> String {
+    let methods = scope.methods.as_ref().map(|m| m.join(","));
+    [methods.as_deref(), scope.path_prefix.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn cidrs_of(text: &str) -> Option<Vec<String>> {
@@ -318,7 +312,7 @@ pub async fn create(
     };
     let input = CreateKey {
         name: draft.name.clone(),
-        expires_at: expiry_of(&draft.expires_at),
+        expires_at: utc_of_field(&draft.expires_at),
         scopes: scopes_of(&draft.scopes),
         allowed_cidrs: cidrs_of(&draft.allowed_cidrs),
         limits: None,

@@ -10,7 +10,9 @@
 //! dashboard session. Sessions are in `session`; what every response carries
 //! and every form must prove is in `guard`.
 
+pub mod anonymous;
 pub mod assets;
+pub mod audit;
 pub mod chart;
 pub mod form;
 pub mod guard;
@@ -21,12 +23,15 @@ pub mod plans;
 pub mod pricing;
 pub mod session;
 pub mod tenants;
+pub mod tokens;
+pub mod webhooks;
 
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::dashboard::page::PageError;
 use crate::error::ApiError;
 use crate::middleware;
 use crate::state::AppState;
@@ -59,6 +64,27 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/dashboard/tenants/{id}/delete", post(tenants::delete))
         .route("/dashboard/tenants/{id}/keys", post(keys::create))
+        .route(
+            "/dashboard/tenants/{id}/tokens",
+            get(tokens::show).post(tokens::create),
+        )
+        .route(
+            "/dashboard/tenants/{id}/tokens/{token_id}/revoke",
+            post(tokens::revoke),
+        )
+        .route(
+            "/dashboard/tenants/{id}/webhook",
+            get(webhooks::show).post(webhooks::set),
+        )
+        .route(
+            "/dashboard/tenants/{id}/webhook/delete",
+            post(webhooks::delete),
+        )
+        .route(
+            "/dashboard/anonymous",
+            get(anonymous::show).post(anonymous::replace),
+        )
+        .route("/dashboard/audit", get(audit::list))
         .route("/dashboard/keys/{id}", get(keys::show))
         .route("/dashboard/keys/{id}/active", post(keys::set_active))
         .route("/dashboard/keys/{id}/rotate", post(keys::rotate))
@@ -88,6 +114,25 @@ impl Flash {
             code: e.code,
             detail: e.detail,
             field,
+        }
+    }
+
+    /// A refusal the form shows beside its fields (bad input, a conflict),
+    /// with `field_of` naming the field; anything else (forbidden, not found,
+    /// a failure) is the error page, so a forged form learns nothing more.
+    pub fn refusal(
+        e: ApiError,
+        field_of: impl Fn(&ApiError) -> &'static str,
+    ) -> Result<Self, PageError> {
+        let shown = e.status.is_client_error()
+            && !matches!(
+                e.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+            );
+        if shown {
+            Ok(Self::field(field_of(&e), e))
+        } else {
+            Err(PageError(e))
         }
     }
 }
