@@ -44,34 +44,26 @@ use axum::middleware::from_fn_with_state;
 use axum::Router;
 
 use crate::error::ApiError;
+use crate::routes::Mount;
 pub use crate::state::AppState;
 
 /// Admin bodies are small; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn app(state: AppState) -> Router {
-    let admin = Router::new()
-        .merge(routes::plans::router())
-        .merge(routes::tenants::router())
-        .merge(routes::keys::router())
-        .merge(routes::tokens::router())
-        .merge(routes::audit::router())
-        .merge(routes::anonymous::router())
-        .merge(routes::webhooks::router())
-        .merge(routes::usage::read_router())
+    let admin = routes::mounted(Mount::Admin)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest(
             "/v1",
             admin
-                .merge(routes::catalog::router())
+                .merge(routes::mounted(Mount::Public))
                 // Outside authentication, so wrong tokens count too. Not on the
                 // Envoys' endpoints (sync token): /v1/sync and /v1/usage.
                 .route_layer(from_fn_with_state(state.clone(), middleware::limit_admin))
-                .merge(routes::sync::router())
-                .merge(routes::usage::router()),
+                .merge(routes::mounted(Mount::Envoys)),
         )
-        .merge(routes::health::router())
+        .merge(routes::mounted(Mount::TopLevel))
         // GET /openapi.json and Swagger UI at /docs: public, outside /v1.
         .merge(openapi::router())
         // GET /metrics (Prometheus): outside /v1, behind --metrics-token if set.

@@ -1,5 +1,6 @@
 //! The OpenAPI 3 document of the control plane's HTTP API, generated from the
-//! code: each handler's `#[utoipa::path]` and the `ToSchema` request and
+//! code: each handler's `#[utoipa::path]`, gathered per resource by the
+//! `Api` next to its router and listed once in `routes::RESOURCES`, and the `ToSchema` request and
 //! response types (the wire types of `tollgate-core` with its `openapi`
 //! feature). It exists so that clients, SDK generators and people get a
 //! contract that cannot drift from what the router serves; `tests/openapi.rs`
@@ -55,41 +56,6 @@ there is no such endpoint and `405 method_not_allowed` for a method it does not 
         description = DESCRIPTION,
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        routes::plans::plans_create,
-        routes::plans::plans_list,
-        routes::plans::plans_show,
-        routes::plans::plans_update,
-        routes::plans::plans_delete,
-        routes::tenants::tenants_create,
-        routes::tenants::tenants_list,
-        routes::tenants::tenants_show,
-        routes::tenants::tenants_update,
-        routes::tenants::tenants_delete,
-        routes::keys::keys_create,
-        routes::keys::keys_create_batch,
-        routes::keys::keys_list,
-        routes::keys::keys_show,
-        routes::keys::keys_update,
-        routes::keys::keys_delete,
-        routes::keys::keys_rotate,
-        routes::tokens::tokens_create,
-        routes::tokens::tokens_list,
-        routes::tokens::tokens_revoke,
-        routes::audit::audit_list,
-        routes::anonymous::anonymous_show,
-        routes::anonymous::anonymous_replace,
-        routes::webhooks::webhook_get,
-        routes::webhooks::webhook_set,
-        routes::webhooks::webhook_delete,
-        routes::webhooks::deliveries_list,
-        routes::catalog::catalog_index,
-        routes::sync::sync_poll,
-        routes::usage::usage_ingest,
-        routes::usage::key_usage,
-        routes::usage::tenant_usage,
-        routes::health::healthz,
-    ),
     components(
         schemas(Problem),
         responses(
@@ -102,21 +68,18 @@ there is no such endpoint and `405 method_not_allowed` for a method it does not 
         ),
     ),
     modifiers(&SecuritySchemes),
-    tags(
-        (name = "plans", description = "Named limits, quotas and allowances that tenants subscribe to."),
-        (name = "tenants", description = "The customers whose keys share a plan."),
-        (name = "keys", description = "API keys: the plaintext is shown once, at creation or rotation."),
-        (name = "tokens", description = "Tenant tokens, with which a tenant serves itself."),
-        (name = "audit", description = "Every change: who, what, before and after."),
-        (name = "anonymous", description = "Routes the Envoys admit without a key, under one plan's limits per client address."),
-        (name = "webhooks", description = "Quota alerts (80 % and 100 %) sent to a tenant's URL, signed with HMAC-SHA256, and their delivery log."),
-        (name = "catalog", description = "Public plans, for pricing pages. No authentication."),
-        (name = "sync", description = "The config feed every Envoy long-polls (sync token)."),
-        (name = "usage", description = "Requests counted by the Envoys (reported with the sync token), read back per key and per tenant."),
-        (name = "health", description = "Readiness."),
-    ),
 )]
 pub struct ApiDoc;
+
+/// The whole document: what every resource of [`routes::RESOURCES`] documents,
+/// under the API's description, shared components and security schemes.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    for resource in &routes::RESOURCES {
+        doc.merge((resource.api)());
+    }
+    doc
+}
 
 /// The bearer schemes operations refer to in their `security`.
 struct SecuritySchemes;
@@ -157,6 +120,6 @@ where
     S: Clone + Send + Sync + 'static,
 {
     SwaggerUi::new(DOCS_PATH)
-        .url(OPENAPI_PATH, ApiDoc::openapi())
+        .url(OPENAPI_PATH, document())
         .into()
 }

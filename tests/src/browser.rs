@@ -104,7 +104,7 @@ impl fmt::Display for Violation {
 }
 
 /// A WebDriver command fantoccini has no method for, POSTed to
-/// `/session/{id}/{path}`: chromedriver's browser log.
+/// `/session/{id}/{path}`: chromedriver's browser log, and permissions.
 #[derive(Debug)]
 struct SessionPost {
     path: &'static str,
@@ -556,6 +556,19 @@ impl Browser {
             .filter(|e| e["level"] == "SEVERE")
             .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
             .collect()
+    }
+
+    /// Lets pages of this session read the clipboard (`navigator.clipboard.readText`),
+    /// through the W3C Permissions extension of WebDriver, so a test can check
+    /// what a copy button put there. Writing needs no grant: a click is enough.
+    pub async fn grant_clipboard_read(&self) {
+        self.client
+            .issue_cmd(SessionPost {
+                path: "permissions",
+                body: json!({"descriptor": {"name": "clipboard-read"}, "state": "granted"}),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("granting clipboard-read: {e}"));
     }
 
     /// Fails if any page logged a console error since the last check.

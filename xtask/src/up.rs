@@ -237,10 +237,12 @@ fn start_and_watch(
         "\n==> Tollgate is up (Ctrl-C stops everything)\n\
          \x20   API consumers -> Envoy:  http://127.0.0.1:{}\n\
          \x20   control plane (admin):   http://127.0.0.1:{}\n\
+         \x20   dashboard:               http://127.0.0.1:{}/dashboard (sign in with the admin token)\n\
          \x20   Envoy admin:             http://127.0.0.1:{}\n\
          \x20   demo upstream:           http://127.0.0.1:{}\n\
          \x20   data directory:          {}",
         flags.envoy_port,
+        flags.control_plane_port,
         flags.control_plane_port,
         flags.envoy_admin_port,
         flags.upstream_port,

@@ -7,12 +7,11 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect};
 
 use crate::auth::Principal;
-use crate::dashboard::form::FormData;
-use crate::dashboard::keys::{scope_line, scopes_of};
-use crate::dashboard::page::{render, when, Chrome, PageResult};
+use crate::dashboard::form::{scope_line, scopes_of, FormData};
+use crate::dashboard::page::{render, when, Chrome, Flash, PageResult};
 use crate::dashboard::session::Signed;
 use crate::dashboard::tenants::{plan_choices, PlanChoice};
-use crate::dashboard::Flash;
+
 use crate::error::ApiError;
 use crate::routes::anonymous::{self as api, PutAnonymousAccess};
 use crate::state::AppState;

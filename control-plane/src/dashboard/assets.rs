@@ -12,12 +12,14 @@ use crate::error::ApiError;
 
 const APP_CSS: &str = include_str!("../../assets/app.css");
 const APP_JS: &str = include_str!("../../assets/app.js");
+const ICON_SVG: &str = include_str!("../../assets/icon.svg");
 
 /// `GET /dashboard/assets/{file}`.
 pub async fn serve(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "app.css" => (APP_CSS, "text/css; charset=utf-8"),
         "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "icon.svg" => (ICON_SVG, "image/svg+xml"),
         _ => {
             return PageError(ApiError::new(
                 StatusCode::NOT_FOUND,

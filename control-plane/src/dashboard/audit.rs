@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use crate::dashboard::form::utc_of_field;
-use crate::dashboard::page::{href, pretty, render, when, Chrome, PageResult};
+use crate::dashboard::page::{href, pretty, render, when, Chrome, Flash, PageResult};
 use crate::dashboard::session::Signed;
-use crate::dashboard::Flash;
+
 use crate::error::ApiError;
 use crate::routes::audit::{self as api, ListAudit};
 use crate::state::AppState;

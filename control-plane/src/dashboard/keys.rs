@@ -10,26 +10,21 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use serde::Deserialize;
-use tollgate_core::wire::WireScope;
 
 use crate::auth::Principal;
 use crate::clock::Now;
 use crate::dashboard::chart::{stacked_bars, ChartPoint};
-use crate::dashboard::form::{utc_of_field, FormData};
-use crate::dashboard::page::{allowance, count, render, when, Chrome, PageError, PageResult};
+use crate::dashboard::form::{scopes_of, utc_of_field, FormData};
+use crate::dashboard::key_list::{badges, Badge, KeyDraft, NewSecret, StatusFilter};
+use crate::dashboard::page::{count, render, when, Chrome, Flash, PageError, PageResult};
 use crate::dashboard::session::Signed;
 use crate::dashboard::tenants::tenant_page;
-use crate::dashboard::Flash;
 use crate::error::ApiError;
 use crate::routes::keys::{self as api, CreateKey, RotateKey, UpdateKey};
-use crate::routes::tenants::TenantView;
 use crate::routes::usage::{key_usage_of, tenant_series, Granularity, UsageQuery};
 use crate::state::AppState;
 use crate::store::usage::{self, truncated};
 use crate::store::{audit, keys};
-
-/// A key "expires soon" within this of now.
-const SOON_MS: i64 = 24 * 3600 * 1000;
 
 /// Grace periods offered when rotating: (seconds, as people say it).
 pub const GRACE_CHOICES: [(u64, &str); 5] = [
@@ -39,244 +34,6 @@ pub const GRACE_CHOICES: [(u64, &str); 5] = [
     (86_400, "24 hours"),
     (604_800, "7 days"),
 ];
-
-/// One state a key is in, as a badge with its words (never colour alone).
-pub struct Badge {
-    pub class: &'static str,
-    pub text: String,
-}
-
-pub struct KeyLine {
-    pub id: String,
-    pub name: String,
-    pub prefix: String,
-    pub badges: Vec<Badge>,
-    pub last_used: String,
-    pub expires: String,
-    pub created: String,
-    pub used: String,
-    pub quota: String,
-}
-
-/// The key list narrowed to keys in one state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusFilter {
-    All,
-    Active,
-    Deactivated,
-    Expired,
-    ExpiresSoon,
-    Rotating,
-    OverQuota,
-}
-
-impl StatusFilter {
-    pub const ALL: [Self; 7] = [
-        Self::All,
-        Self::Active,
-        Self::Deactivated,
-        Self::Expired,
-        Self::ExpiresSoon,
-        Self::Rotating,
-        Self::OverQuota,
-    ];
-
-    pub fn parse(text: Option<&str>) -> Self {
-        Self::ALL
-            .into_iter()
-            .find(|f| Some(f.as_str()) == text)
-            .unwrap_or(Self::All)
-    }
-
-    /// The badge class and the query value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::All => "all",
-            Self::Active => "active",
-            Self::Deactivated => "deactivated",
-            Self::Expired => "expired",
-            Self::ExpiresSoon => "expires-soon",
-            Self::Rotating => "rotating",
-            Self::OverQuota => "over-quota",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::All => "All",
-            Self::Active => "Active",
-            Self::Deactivated => "Deactivated",
-            Self::Expired => "Expired",
-            Self::ExpiresSoon => "Expires soon",
-            Self::Rotating => "Rotating",
-            Self::OverQuota => "Over quota",
-        }
-    }
-
-    pub fn admits(self, line: &KeyLine) -> bool {
-        self == Self::All || line.badges.iter().any(|b| b.class == self.as_str())
-    }
-}
-
-/// The key form as typed.
-#[derive(Debug, Default)]
-pub struct KeyDraft {
-    pub name: String,
-    pub expires_at: String,
-    pub scopes: String,
-    pub allowed_cidrs: String,
-}
-
-/// A key just issued: the only time its plaintext is on a page.
-pub struct NewSecret {
-    pub key_id: String,
-    pub name: String,
-    pub key: String,
-}
-
-/// The states a key is in at `now`.
-fn badges(
-    row: &keys::KeyRow,
-    successor: bool,
-    used: u64,
-    quota: Option<u64>,
-    now: Now,
-) -> Vec<Badge> {
-    let now_ms = now.db_ms();
-    let mut out = Vec::new();
-    let expired = row.expires_at_ms.is_some_and(|e| e <= now_ms);
-    let ends = row.expires_at.as_deref().map(when).unwrap_or_default();
-    if row.active == 0 {
-        out.push(Badge {
-            class: "deactivated",
-            text: "Deactivated".into(),
-        });
-    }
-    if expired {
-        out.push(Badge {
-            class: "expired",
-            text: "Expired".into(),
-        });
-    } else if successor && row.expires_at_ms.is_some() {
-        out.push(Badge {
-            class: "rotating",
-            text: format!("Rotating until {ends}"),
-        });
-    } else if row.expires_at_ms.is_some_and(|e| e - now_ms <= SOON_MS) {
-        out.push(Badge {
-            class: "expires-soon",
-            text: format!("Expires soon ({ends})"),
-        });
-    }
-    if quota.is_some_and(|q| used >= q) {
-        out.push(Badge {
-            class: "over-quota",
-            text: "Over quota".into(),
-        });
-    }
-    if row.active != 0 && !expired {
-        out.insert(
-            0,
-            Badge {
-                class: "active",
-                text: "Active".into(),
-            },
-        );
-    }
-    out
-}
-
-/// Every live key of `tenant`, with its state and this period's use.
-pub async fn lines(
-    state: &AppState,
-    tenant: &TenantView,
-    period_start_ms: u64,
-    now: Now,
-) -> Result<Vec<KeyLine>, PageError> {
-    let rows = keys::list(&state.db, &tenant.id, None, None, i64::from(u16::MAX)).await?;
-    let used = usage::cost_by_key(
-        &state.db,
-        &tenant.id,
-        &truncated(period_start_ms, usage::HOUR),
-    )
-    .await?;
-    let plan_quota = crate::store::plans::find(&state.db, &tenant.plan_id)
-        .await?
-        .and_then(|p| p.monthly_quota)
-        .and_then(|q| u64::try_from(q).ok());
-    let mut lines = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let successor = rows
-            .iter()
-            .any(|other| other.rotated_from.as_deref() == Some(row.id.as_str()));
-        let used = used
-            .iter()
-            .find(|(id, _)| *id == row.id)
-            .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
-        let quota = row
-            .monthly_quota
-            .and_then(|q| u64::try_from(q).ok())
-            .or(plan_quota);
-        lines.push(KeyLine {
-            badges: badges(row, successor, used, quota, now),
-            id: row.id.clone(),
-            name: row.name.clone(),
-            prefix: row.prefix.clone(),
-            last_used: row
-                .last_used_at
-                .as_deref()
-                .map_or_else(|| "never used".to_owned(), when),
-            expires: row
-                .expires_at
-                .as_deref()
-                .map_or_else(|| "never".to_owned(), when),
-            created: when(&row.created_at),
-            used: count(used),
-            quota: allowance(quota),
-        });
-    }
-    Ok(lines)
-}
-
-/// Scopes one per line: methods and/or a path prefix, e.g. `GET,HEAD /v1/reports`.
-pub fn scopes_of(text: &str) -> Option<Vec<WireScope>> {
-    let scopes: Vec<WireScope> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let mut methods = Vec::new();
-            let mut path_prefix = None;
-            for word in line.split_whitespace() {
-                if word.starts_with('/') {
-                    path_prefix = Some(word.to_owned());
-                } else {
-                    methods.extend(
-                        word.split(',')
-                            .filter(|m| !m.is_empty())
-                            .map(str::to_ascii_uppercase),
-                    );
-                }
-            }
-            WireScope {
-                methods: (!methods.is_empty()).then_some(methods),
-                path_prefix,
-            }
-        })
-        .collect();
-    (!scopes.is_empty()).then_some(scopes)
-}
-
-/// A scope as `scopes_of` reads it back: methods, then the path prefix.
-pub fn scope_line(scope: &WireScope) -> String {
-    let methods = scope.methods.as_ref().map(|m| m.join(","));
-    [methods.as_deref(), scope.path_prefix.as_deref()]
-        .into_iter()
-        .flatten()
-        .filter(|part| !part.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn cidrs_of(text: &str) -> Option<Vec<String>> {
     let cidrs: Vec<String> = text
@@ -448,12 +205,17 @@ async fn key_page(
             start.get(11..16).unwrap_or(start).to_owned()
         }
     };
-    let chart_points: Vec<ChartPoint> = points
-        .iter()
-        .map(|p| ChartPoint {
-            label: label(&p.start),
-            allowed: p.allowed,
-            denied: p.denied.values().sum(),
+    // Every hour (day) of the span gets its slot, so a quiet one shows as
+    // a gap rather than disappearing.
+    let chart_points: Vec<ChartPoint> = slots(now, daily)
+        .into_iter()
+        .map(|start| {
+            let point = points.iter().find(|p| p.start == start);
+            ChartPoint {
+                label: label(&start),
+                allowed: point.map_or(0, |p| p.allowed),
+                denied: point.map_or(0, |p| p.denied.values().sum()),
+            }
         })
         .collect();
     let usage = points
@@ -527,6 +289,21 @@ async fn key_page(
         key: view,
     };
     Ok(render(status, &page))
+}
+
+/// The starts of the hours (or days) the API's default span covers at
+/// `now`: the last 24 hours, or the last 30 days, oldest first, in the form
+/// the series names them.
+fn slots(now: Now, daily: bool) -> Vec<String> {
+    const HOUR_MS: u64 = 3600 * 1000;
+    const DAY_MS: u64 = 24 * HOUR_MS;
+    let (step, count) = if daily { (DAY_MS, 31) } else { (HOUR_MS, 25) };
+    let last = now.unix_ms() - now.unix_ms() % step;
+    (0..count)
+        .rev()
+        .filter_map(|i| last.checked_sub(i * step))
+        .map(|start| truncated(start, usage::HOUR))
+        .collect()
 }
 
 /// `GET /dashboard/keys/{id}`.
@@ -614,4 +391,29 @@ pub async fn delete(
         .ok_or_else(|| ApiError::not_found("API key", &id))?;
     api::delete(&state, &signed.principal, &id).await?;
     Ok(Redirect::to(&format!("/dashboard/tenants/{tenant_id}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_has_a_slot_for_every_hour_and_day_of_the_span() {
+        let now = Now::from_unix_ms(1_795_000_000_000 + 1234);
+        let hours = slots(now, false);
+        assert_eq!(hours.len(), 25, "the 24 hours before and the current one");
+        assert!(hours.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(hours.last(), Some(&truncated(now.unix_ms(), usage::HOUR)));
+        let days = slots(now, true);
+        assert_eq!(days.len(), 31);
+        assert!(days.iter().all(|d| d.ends_with("T00:00:00Z")), "{days:?}");
+    }
+
+    #[test]
+    fn cidrs_are_split_on_commas_spaces_and_lines() {
+        assert_eq!(
+            cidrs_of("10.0.0.0/8, ::1/128\n"),
+            Some(vec!["10.0.0.0/8".into(), "::1/128".into()])
+        );
+    }
 }

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod chart;
 pub mod form;
 pub mod guard;
+pub mod key_list;
 pub mod keys;
 pub mod overview;
 pub mod page;
@@ -26,13 +27,10 @@ pub mod tenants;
 pub mod tokens;
 pub mod webhooks;
 
-use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::dashboard::page::PageError;
-use crate::error::ApiError;
 use crate::middleware;
 use crate::state::AppState;
 
@@ -95,44 +93,4 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(login)
         .layer(from_fn(guard::refuse_cross_site))
         .layer(from_fn(guard::secure_headers))
-}
-
-/// Why a form was refused, shown above it: the API's status, `code` and
-/// detail, and the field it is about (`""`: the form as a whole).
-#[derive(Debug)]
-pub struct Flash {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub detail: String,
-    pub field: &'static str,
-}
-
-impl Flash {
-    pub fn field(field: &'static str, e: ApiError) -> Self {
-        Self {
-            status: e.status,
-            code: e.code,
-            detail: e.detail,
-            field,
-        }
-    }
-
-    /// A refusal the form shows beside its fields (bad input, a conflict),
-    /// with `field_of` naming the field; anything else (forbidden, not found,
-    /// a failure) is the error page, so a forged form learns nothing more.
-    pub fn refusal(
-        e: ApiError,
-        field_of: impl Fn(&ApiError) -> &'static str,
-    ) -> Result<Self, PageError> {
-        let shown = e.status.is_client_error()
-            && !matches!(
-                e.status,
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
-            );
-        if shown {
-            Ok(Self::field(field_of(&e), e))
-        } else {
-            Err(PageError(e))
-        }
-    }
 }

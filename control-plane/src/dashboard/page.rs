@@ -147,6 +147,46 @@ impl IntoResponse for PageError {
 
 pub type PageResult = Result<Response, PageError>;
 
+/// Why a form was refused, shown above it: the API's status, `code` and
+/// detail, and the field it is about (`""`: the form as a whole).
+#[derive(Debug)]
+pub struct Flash {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub field: &'static str,
+}
+
+impl Flash {
+    pub fn field(field: &'static str, e: ApiError) -> Self {
+        Self {
+            status: e.status,
+            code: e.code,
+            detail: e.detail,
+            field,
+        }
+    }
+
+    /// A refusal the form shows beside its fields (bad input, a conflict),
+    /// with `field_of` naming the field; anything else (forbidden, not found,
+    /// a failure) is the error page, so a forged form learns nothing more.
+    pub fn refusal(
+        e: ApiError,
+        field_of: impl Fn(&ApiError) -> &'static str,
+    ) -> Result<Self, PageError> {
+        let shown = e.status.is_client_error()
+            && !matches!(
+                e.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+            );
+        if shown {
+            Ok(Self::field(field_of(&e), e))
+        } else {
+            Err(PageError(e))
+        }
+    }
+}
+
 /// `1234567` as `1 234 567`: the thin grouping people read at a glance.
 pub fn count(n: u64) -> String {
     let digits = n.to_string();

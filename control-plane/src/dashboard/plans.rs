@@ -10,9 +10,10 @@ use serde_json::Value;
 use tollgate_core::wire::{LimitScope, WireLimit, WireRouteCost};
 
 use crate::dashboard::form::{parse_number, FormData};
-use crate::dashboard::page::{allowance, count, ok, render, window, Chrome, PageError, PageResult};
+use crate::dashboard::page::{
+    allowance, count, ok, render, window, Chrome, Flash, PageError, PageResult,
+};
 use crate::dashboard::session::Signed;
-use crate::dashboard::Flash;
 use crate::error::ApiError;
 use crate::routes::plans::{self as api, CreatePlan, PlanView, UpdatePlan};
 use crate::state::AppState;

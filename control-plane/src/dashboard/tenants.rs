@@ -12,10 +12,11 @@ use tollgate_core::period::quota_period;
 
 use crate::auth::Principal;
 use crate::dashboard::form::{parse_number, FormData};
-use crate::dashboard::keys::{self, KeyLine, NewSecret, StatusFilter};
-use crate::dashboard::page::{allowance, count, render, when, Chrome, PageError, PageResult};
+use crate::dashboard::key_list::{self as keys, KeyLine, NewSecret, StatusFilter};
+use crate::dashboard::page::{
+    allowance, count, render, when, Chrome, Flash, PageError, PageResult,
+};
 use crate::dashboard::session::Signed;
-use crate::dashboard::Flash;
 use crate::error::ApiError;
 use crate::routes::tenants::{self as api, CreateTenant, TenantView, UpdateTenant};
 use crate::state::AppState;

@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Redirect};
 
 use crate::auth::Principal;
 use crate::dashboard::form::FormData;
-use crate::dashboard::page::{render, when, Chrome, PageResult, ShownOnce};
+use crate::dashboard::page::{render, when, Chrome, Flash, PageResult, ShownOnce};
 use crate::dashboard::session::Signed;
-use crate::dashboard::Flash;
+
 use crate::error::ApiError;
 use crate::routes::tenants::TenantView;
 use crate::routes::tokens::{self as api, CreateToken};

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use crate::auth::Principal;
 use crate::dashboard::form::FormData;
 use crate::dashboard::page::{
-    count, href, pretty, render, when, Chrome, PageError, PageResult, ShownOnce,
+    count, href, pretty, render, when, Chrome, Flash, PageError, PageResult, ShownOnce,
 };
 use crate::dashboard::session::Signed;
-use crate::dashboard::Flash;
+
 use crate::error::ApiError;
 use crate::routes::tenants::TenantView;
 use crate::routes::webhooks::{self as api, DeliveriesQuery, SetWebhook, WebhookView};

@@ -30,6 +30,14 @@ pub fn router() -> Router<AppState> {
     )
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(anonymous_show, anonymous_replace),
+    tags((name = "anonymous", description = "Routes the Envoys admit without a key, under one plan's limits per client address.")),
+)]
+pub struct Api;
+
 /// The whole setting; `PUT` replaces it. `{"routes": [], "plan_id": null}` turns it off.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

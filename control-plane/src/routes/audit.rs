@@ -26,6 +26,14 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/audit", get(audit_list))
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(audit_list),
+    tags((name = "audit", description = "Every change: who, what, before and after.")),
+)]
+pub struct Api;
+
 /// One change. `before` and `after` are the resource's public view (never a
 /// key's or token's plaintext or hash); `null` for a creation or a deletion.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

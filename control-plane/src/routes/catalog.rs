@@ -17,6 +17,14 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/catalog", get(catalog_index))
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(catalog_index),
+    tags((name = "catalog", description = "Public plans, for pricing pages. No authentication.")),
+)]
+pub struct Api;
+
 /// What a pricing page may show: no ids, no timestamps.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CatalogEntry {

@@ -14,6 +14,14 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz))
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(healthz),
+    tags((name = "health", description = "Readiness.")),
+)]
+pub struct Api;
+
 /// The answer of a ready control plane.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {

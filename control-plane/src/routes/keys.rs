@@ -50,6 +50,14 @@ pub fn router() -> Router<AppState> {
         .route("/keys/{id}/rotate", post(keys_rotate))
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(keys_create, keys_create_batch, keys_list, keys_show, keys_update, keys_delete, keys_rotate),
+    tags((name = "keys", description = "API keys: the plaintext is shown once, at creation or rotation.")),
+)]
+pub struct Api;
+
 /// Longest grace period a rotated key may keep working: 30 days.
 pub const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 

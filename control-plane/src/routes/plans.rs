@@ -36,6 +36,14 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(plans_create, plans_list, plans_show, plans_update, plans_delete),
+    tags((name = "plans", description = "Named limits, quotas and allowances that tenants subscribe to.")),
+)]
+pub struct Api;
+
 /// Largest `metadata` document, serialized.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 

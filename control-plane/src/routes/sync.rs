@@ -29,6 +29,14 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/sync", get(sync_poll))
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(sync_poll),
+    tags((name = "sync", description = "The config feed every Envoy long-polls (sync token).")),
+)]
+pub struct Api;
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]

@@ -36,6 +36,14 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(tenants_create, tenants_list, tenants_show, tenants_update, tenants_delete),
+    tags((name = "tenants", description = "The customers whose keys share a plan.")),
+)]
+pub struct Api;
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {

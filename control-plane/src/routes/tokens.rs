@@ -33,6 +33,14 @@ pub fn router() -> Router<AppState> {
         .route("/tenants/{tenant_id}/tokens/{id}", delete(tokens_revoke))
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(tokens_create, tokens_list, tokens_revoke),
+    tags((name = "tokens", description = "Tenant tokens, with which a tenant serves itself.")),
+)]
+pub struct Api;
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {

@@ -46,6 +46,19 @@ pub fn read_router() -> Router<AppState> {
         .route("/tenants/{id}/usage", get(tenant_usage))
 }
 
+/// The Envoys' side of this module in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(usage_ingest),
+    tags((name = "usage", description = "Requests counted by the Envoys (reported with the sync token), read back per key and per tenant.")),
+)]
+pub struct Api;
+
+/// The readers' side of this module in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(key_usage, tenant_usage))]
+pub struct ReadApi;
+
 fn validate(batch: &UsageBatch) -> ApiResult<()> {
     let bad = |detail: &str| Err(ApiError::invalid("invalid_usage", detail.to_owned()));
     if batch.batch_id.is_empty() || batch.batch_id.len() > 128 {

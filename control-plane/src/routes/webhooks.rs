@@ -41,6 +41,14 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// This module's operations and tag in the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(webhook_get, webhook_set, webhook_delete, deliveries_list),
+    tags((name = "webhooks", description = "Quota alerts (80 % and 100 %) sent to a tenant's URL, signed with HMAC-SHA256, and their delivery log.")),
+)]
+pub struct Api;
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetWebhook {

@@ -11,7 +11,6 @@ use axum::Router;
 use serde_json::json;
 
 use crate::common::*;
-use crate::on_both_databases;
 
 /// A browser's view of the dashboard: its cookie, if signed in.
 struct Browser {
