@@ -38,17 +38,19 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
-  // <dialog open data-modal>: the show-once key is in the page as it comes
+  // <dialog open data-modal>: the show-once secret is in the page as it comes
   // (readable without script) and becomes a modal dialog with it.
   for (const dialog of document.querySelectorAll("dialog[data-modal]")) {
     if (typeof dialog.showModal === "function") {
       dialog.close();
       dialog.showModal();
     }
+    // data-secret names what is shown (a token, a signing secret); a key by default.
+    const what = dialog.dataset.secret || "the key";
     const unseen = () => {
       const copy = dialog.querySelector("button[data-copy]");
       return copy && copy.dataset.copied !== "true" &&
-        !window.confirm("You have not copied the key. It will never be shown again. Close anyway?");
+        !window.confirm(`You have not copied ${what}. It will never be shown again. Close anyway?`);
     };
     dialog.addEventListener("cancel", (event) => { if (unseen()) event.preventDefault(); });
     for (const close of dialog.querySelectorAll("button[data-close-gate]")) {

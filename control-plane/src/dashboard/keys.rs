@@ -10,12 +10,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use serde::Deserialize;
-use tollgate_core::wire::WireScope;
 
 use crate::auth::Principal;
 use crate::clock::Now;
 use crate::dashboard::chart::{stacked_bars, ChartPoint};
-use crate::dashboard::form::FormData;
+use crate::dashboard::form::{scopes_of, utc_of_field, FormData};
 use crate::dashboard::key_list::{badges, Badge, KeyDraft, NewSecret, StatusFilter};
 use crate::dashboard::page::{count, render, when, Chrome, Flash, PageError, PageResult};
 use crate::dashboard::session::Signed;
@@ -35,52 +34,6 @@ pub const GRACE_CHOICES: [(u64, &str); 5] = [
     (86_400, "24 hours"),
     (604_800, "7 days"),
 ];
-
-/// `YYYY-MM-DDTHH:MM` from a date-time field is taken as UTC; a full
-/// RFC 3339 time is passed on as it is, for the API to judge.
-fn expiry_of(text: &str) -> Option<String> {
-    if text.is_empty() {
-        return None;
-    }
-    let bare = text.len() == 16 && text.as_bytes().get(10) == Some(&b'T');
-    let with_seconds = text.len() == 19 && text.as_bytes().get(10) == Some(&b'T');
-    Some(if bare {
-        format!("{text}:00Z")
-    } else if with_seconds {
-        format!("{text}Z")
-    } else {
-        text.to_owned()
-    })
-}
-
-/// Scopes one per line: methods and/or a path prefix, e.g. `GET,HEAD /v1/reports`.
-fn scopes_of(text: &str) -> Option<Vec<WireScope>> {
-    let scopes: Vec<WireScope> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let mut methods = Vec::new();
-            let mut path_prefix = None;
-            for word in line.split_whitespace() {
-                if word.starts_with('/') {
-                    path_prefix = Some(word.to_owned());
-                } else {
-                    methods.extend(
-                        word.split(',')
-                            .filter(|m| !m.is_empty())
-                            .map(str::to_ascii_uppercase),
-                    );
-                }
-            }
-            WireScope {
-                methods: (!methods.is_empty()).then_some(methods),
-                path_prefix,
-            }
-        })
-        .collect();
-    (!scopes.is_empty()).then_some(scopes)
-}
 
 fn cidrs_of(text: &str) -> Option<Vec<String>> {
     let cidrs: Vec<String> = text
@@ -116,7 +69,7 @@ pub async fn create(
     };
     let input = CreateKey {
         name: draft.name.clone(),
-        expires_at: expiry_of(&draft.expires_at),
+        expires_at: utc_of_field(&draft.expires_at),
         scopes: scopes_of(&draft.scopes),
         allowed_cidrs: cidrs_of(&draft.allowed_cidrs),
         limits: None,
@@ -457,31 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_fields_are_read_as_utc() {
-        assert_eq!(expiry_of(""), None);
-        assert_eq!(
-            expiry_of("2030-01-01T10:00").as_deref(),
-            Some("2030-01-01T10:00:00Z")
-        );
-        assert_eq!(
-            expiry_of("2030-01-01T10:00:30").as_deref(),
-            Some("2030-01-01T10:00:30Z")
-        );
-        assert_eq!(
-            expiry_of("2030-01-01T10:00:00+02:00").as_deref(),
-            Some("2030-01-01T10:00:00+02:00")
-        );
-    }
-
-    #[test]
-    fn scopes_are_methods_and_a_prefix_per_line() {
-        let scopes = scopes_of("get,head /v1/reports\n\n/admin\nPOST").unwrap_or_default();
-        assert_eq!(scopes.len(), 3);
-        assert_eq!(scopes[0].methods, Some(vec!["GET".into(), "HEAD".into()]));
-        assert_eq!(scopes[0].path_prefix.as_deref(), Some("/v1/reports"));
-        assert_eq!(scopes[1].methods, None);
-        assert_eq!(scopes[2].path_prefix, None);
-        assert_eq!(scopes_of(" \n"), None);
+    fn cidrs_are_split_on_commas_spaces_and_lines() {
         assert_eq!(
             cidrs_of("10.0.0.0/8, ::1/128\n"),
             Some(vec!["10.0.0.0/8".into(), "::1/128".into()])

@@ -10,7 +10,9 @@
 //! dashboard session. Sessions are in `session`; what every response carries
 //! and every form must prove is in `guard`.
 
+pub mod anonymous;
 pub mod assets;
+pub mod audit;
 pub mod chart;
 pub mod form;
 pub mod guard;
@@ -22,6 +24,8 @@ pub mod plans;
 pub mod pricing;
 pub mod session;
 pub mod tenants;
+pub mod tokens;
+pub mod webhooks;
 
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
@@ -58,6 +62,27 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/dashboard/tenants/{id}/delete", post(tenants::delete))
         .route("/dashboard/tenants/{id}/keys", post(keys::create))
+        .route(
+            "/dashboard/tenants/{id}/tokens",
+            get(tokens::show).post(tokens::create),
+        )
+        .route(
+            "/dashboard/tenants/{id}/tokens/{token_id}/revoke",
+            post(tokens::revoke),
+        )
+        .route(
+            "/dashboard/tenants/{id}/webhook",
+            get(webhooks::show).post(webhooks::set),
+        )
+        .route(
+            "/dashboard/tenants/{id}/webhook/delete",
+            post(webhooks::delete),
+        )
+        .route(
+            "/dashboard/anonymous",
+            get(anonymous::show).post(anonymous::replace),
+        )
+        .route("/dashboard/audit", get(audit::list))
         .route("/dashboard/keys/{id}", get(keys::show))
         .route("/dashboard/keys/{id}/active", post(keys::set_active))
         .route("/dashboard/keys/{id}/rotate", post(keys::rotate))

@@ -47,6 +47,39 @@ impl Chrome {
     }
 }
 
+/// A secret in the one response that carries it (a tenant token, a webhook's
+/// signing secret), shown in a dialog with a copy button: `shown_once.html`.
+pub struct ShownOnce {
+    /// What it is, in the dialog's words: `token`, `signing secret`.
+    pub what: &'static str,
+    pub heading: String,
+    /// What Tollgate keeps of it, so the warning is true for each kind.
+    pub kept: &'static str,
+    pub value: String,
+}
+
+/// `path` with `pairs` as its query, blank values left out: a link that keeps
+/// a page's filters (and a paging cursor) exactly as they were sent.
+pub fn href(path: &str, pairs: &[(&str, &str)]) -> String {
+    let mut url = reqwest::Url::parse("http://dashboard.invalid/").expect("a fixed, valid URL");
+    url.set_path(path);
+    {
+        let mut query = url.query_pairs_mut();
+        for (name, value) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+            query.append_pair(name, value);
+        }
+    }
+    match url.query().filter(|q| !q.is_empty()) {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
+/// JSON indented for a `<pre>`, as people read a snapshot.
+pub fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
 /// Renders `page` with `status`.
 pub fn render(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
@@ -142,6 +175,25 @@ impl Flash {
             field,
         }
     }
+
+    /// A refusal the form shows beside its fields (bad input, a conflict),
+    /// with `field_of` naming the field; anything else (forbidden, not found,
+    /// a failure) is the error page, so a forged form learns nothing more.
+    pub fn refusal(
+        e: ApiError,
+        field_of: impl Fn(&ApiError) -> &'static str,
+    ) -> Result<Self, PageError> {
+        let shown = e.status.is_client_error()
+            && !matches!(
+                e.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+            );
+        if shown {
+            Ok(Self::field(field_of(&e), e))
+        } else {
+            Err(PageError(e))
+        }
+    }
 }
 
 /// `1234567` as `1 234 567`: the thin grouping people read at a glance.
@@ -194,6 +246,22 @@ mod tests {
         assert_eq!(count(999), "999");
         assert_eq!(count(1000), "1\u{202f}000");
         assert_eq!(count(7_412_000), "7\u{202f}412\u{202f}000");
+    }
+
+    #[test]
+    fn links_keep_the_filters_and_drop_blanks() {
+        assert_eq!(
+            href("/dashboard/audit", &[("actor", ""), ("after", "")]),
+            "/dashboard/audit"
+        );
+        assert_eq!(
+            href(
+                "/dashboard/audit",
+                &[("actor", "admin via x"), ("action", ""), ("after", "aud_1")]
+            ),
+            "/dashboard/audit?actor=admin+via+x&after=aud_1"
+        );
+        assert_eq!(href("/a", &[("q", "a&b=c")]), "/a?q=a%26b%3Dc");
     }
 
     #[test]

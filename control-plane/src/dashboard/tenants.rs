@@ -85,7 +85,7 @@ impl TenantPage {
     }
 }
 
-async fn plan_choices(state: &AppState, selected: &str) -> Result<Vec<PlanChoice>, PageError> {
+pub async fn plan_choices(state: &AppState, selected: &str) -> Result<Vec<PlanChoice>, PageError> {
     let rows = plans::list(&state.db, None, i64::from(u16::MAX)).await?;
     Ok(rows
         .into_iter()

@@ -101,6 +101,16 @@ async fn anonymous_replace(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<PutAnonymousAccess>,
 ) -> ApiResult<Json<AnonymousAccessView>> {
+    replace(&state, &principal, input).await.map(Json)
+}
+
+/// Replaces anonymous access as `principal` (the admin): the API's and the
+/// dashboard's one way.
+pub async fn replace(
+    state: &AppState,
+    principal: &Principal,
+    input: PutAnonymousAccess,
+) -> ApiResult<AnonymousAccessView> {
     principal.require_admin()?;
     Anonymous::try_from(&WireAnonymous {
         routes: input.routes.clone(),
@@ -108,7 +118,7 @@ async fn anonymous_replace(
     })
     .map_err(|e| ApiError::invalid("invalid_anonymous_access", e.0))?;
     let now = state.now();
-    let mut change = Change::begin(&state, principal.label(), now).await?;
+    let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();
     if let Some(plan_id) = &input.plan_id {
         plans::require(change.tx(), plan_id).await?;
@@ -130,5 +140,5 @@ async fn anonymous_replace(
         })
         .await?;
     change.commit().await?;
-    Ok(Json(view))
+    Ok(view)
 }

@@ -143,6 +143,16 @@ async fn audit_list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListAudit>,
 ) -> ApiResult<Json<Page<AuditEntry>>> {
+    list(&state, &principal, query).await.map(Json)
+}
+
+/// A page of the entries `principal` may see (a tenant: its own tenant's),
+/// newest first: the API's and the dashboard's one reading of the filters.
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    query: ListAudit,
+) -> ApiResult<Page<AuditEntry>> {
     let limit = page_limit(query.limit)?;
     let tenant_id = match (principal.own_tenant(), query.tenant_id) {
         (None, wanted) => wanted,
@@ -173,5 +183,5 @@ async fn audit_list(
         .into_iter()
         .map(AuditEntry::try_from)
         .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(entries, limit, |e| e.id.clone())))
+    Ok(Page::from_rows(entries, limit, |e| e.id.clone()))
 }

@@ -102,9 +102,26 @@ async fn tokens_create(
     Path(tenant_id): Path<String>,
     ApiJson(input): ApiJson<CreateToken>,
 ) -> ApiResult<Response> {
+    let issued = create(&state, &principal, tenant_id, input).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(issued),
+    )
+        .into_response())
+}
+
+/// Issues a token for the tenant as `principal` (the admin): the API's and
+/// the dashboard's one way, so both validate and audit alike.
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: String,
+    input: CreateToken,
+) -> ApiResult<IssuedToken> {
     principal.require_admin()?;
     validate_name("name", &input.name)?;
-    require_tenant(&state, &tenant_id).await?;
+    require_tenant(state, &tenant_id).await?;
     let now = state.now();
     let token = format!(
         "{TENANT_TOKEN_PREFIX}{}",
@@ -118,7 +135,7 @@ async fn tokens_create(
         revoked_at: None,
     };
     // Tokens are not pushed to filters, so no config version.
-    let mut change = Change::begin_unpublished(&state, principal.label(), now).await?;
+    let mut change = Change::begin_unpublished(state, principal.label(), now).await?;
     tokens::insert(change.tx(), &view, &tenant_token_hash(&token)).await?;
     change
         .audit(Entry {
@@ -130,12 +147,7 @@ async fn tokens_create(
         })
         .await?;
     change.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(IssuedToken { view, token }),
-    )
-        .into_response())
+    Ok(IssuedToken { view, token })
 }
 
 /// List a tenant's tokens
@@ -159,10 +171,19 @@ async fn tokens_list(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
 ) -> ApiResult<Json<TokenList>> {
+    list(&state, &principal, &tenant_id).await.map(Json)
+}
+
+/// The tenant's tokens as `principal` (the admin) may see them.
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: &str,
+) -> ApiResult<TokenList> {
     principal.require_admin()?;
-    require_tenant(&state, &tenant_id).await?;
-    let items = tokens::of_tenant(&state.db, &tenant_id).await?;
-    Ok(Json(TokenList { items }))
+    require_tenant(state, tenant_id).await?;
+    let items = tokens::of_tenant(&state.db, tenant_id).await?;
+    Ok(TokenList { items })
 }
 
 /// Revoke a tenant token
@@ -190,19 +211,30 @@ async fn tokens_revoke(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    revoke(&state, &principal, &tenant_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes the tenant's token `id` as `principal` (the admin); the token as revoked.
+pub async fn revoke(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: &str,
+    id: &str,
+) -> ApiResult<TokenView> {
     principal.require_admin()?;
     let now = state.now();
-    let mut change = Change::begin_unpublished(&state, principal.label(), now).await?;
-    let revoked = tokens::revoke(change.tx(), &tenant_id, &id, &now.rfc3339())
+    let mut change = Change::begin_unpublished(state, principal.label(), now).await?;
+    let revoked = tokens::revoke(change.tx(), tenant_id, id, &now.rfc3339())
         .await?
-        .ok_or_else(|| ApiError::not_found("token", &id))?;
+        .ok_or_else(|| ApiError::not_found("token", id))?;
     // Dashboard sessions signed in with it end with it.
-    sessions::delete_of_token(change.tx(), &id).await?;
+    sessions::delete_of_token(change.tx(), id).await?;
     change
         .audit(Entry {
             action: "token.revoke",
-            resource_id: &id,
-            tenant_id: Some(&tenant_id),
+            resource_id: id,
+            tenant_id: Some(tenant_id),
             before: snapshot(&TokenView {
                 revoked_at: None,
                 ..revoked.clone()
@@ -211,5 +243,5 @@ async fn tokens_revoke(
         })
         .await?;
     change.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(revoked)
 }

@@ -161,11 +161,21 @@ async fn webhook_get(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
 ) -> ApiResult<Json<WebhookView>> {
-    visible_tenant(&principal, &state, &tenant_id).await?;
-    webhooks::find(&state.db, &tenant_id)
+    find(&state, &principal, &tenant_id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))
+}
+
+/// The tenant's webhook, without its secret, if `principal` sees the tenant
+/// (`None`: it has none).
+pub async fn find(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: &str,
+) -> ApiResult<Option<WebhookView>> {
+    visible_tenant(principal, state, tenant_id).await?;
+    webhooks::find(&state.db, tenant_id).await
 }
 
 /// Set a tenant's webhook
@@ -205,10 +215,27 @@ async fn webhook_set(
     Path(tenant_id): Path<String>,
     ApiJson(input): ApiJson<SetWebhook>,
 ) -> ApiResult<Response> {
+    let view = set(&state, &principal, tenant_id, input).await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// Sets the tenant's webhook as `principal` (the admin): the API's and the
+/// dashboard's one way. `secret` is set exactly when one was issued now.
+pub async fn set(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: String,
+    input: SetWebhook,
+) -> ApiResult<WebhookView> {
     principal.require_admin()?;
-    visible_tenant(&principal, &state, &tenant_id).await?;
+    visible_tenant(principal, state, &tenant_id).await?;
     validate_url(&input.url)?;
-    let mut change = begin_webhook_change(&state, &principal, &tenant_id).await?;
+    let mut change = begin_webhook_change(state, principal, &tenant_id).await?;
     let before = webhooks::find(&mut **change.tx(), &tenant_id).await?;
     let now = change.now().rfc3339();
     let secret = (before.is_none() || input.rotate_secret).then(new_secret);
@@ -243,12 +270,7 @@ async fn webhook_set(
         })
         .await?;
     change.commit().await?;
-    Ok((
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(WebhookView { secret, ..after }),
-    )
-        .into_response())
+    Ok(WebhookView { secret, ..after })
 }
 
 /// Remove a tenant's webhook
@@ -274,24 +296,30 @@ async fn webhook_delete(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    delete(&state, &principal, &tenant_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the tenant's webhook as `principal` (the admin).
+pub async fn delete(state: &AppState, principal: &Principal, tenant_id: &str) -> ApiResult<()> {
     principal.require_admin()?;
-    visible_tenant(&principal, &state, &tenant_id).await?;
-    let mut change = begin_webhook_change(&state, &principal, &tenant_id).await?;
-    let before = webhooks::find(&mut **change.tx(), &tenant_id)
+    visible_tenant(principal, state, tenant_id).await?;
+    let mut change = begin_webhook_change(state, principal, tenant_id).await?;
+    let before = webhooks::find(&mut **change.tx(), tenant_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("webhook of tenant", &tenant_id))?;
-    webhooks::delete(change.tx(), &tenant_id).await?;
+        .ok_or_else(|| ApiError::not_found("webhook of tenant", tenant_id))?;
+    webhooks::delete(change.tx(), tenant_id).await?;
     change
         .audit(Entry {
             action: "webhook.delete",
-            resource_id: &tenant_id,
-            tenant_id: Some(&tenant_id),
+            resource_id: tenant_id,
+            tenant_id: Some(tenant_id),
             before: snapshot(&before)?,
             after: None,
         })
         .await?;
     change.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Quota alerts and their delivery attempts
@@ -318,7 +346,20 @@ async fn deliveries_list(
     Path(tenant_id): Path<String>,
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> ApiResult<Json<Page<DeliveryView>>> {
-    visible_tenant(&principal, &state, &tenant_id).await?;
+    deliveries(&state, &principal, &tenant_id, query)
+        .await
+        .map(Json)
+}
+
+/// A page of the tenant's alerts with every attempt, newest first, as
+/// `principal` may see them.
+pub async fn deliveries(
+    state: &AppState,
+    principal: &Principal,
+    tenant_id: &str,
+    query: DeliveriesQuery,
+) -> ApiResult<Page<DeliveryView>> {
+    visible_tenant(principal, state, tenant_id).await?;
     let limit = page_limit(query.limit)?;
     if let Some(status) = &query.status {
         if !matches!(status.as_str(), "pending" | "delivered" | "failed") {
@@ -330,13 +371,13 @@ async fn deliveries_list(
         }
     }
     if let Some(after) = &query.after {
-        if !webhooks::event_exists(&state.db, &tenant_id, after).await? {
+        if !webhooks::event_exists(&state.db, tenant_id, after).await? {
             return Err(invalid_cursor());
         }
     }
     let rows = webhooks::events(
         &state.db,
-        &tenant_id,
+        tenant_id,
         query.status.as_deref(),
         query.after.as_deref(),
         limit + 1,
@@ -358,5 +399,5 @@ async fn deliveries_list(
             attempt_log,
         });
     }
-    Ok(Json(Page::from_rows(items, limit, |d| d.id.clone())))
+    Ok(Page::from_rows(items, limit, |d| d.id.clone()))
 }

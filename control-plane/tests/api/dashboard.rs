@@ -92,12 +92,16 @@ impl Browser {
 }
 
 /// The tables a refused form must leave as they were.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 9] = [
     "plans",
     "tenants",
     "api_keys",
     "audit_log",
     "dashboard_sessions",
+    "tenant_tokens",
+    "webhooks",
+    "webhook_events",
+    "webhook_attempts",
 ];
 
 fn assert_page(r: &Reply, status: StatusCode, contains: &str) {
@@ -117,6 +121,55 @@ fn assert_page(r: &Reply, status: StatusCode, contains: &str) {
 fn assert_redirect(r: &Reply, to: &str) {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     assert_eq!(r.headers[header::LOCATION], to);
+}
+
+/// A form refused with the API's status and `code`, its field marked.
+fn assert_refused(r: &Reply, status: StatusCode, code: &str) {
+    assert_page(r, status, code);
+    assert!(
+        r.text().contains("aria-invalid=\"true\""),
+        "{code}: the field is marked"
+    );
+}
+
+/// The plaintext a page shows once, in its `<output id="{id}">`.
+fn shown_once(r: &Reply, id: &str) -> String {
+    let text = r.text();
+    let start = text
+        .find(&format!("<output id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no {id} in {text}"));
+    text[start..]
+        .split('>')
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// The newest entry of `action` was made by `who` through a dashboard session.
+async fn assert_audited_from_dashboard(app: &Router, action: &str, who: &str) {
+    let entry = last_audit(app, action).await;
+    let actor = entry["actor"].as_str().unwrap_or_default();
+    assert!(
+        actor.starts_with(&format!("{who} via dashboard session ses_")),
+        "{action}: {actor}"
+    );
+}
+
+/// Counts use of the key as an Envoy reports it; `counts` is the batch's key entry.
+async fn report(app: &Router, batch_id: &str, counts: serde_json::Value) {
+    let batch = json!({"batch_id": batch_id, "keys": [counts]});
+    let body = batch.to_string();
+    let r = send(app, Method::POST, "/v1/usage", Some(SYNC), Some(&body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+/// The `href` of the page's link marked `rel="next"`, as a browser follows it.
+fn next_link(r: &Reply) -> Option<String> {
+    let text = r.text();
+    let end = text.find("\" rel=\"next\"")?;
+    let start = text[..end].rfind("href=\"")? + "href=\"".len();
+    Some(text[start..end].replace("&amp;", "&").replace("&#38;", "&"))
 }
 
 async fn signing_in_trades_the_token_for_a_session_cookie(backend: Backend) {
@@ -208,6 +261,10 @@ async fn every_page_is_sent_with_the_security_headers(backend: Backend) {
         format!("/dashboard/tenants/{tenant_id}"),
         format!("/dashboard/keys/{key_id}"),
         format!("/dashboard/keys/{key_id}?granularity=day"),
+        format!("/dashboard/tenants/{tenant_id}/tokens"),
+        format!("/dashboard/tenants/{tenant_id}/webhook"),
+        "/dashboard/anonymous".to_owned(),
+        "/dashboard/audit".to_owned(),
         "/dashboard/pricing".to_owned(),
         "/pricing".to_owned(),
         "/dashboard/keys/key_nope".to_owned(),
@@ -563,16 +620,7 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
         )
         .await;
     assert_page(&r, StatusCode::CREATED, "it will never be shown again");
-    let text = r.text();
-    let start = text.find("<output id=\"new-key\"").unwrap();
-    let key = text[start..]
-        .split('>')
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
+    let key = shown_once(&r, "new-key");
     assert!(key.starts_with("tg_"), "{key}");
     assert!(
         !browser.get(&location).await.text().contains(&key),
@@ -672,16 +720,8 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
     assert_page(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_form");
 
     // The quota bar follows what the Envoys report.
-    let report = json!({"batch_id": "u-1", "keys": [{"key_id": key_id, "allowed": 7, "cost": 7, "denied": {"rate_limited": 2}}]});
-    let r = send(
-        &app,
-        Method::POST,
-        "/v1/usage",
-        Some(SYNC),
-        Some(&report.to_string()),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let counts = json!({"key_id": key_id, "allowed": 7, "cost": 7, "denied": {"rate_limited": 2}});
+    report(&app, "u-1", counts).await;
     let page = browser.get(&format!("/dashboard/keys/{key_id}")).await;
     assert_page(&page, StatusCode::OK, "<span id=\"quota-used\">7</span>");
     assert!(page.text().contains("<svg class=\"chart\""), "the chart");
@@ -763,6 +803,7 @@ async fn a_tenant_sees_only_its_own_and_no_admin_actions(backend: Backend) {
         "/dashboard/plans",
         "/dashboard/tenants",
         "/dashboard/plans/new",
+        "/dashboard/anonymous",
     ] {
         assert_page(&browser.get(page).await, StatusCode::FORBIDDEN, "forbidden");
     }
@@ -870,6 +911,361 @@ async fn forms_in_other_encodings_get_a_clear_error_page(backend: Backend) {
     assert_eq!(row_counts(&state, &TABLES).await, before);
 }
 
+async fn tenant_tokens_are_issued_once_and_revoked_through_the_forms(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let browser = Browser::signed_in(&app, ADMIN).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let uri = format!("/dashboard/tenants/{tenant_id}/tokens");
+    assert_page(&browser.get(&uri).await, StatusCode::OK, "No tokens yet");
+    let tenant_page = browser
+        .get(&format!("/dashboard/tenants/{tenant_id}"))
+        .await;
+    assert!(tenant_page.text().contains(&uri), "linked from the tenant");
+
+    let before = row_counts(&state, &TABLES).await;
+    let long = "n".repeat(201);
+    for name in [" ", long.as_str()] {
+        let r = browser.post(&uri, &[("name", name)]).await;
+        assert_refused(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_name");
+    }
+    assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
+
+    let r = browser.post(&uri, &[("name", "billing portal")]).await;
+    assert_page(&r, StatusCode::CREATED, "it will never be shown again");
+    let token = shown_once(&r, "shown-once");
+    assert!(token.starts_with("tgt_"), "{token}");
+    assert_audited_from_dashboard(&app, "token.create", "admin").await;
+    let list = browser.get(&uri).await;
+    assert_page(&list, StatusCode::OK, "billing portal");
+    assert!(!list.text().contains(&token), "shown once");
+    let tokens = admin(
+        &app,
+        Method::GET,
+        &format!("/v1/tenants/{tenant_id}/tokens"),
+        None,
+    )
+    .await;
+    let token_id = tokens.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let revoke = format!("{uri}/{token_id}/revoke");
+
+    // The token signs its tenant in, and the tenant reaches none of this.
+    let tenant_browser = Browser::signed_in(&app, &token).await;
+    let own_page = tenant_browser
+        .get(&format!("/dashboard/tenants/{tenant_id}"))
+        .await;
+    assert!(
+        !own_page.text().contains(&uri),
+        "no tokens link for a tenant"
+    );
+    assert_page(
+        &tenant_browser.get(&uri).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let before = row_counts(&state, &TABLES).await;
+    for (target, form) in [(&uri, vec![("name", "mine")]), (&revoke, vec![])] {
+        let r = tenant_browser.post(target, &form).await;
+        assert_page(&r, StatusCode::FORBIDDEN, "forbidden");
+    }
+    assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
+
+    // Revoking ends the token and the sessions signed in with it.
+    assert_redirect(&browser.post(&revoke, &[]).await, &uri);
+    assert_audited_from_dashboard(&app, "token.revoke", "admin").await;
+    let list = browser.get(&uri).await;
+    assert_page(&list, StatusCode::OK, "Revoked");
+    assert!(!list.text().contains(&revoke), "no revoke button any more");
+    assert_redirect(&tenant_browser.get("/dashboard").await, "/dashboard/login");
+    assert_page(
+        &browser.post(&revoke, &[]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_page(
+        &browser.get("/dashboard/tenants/ten_nope/tokens").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+/// A webhook receiver on 127.0.0.1 that answers every alert 500.
+async fn failing_receiver() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = || async { StatusCode::INTERNAL_SERVER_ERROR };
+    let receiver = Router::new().route("/hook", axum::routing::post(answer));
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    format!("http://{addr}/hook")
+}
+
+async fn stored_secret(state: &tollgate_control_plane::AppState, tenant_id: &str) -> String {
+    sqlx::query_scalar("SELECT secret FROM webhooks WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(&state.db)
+        .await
+        .unwrap()
+}
+
+async fn the_webhook_is_set_rotated_removed_and_its_deliveries_shown(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let browser = Browser::signed_in(&app, ADMIN).await;
+    let metered = json!({"name": "Metered", "limits": [], "monthly_quota": 10});
+    let plan_id = create(&app, "/v1/plans", metered).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let uri = format!("/dashboard/tenants/{tenant_id}/webhook");
+    assert_page(&browser.get(&uri).await, StatusCode::OK, "No webhook");
+
+    let before = row_counts(&state, &TABLES).await;
+    for bad in [
+        "ftp://example.com/hook",
+        "not a url",
+        "https://user:pw@example.com/",
+    ] {
+        let r = browser.post(&uri, &[("url", bad)]).await;
+        assert_refused(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_webhook_url");
+    }
+    let r = browser.post(&uri, &[("url", "not a url")]).await;
+    assert!(r.text().contains("value=\"not a url\""), "as typed");
+    assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
+
+    // Created: the signing secret is in this answer only.
+    let url = failing_receiver().await;
+    let r = browser.post(&uri, &[("url", &url)]).await;
+    assert_page(&r, StatusCode::OK, "it will never be shown again");
+    let secret = shown_once(&r, "shown-once");
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert_eq!(stored_secret(&state, &tenant_id).await, secret);
+    assert_audited_from_dashboard(&app, "webhook.create", "admin").await;
+    let page = browser.get(&uri).await;
+    assert_page(&page, StatusCode::OK, &url);
+    assert!(!page.text().contains(&secret), "shown once");
+
+    // A new URL keeps the secret; rotating issues another, shown once.
+    let moved = format!("{url}/v2");
+    assert_redirect(&browser.post(&uri, &[("url", &moved)]).await, &uri);
+    assert_audited_from_dashboard(&app, "webhook.update", "admin").await;
+    assert_eq!(stored_secret(&state, &tenant_id).await, secret);
+    let r = browser
+        .post(&uri, &[("url", &url), ("rotate_secret", "on")])
+        .await;
+    let rotated = shown_once(&r, "shown-once");
+    assert_ne!(rotated, secret);
+    assert_eq!(stored_secret(&state, &tenant_id).await, rotated);
+
+    // An alert, and every attempt to deliver it: the receiver answers 500.
+    report(
+        &app,
+        "u-1",
+        json!({"key_id": key_id, "allowed": 8, "cost": 8}),
+    )
+    .await;
+    assert_page(&browser.get(&uri).await, StatusCode::OK, "not tried yet");
+    let client = tollgate_control_plane::webhooks::client();
+    let sent = tollgate_control_plane::webhooks::deliver_due(&state.db, &client, &*state.clock)
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    let page = browser.get(&uri).await;
+    assert_page(&page, StatusCode::OK, "80% of quota");
+    for shown in ["<strong>500</strong>", "pending", "1 attempts", &key_id] {
+        assert!(page.text().contains(shown), "{shown} in {}", page.text());
+    }
+    let delivered = browser.get(&format!("{uri}?status=delivered")).await;
+    assert_page(&delivered, StatusCode::OK, "No alert is in this state");
+    let bad = browser.get(&format!("{uri}?status=lost")).await;
+    assert_page(&bad, StatusCode::BAD_REQUEST, "invalid_query");
+
+    // The tenant reads its own, without the forms, and cannot forge them.
+    let token = tenant_token(&app, &tenant_id).await;
+    let tenant_browser = Browser::signed_in(&app, &token).await;
+    let page = tenant_browser.get(&uri).await;
+    assert_page(&page, StatusCode::OK, "<strong>500</strong>");
+    assert!(!page.text().contains("name=\"url\""), "no URL form");
+    assert!(!page.text().contains("Remove webhook"), "no removal");
+    let other = tenant(&app, &plan_id).await;
+    let before = row_counts(&state, &TABLES).await;
+    let r = tenant_browser
+        .post(&uri, &[("url", "https://evil.example/")])
+        .await;
+    assert_page(&r, StatusCode::FORBIDDEN, "forbidden");
+    let r = tenant_browser.post(&format!("{uri}/delete"), &[]).await;
+    assert_page(&r, StatusCode::FORBIDDEN, "forbidden");
+    let r = tenant_browser
+        .get(&format!("/dashboard/tenants/{other}/webhook"))
+        .await;
+    assert_page(&r, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
+
+    assert_redirect(&browser.post(&format!("{uri}/delete"), &[]).await, &uri);
+    assert_audited_from_dashboard(&app, "webhook.delete", "admin").await;
+    assert_page(&browser.get(&uri).await, StatusCode::OK, "No webhook");
+    let r = browser.post(&format!("{uri}/delete"), &[]).await;
+    assert_page(&r, StatusCode::NOT_FOUND, "not_found");
+}
+
+async fn anonymous_access_is_shown_and_replaced_through_the_form(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let browser = Browser::signed_in(&app, ADMIN).await;
+    let plan_id = plan(&app, None).await;
+    let uri = "/dashboard/anonymous";
+    assert_page(
+        &browser.get(uri).await,
+        StatusCode::OK,
+        "Off: every request needs a key",
+    );
+
+    let before = (row_counts(&state, &TABLES).await, version(&state).await);
+    let too_many = (0..33)
+        .map(|i| format!("GET /v1/r{i}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (routes, plan, code) in [
+        ("GET /v1/public", "", "invalid_anonymous_access"),
+        ("GET /v1/public", "plan_nope", "plan_not_found"),
+        (
+            too_many.as_str(),
+            plan_id.as_str(),
+            "invalid_anonymous_access",
+        ),
+    ] {
+        let r = browser
+            .post(uri, &[("routes", routes), ("plan_id", plan)])
+            .await;
+        assert_refused(&r, StatusCode::UNPROCESSABLE_ENTITY, code);
+        assert!(r.text().contains("GET /v1/"), "{code}: the routes as typed");
+    }
+    let after = (row_counts(&state, &TABLES).await, version(&state).await);
+    assert_eq!(after, before, "nothing written, nothing published");
+
+    let routes = "GET,head /v1/public\n/v1/docs";
+    let r = browser
+        .post(uri, &[("routes", routes), ("plan_id", &plan_id)])
+        .await;
+    assert_redirect(&r, uri);
+    assert_audited_from_dashboard(&app, "anonymous_access.update", "admin").await;
+    assert!(version(&state).await > before.1, "published to the Envoys");
+    let set = admin(&app, Method::GET, "/v1/anonymous-access", None).await;
+    assert_eq!(
+        set.body["routes"],
+        json!([{"methods": ["GET", "HEAD"], "path_prefix": "/v1/public"}, {"path_prefix": "/v1/docs"}])
+    );
+    assert_eq!(set.body["plan_id"], plan_id.as_str());
+    let page = browser.get(uri).await;
+    assert_page(&page, StatusCode::OK, "GET, HEAD");
+    assert!(page
+        .text()
+        .contains("GET,HEAD /v1/public\n/v1/docs</textarea>"));
+
+    // Admin only, as in the API.
+    let token = tenant_token(&app, &tenant(&app, &plan_id).await).await;
+    let tenant_browser = Browser::signed_in(&app, &token).await;
+    assert!(
+        !tenant_browser.get("/dashboard").await.text().contains(uri),
+        "no link"
+    );
+    let before = row_counts(&state, &TABLES).await;
+    assert_page(
+        &tenant_browser.get(uri).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let r = tenant_browser
+        .post(uri, &[("routes", ""), ("plan_id", "")])
+        .await;
+    assert_page(&r, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(row_counts(&state, &TABLES).await, before, "nothing written");
+
+    let r = browser.post(uri, &[("routes", ""), ("plan_id", "")]).await;
+    assert_redirect(&r, uri);
+    assert_page(
+        &browser.get(uri).await,
+        StatusCode::OK,
+        "Off: every request needs a key",
+    );
+}
+
+async fn the_audit_log_is_filtered_and_paged_with_before_and_after(backend: Backend) {
+    let (app, _) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let own = tenant(&app, &plan_id).await;
+    let other = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &own).await;
+    let rename = json!({"name": "renamed-tenant"});
+    let r = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/tenants/{own}"),
+        Some(rename),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let browser = Browser::signed_in(&app, ADMIN).await;
+
+    let page = browser.get("/dashboard/audit").await;
+    assert_page(&page, StatusCode::OK, "<code>plan.create</code>");
+    let text = page.text();
+    let at = |action: &str| text.find(&format!("<code>{action}</code>")).unwrap();
+    assert!(at("session.sign_in") < at("tenant.update"), "newest first");
+    assert!(at("tenant.update") < at("key.create"));
+    assert!(at("key.create") < at("plan.create"));
+    assert!(text.contains("<details>"), "before and after");
+    assert!(text.contains("<pre>{\n  "), "as indented JSON");
+    assert!(text.contains("renamed-tenant"));
+
+    // Filters: the API's own, sent as a GET form.
+    let filtered = browser
+        .get("/dashboard/audit?action=tenant.create&actor=")
+        .await;
+    assert_page(&filtered, StatusCode::OK, &other);
+    assert!(!filtered.text().contains("<code>plan.create</code>"));
+    let uri = format!("/dashboard/audit?resource_type=key&resource_id={key_id}");
+    let by_key = browser.get(&uri).await;
+    assert_page(&by_key, StatusCode::OK, "<code>key.create</code>");
+    assert!(!by_key.text().contains("<code>tenant.create</code>"));
+    assert!(
+        by_key.text().contains("<option value=\"key\" selected>"),
+        "kept"
+    );
+    let later = browser.get("/dashboard/audit?since=2099-01-01T00:00").await;
+    assert_page(&later, StatusCode::OK, "No entry matches these filters");
+    let r = browser.get("/dashboard/audit?since=yesterday").await;
+    assert_refused(&r, StatusCode::BAD_REQUEST, "invalid_query");
+
+    // Paging with the API's cursor, the filters kept.
+    let first = browser.get("/dashboard/audit?limit=2").await;
+    assert_eq!(first.text().matches("<th scope=\"row\">").count(), 2);
+    let next = next_link(&first).expect("a link to older entries");
+    assert!(
+        next.contains("limit=2") && next.contains("after=aud_"),
+        "{next}"
+    );
+    let second = browser.get(&next).await;
+    assert_page(&second, StatusCode::OK, "<code>key.create</code>");
+    assert!(!second.text().contains("<code>session.sign_in</code>"));
+    assert!(second.text().contains("Newest entries"));
+
+    // A tenant sees its own tenant's trail, and cannot ask for another's.
+    let token = tenant_token(&app, &own).await;
+    let tenant_browser = Browser::signed_in(&app, &token).await;
+    let page = tenant_browser.get("/dashboard/audit").await;
+    assert_page(&page, StatusCode::OK, "<code>key.create</code>");
+    assert!(!page.text().contains(&other), "not another tenant's");
+    assert!(!page.text().contains("<code>plan.create</code>"));
+    assert!(
+        !page.text().contains("name=\"tenant_id\""),
+        "no tenant filter"
+    );
+    let r = tenant_browser
+        .get(&format!("/dashboard/audit?tenant_id={other}"))
+        .await;
+    assert_page(&r, StatusCode::NOT_FOUND, "not_found");
+}
+
 on_both_databases!(
     signing_in_trades_the_token_for_a_session_cookie,
     every_page_is_sent_with_the_security_headers,
@@ -880,4 +1276,8 @@ on_both_databases!(
     a_tenant_sees_only_its_own_and_no_admin_actions,
     the_tier_comparison_is_public_and_lists_public_plans_only,
     forms_in_other_encodings_get_a_clear_error_page,
+    tenant_tokens_are_issued_once_and_revoked_through_the_forms,
+    the_webhook_is_set_rotated_removed_and_its_deliveries_shown,
+    anonymous_access_is_shown_and_replaced_through_the_form,
+    the_audit_log_is_filtered_and_paged_with_before_and_after,
 );
