@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use tollgate_e2e::browser::Browser;
 use tollgate_e2e::harness::{Stack, ADMIN_TOKEN};
@@ -71,7 +71,7 @@ async fn an_admin_and_a_tenant_run_keys_through_the_dashboard() {
     browser.submit("form[action$='/keys']").await;
     browser.wait_for("dialog#secret-dialog[open]").await;
     check_page(&browser, "key-issued").await;
-    let key = browser.text("#new-key").await.trim().to_owned();
+    let key = browser.text("#shown-once").await.trim().to_owned();
     assert!(key.starts_with("tg_"), "{key}");
     browser.grant_clipboard_read().await;
     browser.click("#copy-button").await;
@@ -136,21 +136,43 @@ async fn an_admin_and_a_tenant_run_keys_through_the_dashboard() {
     browser.wait_for("#tiers").await;
     check_page(&browser, "tiers").await;
 
+    // The tenant's token, issued in the page and shown once.
+    browser
+        .goto(&page(&format!("/dashboard/tenants/{tenant_id}/tokens")))
+        .await;
+    browser.fill("#token_name", "portal").await;
+    browser.submit("form:has(#token_name)").await;
+    browser.wait_for("dialog#secret-dialog[open]").await;
+    check_page(&browser, "token-issued").await;
+    let token = browser.text("#shown-once").await.trim().to_owned();
+    assert!(token.starts_with("tgt_"), "{token}");
+
+    // Its webhook, anonymous access and the audit log, where the
+    // dashboard's changes are signed with its session.
+    browser
+        .goto(&page(&format!("/dashboard/tenants/{tenant_id}/webhook")))
+        .await;
+    browser
+        .fill(
+            "#url",
+            &format!("http://127.0.0.1:{}/hooks", stack.upstream_port),
+        )
+        .await;
+    browser.submit("form:has(#url)").await;
+    browser.wait_for("#webhook-url").await;
+    check_page(&browser, "webhook").await;
+    browser.goto(&page("/dashboard/anonymous")).await;
+    browser.wait_for("#routes").await;
+    check_page(&browser, "anonymous").await;
+    browser.goto(&page("/dashboard/audit")).await;
+    browser.wait_for("#audit").await;
+    browser.wait_for_text("via dashboard session").await;
+    check_page(&browser, "audit").await;
+
     // A tenant signs in with its token and sees only its own.
     let other = stack
         .tenant_on_plan(json!({"name": "m", "max": 10, "window_seconds": 60}))
         .await;
-    let token = stack
-        .admin(
-            Method::POST,
-            &format!("/v1/tenants/{tenant_id}/tokens"),
-            Some(json!({"name": "portal"})),
-        )
-        .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     browser.click_button("Sign out").await;
     browser.wait_for("#token").await;
     browser.sign_in(&base, &token).await;
@@ -166,6 +188,9 @@ async fn an_admin_and_a_tenant_run_keys_through_the_dashboard() {
     let html = html.as_str().unwrap_or_default();
     assert!(!html.contains("Delete tenant") && !html.contains("id=\"plan_id\""));
     check_page(&browser, "tenant-self-service").await;
+    browser.goto(&page("/dashboard/audit")).await;
+    browser.wait_for("#audit").await;
+    check_page(&browser, "tenant-audit").await;
     browser
         .goto(&page(&format!("/dashboard/tenants/{other}")))
         .await;

@@ -4,7 +4,7 @@
 //! key pages (`keys`), which use the tenant's page to answer a new key.
 
 use crate::clock::Now;
-use crate::dashboard::page::{allowance, count, when, PageError};
+use crate::dashboard::page::{allowance, count, when, PageError, ShownOnce};
 use crate::routes::tenants::TenantView;
 use crate::state::AppState;
 use crate::store::usage::{self, truncated};
@@ -100,11 +100,16 @@ pub struct KeyDraft {
     pub allowed_cidrs: String,
 }
 
-/// A key just issued: the only time its plaintext is on a page.
-pub struct NewSecret {
-    pub key_id: String,
-    pub name: String,
-    pub key: String,
+/// A key just issued, for the show-once dialog: the only time its plaintext
+/// is on a page, with a way on to the key's own page.
+pub fn shown_key(issued: crate::routes::keys::IssuedKey) -> ShownOnce {
+    ShownOnce {
+        what: "key",
+        heading: format!("Your new key “{}”", issued.view.name),
+        kept: "Tollgate keeps only its hash.",
+        link: Some(format!("/dashboard/keys/{}", issued.view.id)),
+        value: issued.key,
+    }
 }
 
 /// The states a key is in at `now`.

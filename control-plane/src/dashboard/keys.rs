@@ -15,8 +15,10 @@ use crate::auth::Principal;
 use crate::clock::Now;
 use crate::dashboard::chart::{stacked_bars, ChartPoint};
 use crate::dashboard::form::{scopes_of, utc_of_field, FormData};
-use crate::dashboard::key_list::{badges, Badge, KeyDraft, NewSecret, StatusFilter};
-use crate::dashboard::page::{count, render, when, Chrome, Flash, PageError, PageResult};
+use crate::dashboard::key_list::{badges, shown_key, Badge, KeyDraft, StatusFilter};
+use crate::dashboard::page::{
+    count, render, when, Chrome, Flash, PageError, PageResult, ShownOnce,
+};
 use crate::dashboard::session::Signed;
 use crate::dashboard::tenants::tenant_page;
 use crate::error::ApiError;
@@ -78,11 +80,7 @@ pub async fn create(
     let filter = StatusFilter::All;
     match api::create(&state, &signed.principal, &tenant_id, input).await {
         Ok(issued) => {
-            let secret = NewSecret {
-                key_id: issued.view.id.clone(),
-                name: issued.view.name.clone(),
-                key: issued.key,
-            };
+            let secret = shown_key(issued);
             let mut page = tenant_page(
                 &state,
                 &signed.principal,
@@ -154,7 +152,7 @@ struct KeyPage {
     usage: Vec<UsageRow>,
     audit: Vec<AuditLine>,
     grace: Vec<(u64, &'static str)>,
-    secret: Option<NewSecret>,
+    shown: Option<ShownOnce>,
     flash: Option<Flash>,
 }
 
@@ -163,7 +161,7 @@ async fn key_page(
     principal: &Principal,
     id: &str,
     daily: bool,
-    secret: Option<NewSecret>,
+    shown: Option<ShownOnce>,
     flash: Option<Flash>,
 ) -> PageResult {
     let row = keys::find(&state.db, id)
@@ -284,7 +282,7 @@ async fn key_page(
         usage,
         audit: trail,
         grace: GRACE_CHOICES.to_vec(),
-        secret,
+        shown,
         flash,
         key: view,
     };
@@ -359,12 +357,8 @@ pub async fn rotate(
             ApiError::invalid("invalid_form", "Choose how long the old key keeps working.")
         })?;
     let issued = api::rotate(&state, &signed.principal, &id, RotateKey { grace_seconds }).await?;
-    let secret = NewSecret {
-        key_id: issued.view.id.clone(),
-        name: issued.view.name.clone(),
-        key: issued.key,
-    };
-    let new_id = secret.key_id.clone();
+    let new_id = issued.view.id.clone();
+    let secret = shown_key(issued);
     let mut page = key_page(
         &state,
         &signed.principal,

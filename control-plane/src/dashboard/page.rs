@@ -55,6 +55,8 @@ pub struct ShownOnce {
     pub heading: String,
     /// What Tollgate keeps of it, so the warning is true for each kind.
     pub kept: &'static str,
+    /// Where to go on to once it is copied (a new key's page), if anywhere.
+    pub link: Option<String>,
     pub value: String,
 }
 

@@ -12,9 +12,9 @@ use tollgate_core::period::quota_period;
 
 use crate::auth::Principal;
 use crate::dashboard::form::{parse_number, FormData};
-use crate::dashboard::key_list::{self as keys, KeyLine, NewSecret, StatusFilter};
+use crate::dashboard::key_list::{self as keys, KeyLine, StatusFilter};
 use crate::dashboard::page::{
-    allowance, count, render, when, Chrome, Flash, PageError, PageResult,
+    allowance, count, render, when, Chrome, Flash, PageError, PageResult, ShownOnce,
 };
 use crate::dashboard::session::Signed;
 use crate::error::ApiError;
@@ -70,7 +70,7 @@ pub struct TenantPage {
     filter: StatusFilter,
     flash: Option<Flash>,
     /// A key just issued: its plaintext, shown in this response only.
-    secret: Option<NewSecret>,
+    shown: Option<ShownOnce>,
     /// The key form as typed, when it was refused.
     key_form: keys::KeyDraft,
 }
@@ -231,7 +231,7 @@ pub async fn tenant_page(
     id: &str,
     filter: StatusFilter,
     flash: Option<Flash>,
-    secret: Option<NewSecret>,
+    shown: Option<ShownOnce>,
     key_form: keys::KeyDraft,
 ) -> PageResult {
     if !principal.sees(id) {
@@ -272,7 +272,7 @@ pub async fn tenant_page(
         key_count,
         filter,
         flash,
-        secret,
+        shown,
         key_form,
         tenant,
     };

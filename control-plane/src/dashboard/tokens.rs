@@ -104,6 +104,7 @@ pub async fn create(
     match api::create(&state, &signed.principal, id.clone(), input).await {
         Ok(issued) => {
             let shown = ShownOnce {
+                link: None,
                 what: "token",
                 heading: format!("The new token “{}”", issued.view.name),
                 kept: "Tollgate keeps only its hash.",

@@ -217,6 +217,7 @@ pub async fn set(
             ..
         }) => {
             let shown = ShownOnce {
+                link: None,
                 what: "signing secret",
                 heading: "The webhook's signing secret".to_owned(),
                 kept: "Every alert is signed with it (Tollgate-Signature); check that signature with it.",

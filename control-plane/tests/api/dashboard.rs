@@ -620,7 +620,7 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
         )
         .await;
     assert_page(&r, StatusCode::CREATED, "it will never be shown again");
-    let key = shown_once(&r, "new-key");
+    let key = shown_once(&r, "shown-once");
     assert!(key.starts_with("tg_"), "{key}");
     assert!(
         !browser.get(&location).await.text().contains(&key),
