@@ -55,6 +55,9 @@ async fn an_admin_and_a_tenant_run_keys_through_the_dashboard() {
     browser.submit("form.stack").await;
     browser.wait_for_text("1\u{202f}000 per hour").await;
     check_page(&browser, "plans").await;
+    browser.click("th a[href^='/dashboard/plans/plan_']").await;
+    browser.wait_for_text("Edit plan").await;
+    check_page(&browser, "plan-edit").await;
 
     // A tenant on it.
     browser.goto(&page("/dashboard/tenants")).await;

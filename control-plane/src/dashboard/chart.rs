@@ -4,11 +4,11 @@
 
 use std::fmt::Write;
 
-/// One bar: requests let through and refused in one hour or day.
+/// One bar: its label and how many requests each series had in it, in the
+/// order of the chart's series (allowed first, then refusals by reason).
 pub struct ChartPoint {
     pub label: String,
-    pub allowed: u64,
-    pub denied: u64,
+    pub counts: Vec<u64>,
 }
 
 const WIDTH: u32 = 720;
@@ -17,6 +17,12 @@ const LEFT: u32 = 48;
 const BOTTOM: u32 = 28;
 const TOP: u32 = 12;
 
+/// Series colours, distinct for the common kinds of colour blindness, with
+/// the legend naming each, so no series is told by colour alone.
+const COLOURS: [&str; 6] = [
+    "#0b5cad", "#a40e26", "#b35c00", "#6a3d9a", "#1b7e5a", "#57606a",
+];
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -24,15 +30,16 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Stacked bars, allowed below refused, with the largest total on the axis.
+/// The colour of series `i` (the last colour for any beyond the palette).
+pub fn colour(i: usize) -> &'static str {
+    COLOURS.get(i).copied().unwrap_or("#57606a")
+}
+
+/// Bars of `series` stacked bottom up, with the largest total on the axis.
 /// `title_id` names the element that describes the chart.
-pub fn stacked_bars(points: &[ChartPoint], title_id: &str) -> String {
-    let max = points
-        .iter()
-        .map(|p| p.allowed.saturating_add(p.denied))
-        .max()
-        .unwrap_or(0)
-        .max(1);
+pub fn stacked_bars(series: &[String], points: &[ChartPoint], title_id: &str) -> String {
+    let total = |p: &ChartPoint| p.counts.iter().fold(0u64, |a, n| a.saturating_add(*n));
+    let max = points.iter().map(total).max().unwrap_or(0).max(1);
     let plot_w = WIDTH - LEFT - 8;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let n = u32::try_from(points.len()).unwrap_or(u32::MAX).max(1);
@@ -55,22 +62,17 @@ pub fn stacked_bars(points: &[ChartPoint], title_id: &str) -> String {
     let every = (points.len() / 6).max(1);
     for (i, p) in points.iter().enumerate() {
         let x = f64::from(LEFT) + slot * i as f64 + (slot - bar) / 2.0;
-        let allowed_h = scale(p.allowed);
-        let denied_h = scale(p.denied);
-        let allowed_y = f64::from(base) - allowed_h;
-        let denied_y = allowed_y - denied_h;
-        let _ = write!(
-            svg,
-            r##"<rect x="{x:.1}" y="{allowed_y:.1}" width="{bar:.1}" height="{allowed_h:.1}" fill="#0b5cad"><title>{label}: {a} allowed</title></rect>"##,
-            label = escape(&p.label),
-            a = p.allowed
-        );
-        if p.denied > 0 {
+        let mut top = f64::from(base);
+        for (s, count) in p.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let h = scale(*count);
+            top -= h;
+            let name = series.get(s).map_or("", String::as_str);
             let _ = write!(
                 svg,
-                r##"<rect x="{x:.1}" y="{denied_y:.1}" width="{bar:.1}" height="{denied_h:.1}" fill="#a40e26"><title>{label}: {d} refused</title></rect>"##,
+                r#"<rect x="{x:.1}" y="{top:.1}" width="{bar:.1}" height="{h:.1}" fill="{fill}"><title>{label}: {count} {name}</title></rect>"#,
+                fill = colour(s),
                 label = escape(&p.label),
-                d = p.denied
+                name = escape(name),
             );
         }
         if i % every == 0 {
@@ -90,39 +92,42 @@ pub fn stacked_bars(points: &[ChartPoint], title_id: &str) -> String {
 mod tests {
     use super::*;
 
+    fn series() -> Vec<String> {
+        vec!["allowed".into(), "rate_limited".into()]
+    }
+
     #[test]
-    fn bars_are_scaled_to_the_largest_total_and_labels_escaped() {
+    fn bars_stack_each_series_and_scale_to_the_largest_total() {
         let points = [
             ChartPoint {
                 label: "10:00".into(),
-                allowed: 30,
-                denied: 10,
+                counts: vec![30, 10],
             },
             ChartPoint {
                 label: "<11>".into(),
-                allowed: 20,
-                denied: 0,
+                counts: vec![20, 0],
             },
         ];
-        let svg = stacked_bars(&points, "t");
+        let svg = stacked_bars(&series(), &points, "t");
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(
             svg.contains(">40</text>"),
             "the axis shows the largest total"
         );
         assert!(svg.contains("10:00: 30 allowed"));
-        assert!(svg.contains("10:00: 10 refused"));
+        assert!(svg.contains("10:00: 10 rate_limited"));
+        assert!(svg.contains(&format!("fill=\"{}\"", colour(1))));
         assert!(svg.contains("&lt;11&gt;") && !svg.contains("<11>"));
         assert_eq!(
-            svg.matches("refused</title>").count(),
+            svg.matches("rate_limited</title>").count(),
             1,
-            "no empty refused bar"
+            "no empty bar"
         );
     }
 
     #[test]
     fn an_empty_chart_is_still_a_picture() {
-        let svg = stacked_bars(&[], "t");
+        let svg = stacked_bars(&series(), &[], "t");
         assert!(svg.contains(">1</text>"));
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::clock::Now;
-use crate::dashboard::chart::{stacked_bars, ChartPoint};
+use crate::dashboard::chart::{self, stacked_bars, ChartPoint};
 use crate::dashboard::form::{scopes_of, utc_of_field, FormData};
 use crate::dashboard::key_list::{badges, shown_key, Badge, KeyDraft, StatusFilter};
 use crate::dashboard::page::{
@@ -118,6 +118,12 @@ pub struct KeyQuery {
 }
 
 /// One row of the usage table.
+/// A series of the chart as its legend names it.
+pub struct LegendEntry {
+    pub name: String,
+    pub colour: &'static str,
+}
+
 pub struct UsageRow {
     pub start: String,
     pub allowed: String,
@@ -149,6 +155,7 @@ struct KeyPage {
     resets: String,
     daily: bool,
     chart: String,
+    legend: Vec<LegendEntry>,
     usage: Vec<UsageRow>,
     audit: Vec<AuditLine>,
     grace: Vec<(u64, &'static str)>,
@@ -203,17 +210,39 @@ async fn key_page(
             start.get(11..16).unwrap_or(start).to_owned()
         }
     };
+    // The series: what was allowed, then each reason requests were refused
+    // for in this span; each with its colour in the legend.
+    let mut reasons: Vec<String> = points
+        .iter()
+        .flat_map(|p| p.denied.keys().cloned())
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    let series: Vec<String> = std::iter::once("allowed".to_owned())
+        .chain(reasons.iter().cloned())
+        .collect();
     // Every hour (day) of the span gets its slot, so a quiet one shows as
     // a gap rather than disappearing.
     let chart_points: Vec<ChartPoint> = slots(now, daily)
         .into_iter()
         .map(|start| {
             let point = points.iter().find(|p| p.start == start);
+            let denied =
+                |reason: &String| point.map_or(0, |p| p.denied.get(reason).copied().unwrap_or(0));
             ChartPoint {
                 label: label(&start),
-                allowed: point.map_or(0, |p| p.allowed),
-                denied: point.map_or(0, |p| p.denied.values().sum()),
+                counts: std::iter::once(point.map_or(0, |p| p.allowed))
+                    .chain(reasons.iter().map(denied))
+                    .collect(),
             }
+        })
+        .collect();
+    let legend = series
+        .iter()
+        .enumerate()
+        .map(|(i, name)| LegendEntry {
+            name: name.clone(),
+            colour: chart::colour(i),
         })
         .collect();
     let usage = points
@@ -278,7 +307,8 @@ async fn key_page(
         quota_raw: quota.quota.unwrap_or(0),
         resets: when(&quota.period_end),
         daily,
-        chart: stacked_bars(&chart_points, "chart-caption"),
+        chart: stacked_bars(&series, &chart_points, "chart-caption"),
+        legend,
         usage,
         audit: trail,
         grace: GRACE_CHOICES.to_vec(),

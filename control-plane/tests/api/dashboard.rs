@@ -726,6 +726,10 @@ async fn tenants_and_keys_are_managed_through_the_forms(backend: Backend) {
     assert_page(&page, StatusCode::OK, "<span id=\"quota-used\">7</span>");
     assert!(page.text().contains("<svg class=\"chart\""), "the chart");
     assert!(
+        page.text().contains(": 2 rate_limited</title>"),
+        "refusals stacked by reason"
+    );
+    assert!(
         page.text().contains("rate_limited 2"),
         "the table of the chart"
     );
