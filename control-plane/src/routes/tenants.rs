@@ -23,7 +23,7 @@ use crate::paging::{invalid_cursor, page_limit, Page};
 use crate::state::AppState;
 use crate::store::audit::Entry;
 pub use crate::store::tenants::TenantView;
-use crate::store::{keys, plans, tenants};
+use crate::store::{keys, plans, sessions, tenants};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -389,6 +389,8 @@ pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> ApiRes
     };
     // Deleting a tenant revokes all its keys, at every filter too.
     keys::delete_of_tenant(change.tx(), id, version, &now.rfc3339()).await?;
+    // Its dashboard sessions end with it.
+    sessions::delete_of_tenant(change.tx(), id).await?;
     tenants::delete(change.tx(), id, &now.rfc3339()).await?;
     change
         .audit(Entry {

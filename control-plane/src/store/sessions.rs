@@ -97,3 +97,12 @@ pub async fn delete_of_token(tx: &mut Tx, token_id: &str) -> Result<u64, sqlx::E
     .await
     .map(|done| done.rows_affected())
 }
+
+/// Ends every session of tenant `tenant_id`, as the tenant is deleted.
+pub async fn delete_of_tenant(tx: &mut Tx, tenant_id: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query("DELETE FROM dashboard_sessions WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected())
+}
