@@ -84,9 +84,11 @@ impl Bucket {
                 level_after: self.level - need,
             }
         } else if need > capacity(limit) {
-            // Can never fit: say "one full window" rather than forever.
+            // Can never fit: say "once the bucket is full" rather than
+            // forever. That is the policy's `w` (see [`fill_ms`]), so the
+            // `t` of a refusing policy never exceeds its `w`.
             Check::Deny {
-                wait_ms: limit.window_ms(),
+                wait_ms: fill_ms(limit),
             }
         } else {
             Check::Deny {
@@ -116,24 +118,29 @@ impl Bucket {
     }
 }
 
-/// Whole seconds, rounded up, for `Retry-After` and reset headers.
+/// Milliseconds a bucket takes to refill from empty: `burst × window ÷ max`,
+/// rounded up; exactly the window when the burst is `max`.
+pub fn fill_ms(limit: &Limit) -> u64 {
+    clamp_u64(div_ceil(capacity(limit), u128::from(limit.max.max(1))))
+}
+
+/// The largest integer an HTTP structured field may carry (RFC 9651,
+/// section 3.3.1), about 31.7 million years in seconds. A burst of 10^12 at
+/// one per 366 days takes longer than that to refill; saying so in a larger
+/// number would make clients drop the whole header as malformed.
+pub const MAX_HEADER_SECONDS: u64 = 999_999_999_999_999;
+
+/// Whole seconds, rounded up and at most [`MAX_HEADER_SECONDS`], for
+/// `Retry-After` and the `w` and `t` of rate-limit headers. Every one of them
+/// goes through here, so they round alike and never disagree.
 pub fn ceil_seconds(ms: u64) -> u64 {
-    ms.div_ceil(1000)
+    ms.div_ceil(1000).min(MAX_HEADER_SECONDS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limit(max: u64, window_seconds: u64, burst: u64) -> Limit {
-        Limit {
-            name: "l".into(),
-            max,
-            window_seconds,
-            max_tokens: burst,
-            scope: Default::default(),
-        }
-    }
+    use crate::testing::bucket_limit as limit;
 
     fn consume(b: &mut Bucket, l: &Limit, cost: u64, now: u64) -> bool {
         let r = b.refilled(l, now);
@@ -210,10 +217,26 @@ mod tests {
     }
 
     #[crate::testing::test]
-    fn cost_above_capacity_waits_a_window_not_forever() {
+    fn cost_above_capacity_waits_a_refill_not_forever() {
+        // 1 per minute, burst 2: two minutes from empty to full.
         let l = limit(1, 60, 2);
         let b = Bucket::full(&l, 0);
-        assert_eq!(b.check(&l, 3), Check::Deny { wait_ms: 60_000 });
+        assert_eq!(b.check(&l, 3), Check::Deny { wait_ms: 120_000 });
+        // Without a burst that is the window, as it always was.
+        let l = limit(5, 60, 5);
+        assert_eq!(
+            Bucket::full(&l, 0).check(&l, 6),
+            Check::Deny { wait_ms: 60_000 }
+        );
+    }
+
+    #[crate::testing::test]
+    fn fill_time_is_burst_over_rate_rounded_up() {
+        assert_eq!(fill_ms(&limit(1, 1, 3)), 3_000);
+        assert_eq!(fill_ms(&limit(5, 60, 7)), 84_000);
+        assert_eq!(fill_ms(&limit(3, 1, 4)), 1_334);
+        assert_eq!(fill_ms(&limit(10, 60, 10)), 60_000);
+        assert_eq!(ceil_seconds(u64::MAX), MAX_HEADER_SECONDS);
     }
 
     #[crate::testing::test]

@@ -3,7 +3,16 @@
 //! Rate-limit headers follow the IETF httpapi draft (`RateLimit-Policy` and
 //! `RateLimit`, one item per policy) plus the widely used `X-RateLimit-*` trio,
 //! which describes the most constrained policy. Denials are problem+json.
+//!
+//! A token bucket of `max` per `window_seconds` with a burst is not a quota
+//! per window, so it is described by what a client can observe of it (see
+//! [`bucket_status`]): `q` is the burst, `w` the seconds it takes to refill
+//! from empty, `r` the whole tokens in it and `t` the seconds until it is
+//! full again. Then `r ≤ q` and `t ≤ w` always hold, and a bucket without a
+//! burst reads exactly as "`max` per `window_seconds`".
 
+use crate::bucket::{ceil_seconds, fill_ms, Bucket};
+use crate::config::Limit;
 use crate::decide::{Allowed, Denied, DenyReason, PolicyStatus};
 use crate::json::write::{push_decimal, push_json_string};
 
@@ -25,6 +34,29 @@ pub fn upstream_headers(allowed: &Allowed) -> Vec<(&'static str, &str)> {
     }
     out.push((UPSTREAM_PLAN, allowed.plan_name.as_str()));
     out
+}
+
+/// How a limit's bucket appears in the headers.
+///
+/// `q` is the burst, not `max`: a full bucket holds the burst, so with
+/// `q = max` a client would read `r > q` and compute a negative use.
+/// `w` is then the time the bucket takes to refill from empty,
+/// `burst × window_seconds ÷ max` seconds, so `q / w` is still the refill
+/// rate. It is rounded up: `w` must be whole seconds (and never 0), and a
+/// client pacing itself at `q / w` then never outruns the refill; rounding
+/// down would overstate the rate (burst 4 at 3 per second would read 4 per
+/// second). `t` is rounded the same way from the same clock, so `t ≤ w`.
+/// With no burst (burst == max) this is `q = max`, `w = window_seconds`.
+pub fn bucket_status(limit: &Limit, bucket: &Bucket) -> PolicyStatus {
+    PolicyStatus {
+        name: limit.name.clone(),
+        quota: limit.max_tokens,
+        window_seconds: ceil_seconds(fill_ms(limit)).max(1),
+        // A bucket is refilled (capped at its burst) before it is looked at;
+        // the `min` makes `r ≤ q` this function's promise, not the caller's.
+        remaining: bucket.remaining(limit).min(limit.max_tokens),
+        reset_seconds: ceil_seconds(bucket.ms_until_full(limit)),
+    }
 }
 
 /// The names of [`RateLimitHeaders`], in order.
@@ -204,6 +236,7 @@ fn problem_json(denied: &Denied) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::bucket_limit as limit;
 
     fn p(name: &str, quota: u64, w: u64, r: u64, t: u64) -> PolicyStatus {
         PolicyStatus {
@@ -248,6 +281,184 @@ mod tests {
                 ("x-ratelimit-reset", "10"),
             ]
         );
+    }
+
+    /// `[q, w, r, t]` of a bucket of `limit` after `taken` tokens at `at_ms`,
+    /// looked at `later_ms` after.
+    fn described(limit: &Limit, taken: u64, later_ms: u64) -> [u64; 4] {
+        let at_ms = 1_700_000_000_000;
+        let full = Bucket::full(limit, at_ms);
+        let bucket = match full.check(limit, taken) {
+            crate::bucket::Check::Admit { level_after } => Bucket {
+                level: level_after,
+                ..full
+            },
+            crate::bucket::Check::Deny { .. } => full,
+        }
+        .refilled(limit, at_ms + later_ms);
+        let s = bucket_status(limit, &bucket);
+        [s.quota, s.window_seconds, s.remaining, s.reset_seconds]
+    }
+
+    #[crate::testing::test]
+    fn a_bucket_without_a_burst_reads_as_max_per_window() {
+        // 10 per minute: a token every 6 s.
+        let l = limit(10, 60, 10);
+        assert_eq!(described(&l, 0, 0), [10, 60, 10, 0]);
+        assert_eq!(described(&l, 3, 0), [10, 60, 7, 18]);
+        assert_eq!(described(&l, 3, 6_000), [10, 60, 8, 12]);
+        assert_eq!(described(&l, 10, 0), [10, 60, 0, 60]);
+        assert_eq!(described(&limit(1, 3600, 1), 1, 0), [1, 3600, 0, 3600]);
+    }
+
+    #[crate::testing::test]
+    fn a_burst_above_max_is_the_quota_and_its_refill_time_the_window() {
+        // 1 per second, burst 3: 3 at once, empty to full in 3 s.
+        let l = limit(1, 1, 3);
+        assert_eq!(described(&l, 0, 0), [3, 3, 3, 0]);
+        assert_eq!(described(&l, 1, 0), [3, 3, 2, 1]);
+        assert_eq!(described(&l, 3, 0), [3, 3, 0, 3]);
+        // 1 per hour, burst 3 (the end-to-end tests' key): q=3, w=3 h.
+        assert_eq!(described(&limit(1, 3600, 3), 2, 0), [3, 10_800, 1, 7_200]);
+        // 5 per minute, burst 7: 7 × 60 ÷ 5 = 84 s.
+        assert_eq!(described(&limit(5, 60, 7), 7, 0), [7, 84, 0, 84]);
+        assert_eq!(described(&limit(5, 60, 7), 1, 0), [7, 84, 6, 12]);
+    }
+
+    #[crate::testing::test]
+    fn a_burst_below_max_is_the_quota_too() {
+        // 60 per minute, burst 3: the refill rate is still 1 per second.
+        assert_eq!(described(&limit(60, 60, 3), 1, 0), [3, 3, 2, 1]);
+        // 10 per second, burst 2: refills in 0.2 s, said as 1 s (never 0).
+        assert_eq!(described(&limit(10, 1, 2), 2, 0), [2, 1, 0, 1]);
+        assert_eq!(described(&limit(10, 1, 2), 2, 200), [2, 1, 2, 0]);
+    }
+
+    #[crate::testing::test]
+    fn fractional_refill_times_round_up() {
+        // 4 ÷ 3 per second = 1.33 s; rounding down would claim 4 per second.
+        assert_eq!(described(&limit(3, 1, 4), 0, 0)[..2], [4, 2]);
+        // 3 × 10 ÷ 7 = 4.29 s.
+        assert_eq!(described(&limit(7, 10, 3), 3, 0), [3, 5, 0, 5]);
+        // 1,000,000 per second, burst 1: a microsecond, said as 1 s.
+        assert_eq!(described(&limit(1_000_000, 1, 1), 1, 0), [1, 1, 0, 1]);
+    }
+
+    #[crate::testing::test]
+    fn very_large_windows_stay_valid_structured_field_integers() {
+        use crate::bucket::MAX_HEADER_SECONDS;
+        use crate::config::{MAX_TOKENS, MAX_WINDOW_SECONDS};
+        // A burst of 10^12 at 1 per 366 days: 3.2 × 10^19 s to refill, more
+        // than a u64 and than a header may say.
+        let huge = limit(1, MAX_WINDOW_SECONDS, MAX_TOKENS);
+        let [q, w, r, t] = described(&huge, 1, 0);
+        assert_eq!([q, w, r], [MAX_TOKENS, MAX_HEADER_SECONDS, MAX_TOKENS - 1]);
+        assert_eq!(t, MAX_WINDOW_SECONDS);
+        let [_, w, _, t] = described(&huge, MAX_TOKENS, 0);
+        assert_eq!((w, t), (MAX_HEADER_SECONDS, MAX_HEADER_SECONDS));
+        // No burst: the window as it is.
+        let year = limit(MAX_TOKENS, MAX_WINDOW_SECONDS, MAX_TOKENS);
+        assert_eq!(
+            described(&year, MAX_TOKENS, 0),
+            [MAX_TOKENS, MAX_WINDOW_SECONDS, 0, MAX_WINDOW_SECONDS]
+        );
+        let h = RateLimitHeaders::of(&[bucket_status(&huge, &Bucket::full(&huge, 0))]);
+        assert_eq!(
+            h.iter().next(),
+            Some((
+                "ratelimit-policy",
+                "\"l\";q=1000000000000;w=999999999999999"
+            ))
+        );
+    }
+
+    /// splitmix64: a fixed, dependency-free stream of test values.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        /// In `1..=top`, spread over magnitudes so small and huge values both come up.
+        fn up_to(&mut self, top: u64) -> u64 {
+            let bits = self.next() % 64;
+            let v = self.next() >> bits;
+            v % top + 1
+        }
+    }
+
+    #[crate::testing::test]
+    fn over_random_buckets_r_never_exceeds_q_nor_t_w() {
+        use crate::bucket::{Check, MAX_HEADER_SECONDS};
+        use crate::config::{MAX_TOKENS, MAX_WINDOW_SECONDS};
+        let mut rng = Rng(20);
+        let mut with_burst = 0;
+        for _ in 0..20_000 {
+            let max = rng.up_to(MAX_TOKENS);
+            let window = rng.up_to(MAX_WINDOW_SECONDS);
+            let burst = match rng.next() % 3 {
+                0 => max,
+                _ => rng.up_to(MAX_TOKENS),
+            };
+            let l = limit(max, window, burst);
+            let capacity = u128::from(burst) * u128::from(window) * 1000;
+            // Any level, up to twice the capacity (a bucket not yet capped).
+            let level =
+                (u128::from(rng.next()) << 64 | u128::from(rng.next())) % (2 * capacity + 1);
+            let bucket = Bucket {
+                level,
+                last_fill_ms: 0,
+            };
+            let s = bucket_status(&l, &bucket);
+            // Formatted only on a failure: 20,000 rounds also run on wasm32.
+            let context = || format!("{l:?} {bucket:?} {s:?}");
+            assert!(s.remaining <= s.quota, "{}", context());
+            assert!(s.reset_seconds <= s.window_seconds, "{}", context());
+            assert!(
+                (1..=MAX_HEADER_SECONDS).contains(&s.window_seconds),
+                "{}",
+                context()
+            );
+            assert_eq!(s.quota, burst, "{}", context());
+            if burst == max {
+                assert_eq!(
+                    s.window_seconds,
+                    window.min(MAX_HEADER_SECONDS),
+                    "{}",
+                    context()
+                );
+            } else {
+                with_burst += 1;
+            }
+            // A refusal's wait, which a refusing policy's `t` and
+            // `Retry-After` are made of, is within `w` too.
+            let cost = rng.up_to(burst.saturating_mul(2));
+            if let Check::Deny { wait_ms } = bucket.check(&l, cost) {
+                assert!(
+                    ceil_seconds(wait_ms) <= s.window_seconds,
+                    "{} {cost}",
+                    context()
+                );
+            }
+            let h = RateLimitHeaders::of(core::slice::from_ref(&s));
+            let x = |name: &str| -> u64 {
+                h.iter()
+                    .find(|(n, _)| *n == name)
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap()
+            };
+            assert!(
+                x("x-ratelimit-remaining") <= x("x-ratelimit-limit"),
+                "{}",
+                context()
+            );
+        }
+        assert!(with_burst > 10_000);
     }
 
     #[crate::testing::test]

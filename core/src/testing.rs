@@ -11,6 +11,7 @@ use std::fmt::Debug;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::config::Limit;
 use crate::json::{from_slice, to_vec, FromJson, ToJson};
 use crate::key::{ApiKey, KeyHash};
 use crate::layout::apply_sync;
@@ -36,6 +37,17 @@ pub fn limit(name: &str, max: u64, window_seconds: u64) -> WireLimit {
         max,
         window_seconds,
         burst: None,
+        scope: LimitScope::Key,
+    }
+}
+
+/// A limit as the filter enforces it, named "l", for the bucket arithmetic.
+pub fn bucket_limit(max: u64, window_seconds: u64, burst: u64) -> Limit {
+    Limit {
+        name: "l".into(),
+        max,
+        window_seconds,
+        max_tokens: burst,
         scope: LimitScope::Key,
     }
 }

@@ -278,11 +278,15 @@ async fn an_istio_shaped_envoy_runs_the_pulled_filter_exactly_and_leaves_its_nei
     eprintln!("new key usable through the Istio-shaped Envoy after {took:?}");
     let ok = sidecar.with_key(&key).await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    // q = the burst, w = its refill time from empty (10 × 3600 ÷ 1 s), so
+    // r (8 of 10 left) never exceeds q.
     assert_eq!(
         ok.header("ratelimit-policy"),
-        Some("\"per-hour\";q=1;w=3600")
+        Some("\"per-hour\";q=10;w=36000")
     );
     assert_eq!(ok.header("ratelimit"), Some("\"per-hour\";r=8;t=7200"));
+    assert_eq!(ok.header("x-ratelimit-limit"), Some("10"));
+    assert_eq!(ok.header("x-ratelimit-remaining"), Some("8"));
     assert!(ok.body["headers"]["x-api-key"].is_null());
     assert!(ok.body["headers"]["x-api-key-id"].is_string());
     let neighbour_before: u64 = ok

@@ -50,12 +50,15 @@ async fn keyed_requests_pass_then_throttle_then_stop_when_deactivated() {
         )
         .await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    // A bucket is described as q = its burst and w = the seconds it takes
+    // to refill from empty, burst × window ÷ max rounded up: 3 × 3600 ÷ 1.
+    // Two tokens taken, one left, full again in 2 × 3600 s: r ≤ q always.
     assert_eq!(
         ok.header("ratelimit-policy"),
-        Some("\"per-hour\";q=1;w=3600")
+        Some("\"per-hour\";q=3;w=10800")
     );
     assert_eq!(ok.header("ratelimit"), Some("\"per-hour\";r=1;t=7200"));
-    assert_eq!(ok.header("x-ratelimit-limit"), Some("1"));
+    assert_eq!(ok.header("x-ratelimit-limit"), Some("3"));
     assert_eq!(ok.header("x-ratelimit-remaining"), Some("1"));
     assert_eq!(ok.header("x-ratelimit-reset"), Some("7200"));
     let seen = &ok.body["headers"];
@@ -96,11 +99,21 @@ async fn keyed_requests_pass_then_throttle_then_stop_when_deactivated() {
     assert!((1..=3600).contains(&retry), "retry-after {retry}");
     assert_eq!(limited.body["violated-policies"], json!(["per-hour"]));
     assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
+    // Retry-After, the refusing policy's t, X-RateLimit-Reset and the
+    // body's retry_after are one number: when the request would pass.
     assert_eq!(
         limited.header("ratelimit"),
         Some(format!("\"per-hour\";r=0;t={retry}").as_str())
     );
-    assert!(limited.header("ratelimit-policy").is_some());
+    assert_eq!(
+        limited.header("x-ratelimit-reset"),
+        Some(retry.to_string().as_str())
+    );
+    assert_eq!(limited.body["retry_after"], retry);
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        Some("\"per-hour\";q=3;w=10800")
+    );
 
     let patched = stack
         .admin(

@@ -11,6 +11,7 @@ use crate::bucket::{ceil_seconds, Bucket, Check};
 use crate::config::{Limit, QUOTA_POLICY};
 use crate::layout::{read_for_update, BucketEntry, QuotaCount};
 use crate::period::Period;
+use crate::response::bucket_status;
 use crate::store::{SetError, SharedStore};
 
 use super::PolicyStatus;
@@ -93,39 +94,30 @@ impl Ledger<'_> {
         }
     }
 
-    /// The buckets after consuming `cost`, or which policies refuse and how long until they would not.
-    fn judge(
-        &self,
-        look: &Look,
-        cost: u64,
-        now_ms: u64,
-    ) -> Result<Vec<Bucket>, (Vec<String>, u64)> {
+    /// The buckets after consuming `cost`, or which policies refuse, each
+    /// with how long until it would not.
+    fn judge(&self, look: &Look, cost: u64, now_ms: u64) -> Result<Vec<Bucket>, Vec<Violation>> {
         let mut after = Vec::with_capacity(look.buckets.len());
         let mut violated = Vec::new();
-        let mut wait_ms = 0u64;
         for (limit, bucket) in self.limits.iter().zip(&look.buckets) {
             match bucket.check(limit, cost) {
                 Check::Admit { level_after } => after.push(Bucket {
                     level: level_after,
                     last_fill_ms: bucket.last_fill_ms,
                 }),
-                Check::Deny { wait_ms: w } => {
-                    violated.push(limit.name.clone());
-                    wait_ms = wait_ms.max(w);
-                }
+                Check::Deny { wait_ms } => violated.push((limit.name.clone(), wait_ms)),
             }
         }
         if let Some(quota) = &self.quota {
             let used = look.own_used.saturating_add(look.others_used);
             if cost > 0 && used.saturating_add(cost) > quota.max {
-                violated.push(QUOTA_POLICY.to_owned());
-                wait_ms = wait_ms.max(quota.period.ms_left(now_ms));
+                violated.push((QUOTA_POLICY.to_owned(), quota.period.ms_left(now_ms)));
             }
         }
         if violated.is_empty() {
             Ok(after)
         } else {
-            Err((violated, wait_ms))
+            Err(violated)
         }
     }
 
@@ -140,7 +132,7 @@ impl Ledger<'_> {
             .limits
             .iter()
             .zip(buckets)
-            .map(|(l, b)| status(l, b))
+            .map(|(l, b)| bucket_status(l, b))
             .collect();
         if let Some(quota) = &self.quota {
             let used = own_used.saturating_add(others_used);
@@ -213,25 +205,14 @@ pub(super) enum Consumed {
     Contended,
 }
 
-fn status(limit: &Limit, bucket: &Bucket) -> PolicyStatus {
-    PolicyStatus {
-        name: limit.name.clone(),
-        quota: limit.max,
-        window_seconds: limit.window_seconds,
-        remaining: bucket.remaining(limit),
-        reset_seconds: ceil_seconds(bucket.ms_until_full(limit)),
-    }
-}
+/// A policy that refuses a request, and the milliseconds until it would admit it.
+type Violation = (String, u64);
 
-/// The policies of every ledger as they stand, with the refusing ones'
-/// reset set to the wait.
-fn refused(
-    ledgers: &[Ledger],
-    looks: &[Look],
-    violated: Vec<String>,
-    wait_ms: u64,
-    now_ms: u64,
-) -> Consumed {
+/// The policies of every ledger as they stand, each refusing one's `t` set
+/// to its own wait. The request waits for the longest of them (what
+/// `Retry-After` says), but giving that to every refusing policy would
+/// tell a per-second limit's `t` in days, past its `w`.
+fn refused(ledgers: &[Ledger], looks: &[Look], violated: Vec<Violation>, now_ms: u64) -> Consumed {
     let mut policies: Vec<PolicyStatus> = ledgers
         .iter()
         .zip(looks)
@@ -240,13 +221,19 @@ fn refused(
         })
         .collect();
     for p in &mut policies {
-        if violated.contains(&p.name) {
-            p.reset_seconds = ceil_seconds(wait_ms).max(1);
+        let wait = violated
+            .iter()
+            .filter(|(name, _)| *name == p.name)
+            .map(|(_, wait)| *wait)
+            .max();
+        if let Some(wait) = wait {
+            p.reset_seconds = ceil_seconds(wait).max(1);
         }
     }
+    let wait_ms = violated.iter().map(|(_, wait)| *wait).max().unwrap_or(0);
     Consumed::Refused {
         policies,
-        violated,
+        violated: violated.into_iter().map(|(name, _)| name).collect(),
         wait_ms,
     }
 }
@@ -272,16 +259,14 @@ pub(super) fn consume(
     'attempt: for _ in 0..MAX_CAS_ATTEMPTS {
         let looks: Vec<Look> = ledgers.iter().map(|l| l.look(store, now_ms)).collect();
         let mut violated = Vec::new();
-        let mut wait_ms = 0;
         for (ledger, look) in ledgers.iter().zip(&looks) {
-            if let Err((names, wait)) = ledger.judge(look, cost, now_ms) {
-                violated.extend(names);
-                wait_ms = u64::max(wait_ms, wait);
+            if let Err(refusing) = ledger.judge(look, cost, now_ms) {
+                violated.extend(refusing);
             }
         }
         if !violated.is_empty() {
             // Nothing is written: a refused request consumes from no window.
-            return refused(ledgers, &looks, violated, wait_ms, now_ms);
+            return refused(ledgers, &looks, violated, now_ms);
         }
         let mut policies = Vec::new();
         // Each write is guarded by its look's CAS token, so the looks just
@@ -296,13 +281,13 @@ pub(super) fn consume(
             loop {
                 let after = match ledger.judge(&look, cost, now_ms) {
                     Ok(after) => after,
-                    Err((names, wait)) => {
+                    Err(refusing) => {
                         for earlier in ledgers.iter().take(i) {
                             earlier.refund(store, cost, now_ms);
                         }
                         let looks: Vec<Look> =
                             ledgers.iter().map(|l| l.look(store, now_ms)).collect();
-                        return refused(ledgers, &looks, names, wait, now_ms);
+                        return refused(ledgers, &looks, refusing, now_ms);
                     }
                 };
                 let own_used = look.own_used.saturating_add(cost);

@@ -140,17 +140,20 @@ impl DenyReason {
     }
 }
 
-/// One rate-limit policy's state, for the response headers.
+/// One rate-limit policy's state, for the response headers. A bucket is
+/// described by [`crate::response::bucket_status`]; `remaining` never exceeds
+/// `quota` and `reset_seconds` never exceeds `window_seconds`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyStatus {
     pub name: String,
-    /// Requests per window.
+    /// `q`: the most the policy holds at once (a bucket's burst, the quota's size).
     pub quota: u64,
+    /// `w`: the seconds a bucket takes to refill from empty, or the quota's period.
     pub window_seconds: u64,
-    /// Whole requests left now.
+    /// `r`: whole requests (cost units) left now.
     pub remaining: u64,
-    /// Seconds until the policy is fully replenished (or, for a policy that
-    /// denied, until the request would be admitted).
+    /// `t`: seconds until the policy is back to `quota` (or, for a policy that
+    /// refused, until it would admit the request).
     pub reset_seconds: u64,
 }
 

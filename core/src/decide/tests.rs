@@ -113,10 +113,11 @@ fn allowed_carries_identity_and_policies() {
     );
     assert_eq!(
         a.policies,
+        // Burst 3 at 1 per second: 3 held, empty to full in 3 s.
         vec![PolicyStatus {
             name: "per-minute".into(),
-            quota: 60,
-            window_seconds: 60,
+            quota: 3,
+            window_seconds: 3,
             remaining: 2,
             reset_seconds: 1,
         }]
@@ -177,6 +178,39 @@ fn retry_after_comes_from_the_denying_policy() {
     };
     assert_eq!(d.violated, vec!["per-minute".to_owned()]);
     assert_eq!(d.retry_after, Some(60));
+}
+
+#[crate::testing::test]
+fn each_refusing_policy_says_its_own_wait_and_retry_after_the_longest() {
+    let (store, k) = store_with(
+        vec![limit("per-second", 1, 1), limit("per-minute", 1, 60)],
+        true,
+    );
+    assert!(reason(&run(&store, k.expose(), T0)).is_none());
+    let Decision::Deny(d) = run(&store, k.expose(), T0 + 400) else {
+        panic!()
+    };
+    assert_eq!(
+        d.violated,
+        vec!["per-second".to_owned(), "per-minute".to_owned()]
+    );
+    let t: Vec<_> = d.policies.iter().map(|p| p.reset_seconds).collect();
+    // Not 60 for both: a per-second limit's `t` stays within its `w` of 1.
+    assert_eq!(t, [1, 60]);
+    assert_eq!(d.retry_after, Some(60));
+    assert_eq!(
+        d.detail,
+        "Rate limit per-second, per-minute exceeded; retry in 60 s."
+    );
+    let reply = crate::response::local_reply(&d);
+    let headers: Vec<_> = reply.headers().collect();
+    assert!(headers.contains(&("retry-after", "60")));
+    assert!(headers.contains(&(
+        "ratelimit",
+        "\"per-second\";r=0;t=1, \"per-minute\";r=0;t=60"
+    )));
+    assert!(headers.contains(&("x-ratelimit-reset", "60")));
+    assert!(reply.body.contains("\"retry_after\":60}"));
 }
 
 #[crate::testing::test]
