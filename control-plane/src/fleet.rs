@@ -162,8 +162,7 @@ impl Registry {
                 None => (true, seen.applied_version.is_some()),
                 Some(w) => {
                     let moved = w.sighting.applied_version != seen.applied_version;
-                    let aged =
-                        now.unix_ms().saturating_sub(w.at_ms) >= self.config.write_every_ms;
+                    let aged = now.unix_ms().saturating_sub(w.at_ms) >= self.config.write_every_ms;
                     (moved || aged || w.sighting != seen, moved)
                 }
             }

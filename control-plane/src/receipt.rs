@@ -235,7 +235,10 @@ mod tests {
         assert_eq!(parse_wait("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_wait("30s").unwrap(), MAX_WAIT);
         for bad in ["31s", "5", "soon", "", "-1s"] {
-            assert_eq!(parse_wait(bad).unwrap_err().code, "invalid_wait_for_propagation");
+            assert_eq!(
+                parse_wait(bad).unwrap_err().code,
+                "invalid_wait_for_propagation"
+            );
         }
     }
 

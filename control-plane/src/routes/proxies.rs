@@ -65,7 +65,10 @@ pub struct ProxyList {
     ),
     security(("admin_token" = [])),
 )]
-async fn proxy_list(principal: Principal, State(state): State<AppState>) -> ApiResult<Json<ProxyList>> {
+async fn proxy_list(
+    principal: Principal,
+    State(state): State<AppState>,
+) -> ApiResult<Json<ProxyList>> {
     principal.require_admin()?;
     list(&state).await.map(Json)
 }

@@ -67,7 +67,11 @@ pub async fn list(db: &Db, since_ms: i64) -> Result<Vec<ProxyRow>, sqlx::Error> 
 }
 
 /// Records that the change `tx` is commits `version` at `now_ms`.
-pub async fn record_version_time(tx: &mut Tx, version: i64, now_ms: i64) -> Result<(), sqlx::Error> {
+pub async fn record_version_time(
+    tx: &mut Tx,
+    version: i64,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO config_version_times (version, committed_ms) VALUES ($1, $2)")
         .bind(version)
         .bind(now_ms)
