@@ -72,11 +72,13 @@ pub fn headers(host: &impl Host, now: u64) -> Vec<(&'static str, String)> {
         return out;
     };
     out.push((INSTANCE_HEADER, header_value(&instance)));
-    for (name, path) in [
-        (NODE_HEADER, ["node", "id"]),
-        (CLUSTER_HEADER, ["node", "cluster"]),
-    ] {
-        if let Some(value) = host.property(&path) {
+    for (name, field) in [(NODE_HEADER, "id"), (CLUSTER_HEADER, "cluster")] {
+        // Wasm's own `node` attribute first, then the generic `xds.node`.
+        let value = host
+            .property(&["node", field])
+            .filter(|v| !v.is_empty())
+            .or_else(|| host.property(&["xds", "node", field]));
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
             out.push((name, header_value(&value)));
         }
     }

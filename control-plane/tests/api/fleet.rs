@@ -143,7 +143,7 @@ async fn every_write_answers_with_its_version_and_its_propagation_can_be_read(ba
     );
 
     // Writes that publish nothing carry no version.
-    let tenant_id = tenant(&app, &r.body["id"].as_str().unwrap().to_owned()).await;
+    let tenant_id = tenant(&app, r.body["id"].as_str().unwrap()).await;
     let uri = format!("/v1/tenants/{tenant_id}/tokens");
     let t = admin(&app, Method::POST, &uri, Some(json!({"name": "portal"}))).await;
     assert_eq!(t.status, StatusCode::CREATED);
