@@ -9,6 +9,7 @@
 //! unrecorded. Changes the Envoys never see (tenant tokens, webhooks) are
 //! [`Change<Unpublished>`]: audited like the rest, with no config version.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -20,7 +21,14 @@ use crate::db::{self, Tx};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::audit::{self, Entry};
-use crate::store::feed;
+use crate::store::{feed, proxies};
+
+tokio::task_local! {
+    /// The config version the request being served committed, for
+    /// `receipt::receipts` to answer with: set by [`Change::commit`], so
+    /// every write that publishes carries it without its handler saying so.
+    pub static COMMITTED: Cell<Option<i64>>;
+}
 
 /// A change every Envoy learns of, under the config version it claimed.
 pub struct Published {
@@ -39,6 +47,9 @@ pub trait Feed {
 impl Feed for Published {
     fn published(&self) {
         AppState::publish_to(&self.versions, self.version);
+        // Outside a request (the seed, a test calling a handler's function)
+        // there is no receipt to write.
+        let _ = COMMITTED.try_with(|c| c.set(c.get().max(Some(self.version))));
     }
 }
 
@@ -60,6 +71,7 @@ impl Change<Published> {
     pub async fn begin(state: &AppState, actor: impl Into<String>, now: Now) -> ApiResult<Self> {
         let mut tx = state.db.begin().await?;
         let version = feed::claim_version(&mut tx, db::is_postgres(&state.db)).await?;
+        proxies::record_version_time(&mut tx, version, now.db_ms()).await?;
         Ok(Self {
             tx,
             actor: actor.into(),

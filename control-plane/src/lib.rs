@@ -9,9 +9,10 @@
 
 //!
 //! The modules, from the bottom up: `clock`, `db` and `error`; `store`, the
-//! SQL of every resource; `state`, with `metrics` and `throttle`; `change`,
-//! the envelope every write goes through; `auth`, `extract`, `input`,
-//! `paging`, `docs` and `middleware`, what handlers share; `routes`, one
+//! SQL of every resource; `state`, with `metrics`, `throttle` and `fleet`
+//! (the proxy registry); `change`, the envelope every write goes through;
+//! `auth`, `extract`, `input`, `paging`, `docs`, `middleware` and `receipt`
+//! (the config version a write answers with), what handlers share; `routes`, one
 //! module per resource; and `openapi`, the document that lists them. The
 //! background work (`webhooks`, `replicas`) and `seed` sit beside `routes`;
 //! `dashboard`, the pages over the same operations, sits above them.
@@ -25,11 +26,13 @@ pub mod db;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod fleet;
 pub mod input;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod paging;
+pub mod receipt;
 pub mod replicas;
 pub mod routes;
 pub mod seed;
@@ -51,7 +54,10 @@ pub use crate::state::AppState;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn app(state: AppState) -> Router {
+    // Receipts inside authentication: a wait is parsed only for a caller
+    // who may write, and a change's version only exists once it committed.
     let admin = routes::mounted(Mount::Admin)
+        .route_layer(from_fn_with_state(state.clone(), receipt::receipts))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest(

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, Now, SystemClock};
 use crate::db::Db;
+use crate::fleet::{FleetConfig, Registry};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::throttle::{AdminLimiter, ThrottleConfig};
@@ -62,6 +63,8 @@ pub struct AppState {
     pub standings_page: usize,
     /// Most keys one `/v1/sync` response carries; more are paged with `next`.
     pub sync_page: usize,
+    /// The proxy registry's thresholds, write-through memory and wake-ups.
+    pub fleet: Arc<Registry>,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
             metrics_token: None,
             standings_page: store::usage::MAX_STANDINGS,
             sync_page: store::feed::SYNC_PAGE_KEYS,
+            fleet: Arc::new(Registry::default()),
         }
     }
 
@@ -113,6 +117,12 @@ impl AppState {
     /// The same state with `/v1/sync` paged at `keys` keys (tests use small pages).
     pub fn with_sync_page(mut self, keys: usize) -> Self {
         self.sync_page = keys.max(1);
+        self
+    }
+
+    /// The same state with the proxy registry's thresholds set to `config`.
+    pub fn with_fleet(mut self, config: FleetConfig) -> Self {
+        self.fleet = Arc::new(Registry::new(config));
         self
     }
 

@@ -39,6 +39,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/keys/{id}/rotate"),
     ("GET", "/v1/keys/{id}/usage"),
     ("GET", "/v1/plans"),
+    ("GET", "/v1/proxies"),
+    ("GET", "/v1/propagation/{version}"),
     ("POST", "/v1/plans"),
     ("GET", "/v1/plans/{id}"),
     ("PATCH", "/v1/plans/{id}"),

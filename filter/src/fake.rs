@@ -20,6 +20,7 @@ pub struct Sent {
     pub path: String,
     pub token_header: String,
     pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -32,6 +33,8 @@ pub struct FakeHost {
     pub stats: RefCell<Vec<Event>>,
     /// Makes `dispatch` fail, as Envoy does for an unknown cluster.
     pub refuse_dispatch: Cell<bool>,
+    /// Envoy's attributes, by path joined with dots (`node.id`).
+    pub properties: RefCell<BTreeMap<String, String>>,
 }
 
 impl FakeHost {
@@ -39,6 +42,14 @@ impl FakeHost {
         let host = Self::default();
         host.queues.borrow_mut().insert(QUEUE, VecDeque::new());
         host
+    }
+
+    /// The header `name` of a call as sent.
+    pub fn header<'a>(sent: &'a Sent, name: &str) -> Option<&'a str> {
+        sent.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The calls sent since the last look, taken.
@@ -87,6 +98,11 @@ impl Host for FakeHost {
             path: call.path.to_owned(),
             token_header: call.token.to_owned(),
             body: call.body.unwrap_or_default().to_vec(),
+            headers: call
+                .headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.clone()))
+                .collect(),
         });
         Ok(token)
     }
@@ -111,5 +127,9 @@ impl Host for FakeHost {
 
     fn stat(&self, event: Event) {
         self.stats.borrow_mut().push(event);
+    }
+
+    fn property(&self, path: &[&str]) -> Option<String> {
+        self.properties.borrow().get(&path.join(".")).cloned()
     }
 }

@@ -26,6 +26,8 @@ pub struct Call<'a> {
     pub token: &'a str,
     /// Sent with `content-type: application/json` when present.
     pub body: Option<&'a [u8]>,
+    /// More headers: the proxy's identity (`crate::identity`).
+    pub headers: &'a [(&'static str, String)],
     pub timeout_ms: u64,
 }
 
@@ -49,6 +51,8 @@ pub trait Host: SharedStore {
     fn dequeue(&self, queue: u32) -> Option<Vec<u8>>;
     /// Bits for a new reporter identity.
     fn random(&self) -> u64;
+    /// An Envoy attribute as text (`["node", "id"]`), `None` if absent.
+    fn property(&self, path: &[&str]) -> Option<String>;
     /// A stats event (`crate::metrics`).
     fn stat(&self, event: crate::metrics::Event);
 }
@@ -88,6 +92,7 @@ impl Host for Proxy {
         if call.body.is_some() {
             headers.push(("content-type", "application/json"));
         }
+        headers.extend(call.headers.iter().map(|(n, v)| (*n, v.as_str())));
         hostcalls::dispatch_http_call(
             call.cluster,
             headers,
@@ -117,6 +122,11 @@ impl Host for Proxy {
 
     fn stat(&self, event: crate::metrics::Event) {
         crate::metrics::record(event);
+    }
+
+    fn property(&self, path: &[&str]) -> Option<String> {
+        let raw = hostcalls::get_property(path.to_vec()).ok()??;
+        String::from_utf8(raw).ok()
     }
 }
 

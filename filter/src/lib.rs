@@ -38,6 +38,7 @@ mod fake;
 pub mod headers;
 pub mod host;
 pub mod http;
+pub mod identity;
 pub mod lease;
 pub mod metrics;
 pub mod report;

@@ -28,6 +28,7 @@ use tollgate_core::wire::UsageReceipt;
 use crate::call::Pacing;
 use crate::config::SyncConfig;
 use crate::host::{Answer, Call, Host};
+use crate::identity;
 use crate::metrics::Event;
 
 pub use tollgate_core::layout::USAGE_QUEUE;
@@ -137,6 +138,7 @@ impl Reporter {
             self.back_off(host, config, now);
             return;
         };
+        let identity = identity::headers(host, now);
         let call = Call {
             cluster: &config.cluster,
             method: "POST",
@@ -145,6 +147,7 @@ impl Reporter {
             token: &config.token,
             body: Some(&batch.body),
             timeout_ms: TIMEOUT_MS,
+            headers: &identity,
         };
         match host.dispatch(&call) {
             Ok(token) => {

@@ -21,6 +21,7 @@ use tollgate_core::wire::SyncResponse;
 use crate::call::Pacing;
 use crate::config::SyncConfig;
 use crate::host::{Answer, Call, Host};
+use crate::identity;
 use crate::metrics::Event;
 
 const MAX_BACKOFF_MS: u64 = 2_000;
@@ -85,6 +86,7 @@ impl SyncLoop {
             path.push_str("&after=");
             path.push_str(after);
         }
+        let identity = identity::headers(host, now);
         let call = Call {
             cluster: &config.cluster,
             method: "GET",
@@ -93,6 +95,7 @@ impl SyncLoop {
             token: &config.token,
             body: None,
             timeout_ms: Self::timeout_ms(config),
+            headers: &identity,
         };
         match host.dispatch(&call) {
             Ok(token) => self.pacing.sent(token, now),

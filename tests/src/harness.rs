@@ -291,7 +291,11 @@ impl Stack {
                 "--disable-hot-restart",
                 "--log-level",
                 "info",
+                "--service-cluster",
+                "tollgate-e2e",
             ])
+            // Its node id is its log's name: the proxy registry lists it so.
+            .args(["--service-node", name])
             .envs(env.iter().copied());
         let process = self.spawn(&format!("Envoy ({name})"), command, &format!("{name}.log"));
         until_ready(process, admin_port, "/ready").await
@@ -409,6 +413,15 @@ impl Stack {
         if let Some(process) = self.control_plane.take() {
             process.stop();
         }
+    }
+
+    /// The process ids of the Envoys, the first one's first (to freeze one).
+    pub fn envoy_pids(&self) -> Vec<u32> {
+        self.envoy
+            .iter()
+            .chain(&self.more_envoys)
+            .map(Process::pid)
+            .collect()
     }
 
     pub fn envoy_url(&self, path: &str) -> String {

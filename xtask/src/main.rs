@@ -65,20 +65,36 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The commit being built (short), which the filter names itself by in the
+/// proxy registry; `None` outside a git checkout.
+fn git_commit() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
+}
+
 /// Builds [`filter_wasm`], as `cargo xtask build` does.
 pub fn build_filter() -> Result {
     install::binaryen()?;
-    run(
-        "build filter.wasm",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "tollgate-filter",
-            "--target",
-            "wasm32-wasip1",
-        ]),
-    )?;
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "tollgate-filter",
+        "--target",
+        "wasm32-wasip1",
+    ]);
+    // Read by `option_env!` in filter/src/identity.rs: cargo rebuilds the
+    // filter when it changes, and a build without it says `unknown`.
+    if let Some(commit) = git_commit() {
+        build.env("TOLLGATE_BUILD_COMMIT", commit);
+    }
+    run("build filter.wasm", &mut build)?;
     wasm::ship(&wasm::built_filter(), &filter_wasm())
 }
 

@@ -22,7 +22,11 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Result<Resp
     if let Some(token) = &state.metrics_token {
         auth::check(request.headers(), token)?;
     }
-    let body = state.metrics.render(*state.versions.borrow());
+    let current = *state.versions.borrow();
+    let mut body = state.metrics.render(current);
+    // The registry is in the database, so every replica reports the whole fleet.
+    let proxies = state.fleet.list(&state.db, current, state.now()).await?;
+    crate::fleet::render_metrics(&mut body, &proxies);
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod health;
 pub mod keys;
 pub mod plans;
+pub mod proxies;
 pub mod sync;
 pub mod tenants;
 pub mod tokens;
@@ -46,7 +47,7 @@ pub struct Resource {
 }
 
 /// Every resource, in the order the document lists their tags.
-pub const RESOURCES: [Resource; 12] = [
+pub const RESOURCES: [Resource; 13] = [
     Resource {
         mount: Mount::Admin,
         router: plans::router,
@@ -81,6 +82,11 @@ pub const RESOURCES: [Resource; 12] = [
         mount: Mount::Admin,
         router: webhooks::router,
         api: <webhooks::Api as utoipa::OpenApi>::openapi,
+    },
+    Resource {
+        mount: Mount::Admin,
+        router: proxies::router,
+        api: <proxies::Api as utoipa::OpenApi>::openapi,
     },
     Resource {
         mount: Mount::Public,

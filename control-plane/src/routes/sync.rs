@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -19,6 +19,7 @@ use crate::auth::SyncCaller;
 use crate::docs::{ServerError, Unauthorized, PROBLEM_JSON};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiQuery;
+use crate::fleet::ProxyHeaders;
 use crate::state::AppState;
 use crate::store::feed::{self, SyncCursor};
 
@@ -61,11 +62,13 @@ pub struct SyncParams {
 /// has passed (then with nothing new). At most 20000 keys an answer: when
 /// `next` is present, ask again with the same `since` and `after=<next>`,
 /// and hold `version` as applied only once an answer without `next` arrived.
+/// The `Tollgate-Proxy-*` headers name the Envoy in the proxy registry
+/// (`GET /v1/proxies`); without them the poll is served all the same.
 #[utoipa::path(
     get,
     path = "/v1/sync",
     tag = "sync",
-    params(SyncParams),
+    params(SyncParams, ProxyHeaders),
     responses(
         (status = 200, description = "What changed after `since`, and the version it adds up to.", body = SyncResponse),
         (status = 400, description = "`invalid_query` (unknown parameter, not a number, `wait_ms` over 60000, an `after` that is no `next`).",
@@ -78,6 +81,7 @@ pub struct SyncParams {
 async fn sync_poll(
     _caller: SyncCaller,
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiQuery(params): ApiQuery<SyncParams>,
 ) -> ApiResult<Response> {
     if params.wait_ms > MAX_WAIT_MS {
@@ -88,6 +92,9 @@ async fn sync_poll(
         ));
     }
     let after = params.after.as_deref().map(SyncCursor::parse).transpose()?;
+    // Before the poll is held: its applied version is what a write waiting
+    // for propagation waits for.
+    state.fleet.record(&state.db, &headers, state.now()).await;
     // A later page of a walk answers at once: its first page already found changes.
     if params.wait_ms > 0 && after.is_none() {
         let _held = state.metrics.poll_held();

@@ -7,7 +7,7 @@
 
 use axum::extract::Path;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
@@ -24,6 +24,7 @@ use crate::clock::rfc3339_ms;
 use crate::docs::{ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::fleet::ProxyHeaders;
 use crate::input::query_time;
 use crate::state::AppState;
 use crate::store::tenants;
@@ -114,11 +115,14 @@ fn is_empty(batch: &UsageBatch) -> bool {
 /// What one Envoy counted since its last report. A batch is counted once
 /// however often it arrives (by `batch_id`); every answer, a retry's too,
 /// carries the quota standings of the other Envoys after `standings_since`.
-/// An empty batch (an idle Envoy's heartbeat) writes nothing.
+/// An empty batch (an idle Envoy's heartbeat) writes no usage; the
+/// `Tollgate-Proxy-*` headers name the Envoy in the proxy registry
+/// (`GET /v1/proxies`, written at most every few seconds while nothing changes).
 #[utoipa::path(
     post,
     path = "/v1/usage",
     tag = "usage",
+    params(ProxyHeaders),
     request_body = UsageBatch,
     responses(
         (status = 200, description = "Applied, or recognised as a duplicate and not counted again: \
@@ -136,9 +140,11 @@ fn is_empty(batch: &UsageBatch) -> bool {
 async fn usage_ingest(
     _caller: SyncCaller,
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(batch): ApiJson<UsageBatch>,
 ) -> ApiResult<Json<UsageReceipt>> {
     validate(&batch)?;
+    state.fleet.record(&state.db, &headers, state.now()).await;
     let now = state.now();
     if !is_empty(&batch) {
         let counted = usage::apply(&state.db, &batch, now).await?;

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod feed;
 pub mod keys;
 pub mod plans;
+pub mod proxies;
 pub mod sessions;
 pub mod tenants;
 pub mod tokens;

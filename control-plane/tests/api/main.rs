@@ -16,6 +16,7 @@ pub mod common;
 mod audit;
 mod dashboard;
 mod errors;
+mod fleet;
 mod health;
 mod keys;
 mod plans;

@@ -25,6 +25,8 @@
 //! - `tg2/lease`, `tg2/roots`, `tg2/report` and the queue `tg2/usage`: the
 //!   leader election and the usage hand-over between root contexts (the
 //!   filter's `lease` and `report` modules).
+//! - `tg2/instance`: the Envoy's id in the control plane's proxy registry
+//!   (the filter's `identity` module).
 //!
 //! Only the leader writes `tg2/version`, `tg2/p/`, `tg2/k/` and
 //! `tg2/anonymous`. Envoy lets a write to an absent entry through whatever
@@ -50,6 +52,6 @@ pub use bucket_entry::{read_for_update, BucketEntry, QuotaCount};
 pub use key_record::{decode_key_record, encode_key_record, read_key};
 pub use names::{
     anonymous_buckets_key, buckets_key, client_identity, key_record_key, plan_key,
-    tenant_buckets_key, ANONYMOUS_KEY, ANONYMOUS_SLOTS, LEASE_KEY, NAMESPACE, REPORT_KEY,
-    ROOTS_KEY, USAGE_QUEUE, VERSION_KEY,
+    tenant_buckets_key, ANONYMOUS_KEY, ANONYMOUS_SLOTS, INSTANCE_KEY, LEASE_KEY, NAMESPACE,
+    REPORT_KEY, ROOTS_KEY, USAGE_QUEUE, VERSION_KEY,
 };

@@ -22,6 +22,9 @@ pub const ROOTS_KEY: &str = "tg2/roots";
 /// The usage reporter's state, kept here rather than in any VM so a new
 /// leader carries on where the last one stopped ([`crate::usage::ReportState`]).
 pub const REPORT_KEY: &str = "tg2/report";
+/// This Envoy's instance id in the proxy registry, drawn by the first
+/// leader and kept by every later one (the filter's `identity` module).
+pub const INSTANCE_KEY: &str = "tg2/instance";
 /// The shared queue through which every VM hands its counts to the leader.
 pub const USAGE_QUEUE: &str = "tg2/usage";
 /// Anonymous clients share this many bucket slots.
