@@ -171,6 +171,11 @@ async fn an_admin_and_a_tenant_run_keys_through_the_dashboard() {
     browser.wait_for("#audit").await;
     browser.wait_for_text("via dashboard session").await;
     check_page(&browser, "audit").await;
+    // The fleet: this test's one Envoy, live, with every change applied.
+    browser.goto(&page("/dashboard/proxies")).await;
+    browser.wait_for("#proxies").await;
+    browser.wait_for(".badge.proxy-live").await;
+    check_page(&browser, "proxies").await;
 
     // A tenant signs in with its token and sees only its own.
     let other = stack

@@ -19,6 +19,7 @@ use crate::dashboard::key_list::{badges, shown_key, Badge, KeyDraft, StatusFilte
 use crate::dashboard::page::{
     count, render, when, Chrome, Flash, PageError, PageResult, ShownOnce,
 };
+use crate::dashboard::proxies::{reach, Reach};
 use crate::dashboard::session::Signed;
 use crate::dashboard::tenants::tenant_page;
 use crate::error::ApiError;
@@ -161,6 +162,7 @@ struct KeyPage {
     grace: Vec<(u64, &'static str)>,
     shown: Option<ShownOnce>,
     flash: Option<Flash>,
+    reach: Option<Reach>,
 }
 
 async fn key_page(
@@ -315,6 +317,7 @@ async fn key_page(
         shown,
         flash,
         key: view,
+        reach: reach(state, principal).await?,
     };
     Ok(render(status, &page))
 }

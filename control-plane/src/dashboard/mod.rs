@@ -22,6 +22,7 @@ pub mod overview;
 pub mod page;
 pub mod plans;
 pub mod pricing;
+pub mod proxies;
 pub mod session;
 pub mod tenants;
 pub mod tokens;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(anonymous::show).post(anonymous::replace),
         )
         .route("/dashboard/audit", get(audit::list))
+        .route("/dashboard/proxies", get(proxies::list))
         .route("/dashboard/keys/{id}", get(keys::show))
         .route("/dashboard/keys/{id}/active", post(keys::set_active))
         .route("/dashboard/keys/{id}/rotate", post(keys::rotate))

@@ -7,6 +7,7 @@ use axum::extract::State;
 use tollgate_core::period::quota_period;
 
 use crate::dashboard::page::{count, ok, when, Chrome, PageResult};
+use crate::dashboard::proxies::{reach, Reach};
 use crate::dashboard::session::Signed;
 use crate::state::AppState;
 use crate::store::usage::{self, truncated, ALLOWED};
@@ -41,6 +42,8 @@ struct Overview {
     outcomes: Vec<OutcomeRow>,
     config_version: String,
     audit: Vec<AuditLine>,
+    /// How far the current version has reached the proxies (admin only).
+    reach: Option<Reach>,
 }
 
 /// `GET /dashboard`.
@@ -125,6 +128,7 @@ pub async fn show(State(state): State<AppState>, Signed { principal }: Signed) -
         ),
         outcomes,
         config_version: count(feed::current_version(&state.db).await?),
+        reach: reach(&state, &principal).await?,
         audit,
     };
     Ok(ok(&page))

@@ -13,6 +13,7 @@ use crate::dashboard::form::{parse_number, FormData};
 use crate::dashboard::page::{
     allowance, count, ok, render, window, Chrome, Flash, PageError, PageResult,
 };
+use crate::dashboard::proxies::{reach, Reach};
 use crate::dashboard::session::Signed;
 use crate::error::ApiError;
 use crate::routes::plans::{self as api, CreatePlan, PlanView, UpdatePlan};
@@ -41,6 +42,7 @@ struct PlansPage {
     chrome: Chrome,
     plans: Vec<PlanLine>,
     flash: Option<Flash>,
+    reach: Option<Reach>,
 }
 
 /// One limit row of the form, as typed.
@@ -341,6 +343,7 @@ async fn list_page(state: &AppState, signed: &Signed, flash: Option<Flash>) -> P
             chrome: Chrome::new(&signed.principal, "Plans", "plans"),
             plans: lines,
             flash,
+            reach: reach(state, &signed.principal).await?,
         },
     ))
 }

@@ -16,6 +16,7 @@ use crate::dashboard::key_list::{self as keys, KeyLine, StatusFilter};
 use crate::dashboard::page::{
     allowance, count, render, when, Chrome, Flash, PageError, PageResult, ShownOnce,
 };
+use crate::dashboard::proxies::{reach, Reach};
 use crate::dashboard::session::Signed;
 use crate::error::ApiError;
 use crate::routes::tenants::{self as api, CreateTenant, TenantView, UpdateTenant};
@@ -73,6 +74,7 @@ pub struct TenantPage {
     shown: Option<ShownOnce>,
     /// The key form as typed, when it was refused.
     key_form: keys::KeyDraft,
+    reach: Option<Reach>,
 }
 
 impl TenantPage {
@@ -275,6 +277,7 @@ pub async fn tenant_page(
         shown,
         key_form,
         tenant,
+        reach: reach(state, principal).await?,
     };
     Ok(render(status, &page))
 }

@@ -266,6 +266,7 @@ async fn every_page_is_sent_with_the_security_headers(backend: Backend) {
         "/dashboard/anonymous".to_owned(),
         "/dashboard/audit".to_owned(),
         "/dashboard/pricing".to_owned(),
+        "/dashboard/proxies".to_owned(),
         "/pricing".to_owned(),
         "/dashboard/keys/key_nope".to_owned(),
     ];
@@ -1273,7 +1274,67 @@ async fn the_audit_log_is_filtered_and_paged_with_before_and_after(backend: Back
     assert_page(&r, StatusCode::NOT_FOUND, "not_found");
 }
 
+async fn the_proxies_page_shows_the_fleet_and_how_far_a_change_reached(backend: Backend) {
+    let (app, _state) = test_app(backend).await;
+    let browser = Browser::signed_in(&app, ADMIN).await;
+    let page = browser.get("/dashboard/proxies").await;
+    assert_page(&page, StatusCode::OK, "No proxy has polled yet");
+    assert_page(&page, StatusCode::OK, "applied on <strong>0 of 0</strong>");
+
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let current = version(&_state).await;
+    poll(&app, "inst-a", "edge-a", Some(current)).await;
+    poll(&app, "inst-b", "edge-b", Some(current - 1)).await;
+    let page = browser.get("/dashboard/proxies").await;
+    assert_page(&page, StatusCode::OK, "edge-a");
+    assert!(page.text().contains("badge proxy-live"), "{}", page.text());
+    assert!(page.text().contains("1 behind"), "edge-b lags one version");
+    assert!(
+        page.text().contains("applied on <strong>1 of 2</strong>"),
+        "{}",
+        page.text()
+    );
+    assert!(page.text().contains("not yet on edge-b (live)"));
+
+    // After a change in the dashboard, the key's page says where it stands.
+    let r = browser
+        .post(
+            &format!("/dashboard/keys/{key_id}/active"),
+            &[("active", "false")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let after = version(&_state).await;
+    let page = browser.get(&format!("/dashboard/keys/{key_id}")).await;
+    assert_page(
+        &page,
+        StatusCode::OK,
+        &format!("Config v{after} is applied on <strong>0 of 2</strong>"),
+    );
+    poll(&app, "inst-a", "edge-a", Some(after)).await;
+    poll(&app, "inst-b", "edge-b", Some(after)).await;
+    let page = browser.get(&format!("/dashboard/keys/{key_id}")).await;
+    assert_page(&page, StatusCode::OK, "applied on <strong>2 of 2</strong>");
+
+    // The fleet is the admin's: a tenant sees neither the page nor the line.
+    let token = tenant_token(&app, &tenant_id).await;
+    let tenant_browser = Browser::signed_in(&app, &token).await;
+    assert_page(
+        &tenant_browser.get("/dashboard/proxies").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let own = tenant_browser
+        .get(&format!("/dashboard/keys/{key_id}"))
+        .await;
+    assert_page(&own, StatusCode::OK, "Settings");
+    assert!(!own.text().contains("id=\"reach\""));
+}
+
 on_both_databases!(
+    the_proxies_page_shows_the_fleet_and_how_far_a_change_reached,
     signing_in_trades_the_token_for_a_session_cookie,
     every_page_is_sent_with_the_security_headers,
     a_session_ends_at_expiry_at_sign_out_and_with_its_token,

@@ -5,30 +5,12 @@
 use std::time::Duration;
 
 use crate::common::{
-    admin, assert_problem, key, plan, respond, send, tenant, tenant_token, test_app_at, version,
+    admin, assert_problem, key, plan, poll, send, tenant, tenant_token, test_app_at, version,
     Backend, Reply, NOW, SYNC,
 };
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
-
-/// A sync poll from the proxy `instance` on node `node` that has applied `applied`.
-async fn poll(app: &Router, instance: &str, node: &str, applied: Option<u64>) -> Reply {
-    let since = applied.unwrap_or(0);
-    let mut req = Request::get(format!("/v1/sync?since={since}"))
-        .header(header::AUTHORIZATION, format!("Bearer {SYNC}"))
-        .header("tollgate-proxy-instance", instance)
-        .header("tollgate-proxy-node", node)
-        .header("tollgate-proxy-cluster", "edge")
-        .header("tollgate-proxy-build", "0.1.0+abc");
-    if let Some(v) = applied {
-        req = req.header("tollgate-proxy-applied-version", v.to_string());
-    }
-    let r = respond(app, req.body(Body::empty()).unwrap()).await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r
-}
 
 async fn proxies(app: &Router) -> Value {
     let r = admin(app, Method::GET, "/v1/proxies", None).await;

@@ -283,3 +283,20 @@ pub async fn last_audit(app: &Router, action: &str) -> Value {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     r.body["items"][0].clone()
 }
+
+/// A sync poll from the proxy `instance` on node `node` that has applied `applied`.
+pub async fn poll(app: &Router, instance: &str, node: &str, applied: Option<u64>) -> Reply {
+    let since = applied.unwrap_or(0);
+    let mut req = Request::get(format!("/v1/sync?since={since}"))
+        .header(header::AUTHORIZATION, format!("Bearer {SYNC}"))
+        .header("tollgate-proxy-instance", instance)
+        .header("tollgate-proxy-node", node)
+        .header("tollgate-proxy-cluster", "edge")
+        .header("tollgate-proxy-build", "0.1.0+abc");
+    if let Some(v) = applied {
+        req = req.header("tollgate-proxy-applied-version", v.to_string());
+    }
+    let r = respond(app, req.body(Body::empty()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r
+}
