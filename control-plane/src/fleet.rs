@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::{rfc3339_ms, Now};
-use crate::db::Db;
+use crate::db::{self, Db};
 use crate::store::proxies::{self, ProxyRow, Sighting};
 
 pub const INSTANCE_HEADER: &str = "tollgate-proxy-instance";
@@ -123,7 +123,7 @@ struct Written {
 pub struct Registry {
     pub config: FleetConfig,
     written: Mutex<HashMap<String, Written>>,
-    /// Moves each time this replica records a proxy's new applied version.
+    /// Moves each time a replica records a proxy's new applied version.
     acks: watch::Sender<u64>,
 }
 
@@ -186,12 +186,25 @@ impl Registry {
             );
         }
         if moved {
-            self.acks.send_modify(|n| *n = n.wrapping_add(1));
+            self.acknowledged();
+            // Writes waiting on other replicas only read the database when
+            // woken or every `receipt::RECHECK_MS`: wake them now.
+            if db::is_postgres(db) {
+                if let Err(e) = proxies::notify_applied(db).await {
+                    tracing::warn!(error = %e, "cannot tell other replicas of an applied version");
+                }
+            }
         }
         Ok(())
     }
 
-    /// Wakes whenever this replica records a proxy's new applied version.
+    /// Wakes the writes waiting here for propagation: a proxy applied a
+    /// new version, recorded by this replica or (`replicas`) another one.
+    pub fn acknowledged(&self) {
+        self.acks.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes whenever a replica records a proxy's new applied version.
     pub fn acks(&self) -> watch::Receiver<u64> {
         self.acks.subscribe()
     }

@@ -24,6 +24,7 @@ use crate::docs::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
 };
 use crate::error::Problem;
+use crate::receipt::{self, Receipt};
 use crate::routes;
 
 /// Where the document is served.
@@ -57,7 +58,7 @@ there is no such endpoint and `405 method_not_allowed` for a method it does not 
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(
-        schemas(Problem),
+        schemas(Problem, Receipt),
         responses(
             Unauthorized,
             AdminOnly,
@@ -76,7 +77,12 @@ pub struct ApiDoc;
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     for resource in &routes::RESOURCES {
-        doc.merge((resource.api)());
+        let api = (resource.api)();
+        doc.merge(if resource.publishes {
+            receipt::document_writes(api)
+        } else {
+            api
+        });
     }
     doc
 }

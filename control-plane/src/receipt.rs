@@ -6,14 +6,17 @@
 //! handler has to: `Change::commit` leaves the version it committed in a
 //! task-local ([`COMMITTED`]) that this middleware reads once the handler is
 //! done. The wait wakes on the poll that acknowledges the version
-//! (`fleet::Registry::acks`), and also looks again every
-//! [`RECHECK_MS`]: a proxy that polls another replica is recorded there,
-//! in the database, without waking this one.
+//! (`fleet::Registry::acks`), whichever replica recorded it (another one's
+//! arrives by `NOTIFY`, see `replicas`), and also looks again every
+//! [`RECHECK_MS`], in case a notification was lost with its connection.
 //!
-//! With the parameter, the answer carries `propagation` (`fleet::Propagation`):
-//! added to a JSON object body, and a `204 No Content` becomes `200` with
-//! `{"propagation": …}` as its body, only when the parameter was given. The
-//! change is committed before any waiting, whatever the outcome.
+//! The version also goes into the body ([`Receipt`]): `config_version` is
+//! added to a JSON object answer, and with the parameter `propagation`
+//! (`fleet::Propagation`) too. A `204 No Content` stays one without the
+//! parameter (the header carries the version); with it, it becomes `200` with
+//! `{"config_version": …, "propagation": …}`. The change is committed before
+//! any waiting, whatever the outcome. [`document_writes`] says the same in
+//! the OpenAPI document, once for every write of the resources that publish.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -23,7 +26,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::change::COMMITTED;
@@ -42,6 +46,18 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 pub const RECHECK_MS: u64 = 500;
 /// Largest answer body the middleware rewrites (admin answers are small).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// What every config-changing write's answer carries besides its own fields.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Receipt {
+    /// The config version the write committed, as in `Tollgate-Config-Version`.
+    #[schema(minimum = 1)]
+    pub config_version: u64,
+    /// Only with `?wait_for_propagation=`: how far the version had reached
+    /// when the answer left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<Propagation>,
+}
 
 /// `wait_for_propagation` as given: `250ms`, `5s`, `1m`…, at most 30 s.
 pub fn parse_wait(text: &str) -> ApiResult<Duration> {
@@ -179,50 +195,135 @@ pub async fn receipts(State(state): State<AppState>, mut request: Request, next:
     if let Ok(value) = HeaderValue::from_str(&version.to_string()) {
         response.headers_mut().insert(VERSION_HEADER, value);
     }
-    let Some(wait) = wait else {
-        return response;
+    let reached = match wait {
+        None => None,
+        Some(wait) => match wait_for(&state, version, wait).await {
+            Ok(reached) => Some(reached),
+            Err(e) => {
+                // The change is committed: say so rather than fail the answer.
+                tracing::warn!(error = e.detail, "cannot read the propagation of a change");
+                None
+            }
+        },
     };
-    match wait_for(&state, version, wait).await {
-        Ok(reached) => with_propagation(response, &reached).await,
-        Err(e) => {
-            // The change is committed: say so rather than fail the answer.
-            tracing::warn!(error = e.detail, "cannot read the propagation of a change");
-            response
-        }
-    }
+    with_receipt(
+        response,
+        Receipt {
+            config_version: version,
+            propagation: reached,
+        },
+    )
+    .await
 }
 
-/// `response` with `propagation` in its JSON body (a 204 becomes a 200).
-async fn with_propagation(response: Response, reached: &Propagation) -> Response {
-    let Ok(propagation) = serde_json::to_value(reached) else {
+/// `response` with the receipt's fields in its JSON object body; a 204
+/// gets a body (and becomes a 200) only when there is a propagation to tell.
+async fn with_receipt(response: Response, receipt: Receipt) -> Response {
+    let Ok(Value::Object(fields)) = serde_json::to_value(&receipt) else {
         return response;
     };
     let (mut parts, body) = response.into_parts();
     if parts.status == StatusCode::NO_CONTENT {
+        if receipt.propagation.is_none() {
+            return Response::from_parts(parts, body);
+        }
         parts.status = StatusCode::OK;
         parts.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         parts.headers.remove(header::CONTENT_LENGTH);
-        let body = serde_json::json!({ "propagation": propagation }).to_string();
-        return Response::from_parts(parts, Body::from(body));
+        return Response::from_parts(parts, Body::from(Value::Object(fields).to_string()));
     }
-    let json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let json = parts.status.is_success()
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return Response::from_parts(parts, body);
+    }
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    if json {
-        if let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&bytes) {
-            object.insert("propagation".to_owned(), propagation);
-            parts.headers.remove(header::CONTENT_LENGTH);
-            return Response::from_parts(parts, Body::from(Value::Object(object).to_string()));
-        }
+    if let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&bytes) {
+        object.extend(fields);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(Value::Object(object).to_string()));
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Documents receipts on every write (POST, PUT, PATCH, DELETE) of `api`, a
+/// resource whose writes all publish a config version: the parameter, the
+/// header, [`Receipt`]'s fields in each JSON answer, and the `200` a `204`
+/// becomes with the parameter. Done on the document's JSON rather than in
+/// each handler's annotation so that no write can be left out.
+pub fn document_writes(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let Ok(mut doc) = serde_json::to_value(&api) else {
+        return api;
+    };
+    let receipt = json!({"$ref": "#/components/schemas/Receipt"});
+    let version_header = json!({
+        "description": "The config version the write committed.",
+        "schema": {"type": "integer", "format": "int64", "minimum": 1}
+    });
+    let parameter = json!({
+        "name": WAIT_PARAM,
+        "in": "query",
+        "required": false,
+        "description": "Answer only once every live proxy has applied the change (or after this \
+            long: `500ms`, `5s`…, at most `30s`), with `propagation` in the answer. The change \
+            is committed either way.",
+        "schema": {"type": "string"}
+    });
+    let paths = doc
+        .get_mut("paths")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut());
+    for item in paths {
+        for method in ["post", "put", "patch", "delete"] {
+            let Some(operation) = item.get_mut(method).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
+            if let Some(list) = parameters.as_array_mut() {
+                list.push(parameter.clone());
+            }
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let mut waited = None;
+            for (status, response) in responses.iter_mut() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                response["headers"]["Tollgate-Config-Version"] = version_header.clone();
+                if status == "204" {
+                    waited = Some(json!({
+                        "description": "With `wait_for_propagation`: the version, and how far it reached.",
+                        "headers": {"Tollgate-Config-Version": version_header.clone()},
+                        "content": {"application/json": {"schema": receipt.clone()}}
+                    }));
+                }
+                if let Some(schema) = response
+                    .get_mut("content")
+                    .and_then(|c| c.get_mut("application/json"))
+                    .and_then(|c| c.get_mut("schema"))
+                {
+                    *schema = json!({"allOf": [schema.take(), receipt.clone()]});
+                }
+            }
+            if let Some(waited) = waited {
+                responses.entry("200").or_insert(waited);
+            }
+        }
+    }
+    serde_json::from_value(doc).unwrap_or(api)
 }
 
 #[cfg(test)]

@@ -140,6 +140,13 @@ async fn plans_carry_route_costs_and_tenant_scoped_limits(backend: Backend) {
     assert_eq!(created["route_costs"], route_costs);
     assert_eq!(created["limits"][0]["scope"], "tenant");
     assert!(created["limits"][1].get("scope").is_none(), "{created}");
+    // The answer is the plan as shown, plus the version the write committed.
+    let mut created = created;
+    assert!(created
+        .as_object_mut()
+        .unwrap()
+        .remove("config_version")
+        .is_some());
     let shown = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None).await;
     assert_eq!(shown.body, created);
     let catalog = send(&app, Method::GET, "/v1/catalog", Some(""), None).await;
@@ -520,12 +527,15 @@ async fn anonymous_access_is_admin_only_validated_audited_and_synced(backend: Ba
     assert_eq!(r.body["routes"], open["routes"]);
     assert_eq!(r.body["plan_id"], plan_id.as_str());
     assert!(r.body["updated_at"].is_string());
+    let mut set = r.body.clone();
+    let committed = set.as_object_mut().unwrap().remove("config_version");
+    assert_eq!(committed, Some(json!(version(&state).await)));
     let shown = admin(&app, Method::GET, "/v1/anonymous-access", None).await;
-    assert_eq!(shown.body, r.body);
+    assert_eq!(shown.body, set);
     let entry = last_audit(&app, "anonymous_access.update").await;
     assert_eq!(entry["resource_type"], "anonymous_access");
     assert_eq!(entry["before"], off);
-    assert_eq!(entry["after"], r.body);
+    assert_eq!(entry["after"], set);
     let expected: WireAnonymous = serde_json::from_value(open.clone()).unwrap();
     assert_eq!(sync(&app, before).await.anonymous, Some(expected.clone()));
     assert_eq!(sync(&app, 0).await.anonymous, Some(expected.clone()));

@@ -828,6 +828,12 @@ async fn answers_match_the_documented_responses(backend: Backend) {
     w.call(a, "GET", &plan_uri, None, S::OK).await;
     let change = json!({"max_users": 10, "monthly_quota": null});
     w.call(a, "PATCH", &plan_uri, Some(change), S::OK).await;
+    // Waiting (here for no proxy at all) adds `propagation` to the answer.
+    let waited = format!("{plan_uri}?wait_for_propagation=0s");
+    let changed = w
+        .call(a, "PATCH", &waited, Some(json!({"max_users": 11})), S::OK)
+        .await;
+    assert_eq!(changed["propagation"]["complete"], true, "{changed}");
     w.call(
         a,
         "PATCH",
@@ -1013,7 +1019,10 @@ async fn answers_match_the_documented_responses(backend: Backend) {
     // Deletions.
     let successor = format!("/v1/keys/{}", id(&rotated));
     w.call(t, "DELETE", &successor, None, S::NO_CONTENT).await;
-    w.call(a, "DELETE", &key_uri, None, S::NO_CONTENT).await;
+    // A 204 becomes a 200 with a body when asked to wait.
+    let waited = format!("{key_uri}?wait_for_propagation=0s");
+    let deleted = w.call(a, "DELETE", &waited, None, S::OK).await;
+    assert!(deleted["config_version"].is_u64(), "{deleted}");
     w.call(a, "DELETE", &key_uri, None, S::NOT_FOUND).await;
     let two = json!({"count": 2, "name": "bulk", "allowed_cidrs": ["10.0.0.0/8"]});
     let batch = w.call(t, "POST", &batch_uri, Some(two), S::CREATED).await;

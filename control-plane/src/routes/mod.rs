@@ -44,6 +44,9 @@ pub struct Resource {
     pub router: fn() -> Router<AppState>,
     /// Its operations and tag.
     pub api: fn() -> utoipa::openapi::OpenApi,
+    /// Whether each of its writes commits a config version, and so answers
+    /// with a receipt (`receipt::document_writes` documents it).
+    pub publishes: bool,
 }
 
 /// Every resource, in the order the document lists their tags.
@@ -52,66 +55,79 @@ pub const RESOURCES: [Resource; 13] = [
         mount: Mount::Admin,
         router: plans::router,
         api: <plans::Api as utoipa::OpenApi>::openapi,
+        publishes: true,
     },
     Resource {
         mount: Mount::Admin,
         router: tenants::router,
         api: <tenants::Api as utoipa::OpenApi>::openapi,
+        publishes: true,
     },
     Resource {
         mount: Mount::Admin,
         router: keys::router,
         api: <keys::Api as utoipa::OpenApi>::openapi,
+        publishes: true,
     },
     Resource {
         mount: Mount::Admin,
         router: tokens::router,
         api: <tokens::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::Admin,
         router: audit::router,
         api: <audit::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::Admin,
         router: anonymous::router,
         api: <anonymous::Api as utoipa::OpenApi>::openapi,
+        publishes: true,
     },
     Resource {
         mount: Mount::Admin,
         router: webhooks::router,
         api: <webhooks::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::Admin,
         router: proxies::router,
         api: <proxies::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::Public,
         router: catalog::router,
         api: <catalog::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::Envoys,
         router: sync::router,
         api: <sync::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::Envoys,
         router: usage::router,
         api: <usage::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::Admin,
         router: usage::read_router,
         api: <usage::ReadApi as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
     Resource {
         mount: Mount::TopLevel,
         router: health::router,
         api: <health::Api as utoipa::OpenApi>::openapi,
+        publishes: false,
     },
 ];
 

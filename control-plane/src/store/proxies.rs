@@ -51,6 +51,20 @@ pub async fn upsert(db: &Db, seen: &Sighting, now_ms: i64) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// The channel replicas `LISTEN` on for proxies' newly applied versions (no
+/// payload: a waiting write re-reads the registry anyway).
+pub const APPLIED_CHANNEL: &str = "tollgate_applied";
+
+/// Tells the other replicas (PostgreSQL only) that a proxy's applied
+/// version was just written, so that writes waiting there look again.
+pub async fn notify_applied(db: &Db) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(APPLIED_CHANNEL)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Every proxy seen at or after `since_ms`, by node id; older ones are
 /// deleted first (their retention is over).
 pub async fn list(db: &Db, since_ms: i64) -> Result<Vec<ProxyRow>, sqlx::Error> {

@@ -96,6 +96,8 @@ async fn every_write_answers_with_its_version_and_its_propagation_can_be_read(ba
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let v = config_version(&r);
     assert_eq!(v, version(&state).await);
+    // In the body too, without `propagation` unless asked to wait.
+    assert_eq!(r.body["config_version"], v);
     assert!(r.body.get("propagation").is_none());
     let p = admin(&app, Method::GET, &format!("/v1/propagation/{v}"), None).await;
     assert_eq!(p.status, StatusCode::OK, "{:?}", p.body);
@@ -130,6 +132,13 @@ async fn every_write_answers_with_its_version_and_its_propagation_can_be_read(ba
     let t = admin(&app, Method::POST, &uri, Some(json!({"name": "portal"}))).await;
     assert_eq!(t.status, StatusCode::CREATED);
     assert!(t.headers.get("tollgate-config-version").is_none());
+    assert!(t.body.get("config_version").is_none(), "{:?}", t.body);
+
+    // A 204 stays one, with the version in its header only.
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let d = admin(&app, Method::DELETE, &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    assert_eq!(config_version(&d), version(&state).await);
 }
 
 async fn a_wait_that_runs_out_commits_and_says_who_is_missing(backend: Backend) {
@@ -147,6 +156,7 @@ async fn a_wait_that_runs_out_commits_and_says_who_is_missing(backend: Backend) 
     assert_eq!(r.body["monthly_quota"], 1000);
     let p = &r.body["propagation"];
     assert_eq!(p["version"], config_version(&r));
+    assert_eq!(r.body["config_version"], config_version(&r));
     assert_eq!(
         (p["applied"].clone(), p["live"].clone()),
         (json!(0), json!(1))
@@ -186,6 +196,7 @@ async fn a_wait_ends_on_the_poll_that_acknowledges_the_version(backend: Backend)
     let r = deleting.await.unwrap();
     // A 204 carries the propagation as a 200 with a body.
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["config_version"], before + 1);
     let p = &r.body["propagation"];
     assert_eq!(
         (p["applied"].clone(), p["live"].clone()),
