@@ -68,7 +68,7 @@ impl HttpContext for TollgateHttp {
         };
         let sources = &config.api_key;
         let headers = HeaderBlock::request();
-        let header = |name: &str| headers.get(name);
+        let header = |name: &str| headers.raw(name);
         let path = headers.get(":path").unwrap_or_default();
         #[cfg(feature = "crash-test")]
         if let Some(action) = crate::crash_test::arm_if_asked(&headers) {

@@ -437,6 +437,17 @@ impl Stack {
         Reply::read(req.send().await.expect("Envoy answers")).await
     }
 
+    /// One request through Envoy with header values given as bytes, which
+    /// need not be UTF-8 (obs-text, 0x80 to 0xFF, is accepted).
+    pub async fn get_raw(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        let mut req = self.client.get(self.envoy_url(path));
+        for (k, v) in headers {
+            let value = reqwest::header::HeaderValue::from_bytes(v).expect("a header value");
+            req = req.header(*k, value);
+        }
+        Reply::read(req.send().await.expect("Envoy answers")).await
+    }
+
     /// One request through Envoy with `x-api-key`.
     pub async fn get_with_key(&self, key: &str) -> Reply {
         self.get("/anything", &[("x-api-key", key)]).await

@@ -188,6 +188,22 @@ async fn missing_and_malformed_keys_are_refused_before_lookup() {
         401,
         "invalid_api_key",
     );
+    // Sent but not UTF-8: a key that cannot be read, not a missing one.
+    let mut raw = key.clone().into_bytes();
+    raw[10] = 0xff;
+    for headers in [
+        [("x-api-key", &raw[..])],
+        [("x-api-key", &b"\xff"[..])],
+        [("authorization", &[b"Bearer ".as_slice(), &raw].concat()[..])],
+    ] {
+        let reply = stack.get_raw("/", &headers).await;
+        assert_problem(&reply, 401, "invalid_api_key");
+    }
+    // Not UTF-8 under another scheme is still no key.
+    let basic = stack
+        .get_raw("/", &[("authorization", b"Basic \xff")])
+        .await;
+    assert_problem(&basic, 401, "missing_api_key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
