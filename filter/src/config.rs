@@ -3,7 +3,8 @@
 //! ```json
 //! {"sync": {"cluster": "outbound|8080||tollgate-control-plane.tollgate.svc.cluster.local",
 //!           "token_env": "TOLLGATE_SYNC_TOKEN"},
-//!  "api_key": {"headers": ["x-api-key"], "bearer": true, "query": "api_key", "cookie": "api_key"}}
+//!  "api_key": {"headers": ["x-api-key"], "bearer": true, "query": "api_key", "cookie": "api_key"},
+//!  "pass_through_before_config": [{"methods": ["GET"], "path_prefix": "/healthz"}]}
 //! ```
 //!
 //! Envoy runs `on_configure` first in a canary VM that it then throws away,
@@ -13,14 +14,33 @@
 //! what Istio's pilot writes from a `WasmPlugin`'s `pluginConfig` (compact
 //! JSON, keys sorted, whole numbers without a fraction).
 
+use tollgate_core::access::Scope;
 use tollgate_core::credential::KeySources;
 use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
+use tollgate_core::wire::WireScope;
 
 /// The validated configuration one root context runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
     pub sync: SyncConfig,
     pub api_key: KeySources,
+    /// Routes (method set and path prefix) that go to the upstream
+    /// untouched until the first config is applied, instead of being
+    /// refused `config_unavailable`: health checks. Empty by default.
+    pub pass_through_before_config: Vec<Scope>,
+}
+
+/// Most routes `pass_through_before_config` may list.
+pub const MAX_PASS_THROUGH: usize = 16;
+
+impl PluginConfig {
+    /// Whether a request for `method` and `path` passes untouched while no
+    /// config has been applied.
+    pub fn passes_before_config(&self, method: &str, path: &str) -> bool {
+        self.pass_through_before_config
+            .iter()
+            .any(|route| route.permits(method, path))
+    }
 }
 
 /// How the leader reaches the control plane.
@@ -66,6 +86,7 @@ impl core::fmt::Display for ConfigError {
 struct WireConfig {
     sync: WireSync,
     api_key: Option<WireKeySources>,
+    pass_through_before_config: Option<Vec<WireScope>>,
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +107,11 @@ struct WireKeySources {
     cookie: Option<String>,
 }
 
-const CONFIG: Fields = Fields::closed(&[Field::required("sync"), Field::optional("api_key")]);
+const CONFIG: Fields = Fields::closed(&[
+    Field::required("sync"),
+    Field::optional("api_key"),
+    Field::optional("pass_through_before_config"),
+]);
 const SYNC: Fields = Fields::closed(&[
     Field::required("cluster"),
     Field::optional("authority"),
@@ -107,7 +132,8 @@ impl FromJson for WireConfig {
         let mut v = WireConfig::default();
         reader.object(&CONFIG, &mut |r, field| match field {
             0 => r.set(&mut v.sync),
-            _ => r.set(&mut v.api_key),
+            1 => r.set(&mut v.api_key),
+            _ => r.set(&mut v.pass_through_before_config),
         })?;
         Ok(v)
     }
@@ -216,6 +242,23 @@ impl PluginConfig {
             },
         };
         api_key.validate().map_err(|e| ConfigError(e.0))?;
+        let routes = wire.pass_through_before_config.unwrap_or_default();
+        if routes.len() > MAX_PASS_THROUGH {
+            return Err(ConfigError(format!(
+                "pass_through_before_config lists {} routes, at most {MAX_PASS_THROUGH}",
+                routes.len()
+            )));
+        }
+        let mut pass_through_before_config = Vec::with_capacity(routes.len());
+        for route in &routes {
+            let methods = route.methods.as_deref().unwrap_or_default();
+            let scope = Scope::validate(methods, route.path_prefix.as_deref())
+                .map_err(|e| ConfigError(format!("pass_through_before_config: {e}")))?;
+            if scope.path_prefix.is_none() {
+                return bad("pass_through_before_config: every route needs a path_prefix");
+            }
+            pass_through_before_config.push(scope);
+        }
         Ok(Self {
             sync: SyncConfig {
                 cluster: s.cluster,
@@ -225,6 +268,7 @@ impl PluginConfig {
                 retry_ms,
             },
             api_key,
+            pass_through_before_config,
         })
     }
 }
@@ -257,6 +301,23 @@ mod tests {
             }
         );
         assert_eq!(c.api_key, KeySources::default());
+        assert!(c.pass_through_before_config.is_empty());
+        assert!(!c.passes_before_config("GET", "/healthz"));
+    }
+
+    #[test]
+    fn chosen_routes_pass_before_the_first_config() {
+        let c = parse(
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"methods":["get","HEAD"],"path_prefix":"/healthz"},{"path_prefix":"/status/"}]}"#,
+        )
+        .unwrap();
+        assert!(c.passes_before_config("GET", "/healthz"));
+        assert!(c.passes_before_config("HEAD", "/healthz/live?x=1"));
+        assert!(!c.passes_before_config("POST", "/healthz"));
+        assert!(!c.passes_before_config("GET", "/healthzz"));
+        assert!(c.passes_before_config("DELETE", "/status/x"));
+        assert!(!c.passes_before_config("GET", "/status"));
+        assert!(!c.passes_before_config("GET", "/"));
     }
 
     #[test]
@@ -311,6 +372,12 @@ mod tests {
             r#"{"sync":{"cluster":"cp","token":"t"},"api_key":{"header":"x"}}"#,
             r#"{"sync":{"cluster":"cp","token":"t"}}}"#,
             r#"{"sync":{"cluster":"cp","token":"t","token":"u"}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":{}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"methods":["GET"]}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"path_prefix":"healthz"}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"path_prefix":"/h?x"}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"methods":["G T"],"path_prefix":"/h"}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"path_prefix":"/h","other":1}]}"#,
         ];
         for raw in refused {
             assert!(parse(raw).is_err(), "accepted {raw:?}");

@@ -40,6 +40,16 @@ impl TollgateHttp {
     }
 }
 
+impl TollgateHttp {
+    /// Whether this Envoy has applied a config, as of `now`.
+    fn config_applied(&self, now: u64) -> bool {
+        match self.cache.try_borrow_mut() {
+            Ok(mut cache) => cache.version(&Proxy, now).is_some(),
+            Err(_) => tollgate_core::layout::applied_version(&Proxy).is_some(),
+        }
+    }
+}
+
 impl Context for TollgateHttp {}
 
 fn reply(denied: &Denied) -> Action {
@@ -90,6 +100,13 @@ impl HttpContext for TollgateHttp {
             path: upstream_path.as_deref().unwrap_or(path),
             client_ip: ClientIp::Ask(host::client_ip),
         };
+        // Chosen routes (health checks) go through untouched until the
+        // first config is applied. The version read is the one `decide`
+        // makes anyway (the cache keeps it for this millisecond), and is
+        // made only for such routes.
+        if config.passes_before_config(facts.method, facts.path) && !self.config_applied(now) {
+            return Action::Continue;
+        }
         let mut decision = match self.cache.try_borrow_mut() {
             Ok(mut cache) => decide_cached(&facts, &Proxy, &mut cache, now),
             Err(_) => decide(&facts, &Proxy, now),

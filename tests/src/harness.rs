@@ -192,6 +192,16 @@ impl Stack {
         stack
     }
 
+    /// Upstream and an Envoy whose filter has `plugin_config`, and no
+    /// control plane: Envoy has never had config.
+    pub async fn start_with_plugin_config_without_control_plane(plugin_config: Value) -> Self {
+        let mut stack = Self::new();
+        stack.plugin_config = Some(plugin_config);
+        stack.start_upstream().await;
+        stack.start_envoy().await;
+        stack
+    }
+
     /// Control plane and upstream, and no Envoy yet: for a test that
     /// starts an Envoy of its own shape ([`Stack::add_envoy`]).
     pub async fn start_without_envoy() -> Self {
@@ -556,6 +566,21 @@ pub fn plugin_config_with_api_key(api_key: Value) -> Value {
         "sync": {"cluster": "tollgate_control_plane", "token": SYNC_TOKEN},
         "api_key": api_key,
     })
+}
+
+/// A plugin configuration syncing from the harness's control plane, with
+/// `sync` fields added to (or replacing) the defaults and `more` top-level fields.
+pub fn plugin_config_with(sync: Value, more: Value) -> Value {
+    let mut config = json!({
+        "sync": {"cluster": "tollgate_control_plane", "token": SYNC_TOKEN},
+    });
+    if let (Some(base), Some(extra)) = (config["sync"].as_object_mut(), sync.as_object()) {
+        base.extend(extra.clone());
+    }
+    if let (Some(base), Some(extra)) = (config.as_object_mut(), more.as_object()) {
+        base.extend(extra.clone());
+    }
+    config
 }
 
 /// `rendered` (from `envoy/tollgate.yaml`) with its plugin configuration
