@@ -559,6 +559,20 @@ impl Stack {
     }
 }
 
+/// Asserts that `reply` is a problem+json refusal with `status` and `code`.
+pub fn assert_problem(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], status);
+    assert!(reply.body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(reply.body["type"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(reply.body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
 /// A plugin configuration syncing from the harness's control plane, with
 /// `api_key` saying where keys are read.
 pub fn plugin_config_with_api_key(api_key: Value) -> Value {
