@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use crate::config::{Anonymous, KeyRecord, Plan};
 use crate::key::KeyHash;
-use crate::layout::{applied_version, read_anonymous, read_key, read_plan};
+use crate::layout::{applied_state, read_anonymous, read_key, read_plan};
 use crate::store::SharedStore;
 
 /// Key records (or their absence) remembered per VM before starting over.
@@ -31,6 +31,8 @@ pub struct ConfigCache {
     version: Option<u64>,
     /// When `version` was last read from the store.
     version_read_ms: Option<u64>,
+    /// When the last successful sync ended, as of that read.
+    synced_at_ms: Option<u64>,
     keys: HashMap<KeyHash, Option<Rc<KeyRecord>>>,
     plans: HashMap<String, Option<Rc<Plan>>>,
     anonymous: Option<Option<Rc<Anonymous>>>,
@@ -47,10 +49,17 @@ impl ConfigCache {
         if self.version.is_some() && self.version_read_ms == Some(now_ms) {
             return self.version;
         }
-        let version = applied_version(store)?;
-        self.at_version(version);
+        let applied = applied_state(store)?;
+        self.at_version(applied.version);
         self.version_read_ms = Some(now_ms);
-        Some(version)
+        self.synced_at_ms = applied.synced_at_ms;
+        Some(applied.version)
+    }
+
+    /// When the last successful sync ended, as of the last
+    /// [`ConfigCache::version`] read (no read of its own).
+    pub fn synced_at_ms(&self) -> Option<u64> {
+        self.synced_at_ms
     }
 
     /// Forgets everything unless `version` is the one remembered.
@@ -140,6 +149,36 @@ mod tests {
         assert_eq!(cache.version(&store, 10), Some(1), "same millisecond");
         assert_eq!(cache.version(&store, 11), Some(2));
         assert!(!cache.key(&store, &hash).unwrap().active);
+    }
+
+    #[crate::testing::test]
+    fn the_sync_time_rides_on_the_version_read() {
+        use crate::decide::is_stale;
+        use crate::layout::{applied_state, apply_sync_at, Applied};
+        let store = MemoryStore::new();
+        let hash = KeyHash::of(b"k");
+        let mut cache = ConfigCache::new();
+        apply_sync(&store, &sync(1, &hash, true)).unwrap();
+        assert_eq!(cache.version(&store, 10), Some(1));
+        assert_eq!(cache.synced_at_ms(), None, "written without a time");
+        assert!(!is_stale(cache.synced_at_ms(), 30_000, u64::MAX));
+
+        // The leader records when each sync succeeded, same version or not.
+        apply_sync_at(&store, &sync(1, &hash, true), Some(1_000)).unwrap();
+        assert_eq!(
+            applied_state(&store),
+            Some(Applied {
+                version: 1,
+                synced_at_ms: Some(1_000)
+            })
+        );
+        assert_eq!(cache.version(&store, 11), Some(1));
+        assert_eq!(cache.synced_at_ms(), Some(1_000));
+        assert!(!is_stale(cache.synced_at_ms(), 30_000, 30_999));
+        assert!(is_stale(cache.synced_at_ms(), 30_000, 31_000));
+        apply_sync_at(&store, &sync(2, &hash, true), Some(31_000)).unwrap();
+        assert_eq!(cache.version(&store, 31_000), Some(2));
+        assert!(!is_stale(cache.synced_at_ms(), 30_000, 31_000));
     }
 
     #[crate::testing::test]

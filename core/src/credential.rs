@@ -148,20 +148,26 @@ impl KeySources {
 
     /// The key the request presents, from the first configured place that
     /// has one. `header` gives a request header's first value by lower-case
-    /// name; `path` is `:path`, query included.
+    /// name, as the bytes it came in (a value need not be UTF-8); `path` is
+    /// `:path`, query included. A key header or bearer token that is not
+    /// UTF-8 is a key that was sent but cannot be read:
+    /// [`Presented::Unreadable`], refused as invalid rather than missing.
     pub fn find<'a>(
         &self,
-        header: impl Fn(&str) -> Option<&'a str>,
+        header: impl Fn(&str) -> Option<&'a [u8]>,
         path: &'a str,
     ) -> Option<(Presented<'a>, Source)> {
+        let text = |name: &str| header(name).and_then(|v| core::str::from_utf8(v).ok());
         for name in &self.headers {
-            if let Some(key) = header(name).map(str::trim).filter(|k| !k.is_empty()) {
-                return Some((Presented::Borrowed(key), Source::Header));
+            if let Some(key) = header(name).and_then(presented) {
+                return Some((key, Source::Header));
             }
         }
         if self.bearer {
-            if let Some(key) = header("authorization").and_then(bearer_token) {
-                return Some((Presented::Borrowed(key), Source::Bearer));
+            if let Some(key) = header("authorization").and_then(bearer_bytes) {
+                if let Some(key) = presented(key) {
+                    return Some((key, Source::Bearer));
+                }
             }
         }
         if let Some(name) = &self.query {
@@ -170,7 +176,7 @@ impl KeySources {
             }
         }
         if let Some(name) = &self.cookie {
-            if let Some(key) = header("cookie").and_then(|c| cookie_value(c, name)) {
+            if let Some(key) = text("cookie").and_then(|c| cookie_value(c, name)) {
                 return Some((Presented::Borrowed(key), Source::Cookie));
             }
         }
@@ -194,9 +200,10 @@ impl KeySources {
     /// the cookie.
     pub fn removals<'a>(
         &'a self,
-        header: impl Fn(&str) -> Option<&'a str>,
+        header: impl Fn(&str) -> Option<&'a [u8]>,
         key_from: Option<Source>,
     ) -> Removals<'a> {
+        let text = |name: &str| header(name).and_then(|v| core::str::from_utf8(v).ok());
         let key_came_from_bearer = key_from == Some(Source::Bearer);
         let headers = self
             .headers
@@ -205,11 +212,11 @@ impl KeySources {
             .map(String::as_str)
             .collect();
         let authorization = self.bearer
-            && header("authorization")
+            && text("authorization")
                 .and_then(bearer_token)
                 .is_some_and(|k| key_came_from_bearer || k.starts_with(crate::key::KEY_PREFIX));
         let cookie = self.cookie.as_deref().and_then(|name| {
-            let cookies = header("cookie")?;
+            let cookies = text("cookie")?;
             cookie_value(cookies, name)?;
             Some(cookies_without(cookies, name))
         });
@@ -236,15 +243,46 @@ pub enum Source {
 pub enum Presented<'a> {
     Borrowed(&'a str),
     Decoded(String),
+    /// Sent, but not UTF-8: never a valid key.
+    Unreadable,
 }
 
 impl Presented<'_> {
+    /// The key as text; an unreadable key is [`UNREADABLE_KEY`], which no
+    /// key parses as.
     pub fn as_str(&self) -> &str {
         match self {
             Self::Borrowed(key) => key,
             Self::Decoded(key) => key,
+            Self::Unreadable => UNREADABLE_KEY,
         }
     }
+}
+
+/// What [`Presented::as_str`] gives for a key that is not UTF-8.
+pub const UNREADABLE_KEY: &str = "\u{FFFD}";
+
+/// A header value as a presented key: trimmed, `None` when blank,
+/// [`Presented::Unreadable`] when not UTF-8.
+fn presented(value: &[u8]) -> Option<Presented<'_>> {
+    match core::str::from_utf8(value) {
+        Ok(text) => Some(text.trim())
+            .filter(|k| !k.is_empty())
+            .map(Presented::Borrowed),
+        Err(_) => Some(value.trim_ascii())
+            .filter(|k| !k.is_empty())
+            .map(|_| Presented::Unreadable),
+    }
+}
+
+/// [`bearer_token`] on raw bytes: the token may be anything, the scheme
+/// must be `Bearer`.
+fn bearer_bytes(authorization: &[u8]) -> Option<&[u8]> {
+    let value = authorization.trim_ascii();
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    let token = token.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The edits [`KeySources::removals`] asks for.
@@ -369,8 +407,39 @@ pub fn cookies_without(cookies: &str, name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a [u8]> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_bytes())
+        }
+    }
+
+    fn raw_headers<'a>(pairs: &'a [(&'a str, &'a [u8])]) -> impl Fn(&str) -> Option<&'a [u8]> + 'a {
         move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    #[crate::testing::test]
+    fn a_key_that_is_not_utf8_is_sent_but_unreadable() {
+        let s = KeySources::default();
+        let find = |pairs: &[(&str, &[u8])]| {
+            s.find(raw_headers(pairs), "/")
+                .map(|(key, from)| (key.as_str().to_owned(), from))
+        };
+        let unreadable = UNREADABLE_KEY.to_owned();
+        let found = find(&[("x-api-key", b"tg_\xff")]);
+        assert_eq!(found, Some((unreadable.clone(), Source::Header)));
+        assert!(crate::key::ApiKey::parse(UNREADABLE_KEY).is_err());
+        let found = find(&[("authorization", b"bearer \xff\x80 ")]);
+        assert_eq!(found, Some((unreadable, Source::Bearer)));
+        // Blank, or a scheme other than Bearer, is still no key.
+        assert_eq!(find(&[("x-api-key", b" ")]), None);
+        assert_eq!(find(&[("authorization", b"Basic \xff")]), None);
+        assert_eq!(find(&[("authorization", b"Bearer ")]), None);
+        // A readable key header still wins over an unreadable bearer token.
+        let found = find(&[("x-api-key", b"k"), ("authorization", b"Bearer \xff")]);
+        assert_eq!(found, Some(("k".to_owned(), Source::Header)));
     }
 
     fn all() -> KeySources {

@@ -2,8 +2,9 @@
 //!
 //! ```json
 //! {"sync": {"cluster": "outbound|8080||tollgate-control-plane.tollgate.svc.cluster.local",
-//!           "token_env": "TOLLGATE_SYNC_TOKEN"},
-//!  "api_key": {"headers": ["x-api-key"], "bearer": true, "query": "api_key", "cookie": "api_key"}}
+//!           "token_env": "TOLLGATE_SYNC_TOKEN", "stale_after_seconds": 300, "when_stale": "enforce"},
+//!  "api_key": {"headers": ["x-api-key"], "bearer": true, "query": "api_key", "cookie": "api_key"},
+//!  "pass_through_before_config": [{"methods": ["GET"], "path_prefix": "/healthz"}]}
 //! ```
 //!
 //! Envoy runs `on_configure` first in a canary VM that it then throws away,
@@ -13,14 +14,33 @@
 //! what Istio's pilot writes from a `WasmPlugin`'s `pluginConfig` (compact
 //! JSON, keys sorted, whole numbers without a fraction).
 
+use tollgate_core::access::Scope;
 use tollgate_core::credential::KeySources;
 use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
+use tollgate_core::wire::WireScope;
 
 /// The validated configuration one root context runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginConfig {
     pub sync: SyncConfig,
     pub api_key: KeySources,
+    /// Routes (method set and path prefix) that go to the upstream
+    /// untouched until the first config is applied, instead of being
+    /// refused `config_unavailable`: health checks. Empty by default.
+    pub pass_through_before_config: Vec<Scope>,
+}
+
+/// Most routes `pass_through_before_config` may list.
+pub const MAX_PASS_THROUGH: usize = 16;
+
+impl PluginConfig {
+    /// Whether a request for `method` and `path` passes untouched while no
+    /// config has been applied.
+    pub fn passes_before_config(&self, method: &str, path: &str) -> bool {
+        self.pass_through_before_config
+            .iter()
+            .any(|route| route.permits(method, path))
+    }
 }
 
 /// How the leader reaches the control plane.
@@ -36,6 +56,30 @@ pub struct SyncConfig {
     pub wait_ms: u64,
     /// First retry delay after a failed call, doubling up to a cap.
     pub retry_ms: u64,
+    /// The staleness budget: how long without a successful sync before
+    /// the config counts as stale. `None`: never.
+    pub stale_after_ms: Option<u64>,
+    /// What a stale config means for requests.
+    pub when_stale: WhenStale,
+}
+
+/// What the filter does once its config is stale (`sync.when_stale`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WhenStale {
+    /// Keep enforcing the last applied config (the default).
+    #[default]
+    Enforce,
+    /// Refuse every request with 503 `config_stale`.
+    Refuse,
+}
+
+impl SyncConfig {
+    /// The budget after which requests are refused `config_stale`, if the
+    /// configuration asks for that.
+    pub fn refuse_after_ms(&self) -> Option<u64> {
+        self.stale_after_ms
+            .filter(|_| self.when_stale == WhenStale::Refuse)
+    }
 }
 
 /// The token stays out of logs and config dumps of ours.
@@ -47,6 +91,8 @@ impl core::fmt::Debug for SyncConfig {
             .field("token", &"<redacted>")
             .field("wait_ms", &self.wait_ms)
             .field("retry_ms", &self.retry_ms)
+            .field("stale_after_ms", &self.stale_after_ms)
+            .field("when_stale", &self.when_stale)
             .finish()
     }
 }
@@ -66,6 +112,7 @@ impl core::fmt::Display for ConfigError {
 struct WireConfig {
     sync: WireSync,
     api_key: Option<WireKeySources>,
+    pass_through_before_config: Option<Vec<WireScope>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +123,8 @@ struct WireSync {
     token_env: Option<String>,
     wait_ms: Option<u64>,
     retry_ms: Option<u64>,
+    stale_after_seconds: Option<u64>,
+    when_stale: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +135,11 @@ struct WireKeySources {
     cookie: Option<String>,
 }
 
-const CONFIG: Fields = Fields::closed(&[Field::required("sync"), Field::optional("api_key")]);
+const CONFIG: Fields = Fields::closed(&[
+    Field::required("sync"),
+    Field::optional("api_key"),
+    Field::optional("pass_through_before_config"),
+]);
 const SYNC: Fields = Fields::closed(&[
     Field::required("cluster"),
     Field::optional("authority"),
@@ -94,6 +147,8 @@ const SYNC: Fields = Fields::closed(&[
     Field::optional("token_env"),
     Field::optional("wait_ms"),
     Field::optional("retry_ms"),
+    Field::optional("stale_after_seconds"),
+    Field::optional("when_stale"),
 ]);
 const KEY_SOURCES: Fields = Fields::closed(&[
     Field::optional("headers"),
@@ -107,7 +162,8 @@ impl FromJson for WireConfig {
         let mut v = WireConfig::default();
         reader.object(&CONFIG, &mut |r, field| match field {
             0 => r.set(&mut v.sync),
-            _ => r.set(&mut v.api_key),
+            1 => r.set(&mut v.api_key),
+            _ => r.set(&mut v.pass_through_before_config),
         })?;
         Ok(v)
     }
@@ -122,7 +178,9 @@ impl FromJson for WireSync {
             2 => r.set(&mut v.token),
             3 => r.set(&mut v.token_env),
             4 => r.set(&mut v.wait_ms),
-            _ => r.set(&mut v.retry_ms),
+            5 => r.set(&mut v.retry_ms),
+            6 => r.set(&mut v.stale_after_seconds),
+            _ => r.set(&mut v.when_stale),
         })?;
         Ok(v)
     }
@@ -144,6 +202,8 @@ impl FromJson for WireKeySources {
 const DEFAULT_AUTHORITY: &str = "tollgate-control-plane";
 const DEFAULT_WAIT_MS: u64 = 20_000;
 const DEFAULT_RETRY_MS: u64 = 250;
+/// A week: longer is no budget at all.
+const MAX_STALE_AFTER_SECONDS: u64 = 7 * 24 * 3600;
 
 impl PluginConfig {
     /// Reads and validates `raw`; `env` looks up the VM's environment
@@ -205,6 +265,32 @@ impl PluginConfig {
         if !(1..=60_000).contains(&retry_ms) {
             return bad("sync.retry_ms must be between 1 and 60000");
         }
+        let stale_after_ms = match s.stale_after_seconds {
+            None => None,
+            Some(secs) if (1..=MAX_STALE_AFTER_SECONDS).contains(&secs) => Some(secs * 1000),
+            Some(_) => {
+                return Err(ConfigError(format!(
+                    "sync.stale_after_seconds must be between 1 and {MAX_STALE_AFTER_SECONDS}"
+                )))
+            }
+        };
+        // A healthy long poll may be held `wait_ms` before it answers: a
+        // budget that short would call a working channel stale.
+        if stale_after_ms.is_some_and(|budget| budget <= wait_ms + 1_000) {
+            return bad("sync.stale_after_seconds must exceed sync.wait_ms by more than 1 s");
+        }
+        let when_stale = match s.when_stale.as_deref() {
+            None | Some("enforce") => WhenStale::Enforce,
+            Some("refuse") => WhenStale::Refuse,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "sync.when_stale is {other:?}: \"enforce\" or \"refuse\""
+                )))
+            }
+        };
+        if when_stale == WhenStale::Refuse && stale_after_ms.is_none() {
+            return bad("sync.when_stale \"refuse\" needs sync.stale_after_seconds");
+        }
         let defaults = KeySources::default();
         let api_key = match wire.api_key {
             None => defaults,
@@ -216,6 +302,23 @@ impl PluginConfig {
             },
         };
         api_key.validate().map_err(|e| ConfigError(e.0))?;
+        let routes = wire.pass_through_before_config.unwrap_or_default();
+        if routes.len() > MAX_PASS_THROUGH {
+            return Err(ConfigError(format!(
+                "pass_through_before_config lists {} routes, at most {MAX_PASS_THROUGH}",
+                routes.len()
+            )));
+        }
+        let mut pass_through_before_config = Vec::with_capacity(routes.len());
+        for route in &routes {
+            let methods = route.methods.as_deref().unwrap_or_default();
+            let scope = Scope::validate(methods, route.path_prefix.as_deref())
+                .map_err(|e| ConfigError(format!("pass_through_before_config: {e}")))?;
+            if scope.path_prefix.is_none() {
+                return bad("pass_through_before_config: every route needs a path_prefix");
+            }
+            pass_through_before_config.push(scope);
+        }
         Ok(Self {
             sync: SyncConfig {
                 cluster: s.cluster,
@@ -223,8 +326,11 @@ impl PluginConfig {
                 token,
                 wait_ms,
                 retry_ms,
+                stale_after_ms,
+                when_stale,
             },
             api_key,
+            pass_through_before_config,
         })
     }
 }
@@ -254,9 +360,42 @@ mod tests {
                 token: "t".into(),
                 wait_ms: 20_000,
                 retry_ms: 250,
+                stale_after_ms: None,
+                when_stale: WhenStale::Enforce,
             }
         );
+        assert_eq!(c.sync.refuse_after_ms(), None);
         assert_eq!(c.api_key, KeySources::default());
+        assert!(c.pass_through_before_config.is_empty());
+        assert!(!c.passes_before_config("GET", "/healthz"));
+    }
+
+    #[test]
+    fn the_staleness_budget_and_what_it_does() {
+        let c = parse(r#"{"sync":{"cluster":"cp","token":"t","stale_after_seconds":30}}"#).unwrap();
+        assert_eq!(c.sync.stale_after_ms, Some(30_000));
+        assert_eq!(c.sync.when_stale, WhenStale::Enforce);
+        assert_eq!(c.sync.refuse_after_ms(), None, "enforcing is the default");
+        let c = parse(
+            r#"{"sync":{"cluster":"cp","token":"t","stale_after_seconds":2,"wait_ms":500,"when_stale":"refuse"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.sync.refuse_after_ms(), Some(2_000));
+    }
+
+    #[test]
+    fn chosen_routes_pass_before_the_first_config() {
+        let c = parse(
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"methods":["get","HEAD"],"path_prefix":"/healthz"},{"path_prefix":"/status/"}]}"#,
+        )
+        .unwrap();
+        assert!(c.passes_before_config("GET", "/healthz"));
+        assert!(c.passes_before_config("HEAD", "/healthz/live?x=1"));
+        assert!(!c.passes_before_config("POST", "/healthz"));
+        assert!(!c.passes_before_config("GET", "/healthzz"));
+        assert!(c.passes_before_config("DELETE", "/status/x"));
+        assert!(!c.passes_before_config("GET", "/status"));
+        assert!(!c.passes_before_config("GET", "/"));
     }
 
     #[test]
@@ -311,6 +450,18 @@ mod tests {
             r#"{"sync":{"cluster":"cp","token":"t"},"api_key":{"header":"x"}}"#,
             r#"{"sync":{"cluster":"cp","token":"t"}}}"#,
             r#"{"sync":{"cluster":"cp","token":"t","token":"u"}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","stale_after_seconds":0}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","stale_after_seconds":604801}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","stale_after_seconds":21}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","stale_after_seconds":2,"wait_ms":1000}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","when_stale":"refuse"}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t","stale_after_seconds":60,"when_stale":"open"}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":{}}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"methods":["GET"]}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"path_prefix":"healthz"}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"path_prefix":"/h?x"}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"methods":["G T"],"path_prefix":"/h"}]}"#,
+            r#"{"sync":{"cluster":"cp","token":"t"},"pass_through_before_config":[{"path_prefix":"/h","other":1}]}"#,
         ];
         for raw in refused {
             assert!(parse(raw).is_err(), "accepted {raw:?}");

@@ -68,6 +68,8 @@ pub fn config() -> SyncConfig {
         token: "sync-token".into(),
         wait_ms: 20_000,
         retry_ms: 250,
+        stale_after_ms: None,
+        when_stale: crate::config::WhenStale::Enforce,
     }
 }
 

@@ -39,9 +39,14 @@ impl HeaderBlock {
 
     /// The first value of `name` (lower case), if it is valid UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.raw(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The first value of `name` (lower case) as the bytes it came in.
+    pub fn raw(&self, name: &str) -> Option<&[u8]> {
         self.pairs()
             .find(|(n, _)| *n == name.as_bytes())
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(|(_, v)| v)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -117,6 +122,19 @@ mod tests {
         assert_eq!(block.get("empty"), Some(""));
         assert!(block.contains("empty"));
         assert_eq!(block.get("authorization"), None);
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_there_as_bytes() {
+        let mut bytes = serialize(&[("x-api-key", "tg_?")]);
+        let at = bytes.len() - 2;
+        bytes[at] = 0xff;
+        let block = HeaderBlock::from_bytes(bytes);
+        assert_eq!(block.get("x-api-key"), None);
+        assert_eq!(block.raw("x-api-key"), Some(&b"tg_\xff"[..]));
+        let sources = tollgate_core::credential::KeySources::default();
+        let (key, _) = sources.find(|n| block.raw(n), "/").unwrap();
+        assert_eq!(key, tollgate_core::credential::Presented::Unreadable);
     }
 
     #[test]

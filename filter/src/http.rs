@@ -7,7 +7,8 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use tollgate_core::cache::ConfigCache;
 use tollgate_core::decide::{
-    decide, decide_cached, ClientIp, Decision, Denied, DenyReason, RequestFacts,
+    decide, decide_cached, is_stale, stale_refusal, ClientIp, Decision, Denied, DenyReason,
+    RequestFacts,
 };
 use tollgate_core::response::{
     local_reply, upstream_headers, RateLimitHeaders, STRIPPED_REQUEST_HEADERS,
@@ -40,6 +41,34 @@ impl TollgateHttp {
     }
 }
 
+impl TollgateHttp {
+    /// Whether this Envoy has applied a config, as of `now`.
+    fn config_applied(&self, now: u64) -> bool {
+        match self.cache.try_borrow_mut() {
+            Ok(mut cache) => cache.version(&Proxy, now).is_some(),
+            Err(_) => tollgate_core::layout::applied_version(&Proxy).is_some(),
+        }
+    }
+}
+
+impl TollgateHttp {
+    /// The `config_stale` refusal if the applied config's last successful
+    /// sync is `budget` ms or more before `now`. The sync time rides on the
+    /// version entry, which `decide` reads anyway (the cache keeps it for
+    /// this millisecond): no host call of its own.
+    fn stale_refusal(&self, budget: u64, now: u64) -> Option<Denied> {
+        let synced_at = match self.cache.try_borrow_mut() {
+            Ok(mut cache) => {
+                cache.version(&Proxy, now)?;
+                cache.synced_at_ms()
+            }
+            Err(_) => tollgate_core::layout::applied_state(&Proxy)?.synced_at_ms,
+        };
+        is_stale(synced_at, budget, now)
+            .then(|| stale_refusal(now.saturating_sub(synced_at.unwrap_or(now))))
+    }
+}
+
 impl Context for TollgateHttp {}
 
 fn reply(denied: &Denied) -> Action {
@@ -68,7 +97,7 @@ impl HttpContext for TollgateHttp {
         };
         let sources = &config.api_key;
         let headers = HeaderBlock::request();
-        let header = |name: &str| headers.get(name);
+        let header = |name: &str| headers.raw(name);
         let path = headers.get(":path").unwrap_or_default();
         #[cfg(feature = "crash-test")]
         if let Some(action) = crate::crash_test::arm_if_asked(&headers) {
@@ -90,6 +119,19 @@ impl HttpContext for TollgateHttp {
             path: upstream_path.as_deref().unwrap_or(path),
             client_ip: ClientIp::Ask(host::client_ip),
         };
+        // Chosen routes (health checks) go through untouched until the
+        // first config is applied. The version read is the one `decide`
+        // makes anyway (the cache keeps it for this millisecond), and is
+        // made only for such routes.
+        if config.passes_before_config(facts.method, facts.path) && !self.config_applied(now) {
+            return Action::Continue;
+        }
+        if let Some(budget) = config.sync.refuse_after_ms() {
+            if let Some(denied) = self.stale_refusal(budget, now) {
+                crate::metrics::denied(denied.reason);
+                return reply(&denied);
+            }
+        }
         let mut decision = match self.cache.try_borrow_mut() {
             Ok(mut cache) => decide_cached(&facts, &Proxy, &mut cache, now),
             Err(_) => decide(&facts, &Proxy, now),

@@ -53,7 +53,7 @@ pub fn record(event: Event) {
 }
 
 /// Every refusal reason, each with its own counter.
-pub const REASONS: [DenyReason; 8] = DenyReason::ALL;
+pub const REASONS: [DenyReason; 9] = DenyReason::ALL;
 
 /// Where `reason`'s counter sits in [`REASONS`] order.
 fn slot(reason: DenyReason) -> usize {
@@ -66,6 +66,7 @@ fn slot(reason: DenyReason) -> usize {
         DenyReason::RateLimited => 5,
         DenyReason::QuotaExceeded => 6,
         DenyReason::ConfigUnavailable => 7,
+        DenyReason::ConfigStale => 8,
     }
 }
 

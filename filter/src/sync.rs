@@ -14,12 +14,13 @@
 //! applied over what the new leader wrote.
 
 use proxy_wasm::types::LogLevel;
+use tollgate_core::decide::is_stale;
 use tollgate_core::json;
-use tollgate_core::layout::{applied_version, apply_sync};
+use tollgate_core::layout::{applied_state, applied_version, apply_sync_at};
 use tollgate_core::wire::SyncResponse;
 
 use crate::call::Pacing;
-use crate::config::SyncConfig;
+use crate::config::{SyncConfig, WhenStale};
 use crate::host::{Answer, Call, Host};
 use crate::identity;
 use crate::metrics::Event;
@@ -33,6 +34,8 @@ pub struct SyncLoop {
     after: Option<String>,
     /// No new poll: the lease is to be handed over once the open one ends.
     held: bool,
+    /// Whether the config was past its staleness budget at the last tick.
+    stale: bool,
 }
 
 impl SyncLoop {
@@ -59,7 +62,37 @@ impl SyncLoop {
 
     pub fn on_tick(&mut self, host: &impl Host, config: &SyncConfig, now: u64) {
         host.stat(Event::SyncTick { now_ms: now });
+        self.watch_staleness(host, config, now);
         self.poll(host, config, now);
+    }
+
+    /// Logs entering and leaving the stale state (the leader only, so once
+    /// per Envoy); the workers judge staleness on their own from the same
+    /// shared entry.
+    fn watch_staleness(&mut self, host: &impl Host, config: &SyncConfig, now: u64) {
+        let Some(budget) = config.stale_after_ms else {
+            return;
+        };
+        let synced_at = applied_state(host).and_then(|a| a.synced_at_ms);
+        let stale = is_stale(synced_at, budget, now);
+        if stale == self.stale {
+            return;
+        }
+        self.stale = stale;
+        let message = if stale {
+            let age = now.saturating_sub(synced_at.unwrap_or(now)) / 1000;
+            let doing = match config.when_stale {
+                WhenStale::Enforce => "still enforcing the last applied config",
+                WhenStale::Refuse => "refusing requests with 503 config_stale",
+            };
+            format!(
+                "tollgate: config stale: no successful sync for {age} s (budget {} s); {doing}",
+                budget / 1000
+            )
+        } else {
+            "tollgate: config fresh again: a sync succeeded within the staleness budget".to_owned()
+        };
+        host.log(LogLevel::Warn, &message);
     }
 
     /// Sends the next poll if one is due.
@@ -157,7 +190,7 @@ impl SyncLoop {
             }
         };
         let before = applied_version(host);
-        match apply_sync(host, &sync) {
+        match apply_sync_at(host, &sync, Some(now)) {
             Ok(_) if sync.next.is_some() => {
                 // A page of a longer walk: its keys are written, the version
                 // waits for the last page. Ask for the next one at once.
@@ -250,6 +283,57 @@ mod tests {
         assert_eq!(applied_version(&host), Some(3));
         let next = host.take_sent();
         assert_eq!(next[0].path, "/v1/sync?since=3&wait_ms=20000");
+    }
+
+    #[test]
+    fn each_sync_records_its_time_and_the_leader_logs_going_stale_and_back() {
+        let host = FakeHost::new();
+        let c = SyncConfig {
+            stale_after_ms: Some(30_000),
+            when_stale: WhenStale::Refuse,
+            ..config()
+        };
+        let stale_logs = || {
+            host.logs
+                .borrow()
+                .iter()
+                .filter(|(_, m)| m.contains("config stale") || m.contains("fresh again"))
+                .map(|(_, m)| m.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut sync = SyncLoop::default();
+        sync.on_tick(&host, &c, T0);
+        let t = host.take_sent()[0].token;
+        let first = SyncResponse {
+            version: 3,
+            ..SyncResponse::default()
+        };
+        sync.on_answer(&host, &c, t, &answer(&first), T0);
+        let state = applied_state(&host).unwrap();
+        assert_eq!((state.version, state.synced_at_ms), (3, Some(T0)));
+        // The long poll is out and never answers (nor its retry): stale at
+        // 30 000 ms, not before.
+        sync.on_tick(&host, &c, T0 + 29_999);
+        assert!(stale_logs().is_empty());
+        sync.on_tick(&host, &c, T0 + 30_000);
+        assert_eq!(stale_logs().len(), 1);
+        assert!(
+            stale_logs()[0].contains("503 config_stale"),
+            "{:?}",
+            stale_logs()
+        );
+        sync.on_tick(&host, &c, T0 + 30_050);
+        assert_eq!(stale_logs().len(), 1, "logged once");
+        let poll = host.take_sent().last().unwrap().token;
+        // An answer, even with nothing new, is a successful sync.
+        sync.on_answer(&host, &c, poll, &answer(&first), T0 + 31_000);
+        assert_eq!(
+            applied_state(&host).unwrap().synced_at_ms,
+            Some(T0 + 31_000)
+        );
+        sync.on_tick(&host, &c, T0 + 31_050);
+        assert_eq!(stale_logs().len(), 2);
+        assert!(stale_logs()[1].contains("fresh again"));
     }
 
     #[test]

@@ -192,6 +192,16 @@ impl Stack {
         stack
     }
 
+    /// Upstream and an Envoy whose filter has `plugin_config`, and no
+    /// control plane: Envoy has never had config.
+    pub async fn start_with_plugin_config_without_control_plane(plugin_config: Value) -> Self {
+        let mut stack = Self::new();
+        stack.plugin_config = Some(plugin_config);
+        stack.start_upstream().await;
+        stack.start_envoy().await;
+        stack
+    }
+
     /// Control plane and upstream, and no Envoy yet: for a test that
     /// starts an Envoy of its own shape ([`Stack::add_envoy`]).
     pub async fn start_without_envoy() -> Self {
@@ -437,6 +447,17 @@ impl Stack {
         Reply::read(req.send().await.expect("Envoy answers")).await
     }
 
+    /// One request through Envoy with header values given as bytes, which
+    /// need not be UTF-8 (obs-text, 0x80 to 0xFF, is accepted).
+    pub async fn get_raw(&self, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        let mut req = self.client.get(self.envoy_url(path));
+        for (k, v) in headers {
+            let value = reqwest::header::HeaderValue::from_bytes(v).expect("a header value");
+            req = req.header(*k, value);
+        }
+        Reply::read(req.send().await.expect("Envoy answers")).await
+    }
+
     /// One request through Envoy with `x-api-key`.
     pub async fn get_with_key(&self, key: &str) -> Reply {
         self.get("/anything", &[("x-api-key", key)]).await
@@ -538,6 +559,20 @@ impl Stack {
     }
 }
 
+/// Asserts that `reply` is a problem+json refusal with `status` and `code`.
+pub fn assert_problem(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], status);
+    assert!(reply.body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(reply.body["type"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(reply.body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
 /// A plugin configuration syncing from the harness's control plane, with
 /// `api_key` saying where keys are read.
 pub fn plugin_config_with_api_key(api_key: Value) -> Value {
@@ -545,6 +580,21 @@ pub fn plugin_config_with_api_key(api_key: Value) -> Value {
         "sync": {"cluster": "tollgate_control_plane", "token": SYNC_TOKEN},
         "api_key": api_key,
     })
+}
+
+/// A plugin configuration syncing from the harness's control plane, with
+/// `sync` fields added to (or replacing) the defaults and `more` top-level fields.
+pub fn plugin_config_with(sync: Value, more: Value) -> Value {
+    let mut config = json!({
+        "sync": {"cluster": "tollgate_control_plane", "token": SYNC_TOKEN},
+    });
+    if let (Some(base), Some(extra)) = (config["sync"].as_object_mut(), sync.as_object()) {
+        base.extend(extra.clone());
+    }
+    if let (Some(base), Some(extra)) = (config.as_object_mut(), more.as_object()) {
+        base.extend(extra.clone());
+    }
+    config
 }
 
 /// `rendered` (from `envoy/tollgate.yaml`) with its plugin configuration

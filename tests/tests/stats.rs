@@ -166,6 +166,7 @@ async fn envoy_stats_count_every_request_and_show_sync_health() {
         (denied("expired_api_key"), 0.0),
         (denied("quota_exceeded"), 0.0),
         (denied("config_unavailable"), 0.0),
+        (denied("config_stale"), 0.0),
     ];
     let (stats, _) = eventually(BOUND, "every request counted", || async {
         let stats = envoy_stats(&stack).await;

@@ -7,23 +7,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tollgate_core::key::ApiKey;
-use tollgate_e2e::harness::{eventually, Reply, Stack};
+use tollgate_e2e::harness::{assert_problem, eventually, Stack};
 
 /// Generous bound for "within 1 s" in tests; the benchmark measures the real figure.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
-
-fn assert_problem(reply: &Reply, status: u16, code: &str) {
-    assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
-    assert_eq!(
-        reply.header("content-type"),
-        Some("application/problem+json")
-    );
-    assert_eq!(reply.body["code"], code, "{:?}", reply.body);
-    assert_eq!(reply.body["status"], status);
-    assert!(reply.body["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(reply.body["type"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(reply.body["detail"].as_str().is_some_and(|t| !t.is_empty()));
-}
 
 /// A per-hour limit so nothing refills while a test runs.
 fn burst_limit(burst: u64) -> serde_json::Value {
@@ -188,6 +175,22 @@ async fn missing_and_malformed_keys_are_refused_before_lookup() {
         401,
         "invalid_api_key",
     );
+    // Sent but not UTF-8: a key that cannot be read, not a missing one.
+    let mut raw = key.clone().into_bytes();
+    raw[10] = 0xff;
+    for headers in [
+        [("x-api-key", &raw[..])],
+        [("x-api-key", &b"\xff"[..])],
+        [("authorization", &[b"Bearer ".as_slice(), &raw].concat()[..])],
+    ] {
+        let reply = stack.get_raw("/", &headers).await;
+        assert_problem(&reply, 401, "invalid_api_key");
+    }
+    // Not UTF-8 under another scheme is still no key.
+    let basic = stack
+        .get_raw("/", &[("authorization", b"Basic \xff")])
+        .await;
+    assert_problem(&basic, 401, "missing_api_key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -86,11 +86,14 @@ pub enum DenyReason {
     RateLimited,
     QuotaExceeded,
     ConfigUnavailable,
+    /// No successful sync for longer than the configured staleness budget,
+    /// and the configuration says to refuse then.
+    ConfigStale,
 }
 
 impl DenyReason {
     /// Every reason, for whatever must cover them all (metrics, tests).
-    pub const ALL: [DenyReason; 8] = [
+    pub const ALL: [DenyReason; 9] = [
         Self::MissingApiKey,
         Self::InvalidApiKey,
         Self::DisabledApiKey,
@@ -99,6 +102,7 @@ impl DenyReason {
         Self::RateLimited,
         Self::QuotaExceeded,
         Self::ConfigUnavailable,
+        Self::ConfigStale,
     ];
 
     pub fn status(self) -> u32 {
@@ -109,7 +113,7 @@ impl DenyReason {
             | Self::ExpiredApiKey => 401,
             Self::Forbidden => 403,
             Self::RateLimited | Self::QuotaExceeded => 429,
-            Self::ConfigUnavailable => 503,
+            Self::ConfigUnavailable | Self::ConfigStale => 503,
         }
     }
 
@@ -123,6 +127,7 @@ impl DenyReason {
             Self::RateLimited => "rate_limited",
             Self::QuotaExceeded => "quota_exceeded",
             Self::ConfigUnavailable => "config_unavailable",
+            Self::ConfigStale => "config_stale",
         }
     }
 
@@ -136,6 +141,7 @@ impl DenyReason {
             Self::RateLimited => "Rate limit exceeded",
             Self::QuotaExceeded => "Monthly quota exceeded",
             Self::ConfigUnavailable => "Gateway not ready",
+            Self::ConfigStale => "Gateway configuration out of date",
         }
     }
 }
@@ -172,7 +178,7 @@ pub struct Allowed {
 pub struct Denied {
     pub reason: DenyReason,
     pub detail: String,
-    /// Whole seconds, at least 1; only for 429.
+    /// Whole seconds, at least 1: for 429, and for 503 `config_stale`.
     pub retry_after: Option<u64>,
     pub policies: Vec<PolicyStatus>,
     /// Names of the policies that refused the request.
@@ -214,6 +220,31 @@ fn deny_key(key_id: &str, reason: DenyReason, detail: impl Into<String>) -> Deci
         }),
         allowed => allowed,
     }
+}
+
+/// Whether the applied config is past its staleness budget at `now_ms`:
+/// its last successful sync (`synced_at_ms`) was `budget_ms` or more ago.
+/// A config whose sync time is unknown is not stale (there is no config
+/// at all before the first sync: that is `config_unavailable`), and a
+/// clock that went back makes the age 0.
+pub fn is_stale(synced_at_ms: Option<u64>, budget_ms: u64, now_ms: u64) -> bool {
+    synced_at_ms.is_some_and(|synced| now_ms.saturating_sub(synced) >= budget_ms)
+}
+
+/// Seconds a `config_stale` refusal asks the client to wait.
+pub const STALE_RETRY_AFTER_SECS: u64 = 5;
+
+/// The `config_stale` refusal, `age_ms` after the last successful sync.
+pub fn stale_refusal(age_ms: u64) -> Denied {
+    let mut denied = Denied::new(
+        DenyReason::ConfigStale,
+        format!(
+            "The gateway has not been able to refresh its configuration for {} s; retry shortly.",
+            age_ms / 1000
+        ),
+    );
+    denied.retry_after = Some(STALE_RETRY_AFTER_SECS);
+    denied
 }
 
 /// Decides one request at `now_ms` (Unix milliseconds), reading all config afresh.

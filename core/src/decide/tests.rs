@@ -297,3 +297,28 @@ fn a_plan_without_limits_admits_without_headers() {
     };
     assert!(a.policies.is_empty());
 }
+
+#[crate::testing::test]
+fn the_staleness_budget_ends_exactly_at_its_edge() {
+    // Last successful sync at t = 1 000 000 ms, a 30 s budget.
+    let synced = Some(1_000_000);
+    assert!(!is_stale(synced, 30_000, 1_000_000));
+    assert!(!is_stale(synced, 30_000, 1_029_999));
+    assert!(is_stale(synced, 30_000, 1_030_000));
+    assert!(is_stale(synced, 30_000, u64::MAX));
+    // A clock that went back, or a sync time never recorded: not stale.
+    assert!(!is_stale(synced, 30_000, 0));
+    assert!(!is_stale(None, 30_000, u64::MAX));
+
+    let denied = stale_refusal(30_000);
+    assert_eq!(denied.reason, DenyReason::ConfigStale);
+    assert_eq!(
+        (denied.reason.status(), denied.reason.code()),
+        (503, "config_stale")
+    );
+    assert_eq!(denied.retry_after, Some(STALE_RETRY_AFTER_SECS));
+    assert!(denied.detail.contains("30 s"), "{}", denied.detail);
+    let reply = crate::response::local_reply(&denied);
+    assert!(reply.headers().any(|(n, v)| n == "retry-after" && v == "5"));
+    assert!(reply.body.contains("\"code\":\"config_stale\""));
+}

@@ -19,9 +19,39 @@ use super::names::{buckets_key, key_record_key, plan_key, ANONYMOUS_KEY, VERSION
 
 /// The config version this Envoy has applied, if any.
 pub fn applied_version(store: &impl SharedStore) -> Option<u64> {
+    applied_state(store).map(|applied| applied.version)
+}
+
+/// What the version entry holds: the applied version, then, when the
+/// leader recorded it, when the last successful sync ended (Unix ms). Every
+/// worker reads it on each request anyway, so the staleness budget costs
+/// no host call of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u64,
+    pub synced_at_ms: Option<u64>,
+}
+
+/// The version entry, if a config has been applied.
+pub fn applied_state(store: &impl SharedStore) -> Option<Applied> {
     let (bytes, _) = store.get(VERSION_KEY)?;
-    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    Some(u64::from_le_bytes(raw))
+    let word = |at: usize| -> Option<u64> {
+        let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(raw))
+    };
+    Some(Applied {
+        version: word(0)?,
+        synced_at_ms: word(8),
+    })
+}
+
+/// The version entry's bytes: `version`, then `synced_at_ms` if known.
+fn encode_applied(version: u64, synced_at_ms: Option<u64>) -> Vec<u8> {
+    let mut bytes = version.to_le_bytes().to_vec();
+    if let Some(at) = synced_at_ms {
+        bytes.extend_from_slice(&at.to_le_bytes());
+    }
+    bytes
 }
 
 pub fn read_plan(store: &impl SharedStore, plan_id: &str) -> Option<Plan> {
@@ -70,6 +100,16 @@ impl core::fmt::Display for ApplyError {
 /// Bucket entries are not created here but on a key's first request, so a
 /// key that is never used costs only its record.
 pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, ApplyError> {
+    apply_sync_at(store, sync, None)
+}
+
+/// [`apply_sync`], recording with the version that this sync succeeded at
+/// `synced_at_ms` (the leader's clock), for the staleness budget.
+pub fn apply_sync_at(
+    store: &impl SharedStore,
+    sync: &SyncResponse,
+    synced_at_ms: Option<u64>,
+) -> Result<u64, ApplyError> {
     if let Some(applied) = applied_version(store) {
         if sync.version < applied {
             return Err(ApplyError::Stale {
@@ -128,7 +168,11 @@ pub fn apply_sync(store: &impl SharedStore, sync: &SyncResponse) -> Result<u64, 
     }
     if sync.next.is_none() {
         store
-            .set(VERSION_KEY, Some(&sync.version.to_le_bytes()), None)
+            .set(
+                VERSION_KEY,
+                Some(&encode_applied(sync.version, synced_at_ms)),
+                None,
+            )
             .map_err(ApplyError::Write)?;
     }
     Ok(sync.version)

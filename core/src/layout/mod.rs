@@ -46,7 +46,8 @@ mod key_record;
 mod names;
 
 pub use apply::{
-    applied_version, apply_standings, apply_sync, read_anonymous, read_plan, ApplyError,
+    applied_state, applied_version, apply_standings, apply_sync, apply_sync_at, read_anonymous,
+    read_plan, Applied, ApplyError,
 };
 pub use bucket_entry::{read_for_update, BucketEntry, QuotaCount};
 pub use key_record::{decode_key_record, encode_key_record, read_key};
