@@ -39,9 +39,7 @@ impl TollgateHttp {
             config,
         }
     }
-}
 
-impl TollgateHttp {
     /// Whether this Envoy has applied a config, as of `now`.
     fn config_applied(&self, now: u64) -> bool {
         match self.cache.try_borrow_mut() {
@@ -49,9 +47,7 @@ impl TollgateHttp {
             Err(_) => tollgate_core::layout::applied_version(&Proxy).is_some(),
         }
     }
-}
 
-impl TollgateHttp {
     /// The `config_stale` refusal if the applied config's last successful
     /// sync is `budget` ms or more before `now`. The sync time rides on the
     /// version entry, which `decide` reads anyway (the cache keeps it for

@@ -29,7 +29,7 @@ pub mod tokens;
 pub mod webhooks;
 
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 
 use crate::middleware;
@@ -92,7 +92,14 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/dashboard/pricing", get(pricing::signed_in))
         .route("/pricing", get(pricing::public))
         .route("/dashboard/assets/{file}", get(assets::serve))
+        // Any other address under /dashboard: an error page a person can
+        // read, not the API's problem+json.
+        .route("/dashboard/{*rest}", any(no_such_page))
         .merge(login)
         .layer(from_fn(guard::refuse_cross_site))
         .layer(from_fn(guard::secure_headers))
+}
+
+async fn no_such_page() -> page::PageError {
+    page::PageError::no_such_page()
 }

@@ -100,6 +100,15 @@ pub fn ok(page: &impl Template) -> Response {
 pub struct PageError(pub ApiError);
 
 impl PageError {
+    /// A dashboard address that leads nowhere: a page, not the API's JSON.
+    pub fn no_such_page() -> Self {
+        Self(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is no such page in the dashboard.",
+        ))
+    }
+
     pub fn cross_site() -> Self {
         Self(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -914,8 +914,15 @@ async fn forms_in_other_encodings_get_a_clear_error_page(backend: Backend) {
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
     );
-    let r = browser.get("/dashboard/nope").await;
-    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+    for nowhere in ["/dashboard/nope", "/dashboard/plans/plan_x/nope"] {
+        let r = browser.get(nowhere).await;
+        assert_page(
+            &r,
+            StatusCode::NOT_FOUND,
+            "There is no such page in the dashboard.",
+        );
+        assert!(r.headers.contains_key(header::CONTENT_SECURITY_POLICY));
+    }
     assert_eq!(row_counts(&state, &TABLES).await, before);
 }
 
