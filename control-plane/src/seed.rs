@@ -20,6 +20,7 @@ fn limits(hourly: u64, daily: u64) -> Vec<WireLimit> {
             window_seconds: 3600,
             burst: None,
             scope: Default::default(),
+            per_envoy: false,
         },
         WireLimit {
             name: "daily".into(),
@@ -27,6 +28,7 @@ fn limits(hourly: u64, daily: u64) -> Vec<WireLimit> {
             window_seconds: 86_400,
             burst: None,
             scope: Default::default(),
+            per_envoy: false,
         },
     ]
 }

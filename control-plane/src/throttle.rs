@@ -68,6 +68,7 @@ impl Rate {
             window_seconds: 60,
             max_tokens: self.burst,
             scope: Default::default(),
+            per_envoy: true,
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Token buckets, Envoy-style, with time as an argument.
 //!
-//! Arithmetic is exact integers: one token is `window_ms` units and the bucket
-//! refills `max` units per millisecond, so `max` tokens per window accrue with
-//! no rounding drift. Refill is lazy (on each look), so a bucket is just two
-//! numbers that fit in shared data.
+//! Arithmetic is exact integers: one token is `window_ms × FULL_SHARE` units
+//! and the bucket refills `max × share` units per millisecond up to
+//! `burst × window_ms × share`, so an Envoy holding `share` of a fleet-wide
+//! limit (see [`crate::fleet`]) gets exactly that fraction of its rate and
+//! burst, with no rounding drift. Refill is lazy (on each look), so a bucket
+//! is just two numbers that fit in shared data.
 
 use crate::config::Limit;
+use crate::fleet::FULL_SHARE;
 
 /// The state of one bucket: its fill level in units and when it was last refilled (Unix ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +26,64 @@ pub enum Check {
     Deny { wait_ms: u64 },
 }
 
-fn units_per_token(limit: &Limit) -> u128 {
-    u128::from(limit.window_ms().max(1))
+/// One limit as this Envoy meters it: its share of the limit's rate and
+/// burst, in bucket units. A limit applied per Envoy is metered at
+/// [`FULL_SHARE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meter {
+    per_token: u128,
+    capacity: u128,
+    per_ms: u128,
+    /// Milliseconds the whole limit takes to refill from empty, the same at
+    /// any share: what a request too large for the bucket is told to wait.
+    fill_ms: u64,
 }
 
-fn capacity(limit: &Limit) -> u128 {
-    u128::from(limit.max_tokens) * units_per_token(limit)
+impl Meter {
+    /// `share` (of [`FULL_SHARE`]) of `limit`. Any share holds at least
+    /// one whole request: a share of the burst smaller than that (a burst
+    /// of 10 over 20 Envoys) could otherwise never admit anything. And a
+    /// share that falls short of a whole request only by rounding to
+    /// 65,536ths (a fifth of 10 is 1.99997) holds that whole request. Those
+    /// are the slack of fleet-wide limits: at most one request per Envoy
+    /// whose share of the burst is below one, plus less than
+    /// `burst ÷ 65,536` per Envoy from rounding.
+    pub fn new(limit: &Limit, share: u32) -> Self {
+        let share = u128::from(share.min(FULL_SHARE));
+        let window = u128::from(limit.window_ms().max(1));
+        let per_token = window * u128::from(FULL_SHARE);
+        let exact = u128::from(limit.max_tokens) * window * share;
+        // A share is rounded down by less than one 65,536th: the burst
+        // loses less than `max_tokens × window` units by it.
+        let short = (per_token - exact % per_token) % per_token;
+        let rounding = u128::from(limit.max_tokens) * window;
+        let capacity = if share == 0 {
+            0
+        } else if short > 0 && short < rounding {
+            exact + short
+        } else {
+            exact.max(per_token)
+        };
+        Self {
+            per_token,
+            capacity,
+            per_ms: u128::from(limit.max) * share,
+            fill_ms: fill_ms(limit),
+        }
+    }
+
+}
+
+impl From<&Limit> for Meter {
+    fn from(limit: &Limit) -> Self {
+        Self::new(limit, FULL_SHARE)
+    }
+}
+
+impl From<&Meter> for Meter {
+    fn from(meter: &Meter) -> Self {
+        *meter
+    }
 }
 
 // Levels are u128 so no product can overflow, but they nearly always fit
@@ -59,69 +114,82 @@ fn clamp_u64(v: u128) -> u64 {
 
 impl Bucket {
     /// A bucket that has never been used: full.
-    pub fn full(limit: &Limit, now_ms: u64) -> Self {
+    pub fn full(meter: impl Into<Meter>, now_ms: u64) -> Self {
         Self {
-            level: capacity(limit),
+            level: meter.into().capacity,
             last_fill_ms: now_ms,
         }
     }
 
-    /// The bucket as it is at `now_ms`. A clock that went backwards refills nothing.
-    pub fn refilled(self, limit: &Limit, now_ms: u64) -> Self {
+    /// The bucket as it is at `now_ms`. A clock that went backwards refills
+    /// nothing; a level above capacity (the share just shrank) is cut to it.
+    pub fn refilled(self, meter: impl Into<Meter>, now_ms: u64) -> Self {
+        let meter = meter.into();
         let elapsed = now_ms.saturating_sub(self.last_fill_ms);
-        let added = u128::from(elapsed) * u128::from(limit.max);
+        let added = u128::from(elapsed) * meter.per_ms;
         Self {
-            level: self.level.saturating_add(added).min(capacity(limit)),
+            level: self.level.saturating_add(added).min(meter.capacity),
             last_fill_ms: now_ms.max(self.last_fill_ms),
         }
     }
 
     /// Whether `cost` tokens fit now. Does not change the bucket.
-    pub fn check(&self, limit: &Limit, cost: u64) -> Check {
-        let need = u128::from(cost) * units_per_token(limit);
+    pub fn check(&self, meter: impl Into<Meter>, cost: u64) -> Check {
+        let meter = meter.into();
+        let need = u128::from(cost) * meter.per_token;
         if self.level >= need {
             Check::Admit {
                 level_after: self.level - need,
             }
-        } else if need > capacity(limit) {
-            // Can never fit: say "once the bucket is full" rather than
-            // forever. That is the policy's `w` (see [`fill_ms`]), so the
-            // `t` of a refusing policy never exceeds its `w`.
+        } else if need > meter.capacity || meter.per_ms == 0 {
+            // Can never fit at this share: say "once the bucket is full"
+            // rather than forever. That is the policy's `w` (see
+            // [`fill_ms`]), so the `t` of a refusing policy never exceeds
+            // its `w`; a share of 0 is leased anew within about a second.
             Check::Deny {
-                wait_ms: fill_ms(limit),
+                wait_ms: meter.fill_ms,
             }
         } else {
             Check::Deny {
-                wait_ms: clamp_u64(div_ceil(need - self.level, u128::from(limit.max.max(1)))),
+                wait_ms: clamp_u64(div_ceil(need - self.level, meter.per_ms)),
             }
         }
     }
 
     /// The bucket with `cost` tokens given back, never past capacity.
-    pub fn refunded(self, limit: &Limit, cost: u64) -> Self {
-        let units = u128::from(cost) * units_per_token(limit);
+    pub fn refunded(self, meter: impl Into<Meter>, cost: u64) -> Self {
+        let meter = meter.into();
+        let units = u128::from(cost) * meter.per_token;
         Self {
-            level: self.level.saturating_add(units).min(capacity(limit)),
+            level: self.level.saturating_add(units).min(meter.capacity),
             ..self
         }
     }
 
     /// Whole tokens left.
-    pub fn remaining(&self, limit: &Limit) -> u64 {
-        clamp_u64(div_floor(self.level, units_per_token(limit)))
+    pub fn remaining(&self, meter: impl Into<Meter>) -> u64 {
+        clamp_u64(div_floor(self.level, meter.into().per_token))
     }
 
     /// Milliseconds until the bucket is full again.
-    pub fn ms_until_full(&self, limit: &Limit) -> u64 {
-        let missing = capacity(limit).saturating_sub(self.level);
-        clamp_u64(div_ceil(missing, u128::from(limit.max.max(1))))
+    pub fn ms_until_full(&self, meter: impl Into<Meter>) -> u64 {
+        let meter = meter.into();
+        let missing = meter.capacity.saturating_sub(self.level);
+        if missing == 0 {
+            return 0;
+        }
+        if meter.per_ms == 0 {
+            return meter.fill_ms;
+        }
+        clamp_u64(div_ceil(missing, meter.per_ms))
     }
 }
 
 /// Milliseconds a bucket takes to refill from empty: `burst × window ÷ max`,
 /// rounded up; exactly the window when the burst is `max`.
 pub fn fill_ms(limit: &Limit) -> u64 {
-    clamp_u64(div_ceil(capacity(limit), u128::from(limit.max.max(1))))
+    let capacity = u128::from(limit.max_tokens) * u128::from(limit.window_ms().max(1));
+    clamp_u64(div_ceil(capacity, u128::from(limit.max.max(1))))
 }
 
 /// The largest integer an HTTP structured field may carry (RFC 9651,

@@ -18,6 +18,7 @@ use std::rc::Rc;
 
 use crate::config::{Anonymous, KeyRecord, Plan};
 use crate::key::KeyHash;
+use crate::fleet::Terms;
 use crate::layout::{applied_state, read_anonymous, read_key, read_plan};
 use crate::store::SharedStore;
 
@@ -33,6 +34,8 @@ pub struct ConfigCache {
     version_read_ms: Option<u64>,
     /// When the last successful sync ended, as of that read.
     synced_at_ms: Option<u64>,
+    /// The fleet terms, as of that read.
+    fleet: Option<Terms>,
     keys: HashMap<KeyHash, Option<Rc<KeyRecord>>>,
     plans: HashMap<String, Option<Rc<Plan>>>,
     anonymous: Option<Option<Rc<Anonymous>>>,
@@ -53,6 +56,7 @@ impl ConfigCache {
         self.at_version(applied.version);
         self.version_read_ms = Some(now_ms);
         self.synced_at_ms = applied.synced_at_ms;
+        self.fleet = applied.fleet.map(|f| f.terms);
         Some(applied.version)
     }
 
@@ -60,6 +64,12 @@ impl ConfigCache {
     /// [`ConfigCache::version`] read (no read of its own).
     pub fn synced_at_ms(&self) -> Option<u64> {
         self.synced_at_ms
+    }
+
+    /// This Envoy's fleet terms, as of the last [`ConfigCache::version`]
+    /// read (no read of its own).
+    pub fn fleet(&self) -> Option<Terms> {
+        self.fleet
     }
 
     /// Forgets everything unless `version` is the one remembered.
@@ -169,7 +179,8 @@ mod tests {
             applied_state(&store),
             Some(Applied {
                 version: 1,
-                synced_at_ms: Some(1_000)
+                synced_at_ms: Some(1_000),
+                fleet: None,
             })
         );
         assert_eq!(cache.version(&store, 11), Some(1));

@@ -45,6 +45,8 @@ pub struct Limit {
     pub window_seconds: u64,
     pub max_tokens: u64,
     pub scope: LimitScope,
+    /// Metered by each Envoy whole, not as its share of a fleet-wide limit.
+    pub per_envoy: bool,
 }
 
 impl Limit {
@@ -103,6 +105,7 @@ impl TryFrom<&WireLimit> for Limit {
             window_seconds: wire.window_seconds,
             max_tokens,
             scope: wire.scope,
+            per_envoy: wire.per_envoy,
         })
     }
 }

@@ -187,7 +187,7 @@ impl KeyHash {
     /// The shared-data lookup id: base64url of the first 12 bytes, 16
     /// characters. 96 bits keep collisions out of reach (about 2^-57 at a
     /// million keys, 2^-50 at ten million), and the layout's 6-character
-    /// prefix (`tg2/k/`) plus 16 is 22 bytes, the longest string Envoy's C++
+    /// prefix (`tg3/k/`) plus 16 is 22 bytes, the longest string Envoy's C++
     /// library keeps inline without a heap block: with a million keys, a
     /// longer name would cost a heap block per key.
     pub fn lookup_id(&self) -> String {

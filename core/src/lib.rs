@@ -9,6 +9,7 @@
 //! - [`json`]: that JSON read and written without serde, for filter.wasm's size;
 //! - [`config`]: wire types validated into the config the filter enforces;
 //! - [`bucket`]: token buckets with time as an argument;
+//! - [`fleet`]: this Envoy's shares of fleet-wide limits, and the rule that applies them;
 //! - [`cache`]: a VM's memo of parsed config, valid for one applied version;
 //! - [`store`]: the narrow shared-data trait (and an in-memory fake with CAS conflicts);
 //! - [`layout`]: how config and bucket state are laid out in shared data;
@@ -33,6 +34,7 @@ pub mod cache;
 pub mod config;
 pub mod credential;
 pub mod decide;
+pub mod fleet;
 pub mod json;
 pub mod key;
 pub mod layout;

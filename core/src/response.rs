@@ -11,7 +11,7 @@
 //! full again. Then `r ≤ q` and `t ≤ w` always hold, and a bucket without a
 //! burst reads exactly as "`max` per `window_seconds`".
 
-use crate::bucket::{ceil_seconds, fill_ms, Bucket};
+use crate::bucket::{ceil_seconds, fill_ms, Bucket, Meter};
 use crate::config::Limit;
 use crate::decide::{Allowed, Denied, DenyReason, PolicyStatus};
 use crate::json::write::{push_decimal, push_json_string};
@@ -47,15 +47,18 @@ pub fn upstream_headers(allowed: &Allowed) -> Vec<(&'static str, &str)> {
 /// down would overstate the rate (burst 4 at 3 per second would read 4 per
 /// second). `t` is rounded the same way from the same clock, so `t ≤ w`.
 /// With no burst (burst == max) this is `q = max`, `w = window_seconds`.
-pub fn bucket_status(limit: &Limit, bucket: &Bucket) -> PolicyStatus {
+pub fn bucket_status(limit: &Limit, meter: impl Into<Meter>, bucket: &Bucket) -> PolicyStatus {
+    let meter = meter.into();
     PolicyStatus {
         name: limit.name.clone(),
+        // The whole limit, whatever this Envoy's share of it: `q` and `w`
+        // describe the policy, `r` and `t` this Envoy's part of it.
         quota: limit.max_tokens,
         window_seconds: ceil_seconds(fill_ms(limit)).max(1),
         // A bucket is refilled (capped at its burst) before it is looked at;
         // the `min` makes `r ≤ q` this function's promise, not the caller's.
-        remaining: bucket.remaining(limit).min(limit.max_tokens),
-        reset_seconds: ceil_seconds(bucket.ms_until_full(limit)),
+        remaining: bucket.remaining(meter).min(limit.max_tokens),
+        reset_seconds: ceil_seconds(bucket.ms_until_full(meter)),
     }
 }
 
@@ -296,7 +299,7 @@ mod tests {
             crate::bucket::Check::Deny { .. } => full,
         }
         .refilled(limit, at_ms + later_ms);
-        let s = bucket_status(limit, &bucket);
+        let s = bucket_status(limit, limit, &bucket);
         [s.quota, s.window_seconds, s.remaining, s.reset_seconds]
     }
 
@@ -362,7 +365,7 @@ mod tests {
             described(&year, MAX_TOKENS, 0),
             [MAX_TOKENS, MAX_WINDOW_SECONDS, 0, MAX_WINDOW_SECONDS]
         );
-        let h = RateLimitHeaders::of(&[bucket_status(&huge, &Bucket::full(&huge, 0))]);
+        let h = RateLimitHeaders::of(&[bucket_status(&huge, &huge, &Bucket::full(&huge, 0))]);
         assert_eq!(
             h.iter().next(),
             Some((
@@ -414,7 +417,7 @@ mod tests {
                 level,
                 last_fill_ms: 0,
             };
-            let s = bucket_status(&l, &bucket);
+            let s = bucket_status(&l, &l, &bucket);
             // Formatted only on a failure: 20,000 rounds also run on wasm32.
             let context = || format!("{l:?} {bucket:?} {s:?}");
             assert!(s.remaining <= s.quota, "{}", context());

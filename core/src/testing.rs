@@ -16,7 +16,7 @@ use crate::json::{from_slice, to_vec, FromJson, ToJson};
 use crate::key::{ApiKey, KeyHash};
 use crate::layout::apply_sync;
 use crate::store::MemoryStore;
-use crate::wire::{LimitScope, SyncResponse, WireKey, WireLimit, WirePlan};
+use crate::wire::{FleetLeases, LimitScope, SyncResponse, WireKey, WireLimit, WirePlan};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use core::prelude::v1::test;
@@ -38,6 +38,7 @@ pub fn limit(name: &str, max: u64, window_seconds: u64) -> WireLimit {
         window_seconds,
         burst: None,
         scope: LimitScope::Key,
+        per_envoy: false,
     }
 }
 
@@ -49,6 +50,7 @@ pub fn bucket_limit(max: u64, window_seconds: u64, burst: u64) -> Limit {
         window_seconds,
         max_tokens: burst,
         scope: LimitScope::Key,
+        per_envoy: false,
     }
 }
 
@@ -56,6 +58,14 @@ impl WireLimit {
     pub(crate) fn with_burst(self, burst: u64) -> Self {
         Self {
             burst: Some(burst),
+            ..self
+        }
+    }
+
+    /// The limit each Envoy enforces on its own.
+    pub(crate) fn per_envoy(self) -> Self {
+        Self {
+            per_envoy: true,
             ..self
         }
     }
@@ -121,11 +131,26 @@ pub fn sync_with_key(version: u64, hash: &KeyHash) -> SyncResponse {
     )
 }
 
-/// A store with these plans and keys applied as version 1.
+/// A store with these plans and keys applied as version 1, on an Envoy
+/// alone in its fleet ([`alone`]).
 pub fn store(plans: Vec<WirePlan>, keys: Vec<WireKey>) -> MemoryStore {
     let store = MemoryStore::new();
     apply_sync(&store, &sync(1, plans, keys)).unwrap();
+    alone(&store);
     store
+}
+
+/// Leases the whole of every fleet-wide limit to this Envoy, for good: what
+/// the control plane grants an Envoy with no other in its fleet.
+pub fn alone(store: &MemoryStore) {
+    let leases = FleetLeases {
+        generation: 1,
+        seq: 1,
+        valid_ms: u64::MAX / 2,
+        default_share: u64::from(crate::fleet::FULL_SHARE),
+        grants: Vec::new(),
+    };
+    crate::layout::apply_leases(store, &leases, 0).unwrap();
 }
 
 /// Whether we accept `input` as a `T`, asserting that serde_json says the

@@ -245,8 +245,10 @@ impl ReportState {
     /// Seals the counts kept so far and `counts` into the next batch, as
     /// the body to send, unless a batch is still pending. An empty batch is
     /// sealed too: it is the heartbeat whose answer carries the other
-    /// Envoys' quota use. Returns the counts it dropped for being full.
-    pub fn seal(&mut self, counts: &Tally) -> Option<u64> {
+    /// Envoys' quota use and this Envoy's fleet leases; `leases_applied`
+    /// acknowledges the last of those applied. Returns the counts it
+    /// dropped for being full.
+    pub fn seal(&mut self, counts: &Tally, leases_applied: u64) -> Option<u64> {
         if self.pending.is_some() {
             self.keep(counts);
             return None;
@@ -262,6 +264,7 @@ impl ReportState {
         let mut batch = all.to_batch(&batch_id);
         batch.reporter_id.clone_from(&self.instance);
         batch.standings_since = self.standings_since;
+        batch.leases_applied = leases_applied;
         self.pending = Some(Sealed {
             batch_id,
             body: crate::json::to_vec(&batch),
@@ -575,25 +578,25 @@ mod tests {
     fn a_sealed_batch_keeps_its_id_and_body_until_settled_and_new_counts_wait() {
         let mut s = ReportState::new("env1".into());
         s.standings_since = 5;
-        assert_eq!(s.seal(&counted(2)), Some(0));
+        assert_eq!(s.seal(&counted(2), 0), Some(0));
         let first = s.pending.clone().unwrap();
         assert_eq!(first.batch_id, "env1-1");
         let b = sent(&s);
         assert_eq!((b.keys[0].allowed, b.reporter_id.as_str()), (2, "env1"));
         assert_eq!((b.batch_id.as_str(), b.standings_since), ("env1-1", 5));
         // Still pending: the new counts wait, the batch stays as it was.
-        assert_eq!(s.seal(&counted(3)), None);
+        assert_eq!(s.seal(&counted(3), 0), None);
         s.keep(&counted(1));
         assert_eq!(s.pending.as_ref(), Some(&first));
         assert!(!s.settle("env1-0"));
         assert!(s.settle("env1-1"));
         assert!(!s.settle("env1-1"), "a second answer settles nothing");
-        s.seal(&counted(0));
+        s.seal(&counted(0), 0);
         assert_eq!(s.pending.as_ref().unwrap().batch_id, "env1-2");
         assert_eq!(sent(&s).keys[0].allowed, 4);
         assert!(s.settle("env1-2"));
         // Nothing counted: an empty heartbeat batch, still numbered.
-        s.seal(&Tally::default());
+        s.seal(&Tally::default(), 0);
         assert_eq!(s.pending.as_ref().unwrap().batch_id, "env1-3");
         assert!(sent(&s).keys.is_empty());
     }
@@ -602,7 +605,7 @@ mod tests {
     fn the_report_state_round_trips_and_garbage_reads_as_nothing() {
         let mut s = ReportState::new("18c-7".into());
         s.standings_since = 42;
-        s.seal(&counted(2));
+        s.seal(&counted(2), 0);
         let mut more = counted(5);
         more.denied(None, "invalid_api_key");
         s.keep(&more);

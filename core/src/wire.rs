@@ -25,6 +25,14 @@ pub struct WireLimit {
     /// keys of the tenant.
     #[serde(default, skip_serializing_if = "LimitScope::is_key")]
     pub scope: LimitScope,
+    /// Enforced by each Envoy on its own, so N Envoys admit up to N times
+    /// it. By default a limit holds across the whole fleet of Envoys.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub per_envoy: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Who shares one bucket of a limit.
@@ -184,6 +192,10 @@ pub struct UsageBatch {
     /// Counts this Envoy had to drop because its buffer was full.
     #[serde(default)]
     pub dropped: u64,
+    /// The `seq` of the last [`FleetLeases`] this Envoy applied: leases up
+    /// to it are in force here, and what they gave up may go elsewhere.
+    #[serde(default)]
+    pub leases_applied: u64,
 }
 
 /// One key's share of a [`UsageBatch`].
@@ -219,6 +231,45 @@ pub struct UsageReceipt {
     pub cursor: u64,
     #[serde(default)]
     pub more: bool,
+    /// This Envoy's shares of fleet-wide limits; absent from a control
+    /// plane that leases none (then the Envoy's shares lapse, see
+    /// `tollgate_core::fleet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases: Option<FleetLeases>,
+}
+
+/// The shares of fleet-wide limits one Envoy holds, in 65,536ths of a limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FleetLeases {
+    /// Leases of another generation are void: the control plane counts this
+    /// Envoy afresh.
+    pub generation: u64,
+    /// Sent back as `leases_applied` once these are applied.
+    pub seq: u64,
+    /// How long, from when the Envoy sent its report, these leases hold
+    /// without another receipt.
+    pub valid_ms: u64,
+    /// The share of every key and tenant without a grant of its own.
+    pub default_share: u64,
+    /// Grants changed since `leases_applied`, each for one key or tenant.
+    #[serde(default)]
+    pub grants: Vec<ShareGrant>,
+}
+
+/// One key's or tenant's share on one Envoy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ShareGrant {
+    /// Lower-case hex SHA-256 of the key: its own limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<String>,
+    /// Or the tenant: its tenant-scoped limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    pub share: u64,
 }
 
 /// One key's quota use in one period through every Envoy but the reporter.

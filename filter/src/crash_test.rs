@@ -13,7 +13,7 @@ use crate::host::{self, Proxy};
 
 /// The request header that arms the crash.
 pub const HEADER: &str = "x-tollgate-crash-test";
-const ARMED: &str = "tg2/test/crash-leader";
+const ARMED: &str = "tg3/test/crash-leader";
 
 /// A request carrying [`HEADER`]`: leader` arms the crash and is answered
 /// at once (204), without being counted.

@@ -11,7 +11,7 @@
 //!
 //! The worker count is not sent: Envoy exposes its `--concurrency` to Wasm
 //! through no attribute, and the root contexts this filter counts
-//! (`tg2/roots`) include replaced ones, so any figure would be a guess.
+//! (`tg3/roots`) include replaced ones, so any figure would be a guess.
 
 use tollgate_core::layout::{applied_version, INSTANCE_KEY};
 

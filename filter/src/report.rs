@@ -20,7 +20,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::types::LogLevel;
-use tollgate_core::layout::{apply_standings, REPORT_KEY};
+use tollgate_core::layout::{
+    applied_state, apply_leases, apply_standings, LeaseError, REPORT_KEY,
+};
 use tollgate_core::store::SetError;
 use tollgate_core::usage::{ReportState, Tally};
 use tollgate_core::wire::UsageReceipt;
@@ -92,6 +94,8 @@ pub struct Reporter {
     pacing: Pacing,
     /// The batch id of the call in flight.
     in_flight: Option<String>,
+    /// When that call left: the leases its answer carries run from then.
+    sent_at_ms: u64,
 }
 
 impl Reporter {
@@ -112,9 +116,12 @@ impl Reporter {
             }
         }
         let mut sent = None;
+        let leases_applied = applied_state(host)
+            .and_then(|a| a.fleet)
+            .map_or(0, |f| f.seq);
         for _ in 0..STATE_ATTEMPTS {
             let (mut state, cas) = read_state(host, now);
-            let dropped = state.seal(&drained);
+            let dropped = state.seal(&drained, leases_applied);
             if write_state(host, &state, cas).is_ok() {
                 if let Some(n) = dropped {
                     host.stat(Event::UsageDropped(n));
@@ -153,6 +160,7 @@ impl Reporter {
             Ok(token) => {
                 self.pacing.sent(token, now);
                 self.in_flight = Some(batch.batch_id);
+                self.sent_at_ms = now;
             }
             Err(status) => {
                 host.log(
@@ -259,6 +267,16 @@ impl Reporter {
                 return (None, false);
             }
         };
+        if let Some(leases) = &receipt.leases {
+            match apply_leases(host, leases, self.sent_at_ms) {
+                // Not acknowledged: the next receipt carries them again.
+                Ok(()) | Err(LeaseError::NoConfig) => {}
+                Err(e) => host.log(
+                    LogLevel::Warn,
+                    &format!("tollgate: cannot store fleet leases: {e}"),
+                ),
+            }
+        }
         match apply_standings(host, &receipt.standings) {
             Ok(_) => (Some(receipt.cursor), receipt.more),
             Err(e) => {

@@ -53,6 +53,7 @@ pub struct LimitRow {
     pub window: String,
     pub burst: String,
     pub tenant_scope: bool,
+    pub per_envoy: bool,
 }
 
 /// One route-cost row of the form, as typed.
@@ -134,6 +135,7 @@ fn draft_of(view: &PlanView) -> PlanDraft {
             window: l.window_seconds.to_string(),
             burst: l.burst.map(|b| b.to_string()).unwrap_or_default(),
             tenant_scope: l.scope == LimitScope::Tenant,
+            per_envoy: l.per_envoy,
         })
         .collect();
     limits.extend(std::iter::repeat_n(LimitRow::default(), BLANK_ROWS));
@@ -185,6 +187,7 @@ fn draft_from(form: &FormData) -> PlanDraft {
     let windows = form.all("limit_window");
     let bursts = form.all("limit_burst");
     let scopes = form.all("limit_scope");
+    let reaches = form.all("limit_reach");
     let limits = (0..names.len())
         .map(|i| LimitRow {
             name: names.get(i).copied().unwrap_or("").to_owned(),
@@ -192,6 +195,7 @@ fn draft_from(form: &FormData) -> PlanDraft {
             window: windows.get(i).copied().unwrap_or("").to_owned(),
             burst: bursts.get(i).copied().unwrap_or("").to_owned(),
             tenant_scope: scopes.get(i).copied() == Some("tenant"),
+            per_envoy: reaches.get(i).copied() == Some("envoy"),
         })
         .collect();
     let methods = form.all("cost_methods");
@@ -256,6 +260,7 @@ fn parse(draft: &PlanDraft) -> Result<Parsed, Flash> {
             } else {
                 LimitScope::Key
             },
+            per_envoy: row.per_envoy,
         });
     }
     let mut route_costs = Vec::new();

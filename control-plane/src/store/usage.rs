@@ -232,6 +232,7 @@ pub async fn receipt(
             standings: Vec::new(),
             cursor,
             more: false,
+            leases: None,
         });
     }
     let page = page.max(1);
@@ -294,6 +295,7 @@ pub async fn receipt(
         standings: standings.into_iter().map(|s| s.standing).collect(),
         cursor,
         more,
+        leases: None,
     })
 }
 

@@ -7,8 +7,9 @@
 //! later refusal refunds the earlier entries) is easier to judge when it is
 //! all in one place and nothing else is.
 
-use crate::bucket::{ceil_seconds, Bucket, Check};
+use crate::bucket::{ceil_seconds, Bucket, Check, Meter};
 use crate::config::{Limit, QUOTA_POLICY};
+use crate::fleet::{self, Lease, Terms, FULL_SHARE};
 use crate::layout::{read_for_update, BucketEntry, QuotaCount};
 use crate::period::Period;
 use crate::response::bucket_status;
@@ -35,6 +36,10 @@ pub(super) struct Ledger<'a> {
     pub(super) quota: Option<Quota>,
     /// For an anonymous slot: the client address consuming from it.
     pub(super) owner: Option<u128>,
+    /// Whether its limits hold across the fleet (a key's and a tenant's,
+    /// unless a limit says `per_envoy`), metered at this Envoy's share;
+    /// an anonymous slot's are per Envoy.
+    pub(super) fleet_wide: bool,
 }
 
 /// A ledger as read at one instant: refilled buckets, this Envoy's quota
@@ -42,42 +47,52 @@ pub(super) struct Ledger<'a> {
 struct Look {
     /// The CAS token to write the entry with ([`read_for_update`]).
     cas: u32,
+    /// Each limit as this Envoy meters it now, at its share.
+    meters: Vec<Meter>,
     buckets: Vec<Bucket>,
     own_used: u64,
     others_used: u64,
     /// The other Envoys' count as stored, written back unchanged.
     others: Option<QuotaCount>,
+    /// This Envoy's lease as stored, written back unchanged.
+    lease: Option<Lease>,
 }
 
 impl Ledger<'_> {
-    fn look(&self, store: &impl SharedStore, now_ms: u64) -> Look {
+    fn look(&self, store: &impl SharedStore, terms: Option<Terms>, now_ms: u64) -> Look {
         let (bytes, cas) = read_for_update(store, &self.entry);
         let stored = BucketEntry::decode(&bytes);
+        let share = if self.fleet_wide {
+            fleet::share(terms, stored.lease, now_ms)
+        } else {
+            FULL_SHARE
+        };
+        let meters: Vec<Meter> = self
+            .limits
+            .iter()
+            .map(|limit| Meter::new(limit, if limit.per_envoy { FULL_SHARE } else { share }))
+            .collect();
         let mut buckets: Vec<Bucket> = self
             .limits
             .iter()
-            .map(|limit| {
+            .zip(&meters)
+            .map(|(limit, meter)| {
                 stored
                     .bucket(&limit.name)
-                    .map(|b| b.refilled(limit, now_ms))
-                    .unwrap_or_else(|| Bucket::full(limit, now_ms))
+                    .map(|b| b.refilled(meter, now_ms))
+                    .unwrap_or_else(|| Bucket::full(meter, now_ms))
             })
             .collect();
         if let Some(owner) = self.owner {
             // A slot another client left idle (all its buckets full again) is
             // taken over; a busy one is shared, which only ever admits less.
             let previous = stored.owner;
-            let idle = self
-                .limits
+            let idle = meters
                 .iter()
                 .zip(&buckets)
-                .all(|(limit, b)| b.ms_until_full(limit) == 0);
+                .all(|(meter, b)| b.ms_until_full(meter) == 0);
             if previous.is_some_and(|p| p != owner) && idle {
-                buckets = self
-                    .limits
-                    .iter()
-                    .map(|limit| Bucket::full(limit, now_ms))
-                    .collect();
+                buckets = meters.iter().map(|m| Bucket::full(m, now_ms)).collect();
             }
         }
         // A count of another period says nothing about this one.
@@ -87,10 +102,12 @@ impl Ledger<'_> {
         };
         Look {
             cas,
+            meters,
             buckets,
             own_used: this_period(stored.quota),
             others_used: this_period(stored.others),
             others: stored.others,
+            lease: stored.lease,
         }
     }
 
@@ -99,8 +116,8 @@ impl Ledger<'_> {
     fn judge(&self, look: &Look, cost: u64, now_ms: u64) -> Result<Vec<Bucket>, Vec<Violation>> {
         let mut after = Vec::with_capacity(look.buckets.len());
         let mut violated = Vec::new();
-        for (limit, bucket) in self.limits.iter().zip(&look.buckets) {
-            match bucket.check(limit, cost) {
+        for ((limit, meter), bucket) in self.limits.iter().zip(&look.meters).zip(&look.buckets) {
+            match bucket.check(meter, cost) {
                 Check::Admit { level_after } => after.push(Bucket {
                     level: level_after,
                     last_fill_ms: bucket.last_fill_ms,
@@ -123,16 +140,18 @@ impl Ledger<'_> {
 
     fn policies(
         &self,
+        look: &Look,
         buckets: &[Bucket],
         own_used: u64,
-        others_used: u64,
         now_ms: u64,
     ) -> Vec<PolicyStatus> {
+        let others_used = look.others_used;
         let mut out: Vec<PolicyStatus> = self
             .limits
             .iter()
+            .zip(&look.meters)
             .zip(buckets)
-            .map(|(l, b)| bucket_status(l, b))
+            .map(|((l, m), b)| bucket_status(l, m, b))
             .collect();
         if let Some(quota) = &self.quota {
             let used = own_used.saturating_add(others_used);
@@ -167,19 +186,20 @@ impl Ledger<'_> {
                 .map(|quota| QuotaCount::new(own_used, quota.period.start_ms)),
             others: look.others,
             owner: self.owner,
+            lease: look.lease,
         };
         store.set(&self.entry, Some(&entry.encode()), Some(look.cas))
     }
 
     /// Gives back what an admitted request took, when a later ledger refused it.
-    fn refund(&self, store: &impl SharedStore, cost: u64, now_ms: u64) {
+    fn refund(&self, store: &impl SharedStore, terms: Option<Terms>, cost: u64, now_ms: u64) {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let look = self.look(store, now_ms);
-            let buckets: Vec<Bucket> = self
-                .limits
+            let look = self.look(store, terms, now_ms);
+            let buckets: Vec<Bucket> = look
+                .meters
                 .iter()
                 .zip(&look.buckets)
-                .map(|(limit, b)| b.refunded(limit, cost))
+                .map(|(meter, b)| b.refunded(meter, cost))
                 .collect();
             let own_used = look.own_used.saturating_sub(cost);
             match self.write(store, &look, &buckets, own_used) {
@@ -216,9 +236,7 @@ fn refused(ledgers: &[Ledger], looks: &[Look], violated: Vec<Violation>, now_ms:
     let mut policies: Vec<PolicyStatus> = ledgers
         .iter()
         .zip(looks)
-        .flat_map(|(ledger, look)| {
-            ledger.policies(&look.buckets, look.own_used, look.others_used, now_ms)
-        })
+        .flat_map(|(ledger, look)| ledger.policies(look, &look.buckets, look.own_used, now_ms))
         .collect();
     for p in &mut policies {
         let wait = violated
@@ -244,6 +262,7 @@ fn refused(ledgers: &[Ledger], looks: &[Look], violated: Vec<Violation>, now_ms:
 pub(super) fn consume(
     store: &impl SharedStore,
     ledgers: &[Ledger],
+    terms: Option<Terms>,
     cost: u64,
     now_ms: u64,
 ) -> Consumed {
@@ -257,7 +276,10 @@ pub(super) fn consume(
         };
     }
     'attempt: for _ in 0..MAX_CAS_ATTEMPTS {
-        let looks: Vec<Look> = ledgers.iter().map(|l| l.look(store, now_ms)).collect();
+        let looks: Vec<Look> = ledgers
+            .iter()
+            .map(|l| l.look(store, terms, now_ms))
+            .collect();
         let mut violated = Vec::new();
         for (ledger, look) in ledgers.iter().zip(&looks) {
             if let Err(refusing) = ledger.judge(look, cost, now_ms) {
@@ -275,7 +297,7 @@ pub(super) fn consume(
         for (i, ledger) in ledgers.iter().enumerate() {
             let mut look = match looks.next() {
                 Some(look) => look,
-                None => ledger.look(store, now_ms),
+                None => ledger.look(store, terms, now_ms),
             };
             let mut tries = 0;
             loop {
@@ -283,32 +305,29 @@ pub(super) fn consume(
                     Ok(after) => after,
                     Err(refusing) => {
                         for earlier in ledgers.iter().take(i) {
-                            earlier.refund(store, cost, now_ms);
+                            earlier.refund(store, terms, cost, now_ms);
                         }
-                        let looks: Vec<Look> =
-                            ledgers.iter().map(|l| l.look(store, now_ms)).collect();
+                        let looks: Vec<Look> = ledgers
+                            .iter()
+                            .map(|l| l.look(store, terms, now_ms))
+                            .collect();
                         return refused(ledgers, &looks, refusing, now_ms);
                     }
                 };
                 let own_used = look.own_used.saturating_add(cost);
                 match ledger.write(store, &look, &after, own_used) {
                     Ok(()) => {
-                        policies.extend(ledger.policies(
-                            &after,
-                            own_used,
-                            look.others_used,
-                            now_ms,
-                        ));
+                        policies.extend(ledger.policies(&look, &after, own_used, now_ms));
                         break;
                     }
                     Err(SetError::CasMismatch) if i == 0 => continue 'attempt,
                     Err(SetError::CasMismatch) if tries < MAX_CAS_ATTEMPTS => {
                         tries += 1;
-                        look = ledger.look(store, now_ms);
+                        look = ledger.look(store, terms, now_ms);
                     }
                     Err(_) => {
                         for earlier in ledgers.iter().take(i) {
-                            earlier.refund(store, cost, now_ms);
+                            earlier.refund(store, terms, cost, now_ms);
                         }
                         return Consumed::Contended;
                     }

@@ -318,7 +318,7 @@ impl crate::store::SharedStore for RacingStore<'_> {
     }
 
     fn set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> Result<(), SetError> {
-        if key.starts_with("tg2/bt/") {
+        if key.starts_with("tg3/bt/") {
             if let Some(hook) = self.before_tenant_write.take() {
                 hook();
             }

@@ -339,6 +339,7 @@ pub fn decide_cached(
         limits: key_limits,
         quota,
         owner: None,
+        fleet_wide: true,
     }];
     if !tenant_limits.is_empty() {
         ledgers.push(Ledger {
@@ -346,10 +347,11 @@ pub fn decide_cached(
             limits: tenant_limits,
             quota: None,
             owner: None,
+            fleet_wide: true,
         });
     }
     verdict(
-        consume(store, &ledgers, cost, now_ms),
+        consume(store, &ledgers, cache.fleet(), cost, now_ms),
         Some(record.tenant_id.clone()),
         Some(record.id.clone()),
         plan.name.clone(),
@@ -393,9 +395,11 @@ fn decide_anonymous(
         limits: plan.limits.iter().collect(),
         quota: None,
         owner: Some(identity),
+        // Per client address, where addresses are seen: per Envoy.
+        fleet_wide: false,
     };
     verdict(
-        consume(store, &[ledger], cost, now_ms),
+        consume(store, &[ledger], cache.fleet(), cost, now_ms),
         None,
         None,
         plan.name.clone(),
@@ -466,3 +470,6 @@ mod tests;
 
 #[cfg(test)]
 mod metering_tests;
+
+#[cfg(test)]
+mod fleet_tests;

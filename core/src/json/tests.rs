@@ -15,7 +15,10 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 }
 
 fn full_limit() -> WireLimit {
-    limit("per-second", u64::MAX, 0).with_burst(7).per_tenant()
+    limit("per-second", u64::MAX, 0)
+        .with_burst(7)
+        .per_tenant()
+        .per_envoy()
 }
 
 fn minimal_limit() -> WireLimit {
@@ -107,6 +110,7 @@ fn full_batch() -> UsageBatch {
         keys: vec![full_key_usage(), KeyUsage::default()],
         unattributed: counts(&[("invalid_api_key", 4), ("anonymous", 9), ("\"odd\"", 1)]),
         dropped: 5,
+        leases_applied: 77,
     }
 }
 
@@ -122,6 +126,24 @@ fn full_receipt() -> UsageReceipt {
         ],
         cursor: 12,
         more: true,
+        leases: Some(FleetLeases {
+            generation: u64::MAX,
+            seq: 3,
+            valid_ms: 10_000,
+            default_share: 65_536,
+            grants: vec![
+                ShareGrant {
+                    key_hash: Some("ab".repeat(32)),
+                    tenant_id: None,
+                    share: 0,
+                },
+                ShareGrant {
+                    key_hash: None,
+                    tenant_id: Some("ten_1".into()),
+                    share: 21_845,
+                },
+            ],
+        }),
     }
 }
 

@@ -4,8 +4,8 @@
 
 use super::{Error, Field, Fields, FromJson, Object, Reader, ToJson};
 use crate::wire::{
-    KeyUsage, LimitScope, QuotaStanding, SyncResponse, UsageBatch, UsageReceipt, WireAnonymous,
-    WireKey, WireLimit, WirePlan, WireRouteCost, WireScope,
+    FleetLeases, KeyUsage, LimitScope, QuotaStanding, ShareGrant, SyncResponse, UsageBatch,
+    UsageReceipt, WireAnonymous, WireKey, WireLimit, WirePlan, WireRouteCost, WireScope,
 };
 
 const LIMIT: Fields = Fields::closed(&[
@@ -14,6 +14,7 @@ const LIMIT: Fields = Fields::closed(&[
     Field::required("window_seconds"),
     Field::optional("burst"),
     Field::optional("scope"),
+    Field::optional("per_envoy"),
 ]);
 
 impl FromJson for WireLimit {
@@ -24,6 +25,7 @@ impl FromJson for WireLimit {
             window_seconds: 0,
             burst: None,
             scope: LimitScope::Key,
+            per_envoy: false,
         };
         reader.object(&LIMIT, &mut |r, field| match field {
             0 => r.set(&mut v.name),
@@ -31,6 +33,7 @@ impl FromJson for WireLimit {
             2 => r.set(&mut v.window_seconds),
             3 => r.set(&mut v.burst),
             4 => r.set(&mut v.scope),
+            5 => r.set(&mut v.per_envoy),
             _ => Ok(()),
         })?;
         Ok(v)
@@ -45,6 +48,7 @@ impl ToJson for WireLimit {
             .field("window_seconds", &self.window_seconds)
             .option("burst", &self.burst)
             .field_if(!self.scope.is_key(), "scope", &self.scope)
+            .field_if(self.per_envoy, "per_envoy", &self.per_envoy)
             .end();
     }
 }
@@ -267,6 +271,7 @@ const BATCH: Fields = Fields::closed(&[
     Field::optional("keys"),
     Field::optional("unattributed"),
     Field::optional("dropped"),
+    Field::optional("leases_applied"),
 ]);
 
 impl FromJson for UsageBatch {
@@ -279,6 +284,7 @@ impl FromJson for UsageBatch {
             3 => r.set(&mut v.keys),
             4 => r.set(&mut v.unattributed),
             5 => r.set(&mut v.dropped),
+            6 => r.set(&mut v.leases_applied),
             _ => Ok(()),
         })?;
         Ok(v)
@@ -294,6 +300,7 @@ impl ToJson for UsageBatch {
             .field("keys", &self.keys)
             .field("unattributed", &self.unattributed)
             .field("dropped", &self.dropped)
+            .field("leases_applied", &self.leases_applied)
             .end();
     }
 }
@@ -337,6 +344,7 @@ const RECEIPT: Fields = Fields::closed(&[
     Field::optional("standings"),
     Field::required("cursor"),
     Field::optional("more"),
+    Field::optional("leases"),
 ]);
 
 impl FromJson for UsageReceipt {
@@ -346,6 +354,49 @@ impl FromJson for UsageReceipt {
             0 => r.set(&mut v.standings),
             1 => r.set(&mut v.cursor),
             2 => r.set(&mut v.more),
+            3 => r.set(&mut v.leases),
+            _ => Ok(()),
+        })?;
+        Ok(v)
+    }
+}
+
+const LEASES: Fields = Fields::closed(&[
+    Field::required("generation"),
+    Field::required("seq"),
+    Field::required("valid_ms"),
+    Field::required("default_share"),
+    Field::optional("grants"),
+]);
+
+impl FromJson for FleetLeases {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, Error> {
+        let mut v = FleetLeases::default();
+        reader.object(&LEASES, &mut |r, field| match field {
+            0 => r.set(&mut v.generation),
+            1 => r.set(&mut v.seq),
+            2 => r.set(&mut v.valid_ms),
+            3 => r.set(&mut v.default_share),
+            4 => r.set(&mut v.grants),
+            _ => Ok(()),
+        })?;
+        Ok(v)
+    }
+}
+
+const GRANT: Fields = Fields::closed(&[
+    Field::optional("key_hash"),
+    Field::optional("tenant_id"),
+    Field::required("share"),
+]);
+
+impl FromJson for ShareGrant {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, Error> {
+        let mut v = ShareGrant::default();
+        reader.object(&GRANT, &mut |r, field| match field {
+            0 => r.set(&mut v.key_hash),
+            1 => r.set(&mut v.tenant_id),
+            2 => r.set(&mut v.share),
             _ => Ok(()),
         })?;
         Ok(v)

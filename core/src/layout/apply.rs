@@ -8,48 +8,95 @@
 //! first and trusts what it names.
 
 use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
+use crate::fleet::{Lease, Terms, FULL_SHARE};
 use crate::json;
 use crate::key::KeyHash;
 use crate::store::{SetError, SharedStore};
-use crate::wire::{QuotaStanding, SyncResponse, WireAnonymous, WirePlan};
+use crate::wire::{FleetLeases, QuotaStanding, SyncResponse, WireAnonymous, WirePlan};
 
 use super::bucket_entry::{read_for_update, BucketEntry, QuotaCount};
 use super::key_record::encode_key_record;
-use super::names::{buckets_key, key_record_key, plan_key, ANONYMOUS_KEY, VERSION_KEY};
+use super::names::{
+    buckets_key, key_record_key, plan_key, tenant_buckets_key, ANONYMOUS_KEY, VERSION_KEY,
+};
 
 /// The config version this Envoy has applied, if any.
 pub fn applied_version(store: &impl SharedStore) -> Option<u64> {
     applied_state(store).map(|applied| applied.version)
 }
 
-/// What the version entry holds: the applied version, then, when the
-/// leader recorded it, when the last successful sync ended (Unix ms). Every
-/// worker reads it on each request anyway, so the staleness budget costs
-/// no host call of its own.
+/// What the version entry holds: the applied version; then, when the
+/// leader recorded it, when the last successful sync ended (Unix ms); then
+/// the fleet terms of the last usage receipt applied. Every worker reads it
+/// on each request anyway, so neither the staleness budget nor fleet-wide
+/// limits cost a host call of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
     pub version: u64,
     pub synced_at_ms: Option<u64>,
+    pub fleet: Option<AppliedTerms>,
 }
+
+/// The fleet terms as stored: what requests use, and the receipt's `seq`
+/// the next usage report acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedTerms {
+    pub terms: Terms,
+    pub seq: u64,
+}
+
+/// `synced_at_ms` unknown, when fleet terms follow it.
+const UNKNOWN_SYNC: u64 = u64::MAX;
 
 /// The version entry, if a config has been applied.
 pub fn applied_state(store: &impl SharedStore) -> Option<Applied> {
     let (bytes, _) = store.get(VERSION_KEY)?;
+    Some(decode_applied(&bytes)?)
+}
+
+fn decode_applied(bytes: &[u8]) -> Option<Applied> {
     let word = |at: usize| -> Option<u64> {
         let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
         Some(u64::from_le_bytes(raw))
     };
+    let fleet = match (word(16), word(24), word(32), word(40)) {
+        (Some(generation), Some(valid_until_ms), Some(default_share), Some(seq)) => {
+            Some(AppliedTerms {
+                terms: Terms {
+                    generation,
+                    valid_until_ms,
+                    default_share: u32::try_from(default_share.min(u64::from(FULL_SHARE)))
+                        .unwrap_or(0),
+                },
+                seq,
+            })
+        }
+        _ => None,
+    };
     Some(Applied {
         version: word(0)?,
-        synced_at_ms: word(8),
+        synced_at_ms: word(8).filter(|&at| at != UNKNOWN_SYNC),
+        fleet,
     })
 }
 
-/// The version entry's bytes: `version`, then `synced_at_ms` if known.
-fn encode_applied(version: u64, synced_at_ms: Option<u64>) -> Vec<u8> {
-    let mut bytes = version.to_le_bytes().to_vec();
-    if let Some(at) = synced_at_ms {
+/// The version entry's bytes.
+fn encode_applied(applied: &Applied) -> Vec<u8> {
+    let mut bytes = applied.version.to_le_bytes().to_vec();
+    if applied.synced_at_ms.is_some() || applied.fleet.is_some() {
+        let at = applied.synced_at_ms.unwrap_or(UNKNOWN_SYNC);
         bytes.extend_from_slice(&at.to_le_bytes());
+    }
+    if let Some(fleet) = applied.fleet {
+        let t = fleet.terms;
+        for word in [
+            t.generation,
+            t.valid_until_ms,
+            u64::from(t.default_share),
+            fleet.seq,
+        ] {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
     }
     bytes
 }
@@ -110,10 +157,11 @@ pub fn apply_sync_at(
     sync: &SyncResponse,
     synced_at_ms: Option<u64>,
 ) -> Result<u64, ApplyError> {
-    if let Some(applied) = applied_version(store) {
-        if sync.version < applied {
+    let before = applied_state(store);
+    if let Some(applied) = before {
+        if sync.version < applied.version {
             return Err(ApplyError::Stale {
-                applied,
+                applied: applied.version,
                 offered: sync.version,
             });
         }
@@ -170,7 +218,12 @@ pub fn apply_sync_at(
         store
             .set(
                 VERSION_KEY,
-                Some(&encode_applied(sync.version, synced_at_ms)),
+                Some(&encode_applied(&Applied {
+                    version: sync.version,
+                    synced_at_ms,
+                    // Leases are the usage reporter's: a sync keeps them.
+                    fleet: before.and_then(|b| b.fleet),
+                })),
                 None,
             )
             .map_err(ApplyError::Write)?;
@@ -200,19 +253,99 @@ pub fn apply_standings(
     Ok(applied)
 }
 
-/// Sets the other Envoys' count of one bucket entry, keeping the rest: a
-/// compare-and-swap loop like a request's, which it races with.
+/// Sets the other Envoys' count of one bucket entry, keeping the rest.
 fn write_others(store: &impl SharedStore, entry: &str, others: QuotaCount) -> Result<(), SetError> {
+    update_entry(store, entry, |e| e.others = Some(others))
+}
+
+/// Changes one bucket entry with `change`, keeping the rest: a
+/// compare-and-swap loop like a request's, which it races with.
+fn update_entry(
+    store: &impl SharedStore,
+    entry: &str,
+    change: impl Fn(&mut BucketEntry<'_>),
+) -> Result<(), SetError> {
     for _ in 0..STANDING_ATTEMPTS {
         let (bytes, cas) = read_for_update(store, entry);
         let mut buckets = BucketEntry::decode(&bytes);
-        buckets.others = Some(others);
+        change(&mut buckets);
         match store.set(entry, Some(&buckets.encode()), Some(cas)) {
             Err(SetError::CasMismatch) => continue,
             done => return done,
         }
     }
     Err(SetError::CasMismatch)
+}
+
+/// Why fleet leases were not applied: nothing of them acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseError {
+    /// No config is applied yet, so there is no version entry to hold the
+    /// terms: the control plane sends the leases again with the next receipt.
+    NoConfig,
+    Write(SetError),
+}
+
+impl core::fmt::Display for LeaseError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoConfig => f.write_str("no config applied yet"),
+            Self::Write(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Applies a receipt's fleet leases: each grant into its bucket entry, then
+/// the terms, valid `valid_ms` from `sent_at_ms` (when the report left this
+/// Envoy, so never later than the control plane counts from). Grants first:
+/// a request between the two sees a new grant under old terms, which the
+/// control plane allowed for when it sent them (see `tollgate_core::fleet`).
+pub fn apply_leases(
+    store: &impl SharedStore,
+    leases: &FleetLeases,
+    sent_at_ms: u64,
+) -> Result<(), LeaseError> {
+    if applied_state(store).is_none() {
+        return Err(LeaseError::NoConfig);
+    }
+    let clamp = |share: u64| u32::try_from(share.min(u64::from(FULL_SHARE))).unwrap_or(0);
+    for grant in &leases.grants {
+        let entry = match (&grant.key_hash, &grant.tenant_id) {
+            (Some(hex), _) => match KeyHash::from_hex(hex) {
+                Some(hash) => buckets_key(&hash),
+                None => continue,
+            },
+            (None, Some(tenant)) => tenant_buckets_key(tenant),
+            (None, None) => continue,
+        };
+        let lease = Lease {
+            share: clamp(grant.share),
+            generation: leases.generation,
+        };
+        update_entry(store, &entry, |e| e.lease = Some(lease)).map_err(LeaseError::Write)?;
+    }
+    let terms = AppliedTerms {
+        terms: Terms {
+            generation: leases.generation,
+            valid_until_ms: sent_at_ms.saturating_add(leases.valid_ms),
+            default_share: clamp(leases.default_share),
+        },
+        seq: leases.seq,
+    };
+    for _ in 0..STANDING_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(VERSION_KEY) else {
+            return Err(LeaseError::NoConfig);
+        };
+        let Some(mut now) = decode_applied(&bytes) else {
+            return Err(LeaseError::NoConfig);
+        };
+        now.fleet = Some(terms);
+        match store.set(VERSION_KEY, Some(&encode_applied(&now)), Some(cas)) {
+            Err(SetError::CasMismatch) => continue,
+            done => return done.map_err(LeaseError::Write),
+        }
+    }
+    Err(LeaseError::Write(SetError::CasMismatch))
 }
 
 #[cfg(test)]

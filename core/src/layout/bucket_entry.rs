@@ -1,18 +1,20 @@
-//! A bucket entry (`tg2/b/`, `tg2/bt/`, `tg2/ba/`): every token bucket that
+//! A bucket entry (`tg3/b/`, `tg3/bt/`, `tg3/ba/`): every token bucket that
 //! meters one key, tenant or anonymous slot in one value, so one CAS covers
 //! all of them and a request consumes from all of them or none.
 //!
 //! Besides the limits' buckets an entry holds pseudo-buckets, named with an
 //! `@` that no limit name can start with: the key's own quota count, its
-//! quota use through other Envoys, and the client that owns an anonymous
-//! slot. [`BucketEntry`] is the one place that knows those names and what
+//! quota use through other Envoys, the client that owns an anonymous slot,
+//! and this Envoy's lease of the entry's fleet-wide limits. [`BucketEntry`] is the one place that knows those names and what
 //! their two numbers mean, so the ledger and the standings deal in counts
 //! and owners rather than in buckets that are not buckets.
 
 use crate::bucket::Bucket;
+use crate::fleet::Lease;
 use crate::store::SharedStore;
 
-const BUCKETS_FORMAT: u8 = 1;
+/// Levels in units of `window_ms × FULL_SHARE` per token (layout `tg3`).
+const BUCKETS_FORMAT: u8 = 2;
 /// The pseudo-bucket holding the key's own quota count: `level` is the
 /// count, `last_fill_ms` the start of the period it counts.
 const QUOTA_ENTRY: &str = "@quota";
@@ -22,6 +24,9 @@ const OTHERS_ENTRY: &str = "@others";
 /// The pseudo-bucket in `ba/` naming the client that owns the slot:
 /// `level` is its identity, `last_fill_ms` is 0.
 const OWNER_ENTRY: &str = "@owner";
+/// The pseudo-bucket holding this Envoy's lease of the entry's fleet-wide
+/// limits: `level` is the share, `last_fill_ms` the lease's generation.
+const LEASE_ENTRY: &str = "@lease";
 /// A CAS token no entry will have: "write only if absent" in Envoy's terms.
 /// Overwriting a present entry with it would need that entry's token to be
 /// exactly this one, one value in 2^32 in that instant's race.
@@ -90,6 +95,9 @@ pub struct BucketEntry<'a> {
     pub others: Option<QuotaCount>,
     /// The client that owns an anonymous slot ([`super::client_identity`]).
     pub owner: Option<u128>,
+    /// This Envoy's lease of the entry's fleet-wide limits, written by the
+    /// leader from usage receipts.
+    pub lease: Option<Lease>,
 }
 
 impl<'a> BucketEntry<'a> {
@@ -104,6 +112,12 @@ impl<'a> BucketEntry<'a> {
                 QUOTA_ENTRY => entry.quota = entry.quota.or(Some(QuotaCount::stored(bucket))),
                 OTHERS_ENTRY => entry.others = entry.others.or(Some(QuotaCount::stored(bucket))),
                 OWNER_ENTRY => entry.owner = entry.owner.or(Some(bucket.level)),
+                LEASE_ENTRY => {
+                    entry.lease = entry.lease.or(Some(Lease {
+                        share: u32::try_from(bucket.level).unwrap_or(0),
+                        generation: bucket.last_fill_ms,
+                    }))
+                }
                 _ => entry.buckets.push((name, bucket)),
             }
         }
@@ -125,10 +139,15 @@ impl<'a> BucketEntry<'a> {
             level,
             last_fill_ms: 0,
         };
+        let lease = |lease: Lease| Bucket {
+            level: u128::from(lease.share),
+            last_fill_ms: lease.generation,
+        };
         let pseudo = [
             self.quota.map(|count| (QUOTA_ENTRY, count.as_bucket())),
             self.others.map(|count| (OTHERS_ENTRY, count.as_bucket())),
             self.owner.map(|identity| (OWNER_ENTRY, owner(identity))),
+            self.lease.map(|l| (LEASE_ENTRY, lease(l))),
         ];
         encode_buckets(
             self.buckets
@@ -220,6 +239,10 @@ mod tests {
             quota: Some(QuotaCount::new(3, 1_000)),
             others: Some(QuotaCount::new(5, 1_000)),
             owner: Some(9),
+            lease: Some(Lease {
+                share: 300,
+                generation: 77,
+            }),
         };
         let count = |level, last_fill_ms| Bucket {
             level,
@@ -233,6 +256,7 @@ mod tests {
                 ("@quota", count(3, 1_000)),
                 ("@others", count(5, 1_000)),
                 ("@owner", count(9, 0)),
+                ("@lease", count(300, 77)),
             ])
         );
         assert_eq!(BucketEntry::decode(&bytes), entry);

@@ -1,4 +1,4 @@
-//! The key record under `tg2/k/`: a compact binary codec, because with a
+//! The key record under `tg3/k/`: a compact binary codec, because with a
 //! million keys the bytes per key are what Envoy's memory is made of.
 //!
 //! Ids as the control plane makes them (`key_` and 20 base-62 digits) are

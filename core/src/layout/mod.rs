@@ -7,29 +7,31 @@
 //! version, so neither ever reads the other's entries; each keeps its own
 //! config, lease and usage until the old one is gone.
 //!
-//! - `tg2/version`: the config version applied (u64 little-endian). Absent
-//!   until the first sync: the filter then fails closed.
-//! - `tg2/p/<plan id>`: a plan (wire JSON).
-//! - `tg2/k/<lookup id>`: a key record, compact binary ([`encode_key_record`]):
+//! - `tg3/version`: the config version applied (u64 little-endian), when the
+//!   last sync succeeded, and the fleet terms of the last usage receipt
+//!   ([`Applied`]). Absent until the first sync: the filter then fails closed.
+//! - `tg3/p/<plan id>`: a plan (wire JSON).
+//! - `tg3/k/<lookup id>`: a key record, compact binary ([`encode_key_record`]):
 //!   with a million keys, bytes per key is what Envoy's memory is made of.
-//! - `tg2/b/<lookup id>`: all token buckets of one key in one entry, and the
+//! - `tg3/b/<lookup id>`: all token buckets of one key in one entry, and the
 //!   key's own quota count for the period ([`BucketEntry`]), so one CAS covers
 //!   every window and the quota and a request consumes from all of them or
 //!   none. It also holds the key's quota use through other Envoys
 //!   ([`BucketEntry::others`], written by the leader from the control plane's
-//!   standings), so a request reads one entry, not two.
-//! - `tg2/bt/<tenant id>`: the buckets of the tenant-scoped limits.
-//! - `tg2/ba/<slot>`: the buckets of anonymous clients, one slot per hash of
+//!   standings), and this Envoy's lease of the key's fleet-wide limits
+//!   ([`BucketEntry::lease`]), so a request reads one entry, not three.
+//! - `tg3/bt/<tenant id>`: the buckets of the tenant-scoped limits.
+//! - `tg3/ba/<slot>`: the buckets of anonymous clients, one slot per hash of
 //!   the client address (so memory stays bounded), with the slot's owner.
-//! - `tg2/anonymous`: anonymous access (wire JSON).
-//! - `tg2/lease`, `tg2/roots`, `tg2/report` and the queue `tg2/usage`: the
+//! - `tg3/anonymous`: anonymous access (wire JSON).
+//! - `tg3/lease`, `tg3/roots`, `tg3/report` and the queue `tg3/usage`: the
 //!   leader election and the usage hand-over between root contexts (the
 //!   filter's `lease` and `report` modules).
-//! - `tg2/instance`: the Envoy's id in the control plane's proxy registry
+//! - `tg3/instance`: the Envoy's id in the control plane's proxy registry
 //!   (the filter's `identity` module).
 //!
-//! Only the leader writes `tg2/version`, `tg2/p/`, `tg2/k/` and
-//! `tg2/anonymous`. Envoy lets a write to an absent entry through whatever
+//! Only the leader writes `tg3/version`, `tg3/p/`, `tg3/k/` and
+//! `tg3/anonymous`. Envoy lets a write to an absent entry through whatever
 //! its CAS token, so a bucket entry is created by a write guarded with a
 //! token no present entry has ([`read_for_update`]): of racing creators one
 //! writes it and the others' write fails like any lost CAS race, so their
@@ -46,8 +48,8 @@ mod key_record;
 mod names;
 
 pub use apply::{
-    applied_state, applied_version, apply_standings, apply_sync, apply_sync_at, read_anonymous,
-    read_plan, Applied, ApplyError,
+    applied_state, applied_version, apply_leases, apply_standings, apply_sync, apply_sync_at,
+    read_anonymous, read_plan, Applied, AppliedTerms, ApplyError, LeaseError,
 };
 pub use bucket_entry::{read_for_update, BucketEntry, QuotaCount};
 pub use key_record::{decode_key_record, encode_key_record, read_key};

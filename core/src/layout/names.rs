@@ -8,42 +8,42 @@
 use crate::key::KeyHash;
 
 /// The start of every shared-data and queue name: `tg` and the layout
-/// version. Six bytes with the kind (`tg2/k/`), so a key's entry name is
+/// version. Six bytes with the kind (`tg3/k/`), so a key's entry name is
 /// 22 bytes, the longest string Envoy's C++ library keeps without a heap
 /// block (see [`KeyHash::push_lookup_id`]).
-pub const NAMESPACE: &str = "tg2/";
-pub const VERSION_KEY: &str = "tg2/version";
-pub const ANONYMOUS_KEY: &str = "tg2/anonymous";
+pub const NAMESPACE: &str = "tg3/";
+pub const VERSION_KEY: &str = "tg3/version";
+pub const ANONYMOUS_KEY: &str = "tg3/anonymous";
 /// Which root context leads (the filter's `lease`).
-pub const LEASE_KEY: &str = "tg2/lease";
+pub const LEASE_KEY: &str = "tg3/lease";
 /// The last root-context number handed out: each root context takes the
 /// next, so every contender for the lease has its own.
-pub const ROOTS_KEY: &str = "tg2/roots";
+pub const ROOTS_KEY: &str = "tg3/roots";
 /// The usage reporter's state, kept here rather than in any VM so a new
 /// leader carries on where the last one stopped ([`crate::usage::ReportState`]).
-pub const REPORT_KEY: &str = "tg2/report";
+pub const REPORT_KEY: &str = "tg3/report";
 /// This Envoy's instance id in the proxy registry, drawn by the first
 /// leader and kept by every later one (the filter's `identity` module).
-pub const INSTANCE_KEY: &str = "tg2/instance";
+pub const INSTANCE_KEY: &str = "tg3/instance";
 /// The shared queue through which every VM hands its counts to the leader.
-pub const USAGE_QUEUE: &str = "tg2/usage";
+pub const USAGE_QUEUE: &str = "tg3/usage";
 /// Anonymous clients share this many bucket slots.
 pub const ANONYMOUS_SLOTS: u32 = 65_536;
 
 pub fn plan_key(plan_id: &str) -> String {
-    format!("tg2/p/{plan_id}")
+    format!("tg3/p/{plan_id}")
 }
 
 pub fn key_record_key(hash: &KeyHash) -> String {
-    entry_name("tg2/k/", hash)
+    entry_name("tg3/k/", hash)
 }
 
 pub fn buckets_key(hash: &KeyHash) -> String {
-    entry_name("tg2/b/", hash)
+    entry_name("tg3/b/", hash)
 }
 
 pub fn tenant_buckets_key(tenant_id: &str) -> String {
-    format!("tg2/bt/{tenant_id}")
+    format!("tg3/bt/{tenant_id}")
 }
 
 /// An anonymous client's identity: its IPv4 address, or its IPv6 /64 (one
@@ -62,7 +62,7 @@ pub fn client_identity(ip: std::net::IpAddr) -> u128 {
 
 pub fn anonymous_buckets_key(identity: u128) -> String {
     let slot = KeyHash::of(&identity.to_le_bytes()).prefix_u32();
-    format!("tg2/ba/{}", slot % ANONYMOUS_SLOTS)
+    format!("tg3/ba/{}", slot % ANONYMOUS_SLOTS)
 }
 
 /// `prefix` and the key's lookup id: 22 bytes for the six-byte prefixes.

@@ -1,0 +1,152 @@
+//! Fleet-wide limits in the verdict: a key's limits metered at this
+//! Envoy's share, per-Envoy limits whole, and the share's fallbacks.
+
+use super::*;
+use crate::fleet::FULL_SHARE;
+use crate::key::ApiKey;
+use crate::layout::{apply_leases, apply_sync, buckets_key, LeaseError};
+use crate::store::MemoryStore;
+use crate::testing::{key, limit, plan, sync, wire_key};
+use crate::wire::{FleetLeases, ShareGrant, WireLimit};
+
+const T0: u64 = 1_800_000_000_000;
+const HALF: u64 = FULL_SHARE as u64 / 2;
+
+/// Key 0 on a plan with `limits`, applied but with no fleet terms yet.
+fn unleased(limits: Vec<WireLimit>) -> (MemoryStore, ApiKey) {
+    let k = key(0);
+    let store = MemoryStore::new();
+    let keys = vec![wire_key(&k.hash(), "key_1", "tnt_1", "plan_1")];
+    apply_sync(&store, &sync(1, vec![plan("plan_1", "Pro", limits)], keys)).unwrap();
+    (store, k)
+}
+
+/// Leases as a receipt carries them: `default_share`, and `key_share` for key 0.
+fn leases(seq: u64, default_share: u64, key_share: Option<u64>) -> FleetLeases {
+    FleetLeases {
+        generation: 9,
+        seq,
+        valid_ms: 10_000,
+        default_share,
+        grants: key_share
+            .map(|share| ShareGrant {
+                key_hash: Some(key(0).hash().to_hex()),
+                tenant_id: None,
+                share,
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn run(store: &MemoryStore, k: &ApiKey, now: u64) -> Decision {
+    let facts = RequestFacts {
+        api_key: Some(k.expose()),
+        method: "GET",
+        path: "/",
+        ..Default::default()
+    };
+    decide(&facts, store, now)
+}
+
+/// How many of `n` requests at `now` are admitted.
+fn admitted(store: &MemoryStore, k: &ApiKey, n: usize, now: u64) -> usize {
+    (0..n)
+        .filter(|_| matches!(run(store, k, now), Decision::Allow(_)))
+        .count()
+}
+
+#[crate::testing::test]
+fn before_any_terms_a_fleet_wide_limit_admits_nothing_and_says_retry_in_a_second() {
+    let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
+    match run(&store, &k, T0) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::RateLimited);
+            assert_eq!(d.retry_after, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A per-Envoy limit needs no share, and neither does a key without limits.
+    let (store, k) = unleased(vec![limit("per-second", 10, 1).per_envoy()]);
+    assert_eq!(admitted(&store, &k, 11, T0), 10);
+    let (store, k) = unleased(vec![]);
+    assert_eq!(admitted(&store, &k, 3, T0), 3);
+}
+
+#[crate::testing::test]
+fn half_a_share_is_half_the_burst_and_half_the_rate_to_the_millisecond() {
+    let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
+    apply_leases(&store, &leases(1, HALF, None), T0).unwrap();
+    assert_eq!(admitted(&store, &k, 10, T0), 5);
+    // 5 a second: one every 200 ms.
+    assert_eq!(admitted(&store, &k, 1, T0 + 199), 0);
+    assert_eq!(admitted(&store, &k, 1, T0 + 200), 1);
+    match run(&store, &k, T0 + 200) {
+        Decision::Deny(d) => {
+            // `q` is the whole limit's; what is left is this Envoy's part.
+            let p = &d.policies[0];
+            assert_eq!((p.quota, p.window_seconds, p.remaining), (10, 1, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[crate::testing::test]
+fn a_grant_of_its_own_beats_the_default_and_a_shrunk_share_cuts_the_bucket() {
+    let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
+    apply_leases(&store, &leases(1, 0, Some(u64::from(FULL_SHARE))), T0).unwrap();
+    assert_eq!(admitted(&store, &k, 4, T0), 4);
+    // Shrunk to a tenth: of the 6 tokens left, 1 is this Envoy's.
+    apply_leases(&store, &leases(2, 0, Some(u64::from(FULL_SHARE) / 10)), T0).unwrap();
+    assert_eq!(admitted(&store, &k, 3, T0), 1);
+    // And it refills at a tenth of the rate (rounded down to 65,536ths):
+    // one a second, and a tenth of a millisecond.
+    assert_eq!(admitted(&store, &k, 1, T0 + 1_000), 0);
+    assert_eq!(admitted(&store, &k, 1, T0 + 1_001), 1);
+}
+
+#[crate::testing::test]
+fn with_no_receipt_for_a_lease_length_a_share_falls_to_the_default() {
+    let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
+    apply_leases(&store, &leases(1, HALF, Some(u64::from(FULL_SHARE))), T0).unwrap();
+    // Valid for 10 s from the report: the whole bucket until then...
+    assert_eq!(admitted(&store, &k, 10, T0 + 9_999), 10);
+    // ...then half of it.
+    assert_eq!(admitted(&store, &k, 10, T0 + 20_000), 5);
+}
+
+#[crate::testing::test]
+fn per_envoy_limits_are_metered_whole_beside_fleet_wide_ones() {
+    let (store, k) = unleased(vec![
+        limit("per-second", 10, 1),
+        limit("per-minute", 4, 60).per_envoy(),
+    ]);
+    apply_leases(&store, &leases(1, u64::from(FULL_SHARE) / 5, None), T0).unwrap();
+    // 2 per second here (a fifth, rounded down to 65,536ths, so the
+    // second pair is whole a millisecond late), 4 a minute on this Envoy alone.
+    assert_eq!(admitted(&store, &k, 5, T0), 2);
+    assert_eq!(admitted(&store, &k, 5, T0 + 1_001), 2);
+    assert_eq!(admitted(&store, &k, 5, T0 + 2_002), 0);
+}
+
+#[crate::testing::test]
+fn leases_wait_for_a_config_and_a_sync_keeps_them() {
+    let store = MemoryStore::new();
+    assert_eq!(
+        apply_leases(&store, &leases(1, HALF, None), T0),
+        Err(LeaseError::NoConfig)
+    );
+    let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
+    apply_leases(&store, &leases(1, HALF, Some(0)), T0).unwrap();
+    let lease = crate::layout::BucketEntry::decode(&store.get(&buckets_key(&k.hash())).unwrap().0)
+        .lease;
+    assert_eq!(lease.map(|l| (l.share, l.generation)), Some((0, 9)));
+    let state = |s: &MemoryStore| crate::layout::applied_state(s).and_then(|a| a.fleet);
+    let before = state(&store);
+    assert_eq!(before.map(|f| f.seq), Some(1));
+    let mut next = sync(2, vec![plan("plan_1", "Pro", vec![limit("per-second", 10, 1)])], vec![]);
+    next.keys = vec![wire_key(&k.hash(), "key_1", "tnt_1", "plan_1")];
+    apply_sync(&store, &next).unwrap();
+    assert_eq!(state(&store), before);
+    assert_eq!(admitted(&store, &k, 1, T0), 0, "its own grant of 0 holds");
+}

@@ -1,0 +1,113 @@
+//! Fleet-wide limits, as one Envoy holds them: the share of each key's (and
+//! tenant's) limits that the control plane has leased this Envoy.
+//!
+//! A limit holds across every Envoy because each one meters only its share
+//! of it ([`crate::bucket::Meter`]) and the control plane never leases more
+//! than the whole: it grants one Envoy more only out of what is unleased or
+//! what another has acknowledged giving up. What arrives with each usage
+//! receipt ([`crate::wire::FleetLeases`]) is kept in two places, both read by
+//! a request at no extra host call: the [`Terms`] with the applied version,
+//! and each entry's own [`Lease`] in its bucket entry.
+//!
+//! The rule a request applies ([`share`]) is the whole contract, so it is
+//! here, apart from where it is stored:
+//! - no terms yet (before the first receipt): no share at all, since this
+//!   Envoy has not been counted yet;
+//! - a lease of the current generation: its share; any other entry: the
+//!   default share;
+//! - past `valid_until_ms` (no receipt for a lease's length: the control
+//!   plane is unreachable): the smaller of that and the default share, so a
+//!   share only ever shrinks while nobody can account for it.
+
+/// A whole limit: shares are in 65,536ths.
+pub const FULL_SHARE: u32 = 1 << 16;
+
+/// What the last receipt said about every entry at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    /// Which leases are current: the control plane draws a new generation
+    /// when it counts this Envoy afresh (first report, or after losing it).
+    pub generation: u64,
+    /// This Envoy's clock, Unix ms: after it, shares fall back (see [`share`]).
+    pub valid_until_ms: u64,
+    /// The share of every entry with no lease of its own.
+    pub default_share: u32,
+}
+
+/// One entry's own lease, kept in its bucket entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub share: u32,
+    pub generation: u64,
+}
+
+/// The share of an entry's fleet-wide limits this Envoy may use at `now_ms`.
+pub fn share(terms: Option<Terms>, lease: Option<Lease>, now_ms: u64) -> u32 {
+    let Some(terms) = terms else {
+        return 0;
+    };
+    let default = terms.default_share.min(FULL_SHARE);
+    let leased = lease
+        .filter(|l| l.generation == terms.generation)
+        .map_or(default, |l| l.share.min(FULL_SHARE));
+    if now_ms < terms.valid_until_ms {
+        leased
+    } else {
+        leased.min(default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TERMS: Terms = Terms {
+        generation: 7,
+        valid_until_ms: 10_000,
+        default_share: FULL_SHARE / 4,
+    };
+
+    #[crate::testing::test]
+    fn nothing_before_the_first_terms() {
+        let lease = Lease {
+            share: FULL_SHARE,
+            generation: 7,
+        };
+        assert_eq!(share(None, Some(lease), 0), 0);
+    }
+
+    #[crate::testing::test]
+    fn a_current_lease_wins_and_an_old_generation_is_no_lease() {
+        let mine = Lease {
+            share: FULL_SHARE / 2,
+            generation: 7,
+        };
+        assert_eq!(share(Some(TERMS), Some(mine), 9_999), FULL_SHARE / 2);
+        let old = Lease {
+            generation: 6,
+            ..mine
+        };
+        assert_eq!(share(Some(TERMS), Some(old), 9_999), FULL_SHARE / 4);
+        assert_eq!(share(Some(TERMS), None, 9_999), FULL_SHARE / 4);
+        let zero = Lease {
+            share: 0,
+            generation: 7,
+        };
+        assert_eq!(share(Some(TERMS), Some(zero), 9_999), 0);
+    }
+
+    #[crate::testing::test]
+    fn past_its_validity_a_share_only_shrinks_to_the_default() {
+        let big = Lease {
+            share: FULL_SHARE,
+            generation: 7,
+        };
+        assert_eq!(share(Some(TERMS), Some(big), 9_999), FULL_SHARE);
+        assert_eq!(share(Some(TERMS), Some(big), 10_000), FULL_SHARE / 4);
+        let small = Lease {
+            share: 100,
+            generation: 7,
+        };
+        assert_eq!(share(Some(TERMS), Some(small), 10_000), 100);
+    }
+}
