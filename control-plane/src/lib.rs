@@ -36,6 +36,7 @@ pub mod receipt;
 pub mod replicas;
 pub mod routes;
 pub mod seed;
+pub mod shares;
 pub mod state;
 pub mod store;
 pub mod throttle;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
+use tollgate_control_plane::shares::{Allocator, SharesConfig};
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
 use tollgate_control_plane::{app, db, replicas, store, webhooks, AppState};
 
@@ -210,6 +211,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(pool, &admin_token, &sync_token, version)
         .with_throttle(throttle)
         .with_metrics_token(args.metrics_token.as_deref().map(str::trim));
+    learn_if_envoys_are_live(&state).await?;
     if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
         tokio::spawn(replicas::follow(state.clone(), url));
     }
@@ -232,6 +234,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// Envoys seen lately may still hold shares an earlier allocator leased
+/// (this replica's last run, or another replica): then this one learns
+/// before it leases anything (see `shares`).
+async fn learn_if_envoys_are_live(state: &AppState) -> anyhow::Result<()> {
+    let config = SharesConfig::default();
+    let now = state.now();
+    let window = config.valid_ms + state.fleet.config.write_every_ms;
+    let since = now
+        .db_ms()
+        .saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
+    let live = store::proxies::count_seen_since(&state.db, since).await?;
+    if live > 0 {
+        tracing::info!(
+            live,
+            "Envoys were live before this start: leasing shares of fleet-wide limits after a lease length"
+        );
+        state
+            .leasing
+            .replace(Allocator::new(config, now.unix_ms(), true));
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use crate::clock::{Clock, Now, SystemClock};
 use crate::db::Db;
 use crate::fleet::{FleetConfig, Registry};
 use crate::metrics::Metrics;
+use crate::shares::{Allocator, Leasing, SharesConfig};
 use crate::store;
 use crate::throttle::{AdminLimiter, ThrottleConfig};
 
@@ -65,6 +66,9 @@ pub struct AppState {
     pub sync_page: usize,
     /// The proxy registry's thresholds, write-through memory and wake-ups.
     pub fleet: Arc<Registry>,
+    /// The shares of fleet-wide limits this replica leases to the Envoys
+    /// that report to it.
+    pub leasing: Arc<Leasing>,
 }
 
 impl AppState {
@@ -82,6 +86,11 @@ impl AppState {
             standings_page: store::usage::MAX_STANDINGS,
             sync_page: store::feed::SYNC_PAGE_KEYS,
             fleet: Arc::new(Registry::default()),
+            leasing: Arc::new(Leasing::new(Allocator::new(
+                SharesConfig::default(),
+                SystemClock.now().unix_ms(),
+                false,
+            ))),
         }
     }
 

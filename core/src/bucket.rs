@@ -71,7 +71,6 @@ impl Meter {
             fill_ms: fill_ms(limit),
         }
     }
-
 }
 
 impl From<&Limit> for Meter {

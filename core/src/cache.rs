@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::config::{Anonymous, KeyRecord, Plan};
-use crate::key::KeyHash;
 use crate::fleet::Terms;
+use crate::key::KeyHash;
 use crate::layout::{applied_state, read_anonymous, read_key, read_plan};
 use crate::store::SharedStore;
 

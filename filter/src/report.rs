@@ -20,9 +20,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::types::LogLevel;
-use tollgate_core::layout::{
-    applied_state, apply_leases, apply_standings, LeaseError, REPORT_KEY,
-};
+use tollgate_core::layout::{applied_state, apply_leases, apply_standings, LeaseError, REPORT_KEY};
 use tollgate_core::store::SetError;
 use tollgate_core::usage::{ReportState, Tally};
 use tollgate_core::wire::UsageReceipt;

@@ -26,9 +26,10 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::fleet::ProxyHeaders;
 use crate::input::query_time;
+use crate::shares::{asked, Entry, Report};
 use crate::state::AppState;
-use crate::store::tenants;
 use crate::store::usage::{self, anchor, truncated, ALLOWED, HOUR};
+use crate::store::{keys, tenants};
 
 /// A batch of [`MAX_KEYS`] keys is a few MiB of JSON.
 pub const MAX_USAGE_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -146,8 +147,10 @@ async fn usage_ingest(
     validate(&batch)?;
     state.fleet.record(&state.db, &headers, state.now()).await;
     let now = state.now();
+    let mut counted_now = false;
     if !is_empty(&batch) {
         let counted = usage::apply(&state.db, &batch, now).await?;
+        counted_now = counted;
         if counted {
             state.metrics.usage_ingested(&batch);
         }
@@ -165,7 +168,7 @@ async fn usage_ingest(
             );
         }
     }
-    let receipt = usage::receipt(
+    let mut receipt = usage::receipt(
         &state.db,
         state.standings_page,
         &batch.reporter_id,
@@ -173,7 +176,48 @@ async fn usage_ingest(
         now.unix_ms(),
     )
     .await?;
+    if !batch.reporter_id.is_empty() {
+        let report = shares_report(&state, &batch, counted_now).await?;
+        receipt.leases = state.leasing.report(&report, now.unix_ms());
+    }
     Ok(Json(receipt))
+}
+
+/// The batch as the share allocator reads it: each key's and each tenant's
+/// demand through this Envoy. A batch answered again (a retry) asks nothing
+/// new, but is answered with the Envoy's leases all the same.
+async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> ApiResult<Report> {
+    let mut report = Report {
+        proxy: batch.reporter_id.clone(),
+        acked: batch.leases_applied,
+        demand: Vec::new(),
+    };
+    if !counted {
+        return Ok(report);
+    }
+    let mut tenants: std::collections::BTreeMap<String, u64> = Default::default();
+    for (key_id, n) in asked(batch) {
+        let known = match state.leasing.identity(key_id) {
+            Some(known) => Some(known),
+            None => {
+                let found = keys::identity(&state.db, key_id).await?;
+                if let Some((hash, tenant)) = &found {
+                    state.leasing.remember(key_id, hash.clone(), tenant.clone());
+                }
+                found
+            }
+        };
+        let Some((hash, tenant)) = known else {
+            continue;
+        };
+        report.demand.push((Entry::Key(hash), n));
+        let t = tenants.entry(tenant).or_insert(0);
+        *t = t.saturating_add(n);
+    }
+    report
+        .demand
+        .extend(tenants.into_iter().map(|(t, n)| (Entry::Tenant(t), n)));
+    Ok(report)
 }
 
 /// `GET /v1/keys/{id}/usage`: this quota period against the key's quota.

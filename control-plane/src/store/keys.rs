@@ -447,3 +447,13 @@ pub async fn has_successor(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
     .await?;
     Ok(n > 0)
 }
+
+/// What a key's usage is metered under: its hash (the filter's name for
+/// its buckets) and its tenant. Deleted keys too: their last reports still
+/// arrive.
+pub async fn identity(db: &Db, id: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as::<_, (String, String)>("SELECT key_hash, tenant_id FROM api_keys WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}

@@ -102,3 +102,11 @@ pub async fn committed_ms(db: &Db, version: i64) -> Result<Option<i64>, sqlx::Er
         .fetch_optional(db)
         .await
 }
+
+/// How many proxies were seen at or after `since_ms`.
+pub async fn count_seen_since(db: &Db, since_ms: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM proxies WHERE last_seen_ms >= $1")
+        .bind(since_ms)
+        .fetch_one(db)
+        .await
+}

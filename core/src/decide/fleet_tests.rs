@@ -138,13 +138,17 @@ fn leases_wait_for_a_config_and_a_sync_keeps_them() {
     );
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     apply_leases(&store, &leases(1, HALF, Some(0)), T0).unwrap();
-    let lease = crate::layout::BucketEntry::decode(&store.get(&buckets_key(&k.hash())).unwrap().0)
-        .lease;
+    let lease =
+        crate::layout::BucketEntry::decode(&store.get(&buckets_key(&k.hash())).unwrap().0).lease;
     assert_eq!(lease.map(|l| (l.share, l.generation)), Some((0, 9)));
     let state = |s: &MemoryStore| crate::layout::applied_state(s).and_then(|a| a.fleet);
     let before = state(&store);
     assert_eq!(before.map(|f| f.seq), Some(1));
-    let mut next = sync(2, vec![plan("plan_1", "Pro", vec![limit("per-second", 10, 1)])], vec![]);
+    let mut next = sync(
+        2,
+        vec![plan("plan_1", "Pro", vec![limit("per-second", 10, 1)])],
+        vec![],
+    );
     next.keys = vec![wire_key(&k.hash(), "key_1", "tnt_1", "plan_1")];
     apply_sync(&store, &next).unwrap();
     assert_eq!(state(&store), before);

@@ -1,0 +1,487 @@
+//! The share allocator: how much of each key's and tenant's fleet-wide
+//! limits each Envoy may use, so that all of them together never admit
+//! more than the limit (the Envoy's side is `tollgate_core::fleet`).
+//!
+//! Every Envoy's leader reports about once a second. Each report says what
+//! each key was asked for through that Envoy (admitted plus refused for a
+//! rate limit) and acknowledges the last leases it applied; the answer
+//! carries its new leases. Shares follow demand: a key's share on an Envoy
+//! is its part of the key's recent demand across the fleet.
+//!
+//! What keeps the sum within the whole, like Google's Doorman:
+//! - Each grant has a `committed` value: the most the Envoy may be using
+//!   right now. Raising a grant commits the new value at once; lowering it
+//!   commits only when the Envoy acknowledges the receipt that carried it.
+//! - A grant is raised only into room: the whole minus what every other
+//!   Envoy has committed for that entry.
+//! - An entry with no grant of its own uses the Envoy's default share, a
+//!   grant like the others: every Envoy's default is `FULL / N`, raised
+//!   only into room among the defaults. Every active entry has a grant of
+//!   its own on every Envoy, which a new default cannot touch: a receipt
+//!   carries every grant not yet acknowledged, and the Envoy applies them
+//!   before the default that comes with them. So a joining Envoy starts at
+//!   0 and gets its default once the others have acknowledged theirs.
+//! - An Envoy silent for a lease length has let its leases lapse (each
+//!   share falls to at most its default, see `tollgate_core::fleet`), so its
+//!   grants are cut to that. It keeps its default until it is silent for
+//!   `forget_after_ms`; only then is it forgotten and its default freed.
+//!
+//! Pure: time is an argument and nothing here touches the database; the
+//! usage route gathers the demand and applies the answer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use tollgate_core::fleet::FULL_SHARE;
+use tollgate_core::wire::{FleetLeases, ShareGrant, UsageBatch};
+
+/// A whole limit, in the allocator's arithmetic.
+pub const FULL: u64 = FULL_SHARE as u64;
+
+/// The allocator's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharesConfig {
+    /// How long leases hold without another receipt.
+    pub valid_ms: u64,
+    /// How long an Envoy may be silent before its default share is freed:
+    /// one cut off for longer may admit its default on top of the others.
+    pub forget_after_ms: u64,
+}
+
+impl Default for SharesConfig {
+    fn default() -> Self {
+        Self {
+            valid_ms: 10_000,
+            forget_after_ms: 5 * 60_000,
+        }
+    }
+}
+
+/// What one share is of: a key's own limits or a tenant's shared ones.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entry {
+    /// Lower-case hex SHA-256 of the key.
+    Key(String),
+    Tenant(String),
+}
+
+/// One Envoy's lease of one entry (or its default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Grant {
+    /// What the Envoy was last told.
+    granted: u64,
+    /// The most the Envoy may be using: `granted`, or more while a lower
+    /// grant is on its way.
+    committed: u64,
+    /// The receipt sequence that last changed it.
+    seq: u64,
+}
+
+impl Grant {
+    /// Tells `value` under `seq`; false if that is what was told already.
+    fn set(&mut self, value: u64, seq: u64) -> bool {
+        if value == self.granted {
+            return false;
+        }
+        self.granted = value;
+        self.committed = self.committed.max(value);
+        self.seq = seq;
+        true
+    }
+
+    fn acknowledged(&mut self, acked: u64) {
+        if self.seq <= acked {
+            self.committed = self.granted;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Holding {
+    grant: Grant,
+    /// Requests asked for per report, smoothed (in thousandths).
+    demand: u64,
+}
+
+#[derive(Debug)]
+struct Proxy {
+    generation: u64,
+    /// The first sequence of this generation: older acknowledgements are
+    /// of leases this Envoy no longer holds.
+    first_seq: u64,
+    last_seq: u64,
+    acked: u64,
+    last_report_ms: u64,
+    /// Its leases lapsed and its grants were cut to its default.
+    lapsed: bool,
+    default: Grant,
+}
+
+/// One Envoy's report, as the allocator needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The Envoy (its usage `reporter_id`).
+    pub proxy: String,
+    /// Its `leases_applied`.
+    pub acked: u64,
+    /// Requests asked for per entry since its last report.
+    pub demand: Vec<(Entry, u64)>,
+}
+
+/// The allocator of one control-plane replica.
+#[derive(Debug)]
+pub struct Allocator {
+    config: SharesConfig,
+    proxies: HashMap<String, Proxy>,
+    entries: BTreeMap<Entry, HashMap<String, Holding>>,
+    /// The next receipt sequence, unique across every Envoy and generation.
+    next_seq: u64,
+    /// Until then (a replica just started while Envoys were live), answer
+    /// without leases: Envoys still hold what an earlier allocator leased,
+    /// and let it lapse to their defaults first.
+    learning_until_ms: u64,
+}
+
+impl Allocator {
+    /// An allocator starting at `now_ms`; `learning` when Envoys may still
+    /// hold leases from before (see [`Allocator::learning_until_ms`]).
+    pub fn new(config: SharesConfig, now_ms: u64, learning: bool) -> Self {
+        Self {
+            config,
+            proxies: HashMap::new(),
+            entries: BTreeMap::new(),
+            // Above any sequence of an earlier allocator: 1,024 a millisecond.
+            next_seq: now_ms.saturating_mul(1_024),
+            learning_until_ms: if learning {
+                now_ms.saturating_add(config.valid_ms + 2_000)
+            } else {
+                0
+            },
+        }
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// How many Envoys hold shares.
+    pub fn proxies(&self) -> usize {
+        self.proxies.len()
+    }
+
+    /// How many keys and tenants have grants of their own.
+    pub fn entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Takes `report` at `now_ms` and answers with the reporter's leases;
+    /// `None` while learning. `generation` is drawn for a new Envoy.
+    pub fn report(&mut self, report: &Report, now_ms: u64, generation: u64) -> Option<FleetLeases> {
+        self.lapse(now_ms);
+        let learning = now_ms < self.learning_until_ms;
+        if !self.proxies.contains_key(&report.proxy) {
+            self.join(&report.proxy, generation, now_ms, learning);
+        }
+        let id = report.proxy.as_str();
+        let acked = {
+            let proxy = self.proxies.get_mut(id)?;
+            proxy.last_report_ms = now_ms;
+            proxy.lapsed = false;
+            if (proxy.first_seq..=proxy.last_seq).contains(&report.acked) {
+                proxy.acked = proxy.acked.max(report.acked);
+            }
+            proxy.default.acknowledged(proxy.acked);
+            proxy.acked
+        };
+        for holdings in self.entries.values_mut() {
+            if let Some(h) = holdings.get_mut(id) {
+                h.grant.acknowledged(acked);
+                h.demand /= 2;
+            }
+        }
+        for (entry, asked) in &report.demand {
+            if !self.entries.contains_key(entry) {
+                self.activate(entry.clone());
+            }
+            if let Some(h) = self.entries.get_mut(entry).and_then(|e| e.get_mut(id)) {
+                h.demand = h.demand.saturating_add(asked.saturating_mul(500));
+            }
+        }
+        if learning {
+            return None;
+        }
+        self.regrant(id);
+        self.leases(id)
+    }
+
+    /// A new Envoy: a new generation, a default of 0, and a grant of 0 for
+    /// every active entry, so that its default never reaches one.
+    fn join(&mut self, id: &str, generation: u64, now_ms: u64, learning: bool) {
+        let seq = self.seq();
+        // Learning: it may hold up to an earlier allocator's default still.
+        let presumed = if learning {
+            FULL / (self.proxies.len() as u64 + 1)
+        } else {
+            0
+        };
+        self.proxies.insert(
+            id.to_owned(),
+            Proxy {
+                generation,
+                first_seq: seq,
+                last_seq: seq,
+                acked: 0,
+                last_report_ms: now_ms,
+                lapsed: false,
+                default: Grant {
+                    granted: 0,
+                    committed: presumed,
+                    seq,
+                },
+            },
+        );
+        for holdings in self.entries.values_mut() {
+            holdings.insert(
+                id.to_owned(),
+                Holding {
+                    grant: Grant {
+                        granted: 0,
+                        committed: presumed,
+                        seq,
+                    },
+                    demand: 0,
+                },
+            );
+        }
+    }
+
+    /// A key or tenant seen for the first time: every Envoy gets a grant of
+    /// its own at its default, which it may be using already.
+    fn activate(&mut self, entry: Entry) {
+        let seq = self.seq();
+        let holdings = self
+            .proxies
+            .iter_mut()
+            .map(|(id, proxy)| {
+                proxy.last_seq = seq;
+                let grant = Grant {
+                    granted: proxy.default.granted,
+                    committed: proxy.default.committed,
+                    seq,
+                };
+                (id.clone(), Holding { grant, demand: 0 })
+            })
+            .collect();
+        self.entries.insert(entry, holdings);
+    }
+
+    /// Cuts the grants of Envoys silent for a lease length to their
+    /// defaults (their leases have lapsed to that), and forgets those
+    /// silent for `forget_after_ms`.
+    fn lapse(&mut self, now_ms: u64) {
+        let valid = self.config.valid_ms;
+        let forget = self.config.forget_after_ms;
+        let gone: Vec<String> = self
+            .proxies
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.last_report_ms) > forget)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.proxies.remove(id);
+            for holdings in self.entries.values_mut() {
+                holdings.remove(id);
+            }
+        }
+        let lapsing: Vec<(String, u64)> = self
+            .proxies
+            .iter()
+            .filter(|(_, p)| !p.lapsed && now_ms.saturating_sub(p.last_report_ms) > valid)
+            .map(|(id, p)| (id.clone(), p.default.committed))
+            .collect();
+        for (id, default) in lapsing {
+            let seq = self.seq();
+            let mut cut = false;
+            for holdings in self.entries.values_mut() {
+                if let Some(h) = holdings.get_mut(&id) {
+                    if h.grant.committed > default {
+                        // Told again when it is back, before its terms are
+                        // valid again: a receipt's grants go in first.
+                        h.grant = Grant {
+                            granted: default.min(h.grant.granted),
+                            committed: default,
+                            seq,
+                        };
+                        cut = true;
+                    }
+                }
+            }
+            if let Some(p) = self.proxies.get_mut(&id) {
+                p.lapsed = true;
+                if cut {
+                    p.last_seq = seq;
+                }
+            }
+        }
+    }
+
+    /// Moves `id`'s default and grants toward their targets, as far as the
+    /// others' commitments leave room.
+    fn regrant(&mut self, id: &str) {
+        let n = self.proxies.len() as u64;
+        let others_default: u64 = self
+            .proxies
+            .iter()
+            .filter(|(other, _)| other.as_str() != id)
+            .map(|(_, p)| p.default.committed)
+            .sum();
+        let seq = self.next_seq + 1;
+        let mut changed = false;
+        if let Some(proxy) = self.proxies.get_mut(id) {
+            let target = FULL / n.max(1);
+            let room = FULL.saturating_sub(others_default);
+            let value = if target <= proxy.default.granted {
+                target
+            } else {
+                target.min(room).max(proxy.default.granted)
+            };
+            changed |= proxy.default.set(value, seq);
+        }
+        for holdings in self.entries.values_mut() {
+            let asked: u64 = holdings.values().map(|h| h.demand).sum();
+            let others: u64 = holdings
+                .iter()
+                .filter(|(other, _)| other.as_str() != id)
+                .map(|(_, h)| h.grant.committed)
+                .sum();
+            let Some(mine) = holdings.get_mut(id) else {
+                continue;
+            };
+            if asked == 0 {
+                // Nobody asks: leave the shares where demand left them.
+                continue;
+            }
+            let target =
+                u64::try_from(u128::from(FULL) * u128::from(mine.demand) / u128::from(asked))
+                    .unwrap_or(FULL);
+            let value = target.min(FULL.saturating_sub(others));
+            changed |= mine.grant.set(value, seq);
+        }
+        if changed {
+            self.next_seq = seq;
+            if let Some(proxy) = self.proxies.get_mut(id) {
+                proxy.last_seq = seq;
+            }
+        }
+    }
+
+    /// The answer for `id`: its terms and every grant it has not acknowledged.
+    fn leases(&self, id: &str) -> Option<FleetLeases> {
+        let proxy = self.proxies.get(id)?;
+        let grants = self
+            .entries
+            .iter()
+            .filter_map(|(entry, holdings)| {
+                let h = holdings.get(id)?;
+                (h.grant.seq > proxy.acked).then(|| {
+                    let (key_hash, tenant_id) = match entry {
+                        Entry::Key(hash) => (Some(hash.clone()), None),
+                        Entry::Tenant(tenant) => (None, Some(tenant.clone())),
+                    };
+                    ShareGrant {
+                        key_hash,
+                        tenant_id,
+                        share: h.grant.granted,
+                    }
+                })
+            })
+            .collect();
+        Some(FleetLeases {
+            generation: proxy.generation,
+            seq: proxy.last_seq,
+            valid_ms: self.config.valid_ms,
+            default_share: proxy.default.granted,
+            grants,
+        })
+    }
+
+    /// The most all Envoys together may be using of `entry` (tests check it
+    /// never exceeds [`FULL`]).
+    pub fn committed(&self, entry: &Entry) -> u64 {
+        match self.entries.get(entry) {
+            Some(holdings) => holdings.values().map(|h| h.grant.committed).sum(),
+            None => self.proxies.values().map(|p| p.default.committed).sum(),
+        }
+    }
+}
+
+/// The allocator as a replica shares it between requests, with what it
+/// learned of keys: a key's hash and tenant never change.
+#[derive(Debug)]
+pub struct Leasing {
+    allocator: Mutex<Allocator>,
+    identities: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// Most key identities remembered; past it the memo starts over (it only
+/// costs a lookup per key).
+const MAX_IDENTITIES: usize = 1_000_000;
+
+impl Leasing {
+    pub fn new(allocator: Allocator) -> Self {
+        Self {
+            allocator: Mutex::new(allocator),
+            identities: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A key's hash and tenant, if remembered.
+    pub fn identity(&self, key_id: &str) -> Option<(String, String)> {
+        let known = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(key_id).cloned()
+    }
+
+    pub fn remember(&self, key_id: &str, hash: String, tenant: String) {
+        let mut known = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_IDENTITIES {
+            known.clear();
+        }
+        known.insert(key_id.to_owned(), (hash, tenant));
+    }
+
+    /// Answers a report; `None` while learning.
+    pub fn report(&self, report: &Report, now_ms: u64) -> Option<FleetLeases> {
+        let mut allocator = self.allocator.lock().unwrap_or_else(|e| e.into_inner());
+        allocator.report(report, now_ms, rand::random::<u64>() | 1)
+    }
+
+    /// Starts over as `allocator` (a replica that finds live Envoys at start).
+    pub fn replace(&self, allocator: Allocator) {
+        *self.allocator.lock().unwrap_or_else(|e| e.into_inner()) = allocator;
+    }
+
+    /// Envoys holding shares, and keys and tenants with grants of their own.
+    pub fn sizes(&self) -> (usize, usize) {
+        let allocator = self.allocator.lock().unwrap_or_else(|e| e.into_inner());
+        (allocator.proxies(), allocator.entries())
+    }
+}
+
+/// What a batch asked of each key: admitted, and refused by a rate limit
+/// (what a larger share would have let through). Keys that asked nothing
+/// of a limit are left out.
+pub fn asked(batch: &UsageBatch) -> Vec<(&str, u64)> {
+    batch
+        .keys
+        .iter()
+        .map(|k| {
+            let refused = k.denied.get("rate_limited").copied().unwrap_or(0);
+            (k.key_id.as_str(), k.allowed.saturating_add(refused))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
