@@ -38,6 +38,11 @@ use tollgate_core::wire::{FleetLeases, ShareGrant, UsageBatch};
 /// A whole limit, in the allocator's arithmetic.
 pub const FULL: u64 = FULL_SHARE as u64;
 
+/// Demand below a tenth of a request a report is none: one request fades
+/// to nothing in four quiet reports, so an Envoy that a key left holds
+/// nothing of it (not even the one request any share holds).
+const FADED: u64 = 100;
+
 /// The allocator's thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharesConfig {
@@ -198,6 +203,9 @@ impl Allocator {
             if let Some(h) = holdings.get_mut(id) {
                 h.grant.acknowledged(acked);
                 h.demand /= 2;
+                if h.demand < FADED {
+                    h.demand = 0;
+                }
             }
         }
         for (entry, asked) in &report.demand {

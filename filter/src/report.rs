@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::types::LogLevel;
-use tollgate_core::layout::{applied_state, apply_leases, apply_standings, LeaseError, REPORT_KEY};
+use tollgate_core::layout::{apply_leases, apply_standings, read_leases, REPORT_KEY};
 use tollgate_core::store::SetError;
 use tollgate_core::usage::{ReportState, Tally};
 use tollgate_core::wire::UsageReceipt;
@@ -114,9 +114,7 @@ impl Reporter {
             }
         }
         let mut sent = None;
-        let leases_applied = applied_state(host)
-            .and_then(|a| a.fleet)
-            .map_or(0, |f| f.seq);
+        let leases_applied = read_leases(host).map_or(0, |f| f.seq);
         for _ in 0..STATE_ATTEMPTS {
             let (mut state, cas) = read_state(host, now);
             let dropped = state.seal(&drained, leases_applied);
@@ -266,13 +264,12 @@ impl Reporter {
             }
         };
         if let Some(leases) = &receipt.leases {
-            match apply_leases(host, leases, self.sent_at_ms) {
-                // Not acknowledged: the next receipt carries them again.
-                Ok(()) | Err(LeaseError::NoConfig) => {}
-                Err(e) => host.log(
+            // Not stored, not acknowledged: the next receipt carries them again.
+            if let Err(e) = apply_leases(host, leases, self.sent_at_ms) {
+                host.log(
                     LogLevel::Warn,
                     &format!("tollgate: cannot store fleet leases: {e}"),
-                ),
+                );
             }
         }
         match apply_standings(host, &receipt.standings) {

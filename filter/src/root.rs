@@ -18,6 +18,8 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
+use tollgate_core::layout::read_leases;
+
 use crate::config::PluginConfig;
 use crate::host::{self, Proxy};
 use crate::http::{SharedCache, TollgateHttp};
@@ -47,7 +49,15 @@ pub struct TollgateRoot {
     queue: Option<u32>,
     sync: SyncLoop,
     reporter: Reporter,
+    /// When this root context last took the lead.
+    leading_since: u64,
+    /// Whether shares of fleet-wide limits have been received (by any leader).
+    leases_known: bool,
 }
+
+/// Longest the first sync waits for the first usage receipt: a control
+/// plane that leases nothing (or does not answer reports) delays it no more.
+const FIRST_LEASES_WAIT_MS: u64 = 2_000;
 
 impl TollgateRoot {
     fn started(&mut self) -> Option<(Lease, u32)> {
@@ -182,7 +192,9 @@ impl RootContext for TollgateRoot {
                 LogLevel::Info,
                 &format!("tollgate: root context {} {change}", lease.me()),
             );
-            if !leading {
+            if leading {
+                self.leading_since = now;
+            } else {
                 self.resign();
             }
         }
@@ -197,8 +209,16 @@ impl RootContext for TollgateRoot {
         if self.hand_over_if_asked(&config, now) {
             return;
         }
-        self.sync.on_tick(&Proxy, &config.sync, now);
         self.reporter.on_tick(&Proxy, &config.sync, queue, now);
+        // The first config waits for the first usage receipt, a round trip:
+        // its shares of fleet-wide limits (see `tollgate_core::fleet`), so a
+        // config applied is a config whose limits admit.
+        if self.leases_known || read_leases(&Proxy).is_some() {
+            self.leases_known = true;
+        }
+        if self.leases_known || now >= self.leading_since.saturating_add(FIRST_LEASES_WAIT_MS) {
+            self.sync.on_tick(&Proxy, &config.sync, now);
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

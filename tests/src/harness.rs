@@ -159,7 +159,10 @@ pub struct Stack {
     upstream: Option<Process>,
     envoy: Option<Process>,
     /// More Envoys syncing from the same control plane.
-    more_envoys: Vec<Process>,
+    /// Envoys beyond the first, with their listener ports (0 when unknown).
+    more_envoys: Vec<(u16, Process)>,
+    /// How many have been started, so names stay unique after a stop.
+    envoys_started: usize,
     /// The plugin configuration Envoy gets instead of the template's.
     plugin_config: Option<Value>,
     pub client: reqwest::Client,
@@ -233,6 +236,7 @@ impl Stack {
             upstream: None,
             envoy: None,
             more_envoys: Vec::new(),
+            envoys_started: 1,
             plugin_config: None,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -263,9 +267,10 @@ impl Stack {
     /// reporting to it; returns its listener port.
     pub async fn start_another_envoy(&mut self) -> u16 {
         let (port, admin_port) = (free_port(), free_port());
-        let name = format!("envoy-{}", self.more_envoys.len() + 2);
+        self.envoys_started += 1;
+        let name = format!("envoy-{}", self.envoys_started);
         let child = self.spawn_envoy(port, admin_port, &name).await;
-        self.more_envoys.push(child);
+        self.more_envoys.push((port, child));
         port
     }
 
@@ -281,7 +286,8 @@ impl Stack {
         env: &[(&str, &str)],
     ) {
         let child = self.run_envoy(config, admin_port, name, env).await;
-        self.more_envoys.push(child);
+        self.envoys_started += 1;
+        self.more_envoys.push((0, child));
     }
 
     async fn run_envoy(
@@ -425,11 +431,34 @@ impl Stack {
         }
     }
 
+    /// The control plane's process id (to freeze it).
+    pub fn control_plane_pid(&self) -> Option<u32> {
+        self.control_plane.as_ref().map(Process::pid)
+    }
+
+    /// Stops the Envoy [`Stack::start_another_envoy`] started on `port`.
+    pub fn stop_envoy(&mut self, port: u16) {
+        if let Some(at) = self.more_envoys.iter().position(|(p, _)| *p == port) {
+            self.more_envoys.remove(at).1.stop();
+        }
+    }
+
+    /// The status of a request with `key` through the Envoy on `port`.
+    pub async fn status_through(&self, port: u16, key: &str) -> StatusCode {
+        self.client
+            .get(format!("http://127.0.0.1:{port}/anything"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .expect("Envoy answers")
+            .status()
+    }
+
     /// The process ids of the Envoys, the first one's first (to freeze one).
     pub fn envoy_pids(&self) -> Vec<u32> {
         self.envoy
             .iter()
-            .chain(&self.more_envoys)
+            .chain(self.more_envoys.iter().map(|(_, p)| p))
             .map(Process::pid)
             .collect()
     }
@@ -560,6 +589,100 @@ impl Stack {
 }
 
 /// Asserts that `reply` is a problem+json refusal with `status` and `code`.
+/// A process frozen with SIGSTOP, resumed (SIGCONT) however the test
+/// ends, so the stack can stop it.
+pub struct Frozen(u32);
+
+impl Frozen {
+    pub fn freeze(pid: u32) -> Self {
+        signal("-STOP", pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// What a hammer let through, per Envoy, and over how long.
+#[derive(Debug)]
+pub struct Hammered {
+    /// Admitted (200) through each Envoy, in the order of the ports.
+    pub admitted: Vec<u64>,
+    /// Refused (429) through each Envoy.
+    pub refused: Vec<u64>,
+    /// From the first request sent to the last answer.
+    pub elapsed: Duration,
+}
+
+impl Hammered {
+    pub fn total(&self) -> u64 {
+        self.admitted.iter().sum()
+    }
+}
+
+/// Sends requests with `key` through each Envoy on `ports`, one at a time
+/// per Envoy, `gap` apart, for `lasting`: a load bounded in time and count.
+pub async fn hammer(
+    client: &reqwest::Client,
+    ports: &[u16],
+    key: &str,
+    lasting: Duration,
+    gap: Duration,
+) -> Hammered {
+    let started = Instant::now();
+    let tasks: Vec<_> = ports
+        .iter()
+        .map(|&port| {
+            let client = client.clone();
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let (mut admitted, mut refused) = (0, 0);
+                let mut last = Instant::now();
+                while started.elapsed() < lasting {
+                    let status = client
+                        .get(format!("http://127.0.0.1:{port}/anything"))
+                        .header("x-api-key", &key)
+                        .send()
+                        .await
+                        .expect("Envoy answers")
+                        .status();
+                    last = Instant::now();
+                    match status {
+                        StatusCode::OK => admitted += 1,
+                        StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                        other => panic!("through port {port}: {other}"),
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+                (admitted, refused, last)
+            })
+        })
+        .collect();
+    let mut out = Hammered {
+        admitted: Vec::new(),
+        refused: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (admitted, refused, last) = task.await.expect("a hammer task");
+        out.admitted.push(admitted);
+        out.refused.push(refused);
+        out.elapsed = out.elapsed.max(last.duration_since(started));
+    }
+    out
+}
+
 pub fn assert_problem(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status.as_u16(), status, "{:?}", reply.body);
     assert_eq!(
@@ -635,7 +758,7 @@ impl Drop for Stack {
         .into_iter()
         .flatten()
         .chain(replicas)
-        .chain(more_envoys)
+        .chain(more_envoys.into_iter().map(|(_, p)| p))
         {
             process.stop();
         }

@@ -3,49 +3,13 @@
 //! three applied it (and every one of them then refuses the key), and an
 //! Envoy frozen with SIGSTOP turns `stale` and holds no write up.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tollgate_e2e::harness::{eventually, Reply, Stack};
+use tollgate_e2e::harness::{eventually, Frozen, Reply, Stack};
 
 const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
-
-/// Resumes a frozen Envoy however the test ends, so the stack can stop it.
-struct Frozen(u32);
-
-impl Frozen {
-    fn freeze(pid: u32) -> Self {
-        signal("-STOP", pid);
-        Self(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal("-CONT", self.0);
-    }
-}
-
-fn signal(which: &str, pid: u32) {
-    let status = Command::new("kill")
-        .args([which, &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill {which} {pid}");
-}
-
-async fn through(stack: &Stack, port: u16, key: &str) -> StatusCode {
-    stack
-        .client
-        .get(format!("http://127.0.0.1:{port}/anything"))
-        .header("x-api-key", key)
-        .send()
-        .await
-        .expect("Envoy answers")
-        .status()
-}
 
 async fn proxies(stack: &Stack) -> Value {
     let r = stack.admin(Method::GET, "/v1/proxies", None).await;
@@ -90,7 +54,7 @@ async fn three_envoys_are_listed_a_waited_revocation_holds_everywhere_and_a_froz
     let (key_id, key) = stack.tenant_with_key(limit).await;
     for port in ports {
         eventually(PROPAGATION_BOUND, "the key passes", || async {
-            (through(&stack, port, &key).await == StatusCode::OK).then_some(())
+            (stack.status_through(port, &key).await == StatusCode::OK).then_some(())
         })
         .await;
     }
@@ -135,7 +99,7 @@ async fn three_envoys_are_listed_a_waited_revocation_holds_everywhere_and_a_froz
     // ...and right after it every Envoy refuses the key.
     for port in ports {
         assert_eq!(
-            through(&stack, port, &key).await,
+            stack.status_through(port, &key).await,
             StatusCode::UNAUTHORIZED,
             "port {port}"
         );

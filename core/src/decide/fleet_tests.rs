@@ -4,7 +4,7 @@
 use super::*;
 use crate::fleet::FULL_SHARE;
 use crate::key::ApiKey;
-use crate::layout::{apply_leases, apply_sync, buckets_key, LeaseError};
+use crate::layout::{apply_leases, apply_sync, buckets_key};
 use crate::store::MemoryStore;
 use crate::testing::{key, limit, plan, sync, wire_key};
 use crate::wire::{FleetLeases, ShareGrant, WireLimit};
@@ -130,12 +130,21 @@ fn per_envoy_limits_are_metered_whole_beside_fleet_wide_ones() {
 }
 
 #[crate::testing::test]
-fn leases_wait_for_a_config_and_a_sync_keeps_them() {
+fn leases_before_the_first_config_come_with_it() {
     let store = MemoryStore::new();
-    assert_eq!(
-        apply_leases(&store, &leases(1, HALF, None), T0),
-        Err(LeaseError::NoConfig)
-    );
+    apply_leases(&store, &leases(4, HALF, None), T0).unwrap();
+    assert_eq!(crate::layout::applied_state(&store), None);
+    let k = key(0);
+    let keys = vec![wire_key(&k.hash(), "key_1", "tnt_1", "plan_1")];
+    let limits = vec![limit("per-second", 10, 1)];
+    apply_sync(&store, &sync(1, vec![plan("plan_1", "Pro", limits)], keys)).unwrap();
+    let applied = crate::layout::applied_state(&store).and_then(|a| a.fleet);
+    assert_eq!(applied.map(|f| f.seq), Some(4));
+    assert_eq!(admitted(&store, &k, 10, T0), 5);
+}
+
+#[crate::testing::test]
+fn a_sync_keeps_the_leases() {
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     apply_leases(&store, &leases(1, HALF, Some(0)), T0).unwrap();
     let lease =

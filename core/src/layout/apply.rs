@@ -17,7 +17,8 @@ use crate::wire::{FleetLeases, QuotaStanding, SyncResponse, WireAnonymous, WireP
 use super::bucket_entry::{read_for_update, BucketEntry, QuotaCount};
 use super::key_record::encode_key_record;
 use super::names::{
-    buckets_key, key_record_key, plan_key, tenant_buckets_key, ANONYMOUS_KEY, VERSION_KEY,
+    buckets_key, key_record_key, plan_key, tenant_buckets_key, ANONYMOUS_KEY, FLEET_KEY,
+    VERSION_KEY,
 };
 
 /// The config version this Envoy has applied, if any.
@@ -51,33 +52,51 @@ const UNKNOWN_SYNC: u64 = u64::MAX;
 /// The version entry, if a config has been applied.
 pub fn applied_state(store: &impl SharedStore) -> Option<Applied> {
     let (bytes, _) = store.get(VERSION_KEY)?;
-    Some(decode_applied(&bytes)?)
+    decode_applied(&bytes)
+}
+
+fn word(bytes: &[u8], at: usize) -> Option<u64> {
+    let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(raw))
 }
 
 fn decode_applied(bytes: &[u8]) -> Option<Applied> {
-    let word = |at: usize| -> Option<u64> {
-        let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
-        Some(u64::from_le_bytes(raw))
-    };
-    let fleet = match (word(16), word(24), word(32), word(40)) {
-        (Some(generation), Some(valid_until_ms), Some(default_share), Some(seq)) => {
-            Some(AppliedTerms {
-                terms: Terms {
-                    generation,
-                    valid_until_ms,
-                    default_share: u32::try_from(default_share.min(u64::from(FULL_SHARE)))
-                        .unwrap_or(0),
-                },
-                seq,
-            })
-        }
-        _ => None,
-    };
     Some(Applied {
-        version: word(0)?,
-        synced_at_ms: word(8).filter(|&at| at != UNKNOWN_SYNC),
-        fleet,
+        version: word(bytes, 0)?,
+        synced_at_ms: word(bytes, 8).filter(|&at| at != UNKNOWN_SYNC),
+        fleet: bytes.get(16..).and_then(decode_terms),
     })
+}
+
+/// Four words: generation, valid until, default share, seq.
+fn decode_terms(bytes: &[u8]) -> Option<AppliedTerms> {
+    let default_share = word(bytes, 16)?.min(u64::from(FULL_SHARE));
+    Some(AppliedTerms {
+        terms: Terms {
+            generation: word(bytes, 0)?,
+            valid_until_ms: word(bytes, 8)?,
+            default_share: u32::try_from(default_share).unwrap_or(0),
+        },
+        seq: word(bytes, 24)?,
+    })
+}
+
+fn encode_terms(fleet: &AppliedTerms, out: &mut Vec<u8>) {
+    let t = fleet.terms;
+    for word in [
+        t.generation,
+        t.valid_until_ms,
+        u64::from(t.default_share),
+        fleet.seq,
+    ] {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+}
+
+/// The fleet terms of the last receipt applied, config or not.
+pub fn read_leases(store: &impl SharedStore) -> Option<AppliedTerms> {
+    let (bytes, _) = store.get(FLEET_KEY)?;
+    decode_terms(&bytes)
 }
 
 /// The version entry's bytes.
@@ -87,16 +106,8 @@ fn encode_applied(applied: &Applied) -> Vec<u8> {
         let at = applied.synced_at_ms.unwrap_or(UNKNOWN_SYNC);
         bytes.extend_from_slice(&at.to_le_bytes());
     }
-    if let Some(fleet) = applied.fleet {
-        let t = fleet.terms;
-        for word in [
-            t.generation,
-            t.valid_until_ms,
-            u64::from(t.default_share),
-            fleet.seq,
-        ] {
-            bytes.extend_from_slice(&word.to_le_bytes());
-        }
+    if let Some(fleet) = &applied.fleet {
+        encode_terms(fleet, &mut bytes);
     }
     bytes
 }
@@ -221,8 +232,9 @@ pub fn apply_sync_at(
                 Some(&encode_applied(&Applied {
                     version: sync.version,
                     synced_at_ms,
-                    // Leases are the usage reporter's: a sync keeps them.
-                    fleet: before.and_then(|b| b.fleet),
+                    // Leases are the usage reporter's: a sync keeps them,
+                    // or takes those a receipt brought before any config.
+                    fleet: before.and_then(|b| b.fleet).or_else(|| read_leases(store)),
                 })),
                 None,
             )
@@ -277,37 +289,17 @@ fn update_entry(
     Err(SetError::CasMismatch)
 }
 
-/// Why fleet leases were not applied: nothing of them acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseError {
-    /// No config is applied yet, so there is no version entry to hold the
-    /// terms: the control plane sends the leases again with the next receipt.
-    NoConfig,
-    Write(SetError),
-}
-
-impl core::fmt::Display for LeaseError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::NoConfig => f.write_str("no config applied yet"),
-            Self::Write(e) => write!(f, "{e}"),
-        }
-    }
-}
-
 /// Applies a receipt's fleet leases: each grant into its bucket entry, then
 /// the terms, valid `valid_ms` from `sent_at_ms` (when the report left this
 /// Envoy, so never later than the control plane counts from). Grants first:
 /// a request between the two sees a new grant under old terms, which the
 /// control plane allowed for when it sent them (see `tollgate_core::fleet`).
+/// The terms go to [`FLEET_KEY`], and into the version entry once there is one.
 pub fn apply_leases(
     store: &impl SharedStore,
     leases: &FleetLeases,
     sent_at_ms: u64,
-) -> Result<(), LeaseError> {
-    if applied_state(store).is_none() {
-        return Err(LeaseError::NoConfig);
-    }
+) -> Result<(), SetError> {
     let clamp = |share: u64| u32::try_from(share.min(u64::from(FULL_SHARE))).unwrap_or(0);
     for grant in &leases.grants {
         let entry = match (&grant.key_hash, &grant.tenant_id) {
@@ -322,7 +314,7 @@ pub fn apply_leases(
             share: clamp(grant.share),
             generation: leases.generation,
         };
-        update_entry(store, &entry, |e| e.lease = Some(lease)).map_err(LeaseError::Write)?;
+        update_entry(store, &entry, |e| e.lease = Some(lease))?;
     }
     let terms = AppliedTerms {
         terms: Terms {
@@ -332,20 +324,24 @@ pub fn apply_leases(
         },
         seq: leases.seq,
     };
+    let mut bytes = Vec::with_capacity(32);
+    encode_terms(&terms, &mut bytes);
+    store.set(FLEET_KEY, Some(&bytes), None)?;
     for _ in 0..STANDING_ATTEMPTS {
         let Some((bytes, cas)) = store.get(VERSION_KEY) else {
-            return Err(LeaseError::NoConfig);
+            // No config yet: its first version entry takes them from FLEET_KEY.
+            return Ok(());
         };
-        let Some(mut now) = decode_applied(&bytes) else {
-            return Err(LeaseError::NoConfig);
+        let Some(mut applied) = decode_applied(&bytes) else {
+            return Ok(());
         };
-        now.fleet = Some(terms);
-        match store.set(VERSION_KEY, Some(&encode_applied(&now)), Some(cas)) {
+        applied.fleet = Some(terms);
+        match store.set(VERSION_KEY, Some(&encode_applied(&applied)), Some(cas)) {
             Err(SetError::CasMismatch) => continue,
-            done => return done.map_err(LeaseError::Write),
+            done => return done,
         }
     }
-    Err(LeaseError::Write(SetError::CasMismatch))
+    Err(SetError::CasMismatch)
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@
 //! - `tg3/ba/<slot>`: the buckets of anonymous clients, one slot per hash of
 //!   the client address (so memory stays bounded), with the slot's owner.
 //! - `tg3/anonymous`: anonymous access (wire JSON).
+//! - `tg3/fleet`: the fleet terms of the last usage receipt, which the
+//!   version entry copies: a receipt may come before the first config.
 //! - `tg3/lease`, `tg3/roots`, `tg3/report` and the queue `tg3/usage`: the
 //!   leader election and the usage hand-over between root contexts (the
 //!   filter's `lease` and `report` modules).
@@ -49,12 +51,12 @@ mod names;
 
 pub use apply::{
     applied_state, applied_version, apply_leases, apply_standings, apply_sync, apply_sync_at,
-    read_anonymous, read_plan, Applied, AppliedTerms, ApplyError, LeaseError,
+    read_anonymous, read_leases, read_plan, Applied, AppliedTerms, ApplyError,
 };
 pub use bucket_entry::{read_for_update, BucketEntry, QuotaCount};
 pub use key_record::{decode_key_record, encode_key_record, read_key};
 pub use names::{
     anonymous_buckets_key, buckets_key, client_identity, key_record_key, plan_key,
-    tenant_buckets_key, ANONYMOUS_KEY, ANONYMOUS_SLOTS, INSTANCE_KEY, LEASE_KEY, NAMESPACE,
-    REPORT_KEY, ROOTS_KEY, USAGE_QUEUE, VERSION_KEY,
+    tenant_buckets_key, ANONYMOUS_KEY, ANONYMOUS_SLOTS, FLEET_KEY, INSTANCE_KEY, LEASE_KEY,
+    NAMESPACE, REPORT_KEY, ROOTS_KEY, USAGE_QUEUE, VERSION_KEY,
 };

@@ -25,6 +25,10 @@ pub const REPORT_KEY: &str = "tg3/report";
 /// This Envoy's instance id in the proxy registry, drawn by the first
 /// leader and kept by every later one (the filter's `identity` module).
 pub const INSTANCE_KEY: &str = "tg3/instance";
+/// The fleet terms of the last usage receipt ([`super::AppliedTerms`]),
+/// kept apart from the version entry too, so a receipt applied before the
+/// first config is not lost: that config's version entry starts with them.
+pub const FLEET_KEY: &str = "tg3/fleet";
 /// The shared queue through which every VM hands its counts to the leader.
 pub const USAGE_QUEUE: &str = "tg3/usage";
 /// Anonymous clients share this many bucket slots.

@@ -1,0 +1,182 @@
+//! Fleet-wide rate limits through real Envoys (2 workers each) on one
+//! control plane: one key at 10 requests a second with a burst of 10,
+//! hammered through several Envoys, is admitted at most `burst + rate·T`
+//! plus the stated slack across all of them, and at least 90 % of that
+//! (shares follow demand, no Envoy starves); used through one Envoy, it
+//! gets the whole rate there after the learning time; Envoys joining and
+//! leaving, and the control plane frozen past a lease's length, keep the
+//! bound.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tollgate_e2e::harness::{eventually, hammer, Frozen, Hammered, Stack};
+
+const RATE: u64 = 10;
+const BURST: u64 = 10;
+/// One request per Envoy, for shares of the burst below one request and
+/// rounding to 65,536ths (see `tollgate_core::bucket::Meter`).
+const SLACK_PER_ENVOY: u64 = 1;
+/// Between one Envoy's requests in a hammer: about 150 a second each.
+const GAP: Duration = Duration::from_millis(5);
+/// A key's shares move to where its demand is within three reports (one a
+/// second), as the README states; this allows for a slow machine.
+const LEARNING: Duration = Duration::from_secs(4);
+
+/// The most the fleet may admit over `elapsed` with `envoys` Envoys.
+fn bound(elapsed: Duration, envoys: u64) -> u64 {
+    BURST + (RATE as f64 * elapsed.as_secs_f64()).ceil() as u64 + SLACK_PER_ENVOY * envoys
+}
+
+/// A stack of `n` Envoys and a key at `RATE`/s with a burst of `BURST`,
+/// admitted through every one of them.
+async fn fleet_with_key(n: usize) -> (Stack, Vec<u16>, String) {
+    let mut stack = Stack::start().await;
+    let mut ports = vec![stack.envoy_port];
+    for _ in 1..n {
+        ports.push(stack.start_another_envoy().await);
+    }
+    let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1, "burst": BURST});
+    let (_, key) = stack.tenant_with_key(limit).await;
+    for &port in &ports {
+        eventually(Duration::from_secs(10), "the key passes", || async {
+            (stack.status_through(port, &key).await == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    (stack, ports, key)
+}
+
+fn report(what: &str, h: &Hammered, envoys: u64) {
+    eprintln!(
+        "{what}: admitted {:?} = {} (bound {}), refused {:?}, over {:?}",
+        h.admitted,
+        h.total(),
+        bound(h.elapsed, envoys),
+        h.refused,
+        h.elapsed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_envoys_hold_one_rate_limit_together_and_share_it_by_demand() {
+    let (stack, ports, key) = fleet_with_key(3).await;
+    // Every Envoy asked about alike so far: let the shares settle on thirds.
+    tokio::time::sleep(LEARNING).await;
+    let h = hammer(&stack.client, &ports, &key, Duration::from_secs(10), GAP).await;
+    report("three Envoys, 10 s", &h, 3);
+    assert!(h.total() <= bound(h.elapsed, 3), "{h:?}");
+    // 90 % of burst + rate · 10 s.
+    assert!(h.total() >= 99, "{h:?}");
+    for (i, &admitted) in h.admitted.iter().enumerate() {
+        assert!(admitted * 5 >= h.total(), "Envoy {i} starved: {h:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_used_through_one_envoy_gets_the_whole_rate_there_after_learning() {
+    let (stack, ports, key) = fleet_with_key(3).await;
+    let one = &ports[..1];
+    let learning = hammer(&stack.client, one, &key, LEARNING, GAP).await;
+    report("one of three Envoys, learning", &learning, 3);
+    let learned = hammer(&stack.client, one, &key, Duration::from_secs(5), GAP).await;
+    report("one of three Envoys, learned", &learned, 3);
+    assert!(learned.total() <= bound(learned.elapsed, 3), "{learned:?}");
+    // The whole rate: 90 % of 10 a second for 5 s.
+    assert!(learned.total() >= 45, "{learned:?}");
+    // And the others, asked nothing, hold nothing of it now.
+    for &port in &ports[1..] {
+        assert_eq!(
+            stack.status_through(port, &key).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoys_joining_and_leaving_mid_run_keep_the_bound() {
+    let (mut stack, ports, key) = fleet_with_key(3).await;
+    tokio::time::sleep(LEARNING).await;
+    let lasting = Duration::from_secs(12);
+    let started = Instant::now();
+    // Two Envoys throughout, one until it stops at 6 s, and one joining at 2 s.
+    let stays = tokio::spawn({
+        let (client, key, ports) = (stack.client.clone(), key.clone(), ports.clone());
+        async move { hammer(&client, &ports[..2], &key, lasting, GAP).await }
+    });
+    let leaves = tokio::spawn({
+        let (client, key, port) = (stack.client.clone(), key.clone(), ports[2]);
+        async move { hammer(&client, &[port], &key, Duration::from_secs(6), GAP).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let joined = stack.start_another_envoy().await;
+    // Until its first config it answers 503: it has not joined yet.
+    eventually(
+        Duration::from_secs(10),
+        "the new Envoy's config",
+        || async {
+            (stack.status_through(joined, &key).await != StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(())
+        },
+    )
+    .await;
+    let joins = tokio::spawn({
+        let (client, key) = (stack.client.clone(), key.clone());
+        let left = lasting.saturating_sub(started.elapsed());
+        async move { hammer(&client, &[joined], &key, left, GAP).await }
+    });
+    let leaves = leaves.await.unwrap();
+    stack.stop_envoy(ports[2]);
+    let (stays, joins) = (stays.await.unwrap(), joins.await.unwrap());
+    let total = stays.total() + leaves.total() + joins.total();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "join and leave: stays {:?}, leaves {:?}, joins {:?}: {total} over {elapsed:?} (bound {})",
+        stays.admitted,
+        leaves.admitted,
+        joins.admitted,
+        bound(elapsed, 4)
+    );
+    assert!(total <= bound(elapsed, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_control_plane_frozen_past_a_lease_shares_only_shrink() {
+    let (stack, ports, key) = fleet_with_key(2).await;
+    // The key is used through the first Envoy only: it holds all of it.
+    let learning = hammer(&stack.client, &ports[..1], &key, LEARNING, GAP).await;
+    report("one of two Envoys, learning", &learning, 2);
+    let started = Instant::now();
+    let frozen = Frozen::freeze(stack.control_plane_pid().expect("a control plane"));
+    // Both are hammered through a freeze longer than a lease (10 s): the
+    // first keeps its share until its lease lapses, then falls to at most
+    // its default, half; the second keeps at most what it held.
+    let valid = hammer(
+        &stack.client,
+        &ports,
+        &key,
+        Duration::from_millis(10_500),
+        GAP,
+    )
+    .await;
+    let lapsed = hammer(
+        &stack.client,
+        &ports,
+        &key,
+        Duration::from_millis(4_500),
+        GAP,
+    )
+    .await;
+    drop(frozen);
+    let after = hammer(&stack.client, &ports, &key, Duration::from_secs(3), GAP).await;
+    let elapsed = started.elapsed();
+    report("control plane frozen, leases valid", &valid, 2);
+    report("control plane frozen, leases lapsed", &lapsed, 2);
+    report("control plane back", &after, 2);
+    assert!(valid.total() + lapsed.total() + after.total() <= bound(elapsed, 2));
+    assert!(valid.admitted[0] > 0, "{valid:?}");
+    // Half the burst, and half the rate for 4.5 s, and the one request.
+    let half = BURST / 2 + (RATE as f64 / 2.0 * 4.5).ceil() as u64 + SLACK_PER_ENVOY;
+    assert!(lapsed.admitted[0] <= half, "{lapsed:?}");
+}
