@@ -43,6 +43,14 @@ pub const FULL: u64 = FULL_SHARE as u64;
 /// nothing of it (not even the one request any share holds).
 const FADED: u64 = 100;
 
+/// Bounds on the time a report's demand is taken over: a first report, or
+/// one after a gap, counts as a second's.
+const MIN_INTERVAL_MS: u64 = 200;
+const MAX_INTERVAL_MS: u64 = 5_000;
+
+/// The least a share is lowered by (1/256 of the whole): see [`Allocator::regrant`].
+const NUDGE: u64 = FULL / 256;
+
 /// The allocator's thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharesConfig {
@@ -104,7 +112,7 @@ impl Grant {
 #[derive(Debug, Clone, Default)]
 struct Holding {
     grant: Grant,
-    /// Requests asked for per report, smoothed (in thousandths).
+    /// Requests asked for a second, smoothed over reports (in thousandths).
     demand: u64,
 }
 
@@ -185,19 +193,33 @@ impl Allocator {
     pub fn report(&mut self, report: &Report, now_ms: u64, generation: u64) -> Option<FleetLeases> {
         self.lapse(now_ms);
         let learning = now_ms < self.learning_until_ms;
+        // Acknowledging less than it did before, an Envoy has lost its
+        // leases (its shared data is gone): it is counted afresh.
+        let lost = self
+            .proxies
+            .get(&report.proxy)
+            .is_some_and(|p| report.acked < p.acked);
+        if lost {
+            self.forget(&report.proxy);
+        }
         if !self.proxies.contains_key(&report.proxy) {
             self.join(&report.proxy, generation, now_ms, learning);
         }
         let id = report.proxy.as_str();
-        let acked = {
+        let (acked, interval_ms) = {
             let proxy = self.proxies.get_mut(id)?;
+            // What was asked is made a rate: reports are about a second
+            // apart, but not exactly, and that noise would move shares.
+            let interval_ms = now_ms
+                .saturating_sub(proxy.last_report_ms)
+                .clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
             proxy.last_report_ms = now_ms;
             proxy.lapsed = false;
             if (proxy.first_seq..=proxy.last_seq).contains(&report.acked) {
                 proxy.acked = proxy.acked.max(report.acked);
             }
             proxy.default.acknowledged(proxy.acked);
-            proxy.acked
+            (proxy.acked, interval_ms)
         };
         for holdings in self.entries.values_mut() {
             if let Some(h) = holdings.get_mut(id) {
@@ -213,7 +235,8 @@ impl Allocator {
                 self.activate(entry.clone());
             }
             if let Some(h) = self.entries.get_mut(entry).and_then(|e| e.get_mut(id)) {
-                h.demand = h.demand.saturating_add(asked.saturating_mul(500));
+                let per_second = asked.saturating_mul(1_000_000) / interval_ms;
+                h.demand = h.demand.saturating_add(per_second / 2);
             }
         }
         if learning {
@@ -240,7 +263,8 @@ impl Allocator {
                 first_seq: seq,
                 last_seq: seq,
                 acked: 0,
-                last_report_ms: now_ms,
+                // Its first report counts as a second's demand.
+                last_report_ms: now_ms.saturating_sub(1_000),
                 lapsed: false,
                 default: Grant {
                     granted: 0,
@@ -297,10 +321,7 @@ impl Allocator {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
-            self.proxies.remove(id);
-            for holdings in self.entries.values_mut() {
-                holdings.remove(id);
-            }
+            self.forget(id);
         }
         let lapsing: Vec<(String, u64)> = self
             .proxies
@@ -331,6 +352,14 @@ impl Allocator {
                     p.last_seq = seq;
                 }
             }
+        }
+    }
+
+    /// Frees everything `id` held.
+    fn forget(&mut self, id: &str) {
+        self.proxies.remove(id);
+        for holdings in self.entries.values_mut() {
+            holdings.remove(id);
         }
     }
 
@@ -373,6 +402,12 @@ impl Allocator {
             let target =
                 u64::try_from(u128::from(FULL) * u128::from(mine.demand) / u128::from(asked))
                     .unwrap_or(FULL);
+            // A share is lowered only for more than a nudge: each lowering
+            // leaves its part unused until acknowledged, and report-to-report
+            // noise in demand would otherwise keep some of every key idle.
+            let granted = mine.grant.granted;
+            let nudge = target > 0 && target < granted && granted - target <= NUDGE;
+            let target = if nudge { granted } else { target };
             let value = target.min(FULL.saturating_sub(others));
             changed |= mine.grant.set(value, seq);
         }

@@ -179,6 +179,16 @@ async fn usage_ingest(
     if !batch.reporter_id.is_empty() {
         let report = shares_report(&state, &batch, counted_now).await?;
         receipt.leases = state.leasing.report(&report, now.unix_ms());
+        if let Some(leases) = &receipt.leases {
+            tracing::debug!(
+                proxy = report.proxy,
+                acked = report.acked,
+                asked = ?report.demand,
+                default = leases.default_share,
+                grants = ?leases.grants.iter().map(|g| g.share).collect::<Vec<_>>(),
+                "fleet leases"
+            );
+        }
     }
     Ok(Json(receipt))
 }
