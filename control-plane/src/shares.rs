@@ -504,10 +504,21 @@ impl Leasing {
         *self.allocator.lock().unwrap_or_else(|e| e.into_inner()) = allocator;
     }
 
-    /// Envoys holding shares, and keys and tenants with grants of their own.
-    pub fn sizes(&self) -> (usize, usize) {
-        let allocator = self.allocator.lock().unwrap_or_else(|e| e.into_inner());
-        (allocator.proxies(), allocator.entries())
+    /// This replica's allocator for Prometheus: Envoys holding shares, and
+    /// keys and tenants with grants of their own (its memory grows with both).
+    pub fn render_metrics(&self, out: &mut String) {
+        let (proxies, entries) = {
+            let allocator = self.allocator.lock().unwrap_or_else(|e| e.into_inner());
+            (allocator.proxies(), allocator.entries())
+        };
+        out.push_str(&format!(
+            "# HELP tollgate_control_plane_share_proxies Envoys this replica leases shares of fleet-wide limits to.\n\
+             # TYPE tollgate_control_plane_share_proxies gauge\n\
+             tollgate_control_plane_share_proxies {proxies}\n\
+             # HELP tollgate_control_plane_share_entries Keys and tenants with shares of their own on this replica.\n\
+             # TYPE tollgate_control_plane_share_entries gauge\n\
+             tollgate_control_plane_share_entries {entries}\n"
+        ));
     }
 }
 

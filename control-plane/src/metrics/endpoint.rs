@@ -27,6 +27,7 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Result<Resp
     // The registry is in the database, so every replica reports the whole fleet.
     let proxies = state.fleet.list(&state.db, current, state.now()).await?;
     crate::fleet::render_metrics(&mut body, &proxies);
+    state.leasing.render_metrics(&mut body);
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,

@@ -321,7 +321,113 @@ async fn the_quota_period_turns_over_at_the_anchor_to_the_millisecond(backend: B
     assert_eq!(after["used"], 0, "{after}");
 }
 
+/// The shares a receipt leases, by key hash or tenant id, and the default.
+fn leased(receipt: &Value) -> (u64, u64, Vec<(String, u64)>) {
+    let leases = &receipt["leases"];
+    let grants = leases["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let whose = g["key_hash"].as_str().or(g["tenant_id"].as_str()).unwrap();
+            (whose.to_owned(), g["share"].as_u64().unwrap())
+        })
+        .collect();
+    (
+        leases["seq"].as_u64().unwrap(),
+        leases["default_share"].as_u64().unwrap(),
+        grants,
+    )
+}
+
+async fn receipts_lease_shares_of_fleet_wide_limits_by_demand(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    // A limit may say it is per Envoy; that round-trips through the API.
+    let body = json!({"name": "fleet", "limits": [
+        {"name": "per-second", "max": 10, "window_seconds": 1},
+        {"name": "local", "max": 100, "window_seconds": 60, "per_envoy": true},
+    ]});
+    let plan_id = create(&app, "/v1/plans", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None).await;
+    assert!(
+        shown.body["limits"][0].get("per_envoy").is_none(),
+        "{:?}",
+        shown.body
+    );
+    assert_eq!(shown.body["limits"][1]["per_envoy"], true);
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    let hash: String = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
+        .bind(&key_id)
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
+    const FULL: u64 = 65_536;
+
+    // Envoy A alone: the whole of everything, the key's and its tenant's.
+    let asks = |envoy: &str, n: u64, batch: u64, acked: u64| {
+        json!({"batch_id": format!("{envoy}-{batch}"), "reporter_id": envoy, "leases_applied": acked,
+               "keys": [{"key_id": key_id, "allowed": n}]})
+    };
+    let r = report(&app, asks("a", 3, 1, 0)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let (a_seq, default, grants) = leased(&r.body);
+    assert_eq!(default, FULL);
+    assert!(grants.contains(&(hash.clone(), FULL)), "{grants:?}");
+    assert!(grants.contains(&(tenant_id.clone(), FULL)), "{grants:?}");
+    // Answered again (a retry): the same leases, no demand counted twice.
+    let again = report(&app, asks("a", 3, 1, 0)).await;
+    assert_eq!(again.body["leases"], r.body["leases"]);
+
+    // Envoy B joins: nothing until A gives some up and says so.
+    let idle = |envoy: &str, batch: u64, acked: u64| json!({"batch_id": format!("{envoy}-{batch}"), "reporter_id": envoy, "leases_applied": acked});
+    let r = report(&app, asks("b", 3, 1, 0)).await;
+    let (mut b_seq, default, grants) = leased(&r.body);
+    assert_eq!(default, 0);
+    assert!(grants.contains(&(hash.clone(), 0)), "{grants:?}");
+    let mut a = a_seq;
+    let mut shares = (FULL, 0);
+    for batch in 2..8 {
+        let r = report(&app, asks("a", 3, batch, a)).await;
+        let (seq, _, grants) = leased(&r.body);
+        a = seq;
+        if let Some((_, s)) = grants.iter().find(|(h, _)| *h == hash) {
+            shares.0 = *s;
+        }
+        let r = report(&app, asks("b", 3, batch, b_seq)).await;
+        let (seq, _, grants) = leased(&r.body);
+        b_seq = seq;
+        if let Some((_, s)) = grants.iter().find(|(h, _)| *h == hash) {
+            shares.1 = *s;
+        }
+        assert!(shares.0 + shares.1 <= FULL, "{shares:?}");
+    }
+    // Asking alike, they hold about half each.
+    assert!(shares.0.abs_diff(FULL / 2) <= FULL / 64, "{shares:?}");
+    assert!(shares.1.abs_diff(FULL / 2) <= FULL / 64, "{shares:?}");
+    // A report that names no Envoy (an older filter) is leased nothing.
+    let r = report(&app, json!({"batch_id": "old-1"})).await;
+    assert!(r.body.get("leases").is_none(), "{:?}", r.body);
+    let r = report(&app, idle("a", 99, a)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Prometheus: two Envoys, the key and its tenant.
+    let metrics = send(&app, Method::GET, "/metrics", None, None).await;
+    let text = metrics.text();
+    assert!(
+        text.contains("\ntollgate_control_plane_share_proxies 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ntollgate_control_plane_share_entries 2\n"),
+        "{text}"
+    );
+}
+
 on_both_databases!(
+    receipts_lease_shares_of_fleet_wide_limits_by_demand,
     usage_reports_are_counted_once_and_move_last_used_at,
     usage_reads_back_per_key_and_per_tenant,
     the_quota_period_turns_over_at_the_anchor_to_the_millisecond,
