@@ -365,6 +365,37 @@ mod tests {
     }
 
     #[test]
+    fn leases_in_a_receipt_run_from_the_report_and_the_next_batch_acknowledges_them() {
+        use tollgate_core::layout::{buckets_key, read_leases, BucketEntry};
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        r.on_tick(&host, &c, QUEUE, T0);
+        let sent = host.take_sent();
+        assert_eq!(batch(&sent[0]).leases_applied, 0);
+        let hash = tollgate_core::key::KeyHash::of(b"k");
+        let receipt = format!(
+            r#"{{"standings":[],"cursor":0,"leases":{{"generation":5,"seq":41,"valid_ms":10000,
+                "default_share":1000,"grants":[{{"key_hash":"{}","share":700}}]}}}}"#,
+            hash.to_hex()
+        );
+        let answer = Answer {
+            status: Some(200),
+            body: receipt.into_bytes(),
+        };
+        // Answered 300 ms after the report left: valid 10 s from the report.
+        assert!(r.on_answer(&host, &c, sent[0].token, &answer, T0 + 300));
+        let terms = read_leases(&host).unwrap();
+        assert_eq!((terms.seq, terms.terms.valid_until_ms), (41, T0 + 10_000));
+        assert_eq!(terms.terms.default_share, 1000);
+        let (bytes, _) = host.get(&buckets_key(&hash)).unwrap();
+        let lease = BucketEntry::decode(&bytes).lease.unwrap();
+        assert_eq!((lease.share, lease.generation), (700, 5));
+        r.on_tick(&host, &c, QUEUE, T0 + 300 + REPORT_EVERY_MS);
+        assert_eq!(batch(&host.take_sent()[0]).leases_applied, 41);
+    }
+
+    #[test]
     fn while_the_control_plane_is_away_the_batch_keeps_its_id_and_counts_wait() {
         let host = FakeHost::new();
         let c = config();
