@@ -137,8 +137,18 @@ pub struct Report {
     pub proxy: String,
     /// Its `leases_applied`.
     pub acked: u64,
-    /// Requests asked for per entry since its last report.
-    pub demand: Vec<(Entry, u64)>,
+    /// What was asked of each entry since its last report.
+    pub demand: Vec<Demand>,
+}
+
+/// What one Envoy asked of one key or tenant since its last report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    pub entry: Entry,
+    /// Admitted plus refused for a rate limit.
+    pub asked: u64,
+    /// Whether any of it was refused for a rate limit.
+    pub refused: bool,
 }
 
 /// The allocator of one control-plane replica.
@@ -230,8 +240,20 @@ impl Allocator {
                 }
             }
         }
-        for (entry, asked) in &report.demand {
+        for Demand {
+            entry,
+            asked,
+            refused,
+        } in &report.demand
+        {
+            // A key or tenant gets grants of its own only once a share was
+            // too small for it somewhere: until then every Envoy's default
+            // serves it, and a fleet of a million keys each asked well
+            // within its limit costs the allocator nothing per key.
             if !self.entries.contains_key(entry) {
+                if !refused {
+                    continue;
+                }
                 self.activate(entry.clone());
             }
             if let Some(h) = self.entries.get_mut(entry).and_then(|e| e.get_mut(id)) {
@@ -523,17 +545,21 @@ impl Leasing {
 }
 
 /// What a batch asked of each key: admitted, and refused by a rate limit
-/// (what a larger share would have let through). Keys that asked nothing
-/// of a limit are left out.
-pub fn asked(batch: &UsageBatch) -> Vec<(&str, u64)> {
+/// (what a larger share would have let through), and how many were
+/// refused. Keys that asked nothing of a limit are left out.
+pub fn asked(batch: &UsageBatch) -> Vec<(&str, u64, u64)> {
     batch
         .keys
         .iter()
         .map(|k| {
             let refused = k.denied.get("rate_limited").copied().unwrap_or(0);
-            (k.key_id.as_str(), k.allowed.saturating_add(refused))
+            (
+                k.key_id.as_str(),
+                k.allowed.saturating_add(refused),
+                refused,
+            )
         })
-        .filter(|(_, n)| *n > 0)
+        .filter(|(_, n, _)| *n > 0)
         .collect()
 }
 

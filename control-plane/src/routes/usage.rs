@@ -26,7 +26,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::fleet::ProxyHeaders;
 use crate::input::query_time;
-use crate::shares::{asked, Entry, Report};
+use crate::shares::{asked, Demand, Entry, Report};
 use crate::state::AppState;
 use crate::store::usage::{self, anchor, truncated, ALLOWED, HOUR};
 use crate::store::{keys, tenants};
@@ -205,10 +205,13 @@ async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> A
     if !counted {
         return Ok(report);
     }
-    let mut tenants: std::collections::BTreeMap<String, u64> = Default::default();
-    for (key_id, n) in asked(batch) {
+    let mut tenants: std::collections::BTreeMap<String, (u64, bool)> = Default::default();
+    for (key_id, n, refused) in asked(batch) {
         let known = match state.leasing.identity(key_id) {
             Some(known) => Some(known),
+            // Never refused, never looked up: only a refusal gives a key
+            // grants of its own (see `shares`).
+            None if refused == 0 => None,
             None => {
                 let found = keys::identity(&state.db, key_id).await?;
                 if let Some((hash, tenant)) = &found {
@@ -220,13 +223,21 @@ async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> A
         let Some((hash, tenant)) = known else {
             continue;
         };
-        report.demand.push((Entry::Key(hash), n));
-        let t = tenants.entry(tenant).or_insert(0);
-        *t = t.saturating_add(n);
+        report.demand.push(Demand {
+            entry: Entry::Key(hash),
+            asked: n,
+            refused: refused > 0,
+        });
+        let t = tenants.entry(tenant).or_insert((0, false));
+        *t = (t.0.saturating_add(n), t.1 || refused > 0);
     }
     report
         .demand
-        .extend(tenants.into_iter().map(|(t, n)| (Entry::Tenant(t), n)));
+        .extend(tenants.into_iter().map(|(t, (asked, refused))| Demand {
+            entry: Entry::Tenant(t),
+            asked,
+            refused,
+        }));
     Ok(report)
 }
 

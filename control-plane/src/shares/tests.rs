@@ -58,6 +58,18 @@ impl Envoy {
     }
 }
 
+/// Demand that was refused somewhere: what gives a key grants of its own.
+fn refused(demand: &[(Entry, u64)]) -> Vec<Demand> {
+    demand
+        .iter()
+        .map(|(entry, asked)| Demand {
+            entry: entry.clone(),
+            asked: *asked,
+            refused: true,
+        })
+        .collect()
+}
+
 struct Fleet {
     allocator: Allocator,
     envoys: Vec<Envoy>,
@@ -78,7 +90,7 @@ impl Fleet {
         let report = Report {
             proxy: self.envoys[i].name.clone(),
             acked: self.envoys[i].seq,
-            demand: demand.to_vec(),
+            demand: refused(demand),
         };
         let answer = self.allocator.report(&report, self.now, 1_000 + i as u64);
         if let (Some(leases), false) = (&answer, lost) {
@@ -279,11 +291,34 @@ fn a_replica_that_starts_among_live_envoys_learns_before_it_leases() {
     let report = Report {
         proxy: "a".into(),
         acked: 0,
-        demand: vec![(key(1), 3)],
+        demand: refused(&[(key(1), 3)]),
     };
     assert_eq!(allocator.report(&report, T0 + 1_000, 1), None);
     assert_eq!(allocator.report(&report, T0 + 11_999, 1), None);
     let leases = allocator.report(&report, T0 + 12_000, 1).unwrap();
     // It presumed "a" might hold the whole default still: it does now.
     assert_eq!(leases.default_share, FULL);
+}
+
+#[test]
+fn keys_never_refused_anywhere_get_no_grants_of_their_own() {
+    let mut allocator = Allocator::new(SharesConfig::default(), T0, false);
+    let within = |proxy: &str, acked| Report {
+        proxy: proxy.into(),
+        acked,
+        demand: (0..1_000)
+            .map(|n| Demand {
+                entry: Entry::Key(format!("{n:064x}")),
+                asked: 50,
+                refused: false,
+            })
+            .collect(),
+    };
+    let a = allocator.report(&within("a", 0), T0, 1).unwrap();
+    allocator.report(&within("b", 0), T0 + 10, 2).unwrap();
+    allocator
+        .report(&within("a", a.seq), T0 + 1_000, 1)
+        .unwrap();
+    assert_eq!(allocator.entries(), 0);
+    assert_eq!(allocator.proxies(), 2);
 }

@@ -367,10 +367,16 @@ async fn receipts_lease_shares_of_fleet_wide_limits_by_demand(backend: Backend) 
         .unwrap();
     const FULL: u64 = 65_536;
 
-    // Envoy A alone: the whole of everything, the key's and its tenant's.
+    // A key asked well within its limit is served by the defaults alone.
+    let within =
+        json!({"batch_id": "a-0", "reporter_id": "a", "keys": [{"key_id": key_id, "allowed": 3}]});
+    let r = report(&app, within).await;
+    assert_eq!(r.body["leases"]["grants"], json!([]), "{:?}", r.body);
+    // Refused for a rate limit, it gets grants of its own. Envoy A alone:
+    // the whole of everything, the key's and its tenant's.
     let asks = |envoy: &str, n: u64, batch: u64, acked: u64| {
         json!({"batch_id": format!("{envoy}-{batch}"), "reporter_id": envoy, "leases_applied": acked,
-               "keys": [{"key_id": key_id, "allowed": n}]})
+               "keys": [{"key_id": key_id, "allowed": n, "denied": {"rate_limited": 1}}]})
     };
     let r = report(&app, asks("a", 3, 1, 0)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
