@@ -38,6 +38,9 @@ use load::{Conn, Requests};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const SYNC_TOKEN: &str = "bench-sync-token-0123456789";
+/// Keys of the per-Envoy arm, at every scale: compared with the
+/// fleet-wide arm at 1,000 keys.
+const PER_ENVOY_KEYS: usize = 1_000;
 /// Keys issued per batch call (the API's maximum).
 const BATCH: usize = 10_000;
 /// How long a control plane or an Envoy may take to be ready.
@@ -311,8 +314,16 @@ fn run_bench(options: &Options) -> Result {
         results.scales.push(scale_result);
     }
     if let Some(&largest) = options.scales.last() {
-        println!("\n==> revocations with {largest} keys");
-        results.revocation = Some(revocations(&cp, tollgate, &keys, options.revocations)?);
+        println!("\n==> revocations with {largest} keys, through three Envoys");
+        let version = cp.version()?;
+        let mut fleet = vec![];
+        for name in ["fleet-2", "fleet-3"] {
+            let envoy = Envoy::start(envoy, Arm::Tollgate, &inputs, &work, name)?;
+            envoy.wait_for_version(version, Duration::from_secs(120))?;
+            fleet.push(envoy);
+        }
+        let all: Vec<&Envoy> = std::iter::once(tollgate).chain(&fleet).collect();
+        results.revocation = Some(revocations(&cp, &all, &keys, options.revocations)?);
     }
     drop(envoys);
     drop(candidate);
@@ -499,6 +510,8 @@ impl IssuedKey {
 struct Setup {
     tenant: String,
     allowed_keys: Vec<IssuedKey>,
+    /// Keys whose limits each Envoy enforces on its own.
+    per_envoy_keys: Vec<IssuedKey>,
     /// Issued, then deleted: 401 `invalid_api_key`.
     unknown_key: String,
     /// One request an hour, spent before measuring: 429.
@@ -515,6 +528,19 @@ impl Setup {
                 "limits": [
                     {"name": "per-second", "max": 1_000_000_000u64, "window_seconds": 1},
                     {"name": "per-hour", "max": 1_000_000_000_000u64, "window_seconds": 3600}
+                ],
+                "monthly_quota": 1_000_000_000_000u64
+            }),
+        )?;
+        // The same limits each Envoy enforces on its own: what fleet-wide
+        // limits cost per request is the difference.
+        let per_envoy = cp.tenant(
+            "bench-per-envoy",
+            json!({
+                "name": "Bench per Envoy",
+                "limits": [
+                    {"name": "per-second", "max": 1_000_000_000u64, "window_seconds": 1, "per_envoy": true},
+                    {"name": "per-hour", "max": 1_000_000_000_000u64, "window_seconds": 3600, "per_envoy": true}
                 ],
                 "monthly_quota": 1_000_000_000_000u64
             }),
@@ -537,6 +563,7 @@ impl Setup {
         Ok(Self {
             tenant,
             allowed_keys: vec![allowed],
+            per_envoy_keys: cp.issue_keys(&per_envoy, PER_ENVOY_KEYS)?,
             unknown_key: unknown.key,
             exhausted_key: exhausted.key,
             native_key: "bench-native-key-0123456789".into(),
@@ -679,12 +706,13 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
 }
 
 /// The names of [`ArmLoads`], in order.
-const ARM_LOADS: [&str; 7] = [
+const ARM_LOADS: [&str; 8] = [
     "plain",
     "native",
     "empty-wasm",
     "minimal-limiter",
     "tollgate",
+    "tollgate-per-envoy",
     "tollgate-401-unknown",
     "tollgate-429-exhausted",
 ];
@@ -703,6 +731,7 @@ impl<'a> ArmLoads<'a> {
         keys: &[IssuedKey],
     ) -> Result<Self> {
         let plaintexts: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
+        let per_envoy: Vec<String> = setup.per_envoy_keys.iter().map(|k| k.key.clone()).collect();
         let native = std::slice::from_ref(&setup.native_key);
         let arm = |name, arm, keys: &[String], status| -> Result<_> {
             let envoy = envoy_of(envoys, arm)?;
@@ -718,6 +747,7 @@ impl<'a> ArmLoads<'a> {
             arm("empty-wasm", Arm::EmptyWasm, native, 200)?,
             arm("minimal-limiter", Arm::MinimalLimiter, &plaintexts, 200)?,
             arm("tollgate", Arm::Tollgate, &plaintexts, 200)?,
+            arm("tollgate-per-envoy", Arm::Tollgate, &per_envoy, 200)?,
             arm(
                 "tollgate-401-unknown",
                 Arm::Tollgate,
@@ -780,15 +810,18 @@ fn measure(envoy: &Envoy, requests: &Requests, options: &Options) -> Result<Samp
     })
 }
 
-/// API call to the first 401 through Envoy, for `count` keys in turn.
+/// API call to a 401 through every one of `envoys`, for `count` keys in turn.
 fn revocations(
     cp: &ControlPlane,
-    tollgate: &Envoy,
+    envoys: &[&Envoy],
     keys: &[IssuedKey],
     count: usize,
 ) -> Result<report::Revocation> {
     let mut rng = load::Rng::new(42);
-    let mut conn = Conn::open(tollgate.listener)?;
+    let mut conns = envoys
+        .iter()
+        .map(|e| Conn::open(e.listener))
+        .collect::<Result<Vec<_>>>()?;
     let mut latencies = Vec::with_capacity(count);
     let mut api_ms = Vec::with_capacity(count);
     let mut revoked = std::collections::HashSet::new();
@@ -801,12 +834,14 @@ fn revocations(
             "GET / HTTP/1.1\r\nhost: bench\r\nx-api-key: {}\r\n\r\n",
             key.key
         );
-        let before = conn.exchange(request.as_bytes())?;
-        if before.status != 200 {
-            return Err(format!(
-                "key {} answered {} before revocation",
-                key.id, before.status
-            ));
+        for conn in &mut conns {
+            let before = conn.exchange(request.as_bytes())?;
+            if before.status != 200 {
+                return Err(format!(
+                    "key {} answered {} before revocation",
+                    key.id, before.status
+                ));
+            }
         }
         let started = Instant::now();
         expect_status(
@@ -820,21 +855,25 @@ fn revocations(
             200,
         )?;
         api_ms.push(started.elapsed().as_secs_f64() * 1e3);
-        loop {
-            let answer = conn.exchange(request.as_bytes())?;
-            if answer.status == 401 {
-                latencies.push(started.elapsed().as_secs_f64() * 1e3);
-                break;
+        // Each Envoy in turn until it refuses: the last one's 401 is when
+        // the revocation held everywhere.
+        for conn in &mut conns {
+            loop {
+                let answer = conn.exchange(request.as_bytes())?;
+                if answer.status == 401 {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    return Err(format!(
+                        "key {} still answered {} after 10 s",
+                        key.id, answer.status
+                    ));
+                }
+                std::thread::sleep(Duration::from_micros(500));
             }
-            if started.elapsed() > Duration::from_secs(10) {
-                return Err(format!(
-                    "key {} still answered {} after 10 s",
-                    key.id, answer.status
-                ));
-            }
-            std::thread::sleep(Duration::from_micros(500));
         }
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(report::Revocation::new(latencies, api_ms))
+    Ok(report::Revocation::new(latencies, api_ms, envoys.len()))
 }
