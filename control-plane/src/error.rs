@@ -84,10 +84,23 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A transaction rolled back that may succeed if tried again.
+    pub fn is_busy(&self) -> bool {
+        self.code == "busy"
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
-            if db.message().contains("database is locked") {
+            // SQLite's lock, and PostgreSQL's deadlock and serialization
+            // failure: the transaction was rolled back whole, so trying again
+            // is safe, and the client is told so rather than of a fault.
+            let retryable = db.message().contains("database is locked")
+                || matches!(db.code().as_deref(), Some("40P01" | "40001"));
+            if retryable {
+                tracing::warn!(error = %e, "a transaction was rolled back; the client may retry");
                 return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",

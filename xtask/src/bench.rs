@@ -39,6 +39,17 @@ pub fn run_bench(args: &[String], envoy: &Path) -> Result {
     if let Some(control_plane) = build(args)? {
         command.env("TOLLGATE_CONTROL_PLANE", control_plane);
     }
+    // `--fleet` measures the control plane on PostgreSQL: a throwaway
+    // server, as for the tests, with its psql for the database's counters.
+    let _cluster = if args.iter().any(|a| a == "--fleet") {
+        let cluster = crate::pg::start()?;
+        command
+            .env("TOLLGATE_BENCH_DATABASE_URL", &cluster.url)
+            .env("TOLLGATE_BENCH_PSQL", install::postgres()?.join("psql"));
+        Some(cluster)
+    } else {
+        None
+    };
     let wasm_dir = root().join("target/wasm32-wasip1/release");
     run_here(
         "the benchmark",

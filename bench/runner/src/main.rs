@@ -22,6 +22,7 @@
 //! writes under `target/`, so it proves the benchmark works, not figures.
 
 mod arms;
+mod fleet;
 mod load;
 mod report;
 
@@ -77,11 +78,14 @@ pub struct Options {
     /// alongside `tollgate` in the same alternated rounds: run-to-run noise
     /// on this machine is larger than most changes worth comparing.
     pub candidate: Option<PathBuf>,
+    /// Instead of the arms: the control plane on PostgreSQL against this
+    /// many simulated proxies, one size after the other ([`fleet`]).
+    pub fleet: Option<Vec<usize>>,
 }
 
 const USAGE: &str = "cargo xtask bench [--smoke] [--scales 1,1000,100000,1000000] [--rounds 5] \
 [--requests 60000] [--rate 2000] [--out bench] [--control-plane <binary>] \
-[--arms plain,empty-wasm,tollgate] [--candidate <other filter.wasm>]";
+[--arms plain,empty-wasm,tollgate] [--candidate <other filter.wasm>] [--fleet 100,1000]";
 
 impl Options {
     pub fn full() -> Self {
@@ -98,6 +102,7 @@ impl Options {
             control_plane: None,
             arms: None,
             candidate: None,
+            fleet: None,
         }
     }
 
@@ -115,6 +120,7 @@ impl Options {
             control_plane: None,
             arms: None,
             candidate: None,
+            fleet: None,
         }
     }
 
@@ -137,6 +143,14 @@ impl Options {
                     .ok_or_else(|| format!("{flag}: {value:?} is not a positive number"))
             };
             match flag.as_str() {
+                "--fleet" => {
+                    let sizes = value
+                        .split(',')
+                        .map(|s| s.trim().parse::<usize>().ok().filter(|n| *n > 0))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| format!("--fleet: {value:?} is not a list of counts"))?;
+                    options.fleet = Some(sizes);
+                }
                 "--scales" => {
                     options.scales = value
                         .split(',')
@@ -210,6 +224,9 @@ fn main() -> ExitCode {
 }
 
 fn run_bench(options: &Options) -> Result {
+    if let Some(sizes) = &options.fleet {
+        return run_fleet(options, sizes);
+    }
     let envoy = &env_path("TOLLGATE_ENVOY")?;
     let control_plane = match &options.control_plane {
         Some(binary) => binary.clone(),
@@ -222,7 +239,7 @@ fn run_bench(options: &Options) -> Result {
     pin_self_to_cpu(1);
 
     println!("\n==> control plane, plans, tenants and the denial keys");
-    let cp = ControlPlane::start(&control_plane, &work)?;
+    let cp = ControlPlane::start(&control_plane, &work, None)?;
     let setup = Setup::create(&cp)?;
 
     let inputs = Inputs {
@@ -333,6 +350,53 @@ fn run_bench(options: &Options) -> Result {
     Ok(())
 }
 
+/// `--fleet`: the control plane on the PostgreSQL xtask started, 100k keys
+/// (1k with `--smoke`), and each size of simulated fleet in turn.
+fn run_fleet(options: &Options, sizes: &[usize]) -> Result {
+    let control_plane = match &options.control_plane {
+        Some(binary) => binary.clone(),
+        None => env_path("TOLLGATE_CONTROL_PLANE")?,
+    };
+    let database_url = std::env::var("TOLLGATE_BENCH_DATABASE_URL").map_err(|_| {
+        "TOLLGATE_BENCH_DATABASE_URL is not set: run it through `cargo xtask bench --fleet`"
+    })?;
+    let psql = env_path("TOLLGATE_BENCH_PSQL")?;
+    let work = tempdir()?;
+    println!("\n==> control plane on PostgreSQL");
+    let cp = ControlPlane::start(&control_plane, &work, Some(&database_url))?;
+    let setup = Setup::create(&cp)?;
+    let count = if options.smoke { 1_000 } else { 100_000 };
+    let started = Instant::now();
+    let keys = cp.issue_keys(&setup.tenant, count)?;
+    println!(
+        "{count} keys issued in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let window = if options.smoke {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(20)
+    };
+    let results = fleet::run(&cp, cp.pid, &psql, &database_url, &keys, sizes, window)?;
+    drop(cp);
+    std::fs::create_dir_all(&options.out)
+        .map_err(|e| format!("create {}: {e}", options.out.display()))?;
+    let mut md = String::from(
+        "| proxies | keys | control-plane CPU (cores) | reports/s | row writes/s | transactions/s | change to all, p50 / p99 (samples) | listed live |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &results {
+        md.push_str(&r.markdown_row());
+        md.push('\n');
+    }
+    let json = Value::Array(results.iter().map(fleet::FleetResult::json).collect());
+    for (name, text) in [("fleet.md", md), ("fleet.json", format!("{json:#}\n"))] {
+        let path = options.out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("\nwrote {}", options.out.join("fleet.md").display());
+    Ok(())
+}
+
 fn path_str(path: &Path) -> Result<String> {
     path.to_str()
         .map(str::to_owned)
@@ -390,11 +454,12 @@ fn expect_status(what: &str, (status, body): (u16, Value), want: u16) -> Result<
 
 struct ControlPlane {
     addr: SocketAddr,
+    pid: u32,
     _process: Process,
 }
 
 impl ControlPlane {
-    fn start(binary: &Path, work: &Path) -> Result<Self> {
+    fn start(binary: &Path, work: &Path, database_url: Option<&str>) -> Result<Self> {
         let addr = loopback(free_port()?);
         // On the load generator's CPU, at the lowest priority: the control
         // plane ingesting a usage batch of a thousand keys every second
@@ -403,20 +468,29 @@ impl ControlPlane {
         // 1.50-1.59 ms, the same filter doing all its work but sending the
         // batch 0.30-0.34 ms, at the same Envoy CPU per request; with the
         // control plane at nice 19, 0.49, 0.49 and 1.42 ms.
-        let mut command = Command::new("taskset");
+        // With `--fleet` the control plane is what is measured: it has both CPUs.
+        let mut command = if database_url.is_some() {
+            Command::new(binary)
+        } else {
+            let mut pinned = Command::new("taskset");
+            pinned.args(["-c", "1", "nice", "-n", "19"]).arg(binary);
+            pinned
+        };
         command
-            .args(["-c", "1", "nice", "-n", "19"])
-            .arg(binary)
             .args(["serve", "--addr", &addr.to_string(), "--data-dir"])
             .arg(work.join("data"))
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
             .env("RUST_LOG", "warn");
+        if let Some(url) = database_url {
+            command.args(["--database-url", url]);
+        }
         let log = Output::File(work.join("control-plane.log"));
         let mut process = Process::spawn_owned("the control plane", command, log)?;
         process.wait_for_http(addr, "/healthz", START_LIMIT)?;
         Ok(Self {
             addr,
+            pid: process.pid(),
             _process: process,
         })
     }

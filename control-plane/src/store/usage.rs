@@ -23,7 +23,7 @@
 use std::time::{Duration, SystemTime};
 
 use tollgate_core::period::quota_period;
-use tollgate_core::wire::{QuotaStanding, UsageBatch, UsageReceipt};
+use tollgate_core::wire::{KeyUsage, QuotaStanding, UsageBatch, UsageReceipt};
 
 use crate::clock::Now;
 use crate::db::{self, Db, Tx};
@@ -87,8 +87,22 @@ pub fn anchor(day: Option<i64>) -> Option<u8> {
     day.and_then(|d| u8::try_from(d).ok())
 }
 
+/// Attempts at counting a batch whose transaction was rolled back by the
+/// database (a deadlock with another writer): it is counted whole or not.
+const APPLY_ATTEMPTS: usize = 3;
+
 /// Counts `batch` unless it was counted before; whether it was new.
 pub async fn apply(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
+    let mut attempt = 1;
+    loop {
+        match apply_once(db, batch, at).await {
+            Err(e) if e.is_busy() && attempt < APPLY_ATTEMPTS => attempt += 1,
+            done => return done,
+        }
+    }
+}
+
+async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
     let now = at.unix_ms();
     let hour = truncated(now, HOUR);
     let mut tx = db.begin().await?;
@@ -105,7 +119,11 @@ pub async fn apply(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
         }
     }
     let mut ledger = Vec::new();
-    for usage in &batch.keys {
+    // Every batch takes its rows' locks in the same order, by key: two
+    // batches naming the same keys in another order would deadlock.
+    let mut keys: Vec<&KeyUsage> = batch.keys.iter().collect();
+    keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    for usage in keys {
         add_count(
             &mut tx,
             &usage.key_id,
