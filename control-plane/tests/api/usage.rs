@@ -432,7 +432,43 @@ async fn receipts_lease_shares_of_fleet_wide_limits_by_demand(backend: Backend) 
     );
 }
 
+async fn concurrent_batches_naming_keys_in_any_order_are_all_counted(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(key(&app, &tenant_id).await.0);
+    }
+    // Two Envoys at once, one naming the keys forwards and one backwards:
+    // their rows' locks would cross if taken in the order given.
+    let batch = |envoy: &str, n: usize, ids: &[String]| {
+        let keys: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"key_id": id, "allowed": 1, "cost": 1, "denied": {"rate_limited": 1}}))
+            .collect();
+        json!({"batch_id": format!("{envoy}-{n}"), "reporter_id": envoy, "keys": keys})
+    };
+    let backwards: Vec<String> = ids.iter().rev().cloned().collect();
+    for n in 0..10 {
+        let (a, b) = tokio::join!(
+            report(&app, batch("fwd", n, &ids)),
+            report(&app, batch("back", n, &backwards)),
+        );
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        assert_eq!(b.status, StatusCode::OK, "{:?}", b.body);
+    }
+    let allowed: i64 = sqlx::query_scalar(
+        "SELECT CAST(SUM(count) AS BIGINT) FROM usage_hourly WHERE outcome = 'allowed'",
+    )
+    .fetch_one(&state.db)
+    .await
+    .unwrap();
+    assert_eq!(allowed, 2 * 10 * 8);
+}
+
 on_both_databases!(
+    concurrent_batches_naming_keys_in_any_order_are_all_counted,
     receipts_lease_shares_of_fleet_wide_limits_by_demand,
     usage_reports_are_counted_once_and_move_last_used_at,
     usage_reads_back_per_key_and_per_tenant,
