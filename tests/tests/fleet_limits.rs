@@ -5,7 +5,7 @@
 //! (shares follow demand, no Envoy starves); used through one Envoy, it
 //! gets the whole rate there after the learning time; Envoys joining and
 //! leaving, and the control plane frozen past a lease's length, keep the
-//! bound.
+//! bound; a tenant's limit holds the same way across its keys.
 
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,39 @@ async fn three_envoys_hold_one_rate_limit_together_and_share_it_by_demand() {
     for (i, &admitted) in h.admitted.iter().enumerate() {
         assert!(admitted * 5 >= h.total(), "Envoy {i} starved: {h:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_limit_holds_across_envoys_and_keys() {
+    let mut stack = Stack::start().await;
+    let ports = [stack.envoy_port, stack.start_another_envoy().await];
+    let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1,
+                       "burst": BURST, "scope": "tenant"});
+    let tenant_id = stack.tenant_on_plan(limit).await;
+    let (_, first) = stack.new_key(&tenant_id).await;
+    let (_, second) = stack.new_key(&tenant_id).await;
+    for (port, key) in [(ports[0], &first), (ports[1], &second)] {
+        eventually(Duration::from_secs(10), "the key passes", || async {
+            (stack.status_through(port, key).await == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(LEARNING).await;
+    // Each key through its own Envoy: one bucket between them, fleet-wide.
+    let lasting = Duration::from_secs(6);
+    let (a, b) = tokio::join!(
+        hammer(&stack.client, &ports[..1], &first, lasting, GAP),
+        hammer(&stack.client, &ports[1..], &second, lasting, GAP),
+    );
+    let (total, elapsed) = (a.total() + b.total(), a.elapsed.max(b.elapsed));
+    eprintln!(
+        "a tenant's two keys through two Envoys: admitted {} + {} = {total} over {elapsed:?} (bound {})",
+        a.total(),
+        b.total(),
+        bound(elapsed, 2)
+    );
+    assert!(total <= bound(elapsed, 2));
+    assert!(a.total() > 0 && b.total() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
