@@ -222,6 +222,7 @@ pub struct KeyUsage {
 /// keys have used through *other* Envoys, for keys whose figure changed
 /// after `standings_since`. The reporter applies them and sends `cursor`
 /// back as its next `standings_since`; `more` says another page is waiting.
+/// With them, the reporter's shares of fleet-wide limits (`leases`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]

@@ -115,7 +115,9 @@ fn is_empty(batch: &UsageBatch) -> bool {
 ///
 /// What one Envoy counted since its last report. A batch is counted once
 /// however often it arrives (by `batch_id`); every answer, a retry's too,
-/// carries the quota standings of the other Envoys after `standings_since`.
+/// carries the quota standings of the other Envoys after `standings_since`
+/// and, to a batch that names its `reporter_id`, the Envoy's shares of
+/// fleet-wide limits (`leases`; acknowledge them with `leases_applied`).
 /// An empty batch (an idle Envoy's heartbeat) writes no usage; the
 /// `Tollgate-Proxy-*` headers name the Envoy in the proxy registry
 /// (`GET /v1/proxies`, written at most every few seconds while nothing changes).
