@@ -310,7 +310,8 @@ async fn an_istio_shaped_envoy_runs_the_pulled_filter_exactly_and_leaves_its_nei
     );
     // Every item the neighbour put in its queue reaches its own root
     // context, none Tollgate's: what it drained catches up with what it
-    // counted (this request's own item not yet).
+    // counted (this request's own item too, when its tick came first: it
+    // drains every 100 ms, and a loaded machine can take that long).
     eventually(BOUND, "the neighbour draining its own queue", || async {
         let r = sidecar.get("/", &[]).await;
         let number = |name: &str| r.header(name).and_then(|n| n.parse::<u64>().ok());
@@ -318,8 +319,8 @@ async fn an_istio_shaped_envoy_runs_the_pulled_filter_exactly_and_leaves_its_nei
             number("x-neighbour-requests")?,
             number("x-neighbour-drained")?,
         );
-        assert!(drained < counted, "drained {drained} of {counted}");
-        (drained + 1 == counted).then_some(())
+        assert!(drained <= counted, "drained {drained} of {counted}");
+        (drained + 1 >= counted).then_some(())
     })
     .await;
 
