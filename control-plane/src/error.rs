@@ -84,28 +84,45 @@ impl ApiError {
     }
 }
 
+/// The detail of a `busy` error whose transaction the database rolled back.
+const ROLLED_BACK: &str = "The database rolled the change back to resolve a conflict; retry it.";
+
 impl ApiError {
-    /// A transaction rolled back that may succeed if tried again.
-    pub fn is_busy(&self) -> bool {
-        self.code == "busy"
+    /// A transaction rolled back whole, which may succeed if tried again at once.
+    pub fn is_rolled_back(&self) -> bool {
+        self.code == "busy" && self.detail == ROLLED_BACK
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // Every connection of the pool stayed busy for its whole wait: an
+        // overload to say so, with a time to retry, not a fault of ours.
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            tracing::warn!("no database connection came free in time; the client may retry");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "The database is busy; retry shortly.",
+            )
+            .with_retry_after(1);
+        }
         if let sqlx::Error::Database(db) = &e {
             // SQLite's lock, and PostgreSQL's deadlock and serialization
-            // failure: the transaction was rolled back whole, so trying again
-            // is safe, and the client is told so rather than of a fault.
-            let retryable = db.message().contains("database is locked")
-                || matches!(db.code().as_deref(), Some("40P01" | "40001"));
-            if retryable {
-                tracing::warn!(error = %e, "a transaction was rolled back; the client may retry");
+            // failure (the transaction was rolled back whole, so trying
+            // again is safe): the client is told so rather than of a fault.
+            if db.message().contains("database is locked") {
                 return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",
                     "The database is busy; retry shortly.",
-                );
+                )
+                .with_retry_after(1);
+            }
+            if matches!(db.code().as_deref(), Some("40P01" | "40001")) {
+                tracing::warn!(error = %e, "a transaction was rolled back; the client may retry");
+                return Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", ROLLED_BACK)
+                    .with_retry_after(1);
             }
         }
         Self::internal(e)

@@ -81,11 +81,14 @@ pub struct Options {
     /// Instead of the arms: the control plane on PostgreSQL against this
     /// many simulated proxies, one size after the other ([`fleet`]).
     pub fleet: Option<Vec<usize>>,
+    /// Keys each simulated proxy reports use of every second (0: heartbeats only).
+    pub fleet_keys: usize,
 }
 
 const USAGE: &str = "cargo xtask bench [--smoke] [--scales 1,1000,100000,1000000] [--rounds 5] \
 [--requests 60000] [--rate 2000] [--out bench] [--control-plane <binary>] \
-[--arms plain,empty-wasm,tollgate] [--candidate <other filter.wasm>] [--fleet 100,1000]";
+[--arms plain,empty-wasm,tollgate] [--candidate <other filter.wasm>] [--fleet 100,1000] \
+[--fleet-keys 20]";
 
 impl Options {
     pub fn full() -> Self {
@@ -103,6 +106,7 @@ impl Options {
             arms: None,
             candidate: None,
             fleet: None,
+            fleet_keys: 20,
         }
     }
 
@@ -121,6 +125,7 @@ impl Options {
             arms: None,
             candidate: None,
             fleet: None,
+            fleet_keys: 20,
         }
     }
 
@@ -150,6 +155,11 @@ impl Options {
                         .collect::<Option<Vec<_>>>()
                         .ok_or_else(|| format!("--fleet: {value:?} is not a list of counts"))?;
                     options.fleet = Some(sizes);
+                }
+                "--fleet-keys" => {
+                    options.fleet_keys = value
+                        .parse()
+                        .map_err(|_| format!("--fleet-keys: {value:?} is not a count"))?;
                 }
                 "--scales" => {
                     options.scales = value
@@ -377,12 +387,21 @@ fn run_fleet(options: &Options, sizes: &[usize]) -> Result {
     } else {
         Duration::from_secs(20)
     };
-    let results = fleet::run(&cp, cp.pid, &psql, &database_url, &keys, sizes, window)?;
+    let results = fleet::run(
+        &cp,
+        cp.pid,
+        &psql,
+        &database_url,
+        &keys,
+        sizes,
+        options.fleet_keys,
+        window,
+    )?;
     drop(cp);
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("create {}: {e}", options.out.display()))?;
     let mut md = String::from(
-        "| proxies | keys | control-plane CPU (cores) | reports/s | row writes/s | transactions/s | change to all, p50 / p99 (samples) | listed live |\n|---|---|---|---|---|---|---|---|\n",
+        "| proxies | keys | keys per report | control-plane CPU (cores) | reports/s | row writes/s | transactions/s | change to all, p50 / p99 (samples) | listed live | errors |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &results {
         md.push_str(&r.markdown_row());

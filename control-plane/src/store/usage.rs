@@ -96,7 +96,7 @@ pub async fn apply(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
     let mut attempt = 1;
     loop {
         match apply_once(db, batch, at).await {
-            Err(e) if e.is_busy() && attempt < APPLY_ATTEMPTS => attempt += 1,
+            Err(e) if e.is_rolled_back() && attempt < APPLY_ATTEMPTS => attempt += 1,
             done => return done,
         }
     }
