@@ -175,33 +175,27 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
     for (code, n) in &batch.unattributed {
         add_count(&mut tx, "", &hour, code, *n, 0).await?;
     }
-    // The ledger's counts first, stamped with the sequence only at the end:
-    // every batch of every Envoy takes the sequence's one row, and holds it
-    // until it commits, so nothing but the stamps may happen while it does.
-    // Until stamped, a changed row keeps its old `seq`; no reader sees it
-    // before the commit anyway.
-    for entry in &ledger {
-        sqlx::query(
-            "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
-             VALUES ($1, $2, $3, $4, $5, 0)
-             ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
-             SET used = quota_counts.used + excluded.used",
-        )
-        .bind(&entry.key_id)
-        .bind(&entry.key_hash)
-        .bind(entry.period_start_ms)
-        .bind(&batch.reporter_id)
-        .bind(entry.cost)
-        .execute(&mut *tx)
-        .await?;
-    }
-    // Quota alerts join the same transaction: they exist exactly when the usage does.
-    let touched: Vec<(&str, i64)> = ledger
+    // A key named twice (sorted, so side by side) is one count.
+    ledger.dedup_by(|later, earlier| {
+        let same =
+            later.key_id == earlier.key_id && later.period_start_ms == earlier.period_start_ms;
+        if same {
+            earlier.cost = earlier.cost.saturating_add(later.cost);
+        }
+        same
+    });
+    // Quota alerts join the same transaction: they exist exactly when the
+    // usage does. They are judged on the counts with this batch's added,
+    // before the sequence's row is taken.
+    let touched: Vec<(&str, i64, i64)> = ledger
         .iter()
-        .map(|e| (e.key_id.as_str(), e.period_start_ms))
+        .map(|e| (e.key_id.as_str(), e.period_start_ms, e.cost))
         .collect();
     webhooks::enqueue_quota_alerts(&mut tx, &touched, at).await?;
     if !ledger.is_empty() {
+        // Last: every batch of every Envoy takes the sequence's one row and
+        // holds it until it commits, so only the ledger's writes, one per
+        // key, happen while it does.
         let rows = i64::try_from(ledger.len()).unwrap_or(i64::MAX);
         let last: i64 =
             sqlx::query_scalar("UPDATE quota_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq")
@@ -210,13 +204,17 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
                 .await?;
         for (seq, entry) in (last - rows + 1..).zip(&ledger) {
             sqlx::query(
-                "UPDATE quota_counts SET seq = $1
-                 WHERE key_id = $2 AND period_start_ms = $3 AND reporter_id = $4",
+                "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
+                 SET used = quota_counts.used + excluded.used, seq = excluded.seq",
             )
-            .bind(seq)
             .bind(&entry.key_id)
+            .bind(&entry.key_hash)
             .bind(entry.period_start_ms)
             .bind(&batch.reporter_id)
+            .bind(entry.cost)
+            .bind(seq)
             .execute(&mut *tx)
             .await?;
         }
