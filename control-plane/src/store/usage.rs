@@ -87,6 +87,12 @@ pub fn anchor(day: Option<i64>) -> Option<u8> {
     day.and_then(|d| u8::try_from(d).ok())
 }
 
+/// The `seq` of a ledger row this batch changed, until it is stamped.
+const UNSTAMPED: i64 = -1;
+/// Ledger rows stamped by one statement: three parameters each, well
+/// within SQLite's and PostgreSQL's limits.
+const STAMPS_PER_STATEMENT: usize = 300;
+
 /// Attempts at counting a batch whose transaction was rolled back by the
 /// database (a deadlock with another writer): it is counted whole or not.
 const APPLY_ATTEMPTS: usize = 3;
@@ -184,39 +190,63 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
         }
         same
     });
-    // Quota alerts join the same transaction: they exist exactly when the
-    // usage does. They are judged on the counts with this batch's added,
-    // before the sequence's row is taken.
-    let touched: Vec<(&str, i64, i64)> = ledger
+    // The ledger's counts, marked as this batch's (`seq` = UNSTAMPED: only
+    // this transaction sees them, and a reporter has one batch counted at a
+    // time, its batch id being unique), stamped at the very end.
+    for entry in &ledger {
+        sqlx::query(
+            "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
+             SET used = quota_counts.used + excluded.used, seq = excluded.seq",
+        )
+        .bind(&entry.key_id)
+        .bind(&entry.key_hash)
+        .bind(entry.period_start_ms)
+        .bind(&batch.reporter_id)
+        .bind(entry.cost)
+        .bind(UNSTAMPED)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Quota alerts join the same transaction: they exist exactly when the usage does.
+    let touched: Vec<(&str, i64)> = ledger
         .iter()
-        .map(|e| (e.key_id.as_str(), e.period_start_ms, e.cost))
+        .map(|e| (e.key_id.as_str(), e.period_start_ms))
         .collect();
     webhooks::enqueue_quota_alerts(&mut tx, &touched, at).await?;
     if !ledger.is_empty() {
         // Last: every batch of every Envoy takes the sequence's one row and
-        // holds it until it commits, so only the ledger's writes, one per
-        // key, happen while it does.
+        // holds it until it commits, so few statements run while it does:
+        // the sequence moved on by the ledger's rows, and those rows stamped
+        // with its numbers, a few hundred rows a statement.
         let rows = i64::try_from(ledger.len()).unwrap_or(i64::MAX);
         let last: i64 =
             sqlx::query_scalar("UPDATE quota_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq")
                 .bind(rows)
                 .fetch_one(&mut *tx)
                 .await?;
-        for (seq, entry) in (last - rows + 1..).zip(&ledger) {
-            sqlx::query(
-                "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
-                 SET used = quota_counts.used + excluded.used, seq = excluded.seq",
-            )
-            .bind(&entry.key_id)
-            .bind(&entry.key_hash)
-            .bind(entry.period_start_ms)
-            .bind(&batch.reporter_id)
-            .bind(entry.cost)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+        let mut seqs = last - rows + 1..;
+        for chunk in ledger.chunks(STAMPS_PER_STATEMENT) {
+            // `CASE WHEN key_id = $3 AND period_start_ms = $4 THEN $5 ...`
+            let mut sql = String::from("UPDATE quota_counts SET seq = CASE");
+            for i in 0..chunk.len() {
+                let at = 3 + 3 * i;
+                sql.push_str(&format!(
+                    " WHEN key_id = ${at} AND period_start_ms = ${} THEN ${}",
+                    at + 1,
+                    at + 2
+                ));
+            }
+            sql.push_str(" ELSE seq END WHERE reporter_id = $1 AND seq = $2");
+            let mut stamp = sqlx::query(&sql).bind(&batch.reporter_id).bind(UNSTAMPED);
+            for (entry, seq) in chunk.iter().zip(seqs.by_ref()) {
+                stamp = stamp
+                    .bind(&entry.key_id)
+                    .bind(entry.period_start_ms)
+                    .bind(seq);
+            }
+            stamp.execute(&mut *tx).await?;
         }
     }
     tx.commit().await?;

@@ -87,16 +87,14 @@ struct AlertData<'a> {
 /// (a batch arriving just after a period ended still completes that one).
 /// For tenants with a webhook and keys with a quota: each threshold the
 /// period's use has reached, unless already queued for that period.
-/// `pending` is what this transaction is about to add to the key's count,
-/// not yet in `quota_counts` (see `store::usage::apply`).
 pub async fn enqueue_quota_alerts(
     tx: &mut Tx,
-    counted: &[(&str, i64, i64)],
+    counted: &[(&str, i64)],
     now: Now,
 ) -> Result<u64, sqlx::Error> {
     let now_ms = now.db_ms();
     let mut queued = 0;
-    for &(key_id, counted_in, pending) in counted {
+    for &(key_id, counted_in) in counted {
         let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
             "SELECT k.tenant_id, COALESCE(k.monthly_quota, p.monthly_quota), t.billing_anchor_day
              FROM api_keys k
@@ -123,7 +121,6 @@ pub async fn enqueue_quota_alerts(
         .bind(start)
         .fetch_one(&mut **tx)
         .await?;
-        let used = used.saturating_add(pending);
         for threshold in THRESHOLDS {
             if used.saturating_mul(100) < quota.saturating_mul(threshold) {
                 continue;
