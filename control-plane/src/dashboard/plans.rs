@@ -101,6 +101,9 @@ fn describe_limit(limit: &WireLimit) -> String {
     if limit.scope == LimitScope::Tenant {
         text.push_str(", shared by the tenant's keys");
     }
+    if limit.per_envoy {
+        text.push_str(", on each Envoy");
+    }
     format!("{}: {text}", limit.name)
 }
 

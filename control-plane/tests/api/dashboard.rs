@@ -538,13 +538,20 @@ async fn plans_are_created_edited_and_deleted_through_the_forms(backend: Backend
     let mut changed = good.to_vec();
     changed[2] = ("limit_max", "200");
     changed[11] = ("monthly_quota", "");
+    // The first limit now holds on each Envoy, not across the fleet.
+    changed.extend([("limit_reach", "envoy"), ("limit_reach", "fleet")]);
     let r = browser
         .post(&format!("/dashboard/plans/{plan_id}"), &changed)
         .await;
     assert_redirect(&r, "/dashboard/plans");
     let plan = admin(&app, Method::GET, &format!("/v1/plans/{plan_id}"), None).await;
     assert_eq!(plan.body["limits"][0]["max"], 200);
+    assert_eq!(plan.body["limits"][0]["per_envoy"], true);
     assert!(plan.body["monthly_quota"].is_null(), "blank is unlimited");
+    let list = browser.get("/dashboard/plans").await;
+    assert_page(&list, StatusCode::OK, "burst 20, on each Envoy");
+    let edit = browser.get(&format!("/dashboard/plans/{plan_id}")).await;
+    assert_page(&edit, StatusCode::OK, "value=\"envoy\" selected");
 
     // In use: the reason is shown on the list, and the plan stays.
     let tenant_id = tenant(&app, &plan_id).await;
