@@ -58,12 +58,7 @@ pub struct FleetResult {
 
 impl FleetResult {
     fn quantile(&self, q: f64) -> f64 {
-        let n = self.propagation_ms.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
-        self.propagation_ms.get(i).copied().unwrap_or(f64::NAN)
+        crate::report::quantile(&self.propagation_ms, q)
     }
 
     pub fn json(&self) -> Value {
@@ -167,7 +162,7 @@ pub fn run(
         // Every proxy reported and polled a few times.
         std::thread::sleep(Duration::from_secs(5));
         let (cpu0, stats0, reports0) = (
-            cpu_seconds(cp_pid)?,
+            crate::cpu_us(cp_pid)? / 1e6,
             db_stats(psql, database_url)?,
             shared.reports.load(Ordering::Relaxed),
         );
@@ -208,7 +203,7 @@ pub fn run(
         }
         let elapsed = started.elapsed().as_secs_f64();
         let (cpu1, stats1, reports1) = (
-            cpu_seconds(cp_pid)?,
+            crate::cpu_us(cp_pid)? / 1e6,
             db_stats(psql, database_url)?,
             shared.reports.load(Ordering::Relaxed),
         );
@@ -395,19 +390,6 @@ fn listed_live(addr: SocketAddr, prefix: &str) -> Result<usize> {
                 })
                 .count()
         }))
-}
-
-/// User plus system CPU seconds of process `pid`.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => Ok((user + system) as f64 / crate::clock_ticks_per_second()),
-        _ => Err(format!("cannot read CPU times from /proc/{pid}/stat")),
-    }
 }
 
 /// (row writes, committed transactions) of the database so far.

@@ -726,20 +726,7 @@ impl Envoy {
 
     /// User plus system CPU time of the whole process, in microseconds.
     fn cpu_us(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .map_err(|e| format!("/proc/{}/stat: {e}", self.pid))?;
-        // Fields after the command name, which may hold spaces: state is
-        // field 3, utime 14 and stime 15.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
-            return Err(format!(
-                "cannot read CPU times from /proc/{}/stat",
-                self.pid
-            ));
-        };
-        Ok((user + system) as f64 * 1e6 / clock_ticks_per_second())
+        cpu_us(self.pid)
     }
 
     fn rss_kib(&self) -> Result<u64> {
@@ -779,6 +766,21 @@ impl Envoy {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// User plus system CPU time of process `pid`, in microseconds.
+fn cpu_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the command name, which may hold spaces: state is
+    // field 3, utime 14 and stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        return Err(format!("cannot read CPU times from /proc/{pid}/stat"));
+    };
+    Ok((user + system) as f64 * 1e6 / clock_ticks_per_second())
 }
 
 fn clock_ticks_per_second() -> f64 {

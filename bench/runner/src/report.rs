@@ -179,6 +179,16 @@ impl Scale {
     }
 }
 
+/// The `q` quantile of `sorted` (nearest rank); NaN when empty.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
 pub struct Revocation {
     /// API call to a 401 through every Envoy, milliseconds, sorted.
     latencies_ms: Vec<f64>,
@@ -198,12 +208,7 @@ impl Revocation {
     }
 
     fn quantile(&self, q: f64) -> f64 {
-        let n = self.latencies_ms.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
-        self.latencies_ms.get(i).copied().unwrap_or(f64::NAN)
+        quantile(&self.latencies_ms, q)
     }
 
     fn json(&self) -> Value {
