@@ -12,6 +12,9 @@ pub struct ApiError {
     pub detail: String,
     /// Sent as `Retry-After` (whole seconds) when set.
     pub retry_after_s: Option<u64>,
+    /// The database rolled the transaction back whole (a deadlock or a
+    /// serialization failure): trying it again at once is safe.
+    rolled_back: bool,
 }
 
 /// An error body (RFC 9457 problem details), sent as `application/problem+json`.
@@ -44,6 +47,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            rolled_back: false,
         }
     }
 
@@ -84,13 +88,10 @@ impl ApiError {
     }
 }
 
-/// The detail of a `busy` error whose transaction the database rolled back.
-const ROLLED_BACK: &str = "The database rolled the change back to resolve a conflict; retry it.";
-
 impl ApiError {
     /// A transaction rolled back whole, which may succeed if tried again at once.
     pub fn is_rolled_back(&self) -> bool {
-        self.code == "busy" && self.detail == ROLLED_BACK
+        self.rolled_back
     }
 }
 
@@ -121,8 +122,14 @@ impl From<sqlx::Error> for ApiError {
             }
             if matches!(db.code().as_deref(), Some("40P01" | "40001")) {
                 tracing::warn!(error = %e, "a transaction was rolled back; the client may retry");
-                return Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", ROLLED_BACK)
-                    .with_retry_after(1);
+                let mut rolled_back = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "The database rolled the change back to resolve a conflict; retry it.",
+                )
+                .with_retry_after(1);
+                rolled_back.rolled_back = true;
+                return rolled_back;
             }
         }
         Self::internal(e)

@@ -53,16 +53,28 @@ impl Meter {
         let window = u128::from(limit.window_ms().max(1));
         let per_token = window * u128::from(FULL_SHARE);
         let exact = u128::from(limit.max_tokens) * window * share;
-        // A share is rounded down by less than one 65,536th: the burst
-        // loses less than `max_tokens × window` units by it.
-        let short = (per_token - exact % per_token) % per_token;
-        let rounding = u128::from(limit.max_tokens) * window;
         let capacity = if share == 0 {
             0
-        } else if short > 0 && short < rounding {
-            exact + short
+        } else if share == u128::from(FULL_SHARE) {
+            // Whole requests already: what every per-Envoy limit and every
+            // Envoy alone in its fleet meters, on every request.
+            exact
         } else {
-            exact.max(per_token)
+            // A share is rounded down by less than one 65,536th: the burst
+            // loses less than `max_tokens × window` units by it. (Through
+            // `div_floor`: a u128 remainder is a slow library call on wasm32.)
+            let whole = div_floor(exact, per_token) * per_token;
+            let short = if whole == exact {
+                0
+            } else {
+                whole + per_token - exact
+            };
+            let rounding = u128::from(limit.max_tokens) * window;
+            if short > 0 && short < rounding {
+                exact + short
+            } else {
+                exact.max(per_token)
+            }
         };
         Self {
             per_token,
