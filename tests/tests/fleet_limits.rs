@@ -118,12 +118,16 @@ async fn a_key_used_through_one_envoy_gets_the_whole_rate_there_after_learning()
     assert!(learned.total() <= bound(learned.elapsed, 3), "{learned:?}");
     // The whole rate: 90 % of 10 a second for 5 s.
     assert!(learned.total() >= 45, "{learned:?}");
-    // And the others, asked nothing, hold nothing of it now.
+    // And the others, asked next to nothing, hold at most the one request
+    // any share below one holds (the stated slack): of three, one at most.
     for &port in &ports[1..] {
-        assert_eq!(
-            stack.status_through(port, &key).await,
-            StatusCode::TOO_MANY_REQUESTS
-        );
+        let mut admitted = 0;
+        for _ in 0..3 {
+            if stack.status_through(port, &key).await == StatusCode::OK {
+                admitted += 1;
+            }
+        }
+        assert!(admitted <= 1, "{admitted} of 3 through port {port}");
     }
 }
 
