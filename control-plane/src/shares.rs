@@ -35,6 +35,10 @@ use std::sync::Mutex;
 use tollgate_core::fleet::FULL_SHARE;
 use tollgate_core::wire::{FleetLeases, ShareGrant, UsageBatch};
 
+mod slices;
+
+pub use slices::{QuotaFacts, SliceDemand};
+
 /// A whole limit, in the allocator's arithmetic.
 pub const FULL: u64 = FULL_SHARE as u64;
 
@@ -139,6 +143,12 @@ pub struct Report {
     pub acked: u64,
     /// What was asked of each entry since its last report.
     pub demand: Vec<Demand>,
+    /// What was asked of each key's quota that is, or may start being,
+    /// sliced (see `slices`).
+    pub slices: Vec<SliceDemand>,
+    /// The figures of those keys and of every other sliced key the Envoy
+    /// holds a slice of.
+    pub quota_facts: Vec<QuotaFacts>,
 }
 
 /// What one Envoy asked of one key or tenant since its last report.
@@ -157,6 +167,8 @@ pub struct Allocator {
     config: SharesConfig,
     proxies: HashMap<String, Proxy>,
     entries: BTreeMap<Entry, HashMap<String, Holding>>,
+    /// Keys whose quota is sliced, by key hash.
+    slices: BTreeMap<String, slices::Sliced>,
     /// The next receipt sequence, unique across every Envoy and generation.
     next_seq: u64,
     /// Until then (a replica just started while Envoys were live), answer
@@ -173,6 +185,7 @@ impl Allocator {
             config,
             proxies: HashMap::new(),
             entries: BTreeMap::new(),
+            slices: BTreeMap::new(),
             // Above any sequence of an earlier allocator: 1,024 a millisecond.
             next_seq: now_ms.saturating_mul(1_024),
             learning_until_ms: if learning {
@@ -264,6 +277,7 @@ impl Allocator {
         if learning {
             return None;
         }
+        self.report_slices(id, acked, interval_ms, &report.slices, &report.quota_facts);
         self.regrant(id);
         self.leases(id)
     }
@@ -295,6 +309,7 @@ impl Allocator {
                 },
             },
         );
+        self.join_slices(id, seq);
         for holdings in self.entries.values_mut() {
             holdings.insert(
                 id.to_owned(),
@@ -336,6 +351,7 @@ impl Allocator {
     fn lapse(&mut self, now_ms: u64) {
         let valid = self.config.valid_ms;
         let forget = self.config.forget_after_ms;
+        self.end_periods(now_ms);
         let gone: Vec<String> = self
             .proxies
             .iter()
@@ -383,6 +399,7 @@ impl Allocator {
         for holdings in self.entries.values_mut() {
             holdings.remove(id);
         }
+        self.forget_slices(id);
     }
 
     /// Moves `id`'s default and grants toward their targets, as far as the
@@ -468,6 +485,7 @@ impl Allocator {
             valid_ms: self.config.valid_ms,
             default_share: proxy.default.granted,
             grants,
+            slices: self.slice_leases(id, proxy.acked),
         })
     }
 
@@ -487,6 +505,10 @@ impl Allocator {
 pub struct Leasing {
     allocator: Mutex<Allocator>,
     identities: Mutex<HashMap<String, (String, String)>>,
+    /// Held from reading a report's quota figures to answering it: figures
+    /// read before another Envoy's batch was counted must not meet that
+    /// Envoy's engagement, which the allocator took after counting it.
+    reports: tokio::sync::Mutex<()>,
 }
 
 /// Most key identities remembered; past it the memo starts over (it only
@@ -498,7 +520,27 @@ impl Leasing {
         Self {
             allocator: Mutex::new(allocator),
             identities: Mutex::new(HashMap::new()),
+            reports: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// One report at a time, from reading its quota figures to its answer.
+    pub async fn one_report(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reports.lock().await
+    }
+
+    fn allocator(&self) -> std::sync::MutexGuard<'_, Allocator> {
+        self.allocator.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the key with this hash has its quota sliced.
+    pub fn is_sliced(&self, key_hash: &str) -> bool {
+        self.allocator().is_sliced(key_hash)
+    }
+
+    /// Ids of the sliced keys `proxy` holds slices of.
+    pub fn sliced_keys_held(&self, proxy: &str) -> Vec<String> {
+        self.allocator().sliced_keys_held(proxy)
     }
 
     /// A key's hash and tenant, if remembered.
@@ -517,21 +559,21 @@ impl Leasing {
 
     /// Answers a report; `None` while learning.
     pub fn report(&self, report: &Report, now_ms: u64) -> Option<FleetLeases> {
-        let mut allocator = self.allocator.lock().unwrap_or_else(|e| e.into_inner());
-        allocator.report(report, now_ms, rand::random::<u64>() | 1)
+        self.allocator()
+            .report(report, now_ms, rand::random::<u64>() | 1)
     }
 
     /// Starts over as `allocator` (a replica that finds live Envoys at start).
     pub fn replace(&self, allocator: Allocator) {
-        *self.allocator.lock().unwrap_or_else(|e| e.into_inner()) = allocator;
+        *self.allocator() = allocator;
     }
 
     /// This replica's allocator for Prometheus: Envoys holding shares, and
     /// keys and tenants with grants of their own (its memory grows with both).
     pub fn render_metrics(&self, out: &mut String) {
-        let (proxies, entries) = {
-            let allocator = self.allocator.lock().unwrap_or_else(|e| e.into_inner());
-            (allocator.proxies(), allocator.entries())
+        let (proxies, entries, sliced) = {
+            let allocator = self.allocator();
+            (allocator.proxies(), allocator.entries(), allocator.sliced())
         };
         out.push_str(&format!(
             "# HELP tollgate_control_plane_share_proxies Envoys this replica leases shares of fleet-wide limits to.\n\
@@ -539,7 +581,10 @@ impl Leasing {
              tollgate_control_plane_share_proxies {proxies}\n\
              # HELP tollgate_control_plane_share_entries Keys and tenants with shares of their own on this replica.\n\
              # TYPE tollgate_control_plane_share_entries gauge\n\
-             tollgate_control_plane_share_entries {entries}\n"
+             tollgate_control_plane_share_entries {entries}\n\
+             # HELP tollgate_control_plane_sliced_quotas Keys whose quota this replica shares out in slices near its end.\n\
+             # TYPE tollgate_control_plane_sliced_quotas gauge\n\
+             tollgate_control_plane_sliced_quotas {sliced}\n"
         ));
     }
 }

@@ -149,6 +149,7 @@ pub fn alone(store: &MemoryStore) {
         valid_ms: u64::MAX / 2,
         default_share: u64::from(crate::fleet::FULL_SHARE),
         grants: Vec::new(),
+        slices: Vec::new(),
     };
     crate::layout::apply_leases(store, &leases, 0).unwrap();
 }

@@ -257,6 +257,24 @@ pub struct FleetLeases {
     /// Grants changed since `leases_applied`, each for one key or tenant.
     #[serde(default)]
     pub grants: Vec<ShareGrant>,
+    /// Slices of quotas near exhaustion changed since `leases_applied`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<QuotaSlice>,
+}
+
+/// How far one Envoy may count one key's quota in one period: once a key
+/// nears the end of its quota, each Envoy admits it only up to its slice
+/// (see `tollgate_core::fleet`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSlice {
+    /// Lower-case hex SHA-256 of the key.
+    pub key_hash: String,
+    /// The quota period the slice is of.
+    pub period_start_ms: u64,
+    /// The most this Envoy's own count of the key may reach in that period.
+    pub cap: u64,
 }
 
 /// One key's or tenant's share on one Envoy.

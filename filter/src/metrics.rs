@@ -53,7 +53,7 @@ pub fn record(event: Event) {
 }
 
 /// Every refusal reason, each with its own counter.
-pub const REASONS: [DenyReason; 9] = DenyReason::ALL;
+pub const REASONS: [DenyReason; 10] = DenyReason::ALL;
 
 /// Where `reason`'s counter sits in [`REASONS`] order.
 fn slot(reason: DenyReason) -> usize {
@@ -65,8 +65,9 @@ fn slot(reason: DenyReason) -> usize {
         DenyReason::Forbidden => 4,
         DenyReason::RateLimited => 5,
         DenyReason::QuotaExceeded => 6,
-        DenyReason::ConfigUnavailable => 7,
-        DenyReason::ConfigStale => 8,
+        DenyReason::QuotaPending => 7,
+        DenyReason::ConfigUnavailable => 8,
+        DenyReason::ConfigStale => 9,
     }
 }
 

@@ -523,13 +523,14 @@ impl Stack {
 
     /// Creates a plan with one limit and a tenant on it; returns the tenant id.
     pub async fn tenant_on_plan(&self, limit: Value) -> String {
-        let plan = self
-            .admin(
-                Method::POST,
-                "/v1/plans",
-                Some(json!({"name": unique_name("plan"), "limits": [limit]})),
-            )
-            .await;
+        self.tenant_on(json!({"limits": [limit]})).await
+    }
+
+    /// Creates the plan `plan` (a plan's body but its name) and a tenant on
+    /// it; returns the tenant id.
+    pub async fn tenant_on(&self, mut plan: Value) -> String {
+        plan["name"] = json!(unique_name("plan"));
+        let plan = self.admin(Method::POST, "/v1/plans", Some(plan)).await;
         assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
         let tenant = self
             .admin(

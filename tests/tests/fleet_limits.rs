@@ -5,7 +5,8 @@
 //! (shares follow demand, no Envoy starves); used through one Envoy, it
 //! gets the whole rate there after the learning time; Envoys joining and
 //! leaving, and the control plane frozen past a lease's length, keep the
-//! bound; a tenant's limit holds the same way across its keys.
+//! bound; a tenant's limit holds the same way across its keys. And a
+//! monthly quota, hammered through three Envoys, admits exactly its size.
 
 use std::time::{Duration, Instant};
 
@@ -216,4 +217,45 @@ async fn with_the_control_plane_frozen_past_a_lease_shares_only_shrink() {
     // Half the burst, and half the rate for 4.5 s, and the one request.
     let half = BURST / 2 + (RATE as f64 / 2.0 * 4.5).ceil() as u64 + SLACK_PER_ENVOY;
     assert!(lapsed.admitted[0] <= half, "{lapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
+    const QUOTA: u64 = 50;
+    let mut stack = Stack::start().await;
+    let mut ports = vec![stack.envoy_port];
+    for _ in 1..3 {
+        ports.push(stack.start_another_envoy().await);
+    }
+    let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1, "burst": BURST});
+    let tenant_id = stack
+        .tenant_on(json!({"limits": [limit], "monthly_quota": QUOTA}))
+        .await;
+    let (key_id, key) = stack.new_key(&tenant_id).await;
+    // Until an Envoy has the key it answers 401 (or 503 before any config),
+    // admitting nothing; then 200, or 429 while its first slice comes.
+    let mut admitted = 0;
+    for &port in &ports {
+        let (status, _) = eventually(Duration::from_secs(10), "the key is known", || async {
+            let status = stack.status_through(port, &key).await;
+            matches!(status, StatusCode::OK | StatusCode::TOO_MANY_REQUESTS).then_some(status)
+        })
+        .await;
+        admitted += u64::from(status == StatusCode::OK);
+    }
+    // The fleet's 10 a second takes about 5 s to use 50; slices, a second
+    // or two each time an Envoy's runs out, add to it.
+    let h = hammer(&stack.client, &ports, &key, Duration::from_secs(15), GAP).await;
+    eprintln!(
+        "a quota of {QUOTA} through three Envoys: {admitted} before, then {:?}, refused {:?}, over {:?}",
+        h.admitted, h.refused, h.elapsed
+    );
+    assert_eq!(admitted + h.total(), QUOTA, "{h:?}");
+    for (i, &n) in h.admitted.iter().enumerate() {
+        assert!(n > 0, "Envoy {i} got no slice: {h:?}");
+    }
+    // What the control plane counted is what the test saw admitted.
+    stack
+        .until_used(&key_id, QUOTA, Duration::from_secs(10))
+        .await;
 }

@@ -26,10 +26,11 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::fleet::ProxyHeaders;
 use crate::input::query_time;
-use crate::shares::{asked, Demand, Entry, Report};
+use crate::shares::{asked, Demand, Entry, Report, SliceDemand};
 use crate::state::AppState;
 use crate::store::usage::{self, anchor, truncated, ALLOWED, HOUR};
 use crate::store::{keys, tenants};
+use tollgate_core::decide::DenyReason;
 
 /// A batch of [`MAX_KEYS`] keys is a few MiB of JSON.
 pub const MAX_USAGE_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -179,6 +180,7 @@ async fn usage_ingest(
     )
     .await?;
     if !batch.reporter_id.is_empty() {
+        let _one = state.leasing.one_report().await;
         let report = shares_report(&state, &batch, counted_now).await?;
         receipt.leases = state.leasing.report(&report, now.unix_ms());
         if let Some(leases) = &receipt.leases {
@@ -202,11 +204,12 @@ async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> A
     let mut report = Report {
         proxy: batch.reporter_id.clone(),
         acked: batch.leases_applied,
-        demand: Vec::new(),
+        ..Report::default()
     };
     if !counted {
         return Ok(report);
     }
+    slices_report(state, batch, &mut report).await?;
     let mut tenants: std::collections::BTreeMap<String, (u64, bool)> = Default::default();
     for (key_id, n, refused) in asked(batch) {
         let known = match state.leasing.identity(key_id) {
@@ -241,6 +244,51 @@ async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> A
             refused,
         }));
     Ok(report)
+}
+
+/// The batch as quota slicing reads it: what each key that waits for a
+/// slice, or is sliced, asked of its quota through this Envoy; and the
+/// figures of those keys and of the others this Envoy holds slices of.
+async fn slices_report(state: &AppState, batch: &UsageBatch, report: &mut Report) -> ApiResult<()> {
+    let pending_code = DenyReason::QuotaPending.code();
+    let mut facts_of: Vec<String> = state.leasing.sliced_keys_held(&batch.reporter_id);
+    for usage in &batch.keys {
+        let pending = usage.denied.get(pending_code).copied().unwrap_or(0);
+        let hash = match state.leasing.identity(&usage.key_id) {
+            Some((hash, _)) => Some(hash),
+            None if pending == 0 => None,
+            None => {
+                let found = keys::identity(&state.db, &usage.key_id).await?;
+                if let Some((hash, tenant)) = &found {
+                    state
+                        .leasing
+                        .remember(&usage.key_id, hash.clone(), tenant.clone());
+                }
+                found.map(|(hash, _)| hash)
+            }
+        };
+        let Some(key_hash) = hash else {
+            continue;
+        };
+        if pending == 0 && !state.leasing.is_sliced(&key_hash) {
+            continue;
+        }
+        report.slices.push(SliceDemand {
+            key_hash,
+            asked: usage.cost.saturating_add(pending),
+            pending: pending > 0,
+        });
+        facts_of.push(usage.key_id.clone());
+    }
+    facts_of.sort();
+    facts_of.dedup();
+    let now = state.now().unix_ms();
+    for key_id in facts_of {
+        if let Some(facts) = usage::quota_facts(&state.db, &key_id, now).await? {
+            report.quota_facts.push(facts);
+        }
+    }
+    Ok(())
 }
 
 /// `GET /v1/keys/{id}/usage`: this quota period against the key's quota.

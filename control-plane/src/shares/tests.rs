@@ -70,6 +70,17 @@ fn refused(demand: &[(Entry, u64)]) -> Vec<Demand> {
         .collect()
 }
 
+/// A reproducible stream of numbers below `n` (xorshift from `seed`).
+pub(super) fn random(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed;
+    move |n| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
 struct Fleet {
     allocator: Allocator,
     envoys: Vec<Envoy>,
@@ -91,6 +102,7 @@ impl Fleet {
             proxy: self.envoys[i].name.clone(),
             acked: self.envoys[i].seq,
             demand: refused(demand),
+            ..Report::default()
         };
         let answer = self.allocator.report(&report, self.now, 1_000 + i as u64);
         if let (Some(leases), false) = (&answer, lost) {
@@ -249,13 +261,7 @@ fn a_silent_envoy_lapses_to_its_default_and_what_it_held_goes_elsewhere() {
 
 #[test]
 fn random_demand_late_and_lost_receipts_never_lease_more_than_the_whole() {
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = random(0x2545_f491_4f6c_dd1d);
     let mut fleet = Fleet::new(4);
     let keys = [key(1), key(2), key(3)];
     let mut restarts = 0..;
@@ -292,6 +298,7 @@ fn a_replica_that_starts_among_live_envoys_learns_before_it_leases() {
         proxy: "a".into(),
         acked: 0,
         demand: refused(&[(key(1), 3)]),
+        ..Report::default()
     };
     assert_eq!(allocator.report(&report, T0 + 1_000, 1), None);
     assert_eq!(allocator.report(&report, T0 + 11_999, 1), None);
@@ -313,6 +320,7 @@ fn keys_never_refused_anywhere_get_no_grants_of_their_own() {
                 refused: false,
             })
             .collect(),
+        ..Report::default()
     };
     let a = allocator.report(&within("a", 0), T0, 1).unwrap();
     allocator.report(&within("b", 0), T0 + 10, 2).unwrap();

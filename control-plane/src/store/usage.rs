@@ -28,6 +28,7 @@ use tollgate_core::wire::{KeyUsage, QuotaStanding, UsageBatch, UsageReceipt};
 use crate::clock::Now;
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
+use crate::shares::QuotaFacts;
 use crate::store::{db_int, webhooks};
 
 /// Most keys one [`UsageReceipt`] carries standings for; `more` says another page waits.
@@ -380,6 +381,48 @@ pub async fn key_quota(db: &Db, key_id: &str) -> Result<Option<KeyQuota>, sqlx::
     .bind(key_id)
     .fetch_optional(db)
     .await
+}
+
+/// What the share allocator needs of a key's quota to slice it (see
+/// `crate::shares`): the quota, its current period, and what each Envoy
+/// counted of it; `None` for a key without a quota (or no such key).
+pub async fn quota_facts(
+    db: &Db,
+    key_id: &str,
+    now: u64,
+) -> Result<Option<QuotaFacts>, sqlx::Error> {
+    let key: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT k.key_hash, COALESCE(k.monthly_quota, p.monthly_quota), t.billing_anchor_day
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id JOIN plans p ON p.id = t.plan_id
+         WHERE k.id = $1 AND k.deleted_at IS NULL",
+    )
+    .bind(key_id)
+    .fetch_optional(db)
+    .await?;
+    let Some((key_hash, Some(quota), anchor_day)) = key else {
+        return Ok(None);
+    };
+    let period = quota_period(now, anchor(anchor_day));
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT reporter_id, used FROM quota_counts WHERE key_id = $1 AND period_start_ms = $2",
+    )
+    .bind(key_id)
+    .bind(db_int(period.start_ms))
+    .fetch_all(db)
+    .await?;
+    let used_by: std::collections::HashMap<String, u64> = rows
+        .into_iter()
+        .map(|(reporter, used)| (reporter, u64::try_from(used).unwrap_or(0)))
+        .collect();
+    Ok(Some(QuotaFacts {
+        key_id: key_id.to_owned(),
+        key_hash,
+        period_start_ms: period.start_ms,
+        period_end_ms: period.end_ms,
+        quota: u64::try_from(quota).unwrap_or(0),
+        used: used_by.values().sum(),
+        used_by,
+    }))
 }
 
 /// The cost the key was let through for in the hours from `from` to `to`

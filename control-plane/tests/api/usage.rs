@@ -321,6 +321,22 @@ async fn the_quota_period_turns_over_at_the_anchor_to_the_millisecond(backend: B
     assert_eq!(after["used"], 0, "{after}");
 }
 
+/// A tenant on `plan_id` and a key of it: (tenant id, key id, key hash).
+async fn key_on(
+    app: &Router,
+    state: &tollgate_control_plane::AppState,
+    plan_id: &str,
+) -> (String, String, String) {
+    let tenant_id = tenant(app, plan_id).await;
+    let (key_id, _) = key(app, &tenant_id).await;
+    let hash: String = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
+        .bind(&key_id)
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
+    (tenant_id, key_id, hash)
+}
+
 /// The shares a receipt leases, by key hash or tenant id, and the default.
 fn leased(receipt: &Value) -> (u64, u64, Vec<(String, u64)>) {
     let leases = &receipt["leases"];
@@ -358,13 +374,7 @@ async fn receipts_lease_shares_of_fleet_wide_limits_by_demand(backend: Backend) 
         shown.body
     );
     assert_eq!(shown.body["limits"][1]["per_envoy"], true);
-    let tenant_id = tenant(&app, &plan_id).await;
-    let (key_id, _) = key(&app, &tenant_id).await;
-    let hash: String = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE id = $1")
-        .bind(&key_id)
-        .fetch_one(&state.db)
-        .await
-        .unwrap();
+    let (tenant_id, key_id, hash) = key_on(&app, &state, &plan_id).await;
     const FULL: u64 = 65_536;
 
     // A key asked well within its limit is served by the defaults alone.
@@ -467,7 +477,93 @@ async fn concurrent_batches_naming_keys_in_any_order_are_all_counted(backend: Ba
     assert_eq!(allowed, 2 * 10 * 8);
 }
 
+/// The slices a receipt carries: (key hash, period start, cap).
+fn sliced(receipt: &Value) -> Vec<(String, u64, u64)> {
+    receipt["leases"]["slices"]
+        .as_array()
+        .map(|slices| {
+            slices
+                .iter()
+                .map(|s| {
+                    (
+                        s["key_hash"].as_str().unwrap().to_owned(),
+                        s["period_start_ms"].as_u64().unwrap(),
+                        s["cap"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn a_quota_near_its_end_is_sliced_out_of_what_no_envoy_holds(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let body = json!({"name": "sliced", "monthly_quota": 20,
+                      "limits": [{"name": "per-second", "max": 10, "window_seconds": 1}]});
+    let plan_id = create(&app, "/v1/plans", body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, key_id, hash) = key_on(&app, &state, &plan_id).await;
+    let batch = |envoy: &str, n: u64, allowed: u64, pending: u64, acked: u64| {
+        json!({"batch_id": format!("{envoy}-{n}"), "reporter_id": envoy, "leases_applied": acked,
+               "keys": [{"key_id": key_id, "allowed": allowed, "cost": allowed,
+                         "denied": {"quota_pending": pending}}]})
+    };
+    let seq = |r: &Reply| r.body["leases"]["seq"].as_u64().unwrap();
+    // Two Envoys, counted.
+    let a0 = report(&app, json!({"batch_id": "a-0", "reporter_id": "a"})).await;
+    let b0 = report(&app, json!({"batch_id": "b-0", "reporter_id": "b"})).await;
+    let (mut a, mut b) = (seq(&a0), seq(&b0));
+    // A admitted 5 and then waited for a slice: the key is sliced, and A
+    // gets nothing yet, B not having stopped admitting.
+    let r = report(&app, batch("a", 1, 5, 2, a)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let slices = sliced(&r.body);
+    assert_eq!(slices.len(), 1, "{:?}", r.body);
+    let (ref sliced_hash, period_start, cap) = slices[0];
+    assert_eq!((sliced_hash, cap), (&hash, 0));
+    a = seq(&r);
+    // B is sent a slice of 0, and applies it.
+    let r = report(
+        &app,
+        json!({"batch_id": "b-1", "reporter_id": "b", "leases_applied": b}),
+    )
+    .await;
+    assert_eq!(sliced(&r.body), vec![(hash.clone(), period_start, 0)]);
+    b = seq(&r);
+    let r = report(
+        &app,
+        json!({"batch_id": "b-2", "reporter_id": "b", "leases_applied": b}),
+    )
+    .await;
+    b = seq(&r);
+    // Now A gets a slice: 15 are left, of which at most an equal split
+    // (8) at a time, on top of the 5 it counted.
+    let r = report(&app, batch("a", 2, 0, 1, a)).await;
+    assert_eq!(sliced(&r.body), vec![(hash.clone(), period_start, 13)]);
+    a = seq(&r);
+    // B asks too: it gets some of the 7 nobody holds, and no more.
+    let r = report(&app, batch("b", 3, 0, 1, b)).await;
+    let b_cap = sliced(&r.body)[0].2;
+    assert!((1..=7).contains(&b_cap), "{b_cap}");
+    // A, still asking of late, gets more of what is left, never so much
+    // that the slices reach past the quota.
+    let r = report(&app, batch("a", 3, 0, 0, a)).await;
+    let a_cap = sliced(&r.body).first().map_or(13, |s| s.2);
+    assert!(a_cap >= 13 && a_cap + b_cap <= 20, "{a_cap} + {b_cap}");
+    let metrics = send(&app, Method::GET, "/metrics", None, None).await;
+    assert!(
+        metrics
+            .text()
+            .contains("\ntollgate_control_plane_sliced_quotas 1\n"),
+        "{}",
+        metrics.text()
+    );
+}
+
 on_both_databases!(
+    a_quota_near_its_end_is_sliced_out_of_what_no_envoy_holds,
     concurrent_batches_naming_keys_in_any_order_are_all_counted,
     receipts_lease_shares_of_fleet_wide_limits_by_demand,
     usage_reports_are_counted_once_and_move_last_used_at,

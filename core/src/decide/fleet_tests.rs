@@ -36,6 +36,7 @@ fn leases(seq: u64, default_share: u64, key_share: Option<u64>) -> FleetLeases {
             })
             .into_iter()
             .collect(),
+        slices: Vec::new(),
     }
 }
 
@@ -162,4 +163,156 @@ fn a_sync_keeps_the_leases() {
     apply_sync(&store, &next).unwrap();
     assert_eq!(state(&store), before);
     assert_eq!(admitted(&store, &k, 1, T0), 0, "its own grant of 0 holds");
+}
+
+/// Key 0 with a quota of 100 and 10 requests a second (burst 10), on an
+/// Envoy that shares its fleet with two others, the other Envoys having
+/// used `others` this period.
+fn sharing_a_quota(others: u64) -> (MemoryStore, ApiKey) {
+    let (store, k) = unleased_with_quota(vec![limit("per-second", 10, 1)], 100);
+    apply_leases(
+        &store,
+        &leases(1, FULL_SHARE as u64 / 3, Some(FULL_SHARE as u64)),
+        T0,
+    )
+    .unwrap();
+    standing(&store, &k, others);
+    (store, k)
+}
+
+fn unleased_with_quota(limits: Vec<WireLimit>, quota: u64) -> (MemoryStore, ApiKey) {
+    let k = key(0);
+    let store = MemoryStore::new();
+    let keys = vec![wire_key(&k.hash(), "key_1", "tnt_1", "plan_1")];
+    let plans = vec![plan("plan_1", "Pro", limits).with_quota(quota)];
+    apply_sync(&store, &sync(1, plans, keys)).unwrap();
+    (store, k)
+}
+
+fn standing(store: &MemoryStore, k: &ApiKey, others: u64) {
+    let standing = crate::wire::QuotaStanding {
+        key_hash: k.hash().to_hex(),
+        period_start_ms: crate::period::quota_period(T0, None).start_ms,
+        others_used: others,
+    };
+    crate::layout::apply_standings(store, &[standing]).unwrap();
+}
+
+/// Leases carrying only a slice of key 0's quota.
+fn slice(seq: u64, generation: u64, cap: u64) -> FleetLeases {
+    FleetLeases {
+        generation,
+        slices: vec![crate::wire::QuotaSlice {
+            key_hash: key(0).hash().to_hex(),
+            period_start_ms: crate::period::quota_period(T0, None).start_ms,
+            cap,
+        }],
+        ..leases(seq, FULL_SHARE as u64 / 3, Some(FULL_SHARE as u64))
+    }
+}
+
+fn reason(d: &Decision) -> Option<DenyReason> {
+    match d {
+        Decision::Allow(_) => None,
+        Decision::Deny(d) => Some(d.reason),
+    }
+}
+
+#[crate::testing::test]
+fn the_slicing_horizon_is_what_the_tightest_fleet_wide_limit_admits_in_five_seconds() {
+    let l = |max, window_seconds, max_tokens, per_envoy| Limit {
+        name: "l".into(),
+        max,
+        window_seconds,
+        max_tokens,
+        scope: crate::wire::LimitScope::Key,
+        per_envoy,
+    };
+    assert_eq!(slicing_horizon([&l(10, 1, 10, false)]), Some(60));
+    // 100 a minute refills 8.3 in 5 s: a started request counts whole.
+    assert_eq!(slicing_horizon([&l(100, 60, 100, false)]), Some(109));
+    assert_eq!(
+        slicing_horizon([&l(100, 60, 100, false), &l(2, 1, 5, false)]),
+        Some(15)
+    );
+    // A per-Envoy limit bounds nothing across the fleet.
+    assert_eq!(slicing_horizon([&l(2, 1, 5, true)]), None);
+    assert_eq!(slicing_horizon([]), None);
+}
+
+#[crate::testing::test]
+fn a_shared_quota_is_admitted_on_standings_until_its_horizon_then_only_within_a_slice() {
+    // 100 − 39 = 61 left, over the horizon of 60: admitted.
+    let (store, k) = sharing_a_quota(39);
+    assert_eq!(reason(&run(&store, &k, T0)), None);
+    // Now 60 left: nothing more without a slice, and it says so.
+    let Decision::Deny(d) = run(&store, &k, T0) else {
+        panic!("admitted past the horizon without a slice")
+    };
+    assert_eq!(d.reason, DenyReason::QuotaPending);
+    assert_eq!(d.reason.code(), "quota_pending");
+    assert_eq!(d.retry_after, Some(1));
+    assert_eq!(d.violated, vec!["monthly".to_owned()]);
+    // A slice lets its own count reach its cap: 1 counted, 4 more.
+    apply_leases(&store, &slice(2, 9, 5), T0).unwrap();
+    assert_eq!(admitted(&store, &k, 10, T0 + 1), 4);
+    assert_eq!(
+        reason(&run(&store, &k, T0 + 1)),
+        Some(DenyReason::QuotaPending)
+    );
+    // Once the standings show nothing left, the quota is used up.
+    standing(&store, &k, 95);
+    assert_eq!(
+        reason(&run(&store, &k, T0 + 2)),
+        Some(DenyReason::QuotaExceeded)
+    );
+}
+
+#[crate::testing::test]
+fn a_slice_holds_through_an_outage_but_waiting_for_one_does_not() {
+    let (store, k) = sharing_a_quota(50);
+    assert_eq!(reason(&run(&store, &k, T0)), Some(DenyReason::QuotaPending));
+    // The terms lapsed (10 s without a receipt): the standings rule again.
+    assert_eq!(
+        reason(&run(&store, &k, T0 + 9_999)),
+        Some(DenyReason::QuotaPending)
+    );
+    assert_eq!(reason(&run(&store, &k, T0 + 10_000)), None);
+    // A slice is kept to, receipts or not.
+    apply_leases(&store, &slice(2, 9, 2), T0 + 10_000).unwrap();
+    assert_eq!(admitted(&store, &k, 5, T0 + 10_001), 1);
+    assert_eq!(admitted(&store, &k, 5, T0 + 30_000), 0);
+}
+
+#[crate::testing::test]
+fn a_slice_of_another_generation_or_period_is_no_slice() {
+    let (store, k) = sharing_a_quota(50);
+    apply_leases(&store, &slice(2, 8, 50), T0).unwrap();
+    // Generation 8's slice, under generation 8's terms…
+    assert_eq!(admitted(&store, &k, 3, T0), 3);
+    // …is void under generation 9's.
+    apply_leases(&store, &leases(3, FULL_SHARE as u64 / 3, None), T0).unwrap();
+    assert_eq!(reason(&run(&store, &k, T0)), Some(DenyReason::QuotaPending));
+    // A slice of last period is no slice in this one.
+    let mut old = slice(4, 9, 50);
+    old.slices[0].period_start_ms -= 1;
+    apply_leases(&store, &old, T0).unwrap();
+    assert_eq!(reason(&run(&store, &k, T0)), Some(DenyReason::QuotaPending));
+}
+
+#[crate::testing::test]
+fn an_envoy_alone_or_a_quota_without_a_fleet_wide_limit_is_never_sliced() {
+    // Alone (a default share of the whole), 1 left: admitted on standings.
+    let (store, k) = unleased_with_quota(vec![limit("per-second", 10, 1)], 100);
+    apply_leases(&store, &leases(1, FULL_SHARE as u64, None), T0).unwrap();
+    standing(&store, &k, 99);
+    assert_eq!(admitted(&store, &k, 3, T0), 1);
+    // Sharing the fleet, but only per-Envoy limits: nothing bounds how fast
+    // the fleet goes, so standings it is.
+    let mut per_envoy = limit("per-second", 10, 1);
+    per_envoy.per_envoy = true;
+    let (store, k) = unleased_with_quota(vec![per_envoy], 100);
+    apply_leases(&store, &leases(1, FULL_SHARE as u64 / 3, None), T0).unwrap();
+    standing(&store, &k, 98);
+    assert_eq!(admitted(&store, &k, 3, T0), 2);
 }

@@ -9,7 +9,7 @@
 
 use crate::bucket::{ceil_seconds, Bucket, Check, Meter};
 use crate::config::{Limit, QUOTA_POLICY};
-use crate::fleet::{self, Lease, Terms, FULL_SHARE};
+use crate::fleet::{self, Lease, QuotaView, Slice, Terms, FULL_SHARE};
 use crate::layout::{read_for_update, BucketEntry, QuotaCount};
 use crate::period::Period;
 use crate::response::bucket_status;
@@ -25,7 +25,13 @@ pub const MAX_CAS_ATTEMPTS: u32 = 32;
 pub(super) struct Quota {
     pub(super) max: u64,
     pub(super) period: Period,
+    /// Where slicing starts ([`fleet::slicing_horizon`]).
+    pub(super) horizon: Option<u64>,
 }
+
+/// How long a request refused for want of a quota slice is told to wait:
+/// about a report's round trip, when more of the quota may have come.
+pub const SLICE_WAIT_MS: u64 = 1_000;
 
 /// One shared-data entry that a request consumes from: its limits' buckets
 /// and, for a key, the key's own quota count.
@@ -56,6 +62,10 @@ struct Look {
     others: Option<QuotaCount>,
     /// This Envoy's lease as stored, written back unchanged.
     lease: Option<Lease>,
+    /// This Envoy's slice of the quota as stored, written back unchanged.
+    slice: Option<Slice>,
+    /// The most its own quota count may reach ([`fleet::quota_cap`]).
+    cap: Option<u64>,
 }
 
 impl Ledger<'_> {
@@ -100,14 +110,28 @@ impl Ledger<'_> {
             (Some(quota), Some(count)) => count.used_in(quota.period.start_ms),
             _ => 0,
         };
+        let own_used = this_period(stored.quota);
+        let others_used = this_period(stored.others);
+        let cap = self.quota.and_then(|quota| {
+            let view = QuotaView {
+                max: quota.max,
+                period_start_ms: quota.period.start_ms,
+                own: own_used,
+                others: others_used,
+                horizon: quota.horizon,
+            };
+            fleet::quota_cap(terms, stored.slice, view, now_ms)
+        });
         Look {
             cas,
             meters,
             buckets,
-            own_used: this_period(stored.quota),
-            others_used: this_period(stored.others),
+            own_used,
+            others_used,
             others: stored.others,
             lease: stored.lease,
+            slice: stored.slice,
+            cap,
         }
     }
 
@@ -122,13 +146,28 @@ impl Ledger<'_> {
                     level: level_after,
                     last_fill_ms: bucket.last_fill_ms,
                 }),
-                Check::Deny { wait_ms } => violated.push((limit.name.clone(), wait_ms)),
+                Check::Deny { wait_ms } => violated.push(Violation {
+                    policy: limit.name.clone(),
+                    wait_ms,
+                    pending: false,
+                }),
             }
         }
         if let Some(quota) = &self.quota {
             let used = look.own_used.saturating_add(look.others_used);
+            let own_after = look.own_used.saturating_add(cost);
             if cost > 0 && used.saturating_add(cost) > quota.max {
-                violated.push((QUOTA_POLICY.to_owned(), quota.period.ms_left(now_ms)));
+                violated.push(Violation {
+                    policy: QUOTA_POLICY.to_owned(),
+                    wait_ms: quota.period.ms_left(now_ms),
+                    pending: false,
+                });
+            } else if cost > 0 && look.cap.is_some_and(|cap| own_after > cap) {
+                violated.push(Violation {
+                    policy: QUOTA_POLICY.to_owned(),
+                    wait_ms: SLICE_WAIT_MS.min(quota.period.ms_left(now_ms)),
+                    pending: true,
+                });
             }
         }
         if violated.is_empty() {
@@ -187,6 +226,7 @@ impl Ledger<'_> {
             others: look.others,
             owner: self.owner,
             lease: look.lease,
+            slice: look.slice,
         };
         store.set(&self.entry, Some(&entry.encode()), Some(look.cas))
     }
@@ -220,13 +260,20 @@ pub(super) enum Consumed {
         policies: Vec<PolicyStatus>,
         violated: Vec<String>,
         wait_ms: u64,
+        /// The quota refused only for want of a slice: some of it is left.
+        pending: bool,
     },
     /// Every CAS attempt lost: refuse rather than risk admitting past the limit.
     Contended,
 }
 
 /// A policy that refuses a request, and the milliseconds until it would admit it.
-type Violation = (String, u64);
+struct Violation {
+    policy: String,
+    wait_ms: u64,
+    /// A quota with some left, refused for want of a slice of it.
+    pending: bool,
+}
 
 /// The policies of every ledger as they stand, each refusing one's `t` set
 /// to its own wait. The request waits for the longest of them (what
@@ -241,18 +288,20 @@ fn refused(ledgers: &[Ledger], looks: &[Look], violated: Vec<Violation>, now_ms:
     for p in &mut policies {
         let wait = violated
             .iter()
-            .filter(|(name, _)| *name == p.name)
-            .map(|(_, wait)| *wait)
+            .filter(|v| v.policy == p.name)
+            .map(|v| v.wait_ms)
             .max();
         if let Some(wait) = wait {
             p.reset_seconds = ceil_seconds(wait).max(1);
         }
     }
-    let wait_ms = violated.iter().map(|(_, wait)| *wait).max().unwrap_or(0);
+    let wait_ms = violated.iter().map(|v| v.wait_ms).max().unwrap_or(0);
+    let pending = violated.iter().any(|v| v.pending);
     Consumed::Refused {
         policies,
-        violated: violated.into_iter().map(|(name, _)| name).collect(),
+        violated: violated.into_iter().map(|v| v.policy).collect(),
         wait_ms,
+        pending,
     }
 }
 

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use crate::bucket::ceil_seconds;
 use crate::cache::ConfigCache;
 use crate::config::{Limit, QUOTA_POLICY};
+use crate::fleet::slicing_horizon;
 use crate::json::write::push_decimal;
 use crate::key::ApiKey;
 use crate::layout::{anonymous_buckets_key, buckets_key, client_identity, tenant_buckets_key};
@@ -85,6 +86,9 @@ pub enum DenyReason {
     Forbidden,
     RateLimited,
     QuotaExceeded,
+    /// Some of the quota is left, but not in this Envoy's slice of it: more
+    /// comes within about a second if the other Envoys leave any.
+    QuotaPending,
     ConfigUnavailable,
     /// No successful sync for longer than the configured staleness budget,
     /// and the configuration says to refuse then.
@@ -93,7 +97,7 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// Every reason, for whatever must cover them all (metrics, tests).
-    pub const ALL: [DenyReason; 9] = [
+    pub const ALL: [DenyReason; 10] = [
         Self::MissingApiKey,
         Self::InvalidApiKey,
         Self::DisabledApiKey,
@@ -101,6 +105,7 @@ impl DenyReason {
         Self::Forbidden,
         Self::RateLimited,
         Self::QuotaExceeded,
+        Self::QuotaPending,
         Self::ConfigUnavailable,
         Self::ConfigStale,
     ];
@@ -112,7 +117,7 @@ impl DenyReason {
             | Self::DisabledApiKey
             | Self::ExpiredApiKey => 401,
             Self::Forbidden => 403,
-            Self::RateLimited | Self::QuotaExceeded => 429,
+            Self::RateLimited | Self::QuotaExceeded | Self::QuotaPending => 429,
             Self::ConfigUnavailable | Self::ConfigStale => 503,
         }
     }
@@ -126,6 +131,7 @@ impl DenyReason {
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::QuotaExceeded => "quota_exceeded",
+            Self::QuotaPending => "quota_pending",
             Self::ConfigUnavailable => "config_unavailable",
             Self::ConfigStale => "config_stale",
         }
@@ -140,6 +146,7 @@ impl DenyReason {
             Self::Forbidden => "Not permitted for this key",
             Self::RateLimited => "Rate limit exceeded",
             Self::QuotaExceeded => "Monthly quota exceeded",
+            Self::QuotaPending => "Monthly quota nearly used up",
             Self::ConfigUnavailable => "Gateway not ready",
             Self::ConfigStale => "Gateway configuration out of date",
         }
@@ -333,6 +340,7 @@ pub fn decide_cached(
     let quota = record.quota(&plan).map(|max| Quota {
         max,
         period: quota_period(now_ms, record.billing_anchor_day),
+        horizon: slicing_horizon(key_limits.iter().copied()),
     });
     let mut ledgers = vec![Ledger {
         entry: buckets_key(&hash),
@@ -424,13 +432,23 @@ fn verdict(
             policies,
             violated,
             wait_ms,
+            pending,
         } => {
             let retry_after = ceil_seconds(wait_ms).max(1);
             // Written without `core::fmt`, which costs several times as much
             // on wasm32: a denial must cost no more than an admission.
             let mut detail = String::with_capacity(96);
             let names = violated.join(", ");
-            let reason = if violated.iter().any(|v| v == QUOTA_POLICY) {
+            let reason = if pending {
+                detail.push_str(
+                    "The last of the monthly quota is being shared out among gateways; retry in ",
+                );
+                push_decimal(&mut detail, retry_after);
+                detail.push_str(" s (policies ");
+                detail.push_str(&names);
+                detail.push_str(").");
+                DenyReason::QuotaPending
+            } else if violated.iter().any(|v| v == QUOTA_POLICY) {
                 detail.push_str("Monthly quota used up; it resets in ");
                 push_decimal(&mut detail, retry_after);
                 detail.push_str(" s (policies ");

@@ -143,6 +143,11 @@ fn full_receipt() -> UsageReceipt {
                     share: 21_845,
                 },
             ],
+            slices: vec![QuotaSlice {
+                key_hash: "cd".repeat(32),
+                period_start_ms: 1_700_000_000_000,
+                cap: u64::MAX,
+            }],
         }),
     }
 }

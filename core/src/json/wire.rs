@@ -4,8 +4,9 @@
 
 use super::{Error, Field, Fields, FromJson, Object, Reader, ToJson};
 use crate::wire::{
-    FleetLeases, KeyUsage, LimitScope, QuotaStanding, ShareGrant, SyncResponse, UsageBatch,
-    UsageReceipt, WireAnonymous, WireKey, WireLimit, WirePlan, WireRouteCost, WireScope,
+    FleetLeases, KeyUsage, LimitScope, QuotaSlice, QuotaStanding, ShareGrant, SyncResponse,
+    UsageBatch, UsageReceipt, WireAnonymous, WireKey, WireLimit, WirePlan, WireRouteCost,
+    WireScope,
 };
 
 const LIMIT: Fields = Fields::closed(&[
@@ -367,6 +368,7 @@ const LEASES: Fields = Fields::closed(&[
     Field::required("valid_ms"),
     Field::required("default_share"),
     Field::optional("grants"),
+    Field::optional("slices"),
 ]);
 
 impl FromJson for FleetLeases {
@@ -378,6 +380,26 @@ impl FromJson for FleetLeases {
             2 => r.set(&mut v.valid_ms),
             3 => r.set(&mut v.default_share),
             4 => r.set(&mut v.grants),
+            5 => r.set(&mut v.slices),
+            _ => Ok(()),
+        })?;
+        Ok(v)
+    }
+}
+
+const SLICE: Fields = Fields::closed(&[
+    Field::required("key_hash"),
+    Field::required("period_start_ms"),
+    Field::required("cap"),
+]);
+
+impl FromJson for QuotaSlice {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, Error> {
+        let mut v = QuotaSlice::default();
+        reader.object(&SLICE, &mut |r, field| match field {
+            0 => r.set(&mut v.key_hash),
+            1 => r.set(&mut v.period_start_ms),
+            2 => r.set(&mut v.cap),
             _ => Ok(()),
         })?;
         Ok(v)

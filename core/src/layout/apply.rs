@@ -8,7 +8,7 @@
 //! first and trusts what it names.
 
 use crate::config::{Anonymous, InvalidConfig, KeyRecord, Plan};
-use crate::fleet::{Lease, Terms, FULL_SHARE};
+use crate::fleet::{Lease, Slice, Terms, FULL_SHARE};
 use crate::json;
 use crate::key::KeyHash;
 use crate::store::{SetError, SharedStore};
@@ -315,6 +315,17 @@ pub fn apply_leases(
             generation: leases.generation,
         };
         update_entry(store, &entry, |e| e.lease = Some(lease))?;
+    }
+    for slice in &leases.slices {
+        let Some(hash) = KeyHash::from_hex(&slice.key_hash) else {
+            continue;
+        };
+        let slice = Slice {
+            cap: slice.cap,
+            generation: leases.generation,
+            period_start_ms: slice.period_start_ms,
+        };
+        update_entry(store, &buckets_key(&hash), |e| e.slice = Some(slice))?;
     }
     let terms = AppliedTerms {
         terms: Terms {

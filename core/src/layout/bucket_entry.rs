@@ -5,12 +5,13 @@
 //! Besides the limits' buckets an entry holds pseudo-buckets, named with an
 //! `@` that no limit name can start with: the key's own quota count, its
 //! quota use through other Envoys, the client that owns an anonymous slot,
-//! and this Envoy's lease of the entry's fleet-wide limits. [`BucketEntry`] is the one place that knows those names and what
+//! this Envoy's lease of the entry's fleet-wide limits, and its slice of
+//! the key's quota. [`BucketEntry`] is the one place that knows those names and what
 //! their two numbers mean, so the ledger and the standings deal in counts
 //! and owners rather than in buckets that are not buckets.
 
 use crate::bucket::Bucket;
-use crate::fleet::Lease;
+use crate::fleet::{Lease, Slice};
 use crate::store::SharedStore;
 
 /// Levels in units of `window_ms × FULL_SHARE` per token (layout `tg3`).
@@ -27,6 +28,10 @@ const OWNER_ENTRY: &str = "@owner";
 /// The pseudo-bucket holding this Envoy's lease of the entry's fleet-wide
 /// limits: `level` is the share, `last_fill_ms` the lease's generation.
 const LEASE_ENTRY: &str = "@lease";
+/// The pseudo-bucket holding this Envoy's slice of the key's quota: `level`
+/// is the slice's generation in its high 64 bits and its cap in the low
+/// ones, `last_fill_ms` the start of the period it is of.
+const SLICE_ENTRY: &str = "@slice";
 /// A CAS token no entry will have: "write only if absent" in Envoy's terms.
 /// Overwriting a present entry with it would need that entry's token to be
 /// exactly this one, one value in 2^32 in that instant's race.
@@ -98,6 +103,9 @@ pub struct BucketEntry<'a> {
     /// This Envoy's lease of the entry's fleet-wide limits, written by the
     /// leader from usage receipts.
     pub lease: Option<Lease>,
+    /// This Envoy's slice of the key's quota, written by the leader from
+    /// usage receipts.
+    pub slice: Option<Slice>,
 }
 
 impl<'a> BucketEntry<'a> {
@@ -116,6 +124,13 @@ impl<'a> BucketEntry<'a> {
                     entry.lease = entry.lease.or(Some(Lease {
                         share: u32::try_from(bucket.level).unwrap_or(0),
                         generation: bucket.last_fill_ms,
+                    }))
+                }
+                SLICE_ENTRY => {
+                    entry.slice = entry.slice.or(Some(Slice {
+                        cap: u64::try_from(bucket.level & u128::from(u64::MAX)).unwrap_or(0),
+                        generation: u64::try_from(bucket.level >> 64).unwrap_or(0),
+                        period_start_ms: bucket.last_fill_ms,
                     }))
                 }
                 _ => entry.buckets.push((name, bucket)),
@@ -143,11 +158,16 @@ impl<'a> BucketEntry<'a> {
             level: u128::from(lease.share),
             last_fill_ms: lease.generation,
         };
+        let slice = |slice: Slice| Bucket {
+            level: u128::from(slice.generation) << 64 | u128::from(slice.cap),
+            last_fill_ms: slice.period_start_ms,
+        };
         let pseudo = [
             self.quota.map(|count| (QUOTA_ENTRY, count.as_bucket())),
             self.others.map(|count| (OTHERS_ENTRY, count.as_bucket())),
             self.owner.map(|identity| (OWNER_ENTRY, owner(identity))),
             self.lease.map(|l| (LEASE_ENTRY, lease(l))),
+            self.slice.map(|s| (SLICE_ENTRY, slice(s))),
         ];
         encode_buckets(
             self.buckets
@@ -243,6 +263,11 @@ mod tests {
                 share: 300,
                 generation: 77,
             }),
+            slice: Some(Slice {
+                cap: u64::MAX,
+                generation: u64::MAX - 1,
+                period_start_ms: 1_000,
+            }),
         };
         let count = |level, last_fill_ms| Bucket {
             level,
@@ -257,6 +282,10 @@ mod tests {
                 ("@others", count(5, 1_000)),
                 ("@owner", count(9, 0)),
                 ("@lease", count(300, 77)),
+                (
+                    "@slice",
+                    count(u128::from(u64::MAX - 1) << 64 | u128::from(u64::MAX), 1_000)
+                ),
             ])
         );
         assert_eq!(BucketEntry::decode(&bytes), entry);
