@@ -488,6 +488,37 @@ impl Stack {
     }
 
     /// One request through Envoy with `x-api-key`.
+    /// Sends `head` (a request line and header lines, each ending in CRLF,
+    /// without the blank line) to Envoy as raw bytes on its own connection,
+    /// so that it may hold what no HTTP client would send (NUL bytes, a
+    /// header a hundred times); returns the status and the body, as JSON
+    /// when it is.
+    pub async fn raw_request(&self, head: &[u8]) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.envoy_port))
+            .await
+            .expect("Envoy accepts");
+        let request = [head, b"connection: close\r\n\r\n"].concat();
+        stream
+            .write_all(&request)
+            .await
+            .expect("the request is sent");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("Envoy answers within 10 s")
+            .expect("the answer is read");
+        let text = String::from_utf8_lossy(&answer);
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+        (status, body)
+    }
+
     pub async fn get_with_key(&self, key: &str) -> Reply {
         self.get("/anything", &[("x-api-key", key)]).await
     }
