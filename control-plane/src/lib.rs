@@ -34,6 +34,7 @@ pub mod openapi;
 pub mod paging;
 pub mod receipt;
 pub mod replicas;
+pub mod retention;
 pub mod routes;
 pub mod seed;
 pub mod shares;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::shares::{Allocator, SharesConfig};
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
-use tollgate_control_plane::{app, db, replicas, store, webhooks, AppState};
+use tollgate_control_plane::{app, db, replicas, retention, store, webhooks, AppState};
 
 #[derive(Parser)]
 #[command(name = "control-plane", about = "Tollgate control plane", version)]
@@ -217,6 +217,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Quota alerts: every replica runs the worker; events are claimed before sending.
     tokio::spawn(webhooks::run(state.clone()));
+    tokio::spawn(retention::run(state.clone()));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;

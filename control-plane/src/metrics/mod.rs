@@ -57,6 +57,8 @@ pub struct Metrics {
     usage_keys: AtomicU64,
     usage_requests: AtomicU64,
     usage_dropped: AtomicU64,
+    pruned_batch_ids: AtomicU64,
+    pruned_quota_rows: AtomicU64,
     polls_open: AtomicI64,
 }
 
@@ -125,6 +127,14 @@ impl Metrics {
         self.usage_requests.fetch_add(requests, Ordering::Relaxed);
         self.usage_dropped
             .fetch_add(batch.dropped, Ordering::Relaxed);
+    }
+
+    /// A retention pass (`store::retention`).
+    pub fn pruned(&self, pruned: crate::store::retention::Pruned) {
+        self.pruned_batch_ids
+            .fetch_add(pruned.batch_ids, Ordering::Relaxed);
+        self.pruned_quota_rows
+            .fetch_add(pruned.quota_rows, Ordering::Relaxed);
     }
 
     /// A `/v1/sync` long-poll is held open until the guard drops.
@@ -199,6 +209,16 @@ impl Metrics {
                 "tollgate_control_plane_usage_dropped_total",
                 "Counts the Envoys reported dropping because their usage buffer was full.",
                 &self.usage_dropped,
+            ),
+            (
+                "tollgate_control_plane_pruned_batch_ids_total",
+                "Usage batch ids pruned past the window in which a batch may be sent again.",
+                &self.pruned_batch_ids,
+            ),
+            (
+                "tollgate_control_plane_pruned_quota_rows_total",
+                "Quota ledger rows pruned once their period was over.",
+                &self.pruned_quota_rows,
             ),
         ] {
             header_lines(&mut out, name, "counter", help);

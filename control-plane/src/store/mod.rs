@@ -13,6 +13,7 @@ pub mod feed;
 pub mod keys;
 pub mod plans;
 pub mod proxies;
+pub mod retention;
 pub mod sessions;
 pub mod tenants;
 pub mod tokens;

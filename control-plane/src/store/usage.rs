@@ -256,7 +256,7 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
 
 /// The earliest start of a current quota period, over every anchor day: no
 /// ledger row from before it can count towards any key's standing.
-fn earliest_current_start(now: u64) -> u64 {
+pub fn earliest_current_start(now: u64) -> u64 {
     (1..=31u8)
         .map(|day| quota_period(now, Some(day)).start_ms)
         .min()

@@ -562,8 +562,82 @@ async fn a_quota_near_its_end_is_sliced_out_of_what_no_envoy_holds(backend: Back
     );
 }
 
+/// Batch ids past their window and ledger rows of periods that are over
+/// are pruned; what the usage API answers stays the same, and a batch sent
+/// again within the window is still counted once.
+async fn rows_nothing_needs_any_more_are_pruned_and_totals_stay(backend: Backend) {
+    use tollgate_control_plane::store::retention::{prune, Pruned, BATCH_ID_WINDOW};
+    let (app, state, clock) = test_app_at(backend, "2026-11-20T12:00:00Z").await;
+    let plan_id = plan(&app, None).await;
+    let (tenant_id, key_id, _) = key_on(&app, &state, &plan_id).await;
+    let batch = |id: &str, cost: u64| {
+        json!({"batch_id": id, "reporter_id": "a",
+               "keys": [{"key_id": key_id, "allowed": cost, "cost": cost}]})
+    };
+    let totals = |app: Router| {
+        let (key_id, tenant_id) = (key_id.clone(), tenant_id.clone());
+        async move {
+            let key = admin(&app, Method::GET, &format!("/v1/keys/{key_id}/usage"), None).await;
+            let from = "?from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z";
+            let tenant = admin(
+                &app,
+                Method::GET,
+                &format!("/v1/tenants/{tenant_id}/usage{from}"),
+                None,
+            )
+            .await;
+            assert_eq!(tenant.status, StatusCode::OK, "{:?}", tenant.body);
+            (key.body["used"].clone(), tenant.body)
+        }
+    };
+    let rows = |table: &'static str| {
+        let db = state.db.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(report(&app, batch("old", 3)).await.status, StatusCode::OK);
+    clock.advance(BATCH_ID_WINDOW);
+    assert_eq!(report(&app, batch("new", 2)).await.status, StatusCode::OK);
+    let before = totals(app.clone()).await;
+    assert_eq!(before.0, 5);
+    // A week to the second: kept. A second more: pruned, the newer kept.
+    assert_eq!(
+        prune(&state.db, state.now()).await.unwrap(),
+        Pruned::default()
+    );
+    clock.advance(Duration::from_secs(1));
+    let pruned = prune(&state.db, state.now()).await.unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            batch_ids: 1,
+            quota_rows: 0
+        }
+    );
+    assert_eq!(rows("usage_batches").await, 1);
+    assert_eq!(totals(app.clone()).await, before);
+    // Within its window, a batch sent again is still counted once.
+    assert_eq!(report(&app, batch("new", 2)).await.status, StatusCode::OK);
+    assert_eq!(totals(app.clone()).await, before);
+    // December: November's ledger rows go; the usage read back stays.
+    clock.advance(Duration::from_secs(5 * 24 * 3600));
+    let december = totals(app.clone()).await;
+    assert_eq!(december.0, 0);
+    let pruned = prune(&state.db, state.now()).await.unwrap();
+    assert_eq!(pruned.quota_rows, 1);
+    assert_eq!(rows("quota_counts").await, 0);
+    assert_eq!(totals(app.clone()).await, december);
+    assert_eq!(december.1, before.1);
+}
+
 on_both_databases!(
     a_quota_near_its_end_is_sliced_out_of_what_no_envoy_holds,
+    rows_nothing_needs_any_more_are_pruned_and_totals_stay,
     concurrent_batches_naming_keys_in_any_order_are_all_counted,
     receipts_lease_shares_of_fleet_wide_limits_by_demand,
     usage_reports_are_counted_once_and_move_last_used_at,
