@@ -147,23 +147,59 @@ impl RateLimitHeaders {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u32,
+    /// For a gRPC call: the status it ends with; `body` is then the
+    /// status message, which Envoy sends as `grpc-message`.
+    pub grpc_status: Option<u32>,
     retry_after: Option<String>,
     rate_limit: RateLimitHeaders,
     pub body: String,
 }
 
 impl LocalReply {
-    /// The reply's headers, rate-limit ones included.
+    /// The reply's headers, rate-limit ones included; a gRPC reply's are
+    /// its metadata, and Envoy sets its content type.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        let content_type = ("content-type", "application/problem+json");
+        let content_type = self
+            .grpc_status
+            .is_none()
+            .then_some(("content-type", "application/problem+json"));
         let retry_after = self.retry_after.as_deref().map(|s| ("retry-after", s));
         let challenge =
             (self.status == 401).then_some(("www-authenticate", "Bearer realm=\"tollgate\""));
-        core::iter::once(content_type)
+        content_type
+            .into_iter()
             .chain(retry_after)
             .chain(challenge)
             .chain(self.rate_limit.iter())
     }
+}
+
+/// Whether a request with this `content-type` is a gRPC call (as Envoy
+/// judges it: `application/grpc`, or a `+` or `;` after it; gRPC-Web is not).
+pub fn is_grpc(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let ct = ct.trim();
+        let Some(rest) = ct.get(.."application/grpc".len()) else {
+            return false;
+        };
+        rest.eq_ignore_ascii_case("application/grpc")
+            && matches!(ct.as_bytes().get(rest.len()), None | Some(b'+' | b';'))
+    })
+}
+
+/// [`local_reply`] for a gRPC call: the reason's gRPC status, and as its
+/// message the stable `code` and the detail (`rate_limited: Rate limit
+/// per-second exceeded; retry in 1 s.`); `retry-after` and the rate-limit
+/// headers ride as metadata.
+pub fn grpc_reply(denied: &Denied) -> LocalReply {
+    let mut reply = local_reply(denied);
+    let mut message = String::with_capacity(24 + denied.detail.len());
+    message.push_str(denied.reason.code());
+    message.push_str(": ");
+    message.push_str(&denied.detail);
+    reply.grpc_status = Some(denied.reason.grpc_status());
+    reply.body = message;
+    reply
 }
 
 const QUOTA_EXCEEDED_TYPE: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
@@ -196,6 +232,7 @@ pub fn local_reply(denied: &Denied) -> LocalReply {
     });
     LocalReply {
         status,
+        grpc_status: None,
         retry_after,
         rate_limit: RateLimitHeaders::of(&denied.policies),
         body: problem_json(denied),
@@ -567,5 +604,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[crate::testing::test]
+    fn grpc_calls_are_told_apart_as_envoy_does() {
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;charset=utf-8",
+            " application/grpc ",
+        ] {
+            assert!(is_grpc(Some(grpc)), "{grpc}");
+        }
+        for not in [
+            "application/grpc-web",
+            "application/grpcx",
+            "application/json",
+            "",
+            "é",
+        ] {
+            assert!(!is_grpc(Some(not)), "{not}");
+        }
+        assert!(!is_grpc(None));
+    }
+
+    #[crate::testing::test]
+    fn a_grpc_refusal_has_its_status_the_code_in_its_message_and_no_content_type() {
+        let mut denied = Denied::new(DenyReason::RateLimited, "Rate limit per-second exceeded.");
+        denied.retry_after = Some(3);
+        let reply = grpc_reply(&denied);
+        assert_eq!(reply.grpc_status, Some(8));
+        assert_eq!(reply.body, "rate_limited: Rate limit per-second exceeded.");
+        let headers: Vec<_> = reply.headers().collect();
+        assert_eq!(headers, vec![("retry-after", "3")]);
+        let statuses: Vec<u32> = DenyReason::ALL.iter().map(|r| r.grpc_status()).collect();
+        // UNAUTHENTICATED ×4, PERMISSION_DENIED, RESOURCE_EXHAUSTED ×3, UNAVAILABLE ×2.
+        assert_eq!(statuses, vec![16, 16, 16, 16, 7, 8, 8, 8, 14, 14]);
+        assert_eq!(local_reply(&denied).grpc_status, None);
     }
 }

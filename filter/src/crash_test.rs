@@ -22,7 +22,7 @@ pub fn arm_if_asked(headers: &HeaderBlock) -> Option<Action> {
         return None;
     }
     let _ = Proxy.set(ARMED, Some(b"1"), None);
-    host::send_local_reply(204, vec![("x-tollgate-crash-test", "armed")], b"");
+    host::send_local_reply(204, &[("x-tollgate-crash-test", "armed")], b"", None);
     Some(Action::Pause)
 }
 

@@ -188,18 +188,19 @@ pub fn client_ip() -> Option<std::net::IpAddr> {
         .ok()
 }
 
-/// Answers the request from the filter instead of the upstream.
-pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) -> bool {
-    match hostcalls::send_http_response(status, headers, Some(body)) {
-        Ok(()) => true,
-        Err(status) => {
-            log(
-                LogLevel::Error,
-                &format!("tollgate: cannot send local reply: {status:?}"),
-            );
-            false
-        }
+/// Answers the request from the filter instead of the upstream; a gRPC
+/// call with `grpc_status` (Envoy then sends `body` as its `grpc-message`).
+pub fn send_local_reply(
+    status: u32,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    grpc_status: Option<u32>,
+) -> bool {
+    let sent = raw::send_local_response(status, headers, body, grpc_status);
+    if !sent {
+        log(LogLevel::Error, "tollgate: cannot send local reply");
     }
+    sent
 }
 
 /// The request's headers as the host serializes them (see `crate::headers`).
@@ -256,6 +257,68 @@ mod raw {
             key_data: *const u8,
             key_size: usize,
         ) -> u32;
+        fn proxy_send_local_response(
+            status_code: u32,
+            status_code_details_data: *const u8,
+            status_code_details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            additional_headers_map_data: *const u8,
+            additional_headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+    }
+
+    /// Headers as the ABI passes a map: the number of pairs, each pair's two
+    /// lengths, then each name and value followed by a NUL.
+    pub(super) fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+        let mut out = Vec::with_capacity(
+            4 + pairs
+                .iter()
+                .map(|(n, v)| 10 + n.len() + v.len())
+                .sum::<usize>(),
+        );
+        out.extend_from_slice(&len(pairs.len()));
+        for (name, value) in pairs {
+            out.extend_from_slice(&len(name.len()));
+            out.extend_from_slice(&len(value.len()));
+        }
+        for (name, value) in pairs {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(value.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    /// The ABI's own call: the SDK's panics on a status it does not expect.
+    pub fn send_local_response(
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        grpc_status: Option<u32>,
+    ) -> bool {
+        let map = serialize_pairs(headers);
+        // -1: no gRPC status of ours; Envoy maps the HTTP status for a gRPC call.
+        let grpc = grpc_status
+            .and_then(|g| i32::try_from(g).ok())
+            .unwrap_or(-1);
+        // SAFETY: the host only reads the given ranges during the call.
+        let status = unsafe {
+            proxy_send_local_response(
+                status,
+                std::ptr::null(),
+                0,
+                body.as_ptr(),
+                body.len(),
+                map.as_ptr(),
+                map.len(),
+                grpc,
+            )
+        };
+        status == OK
     }
 
     pub fn header_map_pairs(map: MapType) -> Option<Vec<u8>> {
@@ -287,5 +350,16 @@ mod raw {
             }
         };
         status == OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn headers_are_serialized_as_the_abi_reads_a_map() {
+        let bytes = super::raw::serialize_pairs(&[("ab", "c"), ("d", "")]);
+        let mut expected = vec![2, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        expected.extend_from_slice(b"ab\0c\0d\0\0");
+        assert_eq!(bytes, expected);
     }
 }

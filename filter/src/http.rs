@@ -11,7 +11,7 @@ use tollgate_core::decide::{
     RequestFacts,
 };
 use tollgate_core::response::{
-    local_reply, upstream_headers, RateLimitHeaders, STRIPPED_REQUEST_HEADERS,
+    grpc_reply, is_grpc, local_reply, upstream_headers, RateLimitHeaders, STRIPPED_REQUEST_HEADERS,
 };
 
 use crate::config::PluginConfig;
@@ -67,16 +67,28 @@ impl TollgateHttp {
 
 impl Context for TollgateHttp {}
 
-fn reply(denied: &Denied) -> Action {
-    let reply = local_reply(denied);
+/// Refuses the request: a gRPC call (`grpc`) with the reason's gRPC status,
+/// anything else with problem+json.
+fn reply(denied: &Denied, grpc: bool) -> Action {
+    let reply = if grpc {
+        grpc_reply(denied)
+    } else {
+        local_reply(denied)
+    };
     let headers: Vec<(&str, &str)> = reply.headers().collect();
-    host::send_local_reply(reply.status, headers, reply.body.as_bytes());
+    host::send_local_reply(
+        reply.status,
+        &headers,
+        reply.body.as_bytes(),
+        reply.grpc_status,
+    );
     Action::Pause
 }
 
+/// Refuses the request before its headers are read.
 fn refuse(reason: DenyReason, detail: &str) -> Action {
     crate::metrics::denied(reason);
-    reply(&Denied::new(reason, detail))
+    reply(&Denied::new(reason, detail), false)
 }
 
 impl HttpContext for TollgateHttp {
@@ -99,15 +111,18 @@ impl HttpContext for TollgateHttp {
         if let Some(action) = crate::crash_test::arm_if_asked(&headers) {
             return action;
         }
+        let grpc = is_grpc(headers.get("content-type"));
         let presented = sources.find(header, path);
         // Scopes and route costs see the path the upstream will see.
         let upstream_path = sources.upstream_path(path);
 
         let Some(now) = host::now_ms() else {
-            return refuse(
+            crate::metrics::denied(DenyReason::ConfigUnavailable);
+            let denied = Denied::new(
                 DenyReason::ConfigUnavailable,
                 "The gateway cannot read its clock.",
             );
+            return reply(&denied, grpc);
         };
         let facts = RequestFacts {
             api_key: presented.as_ref().map(|(key, _)| key.as_str()),
@@ -125,7 +140,7 @@ impl HttpContext for TollgateHttp {
         if let Some(budget) = config.sync.refuse_after_ms() {
             if let Some(denied) = self.stale_refusal(budget, now) {
                 crate::metrics::denied(denied.reason);
-                return reply(&denied);
+                return reply(&denied, grpc);
             }
         }
         let mut decision = match self.cache.try_borrow_mut() {
@@ -180,7 +195,7 @@ impl HttpContext for TollgateHttp {
                 self.response_headers = RateLimitHeaders::of(&allowed.policies);
                 Action::Continue
             }
-            Decision::Deny(denied) => reply(&denied),
+            Decision::Deny(denied) => reply(&denied, grpc),
         }
     }
 

@@ -367,6 +367,20 @@ impl Stack {
     }
 
     async fn spawn_envoy(&self, envoy_port: u16, envoy_admin_port: u16, name: &str) -> Process {
+        let config = self.envoy_config(envoy_port, envoy_admin_port, self.upstream_port);
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, config).expect("write envoy.yaml");
+        self.run_envoy(&path, envoy_admin_port, name, &[]).await
+    }
+
+    /// `envoy/tollgate.yaml` rendered for an Envoy on these ports, in front
+    /// of the upstream on `upstream_port`, syncing from this control plane.
+    pub fn envoy_config(
+        &self,
+        envoy_port: u16,
+        envoy_admin_port: u16,
+        upstream_port: u16,
+    ) -> String {
         let template = std::fs::read_to_string(env_path("TOLLGATE_ENVOY_TEMPLATE"))
             .expect("the Envoy template");
         let filter = env_path("TOLLGATE_FILTER_WASM");
@@ -375,20 +389,23 @@ impl Stack {
             &EnvoyValues {
                 envoy_port,
                 envoy_admin_port,
-                upstream_port: self.upstream_port,
+                upstream_port,
                 control_plane_port: self.control_plane_port,
                 filter_wasm: filter.display().to_string(),
                 sync_token: SYNC_TOKEN.to_owned(),
             },
         )
         .expect("the template renders");
-        let config = match &self.plugin_config {
+        match &self.plugin_config {
             Some(plugin_config) => with_plugin_config(&config, plugin_config),
             None => config,
-        };
-        let path = self.dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&path, config).expect("write envoy.yaml");
-        self.run_envoy(&path, envoy_admin_port, name, &[]).await
+        }
+    }
+
+    /// Starts a helper process of a test's own (a gRPC server), logging to
+    /// `<name>.log` in the stack's directory; it stops when dropped.
+    pub fn spawn_helper(&self, name: &str, command: Command) -> Process {
+        self.spawn(name, command, &format!("{name}.log"))
     }
 
     fn spawn_control_plane(&self, name: &str, port: u16, log: &str) -> Process {

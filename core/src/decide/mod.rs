@@ -122,6 +122,25 @@ impl DenyReason {
         }
     }
 
+    /// The gRPC status a gRPC call refused for this reason ends with: a
+    /// client must not read a limit as `UNAVAILABLE`, which gRPC clients
+    /// retry at once. Only a gateway that cannot decide yet is unavailable.
+    pub fn grpc_status(self) -> u32 {
+        const PERMISSION_DENIED: u32 = 7;
+        const RESOURCE_EXHAUSTED: u32 = 8;
+        const UNAVAILABLE: u32 = 14;
+        const UNAUTHENTICATED: u32 = 16;
+        match self {
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::DisabledApiKey
+            | Self::ExpiredApiKey => UNAUTHENTICATED,
+            Self::Forbidden => PERMISSION_DENIED,
+            Self::RateLimited | Self::QuotaExceeded | Self::QuotaPending => RESOURCE_EXHAUSTED,
+            Self::ConfigUnavailable | Self::ConfigStale => UNAVAILABLE,
+        }
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Self::MissingApiKey => "missing_api_key",
