@@ -195,6 +195,11 @@ impl Process {
         stop(&mut self.child);
     }
 
+    /// SIGKILL at once, as a crash or an OOM kill ends a process; reaps it.
+    pub fn kill(self) {
+        self.stop_with(libc::SIGKILL);
+    }
+
     /// `signal`, then SIGKILL after 5 s; always reaps.
     pub fn stop_with(mut self, signal: libc::c_int) {
         stop_with(&mut self.child, signal);

@@ -448,6 +448,13 @@ impl Stack {
         }
     }
 
+    /// Kills the control plane with SIGKILL: no shutdown of any kind.
+    pub fn kill_control_plane(&mut self) {
+        if let Some(process) = self.control_plane.take() {
+            process.kill();
+        }
+    }
+
     /// The control plane's process id (to freeze it).
     pub fn control_plane_pid(&self) -> Option<u32> {
         self.control_plane.as_ref().map(Process::pid)
