@@ -47,6 +47,8 @@ mod memory {
         data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
         next_cas: Cell<u32>,
         conflicts: Cell<u32>,
+        /// Entries whose next CAS-guarded writes fail, and how many.
+        conflicts_on: RefCell<HashMap<String, u32>>,
         sets: Cell<u32>,
     }
 
@@ -58,6 +60,12 @@ mod memory {
         /// The next `n` CAS-guarded writes fail as if another worker had written first.
         pub fn inject_cas_conflicts(&self, n: u32) {
             self.conflicts.set(n);
+        }
+
+        /// The next `n` CAS-guarded writes of `key` fail, whatever the
+        /// others do: a race lost on one entry of a request's several.
+        pub fn inject_cas_conflicts_on(&self, key: &str, n: u32) {
+            self.conflicts_on.borrow_mut().insert(key.to_owned(), n);
         }
 
         /// How many writes succeeded so far.
@@ -84,6 +92,12 @@ mod memory {
         fn set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> Result<(), SetError> {
             let mut data = self.data.borrow_mut();
             if let (Some(cas), Some((_, current))) = (cas, data.get(key)) {
+                if let Some(left) = self.conflicts_on.borrow_mut().get_mut(key) {
+                    if *left > 0 {
+                        *left -= 1;
+                        return Err(SetError::CasMismatch);
+                    }
+                }
                 if self.conflicts.get() > 0 {
                     self.conflicts.set(self.conflicts.get() - 1);
                     return Err(SetError::CasMismatch);

@@ -510,3 +510,6 @@ mod metering_tests;
 
 #[cfg(test)]
 mod fleet_tests;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod property_tests;
