@@ -18,6 +18,7 @@
 //! `dashboard`, the pages over the same operations, sits above them.
 //! No module uses one above it.
 
+pub mod allocation;
 pub mod auth;
 pub mod change;
 pub mod clock;

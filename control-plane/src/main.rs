@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
-use tollgate_control_plane::shares::{Allocator, SharesConfig};
+use tollgate_control_plane::shares::Role;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
-use tollgate_control_plane::{app, db, replicas, retention, store, webhooks, AppState};
+use tollgate_control_plane::{allocation, app, db, replicas, retention, store, webhooks, AppState};
 
 #[derive(Parser)]
 #[command(name = "control-plane", about = "Tollgate control plane", version)]
@@ -54,6 +54,11 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CONTROL_PLANE_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Where the other replicas reach this one (on PostgreSQL, the replica
+    /// that allocates fleet-wide shares is reached there); by default
+    /// `http://<addr>`, which serves only when the replicas share a host.
+    #[arg(long, env = "CONTROL_PLANE_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Bearer token for the admin API; generated and printed once when unset.
     #[arg(long, env = "CONTROL_PLANE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -211,9 +216,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(pool, &admin_token, &sync_token, version)
         .with_throttle(throttle)
         .with_metrics_token(args.metrics_token.as_deref().map(str::trim));
-    learn_if_envoys_are_live(&state).await?;
+    state.leasing.forward_with(&sync_token);
     if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
+        // Perhaps one of several replicas: none leases until it knows
+        // whether it is the one that allocates.
+        state.leasing.set_role(Role::Follower(String::new()));
+        let advertise = args
+            .advertise_url
+            .unwrap_or_else(|| format!("http://{}", args.addr));
+        tokio::spawn(allocation::contend(state.clone(), url.clone(), advertise));
         tokio::spawn(replicas::follow(state.clone(), url));
+    } else {
+        state
+            .leasing
+            .replace(allocation::fresh_allocator(&state).await?);
     }
     // Quota alerts: every replica runs the worker; events are claimed before sending.
     tokio::spawn(webhooks::run(state.clone()));
@@ -235,29 +251,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     tracing::info!("control plane stopped");
-    Ok(())
-}
-
-/// Envoys seen lately may still hold shares an earlier allocator leased
-/// (this replica's last run, or another replica): then this one learns
-/// before it leases anything (see `shares`).
-async fn learn_if_envoys_are_live(state: &AppState) -> anyhow::Result<()> {
-    let config = SharesConfig::default();
-    let now = state.now();
-    let window = config.valid_ms + state.fleet.config.write_every_ms;
-    let since = now
-        .db_ms()
-        .saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
-    let live = store::proxies::count_seen_since(&state.db, since).await?;
-    if live > 0 {
-        tracing::info!(
-            live,
-            "Envoys were live before this start: leasing shares of fleet-wide limits after a lease length"
-        );
-        state
-            .leasing
-            .replace(Allocator::new(config, now.unix_ms(), true));
-    }
     Ok(())
 }
 

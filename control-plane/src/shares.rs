@@ -75,7 +75,18 @@ impl Default for SharesConfig {
 }
 
 /// What one share is of: a key's own limits or a tenant's shared ones.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub enum Entry {
     /// Lower-case hex SHA-256 of the key.
     Key(String),
@@ -134,8 +145,9 @@ struct Proxy {
     default: Grant,
 }
 
-/// One Envoy's report, as the allocator needs it.
-#[derive(Debug, Clone, Default)]
+/// One Envoy's report, as the allocator needs it (and as a replica
+/// forwards it to the one that allocates, `crate::allocation`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Report {
     /// The Envoy (its usage `reporter_id`).
     pub proxy: String,
@@ -147,12 +159,14 @@ pub struct Report {
     /// sliced (see `slices`).
     pub slices: Vec<SliceDemand>,
     /// The figures of those keys and of every other sliced key the Envoy
-    /// holds a slice of.
+    /// holds a slice of, read by the replica that allocates.
+    #[serde(skip)]
+    #[schema(ignore)]
     pub quota_facts: Vec<QuotaFacts>,
 }
 
 /// What one Envoy asked of one key or tenant since its last report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Demand {
     pub entry: Entry,
     /// Admitted plus refused for a rate limit.
@@ -504,11 +518,27 @@ impl Allocator {
 #[derive(Debug)]
 pub struct Leasing {
     allocator: Mutex<Allocator>,
+    /// Whether this replica allocates (see `crate::allocation`).
+    role: std::sync::RwLock<Role>,
+    /// The sync token, presented to the replica that allocates.
+    forwarding_token: std::sync::RwLock<Option<String>>,
+    client: reqwest::Client,
     identities: Mutex<HashMap<String, (String, String)>>,
     /// Held from reading a report's quota figures to answering it: figures
     /// read before another Envoy's batch was counted must not meet that
     /// Envoy's engagement, which the allocator took after counting it.
     reports: tokio::sync::Mutex<()>,
+}
+
+/// Whether this replica allocates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The only replica (SQLite): it allocates.
+    Alone,
+    /// It holds the allocator's lock: every replica's reports come here.
+    Leader,
+    /// Another allocates, reached at this URL (empty: none known yet).
+    Follower(String),
 }
 
 /// Most key identities remembered; past it the memo starts over (it only
@@ -519,9 +549,37 @@ impl Leasing {
     pub fn new(allocator: Allocator) -> Self {
         Self {
             allocator: Mutex::new(allocator),
+            role: std::sync::RwLock::new(Role::Alone),
+            forwarding_token: std::sync::RwLock::new(None),
+            client: reqwest::Client::new(),
             identities: Mutex::new(HashMap::new()),
             reports: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.read().map(|r| r.clone()).unwrap_or(Role::Alone)
+    }
+
+    pub fn set_role(&self, role: Role) {
+        if let Ok(mut r) = self.role.write() {
+            *r = role;
+        }
+    }
+
+    /// Forwards to the replica that allocates with `token` (the sync token).
+    pub fn forward_with(&self, token: &str) {
+        if let Ok(mut t) = self.forwarding_token.write() {
+            *t = Some(token.to_owned());
+        }
+    }
+
+    pub fn forwarding_token(&self) -> Option<String> {
+        self.forwarding_token.read().ok()?.clone()
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// One report at a time, from reading its quota figures to its answer.

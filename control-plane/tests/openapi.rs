@@ -63,13 +63,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/tenants/{tenant_id}/webhook"),
     ("GET", "/v1/tenants/{tenant_id}/webhook-deliveries"),
     ("POST", "/v1/usage"),
+    ("POST", "/v1/internal/leases"),
 ];
 
 /// Operations anyone may call.
 const PUBLIC: &[&str] = &["/healthz", "/v1/catalog"];
 
 /// Operations for the Envoys' sync token.
-const SYNC_ONLY: &[&str] = &["/v1/sync", "/v1/usage"];
+const SYNC_ONLY: &[&str] = &["/v1/sync", "/v1/usage", "/v1/internal/leases"];
 
 const METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",

@@ -367,19 +367,26 @@ impl Stack {
     }
 
     async fn spawn_envoy(&self, envoy_port: u16, envoy_admin_port: u16, name: &str) -> Process {
-        let config = self.envoy_config(envoy_port, envoy_admin_port, self.upstream_port);
+        let config = self.envoy_config(
+            envoy_port,
+            envoy_admin_port,
+            self.upstream_port,
+            self.control_plane_port,
+        );
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write envoy.yaml");
         self.run_envoy(&path, envoy_admin_port, name, &[]).await
     }
 
     /// `envoy/tollgate.yaml` rendered for an Envoy on these ports, in front
-    /// of the upstream on `upstream_port`, syncing from this control plane.
+    /// of the upstream on `upstream_port`, syncing from (and reporting to)
+    /// the control plane or replica on `control_plane_port`.
     pub fn envoy_config(
         &self,
         envoy_port: u16,
         envoy_admin_port: u16,
         upstream_port: u16,
+        control_plane_port: u16,
     ) -> String {
         let template = std::fs::read_to_string(env_path("TOLLGATE_ENVOY_TEMPLATE"))
             .expect("the Envoy template");
@@ -390,7 +397,7 @@ impl Stack {
                 envoy_port,
                 envoy_admin_port,
                 upstream_port,
-                control_plane_port: self.control_plane_port,
+                control_plane_port,
                 filter_wasm: filter.display().to_string(),
                 sync_token: SYNC_TOKEN.to_owned(),
             },

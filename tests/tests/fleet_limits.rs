@@ -5,14 +5,17 @@
 //! (shares follow demand, no Envoy starves); used through one Envoy, it
 //! gets the whole rate there after the learning time; Envoys joining and
 //! leaving, and the control plane frozen past a lease's length, keep the
-//! bound; a tenant's limit holds the same way across its keys. And a
-//! monthly quota, hammered through three Envoys, admits exactly its size.
+//! bound; a tenant's limit holds the same way across its keys, and across
+//! Envoys that report to different control-plane replicas. And a monthly
+//! quota, hammered through three Envoys, admits exactly its size.
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tollgate_e2e::harness::{eventually, hammer, Frozen, Hammered, Stack};
+use tollgate_e2e::harness::{
+    eventually, free_port, fresh_postgres_database, hammer, Frozen, Hammered, Stack,
+};
 
 const RATE: u64 = 10;
 const BURST: u64 = 10;
@@ -40,13 +43,18 @@ async fn fleet_with_key(n: usize) -> (Stack, Vec<u16>, String) {
     }
     let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1, "burst": BURST});
     let (_, key) = stack.tenant_with_key(limit).await;
-    for &port in &ports {
+    until_passing(&stack, &ports, &key).await;
+    (stack, ports, key)
+}
+
+/// Waits until `key` passes through every Envoy on `ports`.
+async fn until_passing(stack: &Stack, ports: &[u16], key: &str) {
+    for &port in ports {
         eventually(Duration::from_secs(10), "the key passes", || async {
-            (stack.status_through(port, &key).await == StatusCode::OK).then_some(())
+            (stack.status_through(port, key).await == StatusCode::OK).then_some(())
         })
         .await;
     }
-    (stack, ports, key)
 }
 
 fn report(what: &str, h: &Hammered, envoys: u64) {
@@ -258,4 +266,28 @@ async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
     stack
         .until_used(&key_id, QUOTA, Duration::from_secs(10))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoys_reporting_to_two_replicas_hold_one_rate_limit_together() {
+    let url = fresh_postgres_database("fleet_limits_replicas");
+    let mut stack = Stack::start_with_database(&url).await;
+    // The second Envoy syncs from and reports to the second replica only.
+    let other = stack.start_replica().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let config = stack.envoy_config(port, admin_port, stack.upstream_port, other);
+    let path = stack.dir.path().join("envoy-b.yaml");
+    std::fs::write(&path, config).expect("write the bootstrap");
+    stack.add_envoy("envoy-b", &path, admin_port, &[]).await;
+    let ports = [stack.envoy_port, port];
+    let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1, "burst": BURST});
+    let (_, key) = stack.tenant_with_key(limit).await;
+    until_passing(&stack, &ports, &key).await;
+    tokio::time::sleep(LEARNING).await;
+    let h = hammer(&stack.client, &ports, &key, Duration::from_secs(10), GAP).await;
+    report("two Envoys on two replicas, 10 s", &h, 2);
+    // One allocator for both: each replica leasing the whole to its own
+    // Envoy would admit about twice this.
+    assert!(h.total() <= bound(h.elapsed, 2), "{h:?}");
+    assert!(h.admitted.iter().all(|&n| n > 0), "{h:?}");
 }

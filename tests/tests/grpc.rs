@@ -85,7 +85,12 @@ async fn grpc_calls_are_refused_as_grpc_and_admitted_ones_carry_the_limits() {
     )
     .await;
     let (port, admin_port) = (free_port(), free_port());
-    let config = with_http2_upstream(&stack.envoy_config(port, admin_port, upstream_port));
+    let config = with_http2_upstream(&stack.envoy_config(
+        port,
+        admin_port,
+        upstream_port,
+        stack.control_plane_port,
+    ));
     let path = stack.dir.path().join("envoy-grpc.yaml");
     std::fs::write(&path, config).expect("write the bootstrap");
     stack.add_envoy("envoy-grpc", &path, admin_port, &[]).await;

@@ -475,9 +475,10 @@ fn env_of(container: &Value) -> BTreeMap<String, String> {
         .expect("an env list")
         .iter()
         .map(|e| {
-            let value = match e.get("value") {
-                Some(v) => v.as_str().expect("a string value").to_owned(),
-                None => format!("secret:{}", str_at(e, "/valueFrom/secretKeyRef/key")),
+            let value = match (e.get("value"), e.pointer("/valueFrom/fieldRef/fieldPath")) {
+                (Some(v), _) => v.as_str().expect("a string value").to_owned(),
+                (None, Some(field)) => format!("field:{}", field.as_str().expect("a field path")),
+                (None, None) => format!("secret:{}", str_at(e, "/valueFrom/secretKeyRef/key")),
             };
             (str_at(e, "/name").to_owned(), value)
         })
@@ -552,10 +553,11 @@ fn the_control_plane_runs_as_one_sqlite_writer_or_several_postgres_replicas() {
 
     let postgres = file("istio/control-plane-postgres.yaml");
     let (_, container) = control_plane_container(postgres);
-    assert_eq!(
-        env_of(container)["CONTROL_PLANE_DATABASE_URL"],
-        "secret:database-url"
-    );
+    let env = env_of(container);
+    assert_eq!(env["CONTROL_PLANE_DATABASE_URL"], "secret:database-url");
+    // The replica that allocates shares is reached at its pod's address.
+    assert_eq!(env["POD_IP"], "field:status.podIP");
+    assert_eq!(env["CONTROL_PLANE_ADVERTISE_URL"], "http://$(POD_IP):8080");
     let secret = doc(postgres, "Secret", "tollgate-control-plane");
     assert_eq!(
         str_at(secret, "/stringData/database-url"),

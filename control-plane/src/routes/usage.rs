@@ -17,8 +17,9 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tollgate_core::period::quota_period;
 use tollgate_core::usage::MAX_KEYS;
-use tollgate_core::wire::{UsageBatch, UsageReceipt};
+use tollgate_core::wire::{FleetLeases, UsageBatch, UsageReceipt};
 
+use crate::allocation;
 use crate::auth::{Principal, SyncCaller};
 use crate::clock::rfc3339_ms;
 use crate::docs::{ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON};
@@ -26,7 +27,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::fleet::ProxyHeaders;
 use crate::input::query_time;
-use crate::shares::{asked, Demand, Entry, Report, SliceDemand};
+use crate::shares::{asked, Demand, Entry, Report, Role, SliceDemand};
 use crate::state::AppState;
 use crate::store::usage::{self, anchor, truncated, ALLOWED, HOUR};
 use crate::store::{keys, tenants};
@@ -39,6 +40,7 @@ pub const MAX_USAGE_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/usage", post(usage_ingest))
+        .route("/internal/leases", post(internal_leases))
         .layer(DefaultBodyLimit::max(MAX_USAGE_BODY_BYTES))
 }
 
@@ -52,7 +54,7 @@ pub fn read_router() -> Router<AppState> {
 /// The Envoys' side of this module in the OpenAPI document.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(usage_ingest),
+    paths(usage_ingest, internal_leases),
     tags((name = "usage", description = "Requests counted by the Envoys (reported with the sync token), read back per key and per tenant.")),
 )]
 pub struct Api;
@@ -180,19 +182,11 @@ async fn usage_ingest(
     )
     .await?;
     if !batch.reporter_id.is_empty() {
-        let _one = state.leasing.one_report().await;
         let report = shares_report(&state, &batch, counted_now).await?;
-        receipt.leases = state.leasing.report(&report, now.unix_ms());
-        if let Some(leases) = &receipt.leases {
-            tracing::debug!(
-                proxy = report.proxy,
-                acked = report.acked,
-                asked = ?report.demand,
-                default = leases.default_share,
-                grants = ?leases.grants.iter().map(|g| g.share).collect::<Vec<_>>(),
-                "fleet leases"
-            );
-        }
+        receipt.leases = match state.leasing.role() {
+            Role::Follower(url) => allocation::forward(&state, &url, &report).await,
+            Role::Alone | Role::Leader => lease_here(&state, report).await?,
+        };
     }
     Ok(Json(receipt))
 }
@@ -246,12 +240,77 @@ async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> A
     Ok(report)
 }
 
+/// This replica's allocator's answer to `report`, with the quota figures
+/// it needs read first, one report at a time.
+async fn lease_here(state: &AppState, mut report: Report) -> ApiResult<Option<FleetLeases>> {
+    let _one = state.leasing.one_report().await;
+    let mut facts_of: Vec<String> = state.leasing.sliced_keys_held(&report.proxy);
+    facts_of.extend(report.slices.iter().map(|s| s.key_id.clone()));
+    facts_of.sort();
+    facts_of.dedup();
+    let now = state.now().unix_ms();
+    for key_id in facts_of {
+        if let Some(facts) = usage::quota_facts(&state.db, &key_id, now).await? {
+            report.quota_facts.push(facts);
+        }
+    }
+    let leases = state.leasing.report(&report, now);
+    if let Some(leases) = &leases {
+        tracing::debug!(
+            proxy = report.proxy,
+            acked = report.acked,
+            asked = ?report.demand,
+            default = leases.default_share,
+            grants = ?leases.grants.iter().map(|g| g.share).collect::<Vec<_>>(),
+            "fleet leases"
+        );
+    }
+    Ok(leases)
+}
+
+/// A replica's forwarded report (internal)
+///
+/// Between control-plane replicas on PostgreSQL: a replica that counted an
+/// Envoy's usage batch forwards what it asks of the share allocator here,
+/// to the replica that allocates, and answers the Envoy with the leases
+/// this returns (`null` while the allocator learns). Not for clients.
+#[utoipa::path(
+    post,
+    path = "/v1/internal/leases",
+    tag = "usage",
+    request_body = Report,
+    responses(
+        (status = 200, description = "The Envoy's leases, or `null`.", body = Option<FleetLeases>),
+        (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, response = Unauthorized),
+        (status = 409, description = "`not_allocating`: this replica does not allocate (any more).",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "`payload_too_large`: over 16 MiB.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_body`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = "5XX", response = ServerError),
+    ),
+    security(("sync_token" = [])),
+)]
+async fn internal_leases(
+    _caller: SyncCaller,
+    State(state): State<AppState>,
+    ApiJson(report): ApiJson<Report>,
+) -> ApiResult<Json<Option<FleetLeases>>> {
+    if state.leasing.role() == Role::Leader {
+        return Ok(Json(lease_here(&state, report).await?));
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "not_allocating",
+        "This replica does not allocate shares; the one that does has moved.",
+    ))
+}
+
 /// The batch as quota slicing reads it: what each key that waits for a
-/// slice, or is sliced, asked of its quota through this Envoy; and the
-/// figures of those keys and of the others this Envoy holds slices of.
+/// slice, or is sliced, asked of its quota through this Envoy.
 async fn slices_report(state: &AppState, batch: &UsageBatch, report: &mut Report) -> ApiResult<()> {
     let pending_code = DenyReason::QuotaPending.code();
-    let mut facts_of: Vec<String> = state.leasing.sliced_keys_held(&batch.reporter_id);
     for usage in &batch.keys {
         let pending = usage.denied.get(pending_code).copied().unwrap_or(0);
         let hash = match state.leasing.identity(&usage.key_id) {
@@ -274,19 +333,11 @@ async fn slices_report(state: &AppState, batch: &UsageBatch, report: &mut Report
             continue;
         }
         report.slices.push(SliceDemand {
+            key_id: usage.key_id.clone(),
             key_hash,
             asked: usage.cost.saturating_add(pending),
             pending: pending > 0,
         });
-        facts_of.push(usage.key_id.clone());
-    }
-    facts_of.sort();
-    facts_of.dedup();
-    let now = state.now().unix_ms();
-    for key_id in facts_of {
-        if let Some(facts) = usage::quota_facts(&state.db, &key_id, now).await? {
-            report.quota_facts.push(facts);
-        }
     }
     Ok(())
 }

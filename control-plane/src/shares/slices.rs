@@ -47,8 +47,9 @@ impl QuotaFacts {
 }
 
 /// What one Envoy asked of one key's quota since its last report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SliceDemand {
+    pub key_id: String,
     pub key_hash: String,
     /// The cost it admitted plus the requests it refused for want of a slice.
     pub asked: u64,

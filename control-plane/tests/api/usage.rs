@@ -635,8 +635,40 @@ async fn rows_nothing_needs_any_more_are_pruned_and_totals_stay(backend: Backend
     assert_eq!(december.1, before.1);
 }
 
+/// A replica's forwarded report is answered by the replica that allocates,
+/// and refused by one that does not; only with the sync token.
+async fn forwarded_reports_are_answered_only_where_shares_are_allocated(backend: Backend) {
+    use tollgate_control_plane::shares::Role;
+    let (app, state) = test_app(backend).await;
+    let report = json!({"proxy": "envoy-b", "acked": 0, "demand": [], "slices": []}).to_string();
+    let forward = |token| {
+        send(
+            &app,
+            Method::POST,
+            "/v1/internal/leases",
+            token,
+            Some(&report),
+        )
+    };
+    assert_eq!(forward(Some(ADMIN)).await.status, StatusCode::UNAUTHORIZED);
+    state
+        .leasing
+        .set_role(Role::Follower("http://127.0.0.1:1".into()));
+    assert_problem(
+        &forward(Some(SYNC)).await,
+        StatusCode::CONFLICT,
+        "not_allocating",
+    );
+    state.leasing.set_role(Role::Leader);
+    let r = forward(Some(SYNC)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Alone in the fleet: the whole default.
+    assert_eq!(r.body["default_share"], 65_536, "{:?}", r.body);
+}
+
 on_both_databases!(
     a_quota_near_its_end_is_sliced_out_of_what_no_envoy_holds,
+    forwarded_reports_are_answered_only_where_shares_are_allocated,
     rows_nothing_needs_any_more_are_pruned_and_totals_stay,
     concurrent_batches_naming_keys_in_any_order_are_all_counted,
     receipts_lease_shares_of_fleet_wide_limits_by_demand,

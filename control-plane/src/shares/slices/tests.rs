@@ -126,6 +126,7 @@ impl Fleet {
             acked,
             slices: (asking && (pending > 0 || sliced))
                 .then(|| SliceDemand {
+                    key_id: "key_1".into(),
                     key_hash: HASH.into(),
                     asked: asked + pending,
                     pending: pending > 0,
