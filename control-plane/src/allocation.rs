@@ -137,6 +137,16 @@ pub async fn fresh_allocator(state: &AppState) -> Result<Allocator, sqlx::Error>
     Ok(Allocator::new(config, now.unix_ms(), live))
 }
 
+/// The allocating replica's answer to a forwarded report: the leases, and
+/// the keys it slices (so that the forwarding replica names their use in
+/// the reports it forwards next).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Allocated {
+    pub leases: Option<FleetLeases>,
+    /// Hashes of the keys whose quota is sliced.
+    pub sliced: Vec<String>,
+}
+
 /// The leader's answer to `report`; `None` if it could not be had.
 pub async fn forward(state: &AppState, url: &str, report: &Report) -> Option<FleetLeases> {
     if url.is_empty() {
@@ -153,17 +163,16 @@ pub async fn forward(state: &AppState, url: &str, report: &Report) -> Option<Fle
         .send()
         .await;
     let answer = match sent {
-        Ok(response) if response.status().is_success() => {
-            response.json::<Option<FleetLeases>>().await
-        }
+        Ok(response) if response.status().is_success() => response.json::<Allocated>().await,
         Ok(response) => {
             tracing::warn!(status = %response.status(), url, "the allocator refused a forwarded report");
             return None;
         }
         Err(e) => Err(e),
     };
-    answer
+    let allocated = answer
         .inspect_err(|e| tracing::warn!(error = %e, url, "cannot reach the allocator"))
-        .ok()
-        .flatten()
+        .ok()?;
+    state.leasing.sliced_elsewhere(allocated.sliced);
+    allocated.leases
 }

@@ -522,6 +522,9 @@ pub struct Leasing {
     role: std::sync::RwLock<Role>,
     /// The sync token, presented to the replica that allocates.
     forwarding_token: std::sync::RwLock<Option<String>>,
+    /// The keys the replica that allocates slices, as it last said: which
+    /// keys' use a report forwarded there must name.
+    sliced_elsewhere: std::sync::RwLock<std::collections::HashSet<String>>,
     client: reqwest::Client,
     identities: Mutex<HashMap<String, (String, String)>>,
     /// Held from reading a report's quota figures to answering it: figures
@@ -551,6 +554,7 @@ impl Leasing {
             allocator: Mutex::new(allocator),
             role: std::sync::RwLock::new(Role::Alone),
             forwarding_token: std::sync::RwLock::new(None),
+            sliced_elsewhere: std::sync::RwLock::new(Default::default()),
             client: reqwest::Client::new(),
             identities: Mutex::new(HashMap::new()),
             reports: tokio::sync::Mutex::new(()),
@@ -591,9 +595,29 @@ impl Leasing {
         self.allocator.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether the key with this hash has its quota sliced.
+    /// Whether the key with this hash has its quota sliced: as this
+    /// replica's allocator has it, or, where another allocates, as its last
+    /// answer said.
     pub fn is_sliced(&self, key_hash: &str) -> bool {
-        self.allocator().is_sliced(key_hash)
+        match self.role() {
+            Role::Alone | Role::Leader => self.allocator().is_sliced(key_hash),
+            Role::Follower(_) => self
+                .sliced_elsewhere
+                .read()
+                .is_ok_and(|keys| keys.contains(key_hash)),
+        }
+    }
+
+    /// The hashes of the keys this replica's allocator slices.
+    pub fn sliced_keys(&self) -> Vec<String> {
+        self.allocator().sliced_keys()
+    }
+
+    /// What the replica that allocates said it slices.
+    pub fn sliced_elsewhere(&self, keys: Vec<String>) {
+        if let Ok(mut known) = self.sliced_elsewhere.write() {
+            *known = keys.into_iter().collect();
+        }
     }
 
     /// Ids of the sliced keys `proxy` holds slices of.

@@ -227,14 +227,11 @@ async fn with_the_control_plane_frozen_past_a_lease_shares_only_shrink() {
     assert!(lapsed.admitted[0] <= half, "{lapsed:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
+/// A key with a quota of `QUOTA` (and `RATE`/s, burst `BURST`), hammered
+/// through every Envoy on `ports` for 15 s, is admitted exactly `QUOTA`
+/// times, through each Envoy some, and the control plane counts that.
+async fn hammer_a_quota_of_50(stack: &Stack, ports: &[u16], what: &str) {
     const QUOTA: u64 = 50;
-    let mut stack = Stack::start().await;
-    let mut ports = vec![stack.envoy_port];
-    for _ in 1..3 {
-        ports.push(stack.start_another_envoy().await);
-    }
     let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1, "burst": BURST});
     let tenant_id = stack
         .tenant_on(json!({"limits": [limit], "monthly_quota": QUOTA}))
@@ -243,7 +240,7 @@ async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
     // Until an Envoy has the key it answers 401 (or 503 before any config),
     // admitting nothing; then 200, or 429 while its first slice comes.
     let mut admitted = 0;
-    for &port in &ports {
+    for &port in ports {
         let (status, _) = eventually(Duration::from_secs(10), "the key is known", || async {
             let status = stack.status_through(port, &key).await;
             matches!(status, StatusCode::OK | StatusCode::TOO_MANY_REQUESTS).then_some(status)
@@ -253,9 +250,9 @@ async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
     }
     // The fleet's 10 a second takes about 5 s to use 50; slices, a second
     // or two each time an Envoy's runs out, add to it.
-    let h = hammer(&stack.client, &ports, &key, Duration::from_secs(15), GAP).await;
+    let h = hammer(&stack.client, ports, &key, Duration::from_secs(15), GAP).await;
     eprintln!(
-        "a quota of {QUOTA} through three Envoys: {admitted} before, then {:?}, refused {:?}, over {:?}",
+        "a quota of {QUOTA} through {what}: {admitted} before, then {:?}, refused {:?}, over {:?}",
         h.admitted, h.refused, h.elapsed
     );
     assert_eq!(admitted + h.total(), QUOTA, "{h:?}");
@@ -269,10 +266,21 @@ async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn envoys_reporting_to_two_replicas_hold_one_rate_limit_together() {
-    let url = fresh_postgres_database("fleet_limits_replicas");
+async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
+    let mut stack = Stack::start().await;
+    let mut ports = vec![stack.envoy_port];
+    for _ in 1..3 {
+        ports.push(stack.start_another_envoy().await);
+    }
+    hammer_a_quota_of_50(&stack, &ports, "three Envoys").await;
+}
+
+/// A stack on a fresh PostgreSQL database with two replicas, and an Envoy
+/// syncing from and reporting to each: the stack's own, and one on the
+/// second replica only. Returns the stack and the two Envoys' ports.
+async fn two_envoys_on_two_replicas(database: &str) -> (Stack, [u16; 2]) {
+    let url = fresh_postgres_database(database);
     let mut stack = Stack::start_with_database(&url).await;
-    // The second Envoy syncs from and reports to the second replica only.
     let other = stack.start_replica().await;
     let (port, admin_port) = (free_port(), free_port());
     let config = stack.envoy_config(port, admin_port, stack.upstream_port, other);
@@ -280,6 +288,18 @@ async fn envoys_reporting_to_two_replicas_hold_one_rate_limit_together() {
     std::fs::write(&path, config).expect("write the bootstrap");
     stack.add_envoy("envoy-b", &path, admin_port, &[]).await;
     let ports = [stack.envoy_port, port];
+    (stack, ports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_of_50_hammered_through_envoys_on_two_replicas_admits_exactly_50() {
+    let (stack, ports) = two_envoys_on_two_replicas("fleet_limits_replicas_quota").await;
+    hammer_a_quota_of_50(&stack, &ports, "two Envoys on two replicas").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoys_reporting_to_two_replicas_hold_one_rate_limit_together() {
+    let (stack, ports) = two_envoys_on_two_replicas("fleet_limits_replicas").await;
     let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1, "burst": BURST});
     let (_, key) = stack.tenant_with_key(limit).await;
     until_passing(&stack, &ports, &key).await;

@@ -19,7 +19,7 @@ use tollgate_core::period::quota_period;
 use tollgate_core::usage::MAX_KEYS;
 use tollgate_core::wire::{FleetLeases, UsageBatch, UsageReceipt};
 
-use crate::allocation;
+use crate::allocation::{self, Allocated};
 use crate::auth::{Principal, SyncCaller};
 use crate::clock::rfc3339_ms;
 use crate::docs::{ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON};
@@ -280,7 +280,8 @@ async fn lease_here(state: &AppState, mut report: Report) -> ApiResult<Option<Fl
     tag = "usage",
     request_body = Report,
     responses(
-        (status = 200, description = "The Envoy's leases, or `null`.", body = Option<FleetLeases>),
+        (status = 200, description = "The Envoy's leases (`null` while the allocator learns), and \
+            the keys whose quota is sliced.", body = Allocated),
         (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
         (status = 409, description = "`not_allocating`: this replica does not allocate (any more).",
@@ -296,9 +297,11 @@ async fn internal_leases(
     _caller: SyncCaller,
     State(state): State<AppState>,
     ApiJson(report): ApiJson<Report>,
-) -> ApiResult<Json<Option<FleetLeases>>> {
+) -> ApiResult<Json<Allocated>> {
     if state.leasing.role() == Role::Leader {
-        return Ok(Json(lease_here(&state, report).await?));
+        let leases = lease_here(&state, report).await?;
+        let sliced = state.leasing.sliced_keys();
+        return Ok(Json(Allocated { leases, sliced }));
     }
     Err(ApiError::new(
         StatusCode::CONFLICT,

@@ -111,6 +111,11 @@ impl Allocator {
         self.slices.len()
     }
 
+    /// The hashes of the keys being sliced.
+    pub fn sliced_keys(&self) -> Vec<String> {
+        self.slices.keys().cloned().collect()
+    }
+
     /// A new Envoy holds a slice of 0 of every key being sliced, which it
     /// must acknowledge before anything of those is granted.
     pub(super) fn join_slices(&mut self, id: &str, seq: u64) {

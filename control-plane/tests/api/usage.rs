@@ -662,8 +662,9 @@ async fn forwarded_reports_are_answered_only_where_shares_are_allocated(backend:
     state.leasing.set_role(Role::Leader);
     let r = forward(Some(SYNC)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    // Alone in the fleet: the whole default.
-    assert_eq!(r.body["default_share"], 65_536, "{:?}", r.body);
+    // Alone in the fleet: the whole default; no key sliced.
+    assert_eq!(r.body["leases"]["default_share"], 65_536, "{:?}", r.body);
+    assert_eq!(r.body["sliced"], json!([]), "{:?}", r.body);
 }
 
 on_both_databases!(
