@@ -608,6 +608,17 @@ impl Leasing {
         }
     }
 
+    /// Whether any key is being sliced (see [`Leasing::is_sliced`]).
+    pub fn anything_sliced(&self) -> bool {
+        match self.role() {
+            Role::Alone | Role::Leader => self.allocator().sliced() > 0,
+            Role::Follower(_) => self
+                .sliced_elsewhere
+                .read()
+                .is_ok_and(|keys| !keys.is_empty()),
+        }
+    }
+
     /// The hashes of the keys this replica's allocator slices.
     pub fn sliced_keys(&self) -> Vec<String> {
         self.allocator().sliced_keys()

@@ -192,14 +192,11 @@ pub fn is_grpc(content_type: Option<&str>) -> bool {
 /// per-second exceeded; retry in 1 s.`); `retry-after` and the rate-limit
 /// headers ride as metadata.
 pub fn grpc_reply(denied: &Denied) -> LocalReply {
-    let mut reply = local_reply(denied);
     let mut message = String::with_capacity(24 + denied.detail.len());
     message.push_str(denied.reason.code());
     message.push_str(": ");
     message.push_str(&denied.detail);
-    reply.grpc_status = Some(denied.reason.grpc_status());
-    reply.body = message;
-    reply
+    reply_with(denied, Some(denied.reason.grpc_status()), message)
 }
 
 const QUOTA_EXCEEDED_TYPE: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
@@ -224,18 +221,22 @@ fn push_problem_type(out: &mut String, reason: DenyReason) {
 }
 
 pub fn local_reply(denied: &Denied) -> LocalReply {
-    let status = denied.reason.status();
+    reply_with(denied, None, problem_json(denied))
+}
+
+/// The reply refusing `denied` with `body`, for a gRPC call if `grpc_status`.
+fn reply_with(denied: &Denied, grpc_status: Option<u32>, body: String) -> LocalReply {
     let retry_after = denied.retry_after.map(|secs| {
         let mut text = String::new();
         push_decimal(&mut text, secs);
         text
     });
     LocalReply {
-        status,
-        grpc_status: None,
+        status: denied.reason.status(),
+        grpc_status,
         retry_after,
         rate_limit: RateLimitHeaders::of(&denied.policies),
-        body: problem_json(denied),
+        body,
     }
 }
 

@@ -85,10 +85,10 @@ fn reply(denied: &Denied, grpc: bool) -> Action {
     Action::Pause
 }
 
-/// Refuses the request before its headers are read.
-fn refuse(reason: DenyReason, detail: &str) -> Action {
+/// Refuses the request for `reason` alone, counted.
+fn refuse(reason: DenyReason, detail: &str, grpc: bool) -> Action {
     crate::metrics::denied(reason);
-    reply(&Denied::new(reason, detail), false)
+    reply(&Denied::new(reason, detail), grpc)
 }
 
 impl HttpContext for TollgateHttp {
@@ -98,9 +98,11 @@ impl HttpContext for TollgateHttp {
     // header by header.
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let Some(config) = self.config.clone() else {
+            // Before its headers are read: answered as plain HTTP.
             return refuse(
                 DenyReason::ConfigUnavailable,
                 "The gateway's Tollgate filter has no valid configuration.",
+                false,
             );
         };
         let sources = &config.api_key;
@@ -117,12 +119,11 @@ impl HttpContext for TollgateHttp {
         let upstream_path = sources.upstream_path(path);
 
         let Some(now) = host::now_ms() else {
-            crate::metrics::denied(DenyReason::ConfigUnavailable);
-            let denied = Denied::new(
+            return refuse(
                 DenyReason::ConfigUnavailable,
                 "The gateway cannot read its clock.",
+                grpc,
             );
-            return reply(&denied, grpc);
         };
         let facts = RequestFacts {
             api_key: presented.as_ref().map(|(key, _)| key.as_str()),

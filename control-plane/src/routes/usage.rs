@@ -206,20 +206,9 @@ async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> A
     slices_report(state, batch, &mut report).await?;
     let mut tenants: std::collections::BTreeMap<String, (u64, bool)> = Default::default();
     for (key_id, n, refused) in asked(batch) {
-        let known = match state.leasing.identity(key_id) {
-            Some(known) => Some(known),
-            // Never refused, never looked up: only a refusal gives a key
-            // grants of its own (see `shares`).
-            None if refused == 0 => None,
-            None => {
-                let found = keys::identity(&state.db, key_id).await?;
-                if let Some((hash, tenant)) = &found {
-                    state.leasing.remember(key_id, hash.clone(), tenant.clone());
-                }
-                found
-            }
-        };
-        let Some((hash, tenant)) = known else {
+        // Never refused, never looked up: only a refusal gives a key grants
+        // of its own (see `shares`).
+        let Some((hash, tenant)) = identity(state, key_id, refused > 0).await? else {
             continue;
         };
         report.demand.push(Demand {
@@ -310,26 +299,38 @@ async fn internal_leases(
     ))
 }
 
+/// A key's hash and tenant, as remembered; looked up (and remembered) only
+/// if `look_up`.
+async fn identity(
+    state: &AppState,
+    key_id: &str,
+    look_up: bool,
+) -> ApiResult<Option<(String, String)>> {
+    if let Some(known) = state.leasing.identity(key_id) {
+        return Ok(Some(known));
+    }
+    if !look_up {
+        return Ok(None);
+    }
+    let found = keys::identity(&state.db, key_id).await?;
+    if let Some((hash, tenant)) = &found {
+        state.leasing.remember(key_id, hash.clone(), tenant.clone());
+    }
+    Ok(found)
+}
+
 /// The batch as quota slicing reads it: what each key that waits for a
 /// slice, or is sliced, asked of its quota through this Envoy.
 async fn slices_report(state: &AppState, batch: &UsageBatch, report: &mut Report) -> ApiResult<()> {
     let pending_code = DenyReason::QuotaPending.code();
+    // Most reports name no key waiting for a slice, with none being sliced.
+    let anything_sliced = state.leasing.anything_sliced();
     for usage in &batch.keys {
         let pending = usage.denied.get(pending_code).copied().unwrap_or(0);
-        let hash = match state.leasing.identity(&usage.key_id) {
-            Some((hash, _)) => Some(hash),
-            None if pending == 0 => None,
-            None => {
-                let found = keys::identity(&state.db, &usage.key_id).await?;
-                if let Some((hash, tenant)) = &found {
-                    state
-                        .leasing
-                        .remember(&usage.key_id, hash.clone(), tenant.clone());
-                }
-                found.map(|(hash, _)| hash)
-            }
-        };
-        let Some(key_hash) = hash else {
+        if pending == 0 && !anything_sliced {
+            continue;
+        }
+        let Some((key_hash, _)) = identity(state, &usage.key_id, pending > 0).await? else {
             continue;
         };
         if pending == 0 && !state.leasing.is_sliced(&key_hash) {
