@@ -45,7 +45,8 @@ pub struct UnsupportedMediaType(pub Problem<'static>);
 )]
 pub struct Throttled(pub Problem<'static>);
 
-/// `internal_error` (500, logged on the server) or `busy` (503: the database is busy; retry shortly).
+/// `internal_error` (500, logged on the server), `busy` (503: the database is busy; retry shortly)
+/// or `database_unavailable` (503: the database does not answer; retry shortly).
 #[derive(ToResponse)]
 #[response(content_type = "application/problem+json")]
 pub struct ServerError(pub Problem<'static>);

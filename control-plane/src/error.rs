@@ -77,6 +77,16 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
     }
 
+    /// The database does not answer (stopped, restarting, unreachable).
+    pub fn database_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "The database does not answer; retry shortly.",
+        )
+        .with_retry_after(2)
+    }
+
     /// Logs the cause; the client only learns that something went wrong on our side.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -107,6 +117,20 @@ impl From<sqlx::Error> for ApiError {
                 "The database is busy; retry shortly.",
             )
             .with_retry_after(1);
+        }
+        // The connection failed under the query, or the server said it is
+        // going away or not up yet (SQLSTATE class 08, 57P01–57P03).
+        if matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ) || matches!(&e, sqlx::Error::Database(db) if db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        })) {
+            tracing::warn!(error = %e, "the database connection failed; the client may retry");
+            return Self::database_unavailable();
         }
         if let sqlx::Error::Database(db) = &e {
             // SQLite's lock, and PostgreSQL's deadlock and serialization
@@ -168,3 +192,32 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_fails_under_a_query_is_the_database_unavailable_not_our_fault() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        for e in [sqlx::Error::Io(reset), sqlx::Error::PoolClosed] {
+            let error = ApiError::from(e);
+            assert_eq!(
+                (error.status, error.code, error.retry_after_s),
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    Some(2)
+                )
+            );
+        }
+        // A pool that stays busy is an overload, not an outage.
+        let busy = ApiError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(
+            (busy.status, busy.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "busy")
+        );
+        let other = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(other.code, "internal_error");
+    }
+}

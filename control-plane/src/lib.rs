@@ -32,6 +32,7 @@ pub mod input;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod outage;
 pub mod paging;
 pub mod receipt;
 pub mod replicas;
@@ -73,6 +74,9 @@ pub fn app(state: AppState) -> Router {
                 .merge(routes::mounted(Mount::Envoys)),
         )
         .merge(routes::mounted(Mount::TopLevel))
+        // Everything above needs the database; the documents, metrics and
+        // dashboard below do not, or show the error their own way.
+        .route_layer(from_fn_with_state(state.clone(), outage::refuse_while_down))
         // GET /openapi.json and Swagger UI at /docs: public, outside /v1.
         .merge(openapi::router())
         // GET /metrics (Prometheus): outside /v1, behind --metrics-token if set.

@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::shares::Role;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
-use tollgate_control_plane::{allocation, app, db, replicas, retention, store, webhooks, AppState};
+use tollgate_control_plane::{
+    allocation, app, db, outage, replicas, retention, store, webhooks, AppState,
+};
 
 #[derive(Parser)]
 #[command(name = "control-plane", about = "Tollgate control plane", version)]
@@ -225,6 +227,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .advertise_url
             .unwrap_or_else(|| format!("http://{}", args.addr));
         tokio::spawn(allocation::contend(state.clone(), url.clone(), advertise));
+        tokio::spawn(outage::watch(state.clone(), url.clone()));
         tokio::spawn(replicas::follow(state.clone(), url));
     } else {
         state

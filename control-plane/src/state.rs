@@ -11,6 +11,7 @@ use crate::clock::{Clock, Now, SystemClock};
 use crate::db::Db;
 use crate::fleet::{FleetConfig, Registry};
 use crate::metrics::Metrics;
+use crate::outage::Reachability;
 use crate::shares::{Allocator, Leasing, SharesConfig};
 use crate::store;
 use crate::throttle::{AdminLimiter, ThrottleConfig};
@@ -69,6 +70,8 @@ pub struct AppState {
     /// The shares of fleet-wide limits this replica leases to the Envoys
     /// that report to it.
     pub leasing: Arc<Leasing>,
+    /// Whether the database answers (watched on PostgreSQL only).
+    pub reachability: Arc<Reachability>,
 }
 
 impl AppState {
@@ -91,6 +94,7 @@ impl AppState {
                 SystemClock.now().unix_ms(),
                 false,
             ))),
+            reachability: Arc::default(),
         }
     }
 

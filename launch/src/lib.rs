@@ -10,6 +10,7 @@
 //! std and libc only: xtask builds this crate before it can run anything.
 
 mod envoy;
+pub mod postgres;
 mod process;
 
 pub use envoy::{render_envoy_config, EnvoyValues};

@@ -1,14 +1,15 @@
 //! Faults under traffic, through real Envoy (2 workers) and the real
-//! control plane: whatever happens to the control plane, every answer is
-//! one a correct gateway could give, and what the control plane counts in
-//! the end is exactly what the test saw admitted: nothing lost, nothing
-//! counted twice.
+//! control plane: whatever happens to the control plane or its database,
+//! every answer is one a correct gateway could give, and what the control
+//! plane counts in the end is exactly what the test saw admitted: nothing
+//! lost, nothing counted twice.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
-use tollgate_e2e::harness::{eventually, Frozen, Stack};
+use serde_json::{json, Value};
+use tollgate_e2e::harness::{env_path, eventually, Frozen, Stack};
 
 /// Answers to `n` requests a second with `key` for `lasting`: (200s,
 /// 429s, anything else with its status).
@@ -104,4 +105,144 @@ async fn the_control_plane_frozen_for_30_s_under_traffic_loses_and_doubles_nothi
     // Usage held through the freeze arrives whole and once.
     counted_once(&stack, &key_id, 1, [before, during, after]).await;
     eprintln!("usage complete {:?} after it resumed", resumed.elapsed());
+}
+
+/// Keys asked for on `tenant_id` one after another for `lasting`: (the ids
+/// of those made, every other answer as (status, code), the longest wait
+/// for an answer).
+async fn keys_asked_for(
+    stack: &Stack,
+    tenant_id: &str,
+    lasting: Duration,
+) -> (Vec<String>, Vec<(u16, String)>, Duration) {
+    let (mut made, mut refused, mut longest) = (Vec::new(), Vec::new(), Duration::ZERO);
+    let started = Instant::now();
+    while started.elapsed() < lasting {
+        let asked = Instant::now();
+        let r = stack
+            .admin(
+                Method::POST,
+                &format!("/v1/tenants/{tenant_id}/keys"),
+                Some(json!({"name": "under load"})),
+            )
+            .await;
+        longest = longest.max(asked.elapsed());
+        match r.status {
+            StatusCode::CREATED => made.push(r.body["id"].as_str().unwrap_or_default().to_owned()),
+            other => refused.push((
+                other.as_u16(),
+                r.body["code"].as_str().unwrap_or_default().to_owned(),
+            )),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (made, refused, longest)
+}
+
+/// The ids `GET path` lists (one page of up to 200), by `field` of each item.
+async fn listed(stack: &Stack, path: &str, field: &str) -> BTreeSet<String> {
+    let r = stack.admin(Method::GET, path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let items = r.body["items"].as_array().cloned().unwrap_or_default();
+    assert!(items.len() < 200, "more than a page: {path}");
+    items
+        .iter()
+        .filter_map(|item: &Value| item[field].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped_under_load_answers_503_writes_nothing_half_and_recovers_by_itself() {
+    // A cluster of this test's own, to stop: the shared one serves the others.
+    let bin = env_path("TOLLGATE_POSTGRES_BIN");
+    let cluster = tollgate_launch::postgres::start(&bin).unwrap_or_else(|e| panic!("{e}"));
+    let stack = Stack::start_with_database(&cluster.url).await;
+    let limit = json!({"name": "per-second", "max": 20, "window_seconds": 1});
+    let (key_id, key) = stack.tenant_with_key(limit.clone()).await;
+    let tenant_id = stack.tenant_on_plan(limit).await;
+    stack.until_status(&key, 200, Duration::from_secs(10)).await;
+
+    let (before, (made_before, refused_before, _)) = tokio::join!(
+        traffic(&stack, &key, Duration::from_secs(2)),
+        keys_asked_for(&stack, &tenant_id, Duration::from_secs(2)),
+    );
+    assert!(refused_before.is_empty(), "{refused_before:?}");
+    cluster.stop_server();
+    let stopped = Instant::now();
+    let (during, (made_during, refused_during, longest)) = tokio::join!(
+        traffic(&stack, &key, Duration::from_secs(5)),
+        keys_asked_for(&stack, &tenant_id, Duration::from_secs(5)),
+    );
+    let health = stack.admin(Method::GET, "/healthz", None).await;
+    cluster.start_server().unwrap_or_else(|e| panic!("{e}"));
+    let restarted = Instant::now();
+    eprintln!(
+        "database down {:?}: keys made {}, refused {}, longest answer {longest:?}",
+        restarted - stopped,
+        made_during.len(),
+        refused_during.len()
+    );
+    // Every refusal says why, and none waits out the pool's 10 s.
+    assert_eq!(made_during, Vec::<String>::new());
+    assert!(!refused_during.is_empty());
+    for (status, code) in &refused_during {
+        assert_eq!((*status, code.as_str()), (503, "database_unavailable"));
+    }
+    assert!(longest < Duration::from_secs(6), "{longest:?}");
+    assert_eq!(
+        (health.status.as_u16(), health.body["code"].as_str()),
+        (503, Some("database_unavailable"))
+    );
+
+    // Back without a restart of the control plane.
+    let (made_first, recovered) =
+        eventually(Duration::from_secs(15), "a key made again", || async {
+            let r = stack
+                .admin(
+                    Method::POST,
+                    &format!("/v1/tenants/{tenant_id}/keys"),
+                    Some(json!({"name": "after"})),
+                )
+                .await;
+            (r.status == StatusCode::CREATED)
+                .then(|| r.body["id"].as_str().unwrap_or_default().to_owned())
+        })
+        .await;
+    let (after, (made_after, refused_after, _)) = tokio::join!(
+        traffic(&stack, &key, Duration::from_secs(3)),
+        keys_asked_for(&stack, &tenant_id, Duration::from_secs(3)),
+    );
+    assert!(refused_after.is_empty(), "{refused_after:?}");
+    eprintln!(
+        "(200s, 429s, others): before {before:?}, database down {during:?}, back {after:?}; \
+         the first key was made again {recovered:?} after postgres accepted connections"
+    );
+
+    // Exactly the keys answered 201 exist, each with its audit entry: no
+    // refused request left a row behind, no accepted one was lost.
+    let made: BTreeSet<String> = made_before
+        .into_iter()
+        .chain([made_first])
+        .chain(made_after)
+        .collect();
+    assert_eq!(
+        listed(
+            &stack,
+            &format!("/v1/tenants/{tenant_id}/keys?limit=200"),
+            "id"
+        )
+        .await,
+        made
+    );
+    assert_eq!(
+        listed(
+            &stack,
+            &format!("/v1/audit?action=key.create&tenant_id={tenant_id}&limit=200"),
+            "resource_id"
+        )
+        .await,
+        made
+    );
+    // The Envoy's usage reports refused while it was down arrive later, once.
+    counted_once(&stack, &key_id, 1, [before, during, after]).await;
 }

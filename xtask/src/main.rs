@@ -7,9 +7,12 @@
 //! `cargo xtask bench` measures what the filter costs Envoy (`bench.rs`
 //! builds it, `bench/runner` runs it);
 //! `cargo xtask image` packs the filter or the control plane as a
-//! reproducible OCI image (`image.rs`).
+//! reproducible OCI image (`image.rs`);
+//! `cargo xtask fuzz` runs the core's fuzz targets under libFuzzer
+//! (`fuzz.rs`).
 
 mod bench;
+mod fuzz;
 mod image;
 mod install;
 mod oci;
@@ -179,7 +182,7 @@ fn test(args: &[String]) -> Result {
     let envoy = install::envoy()?;
     let runner = install::wasm_bindgen_test_runner()?;
     install::node()?;
-    install::postgres()?;
+    let postgres = install::postgres()?;
     let docker_registry = install::docker_registry()?;
     let (chromium, chromedriver) = install::chromium()?;
     let axe = install::axe_core()?;
@@ -242,7 +245,7 @@ fn test(args: &[String]) -> Result {
     step("throwaway PostgreSQL for the tests");
     // Stopped and deleted when `cluster` is dropped, on every return path.
     let cluster = pg::start()?;
-    cluster.clean_up_on_signal()?;
+    pg::clean_up_on_signal(&cluster)?;
     step("unit and API tests");
     run(
         "unit and API tests",
@@ -282,6 +285,7 @@ fn test(args: &[String]) -> Result {
         cargo()
             .args(["test", "-p", "tollgate-e2e", "--", "--test-threads", "2"])
             .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url)
+            .env("TOLLGATE_POSTGRES_BIN", &postgres)
             .env("TOLLGATE_ENVOY", &envoy)
             .env("TOLLGATE_FILTER_WASM", filter_wasm())
             .env("TOLLGATE_FILTER_CRASH_TEST_WASM", crash_test_filter_wasm())
@@ -366,11 +370,13 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("build") => build(&args[1..]),
         Some("image") => image::image(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => Err(
             "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask build | \
              cargo xtask bench [--smoke] | cargo xtask postgres | \
              cargo xtask image [--control-plane] [--wasm <file> | --binary <file>] [--out <dir>] \
-             [--push <host:port>/<repository>:<tag>]"
+             [--push <host:port>/<repository>:<tag>] | \
+             cargo xtask fuzz [--minutes N] [--target NAME] [--smoke]"
                 .into(),
         ),
     };
