@@ -9,15 +9,27 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tollgate_e2e::harness::{env_path, eventually, Frozen, Stack};
+use tollgate_e2e::harness::{
+    env_path, eventually, free_port, fresh_postgres_database, Frozen, Stack,
+};
 
-/// Answers to `n` requests a second with `key` for `lasting`: (200s,
-/// 429s, anything else with its status).
+/// Answers to requests with `key` through the stack's Envoy, one every
+/// 10 ms or so, for `lasting`: (200s, 429s, anything else with its status).
 async fn traffic(stack: &Stack, key: &str, lasting: Duration) -> (u64, u64, Vec<u16>) {
+    traffic_through(stack, stack.envoy_port, key, lasting).await
+}
+
+/// [`traffic`] through the Envoy on `port`.
+async fn traffic_through(
+    stack: &Stack,
+    port: u16,
+    key: &str,
+    lasting: Duration,
+) -> (u64, u64, Vec<u16>) {
     let (mut ok, mut limited, mut wrong) = (0, 0, Vec::new());
     let started = Instant::now();
     while started.elapsed() < lasting {
-        match stack.get_with_key(key).await.status {
+        match stack.status_through(port, key).await {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => limited += 1,
             other => wrong.push(other.as_u16()),
@@ -245,4 +257,144 @@ async fn postgres_stopped_under_load_answers_503_writes_nothing_half_and_recover
     );
     // The Envoy's usage reports refused while it was down arrive later, once.
     counted_once(&stack, &key_id, 1, [before, during, after]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_replicas_one_killed_the_envoys_carry_on_through_the_other() {
+    let url = fresh_postgres_database("replica_killed");
+    let mut stack = Stack::start_with_database(&url).await;
+    let other = stack.start_replica().await;
+    // An Envoy whose control-plane cluster lists both replicas, as the
+    // shipped configuration says to.
+    let (port, admin_port) = (free_port(), free_port());
+    let one = format!("port_value: {} }} }} }}", stack.control_plane_port);
+    let config = stack
+        .envoy_config(port, admin_port, stack.upstream_port, stack.control_plane_port)
+        .replacen(
+            &one,
+            &format!(
+                "{one}\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {other} }} }} }}"
+            ),
+            1,
+        );
+    assert!(
+        config.contains(&format!("port_value: {other} ")),
+        "{config}"
+    );
+    let path = stack.dir.path().join("envoy-both.yaml");
+    std::fs::write(&path, config).expect("the Envoy config written");
+    stack.add_envoy("envoy-both", &path, admin_port, &[]).await;
+
+    let limit = json!({"name": "per-second", "max": 20, "window_seconds": 1});
+    let (key_id, key) = stack.tenant_with_key(limit.clone()).await;
+    eventually(Duration::from_secs(10), "the key passes", || async {
+        (stack.status_through(port, &key).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    let before = traffic_through(&stack, port, &key, Duration::from_secs(2)).await;
+    stack.kill_control_plane();
+    let killed = Instant::now();
+    // A key made through the survivor passes at the Envoy that lost half of
+    // its control plane.
+    let (new_id, new_key) = stack_via(&stack, other, limit).await;
+    let (_, passes) = eventually(Duration::from_secs(10), "a new key passes", || async {
+        (stack.status_through(port, &new_key).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    let passed_after_kill = killed.elapsed();
+    let during = traffic_through(&stack, port, &key, Duration::from_secs(4)).await;
+    // Once the dead one is out of rotation, a change through the survivor
+    // arrives as it would with one control plane.
+    let r = stack
+        .admin_via(
+            other,
+            Method::PATCH,
+            &format!("/v1/keys/{new_id}"),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let (_, refused) = eventually(Duration::from_secs(5), "the key refused", || async {
+        (stack.status_through(port, &new_key).await == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    eprintln!(
+        "(200s, 429s, others): before {before:?}, one replica killed {during:?}; \
+         a key made through the other passed {passes:?} after it was made \
+         ({passed_after_kill:?} after the kill), and was refused {refused:?} after it was deactivated"
+    );
+    let phases = [before, during];
+    let mut admitted = 1;
+    for (ok, limited, wrong) in &phases {
+        assert!(wrong.is_empty(), "{phases:?}");
+        assert!(*ok > 0 && *limited > 0, "{phases:?}");
+        admitted += ok;
+    }
+    // Everything the Envoy admitted is counted once, through the survivor.
+    let (_, complete) = eventually(Duration::from_secs(15), "usage complete", || async {
+        let r = stack
+            .admin_via(
+                other,
+                Method::GET,
+                &format!("/v1/keys/{key_id}/usage"),
+                None,
+            )
+            .await;
+        (r.body["used"].as_u64() == Some(admitted)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = stack
+        .admin_via(
+            other,
+            Method::GET,
+            &format!("/v1/keys/{key_id}/usage"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["used"].as_u64(),
+        Some(admitted),
+        "counted again later"
+    );
+    eprintln!("usage complete {complete:?} after the traffic");
+}
+
+/// A plan with one limit, a tenant on it and a key, made through the
+/// replica on `port`: (key id, plaintext).
+async fn stack_via(stack: &Stack, port: u16, limit: Value) -> (String, String) {
+    let plan = stack
+        .admin_via(
+            port,
+            Method::POST,
+            "/v1/plans",
+            Some(json!({"name": "via the survivor", "limits": [limit]})),
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
+    let tenant = stack
+        .admin_via(
+            port,
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "survivor", "plan_id": plan.body["id"]})),
+        )
+        .await;
+    assert_eq!(tenant.status, StatusCode::CREATED, "{:?}", tenant.body);
+    let key = stack
+        .admin_via(
+            port,
+            Method::POST,
+            &format!(
+                "/v1/tenants/{}/keys",
+                tenant.body["id"].as_str().unwrap_or_default()
+            ),
+            Some(json!({"name": "survivor"})),
+        )
+        .await;
+    assert_eq!(key.status, StatusCode::CREATED, "{:?}", key.body);
+    (
+        key.body["id"].as_str().unwrap_or_default().to_owned(),
+        key.body["key"].as_str().unwrap_or_default().to_owned(),
+    )
 }
