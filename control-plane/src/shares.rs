@@ -25,6 +25,12 @@
 //!   share falls to at most its default, see `tollgate_core::fleet`), so its
 //!   grants are cut to that. It keeps its default until it is silent for
 //!   `forget_after_ms`; only then is it forgotten and its default freed.
+//!   Unless it was replaced: an Envoy silent for [`REPLACED_AFTER_MS`]
+//!   while another with the same node (Envoy's cluster and node id, unique
+//!   per Envoy in Istio and Envoy Gateway) reports after it is the same
+//!   Envoy restarted, and the one that stopped admits nothing any more. A
+//!   restarted Envoy is otherwise a new one, which would wait for its own
+//!   old default (the whole, if it was alone) to be forgotten.
 //!
 //! Pure: time is an argument and nothing here touches the database; the
 //! usage route gathers the demand and applies the answer.
@@ -51,6 +57,10 @@ const FADED: u64 = 100;
 /// one after a gap, counts as a second's.
 const MIN_INTERVAL_MS: u64 = 200;
 const MAX_INTERVAL_MS: u64 = 5_000;
+
+/// How long an Envoy is silent, while another on its node reports, before it
+/// is taken for replaced: several reports missed, so not a slow one.
+pub const REPLACED_AFTER_MS: u64 = 3_000;
 
 /// The least a share is lowered by (1/256 of the whole): see [`Allocator::regrant`].
 const NUDGE: u64 = FULL / 256;
@@ -133,6 +143,8 @@ struct Holding {
 
 #[derive(Debug)]
 struct Proxy {
+    /// Its [`Report::node`]: empty when unknown.
+    node: String,
     generation: u64,
     /// The first sequence of this generation: older acknowledgements are
     /// of leases this Envoy no longer holds.
@@ -151,6 +163,10 @@ struct Proxy {
 pub struct Report {
     /// The Envoy (its usage `reporter_id`).
     pub proxy: String,
+    /// `<cluster>/<node id>` of the Envoy, from its identity headers; empty
+    /// without a node id. An Envoy restarted keeps it (see [`Allocator`]).
+    #[serde(default)]
+    pub node: String,
     /// Its `leases_applied`.
     pub acked: u64,
     /// What was asked of each entry since its last report.
@@ -240,7 +256,7 @@ impl Allocator {
             self.forget(&report.proxy);
         }
         if !self.proxies.contains_key(&report.proxy) {
-            self.join(&report.proxy, generation, now_ms, learning);
+            self.join(&report.proxy, &report.node, generation, now_ms, learning);
         }
         let id = report.proxy.as_str();
         let (acked, interval_ms) = {
@@ -298,7 +314,7 @@ impl Allocator {
 
     /// A new Envoy: a new generation, a default of 0, and a grant of 0 for
     /// every active entry, so that its default never reaches one.
-    fn join(&mut self, id: &str, generation: u64, now_ms: u64, learning: bool) {
+    fn join(&mut self, id: &str, node: &str, generation: u64, now_ms: u64, learning: bool) {
         let seq = self.seq();
         // Learning: it may hold up to an earlier allocator's default still.
         let presumed = if learning {
@@ -309,6 +325,7 @@ impl Allocator {
         self.proxies.insert(
             id.to_owned(),
             Proxy {
+                node: node.to_owned(),
                 generation,
                 first_seq: seq,
                 last_seq: seq,
@@ -372,7 +389,7 @@ impl Allocator {
             .filter(|(_, p)| now_ms.saturating_sub(p.last_report_ms) > forget)
             .map(|(id, _)| id.clone())
             .collect();
-        for id in &gone {
+        for id in gone.iter().chain(&self.replaced(now_ms)) {
             self.forget(id);
         }
         let lapsing: Vec<(String, u64)> = self
@@ -405,6 +422,26 @@ impl Allocator {
                 }
             }
         }
+    }
+
+    /// Envoys silent for [`REPLACED_AFTER_MS`] since another on their node
+    /// reported after them: restarted as that one.
+    fn replaced(&self, now_ms: u64) -> Vec<String> {
+        let mut latest: HashMap<&str, u64> = HashMap::new();
+        for p in self.proxies.values().filter(|p| !p.node.is_empty()) {
+            let at = latest.entry(&p.node).or_default();
+            *at = (*at).max(p.last_report_ms);
+        }
+        self.proxies
+            .iter()
+            .filter(|(_, p)| {
+                latest.get(p.node.as_str()).is_some_and(|&last| {
+                    last > p.last_report_ms
+                        && now_ms.saturating_sub(p.last_report_ms) > REPLACED_AFTER_MS
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Frees everything `id` held.

@@ -462,6 +462,19 @@ impl Stack {
         }
     }
 
+    /// Kills the first Envoy with SIGKILL: no drain, no last usage report.
+    pub fn kill_envoy(&mut self) {
+        if let Some(process) = self.envoy.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the first Envoy again on its ports and configuration; waits
+    /// until Envoy is ready, not until its filter has config.
+    pub async fn restart_envoy(&mut self) {
+        self.start_envoy().await;
+    }
+
     /// The control plane's process id (to freeze it).
     pub fn control_plane_pid(&self) -> Option<u32> {
         self.control_plane.as_ref().map(Process::pid)

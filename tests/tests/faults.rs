@@ -398,3 +398,77 @@ async fn stack_via(stack: &Stack, port: u16, limit: Value) -> (String, String) {
         key.body["key"].as_str().unwrap_or_default().to_owned(),
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoy_killed_and_started_again_has_its_whole_config_at_once_and_counts_nothing_twice() {
+    let mut stack = Stack::start().await;
+    let limit = json!({"name": "per-second", "max": 20, "window_seconds": 1});
+    let (key_id, key) = stack.tenant_with_key(limit.clone()).await;
+    // Enough keys that the config comes in several pages; the last one made
+    // is on the last page.
+    let tenant_id = stack.tenant_on_plan(limit).await;
+    let batch = stack
+        .admin(
+            Method::POST,
+            &format!("/v1/tenants/{tenant_id}/keys/batch"),
+            Some(json!({"count": KEYS})),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::CREATED, "{:?}", batch.body);
+    let last = batch.body["keys"][KEYS - 1]["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    stack
+        .until_status(&last, 200, Duration::from_secs(30))
+        .await;
+    stack.until_status(&key, 200, Duration::from_secs(10)).await;
+
+    let before = traffic(&stack, &key, Duration::from_secs(3)).await;
+    // What an Envoy admits in about the last second before it dies may be
+    // lost: it had not reported it yet.
+    let last_second = traffic(&stack, &key, Duration::from_millis(1500)).await;
+    stack.kill_envoy();
+    let started = Instant::now();
+    stack.restart_envoy().await;
+    let ready = started.elapsed();
+    // Until the key and the last one made both pass; the key's 200s on the
+    // way count as admitted too.
+    let admitted_meanwhile = std::sync::atomic::AtomicU64::new(0);
+    let (_, full) = eventually(Duration::from_secs(30), "the whole config", || async {
+        let (first, last) = tokio::join!(stack.get_with_key(&key), stack.get_with_key(&last));
+        if first.status == StatusCode::OK {
+            admitted_meanwhile.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        (first.status == StatusCode::OK && last.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let after = traffic(&stack, &key, Duration::from_secs(3)).await;
+    eprintln!(
+        "(200s, 429s, others): before {before:?}, its last 1.5 s {last_second:?}, after {after:?}; \
+         {} keys: Envoy ready {ready:?} after it was started again, its whole config {:?} after that",
+        KEYS + 1,
+        full
+    );
+    let phases = [&before, &last_second, &after];
+    for (ok, _, wrong) in phases {
+        assert!(wrong.is_empty(), "{phases:?}");
+        assert!(*ok > 0, "{phases:?}");
+    }
+    // The first 200 of `until_status`, then every phase's.
+    let surely = 1 + before.0 + admitted_meanwhile.into_inner() + after.0;
+    let at_most = surely + last_second.0;
+    let (used, _) = eventually(Duration::from_secs(15), "usage counted", || async {
+        let used = stack.used(&key_id).await;
+        (used >= surely).then_some(used)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = stack.used(&key_id).await;
+    eprintln!("counted {later} of {at_most} admitted ({surely} sure to be reported)");
+    assert!(later <= at_most, "counted twice: {later} > {at_most}");
+    assert!(later >= used, "{later} < {used}");
+}
+
+/// Keys on the restarted Envoy's config besides the one under traffic.
+const KEYS: usize = 10_000;

@@ -25,7 +25,7 @@ use crate::clock::rfc3339_ms;
 use crate::docs::{ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::fleet::ProxyHeaders;
+use crate::fleet::{self, ProxyHeaders};
 use crate::input::query_time;
 use crate::shares::{asked, Demand, Entry, Report, Role, SliceDemand};
 use crate::state::AppState;
@@ -182,7 +182,11 @@ async fn usage_ingest(
     )
     .await?;
     if !batch.reporter_id.is_empty() {
-        let report = shares_report(&state, &batch, counted_now).await?;
+        let node = fleet::sighting(&headers)
+            .filter(|s| !s.node_id.is_empty())
+            .map(|s| format!("{}/{}", s.cluster, s.node_id))
+            .unwrap_or_default();
+        let report = shares_report(&state, &batch, node, counted_now).await?;
         receipt.leases = match state.leasing.role() {
             Role::Follower(url) => allocation::forward(&state, &url, &report).await,
             Role::Alone | Role::Leader => lease_here(&state, report).await?,
@@ -194,9 +198,15 @@ async fn usage_ingest(
 /// The batch as the share allocator reads it: each key's and each tenant's
 /// demand through this Envoy. A batch answered again (a retry) asks nothing
 /// new, but is answered with the Envoy's leases all the same.
-async fn shares_report(state: &AppState, batch: &UsageBatch, counted: bool) -> ApiResult<Report> {
+async fn shares_report(
+    state: &AppState,
+    batch: &UsageBatch,
+    node: String,
+    counted: bool,
+) -> ApiResult<Report> {
     let mut report = Report {
         proxy: batch.reporter_id.clone(),
+        node,
         acked: batch.leases_applied,
         ..Report::default()
     };

@@ -19,6 +19,8 @@ fn key(n: u8) -> Entry {
 struct Envoy {
     /// Its reporter id: a restarted Envoy is another one.
     name: String,
+    /// Its cluster and node id, kept through a restart.
+    node: String,
     terms: Option<Terms>,
     seq: u64,
     leases: HashMap<Entry, Lease>,
@@ -28,6 +30,16 @@ impl Envoy {
     fn named(i: usize) -> Self {
         Self {
             name: format!("envoy-{i}"),
+            node: format!("e2e/node-{i}"),
+            ..Self::default()
+        }
+    }
+
+    /// The same Envoy started again: a new reporter on the same node.
+    fn restarted(&self, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            node: self.node.clone(),
             ..Self::default()
         }
     }
@@ -100,6 +112,7 @@ impl Fleet {
     fn report(&mut self, i: usize, demand: &[(Entry, u64)], lost: bool) -> Option<FleetLeases> {
         let report = Report {
             proxy: self.envoys[i].name.clone(),
+            node: self.envoys[i].node.clone(),
             acked: self.envoys[i].seq,
             demand: refused(demand),
             ..Report::default()
@@ -276,8 +289,19 @@ fn random_demand_late_and_lost_receipts_never_lease_more_than_the_whole() {
         fleet.report(i, &demand, next(5) == 0);
         fleet.now += next(700);
         match next(400) {
-            // An Envoy restarts: a new one, with nothing.
-            0 => fleet.envoys[i] = Envoy::named(100 + restarts.next().unwrap()),
+            // An Envoy restarts: a new one, with nothing, on the same
+            // node or on a new one.
+            0 => {
+                let name = format!("envoy-{}", 100 + restarts.next().unwrap());
+                fleet.envoys[i] = if next(2) == 0 {
+                    fleet.envoys[i].restarted(&name)
+                } else {
+                    Envoy {
+                        name,
+                        ..Envoy::default()
+                    }
+                };
+            }
             // Its shared data is lost, its id kept.
             1 => {
                 let name = fleet.envoys[i].name.clone();
@@ -329,4 +353,57 @@ fn keys_never_refused_anywhere_get_no_grants_of_their_own() {
         .unwrap();
     assert_eq!(allocator.entries(), 0);
     assert_eq!(allocator.proxies(), 2);
+}
+
+/// One Envoy alone holds all of a key; it is started again (a new reporter)
+/// on `node`, the old one either killed or still reporting (a hot restart
+/// draining). The shares of the key in force, 1 s apart, from the restart
+/// on: the new Envoy's last.
+fn restart_alone(node: &str, old_reports: bool) -> Vec<Vec<u64>> {
+    let mut fleet = Fleet::new(1);
+    fleet.envoys[0].node = node.to_owned();
+    for _ in 0..3 {
+        fleet.round(&key(1), &[50]);
+    }
+    assert_eq!(fleet.shares(&key(1)), vec![FULL]);
+    let again = fleet.envoys[0].restarted("envoy-0-again");
+    if old_reports {
+        fleet.envoys.push(again);
+    } else {
+        // Killed: what it held is in force nowhere.
+        fleet.envoys[0] = again;
+    }
+    let new = fleet.envoys.len() - 1;
+    let mut shares = Vec::new();
+    for _ in 0..5 {
+        fleet.now += 500;
+        if old_reports {
+            fleet.report(0, &[(key(1), 25)], false);
+        }
+        fleet.report(new, &[(key(1), 50)], false);
+        shares.push(fleet.shares(&key(1)));
+        fleet.now += 500;
+    }
+    shares
+}
+
+#[test]
+fn an_envoy_restarted_on_its_node_gets_the_whole_once_the_old_one_is_silent_3_s() {
+    let shares = restart_alone("e2e/node-0", false);
+    // The old one's whole is reserved until it has been silent 3 s: the
+    // new one reports 1.5, 2.5 and 3.5 s after the old one's last report.
+    assert_eq!(shares[..3], [vec![0], vec![0], vec![FULL]]);
+}
+
+#[test]
+fn an_envoy_restarted_without_a_node_id_waits_for_its_old_one_to_be_forgotten() {
+    let shares = restart_alone("", false);
+    assert!(shares.iter().all(|s| s == &[0]), "{shares:?}");
+}
+
+#[test]
+fn an_envoy_whose_old_self_still_reports_shares_with_it() {
+    let shares = restart_alone("e2e/node-0", true);
+    let last = shares.last().unwrap();
+    assert!(last[0] > 0 && last[1] > 0, "{shares:?}");
 }
