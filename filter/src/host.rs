@@ -165,16 +165,35 @@ pub fn register_queue(name: &str) -> Option<u32> {
     hostcalls::register_shared_queue(name).ok()
 }
 
-/// The answer to the call being delivered now.
+/// The most of an answer read into the VM: several times the largest the
+/// control plane sends (a sync page of 20,000 keys is a few MB).
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+
+/// The answer to the call being delivered now. A call that failed (reset,
+/// timed out, cut off in its body) has no headers: Envoy then answers the
+/// SDK's header read with a status it panics on, so the ABI is called
+/// directly.
 pub fn call_answer(body_size: usize) -> Answer {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse().ok());
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    if body_size > MAX_ANSWER_BYTES {
+        log(
+            LogLevel::Warn,
+            &format!(
+                "tollgate: an answer of {body_size} bytes is over the {MAX_ANSWER_BYTES}-byte limit; taken as a failed call"
+            ),
+        );
+        return Answer {
+            status: None,
+            body: Vec::new(),
+        };
+    }
+    let status = raw::header_value(MapType::HttpCallResponseHeaders, ":status")
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+    let body = match status {
+        Some(_) if body_size > 0 => {
+            raw::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
     Answer { status, body }
 }
 
@@ -234,7 +253,7 @@ pub fn record_metric(id: u32, value: u64) {
 // statuses are numbers to check rather than panics.
 #[allow(unsafe_code)]
 mod raw {
-    use proxy_wasm::types::MapType;
+    use proxy_wasm::types::{BufferType, MapType};
 
     const OK: u32 = 0;
 
@@ -256,6 +275,20 @@ mod raw {
             map_type: MapType,
             key_data: *const u8,
             key_size: usize,
+        ) -> u32;
+        fn proxy_get_header_map_value(
+            map_type: MapType,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        fn proxy_get_buffer_bytes(
+            buffer_type: BufferType,
+            start: usize,
+            max_size: usize,
+            return_buffer_data: *mut *mut u8,
+            return_buffer_size: *mut usize,
         ) -> u32;
         fn proxy_send_local_response(
             status_code: u32,
@@ -322,17 +355,39 @@ mod raw {
     }
 
     pub fn header_map_pairs(map: MapType) -> Option<Vec<u8>> {
+        // SAFETY: the host writes the two out-parameters during the call only.
+        received(|data, size| unsafe { proxy_get_header_map_pairs(map, data, size) })
+            .filter(|pairs| !pairs.is_empty())
+    }
+
+    /// Takes what the host wrote through `call`: a pointer to bytes it
+    /// allocated through the SDK's `proxy_on_memory_allocate`, which
+    /// allocates a `Vec<u8>` of exactly that capacity, so ownership passes
+    /// to us. `None` on any status but OK.
+    fn received(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Vec<u8>> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
-        // SAFETY: the host writes a pointer to `size` bytes it allocated
-        // through the SDK's `proxy_on_memory_allocate`, which allocates a
-        // `Vec<u8>` of exactly that capacity: ownership passes to us.
-        unsafe {
-            if proxy_get_header_map_pairs(map, &mut data, &mut size) != OK || data.is_null() {
-                return None;
-            }
-            Some(Vec::from_raw_parts(data, size, size))
+        if call(&mut data, &mut size) != OK {
+            return None;
         }
+        if data.is_null() {
+            return Some(Vec::new());
+        }
+        // SAFETY: as above; the host wrote `size` bytes at `data`.
+        Some(unsafe { Vec::from_raw_parts(data, size, size) })
+    }
+
+    pub fn header_value(map: MapType, name: &str) -> Option<Vec<u8>> {
+        // SAFETY: the host reads `name` and writes the two out-parameters
+        // during the call only.
+        received(|data, size| unsafe {
+            proxy_get_header_map_value(map, name.as_ptr(), name.len(), data, size)
+        })
+    }
+
+    pub fn buffer(kind: BufferType, max_size: usize) -> Option<Vec<u8>> {
+        // SAFETY: the host writes the two out-parameters during the call only.
+        received(|data, size| unsafe { proxy_get_buffer_bytes(kind, 0, max_size, data, size) })
     }
 
     pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> bool {

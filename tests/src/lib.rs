@@ -7,6 +7,7 @@
 //! the config users run; it is re-exported here for the tests that render it.
 
 pub mod browser;
+pub mod fault_proxy;
 pub mod harness;
 pub mod istio;
 pub mod registry;

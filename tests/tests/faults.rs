@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tollgate_e2e::fault_proxy::{Fault, FaultProxy};
 use tollgate_e2e::harness::{
     env_path, eventually, free_port, fresh_postgres_database, Frozen, Stack,
 };
@@ -472,3 +473,112 @@ async fn envoy_killed_and_started_again_has_its_whole_config_at_once_and_counts_
 
 /// Keys on the restarted Envoy's config besides the one under traffic.
 const KEYS: usize = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whatever_breaks_between_envoy_and_the_control_plane_the_last_config_stays_and_usage_counts_once(
+) {
+    let mut stack = Stack::start_without_envoy().await;
+    let proxy = FaultProxy::start(stack.control_plane_port).await;
+    let (port, admin_port) = (free_port(), free_port());
+    let config = stack.envoy_config(port, admin_port, stack.upstream_port, proxy.port);
+    let path = stack.dir.path().join("envoy-behind-faults.yaml");
+    std::fs::write(&path, config).expect("the Envoy config written");
+    stack
+        .add_envoy("envoy-behind-faults", &path, admin_port, &[])
+        .await;
+    let limit = json!({"name": "per-second", "max": 20, "window_seconds": 1});
+    let (key_id, key) = stack.tenant_with_key(limit.clone()).await;
+    let (revoked_id, revoked) = stack.tenant_with_key(limit.clone()).await;
+    let r = stack
+        .admin(
+            Method::PATCH,
+            &format!("/v1/keys/{revoked_id}"),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let admitted_first = std::sync::atomic::AtomicU64::new(0);
+    eventually(Duration::from_secs(10), "the key passes", || async {
+        let (status, revoked) = tokio::join!(
+            stack.status_through(port, &key),
+            stack.status_through(port, &revoked)
+        );
+        if status == StatusCode::OK {
+            admitted_first.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        (status == StatusCode::OK && revoked == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    let mut admitted = admitted_first.into_inner();
+
+    let faults = [
+        Fault::Delay(Duration::from_secs(7)),
+        Fault::Reset,
+        Fault::Truncate,
+        Fault::Garbage,
+        Fault::ServerError,
+        Fault::Huge(100 << 20),
+    ];
+    for fault in faults {
+        let before = proxy.faulted();
+        proxy.set(fault);
+        let (ok, limited, wrong) =
+            traffic_through(&stack, port, &key, Duration::from_secs(4)).await;
+        // The last good config stays: the key is enforced, the revoked one
+        // refused.
+        let revoked_now = stack.status_through(port, &revoked).await;
+        eprintln!(
+            "{fault:?}: {} requests faulted; (200s, 429s, others) {:?}; the revoked key {revoked_now}",
+            proxy.faulted() - before,
+            (ok, limited, &wrong)
+        );
+        assert!(proxy.faulted() > before, "{fault:?} was never applied");
+        assert!(
+            wrong.is_empty() && ok > 0 && limited > 0,
+            "{fault:?}: {wrong:?}"
+        );
+        assert_eq!(revoked_now, StatusCode::UNAUTHORIZED, "{fault:?}");
+        admitted += ok;
+    }
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+    // Sync resumes: a key made now passes.
+    let (_, new_key) = stack.tenant_with_key(limit).await;
+    let (_, synced) = eventually(Duration::from_secs(15), "a new key passes", || async {
+        (stack.status_through(port, &new_key).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    let stats = reqwest::get(format!(
+        "http://127.0.0.1:{admin_port}/stats?filter=tollgate\\.(sync_failures|usage_report_failures)"
+    ))
+    .await
+    .expect("Envoy's admin answers")
+    .text()
+    .await
+    .expect("its stats");
+    eprintln!(
+        "healed: a new key passed {synced:?} after; {}",
+        stats.trim().replace('\n', ", ")
+    );
+    for counter in ["sync_failures_total", "usage_report_failures_total"] {
+        let failures: u64 = stats
+            .lines()
+            .find(|line| line.contains(counter))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        assert!(failures > 0, "{counter} not counted: {stats}");
+    }
+    // Every batch that reached the control plane, however often, and
+    // whatever became of its answer, counted once.
+    stack
+        .until_used(&key_id, admitted, Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stack.used(&key_id).await, admitted, "counted again later");
+    eprintln!(
+        "usage exact, {admitted} admitted, {:?} after the faults ended",
+        healed.elapsed()
+    );
+    let log = stack.log("envoy-behind-faults");
+    assert!(!log.contains("panicked"), "the filter panicked:\n{log}");
+}
