@@ -266,6 +266,8 @@ fn test(args: &[String]) -> Result {
             ])
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner),
     )?;
+    step("fuzz smoke run (cargo xtask fuzz --smoke, 10 s per target)");
+    fuzz::smoke()?;
     if quick {
         println!("\n--quick: end-to-end tests skipped");
         return Ok(());
