@@ -211,10 +211,14 @@ impl KeySources {
             .filter(|name| header(name).is_some())
             .map(String::as_str)
             .collect();
+        // On the raw bytes: a token that looks like a key goes even when
+        // something else in the header is not UTF-8.
         let authorization = self.bearer
-            && text("authorization")
-                .and_then(bearer_token)
-                .is_some_and(|k| key_came_from_bearer || k.starts_with(crate::key::KEY_PREFIX));
+            && header("authorization")
+                .and_then(bearer_bytes)
+                .is_some_and(|k| {
+                    key_came_from_bearer || k.starts_with(crate::key::KEY_PREFIX.as_bytes())
+                });
         let cookie = self.cookie.as_deref().and_then(|name| {
             let cookies = text("cookie")?;
             cookie_value(cookies, name)?;
@@ -569,6 +573,14 @@ mod tests {
         assert!(r.authorization && r.headers.is_empty() && r.cookie.is_none());
         assert!(s.upstream_path("/").is_none());
         let r = s.removals(headers(&[("authorization", "Bearer tg_x")]), None);
+        assert!(r.authorization, "a Tollgate key never goes upstream");
+        // Found by fuzzing: a byte that is not UTF-8 after the token kept
+        // the header from being read as text, so the token went upstream.
+        let not_utf8: &[u8] = b"Bearer tg_x \xff";
+        let r = s.removals(
+            |name| (name == "authorization").then_some(not_utf8),
+            Some(Source::Header),
+        );
         assert!(r.authorization, "a Tollgate key never goes upstream");
         let defaults = KeySources::default();
         let r = defaults.removals(headers(&[("cookie", "tg_key=k")]), None);
