@@ -19,6 +19,36 @@ pub fn bench(args: &[String]) -> Result {
     run_bench(args, &envoy)
 }
 
+/// `cargo xtask soak [--minutes N] [--smoke]`: the benchmark runner's
+/// `--soak`, 10 minutes by default.
+pub fn soak(args: &[String]) -> Result {
+    install::rust_bits()?;
+    let envoy = install::envoy()?;
+    run_bench(&soak_args(args)?, &envoy)
+}
+
+/// The runner's arguments for `cargo xtask soak`'s: `--smoke` soaks 30 s.
+pub fn soak_args(args: &[String]) -> Result<Vec<String>> {
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let mut minutes = if smoke { "0.5" } else { "10" }.to_owned();
+    let mut it = args.iter().filter(|a| *a != "--smoke");
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--minutes", Some(n)) => minutes = n.clone(),
+            _ => {
+                return Err(format!(
+                    "unknown argument {flag:?} (cargo xtask soak [--minutes N] [--smoke])"
+                ))
+            }
+        }
+    }
+    let mut out = vec!["--soak".to_owned(), minutes];
+    if smoke {
+        out.push("--smoke".to_owned());
+    }
+    Ok(out)
+}
+
 /// Builds, then runs the benchmark with `args`; `--smoke` is the small run
 /// `cargo xtask test` makes.
 pub fn run_bench(args: &[String], envoy: &Path) -> Result {

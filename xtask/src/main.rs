@@ -312,6 +312,8 @@ fn test(args: &[String]) -> Result {
     )?;
     step("benchmark smoke run (cargo xtask bench --smoke)");
     bench::run_bench(&["--smoke".to_owned()], &envoy)?;
+    step("soak smoke run (cargo xtask soak --smoke)");
+    bench::run_bench(&bench::soak_args(&["--smoke".to_owned()])?, &envoy)?;
     println!("\nall checks passed");
     Ok(())
 }
@@ -373,12 +375,14 @@ fn main() -> ExitCode {
         Some("build") => build(&args[1..]),
         Some("image") => image::image(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("soak") => bench::soak(&args[1..]),
         _ => Err(
             "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask build | \
              cargo xtask bench [--smoke] | cargo xtask postgres | \
              cargo xtask image [--control-plane] [--wasm <file> | --binary <file>] [--out <dir>] \
              [--push <host:port>/<repository>:<tag>] | \
-             cargo xtask fuzz [--minutes N] [--target NAME] [--smoke]"
+             cargo xtask fuzz [--minutes N] [--target NAME] [--smoke] | \
+             cargo xtask soak [--minutes N] [--smoke]"
                 .into(),
         ),
     };

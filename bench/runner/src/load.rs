@@ -31,20 +31,10 @@ pub struct Requests {
 impl Requests {
     /// `GET path` with `x-api-key: <key>` for each key (none if `keys` is empty).
     pub fn new(addr: SocketAddr, path: &str, keys: &[String], expect: u16) -> Self {
-        let build = |key: Option<&str>| {
-            let mut r = format!("GET {path} HTTP/1.1\r\nhost: bench\r\n");
-            if let Some(key) = key {
-                r.push_str("x-api-key: ");
-                r.push_str(key);
-                r.push_str("\r\n");
-            }
-            r.push_str("\r\n");
-            r.into_bytes()
-        };
         let built = if keys.is_empty() {
-            vec![build(None)]
+            vec![request_bytes(path, None)]
         } else {
-            keys.iter().map(|k| build(Some(k))).collect()
+            keys.iter().map(|k| request_bytes(path, Some(k))).collect()
         };
         Self {
             addr,
@@ -57,6 +47,18 @@ impl Requests {
         let i = rng.below(self.built.len());
         self.built.get(i).map_or(&[][..], Vec::as_slice)
     }
+}
+
+/// `GET path`, with `x-api-key: <key>` if there is one, as it goes on the wire.
+pub fn request_bytes(path: &str, key: Option<&str>) -> Vec<u8> {
+    let mut r = format!("GET {path} HTTP/1.1\r\nhost: bench\r\n");
+    if let Some(key) = key {
+        r.push_str("x-api-key: ");
+        r.push_str(key);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
 }
 
 /// xorshift64*: enough to spread keys, and no dependency.
@@ -347,7 +349,7 @@ pub fn fixed_rate(
 
 /// Sleeps most of the way and yields for the rest, so that a request is not
 /// sent late by the sleep's own slack (which would count as latency).
-fn wait_until(due: Instant) {
+pub fn wait_until(due: Instant) {
     const SPIN: Duration = Duration::from_micros(200);
     let now = Instant::now();
     if due > now + SPIN {

@@ -25,6 +25,7 @@ mod arms;
 mod fleet;
 mod load;
 mod report;
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,12 +84,14 @@ pub struct Options {
     pub fleet: Option<Vec<usize>>,
     /// Keys each simulated proxy reports use of every second (0: heartbeats only).
     pub fleet_keys: usize,
+    /// Instead of the arms: a soak of this long ([`soak`]).
+    pub soak: Option<Duration>,
 }
 
 const USAGE: &str = "cargo xtask bench [--smoke] [--scales 1,1000,100000,1000000] [--rounds 5] \
 [--requests 60000] [--rate 2000] [--out bench] [--control-plane <binary>] \
 [--arms plain,empty-wasm,tollgate] [--candidate <other filter.wasm>] [--fleet 100,1000] \
-[--fleet-keys 20]";
+[--fleet-keys 20] [--soak <minutes>]";
 
 impl Options {
     pub fn full() -> Self {
@@ -107,6 +110,7 @@ impl Options {
             candidate: None,
             fleet: None,
             fleet_keys: 20,
+            soak: None,
         }
     }
 
@@ -126,6 +130,7 @@ impl Options {
             candidate: None,
             fleet: None,
             fleet_keys: 20,
+            soak: None,
         }
     }
 
@@ -168,6 +173,14 @@ impl Options {
                         .collect::<Option<Vec<_>>>()
                         .ok_or_else(|| format!("--scales: {value:?} is not a list of counts"))?;
                     options.scales.sort_unstable();
+                }
+                "--soak" => {
+                    let minutes = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|m| *m > 0.0 && *m <= 24.0 * 60.0)
+                        .ok_or_else(|| format!("--soak: {value:?} is not a number of minutes"))?;
+                    options.soak = Some(Duration::from_secs_f64(minutes * 60.0));
                 }
                 "--rounds" => options.rounds = number()?,
                 "--requests" => options.requests = number()?,
@@ -236,6 +249,9 @@ fn main() -> ExitCode {
 fn run_bench(options: &Options) -> Result {
     if let Some(sizes) = &options.fleet {
         return run_fleet(options, sizes);
+    }
+    if let Some(lasting) = options.soak {
+        return soak::run(options, lasting);
     }
     let envoy = &env_path("TOLLGATE_ENVOY")?;
     let control_plane = match &options.control_plane {
@@ -498,6 +514,9 @@ impl ControlPlane {
         command
             .args(["serve", "--addr", &addr.to_string(), "--data-dir"])
             .arg(work.join("data"))
+            // The runner is the only admin client, and the soak reads the
+            // usage of hundreds of keys at once.
+            .args(["--admin-rate-per-token", "0", "--admin-rate-per-ip", "0"])
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
             .env("RUST_LOG", "warn");

@@ -224,7 +224,7 @@ impl Revocation {
     }
 }
 
-fn command_line(program: &str, args: &[&str]) -> String {
+pub fn command_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .current_dir(root())
@@ -234,7 +234,7 @@ fn command_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
