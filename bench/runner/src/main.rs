@@ -495,6 +495,17 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn start(binary: &Path, work: &Path, database_url: Option<&str>) -> Result<Self> {
+        Self::start_niced(binary, work, database_url, database_url.is_none())
+    }
+
+    /// `niced`: on CPU 1 at the lowest priority (see below); otherwise
+    /// scheduled as any process.
+    fn start_niced(
+        binary: &Path,
+        work: &Path,
+        database_url: Option<&str>,
+        niced: bool,
+    ) -> Result<Self> {
         let addr = loopback(free_port()?);
         // On the load generator's CPU, at the lowest priority: the control
         // plane ingesting a usage batch of a thousand keys every second
@@ -504,7 +515,7 @@ impl ControlPlane {
         // batch 0.30-0.34 ms, at the same Envoy CPU per request; with the
         // control plane at nice 19, 0.49, 0.49 and 1.42 ms.
         // With `--fleet` the control plane is what is measured: it has both CPUs.
-        let mut command = if database_url.is_some() {
+        let mut command = if !niced {
             Command::new(binary)
         } else {
             let mut pinned = Command::new("taskset");

@@ -152,27 +152,40 @@ async fn usage_ingest(
     validate(&batch)?;
     state.fleet.record(&state.db, &headers, state.now()).await;
     let now = state.now();
-    let mut counted_now = false;
-    if !is_empty(&batch) {
-        let counted = usage::apply(&state.db, &batch, now).await?;
-        counted_now = counted;
+    let (batch, counted_now) = if is_empty(&batch) {
+        (batch, false)
+    } else {
+        // In a task of its own: an Envoy that stops waiting (its call times
+        // out after 5 s) hangs up, which would drop this handler and roll
+        // the batch back, and its retry would start the same work over, as
+        // long as a batch takes longer than that. So the batch is counted
+        // even then, and the retry, under the same id, is answered as
+        // already counted once this one has committed.
+        let db = state.db.clone();
+        let (batch, counted) = tokio::spawn(async move {
+            let counted = usage::apply(&db, &batch, now).await;
+            (batch, counted)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        let counted = counted?;
         if counted {
             state.metrics.usage_ingested(&batch);
-        }
-        if !counted {
+            if batch.dropped > 0 {
+                tracing::warn!(
+                    batch_id = batch.batch_id,
+                    dropped = batch.dropped,
+                    "an Envoy dropped usage counts: its buffer was full"
+                );
+            }
+        } else {
             tracing::debug!(
                 batch_id = batch.batch_id,
                 "usage batch already counted; answered again"
             );
         }
-        if batch.dropped > 0 && counted {
-            tracing::warn!(
-                batch_id = batch.batch_id,
-                dropped = batch.dropped,
-                "an Envoy dropped usage counts: its buffer was full"
-            );
-        }
-    }
+        (batch, counted)
+    };
     let mut receipt = usage::receipt(
         &state.db,
         state.standings_page,
