@@ -333,31 +333,66 @@ fn patch(addr: SocketAddr, path: &str, body: Value) -> Result<Value> {
     expect_status(path, call(addr, "PATCH", path, Some(&body))?, 200)
 }
 
+/// Admin changes made, and the ones answered `503 busy` first (then made
+/// again, as a client told to retry would).
+#[derive(Default)]
+struct Changes {
+    made: u64,
+    busy: u64,
+}
+
 /// Every second: a key issued on `tenant`, and the previous one
-/// deactivated. Returns how many changes were made.
-fn churn_keys(addr: SocketAddr, tenant: &str, stop: &AtomicBool) -> Result<u64> {
-    let mut changes = 0;
+/// deactivated.
+fn churn_keys(addr: SocketAddr, tenant: &str, stop: &AtomicBool) -> Result<Changes> {
+    let mut changes = Changes::default();
     let mut previous: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
-        let issued = expect_status(
-            "issue a key",
-            call(
-                addr,
-                "POST",
-                &format!("/v1/tenants/{tenant}/keys"),
-                Some(&json!({"name": "churn"})),
-            )?,
+        let issued = change(
+            addr,
+            "POST",
+            &format!("/v1/tenants/{tenant}/keys"),
+            json!({"name": "churn"}),
             201,
+            &mut changes,
         )?;
-        changes += 1;
         if let Some(id) = previous.take() {
-            patch(addr, &format!("/v1/keys/{id}"), json!({"active": false}))?;
-            changes += 1;
+            let path = format!("/v1/keys/{id}");
+            change(
+                addr,
+                "PATCH",
+                &path,
+                json!({"active": false}),
+                200,
+                &mut changes,
+            )?;
         }
         previous = issued.get("id").and_then(Value::as_str).map(str::to_owned);
         sleep_unless(stop, Duration::from_secs(1));
     }
     Ok(changes)
+}
+
+/// One admin change, made again after a second while the answer is
+/// `503 busy` (SQLite's one writer taken by usage), up to ten times.
+fn change(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Value,
+    want: u16,
+    changes: &mut Changes,
+) -> Result<Value> {
+    for _ in 0..10 {
+        let (status, answer) = call(addr, method, path, Some(&body))?;
+        if status == 503 && answer.get("code").and_then(Value::as_str) == Some("busy") {
+            changes.busy += 1;
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        changes.made += 1;
+        return expect_status(path, (status, answer), want);
+    }
+    Err(format!("{method} {path}: 503 busy ten times"))
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -499,7 +534,7 @@ struct Report<'a> {
     rate: f64,
     seen: &'a Seen,
     memory: &'a [Memory],
-    changes: u64,
+    changes: Changes,
     exact: Exactness,
 }
 
@@ -563,7 +598,8 @@ impl Report<'_> {
             "offered_rps": self.rate.round(),
             "answers": answers,
             "wrong_answers": wrong,
-            "admin_changes": self.changes,
+            "admin_changes": self.changes.made,
+            "admin_answered_busy_first": self.changes.busy,
             "usage_checked_keys": self.exact.checked,
             "usage_differing": self.exact.differing.iter().map(|(id, cp, seen)| json!({"key": id, "control_plane": cp, "seen": seen})).collect::<Vec<_>>(),
             "memory": memory,
@@ -572,7 +608,7 @@ impl Report<'_> {
         let mut md = format!(
             "`cargo xtask soak`, {}, commit `{}`, {}.\n\n\
              {:.1} minutes, {} keys, {:.0} requests/s offered (a closed loop reached {:.0}/s), \
-             {} admin changes; {} answers, {} wrong; usage of {} keys compared, {} differing.\n\n",
+             {} admin changes ({} answered 503 busy first); {} answers, {} wrong; usage of {} keys compared, {} differing.\n\n",
             json["date"].as_str().unwrap_or(""),
             json["commit"].as_str().unwrap_or(""),
             json["machine"].as_str().unwrap_or(""),
@@ -580,7 +616,8 @@ impl Report<'_> {
             self.keys,
             self.rate,
             self.saturation,
-            self.changes,
+            self.changes.made,
+            self.changes.busy,
             self.seen.answers.values().sum::<u64>(),
             self.wrong(),
             self.exact.checked,
