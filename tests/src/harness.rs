@@ -153,6 +153,8 @@ pub struct Stack {
     pub upstream_port: u16,
     /// `--database-url` for every control plane; `None` is SQLite in `dir`.
     database_url: Option<String>,
+    /// More flags for every control plane, after the harness's own.
+    control_plane_args: Vec<String>,
     control_plane: Option<Process>,
     /// More control planes on the same database, on their own ports.
     replicas: Vec<Process>,
@@ -214,6 +216,18 @@ impl Stack {
         stack
     }
 
+    /// Control plane and upstream, no Envoy, the control plane on
+    /// `database_url` (SQLite in the stack's directory when `None`) and
+    /// given `args` besides the harness's own flags (e.g. `--admin-rate-per-ip 0`).
+    pub async fn start_without_envoy_with(database_url: Option<&str>, args: &[&str]) -> Self {
+        let mut stack = Self::new();
+        stack.database_url = database_url.map(str::to_owned);
+        stack.control_plane_args = args.iter().map(|a| (*a).to_owned()).collect();
+        stack.start_upstream().await;
+        stack.start_control_plane().await;
+        stack
+    }
+
     /// Upstream and Envoy only: Envoy has never had config.
     pub async fn start_without_control_plane() -> Self {
         let mut stack = Self::new();
@@ -231,6 +245,7 @@ impl Stack {
             upstream_port: free_port(),
             dir,
             database_url: None,
+            control_plane_args: Vec::new(),
             control_plane: None,
             replicas: Vec::new(),
             upstream: None,
@@ -324,8 +339,13 @@ impl Stack {
 
     /// The key's use this quota period, as the control plane reports it.
     pub async fn used(&self, key_id: &str) -> u64 {
+        self.used_via(self.control_plane_port, key_id).await
+    }
+
+    /// [`Stack::used`], asked of the control plane or replica on `port`.
+    pub async fn used_via(&self, port: u16, key_id: &str) -> u64 {
         let r = self
-            .admin(Method::GET, &format!("/v1/keys/{key_id}/usage"), None)
+            .admin_via(port, Method::GET, &format!("/v1/keys/{key_id}/usage"), None)
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         r.body["used"].as_u64().expect("used")
@@ -333,8 +353,14 @@ impl Stack {
 
     /// Waits until the key's use is `expected`; panics if it goes past it.
     pub async fn until_used(&self, key_id: &str, expected: u64, limit: Duration) {
+        self.until_used_via(self.control_plane_port, key_id, expected, limit)
+            .await;
+    }
+
+    /// [`Stack::until_used`], asked of the control plane or replica on `port`.
+    pub async fn until_used_via(&self, port: u16, key_id: &str, expected: u64, limit: Duration) {
         eventually(limit, &format!("{expected} used by {key_id}"), || async {
-            let used = self.used(key_id).await;
+            let used = self.used_via(port, key_id).await;
             assert!(
                 used <= expected,
                 "{used} used by {key_id}, more than {expected}"
@@ -426,6 +452,7 @@ impl Stack {
             command.args(["--database-url", url]);
         }
         command
+            .args(&self.control_plane_args)
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN);
         self.spawn(name, command, log)

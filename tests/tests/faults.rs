@@ -41,25 +41,34 @@ async fn traffic_through(
 }
 
 /// Every answer of every phase was 200 or 429, some of each; the control
-/// plane comes to count exactly the 200s and `earlier` (admitted before the
-/// phases), and counts no more a while later.
+/// plane (or replica) on `port` comes to count exactly the 200s and
+/// `earlier` (admitted before the phases), and counts no more a while
+/// later. How long counting took.
 async fn counted_once(
     stack: &Stack,
+    port: u16,
     key_id: &str,
     earlier: u64,
-    phases: [(u64, u64, Vec<u16>); 3],
-) {
+    phases: &[(u64, u64, Vec<u16>)],
+) -> Duration {
     let mut admitted = earlier;
-    for (ok, limited, wrong) in &phases {
+    for (ok, limited, wrong) in phases {
         assert!(wrong.is_empty(), "{phases:?}");
         assert!(*ok > 0 && *limited > 0, "{phases:?}");
         admitted += ok;
     }
+    let started = Instant::now();
     stack
-        .until_used(key_id, admitted, Duration::from_secs(15))
+        .until_used_via(port, key_id, admitted, Duration::from_secs(15))
         .await;
+    let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(stack.used(key_id).await, admitted, "counted again later");
+    assert_eq!(
+        stack.used_via(port, key_id).await,
+        admitted,
+        "counted again later"
+    );
+    took
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -90,7 +99,14 @@ async fn the_control_plane_killed_and_restarted_under_traffic_loses_and_doubles_
     // Everything admitted is counted once: the batches sent before the
     // kill, any whose answer it cut off (sent again under the same id), and
     // the ones held while it was away.
-    counted_once(&stack, &key_id, 1, [before, during, after]).await;
+    counted_once(
+        &stack,
+        stack.control_plane_port,
+        &key_id,
+        1,
+        &[before, during, after],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,7 +132,14 @@ async fn the_control_plane_frozen_for_30_s_under_traffic_loses_and_doubles_nothi
          a key made after it resumed passed in {synced:?}"
     );
     // Usage held through the freeze arrives whole and once.
-    counted_once(&stack, &key_id, 1, [before, during, after]).await;
+    counted_once(
+        &stack,
+        stack.control_plane_port,
+        &key_id,
+        1,
+        &[before, during, after],
+    )
+    .await;
     eprintln!("usage complete {:?} after it resumed", resumed.elapsed());
 }
 
@@ -257,7 +280,14 @@ async fn postgres_stopped_under_load_answers_503_writes_nothing_half_and_recover
         made
     );
     // The Envoy's usage reports refused while it was down arrive later, once.
-    counted_once(&stack, &key_id, 1, [before, during, after]).await;
+    counted_once(
+        &stack,
+        stack.control_plane_port,
+        &key_id,
+        1,
+        &[before, during, after],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -324,40 +354,8 @@ async fn of_two_replicas_one_killed_the_envoys_carry_on_through_the_other() {
          a key made through the other passed {passes:?} after it was made \
          ({passed_after_kill:?} after the kill), and was refused {refused:?} after it was deactivated"
     );
-    let phases = [before, during];
-    let mut admitted = 1;
-    for (ok, limited, wrong) in &phases {
-        assert!(wrong.is_empty(), "{phases:?}");
-        assert!(*ok > 0 && *limited > 0, "{phases:?}");
-        admitted += ok;
-    }
     // Everything the Envoy admitted is counted once, through the survivor.
-    let (_, complete) = eventually(Duration::from_secs(15), "usage complete", || async {
-        let r = stack
-            .admin_via(
-                other,
-                Method::GET,
-                &format!("/v1/keys/{key_id}/usage"),
-                None,
-            )
-            .await;
-        (r.body["used"].as_u64() == Some(admitted)).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = stack
-        .admin_via(
-            other,
-            Method::GET,
-            &format!("/v1/keys/{key_id}/usage"),
-            None,
-        )
-        .await;
-    assert_eq!(
-        r.body["used"].as_u64(),
-        Some(admitted),
-        "counted again later"
-    );
+    let complete = counted_once(&stack, other, &key_id, 1, &[before, during]).await;
     eprintln!("usage complete {complete:?} after the traffic");
 }
 
