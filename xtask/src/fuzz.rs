@@ -74,8 +74,11 @@ const INSTRUMENTATION: &[&str] = &[
     "fuzzing",
 ];
 
-/// Seconds per target in [`smoke`].
-const SMOKE_SECONDS: u64 = 10;
+/// Inputs per target in [`smoke`], from a fixed seed and the committed
+/// corpus alone: the same run on every machine, so that `cargo xtask test`
+/// cannot fail on what one run happened to find and the next would not.
+/// A few seconds a target.
+const SMOKE_RUNS: u64 = 50_000;
 
 pub fn fuzz(args: &[String]) -> Result {
     let usage = "cargo xtask fuzz [--minutes N] [--target NAME] | cargo xtask fuzz --smoke";
@@ -108,7 +111,8 @@ pub fn fuzz(args: &[String]) -> Result {
     let mut summary = Vec::new();
     for target in targets {
         crate::step(&format!("fuzz {} for {seconds} s", target.name));
-        summary.push((target.name, fuzz_target(&bin_dir, target, seconds, true)?));
+        let limit = Limit::Seconds(seconds);
+        summary.push((target.name, fuzz_target(&bin_dir, target, limit, true)?));
     }
     println!();
     for (name, last) in &summary {
@@ -122,13 +126,13 @@ pub fn fuzz(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Builds the targets and runs each for [`SMOKE_SECONDS`]: a check that
+/// Builds the targets and runs each on [`SMOKE_RUNS`] inputs: a check that
 /// they build, run and find nothing in a short run, for `cargo xtask test`.
 pub fn smoke() -> Result {
     let started = Instant::now();
     let bin_dir = build()?;
     for target in TARGETS {
-        let last = fuzz_target(&bin_dir, target, SMOKE_SECONDS, false)?;
+        let last = fuzz_target(&bin_dir, target, Limit::Runs(SMOKE_RUNS), false)?;
         println!("{}: {last}", target.name);
     }
     println!(
@@ -186,13 +190,31 @@ fn build() -> Result<PathBuf> {
     Ok(target_dir.join(host).join("release"))
 }
 
-/// Runs one target for `seconds` on a working copy of its corpus, with
+/// How long a target runs.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// On what the working corpus holds from earlier runs too.
+    Seconds(u64),
+    /// This many inputs from seed 1, on the committed corpus alone.
+    Runs(u64),
+}
+
+/// Runs one target within `limit` on a working copy of its corpus, with
 /// libFuzzer's output in `target/fuzz/logs/<target>.log` and, when
 /// `live`, on the terminal. Returns libFuzzer's last status line
 /// (`#runs DONE cov: … ft: … corp: …`); a crash is an error naming the
 /// input libFuzzer saved.
-fn fuzz_target(bin_dir: &Path, target: &Target, seconds: u64, live: bool) -> Result<String> {
-    let corpus = work_dir("corpus").join(target.name);
+fn fuzz_target(bin_dir: &Path, target: &Target, limit: Limit, live: bool) -> Result<String> {
+    let corpus = match limit {
+        Limit::Seconds(_) => work_dir("corpus").join(target.name),
+        Limit::Runs(_) => {
+            let fresh = work_dir("smoke-corpus").join(target.name);
+            if fresh.exists() {
+                fs::remove_dir_all(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?;
+            }
+            fresh
+        }
+    };
     let artifacts = work_dir("artifacts").join(target.name);
     let logs = work_dir("logs");
     for dir in [&corpus, &artifacts, &logs] {
@@ -206,7 +228,10 @@ fn fuzz_target(bin_dir: &Path, target: &Target, seconds: u64, live: bool) -> Res
     let mut command = Command::new(bin_dir.join(target.name));
     command
         .arg(&corpus)
-        .arg(format!("-max_total_time={seconds}"))
+        .args(match limit {
+            Limit::Seconds(seconds) => vec![format!("-max_total_time={seconds}")],
+            Limit::Runs(runs) => vec![format!("-runs={runs}"), "-seed=1".to_owned()],
+        })
         .arg(format!("-max_len={}", target.max_len))
         // A parse of a few kilobytes that takes seconds is a bug too.
         .arg("-timeout=10")

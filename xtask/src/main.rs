@@ -266,7 +266,7 @@ fn test(args: &[String]) -> Result {
             ])
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner),
     )?;
-    step("fuzz smoke run (cargo xtask fuzz --smoke, 10 s per target)");
+    step("fuzz smoke run (cargo xtask fuzz --smoke, 50,000 inputs per target from a fixed seed)");
     fuzz::smoke()?;
     if quick {
         println!("\n--quick: end-to-end tests skipped");
