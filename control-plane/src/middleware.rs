@@ -30,10 +30,11 @@ pub async fn log_request(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    // Every Envoy polls /v1/sync and reports to /v1/usage every second or so:
-    // their successes are routine, at debug level; everything else is info.
-    let routine =
-        response.status().is_success() && matches!(route.as_str(), "/v1/sync" | "/v1/usage");
+    // Every Envoy polls /v1/sync, reports to /v1/usage and health-checks
+    // /healthz every second or so: their successes are routine, at debug
+    // level; everything else is info.
+    let routine = response.status().is_success()
+        && matches!(route.as_str(), "/v1/sync" | "/v1/usage" | "/healthz");
     if routine {
         tracing::debug!(%method, route, status, elapsed_ms, "request");
     } else {
