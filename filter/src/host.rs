@@ -355,8 +355,9 @@ mod raw {
     }
 
     pub fn header_map_pairs(map: MapType) -> Option<Vec<u8>> {
-        // SAFETY: the host writes the two out-parameters during the call only.
-        received(|data, size| unsafe { proxy_get_header_map_pairs(map, data, size) })
+        // SAFETY: an ABI call that returns bytes the host allocated; it
+        // writes the two out-parameters during the call only.
+        unsafe { received(|data, size| proxy_get_header_map_pairs(map, data, size)) }
             .filter(|pairs| !pairs.is_empty())
     }
 
@@ -364,7 +365,11 @@ mod raw {
     /// allocated through the SDK's `proxy_on_memory_allocate`, which
     /// allocates a `Vec<u8>` of exactly that capacity, so ownership passes
     /// to us. `None` on any status but OK.
-    fn received(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Vec<u8>> {
+    ///
+    /// # Safety
+    /// `call` must be a proxy-wasm ABI call that, on OK, leaves in its
+    /// out-parameters a pointer the host allocated so, and its length.
+    unsafe fn received(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Option<Vec<u8>> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
         if call(&mut data, &mut size) != OK {
@@ -373,21 +378,25 @@ mod raw {
         if data.is_null() {
             return Some(Vec::new());
         }
-        // SAFETY: as above; the host wrote `size` bytes at `data`.
+        // SAFETY: per this function's contract, the host allocated `size`
+        // bytes at `data` as a `Vec<u8>` of that capacity.
         Some(unsafe { Vec::from_raw_parts(data, size, size) })
     }
 
     pub fn header_value(map: MapType, name: &str) -> Option<Vec<u8>> {
-        // SAFETY: the host reads `name` and writes the two out-parameters
-        // during the call only.
-        received(|data, size| unsafe {
-            proxy_get_header_map_value(map, name.as_ptr(), name.len(), data, size)
-        })
+        // SAFETY: an ABI call that returns bytes the host allocated; it
+        // reads `name` and writes the two out-parameters during the call only.
+        unsafe {
+            received(|data, size| {
+                proxy_get_header_map_value(map, name.as_ptr(), name.len(), data, size)
+            })
+        }
     }
 
     pub fn buffer(kind: BufferType, max_size: usize) -> Option<Vec<u8>> {
-        // SAFETY: the host writes the two out-parameters during the call only.
-        received(|data, size| unsafe { proxy_get_buffer_bytes(kind, 0, max_size, data, size) })
+        // SAFETY: an ABI call that returns bytes the host allocated; it
+        // writes the two out-parameters during the call only.
+        unsafe { received(|data, size| proxy_get_buffer_bytes(kind, 0, max_size, data, size)) }
     }
 
     pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> bool {
