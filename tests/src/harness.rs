@@ -619,8 +619,14 @@ impl Stack {
 
     /// Creates a plan with one limit, a tenant on it and a key; returns (key id, plaintext).
     pub async fn tenant_with_key(&self, limit: Value) -> (String, String) {
-        let tenant_id = self.tenant_on_plan(limit).await;
-        self.new_key(&tenant_id).await
+        self.tenant_with_key_via(self.control_plane_port, limit)
+            .await
+    }
+
+    /// [`Stack::tenant_with_key`] through the control plane or replica on `port`.
+    pub async fn tenant_with_key_via(&self, port: u16, limit: Value) -> (String, String) {
+        let tenant_id = self.tenant_on_via(port, json!({"limits": [limit]})).await;
+        self.new_key_via(port, &tenant_id).await
     }
 
     /// Creates a plan with one limit and a tenant on it; returns the tenant id.
@@ -630,12 +636,19 @@ impl Stack {
 
     /// Creates the plan `plan` (a plan's body but its name) and a tenant on
     /// it; returns the tenant id.
-    pub async fn tenant_on(&self, mut plan: Value) -> String {
+    pub async fn tenant_on(&self, plan: Value) -> String {
+        self.tenant_on_via(self.control_plane_port, plan).await
+    }
+
+    async fn tenant_on_via(&self, port: u16, mut plan: Value) -> String {
         plan["name"] = json!(unique_name("plan"));
-        let plan = self.admin(Method::POST, "/v1/plans", Some(plan)).await;
+        let plan = self
+            .admin_via(port, Method::POST, "/v1/plans", Some(plan))
+            .await;
         assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
         let tenant = self
-            .admin(
+            .admin_via(
+                port,
                 Method::POST,
                 "/v1/tenants",
                 Some(json!({"name": unique_name("tenant"), "plan_id": plan.body["id"]})),
@@ -646,8 +659,13 @@ impl Stack {
     }
 
     pub async fn new_key(&self, tenant_id: &str) -> (String, String) {
+        self.new_key_via(self.control_plane_port, tenant_id).await
+    }
+
+    async fn new_key_via(&self, port: u16, tenant_id: &str) -> (String, String) {
         let key = self
-            .admin(
+            .admin_via(
+                port,
                 Method::POST,
                 &format!("/v1/tenants/{tenant_id}/keys"),
                 Some(json!({"name": "e2e"})),

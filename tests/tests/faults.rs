@@ -327,7 +327,7 @@ async fn of_two_replicas_one_killed_the_envoys_carry_on_through_the_other() {
     let killed = Instant::now();
     // A key made through the survivor passes at the Envoy that lost half of
     // its control plane.
-    let (new_id, new_key) = stack_via(&stack, other, limit).await;
+    let (new_id, new_key) = stack.tenant_with_key_via(other, limit).await;
     let (_, passes) = eventually(Duration::from_secs(10), "a new key passes", || async {
         (stack.status_through(port, &new_key).await == StatusCode::OK).then_some(())
     })
@@ -357,45 +357,6 @@ async fn of_two_replicas_one_killed_the_envoys_carry_on_through_the_other() {
     // Everything the Envoy admitted is counted once, through the survivor.
     let complete = counted_once(&stack, other, &key_id, 1, &[before, during]).await;
     eprintln!("usage complete {complete:?} after the traffic");
-}
-
-/// A plan with one limit, a tenant on it and a key, made through the
-/// replica on `port`: (key id, plaintext).
-async fn stack_via(stack: &Stack, port: u16, limit: Value) -> (String, String) {
-    let plan = stack
-        .admin_via(
-            port,
-            Method::POST,
-            "/v1/plans",
-            Some(json!({"name": "via the survivor", "limits": [limit]})),
-        )
-        .await;
-    assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
-    let tenant = stack
-        .admin_via(
-            port,
-            Method::POST,
-            "/v1/tenants",
-            Some(json!({"name": "survivor", "plan_id": plan.body["id"]})),
-        )
-        .await;
-    assert_eq!(tenant.status, StatusCode::CREATED, "{:?}", tenant.body);
-    let key = stack
-        .admin_via(
-            port,
-            Method::POST,
-            &format!(
-                "/v1/tenants/{}/keys",
-                tenant.body["id"].as_str().unwrap_or_default()
-            ),
-            Some(json!({"name": "survivor"})),
-        )
-        .await;
-    assert_eq!(key.status, StatusCode::CREATED, "{:?}", key.body);
-    (
-        key.body["id"].as_str().unwrap_or_default().to_owned(),
-        key.body["key"].as_str().unwrap_or_default().to_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
