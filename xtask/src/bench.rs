@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{cargo, debug_bin, filter_wasm, install, root, run, run_here, wasm, Result};
+use crate::{
+    cargo, debug_bin, filter_wasm, git_commit, install, root, run, run_here, wasm, Result,
+};
 
 pub fn bench(args: &[String]) -> Result {
     install::rust_bits()?;
@@ -59,14 +61,34 @@ pub fn run_bench(args: &[String], envoy: &Path) -> Result {
         "build the benchmark runner",
         cargo().args(["build", "-p", "tollgate-bench"]),
     )?;
-    let runner = debug_bin("tollgate-bench");
+    check_args(args)?;
+    let control_plane = build(args)?;
+    run_runner(args, envoy, control_plane)
+}
+
+/// [`run_bench`] for `cargo xtask test`, whose workspace build has already
+/// built the runner and the debug control plane a `--smoke` run uses:
+/// building them here, each on its own, would compile their dependencies
+/// again with other features.
+pub fn run_built_bench(args: &[String], envoy: &Path) -> Result {
+    check_args(args)?;
+    build_wasm()?;
+    run_runner(args, envoy, Some(debug_bin("control-plane")))
+}
+
+fn check_args(args: &[String]) -> Result {
     run_here(
         "the benchmark's arguments",
-        Command::new(&runner).arg("--check-args").args(args),
-    )?;
-    let mut command = Command::new(&runner);
+        Command::new(debug_bin("tollgate-bench"))
+            .arg("--check-args")
+            .args(args),
+    )
+}
+
+fn run_runner(args: &[String], envoy: &Path, control_plane: Option<PathBuf>) -> Result {
+    let mut command = Command::new(debug_bin("tollgate-bench"));
     command.args(args);
-    if let Some(control_plane) = build(args)? {
+    if let Some(control_plane) = control_plane {
         command.env("TOLLGATE_CONTROL_PLANE", control_plane);
     }
     // `--fleet` measures the control plane on PostgreSQL: a throwaway
@@ -97,25 +119,7 @@ pub fn run_bench(args: &[String], envoy: &Path) -> Result {
 /// Builds what the arms run; the control plane too, in release unless
 /// `--smoke`, when `args` do not name one. Returns the control plane built.
 fn build(args: &[String]) -> Result<Option<PathBuf>> {
-    install::binaryen()?;
-    run(
-        "build filter.wasm and the two floors",
-        cargo().args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            "tollgate-filter",
-            "-p",
-            "tollgate-empty-filter",
-            "-p",
-            "tollgate-minimal-limiter",
-        ]),
-    )?;
-    // The floors stay as cargo builds them: the empty filter is the floor the
-    // issue defines, an SDK filter that does nothing.
-    wasm::ship(&wasm::built_filter(), &filter_wasm())?;
+    build_wasm()?;
     let smoke = args.iter().any(|a| a == "--smoke");
     // The runner has checked the arguments: past `--smoke`, flags and values alternate.
     let given = args
@@ -144,4 +148,32 @@ fn build(args: &[String]) -> Result<Option<PathBuf>> {
     Ok(Some(
         root().join("target").join(profile).join("control-plane"),
     ))
+}
+
+/// filter.wasm and the two floors it is measured against, in release.
+fn build_wasm() -> Result {
+    install::binaryen()?;
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip1",
+        "-p",
+        "tollgate-filter",
+        "-p",
+        "tollgate-empty-filter",
+        "-p",
+        "tollgate-minimal-limiter",
+    ]);
+    // As `build_filter` sets it: without it cargo would rebuild the filter
+    // to say `unknown`.
+    if let Some(commit) = git_commit() {
+        build.env("TOLLGATE_BUILD_COMMIT", commit);
+    }
+    run("build filter.wasm and the two floors", &mut build)?;
+    // The floors stay as cargo builds them: the empty filter is the floor the
+    // issue defines, an SDK filter that does nothing.
+    wasm::ship(&wasm::built_filter(), &filter_wasm())?;
+    Ok(())
 }

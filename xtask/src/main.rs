@@ -70,7 +70,7 @@ pub fn cargo() -> Command {
 
 /// The commit being built (short), which the filter names itself by in the
 /// proxy registry; `None` outside a git checkout.
-fn git_commit() -> Option<String> {
+pub fn git_commit() -> Option<String> {
     let out = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(root())
@@ -166,8 +166,30 @@ pub fn build_artifacts() -> Result {
     )
 }
 
+/// Prints a step's heading with the time since `cargo xtask` started, so a
+/// CI log shows where its minutes went.
 fn step(name: &str) {
-    println!("\n==> {name}");
+    let elapsed = started().elapsed().as_secs();
+    println!("\n==> [{}:{:02}] {name}", elapsed / 60, elapsed % 60);
+}
+
+fn started() -> &'static std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    STARTED.get_or_init(std::time::Instant::now)
+}
+
+/// The whole workspace's host build for `cargo xtask test`, tests and
+/// binaries at once: cargo unifies dependencies' features over the
+/// packages a command selects, so `cargo build -p a`, `cargo test -p b`
+/// and `cargo test --workspace` each compiled tokio, sqlx, hyper and the
+/// rest again with their own features (about 4 min of a cold CI run).
+/// After this, `cargo test --workspace` and the binaries the end-to-end
+/// tests and the benchmark start (`target/debug/`) need no compiling.
+fn build_workspace() -> Result {
+    run(
+        "build the workspace (tests and binaries)",
+        cargo().args(["build", "--workspace", "--all-targets"]),
+    )
 }
 
 fn test(args: &[String]) -> Result {
@@ -246,13 +268,6 @@ fn test(args: &[String]) -> Result {
     // Stopped and deleted when `cluster` is dropped, on every return path.
     let cluster = pg::start()?;
     pg::clean_up_on_signal(&cluster)?;
-    step("unit and API tests");
-    run(
-        "unit and API tests",
-        cargo()
-            .args(["test", "--workspace", "--exclude", "tollgate-e2e"])
-            .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url),
-    )?;
     step("core tests on wasm32 (Node.js)");
     run(
         "core tests on wasm32",
@@ -269,23 +284,33 @@ fn test(args: &[String]) -> Result {
     step("fuzz smoke run (cargo xtask fuzz --smoke, 50,000 inputs per target from a fixed seed)");
     fuzz::smoke()?;
     if quick {
+        step("unit and API tests");
+        run(
+            "unit and API tests",
+            cargo()
+                .args(["test", "--workspace", "--exclude", "tollgate-e2e"])
+                .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url),
+        )?;
         println!("\n--quick: end-to-end tests skipped");
         return Ok(());
     }
     // Built once here; the image tests unpack it, run it and rebuild it from
     // its own binary. The filter images they build themselves, running this
     // xtask binary on TOLLGATE_FILTER_WASM, so no test starts cargo.
-    step("control-plane image (static musl build)");
+    step("control-plane image (static musl build, unoptimised)");
     let control_plane_image = image::default_out(true);
-    image::control_plane_image(None, &control_plane_image)?;
+    let static_binary = image::build_control_plane(image::CHECK_PROFILE)?;
+    image::control_plane_image(Some(&static_binary), &control_plane_image)?;
     let xtask = std::env::current_exe().map_err(|e| format!("the xtask binary's path: {e}"))?;
-    step("end-to-end tests in real Envoy");
-    build_artifacts()?;
+    step("build the filters and the workspace");
+    build_filter()?;
     build_test_filters()?;
+    build_workspace()?;
+    step("unit, API and end-to-end tests (end-to-end in real Envoy)");
     run(
-        "end-to-end tests",
+        "unit, API and end-to-end tests",
         cargo()
-            .args(["test", "-p", "tollgate-e2e", "--", "--test-threads", "2"])
+            .args(["test", "--workspace", "--", "--test-threads", "2"])
             .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url)
             .env("TOLLGATE_POSTGRES_BIN", &postgres)
             .env("TOLLGATE_ENVOY", &envoy)
@@ -310,10 +335,11 @@ fn test(args: &[String]) -> Result {
                 root().join("tests/grpc/tollgate_grpc.py"),
             ),
     )?;
+    // The runner and the debug control plane are built above.
     step("benchmark smoke run (cargo xtask bench --smoke)");
-    bench::run_bench(&["--smoke".to_owned()], &envoy)?;
+    bench::run_built_bench(&["--smoke".to_owned()], &envoy)?;
     step("soak smoke run (cargo xtask soak --smoke)");
-    bench::run_bench(&bench::soak_args(&["--smoke".to_owned()])?, &envoy)?;
+    bench::run_built_bench(&bench::soak_args(&["--smoke".to_owned()])?, &envoy)?;
     println!("\nall checks passed");
     Ok(())
 }
@@ -366,6 +392,7 @@ fn postgres(args: &[String]) -> Result {
 }
 
 fn main() -> ExitCode {
+    started();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("up") => up::up(&args[1..]),
