@@ -132,7 +132,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[crate::testing::test]
+    #[test]
     fn cidrs_match_v4_v6_and_mapped_addresses() {
         let net = Cidr::parse("10.1.0.0/16").unwrap();
         assert!(net.contains(ip("10.1.255.3")));
@@ -152,7 +152,7 @@ mod tests {
         }
     }
 
-    #[crate::testing::test]
+    #[test]
     fn scopes_match_methods_and_whole_path_segments() {
         let read = Scope::validate(&["get".into()], Some("/read")).unwrap();
         assert!(read.permits("GET", "/read"));

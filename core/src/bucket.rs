@@ -238,7 +238,7 @@ mod tests {
         }
     }
 
-    #[crate::testing::test]
+    #[test]
     fn burst_then_deny_then_refill_at_the_exact_millisecond() {
         // 1 token per second, burst 3.
         let l = limit(1, 1, 3);
@@ -258,7 +258,7 @@ mod tests {
         assert!(!consume(&mut b, &l, 1, t0 + 1000));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn fractional_rates_are_exact() {
         // 10 per minute: one token every 6 s.
         let l = limit(10, 60, 1);
@@ -269,7 +269,7 @@ mod tests {
         assert!(consume(&mut b, &l, 1, t0 + 6_000));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn refill_never_exceeds_capacity_and_ignores_clock_going_back() {
         let l = limit(5, 1, 5);
         let mut b = Bucket::full(&l, 10_000);
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(back.remaining(&l), 0);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn remaining_and_reset_count_whole_tokens() {
         let l = limit(2, 1, 4);
         let mut b = Bucket::full(&l, 0);
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(ceil_seconds(1), 1);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn cost_above_capacity_waits_a_refill_not_forever() {
         // 1 per minute, burst 2: two minutes from empty to full.
         let l = limit(1, 60, 2);
@@ -309,7 +309,7 @@ mod tests {
         );
     }
 
-    #[crate::testing::test]
+    #[test]
     fn fill_time_is_burst_over_rate_rounded_up() {
         assert_eq!(fill_ms(&limit(1, 1, 3)), 3_000);
         assert_eq!(fill_ms(&limit(5, 60, 7)), 84_000);
@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(ceil_seconds(u64::MAX), MAX_HEADER_SECONDS);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn largest_allowed_limits_do_not_overflow() {
         let l = limit(
             crate::config::MAX_TOKENS,

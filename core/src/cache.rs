@@ -127,7 +127,7 @@ mod tests {
         sync
     }
 
-    #[crate::testing::test]
+    #[test]
     fn what_it_remembers_lasts_until_the_version_moves() {
         let store = MemoryStore::new();
         let (hash, unknown) = (KeyHash::of(b"k"), KeyHash::of(b"u"));
@@ -147,7 +147,7 @@ mod tests {
         assert!(!cache.key(&store, &hash).unwrap().active);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn the_version_is_read_once_per_millisecond() {
         let store = MemoryStore::new();
         let hash = KeyHash::of(b"k");
@@ -161,7 +161,7 @@ mod tests {
         assert!(!cache.key(&store, &hash).unwrap().active);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn the_sync_time_rides_on_the_version_read() {
         use crate::decide::is_stale;
         use crate::layout::{applied_state, apply_sync_at, Applied};
@@ -192,7 +192,7 @@ mod tests {
         assert!(!is_stale(cache.synced_at_ms(), 30_000, 31_000));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn it_starts_over_when_full() {
         let store = MemoryStore::new();
         let mut cache = ConfigCache::new();

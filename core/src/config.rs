@@ -430,7 +430,7 @@ mod tests {
     use super::*;
     use crate::testing::{limit, plan};
 
-    #[crate::testing::test]
+    #[test]
     fn burst_defaults_to_max() {
         let l = Limit::try_from(&limit("per-minute", 60, 60)).unwrap();
         assert_eq!(l.max_tokens, 60);
@@ -438,7 +438,7 @@ mod tests {
         assert_eq!(l.max_tokens, 5);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn bad_limits_are_rejected_with_the_field_named() {
         for (wl, needle) in [
             (limit("", 1, 1), "limit name"),
@@ -455,13 +455,13 @@ mod tests {
         }
     }
 
-    #[crate::testing::test]
+    #[test]
     fn plan_rejects_duplicate_limit_names_whole() {
         let wire = plan("plan_1", "Pro", vec![limit("a", 1, 1), limit("a", 2, 2)]);
         assert!(Plan::try_from(&wire).unwrap_err().0.contains("twice"));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn key_record_needs_a_real_hash() {
         let mut wire = WireKey {
             hash: "00".repeat(32),
@@ -497,7 +497,7 @@ mod override_tests {
     use super::*;
     use crate::testing::{limit, plan};
 
-    #[crate::testing::test]
+    #[test]
     fn key_overrides_replace_by_name_and_add_the_rest() {
         let plan = Plan::try_from(&plan(
             "p",

@@ -424,7 +424,7 @@ mod tests {
         move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_key_that_is_not_utf8_is_sent_but_unreadable() {
         let s = KeySources::default();
         let find = |pairs: &[(&str, &[u8])]| {
@@ -461,7 +461,7 @@ mod tests {
             .map(|(p, _)| p.as_str().to_owned())
     }
 
-    #[crate::testing::test]
+    #[test]
     fn the_first_configured_place_with_a_key_wins() {
         let s = all();
         let every = [
@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(found(&s, &[], "/"), None);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn the_refusal_says_where_this_gateway_reads_keys() {
         assert_eq!(
             KeySources::default().describe(),
@@ -497,7 +497,7 @@ mod tests {
         );
     }
 
-    #[crate::testing::test]
+    #[test]
     fn the_defaults_read_x_api_key_and_bearer_only() {
         let s = KeySources::default();
         assert!(s.validate().is_ok());
@@ -513,7 +513,7 @@ mod tests {
         assert_eq!(found(&s, &[("cookie", "api_key=k")], "/?api_key=k"), None);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn query_keys_are_percent_decoded_and_fragments_ignored() {
         let s = all();
         assert_eq!(
@@ -525,7 +525,7 @@ mod tests {
         assert_eq!(found(&s, &[], "/?a=1#api_key=x"), None);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn the_key_parameter_is_cut_out_of_the_path() {
         let cut = |p: &str| path_without_param(p, "api_key");
         assert_eq!(cut("/a?api_key=k").as_deref(), Some("/a"));
@@ -538,7 +538,7 @@ mod tests {
         assert_eq!(cut("/api_key=k"), None);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn the_key_cookie_is_cut_out_of_the_cookie_header() {
         assert_eq!(cookies_without("a=1; tg_key=k; b=2", "tg_key"), "a=1; b=2");
         assert_eq!(cookies_without("tg_key=k", "tg_key"), "");
@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(cookie_value("tg_key=", "tg_key"), None);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn removals_empty_every_place_that_carries_a_key() {
         let s = all();
         let pairs = [
@@ -588,7 +588,7 @@ mod tests {
         assert!(defaults.upstream_path("/?api_key=k").is_none());
     }
 
-    #[crate::testing::test]
+    #[test]
     fn names_that_cannot_work_are_refused() {
         let with = |f: &dyn Fn(&mut KeySources)| {
             let mut s = KeySources::default();

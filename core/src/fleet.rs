@@ -149,7 +149,7 @@ mod tests {
         default_share: FULL_SHARE / 4,
     };
 
-    #[crate::testing::test]
+    #[test]
     fn nothing_before_the_first_terms() {
         let lease = Lease {
             share: FULL_SHARE,
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(share(None, Some(lease), 0), 0);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_current_lease_wins_and_an_old_generation_is_no_lease() {
         let mine = Lease {
             share: FULL_SHARE / 2,
@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(share(Some(TERMS), Some(zero), 9_999), 0);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn past_its_validity_a_share_only_shrinks_to_the_default() {
         let big = Lease {
             share: FULL_SHARE,

@@ -224,7 +224,7 @@ mod tests {
 
     const BODY: &str = "AbCdEfGhIjKlMnOpQrStUvWxYz012345";
 
-    #[crate::testing::test]
+    #[test]
     fn issued_key_round_trips_through_parse() {
         let key = ApiKey::from_body(BODY).unwrap();
         assert_eq!(key.expose().len(), KEY_LEN);
@@ -233,12 +233,12 @@ mod tests {
         assert_eq!(key.display_prefix(), "tg_AbCdEfGh");
     }
 
-    #[crate::testing::test]
+    #[test]
     fn crc32_matches_the_ieee_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn malformed_keys_are_rejected_by_kind() {
         let key = ApiKey::from_body(BODY).unwrap();
         let good = key.expose();
@@ -269,7 +269,7 @@ mod tests {
         );
     }
 
-    #[crate::testing::test]
+    #[test]
     fn hash_is_sha256_and_debug_is_redacted() {
         let h = KeyHash::of(b"abc");
         assert_eq!(

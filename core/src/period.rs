@@ -117,7 +117,7 @@ mod tests {
         days_from_civil(y, mo, d) as u64 * DAY_MS + ((h * 60 + mi) * 60 + s) * 1000 + ms
     }
 
-    #[crate::testing::test]
+    #[test]
     fn civil_dates_round_trip() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(days_in_month(2026, 12), 31);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn calendar_month_boundaries_are_exact_to_the_millisecond() {
         let last_ms_of_nov = at(2026, 11, 30, 23, 59, 59, 999);
         let p = quota_period(last_ms_of_nov, None);
@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(quota_period(at(2026, 11, 23, 12, 0, 0, 0), Some(1)), p);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn anchor_days_start_mid_month_and_clamp_to_short_months() {
         // Anchor 15: 23 Nov is in 15 Nov .. 15 Dec; 14 Nov in 15 Oct .. 15 Nov.
         let p = quota_period(at(2026, 11, 23, 0, 0, 0, 0), Some(15));

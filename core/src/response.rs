@@ -289,7 +289,7 @@ mod tests {
         }
     }
 
-    #[crate::testing::test]
+    #[test]
     fn headers_list_every_policy_and_the_tightest_in_x_headers() {
         let h = RateLimitHeaders::of(&[
             p("per-second", 10, 1, 7, 1),
@@ -341,7 +341,7 @@ mod tests {
         [s.quota, s.window_seconds, s.remaining, s.reset_seconds]
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_bucket_without_a_burst_reads_as_max_per_window() {
         // 10 per minute: a token every 6 s.
         let l = limit(10, 60, 10);
@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(described(&limit(1, 3600, 1), 1, 0), [1, 3600, 0, 3600]);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_burst_above_max_is_the_quota_and_its_refill_time_the_window() {
         // 1 per second, burst 3: 3 at once, empty to full in 3 s.
         let l = limit(1, 1, 3);
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(described(&limit(5, 60, 7), 1, 0), [7, 84, 6, 12]);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_burst_below_max_is_the_quota_too() {
         // 60 per minute, burst 3: the refill rate is still 1 per second.
         assert_eq!(described(&limit(60, 60, 3), 1, 0), [3, 3, 2, 1]);
@@ -375,7 +375,7 @@ mod tests {
         assert_eq!(described(&limit(10, 1, 2), 2, 200), [2, 1, 2, 0]);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn fractional_refill_times_round_up() {
         // 4 ÷ 3 per second = 1.33 s; rounding down would claim 4 per second.
         assert_eq!(described(&limit(3, 1, 4), 0, 0)[..2], [4, 2]);
@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(described(&limit(1_000_000, 1, 1), 1, 0), [1, 1, 0, 1]);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn very_large_windows_stay_valid_structured_field_integers() {
         use crate::bucket::MAX_HEADER_SECONDS;
         use crate::config::{MAX_TOKENS, MAX_WINDOW_SECONDS};
@@ -433,7 +433,7 @@ mod tests {
         }
     }
 
-    #[crate::testing::test]
+    #[test]
     fn over_random_buckets_r_never_exceeds_q_nor_t_w() {
         use crate::bucket::{Check, MAX_HEADER_SECONDS};
         use crate::config::{MAX_TOKENS, MAX_WINDOW_SECONDS};
@@ -502,7 +502,7 @@ mod tests {
         assert!(with_burst > 10_000);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_429_is_problem_json_with_retry_after_and_violated_policies() {
         let reply = local_reply(&Denied {
             reason: DenyReason::RateLimited,
@@ -524,7 +524,7 @@ mod tests {
         assert!(body["type"].as_str().unwrap().ends_with("#quota-exceeded"));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_401_has_no_rate_limit_headers() {
         let reply = local_reply(&Denied {
             reason: DenyReason::InvalidApiKey,
@@ -564,7 +564,7 @@ mod tests {
         retry_after: Option<u64>,
     }
 
-    #[crate::testing::test]
+    #[test]
     fn problem_bodies_are_what_serde_json_writes() {
         let every_control: String = (0u8..0x20).map(char::from).collect();
         let details = [
@@ -607,7 +607,7 @@ mod tests {
         }
     }
 
-    #[crate::testing::test]
+    #[test]
     fn grpc_calls_are_told_apart_as_envoy_does() {
         for grpc in [
             "application/grpc",
@@ -629,7 +629,7 @@ mod tests {
         assert!(!is_grpc(None));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_grpc_refusal_has_its_status_the_code_in_its_message_and_no_content_type() {
         let mut denied = Denied::new(DenyReason::RateLimited, "Rate limit per-second exceeded.");
         denied.retry_after = Some(3);

@@ -1,5 +1,4 @@
-//! What the unit tests share: the test attribute for both targets, the
-//! config they sync, and the checks that hold the hand-written JSON to
+//! What the unit tests share: the config they sync, and the checks that hold the hand-written JSON to
 //! serde_json.
 //!
 //! One of each, so that a test module reads as what it checks rather than
@@ -17,11 +16,6 @@ use crate::key::{ApiKey, KeyHash};
 use crate::layout::apply_sync;
 use crate::store::MemoryStore;
 use crate::wire::{FleetLeases, LimitScope, SyncResponse, WireKey, WireLimit, WirePlan};
-
-#[cfg(not(target_arch = "wasm32"))]
-pub use core::prelude::v1::test;
-#[cfg(target_arch = "wasm32")]
-pub use wasm_bindgen_test::wasm_bindgen_test as test;
 
 /// Key number `n`: its body is 32 times the `n`th letter, so keys differ
 /// and a test can name them by number.

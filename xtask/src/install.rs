@@ -7,8 +7,6 @@ use std::process::Command;
 use crate::{root, run, run_here, Result};
 
 pub const ENVOY_VERSION: &str = "1.40.0";
-/// Must equal the `wasm-bindgen` version `wasm-bindgen-test` pins in Cargo.lock.
-pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
 
 fn tools() -> PathBuf {
     root().join(".tools")
@@ -17,7 +15,7 @@ fn tools() -> PathBuf {
 pub fn rust_bits() -> Result {
     run(
         "rustup target add",
-        Command::new("rustup").args(["target", "add", "wasm32-wasip1", "wasm32-unknown-unknown"]),
+        Command::new("rustup").args(["target", "add", "wasm32-wasip1"]),
     )?;
     run(
         "rustup component add",
@@ -88,32 +86,6 @@ pub fn grpcio() -> Result<PathBuf> {
     );
     pip_install(&target, "grpcio", GRPCIO_VERSION)?;
     Ok(target)
-}
-
-/// `wasm-bindgen-test-runner`, which runs the core's tests compiled to wasm32 under Node.js.
-pub fn wasm_bindgen_test_runner() -> Result<PathBuf> {
-    let root_dir = tools().join("cargo");
-    let runner = root_dir.join("bin/wasm-bindgen-test-runner");
-    let version_ok = Command::new(&runner)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(WASM_BINDGEN_VERSION))
-        .unwrap_or(false);
-    if version_ok {
-        return Ok(runner);
-    }
-    println!(
-        "installing wasm-bindgen-cli {WASM_BINDGEN_VERSION} into {}",
-        root_dir.display()
-    );
-    run(
-        "cargo install wasm-bindgen-cli",
-        crate::cargo()
-            .args(["install", "--quiet", "--force", "--root"])
-            .arg(&root_dir)
-            .args(["wasm-bindgen-cli", "--version", WASM_BINDGEN_VERSION]),
-    )?;
-    Ok(runner)
 }
 
 /// Whether `tool --version` runs.

@@ -1,8 +1,8 @@
 //! `cargo xtask up` and `cargo xtask test`: the README's two commands.
 //!
 //! Both start by installing what is missing into the checkout's `.tools/`
-//! (Envoy from PyPI, the wasm-bindgen test runner) and through rustup, so a
-//! fresh machine needs nothing but cargo, Python and Node.js.
+//! (Envoy from PyPI) and through rustup, so a fresh machine needs nothing
+//! but cargo, Python and Node.js.
 //! `cargo xtask postgres` runs the tests' throwaway PostgreSQL on its own;
 //! `cargo xtask bench` measures what the filter costs Envoy (`bench.rs`
 //! builds it, `bench/runner` runs it);
@@ -202,7 +202,6 @@ fn test(args: &[String]) -> Result {
     step("install what is missing");
     install::rust_bits()?;
     let envoy = install::envoy()?;
-    let runner = install::wasm_bindgen_test_runner()?;
     install::node()?;
     let postgres = install::postgres()?;
     let docker_registry = install::docker_registry()?;
@@ -268,18 +267,17 @@ fn test(args: &[String]) -> Result {
     // Stopped and deleted when `cluster` is dropped, on every return path.
     let cluster = pg::start()?;
     pg::clean_up_on_signal(&cluster)?;
-    step("core tests on wasm32 (Node.js)");
+    // The core's tests on the filter's own target, under Node.js's WASI:
+    // libtest as on the host, one test at a time (the target has no threads).
+    step("core tests on wasm32-wasip1 (Node.js's WASI)");
     run(
-        "core tests on wasm32",
+        "core tests on wasm32-wasip1",
         cargo()
-            .args([
-                "test",
-                "-p",
-                "tollgate-core",
-                "--target",
-                "wasm32-unknown-unknown",
-            ])
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner),
+            .args(["test", "-p", "tollgate-core", "--target", "wasm32-wasip1"])
+            .env(
+                "CARGO_TARGET_WASM32_WASIP1_RUNNER",
+                root().join("xtask/wasi/run.mjs"),
+            ),
     )?;
     step("fuzz smoke run (cargo xtask fuzz --smoke, 50,000 inputs per target from a fixed seed)");
     fuzz::smoke()?;

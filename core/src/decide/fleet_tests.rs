@@ -57,7 +57,7 @@ fn admitted(store: &MemoryStore, k: &ApiKey, n: usize, now: u64) -> usize {
         .count()
 }
 
-#[crate::testing::test]
+#[test]
 fn before_any_terms_a_fleet_wide_limit_admits_nothing_and_says_retry_in_a_second() {
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     match run(&store, &k, T0) {
@@ -74,7 +74,7 @@ fn before_any_terms_a_fleet_wide_limit_admits_nothing_and_says_retry_in_a_second
     assert_eq!(admitted(&store, &k, 3, T0), 3);
 }
 
-#[crate::testing::test]
+#[test]
 fn half_a_share_is_half_the_burst_and_half_the_rate_to_the_millisecond() {
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     apply_leases(&store, &leases(1, HALF, None), T0).unwrap();
@@ -92,7 +92,7 @@ fn half_a_share_is_half_the_burst_and_half_the_rate_to_the_millisecond() {
     }
 }
 
-#[crate::testing::test]
+#[test]
 fn a_grant_of_its_own_beats_the_default_and_a_shrunk_share_cuts_the_bucket() {
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     apply_leases(&store, &leases(1, 0, Some(u64::from(FULL_SHARE))), T0).unwrap();
@@ -106,7 +106,7 @@ fn a_grant_of_its_own_beats_the_default_and_a_shrunk_share_cuts_the_bucket() {
     assert_eq!(admitted(&store, &k, 1, T0 + 1_001), 1);
 }
 
-#[crate::testing::test]
+#[test]
 fn with_no_receipt_for_a_lease_length_a_share_falls_to_the_default() {
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     apply_leases(&store, &leases(1, HALF, Some(u64::from(FULL_SHARE))), T0).unwrap();
@@ -116,7 +116,7 @@ fn with_no_receipt_for_a_lease_length_a_share_falls_to_the_default() {
     assert_eq!(admitted(&store, &k, 10, T0 + 20_000), 5);
 }
 
-#[crate::testing::test]
+#[test]
 fn per_envoy_limits_are_metered_whole_beside_fleet_wide_ones() {
     let (store, k) = unleased(vec![
         limit("per-second", 10, 1),
@@ -130,7 +130,7 @@ fn per_envoy_limits_are_metered_whole_beside_fleet_wide_ones() {
     assert_eq!(admitted(&store, &k, 5, T0 + 2_002), 0);
 }
 
-#[crate::testing::test]
+#[test]
 fn leases_before_the_first_config_come_with_it() {
     let store = MemoryStore::new();
     apply_leases(&store, &leases(4, HALF, None), T0).unwrap();
@@ -144,7 +144,7 @@ fn leases_before_the_first_config_come_with_it() {
     assert_eq!(admitted(&store, &k, 10, T0), 5);
 }
 
-#[crate::testing::test]
+#[test]
 fn a_sync_keeps_the_leases() {
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     apply_leases(&store, &leases(1, HALF, Some(0)), T0).unwrap();
@@ -218,7 +218,7 @@ fn reason(d: &Decision) -> Option<DenyReason> {
     }
 }
 
-#[crate::testing::test]
+#[test]
 fn the_slicing_horizon_is_what_the_tightest_fleet_wide_limit_admits_in_five_seconds() {
     let l = |max, window_seconds, max_tokens, per_envoy| Limit {
         name: "l".into(),
@@ -240,7 +240,7 @@ fn the_slicing_horizon_is_what_the_tightest_fleet_wide_limit_admits_in_five_seco
     assert_eq!(slicing_horizon([]), None);
 }
 
-#[crate::testing::test]
+#[test]
 fn a_shared_quota_is_admitted_on_standings_until_its_horizon_then_only_within_a_slice() {
     // 100 − 39 = 61 left, over the horizon of 60: admitted.
     let (store, k) = sharing_a_quota(39);
@@ -268,7 +268,7 @@ fn a_shared_quota_is_admitted_on_standings_until_its_horizon_then_only_within_a_
     );
 }
 
-#[crate::testing::test]
+#[test]
 fn a_slice_holds_through_an_outage_but_waiting_for_one_does_not() {
     let (store, k) = sharing_a_quota(50);
     assert_eq!(reason(&run(&store, &k, T0)), Some(DenyReason::QuotaPending));
@@ -284,7 +284,7 @@ fn a_slice_holds_through_an_outage_but_waiting_for_one_does_not() {
     assert_eq!(admitted(&store, &k, 5, T0 + 30_000), 0);
 }
 
-#[crate::testing::test]
+#[test]
 fn a_slice_of_another_generation_or_period_is_no_slice() {
     let (store, k) = sharing_a_quota(50);
     apply_leases(&store, &slice(2, 8, 50), T0).unwrap();
@@ -300,7 +300,7 @@ fn a_slice_of_another_generation_or_period_is_no_slice() {
     assert_eq!(reason(&run(&store, &k, T0)), Some(DenyReason::QuotaPending));
 }
 
-#[crate::testing::test]
+#[test]
 fn an_envoy_alone_or_a_quota_without_a_fleet_wide_limit_is_never_sliced() {
     // Alone (a default share of the whole), 1 left: admitted on standings.
     let (store, k) = unleased_with_quota(vec![limit("per-second", 10, 1)], 100);

@@ -60,7 +60,7 @@ fn policy<'a>(policies: &'a [PolicyStatus], name: &str) -> &'a PolicyStatus {
     policies.iter().find(|p| p.name == name).unwrap()
 }
 
-#[crate::testing::test]
+#[test]
 fn quota_admits_exactly_the_quota_then_429_until_the_period_ends() {
     let s = store(
         vec![plan("p", "P", vec![]).with_quota(3)],
@@ -92,7 +92,7 @@ fn quota_admits_exactly_the_quota_then_429_until_the_period_ends() {
     assert_eq!(policy(&allowed(&next).policies, "monthly").remaining, 2);
 }
 
-#[crate::testing::test]
+#[test]
 fn a_request_refused_by_one_window_consumes_from_no_window_and_not_the_quota() {
     let s = store(
         vec![plan(
@@ -115,7 +115,7 @@ fn a_request_refused_by_one_window_consumes_from_no_window_and_not_the_quota() {
     assert_eq!(policy(p, "monthly").remaining, 48);
 }
 
-#[crate::testing::test]
+#[test]
 fn route_costs_are_consumed_from_buckets_and_quota_and_free_routes_pass_when_used_up() {
     let mut p = plan("p", "P", vec![limit("per-minute", 10, 60)]).with_quota(6);
     p.route_costs = vec![
@@ -151,7 +151,7 @@ fn route_costs_are_consumed_from_buckets_and_quota_and_free_routes_pass_when_use
     assert_eq!(allowed(&a).cost, 0);
 }
 
-#[crate::testing::test]
+#[test]
 fn other_envoys_use_counts_only_in_its_own_period() {
     let s = store(
         vec![plan("p", "P", vec![]).with_quota(10)],
@@ -187,7 +187,7 @@ fn other_envoys_use_counts_only_in_its_own_period() {
     assert_eq!(apply_standings(&s, &[bad]), Ok(0));
 }
 
-#[crate::testing::test]
+#[test]
 fn a_plan_upgrade_mid_period_keeps_the_use_and_applies_the_new_quota_at_once() {
     let s = store(
         vec![
@@ -211,7 +211,7 @@ fn a_plan_upgrade_mid_period_keeps_the_use_and_applies_the_new_quota_at_once() {
     assert_eq!(policy(&allowed(&a).policies, "monthly").remaining, 96);
 }
 
-#[crate::testing::test]
+#[test]
 fn a_billing_anchor_moves_the_period_boundary() {
     let mut k = numbered_key(0, "t", "p");
     k.billing_anchor_day = Some(25);
@@ -223,7 +223,7 @@ fn a_billing_anchor_moves_the_period_boundary() {
     allowed(&get(&s, 0, T0 + 2 * 86_400_000));
 }
 
-#[crate::testing::test]
+#[test]
 fn tenant_scoped_limits_are_shared_by_the_tenants_keys_only() {
     let s = store(
         vec![plan(
@@ -255,7 +255,7 @@ fn tenant_scoped_limits_are_shared_by_the_tenants_keys_only() {
     allowed(&get(&s, 2, T0));
 }
 
-#[crate::testing::test]
+#[test]
 fn a_lost_race_on_the_tenant_bucket_refunds_the_key_bucket() {
     let s = store(
         vec![plan(
@@ -340,7 +340,7 @@ fn with_anonymous(store: &MemoryStore, routes: Vec<WireScope>) {
     apply_sync(store, &s).unwrap();
 }
 
-#[crate::testing::test]
+#[test]
 fn anonymous_routes_admit_without_a_key_with_limits_per_client_address() {
     let s = store(vec![], vec![]);
     assert_eq!(
@@ -385,7 +385,7 @@ fn anonymous_routes_admit_without_a_key_with_limits_per_client_address() {
     );
 }
 
-#[crate::testing::test]
+#[test]
 fn an_anonymous_slot_left_idle_is_taken_over_and_a_busy_one_is_shared() {
     let s = store(vec![], vec![]);
     with_anonymous(&s, vec![WireScope::default()]);
@@ -409,7 +409,7 @@ fn an_anonymous_slot_left_idle_is_taken_over_and_a_busy_one_is_shared() {
     ));
 }
 
-#[crate::testing::test]
+#[test]
 fn bad_metering_config_is_refused_whole() {
     let s = store(vec![], vec![]);
     let mut bad = sync(2, vec![], vec![]);

@@ -55,7 +55,7 @@ fn reason(d: &Decision) -> Option<DenyReason> {
     }
 }
 
-#[crate::testing::test]
+#[test]
 fn key_comes_from_x_api_key_then_bearer() {
     assert_eq!(presented_key(Some("a"), Some("Bearer b")), Some("a"));
     assert_eq!(presented_key(None, Some("Bearer b")), Some("b"));
@@ -65,7 +65,7 @@ fn key_comes_from_x_api_key_then_bearer() {
     assert_eq!(presented_key(None, None), None);
 }
 
-#[crate::testing::test]
+#[test]
 fn missing_malformed_and_unconfigured() {
     let empty = MemoryStore::new();
     assert_eq!(
@@ -88,7 +88,7 @@ fn missing_malformed_and_unconfigured() {
     );
 }
 
-#[crate::testing::test]
+#[test]
 fn disabled_key_is_refused() {
     let (store, k) = store_with(vec![limit("s", 1, 1)], false);
     assert_eq!(
@@ -97,7 +97,7 @@ fn disabled_key_is_refused() {
     );
 }
 
-#[crate::testing::test]
+#[test]
 fn allowed_carries_identity_and_policies() {
     let (store, k) = store_with(vec![limit("per-minute", 60, 60).with_burst(3)], true);
     let Decision::Allow(a) = run(&store, k.expose(), T0) else {
@@ -124,7 +124,7 @@ fn allowed_carries_identity_and_policies() {
     );
 }
 
-#[crate::testing::test]
+#[test]
 fn burst_then_429_with_retry_after_then_refill() {
     let (store, k) = store_with(vec![limit("per-second", 2, 1).with_burst(2)], true);
     assert!(reason(&run(&store, k.expose(), T0)).is_none());
@@ -144,7 +144,7 @@ fn burst_then_429_with_retry_after_then_refill() {
     assert!(reason(&run(&store, k.expose(), T0 + 500)).is_none());
 }
 
-#[crate::testing::test]
+#[test]
 fn a_refused_request_consumes_from_no_window() {
     let (store, k) = store_with(
         vec![limit("per-second", 1, 1), limit("per-hour", 100, 3600)],
@@ -166,7 +166,7 @@ fn a_refused_request_consumes_from_no_window() {
     assert_eq!(next.policies[1].remaining, 98);
 }
 
-#[crate::testing::test]
+#[test]
 fn retry_after_comes_from_the_denying_policy() {
     let (store, k) = store_with(
         vec![limit("per-second", 10, 1), limit("per-minute", 1, 60)],
@@ -180,7 +180,7 @@ fn retry_after_comes_from_the_denying_policy() {
     assert_eq!(d.retry_after, Some(60));
 }
 
-#[crate::testing::test]
+#[test]
 fn each_refusing_policy_says_its_own_wait_and_retry_after_the_longest() {
     let (store, k) = store_with(
         vec![limit("per-second", 1, 1), limit("per-minute", 1, 60)],
@@ -213,7 +213,7 @@ fn each_refusing_policy_says_its_own_wait_and_retry_after_the_longest() {
     assert!(reply.body.contains("\"retry_after\":60}"));
 }
 
-#[crate::testing::test]
+#[test]
 fn cas_conflicts_are_retried_and_never_double_count() {
     let (store, k) = store_with(vec![limit("s", 1, 3600).with_burst(3)], true);
     store.inject_cas_conflicts(MAX_CAS_ATTEMPTS - 1);
@@ -232,7 +232,7 @@ fn cas_conflicts_are_retried_and_never_double_count() {
     assert_eq!(a.policies[0].remaining, 1);
 }
 
-#[crate::testing::test]
+#[test]
 fn expiry_is_enforced_at_the_exact_millisecond() {
     let (store, k) = store_with_key(vec![], |w| w.expires_at_ms = Some(T0 + 1000));
     assert!(reason(&run(&store, k.expose(), T0 + 999)).is_none());
@@ -247,7 +247,7 @@ fn expiry_is_enforced_at_the_exact_millisecond() {
     assert_eq!(d.reason.code(), "expired_api_key");
 }
 
-#[crate::testing::test]
+#[test]
 fn scopes_and_cidrs_answer_403() {
     let (store, k) = store_with_key(vec![limit("s", 100, 1)], |w| {
         w.scopes = Some(vec![crate::wire::WireScope {
@@ -276,7 +276,7 @@ fn scopes_and_cidrs_answer_403() {
     assert_eq!(DenyReason::Forbidden.status(), 403);
 }
 
-#[crate::testing::test]
+#[test]
 fn key_overrides_change_the_enforced_limits() {
     let (store, k) = store_with_key(vec![limit("per-hour", 1, 3600).with_burst(1)], |w| {
         w.limits = Some(vec![limit("per-hour", 1, 3600).with_burst(2)]);
@@ -289,7 +289,7 @@ fn key_overrides_change_the_enforced_limits() {
     );
 }
 
-#[crate::testing::test]
+#[test]
 fn a_plan_without_limits_admits_without_headers() {
     let (store, k) = store_with(vec![], true);
     let Decision::Allow(a) = run(&store, k.expose(), T0) else {
@@ -298,7 +298,7 @@ fn a_plan_without_limits_admits_without_headers() {
     assert!(a.policies.is_empty());
 }
 
-#[crate::testing::test]
+#[test]
 fn the_staleness_budget_ends_exactly_at_its_edge() {
     // Last successful sync at t = 1 000 000 ms, a 30 s budget.
     let synced = Some(1_000_000);

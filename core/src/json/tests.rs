@@ -152,7 +152,7 @@ fn full_receipt() -> UsageReceipt {
     }
 }
 
-#[crate::testing::test]
+#[test]
 fn written_types_are_written_as_serde_json_writes_them_and_read_back() {
     round_trip(&full_limit());
     round_trip(&minimal_limit());
@@ -178,7 +178,7 @@ fn written_types_are_written_as_serde_json_writes_them_and_read_back() {
     round_trip(&false);
 }
 
-#[crate::testing::test]
+#[test]
 fn read_types_read_what_serde_json_writes() {
     reads_back(&full_key());
     reads_back(&WireKey::default());
@@ -190,7 +190,7 @@ fn read_types_read_what_serde_json_writes() {
     reads_back(&None::<u64>);
 }
 
-#[crate::testing::test]
+#[test]
 fn strings_are_escaped_and_unescaped_as_serde_json_does() {
     let every_control: String = (0u8..0x20).map(char::from).collect();
     let strings = [
@@ -238,7 +238,7 @@ where
     }
 }
 
-#[crate::testing::test]
+#[test]
 fn scalars_accept_and_refuse_what_serde_json_does() {
     check::<u64>(&[
         (b"0", true),
@@ -392,7 +392,7 @@ fn scalars_accept_and_refuse_what_serde_json_does() {
     ]);
 }
 
-#[crate::testing::test]
+#[test]
 fn structs_accept_and_refuse_what_serde_json_does() {
     check::<WireLimit>(&[
         (br#"{"name":"a","max":1,"window_seconds":2}"#, true),
@@ -580,14 +580,14 @@ fn structs_accept_and_refuse_what_serde_json_does() {
     ]);
 }
 
-#[crate::testing::test]
+#[test]
 fn documents_one_byte_off_get_serde_jsons_verdict() {
     mutations_agree::<SyncResponse>(&serde_json::to_vec(&full_sync()).unwrap());
     mutations_agree::<UsageBatch>(&serde_json::to_vec(&full_batch()).unwrap());
     mutations_agree::<UsageReceipt>(&serde_json::to_vec(&full_receipt()).unwrap());
 }
 
-#[crate::testing::test]
+#[test]
 fn errors_say_what_and_where() {
     let error = from_slice::<WireLimit>(br#"{"name":"a","oops":1}"#).unwrap_err();
     assert_eq!(error.reason(), "unknown field");
@@ -602,7 +602,7 @@ fn errors_say_what_and_where() {
     assert_eq!(error.reason(), "lone surrogate in a string");
 }
 
-#[crate::testing::test]
+#[test]
 fn decimals_are_written_as_format_writes_them() {
     for n in [
         0,

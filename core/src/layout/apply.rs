@@ -364,7 +364,7 @@ mod tests {
     use crate::testing::sync_with_key;
     use crate::wire::WireScope;
 
-    #[crate::testing::test]
+    #[test]
     fn entries_are_what_serde_json_wrote_so_earlier_filters_entries_still_read() {
         let store = MemoryStore::new();
         let hash = KeyHash::of(b"k");
@@ -416,7 +416,7 @@ mod tests {
         );
     }
 
-    #[crate::testing::test]
+    #[test]
     fn apply_writes_everything_and_the_version_last() {
         let store = MemoryStore::new();
         let hash = KeyHash::of(b"k");
@@ -429,7 +429,7 @@ mod tests {
         assert!(store.get(&buckets_key(&hash)).is_none());
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_page_with_more_to_come_writes_its_keys_but_not_the_version() {
         let store = MemoryStore::new();
         let (first, second) = (KeyHash::of(b"k1"), KeyHash::of(b"k2"));
@@ -443,7 +443,7 @@ mod tests {
         assert_eq!(applied_version(&store), Some(6));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn a_bad_response_is_rejected_whole() {
         let store = MemoryStore::new();
         let hash = KeyHash::of(b"k");
@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(applied_version(&store), Some(1));
     }
 
-    #[crate::testing::test]
+    #[test]
     fn deletion_removes_the_record_and_stale_versions_are_refused() {
         let store = MemoryStore::new();
         let hash = KeyHash::of(b"k");
@@ -494,7 +494,7 @@ mod tests {
         );
     }
 
-    #[crate::testing::test]
+    #[test]
     fn an_existing_bucket_survives_a_key_update() {
         let store = MemoryStore::new();
         let hash = KeyHash::of(b"k");

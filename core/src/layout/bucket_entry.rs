@@ -232,7 +232,7 @@ fn encode_buckets<'a>(buckets: impl IntoIterator<Item = (&'a str, Bucket)>) -> V
 mod tests {
     use super::*;
 
-    #[crate::testing::test]
+    #[test]
     fn buckets_round_trip_and_garbage_decodes_to_nothing() {
         let b = Bucket {
             level: 123_456_789_012_345,
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(decode_buckets(&bytes[..bytes.len() - 1]).len(), 1);
     }
 
-    #[crate::testing::test]
+    #[test]
     fn pseudo_buckets_are_written_by_name_after_the_limits_and_read_back() {
         let b = Bucket {
             level: 7,

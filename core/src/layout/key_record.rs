@@ -257,7 +257,7 @@ mod tests {
     use super::*;
     use crate::testing::{agree, limit, mutations_agree, round_trip, wire_key};
 
-    #[crate::testing::test]
+    #[test]
     fn key_records_round_trip_compactly() {
         let hash = KeyHash::of(b"k");
         let record = |wire: &WireKey| Some(KeyRecord::try_from(wire).unwrap());
@@ -321,7 +321,7 @@ mod tests {
         assert!(encode_key_record(&long).is_err());
     }
 
-    #[crate::testing::test]
+    #[test]
     fn key_extras_are_json_as_serde_json_writes_and_reads_it() {
         let full = KeyExtras {
             scopes: Some(vec![
@@ -404,7 +404,7 @@ mod tests {
         mutations_agree::<KeyExtras>(&serde_json::to_vec(&full).unwrap());
     }
 
-    #[crate::testing::test]
+    #[test]
     fn packed_ids_are_exact_and_only_what_packing_writes_unpacks() {
         for id in [
             "key_00000000000000000000",
