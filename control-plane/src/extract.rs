@@ -32,9 +32,40 @@ where
                 "The body must be a JSON object.",
             ));
         }
-        serde_json::from_value(value)
-            .map(Self)
-            .map_err(|e| ApiError::invalid("invalid_body", format!("Invalid body: {e}")))
+        match serde_json::from_value(value.clone()) {
+            Ok(body) => Ok(Self(body)),
+            // JSON has one kind of number: `2.0` is the integer 2 to the
+            // sender (JSON Schema says so too), only serde tells them apart.
+            Err(_) => serde_json::from_value(with_whole_numbers(value))
+                .map(Self)
+                .map_err(|e| ApiError::invalid("invalid_body", format!("Invalid body: {e}"))),
+        }
+    }
+}
+
+/// `value` with every number that is a whole one written as an integer,
+/// up to 2^53, past which a float no longer spells every integer.
+fn with_whole_numbers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() <= EXACT => {
+                // In range and whole, so the cast is exact.
+                #[allow(clippy::cast_possible_truncation)]
+                let whole = f as i64;
+                Value::from(whole)
+            }
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(with_whole_numbers).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, with_whole_numbers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -77,5 +108,21 @@ where
                 e.body_text(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_floats_read_as_integers() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Limit {
+            max: u64,
+        }
+        let value = serde_json::json!({"max": 355.0});
+        let limit: Limit = serde_json::from_value(with_whole_numbers(value)).unwrap();
+        assert_eq!(limit.max, 355);
     }
 }

@@ -75,19 +75,26 @@ pub struct ProxyHeaders {
     /// Random, drawn once per Envoy process and kept across changes of
     /// leader: the registry's key. Without it the other headers are ignored.
     #[serde(rename = "Tollgate-Proxy-Instance")]
+    #[param(value_type = String, required = false)]
     pub instance: Option<String>,
     /// Envoy's node id (`node.id`).
     #[serde(rename = "Tollgate-Proxy-Node")]
+    #[param(value_type = String, required = false)]
     pub node: Option<String>,
     /// Envoy's cluster (`node.cluster`).
     #[serde(rename = "Tollgate-Proxy-Cluster")]
+    #[param(value_type = String, required = false)]
     pub cluster: Option<String>,
     /// The filter's build: `<crate version>+<git commit>`, or `unknown`.
     #[serde(rename = "Tollgate-Proxy-Build")]
+    #[param(value_type = String, required = false)]
     pub build: Option<String>,
-    /// The config version the proxy has applied; absent before its first.
+    /// The config version the proxy has applied, a whole number; absent
+    /// before its first. Anything else is read as absent: the poll or report
+    /// is served all the same, so a filter's bad header never stops its config.
     #[serde(rename = "Tollgate-Proxy-Applied-Version")]
-    pub applied_version: Option<u64>,
+    #[param(value_type = String, required = false, example = "42")]
+    pub applied_version: Option<String>,
 }
 
 fn field(headers: &HeaderMap, name: &str) -> Option<String> {

@@ -13,7 +13,8 @@
 //! (the proxy registry); `change`, the envelope every write goes through;
 //! `auth`, `extract`, `input`, `paging`, `docs`, `middleware` and `receipt`
 //! (the config version a write answers with), what handlers share; `routes`, one
-//! module per resource; and `openapi`, the document that lists them. The
+//! module per resource; and `openapi`, the document that lists them, with
+//! `constraints`, the rules of what they accept, stated in it. The
 //! background work (`webhooks`, `replicas`) and `seed` sit beside `routes`;
 //! `dashboard`, the pages over the same operations, sits above them.
 //! No module uses one above it.
@@ -22,6 +23,7 @@ pub mod allocation;
 pub mod auth;
 pub mod change;
 pub mod clock;
+pub mod constraints;
 pub mod dashboard;
 pub mod db;
 pub mod docs;
@@ -61,6 +63,7 @@ pub fn app(state: AppState) -> Router {
     // Receipts inside authentication: a wait is parsed only for a caller
     // who may write, and a change's version only exists once it committed.
     let admin = routes::mounted(Mount::Admin)
+        .route_layer(axum::middleware::from_fn(middleware::unknown_ids))
         .route_layer(from_fn_with_state(state.clone(), receipt::receipts))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()

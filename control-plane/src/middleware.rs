@@ -7,13 +7,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::Extensions;
+use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::input::is_id_shaped;
 use crate::state::AppState;
 use crate::throttle::ClientKey;
 
@@ -101,4 +103,19 @@ pub async fn limit_admin(
         return Err(throttled.into());
     }
     Ok(next.run(request).await)
+}
+
+/// Around the admin routes, inside authentication: a path parameter holding
+/// what no id or version holds names nothing, so it is answered 404 at once,
+/// before any store reads it (PostgreSQL cannot even take a NUL).
+pub async fn unknown_ids(params: RawPathParams, request: Request, next: Next) -> Response {
+    if let Some((_, value)) = params.iter().find(|(_, value)| !is_id_shaped(value)) {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("Nothing has the id {value:?}."),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

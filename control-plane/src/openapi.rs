@@ -16,6 +16,7 @@
 //! `docs`, below the routes that refer to them; the ones specific to a
 //! handler are written next to it.
 
+use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -25,7 +26,7 @@ use crate::docs::{
 };
 use crate::error::Problem;
 use crate::receipt::{self, Receipt};
-use crate::routes;
+use crate::{constraints, routes};
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -73,8 +74,11 @@ there is no such endpoint and `405 method_not_allowed` for a method it does not 
 pub struct ApiDoc;
 
 /// The whole document: what every resource of [`routes::RESOURCES`] documents,
-/// under the API's description, shared components and security schemes.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// under the API's description, shared components and security schemes,
+/// with the rules of what each accepts and the links between them. JSON
+/// rather than utoipa's model, which has no room for some of the rules'
+/// keywords (`propertyNames`, an object's `anyOf`).
+pub fn document() -> Value {
     let mut doc = ApiDoc::openapi();
     for resource in &routes::RESOURCES {
         let api = (resource.api)();
@@ -84,7 +88,382 @@ pub fn document() -> utoipa::openapi::OpenApi {
             api
         });
     }
+    let mut doc = serde_json::to_value(&doc).expect("the document is JSON");
+    constraints::state_in(&mut doc);
+    with_links(&mut doc);
     doc
+}
+
+/// `$response.body#/id`, the created resource's own id.
+const ID: &str = "$response.body#/id";
+
+/// The links from what creates a resource to what reads, changes or uses
+/// it: (path, method, status, link, operation, parameters, request body
+/// fields). With them a client, or a stateful test, walks from a new plan to
+/// its tenants, their keys and tokens by the ids the answers carry.
+#[allow(clippy::type_complexity)]
+const LINKS: &[(
+    &str,
+    &str,
+    &str,
+    &str,
+    &str,
+    &[(&str, &str)],
+    &[(&str, &str)],
+)] = &[
+    (
+        "/v1/plans",
+        "post",
+        "201",
+        "GetPlan",
+        "plans_show",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/plans",
+        "post",
+        "201",
+        "ChangePlan",
+        "plans_update",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/plans",
+        "post",
+        "201",
+        "DeletePlan",
+        "plans_delete",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/plans",
+        "post",
+        "201",
+        "CreateTenantOnPlan",
+        "tenants_create",
+        &[],
+        &[("plan_id", ID)],
+    ),
+    (
+        "/v1/plans",
+        "post",
+        "201",
+        "ListTenantsOnPlan",
+        "tenants_list",
+        &[("plan_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/plans",
+        "post",
+        "201",
+        "OpenAnonymousAccess",
+        "anonymous_replace",
+        &[],
+        &[("plan_id", ID)],
+    ),
+    (
+        "/v1/plans",
+        "post",
+        "201",
+        "GetPropagation",
+        "propagation_of",
+        &[("version", "$response.header.Tollgate-Config-Version")],
+        &[],
+    ),
+    (
+        "/v1/plans/{id}",
+        "patch",
+        "200",
+        "GetPlan",
+        "plans_show",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "GetTenant",
+        "tenants_show",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "ChangeTenant",
+        "tenants_update",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "DeleteTenant",
+        "tenants_delete",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "GetTenantUsage",
+        "tenant_usage",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "GetPlanOfTenant",
+        "plans_show",
+        &[("id", "$response.body#/plan_id")],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "IssueKey",
+        "keys_create",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "IssueKeys",
+        "keys_create_batch",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "ListKeys",
+        "keys_list",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "IssueToken",
+        "tokens_create",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "ListTokens",
+        "tokens_list",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "SetWebhook",
+        "webhook_set",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "ListDeliveries",
+        "deliveries_list",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants",
+        "post",
+        "201",
+        "AuditOfTenant",
+        "audit_list",
+        &[("tenant_id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{id}",
+        "patch",
+        "200",
+        "GetTenant",
+        "tenants_show",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/webhook",
+        "put",
+        "200",
+        "GetWebhook",
+        "webhook_get",
+        &[("tenant_id", "$response.body#/tenant_id")],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/webhook",
+        "put",
+        "200",
+        "DeleteWebhook",
+        "webhook_delete",
+        &[("tenant_id", "$response.body#/tenant_id")],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/keys",
+        "post",
+        "201",
+        "GetKey",
+        "keys_show",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/keys",
+        "post",
+        "201",
+        "ChangeKey",
+        "keys_update",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/keys",
+        "post",
+        "201",
+        "DeleteKey",
+        "keys_delete",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/keys",
+        "post",
+        "201",
+        "RotateKey",
+        "keys_rotate",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/keys",
+        "post",
+        "201",
+        "GetKeyUsage",
+        "key_usage",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/keys/batch",
+        "post",
+        "201",
+        "GetFirstKey",
+        "keys_show",
+        &[("id", "$response.body#/keys/0/id")],
+        &[],
+    ),
+    (
+        "/v1/keys/{id}",
+        "patch",
+        "200",
+        "GetKey",
+        "keys_show",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/keys/{id}/rotate",
+        "post",
+        "201",
+        "GetSuccessor",
+        "keys_show",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/keys/{id}/rotate",
+        "post",
+        "201",
+        "RotateSuccessor",
+        "keys_rotate",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/keys/{id}/rotate",
+        "post",
+        "201",
+        "DeleteSuccessor",
+        "keys_delete",
+        &[("id", ID)],
+        &[],
+    ),
+    (
+        "/v1/tenants/{tenant_id}/tokens",
+        "post",
+        "201",
+        "RevokeToken",
+        "tokens_revoke",
+        &[("tenant_id", "$response.body#/tenant_id"), ("id", ID)],
+        &[],
+    ),
+];
+
+/// `doc` with [`LINKS`] in its responses; a link to an operation or from a
+/// response the document lacks panics, so no test passes with one.
+fn with_links(doc: &mut Value) {
+    let operation_ids: Vec<String> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(Value::as_object)
+        .flat_map(|item| item.values())
+        .filter_map(|op| op["operationId"].as_str().map(str::to_owned))
+        .collect();
+    for (path, method, status, name, target, parameters, body) in LINKS {
+        assert!(
+            operation_ids.iter().any(|id| id == target),
+            "a link to {target}, which the document lacks"
+        );
+        let response = &mut doc["paths"][path][method]["responses"][status];
+        assert!(
+            response.is_object(),
+            "a link from {method} {path} {status}, which the document lacks"
+        );
+        let mut link = json!({"operationId": target});
+        if !parameters.is_empty() {
+            link["parameters"] = parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+        }
+        if !body.is_empty() {
+            link["requestBody"] = body
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+        }
+        response["links"][name] = link;
+    }
 }
 
 /// The bearer schemes operations refer to in their `security`.
@@ -126,6 +505,6 @@ where
     S: Clone + Send + Sync + 'static,
 {
     SwaggerUi::new(DOCS_PATH)
-        .url(OPENAPI_PATH, document())
+        .external_url_unchecked(OPENAPI_PATH, document())
         .into()
 }

@@ -59,7 +59,12 @@ pub struct Receipt {
     pub propagation: Option<Propagation>,
 }
 
-/// `wait_for_propagation` as given: `250ms`, `5s`, `1m`…, at most 30 s.
+/// What `wait_for_propagation` may be: whole seconds (`s`) or milliseconds
+/// (`ms`), without leading zeros, at most 30 s; exactly what [`parse_wait`] takes.
+pub const WAIT_PATTERN: &str =
+    "^((0|[1-9]|[12][0-9]|30)s|(0|[1-9][0-9]{0,3}|[12][0-9]{4}|30000)ms)$";
+
+/// `wait_for_propagation` as given: `250ms`, `5s`…, at most 30 s.
 pub fn parse_wait(text: &str) -> ApiResult<Duration> {
     let bad = || {
         ApiError::new(
@@ -70,7 +75,19 @@ pub fn parse_wait(text: &str) -> ApiResult<Duration> {
             ),
         )
     };
-    let wait = humantime::parse_duration(text.trim()).map_err(|_| bad())?;
+    let (digits, unit_ms) = match text.strip_suffix("ms") {
+        Some(digits) => (digits, 1),
+        None => (text.strip_suffix('s').ok_or_else(bad)?, 1000),
+    };
+    let well_formed = !digits.is_empty()
+        && digits.len() <= 5
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if !well_formed {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let wait = Duration::from_millis(n * unit_ms);
     if wait > MAX_WAIT {
         return Err(bad());
     }
@@ -275,8 +292,9 @@ pub fn document_writes(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
         "description": "Answer only once every live proxy has applied the change (or after this \
             long: `500ms`, `5s`…, at most `30s`), with `propagation` in the answer. The change \
             is committed either way.",
-        "schema": {"type": "string"}
+        "schema": {"type": "string", "pattern": WAIT_PATTERN}
     });
+    let bad_wait = "`invalid_wait_for_propagation`: not a duration of that form, or over 30s.";
     let paths = doc
         .get_mut("paths")
         .and_then(Value::as_object_mut)
@@ -297,6 +315,20 @@ pub fn document_writes(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
             else {
                 continue;
             };
+            let refused = responses.entry("400").or_insert_with(|| {
+                json!({
+                    "description": "",
+                    "content": {"application/problem+json": {
+                        "schema": {"$ref": "#/components/schemas/Problem"}
+                    }}
+                })
+            });
+            let said = refused["description"].as_str().unwrap_or_default();
+            refused["description"] = json!(if said.is_empty() {
+                bad_wait.to_owned()
+            } else {
+                format!("{said} {bad_wait}")
+            });
             let mut waited = None;
             for (status, response) in responses.iter_mut() {
                 if !status.starts_with('2') {
@@ -335,7 +367,11 @@ mod tests {
         assert_eq!(parse_wait("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_wait("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_wait("30s").unwrap(), MAX_WAIT);
-        for bad in ["31s", "5", "soon", "", "-1s"] {
+        assert_eq!(parse_wait("0ms").unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait("30000ms").unwrap(), MAX_WAIT);
+        for bad in [
+            "31s", "5", "soon", "", "-1s", "05s", "1m", "1 s", "30001ms", "5sec", "s", "ms", "+5s",
+        ] {
             assert_eq!(
                 parse_wait(bad).unwrap_err().code,
                 "invalid_wait_for_propagation"
@@ -349,8 +385,8 @@ mod tests {
         let (wait, uri) = take_wait(&uri).unwrap();
         assert_eq!(wait, Some(Duration::from_secs(5)));
         assert_eq!(uri.unwrap().to_string(), "/v1/keys/k?x=1");
-        let uri: Uri = "/v1/keys/k?wait_for_propagation=1%20s".parse().unwrap();
-        assert_eq!(take_wait(&uri).unwrap().0, Some(Duration::from_secs(1)));
+        let uri: Uri = "/v1/keys/k?wait_for_propagation=1%30s".parse().unwrap();
+        assert_eq!(take_wait(&uri).unwrap().0, Some(Duration::from_secs(10)));
         let uri: Uri = "/v1/keys/k".parse().unwrap();
         assert_eq!(take_wait(&uri).unwrap(), (None, None));
     }

@@ -519,8 +519,10 @@ async fn raw_page(app: &Router, since: u64, after: Option<&str>) -> (SyncRespons
 async fn every_answer_is_what_serde_writes(backend: Backend) {
     let state = test_state(backend).await.with_sync_page(3);
     let app = app(state.clone());
+    // Quotes, a backslash and a non-ASCII letter in the plan's name: JSON
+    // escapes them (or not), and none may leak into the page's framing.
     let body = json!({
-        "name": db::new_id("plan"),
+        "name": format!("caf\u{e9} \"q\" \\ {}", db::new_id("plan")),
         "limits": [{"name": "per-second", "max": 5, "window_seconds": 1}],
         "monthly_quota": 1000,
         "route_costs": [{"methods": ["POST"], "path_prefix": "/heavy", "cost": 5}]
@@ -535,9 +537,9 @@ async fn every_answer_is_what_serde_writes(backend: Backend) {
         .unwrap()
         .to_owned();
     let plain = tenant(&app, &p).await;
-    // Quotes, a backslash, a non-ASCII letter and control characters: JSON
-    // escapes them, and none may leak into the page's framing either.
-    let odd_prefix = "/v1/\"q\"\\caf\u{e9}\n\u{1e}\u{1f}";
+    // Quotes and a backslash in a prefix too (a prefix is visible ASCII,
+    // as request paths are: no control character reaches the feed).
+    let odd_prefix = "/v1/\"q\"\\caf%C3%A9";
     let every_setting = json!({
         "count": 2,
         "name": "full",

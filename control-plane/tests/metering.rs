@@ -332,7 +332,13 @@ async fn billing_anchor_day_is_validated_stored_and_moves_every_key(backend: Bac
             Some(json!({"billing_anchor_day": day})),
         )
         .await;
-        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, code);
+        // A plan that does not exist is not found; the rest is malformed.
+        let status = if code == "plan_not_found" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        assert_problem(&r, status, code);
     }
     assert_eq!(row_counts(&state).await, written);
     // The anchor is the admin's: a tenant could otherwise restart its period.
@@ -510,7 +516,13 @@ async fn anonymous_access_is_admin_only_validated_audited_and_synced(backend: Ba
             Some(body.clone()),
         )
         .await;
-        assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, code);
+        // A plan that does not exist is not found; the rest is malformed.
+        let status = if code == "plan_not_found" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        assert_problem(&r, status, code);
     }
     assert_eq!(row_counts(&state).await, written);
 

@@ -88,6 +88,34 @@ pub fn grpcio() -> Result<PathBuf> {
     Ok(target)
 }
 
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// Schemathesis (PyPI `schemathesis`), which tests the control plane's admin
+/// API against its OpenAPI document (`tests/tests/schemathesis.rs`), into
+/// `.tools/schemathesis`; returns that directory, the `PYTHONPATH` it runs
+/// with as `python3 -m schemathesis.cli`.
+pub fn schemathesis() -> Result<PathBuf> {
+    let target = tools().join("schemathesis");
+    let version_ok = Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('schemathesis'))",
+        ])
+        .env("PYTHONPATH", &target)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == SCHEMATHESIS_VERSION)
+        .unwrap_or(false);
+    if version_ok {
+        return Ok(target);
+    }
+    println!(
+        "installing schemathesis {SCHEMATHESIS_VERSION} (PyPI) into {}",
+        target.display()
+    );
+    pip_install(&target, "schemathesis", SCHEMATHESIS_VERSION)?;
+    Ok(target)
+}
+
 /// Whether `tool --version` runs.
 fn runs(tool: &str) -> bool {
     Command::new(tool)

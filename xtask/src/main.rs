@@ -208,6 +208,7 @@ fn test(args: &[String]) -> Result {
     let (chromium, chromedriver) = install::chromium()?;
     let axe = install::axe_core()?;
     let grpc = install::grpcio()?;
+    let schemathesis = install::schemathesis()?;
 
     step("cargo fmt --check");
     run(
@@ -328,6 +329,7 @@ fn test(args: &[String]) -> Result {
             .env("TOLLGATE_CHROMEDRIVER", &chromedriver)
             .env("TOLLGATE_AXE", &axe)
             .env("TOLLGATE_GRPC_PYTHONPATH", &grpc)
+            .env("TOLLGATE_SCHEMATHESIS_PYTHONPATH", &schemathesis)
             .env(
                 "TOLLGATE_GRPC_SCRIPT",
                 root().join("tests/grpc/tollgate_grpc.py"),

@@ -173,12 +173,14 @@ impl Flash {
     /// in what was typed (4xx), not "you may not" (403) or "no such thing"
     /// (404), which are error pages of their own.
     pub fn belongs_on_form(e: &ApiError) -> bool {
-        e.status.is_client_error()
-            && e.status != StatusCode::FORBIDDEN
-            && e.status != StatusCode::NOT_FOUND
+        let status = on_form(e);
+        status.is_client_error()
+            && status != StatusCode::FORBIDDEN
+            && status != StatusCode::NOT_FOUND
     }
 
-    pub fn field(field: &'static str, e: ApiError) -> Self {
+    pub fn field(field: &'static str, mut e: ApiError) -> Self {
+        e.status = on_form(&e);
         Self {
             status: e.status,
             code: e.code,
@@ -194,9 +196,10 @@ impl Flash {
         e: ApiError,
         field_of: impl Fn(&ApiError) -> &'static str,
     ) -> Result<Self, PageError> {
-        let shown = e.status.is_client_error()
+        let status = on_form(&e);
+        let shown = status.is_client_error()
             && !matches!(
-                e.status,
+                status,
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
             );
         if shown {
@@ -204,6 +207,17 @@ impl Flash {
         } else {
             Err(PageError(e))
         }
+    }
+}
+
+/// The status a refusal has on a form: the API's, but for a plan the form
+/// chose that does not exist (deleted meanwhile), which the API answers 404
+/// `plan_not_found` and a form shows beside its field as a mistake (422).
+fn on_form(e: &ApiError) -> StatusCode {
+    if e.code == "plan_not_found" {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        e.status
     }
 }
 

@@ -460,7 +460,7 @@ pub async fn update(
         route_costs: Some(parsed.route_costs),
         max_api_keys: Some(parsed.max_api_keys),
         max_users: Some(parsed.max_users),
-        metadata: Some(parsed.metadata),
+        metadata: Some(Some(parsed.metadata)),
         public: Some(parsed.public),
     };
     match api::update(&state, &signed.principal, &id, input).await {

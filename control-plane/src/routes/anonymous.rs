@@ -17,6 +17,7 @@ use crate::docs::{
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
+use crate::input::check_path_prefixes;
 use crate::state::AppState;
 use crate::store::anonymous;
 pub use crate::store::anonymous::AnonymousAccessView;
@@ -87,10 +88,11 @@ async fn anonymous_show(
         (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
         (status = 403, response = AdminOnly),
+        (status = 404, description = "`plan_not_found`: no such plan.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body`, `invalid_anonymous_access` (routes, or routes without a plan) \
-            or `plan_not_found`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "`invalid_body` or `invalid_anonymous_access` (routes, or routes without a plan).",
+            body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
     ),
@@ -117,6 +119,8 @@ pub async fn replace(
         plan_id: input.plan_id.clone(),
     })
     .map_err(|e| ApiError::invalid("invalid_anonymous_access", e.0))?;
+    check_path_prefixes(input.routes.iter().map(|r| r.path_prefix.as_deref()))
+        .map_err(|e| ApiError::invalid("invalid_anonymous_access", format!("route: {e}")))?;
     let now = state.now();
     let mut change = Change::begin(state, principal.label(), now).await?;
     let version = change.version();

@@ -17,8 +17,8 @@ use crate::auth::Principal;
 use crate::docs::{ServerError, Throttled, Unauthorized, PROBLEM_JSON};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiQuery;
-use crate::input::query_time;
-use crate::paging::{invalid_cursor, page_limit, Page};
+use crate::input::{query_text, query_time};
+use crate::paging::{cursor, page_limit, Page};
 use crate::state::AppState;
 use crate::store::audit::{self, AuditRow};
 
@@ -128,7 +128,8 @@ fn time_bound(field: &str, text: Option<&str>) -> ApiResult<Option<String>> {
     params(ListAudit),
     responses(
         (status = 200, description = "One page of entries, newest first.", body = Page<AuditEntry>),
-        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit`, `since` or `until`) or `invalid_cursor`.",
+        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit`, `since` or `until`, \
+            a control character in a filter) or `invalid_cursor`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: a tenant token asked for another `tenant_id`.",
@@ -163,11 +164,15 @@ pub async fn list(
     };
     let since = time_bound("since", query.since.as_deref())?;
     let until = time_bound("until", query.until.as_deref())?;
-    let after = query.after.as_deref();
-    if let Some(after) = after {
-        if !audit::exists(&state.db, after).await? {
-            return Err(invalid_cursor());
-        }
+    let after = cursor(query.after.as_deref())?;
+    for (field, text) in [
+        ("action", &query.action),
+        ("actor", &query.actor),
+        ("resource_type", &query.resource_type),
+        ("resource_id", &query.resource_id),
+        ("tenant_id", &tenant_id),
+    ] {
+        query_text(field, text.as_deref())?;
     }
     let filter = audit::Filter {
         action: query.action,
@@ -178,10 +183,10 @@ pub async fn list(
         since,
         until,
     };
-    let rows = audit::list(&state.db, filter, after, limit + 1).await?;
+    let rows = audit::list(&state.db, filter, after.as_ref(), limit + 1).await?;
     let entries = rows
         .into_iter()
         .map(AuditEntry::try_from)
         .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Page::from_rows(entries, limit, |e| e.id.clone()))
+    Ok(Page::from_rows(entries, limit, |e| (&e.created_at, &e.id)))
 }

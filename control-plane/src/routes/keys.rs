@@ -28,8 +28,8 @@ use crate::docs::{
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::input::{nullable, validate_name};
-use crate::paging::{invalid_cursor, page_limit, Page};
+use crate::input::{check_path_prefixes, in_utc, not_null, nullable, validate_name};
+use crate::paging::{cursor, page_limit, Page};
 use crate::state::AppState;
 use crate::store::audit::Entry;
 use crate::store::keys::{self, Fresh, KeyRow, Shared};
@@ -70,7 +70,7 @@ pub struct CreateKey {
     pub name: String,
     /// RFC 3339, in the future; after it the filter answers 401 `expired_api_key`.
     #[serde(default)]
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, example = "2099-01-31T00:00:00Z")]
     pub expires_at: Option<String>,
     /// The key may only do what one of these permits; absent means everything.
     #[serde(default)]
@@ -181,18 +181,22 @@ impl utoipa::ToSchema for CreateKeys {
     }
 }
 
-/// Absent fields stay as they are; `null` clears an optional setting. At least one field.
+/// Absent fields stay as they are; `null` clears an optional setting (and
+/// is refused for `active` and `name`). At least one field.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateKey {
     /// `false` deactivates the key: within a second Envoy answers 401 `disabled_api_key`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = bool)]
     pub active: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String)]
     pub name: Option<String>,
     /// RFC 3339; a new one must be in the future.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2099-01-31T00:00:00Z")]
     pub expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Vec<WireScope>>)]
@@ -274,15 +278,16 @@ fn parse_expiry(text: &str) -> ApiResult<(String, i64)> {
             format!("expires_at must be an RFC 3339 time like 2027-01-31T00:00:00Z: {e}"),
         )
     })?;
-    let utc = at.to_offset(time::UtcOffset::UTC);
-    let ms = i64::try_from(utc.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| ApiError::invalid("invalid_expiry", "expires_at is out of range"))?;
-    if ms < 0 {
+    if at.unix_timestamp() < 0 {
         return Err(ApiError::invalid(
             "invalid_expiry",
             "expires_at must be after 1970.",
         ));
     }
+    // Past the year 9999 in UTC it reads as that year's last second, the
+    // latest RFC 3339 writes: never, in practice.
+    let utc = in_utc(at)?;
+    let ms = i64::try_from(utc.unix_timestamp_nanos() / 1_000_000).map_err(ApiError::internal)?;
     let shown = utc.format(&Rfc3339).map_err(ApiError::internal)?;
     Ok((shown, ms))
 }
@@ -316,6 +321,9 @@ fn check(settings: &KeySettings) -> ApiResult<Checked> {
         billing_anchor_day: None,
     })
     .map_err(|e| ApiError::invalid("invalid_key", e.0))?;
+    let scopes = settings.scopes.iter().flatten();
+    check_path_prefixes(scopes.map(|s| s.path_prefix.as_deref()))
+        .map_err(|e| ApiError::invalid("invalid_key", format!("scope: {e}")))?;
     Ok(Checked { expires })
 }
 
@@ -665,7 +673,8 @@ async fn keys_show(
             body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name`, `invalid_expiry` or `invalid_key`.",
+        (status = 422, description = "`invalid_body` (including nothing to change or a `null` where none is allowed), \
+            `invalid_name`, `invalid_expiry` or `invalid_key`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
@@ -969,16 +978,20 @@ async fn keys_list(
     if !tenants::exists(&state.db, &tenant_id).await? {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
-    let after = query.after.as_deref();
-    if let Some(after) = after {
-        keys::find(&state.db, after)
-            .await?
-            .ok_or_else(invalid_cursor)?;
-    }
-    let rows = keys::list(&state.db, &tenant_id, query.active, after, limit + 1).await?;
+    let after = cursor(query.after.as_deref())?;
+    let rows = keys::list(
+        &state.db,
+        &tenant_id,
+        query.active,
+        after.as_ref(),
+        limit + 1,
+    )
+    .await?;
     let views = rows
         .into_iter()
         .map(KeyRow::view)
         .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(Page::from_rows(views, limit, |k| k.id.clone())))
+    Ok(Json(Page::from_rows(views, limit, |k| {
+        (&k.created_at, &k.id)
+    })))
 }

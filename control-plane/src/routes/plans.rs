@@ -20,8 +20,8 @@ use crate::docs::{
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::input::{nullable, validate_name};
-use crate::paging::{invalid_cursor, page_limit, Page};
+use crate::input::{check_path_prefixes, not_null, nullable, validate_name};
+use crate::paging::{cursor, page_limit, Page};
 use crate::state::AppState;
 use crate::store::audit::Entry;
 pub use crate::store::plans::PlanView;
@@ -79,21 +79,26 @@ pub struct CreatePlan {
     pub public: bool,
 }
 
-/// Absent fields stay as they are; `null` clears an optional one. At least one field.
+/// Absent fields stay as they are; `null` clears an optional one (`metadata`
+/// to `{}`) and is refused for the others. At least one field.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdatePlan {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String)]
     pub name: Option<String>,
     /// Replaces all the plan's limits.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Vec<WireLimit>)]
     pub limits: Option<Vec<WireLimit>>,
     /// `null` makes it unlimited.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u64>)]
     pub monthly_quota: Option<Option<u64>>,
     /// Replaces all the plan's route costs; `[]` makes every request cost 1.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = Vec<WireRouteCost>)]
     pub route_costs: Option<Vec<WireRouteCost>>,
     /// `null` makes it unlimited.
     #[serde(default, deserialize_with = "nullable")]
@@ -103,11 +108,12 @@ pub struct UpdatePlan {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u64>)]
     pub max_users: Option<Option<u64>>,
-    /// Replaces the whole metadata object.
-    #[serde(default)]
+    /// Replaces the whole metadata object; `null` empties it (`{}`).
+    #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    #[serde(default)]
+    pub metadata: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = bool)]
     pub public: Option<bool>,
 }
 
@@ -146,6 +152,8 @@ fn validate(view: &PlanView) -> Result<(), ApiError> {
         route_costs: view.route_costs.clone(),
     })
     .map_err(|e| ApiError::invalid("invalid_plan", e.0))?;
+    check_path_prefixes(view.route_costs.iter().map(|r| r.path_prefix.as_deref()))
+        .map_err(|e| ApiError::invalid("invalid_plan", format!("route cost: {e}")))?;
     if !view.metadata.is_object() {
         return Err(ApiError::invalid(
             "invalid_plan",
@@ -319,18 +327,15 @@ async fn plans_list(
 ) -> ApiResult<Json<Page<PlanView>>> {
     principal.require_admin()?;
     let limit = page_limit(query.limit)?;
-    let after = query.after.as_deref();
-    if let Some(after) = after {
-        plans::find(&state.db, after)
-            .await?
-            .ok_or_else(invalid_cursor)?;
-    }
-    let rows = plans::list(&state.db, after, limit + 1).await?;
+    let after = cursor(query.after.as_deref())?;
+    let rows = plans::list(&state.db, after.as_ref(), limit + 1).await?;
     let views = rows
         .into_iter()
         .map(plans::PlanRow::view)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(Page::from_rows(views, limit, |p| p.id.clone())))
+    Ok(Json(Page::from_rows(views, limit, |p| {
+        (&p.created_at, &p.id)
+    })))
 }
 
 /// Change a plan
@@ -351,7 +356,8 @@ async fn plans_list(
         (status = 409, description = "`plan_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name` or `invalid_plan`.",
+        (status = 422, description = "`invalid_body` (including nothing to change or a `null` where none is allowed), \
+            `invalid_name` or `invalid_plan`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
@@ -397,7 +403,10 @@ pub async fn update(
         route_costs: input.route_costs.unwrap_or(current.route_costs),
         max_api_keys: input.max_api_keys.unwrap_or(current.max_api_keys),
         max_users: input.max_users.unwrap_or(current.max_users),
-        metadata: input.metadata.unwrap_or(current.metadata),
+        metadata: match input.metadata {
+            Some(metadata) => metadata.unwrap_or_else(|| Value::Object(Default::default())),
+            None => current.metadata,
+        },
         public: input.public.unwrap_or(current.public),
         updated_at: now.rfc3339(),
         ..current

@@ -18,8 +18,8 @@ use crate::docs::{
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::input::{nullable, validate_name};
-use crate::paging::{invalid_cursor, page_limit, Page};
+use crate::input::{not_null, nullable, query_text, validate_name};
+use crate::paging::{cursor, page_limit, Page};
 use crate::state::AppState;
 use crate::store::audit::Entry;
 pub use crate::store::tenants::TenantView;
@@ -62,11 +62,14 @@ pub struct CreateTenant {
 /// Absent fields stay as they are; at least one of them.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateTenant {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String)]
     pub name: Option<String>,
     /// Admin token only. Re-plans every key of the tenant at every Envoy.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String)]
     pub plan_id: Option<String>,
     /// Admin token only. 1 to 31; `null` returns to calendar months. Moves
     /// the quota period of every key of the tenant at every Envoy.
@@ -103,10 +106,11 @@ fn anchor_day(day: Option<i64>) -> ApiResult<Option<u8>> {
         (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
         (status = 403, response = AdminOnly),
+        (status = 404, description = "`plan_not_found`: no such plan.", body = Problem, content_type = PROBLEM_JSON),
         (status = 409, description = "`tenant_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body`, `invalid_name`, `invalid_billing_anchor_day` or `plan_not_found`.",
+        (status = 422, description = "`invalid_body`, `invalid_name` or `invalid_billing_anchor_day`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
@@ -219,7 +223,8 @@ pub struct ListTenants {
     params(ListTenants),
     responses(
         (status = 200, description = "One page of tenants.", body = Page<TenantView>),
-        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit`) or `invalid_cursor`.",
+        (status = 400, description = "`invalid_query` (unknown parameter, bad `limit`, a control \
+            character in `plan_id`) or `invalid_cursor`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
         (status = 403, response = AdminOnly),
@@ -235,14 +240,12 @@ async fn tenants_list(
 ) -> ApiResult<Json<Page<TenantView>>> {
     principal.require_admin()?;
     let limit = page_limit(query.limit)?;
-    let after = query.after.as_deref();
-    if let Some(after) = after {
-        tenants::find(&state.db, after)
-            .await?
-            .ok_or_else(invalid_cursor)?;
-    }
-    let rows = tenants::list(&state.db, query.plan_id.as_deref(), after, limit + 1).await?;
-    Ok(Json(Page::from_rows(rows, limit, |t| t.id.clone())))
+    let after = cursor(query.after.as_deref())?;
+    let plan_id = query_text("plan_id", query.plan_id.as_deref())?;
+    let rows = tenants::list(&state.db, plan_id, after.as_ref(), limit + 1).await?;
+    Ok(Json(Page::from_rows(rows, limit, |t| {
+        (&t.created_at, &t.id)
+    })))
 }
 
 /// Change a tenant
@@ -261,13 +264,14 @@ async fn tenants_list(
         (status = 401, response = Unauthorized),
         (status = 403, description = "`forbidden`: a tenant token tried to change `plan_id` or `billing_anchor_day`.",
             body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
+        (status = 404, description = "`not_found`: no such tenant, or another tenant's; \
+            `plan_not_found`: no such plan.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 409, description = "`tenant_name_taken`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body` (including nothing to change), `invalid_name`, \
-            `invalid_billing_anchor_day` or `plan_not_found`.",
+        (status = 422, description = "`invalid_body` (including nothing to change or a `null`), `invalid_name` \
+            or `invalid_billing_anchor_day`.",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),

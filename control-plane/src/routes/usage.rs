@@ -26,7 +26,7 @@ use crate::docs::{ServerError, Throttled, Unauthorized, UnsupportedMediaType, PR
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::fleet::{self, ProxyHeaders};
-use crate::input::query_time;
+use crate::input::{is_plain_text, query_time};
 use crate::shares::{asked, Demand, Entry, Report, Role, SliceDemand};
 use crate::state::AppState;
 use crate::store::usage::{self, anchor, truncated, ALLOWED, HOUR};
@@ -64,13 +64,24 @@ pub struct Api;
 #[openapi(paths(key_usage, tenant_usage))]
 pub struct ReadApi;
 
+/// Longest `batch_id`, `reporter_id` or `key_id` of a batch, in characters.
+pub const MAX_BATCH_ID: usize = 128;
+
+/// Longest refusal code: lower-case words joined by `_`.
+pub const MAX_CODE_LEN: usize = 64;
+
 fn validate(batch: &UsageBatch) -> ApiResult<()> {
     let bad = |detail: &str| Err(ApiError::invalid("invalid_usage", detail.to_owned()));
-    if batch.batch_id.is_empty() || batch.batch_id.len() > 128 {
-        return bad("batch_id must be 1 to 128 characters.");
+    // Characters, not bytes, as the OpenAPI document counts them; no
+    // control characters, which PostgreSQL cannot store (NUL).
+    let fits = |id: &str, min: usize| {
+        (min..=MAX_BATCH_ID).contains(&id.chars().count()) && is_plain_text(id)
+    };
+    if !fits(&batch.batch_id, 1) {
+        return bad("batch_id must be 1 to 128 characters, none of them control characters.");
     }
-    if batch.reporter_id.len() > 128 {
-        return bad("reporter_id must be at most 128 characters.");
+    if !fits(&batch.reporter_id, 0) {
+        return bad("reporter_id must be at most 128 characters, none of them control characters.");
     }
     if batch.keys.len() > MAX_KEYS {
         return bad("A batch holds at most 100000 keys.");
@@ -82,7 +93,7 @@ fn validate(batch: &UsageBatch) -> ApiResult<()> {
         .chain(batch.unattributed.keys());
     for code in codes {
         if code.is_empty()
-            || code.len() > 64
+            || code.len() > MAX_CODE_LEN
             || code == ALLOWED
             || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         {
@@ -99,12 +110,8 @@ fn validate(batch: &UsageBatch) -> ApiResult<()> {
             return bad("A count is too large.");
         }
     }
-    if batch
-        .keys
-        .iter()
-        .any(|k| k.key_id.is_empty() || k.key_id.len() > 128)
-    {
-        return bad("key_id must be 1 to 128 characters.");
+    if batch.keys.iter().any(|k| !fits(&k.key_id, 1)) {
+        return bad("key_id must be 1 to 128 characters, none of them control characters.");
     }
     Ok(())
 }
@@ -463,6 +470,9 @@ pub enum Granularity {
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// RFC 3339; default: 24 hours (hourly) or 30 days (daily) before `to`.
+    /// At most 31 days (hourly) or 366 days (daily) before `to`: an earlier
+    /// one is read as that, as the answer's `from` says. Not before `to`:
+    /// no series.
     #[serde(default)]
     #[param(format = DateTime)]
     pub from: Option<String>,
@@ -516,7 +526,7 @@ pub struct TenantUsageView {
     params(("id" = String, Path, description = "Tenant id."), UsageQuery),
     responses(
         (status = 200, description = "One series per key.", body = TenantUsageView),
-        (status = 400, description = "`invalid_query` (unknown parameter, bad time or granularity, `from` not before `to`, too long a span).",
+        (status = 400, description = "`invalid_query` (unknown parameter, bad time or granularity).",
             body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),
         (status = 404, description = "`not_found`: no such tenant, or another tenant's.",
@@ -556,16 +566,9 @@ pub async fn tenant_series(
         Granularity::Day => (time::Duration::days(30), time::Duration::days(366)),
     };
     let from = query_time("from", query.from.as_deref())?.unwrap_or(to - default_span);
-    if from >= to || to - from > max_span {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!(
-                "from must be before to, at most {} days apart for this granularity.",
-                max_span.whole_days()
-            ),
-        ));
-    }
+    // The answer says which span it covers: at most `max_span` before `to`,
+    // and none at all (no series) when `from` is not before `to`.
+    let from = from.max(to - max_span).min(to);
     if !tenants::exists(&state.db, &tenant_id).await? {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
@@ -574,7 +577,11 @@ pub async fn tenant_series(
         u64::try_from(from.unix_timestamp()).unwrap_or(0) * 1000,
         HOUR,
     );
-    let rows = usage::tenant_hours(&state.db, &tenant_id, &from_hour, &rfc3339(to)?).await?;
+    let rows = if from < to {
+        usage::tenant_hours(&state.db, &tenant_id, &from_hour, &rfc3339(to)?).await?
+    } else {
+        Vec::new()
+    };
     let mut keys: Vec<KeySeries> = Vec::new();
     for (key_id, hour, outcome, count, cost) in rows {
         let start = match granularity {

@@ -20,7 +20,7 @@ use crate::docs::{
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::paging::{invalid_cursor, page_limit, Page};
+use crate::paging::{cursor, page_limit, Page};
 use crate::state::AppState;
 use crate::store::audit::Entry;
 pub use crate::store::webhooks::{AttemptView, WebhookView};
@@ -106,6 +106,12 @@ fn validate_url(url: &str) -> ApiResult<()> {
     let invalid = |why: &str| ApiError::invalid("invalid_webhook_url", why.to_owned());
     if url.len() > MAX_URL_LEN {
         return Err(invalid("url must be at most 2048 characters."));
+    }
+    // The URL parser would strip or escape these; the URL is stored as sent.
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            "url must not contain white space or control characters.",
+        ));
     }
     let parsed =
         reqwest::Url::parse(url).map_err(|_| invalid("url must be an absolute http(s) URL."))?;
@@ -370,16 +376,12 @@ pub async fn deliveries(
             ));
         }
     }
-    if let Some(after) = &query.after {
-        if !webhooks::event_exists(&state.db, tenant_id, after).await? {
-            return Err(invalid_cursor());
-        }
-    }
+    let after = cursor(query.after.as_deref())?;
     let rows = webhooks::events(
         &state.db,
         tenant_id,
         query.status.as_deref(),
-        query.after.as_deref(),
+        after.as_ref(),
         limit + 1,
     )
     .await?;
@@ -399,5 +401,5 @@ pub async fn deliveries(
             attempt_log,
         });
     }
-    Ok(Page::from_rows(items, limit, |d| d.id.clone()))
+    Ok(Page::from_rows(items, limit, |d| (&d.created_at, &d.id)))
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::clock::Now;
 use crate::db::{self, Db, Tx};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{cursor_clause, Order};
+use crate::paging::Cursor;
+use crate::store::{cursor_binds, cursor_clause, Order};
 
 /// One change, as a handler describes it.
 pub struct Entry<'a> {
@@ -104,19 +105,11 @@ pub struct Filter {
     pub until: Option<String>,
 }
 
-pub async fn exists(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
-    let known: Option<String> = sqlx::query_scalar("SELECT id FROM audit_log WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    Ok(known.is_some())
-}
-
-/// Up to `limit` entries matching `filter`, newest first, after the entry `after`.
+/// Up to `limit` entries matching `filter`, newest first, past `after`.
 pub async fn list(
     db: &Db,
     filter: Filter,
-    after: Option<&str>,
+    after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     let sql = format!(
@@ -126,9 +119,10 @@ pub async fn list(
            AND ($3 IS NULL OR resource_type = $3) AND ($4 IS NULL OR resource_id = $4)
            AND ($5 IS NULL OR tenant_id = $5)
            AND ($6 IS NULL OR created_at >= $6) AND ($7 IS NULL OR created_at < $7) {}
-         ORDER BY created_at DESC, id DESC LIMIT $9",
-        cursor_clause("audit_log", 8, Order::Descending)
+         ORDER BY created_at DESC, id DESC LIMIT $10",
+        cursor_clause(8, Order::Descending)
     );
+    let (at, id) = cursor_binds(after, Cursor::created_at_millis);
     sqlx::query_as::<_, AuditRow>(&sql)
         .bind(filter.action)
         .bind(filter.actor)
@@ -137,7 +131,8 @@ pub async fn list(
         .bind(filter.tenant_id)
         .bind(filter.since)
         .bind(filter.until)
-        .bind(after)
+        .bind(at)
+        .bind(id)
         .bind(limit)
         .fetch_all(db)
         .await

@@ -62,6 +62,9 @@ pub async fn claim_version(tx: &mut Tx, postgres: bool) -> Result<i64, sqlx::Err
     Ok(version)
 }
 
+/// The form of a [`SyncCursor`], as the OpenAPI document states it.
+pub const SYNC_CURSOR_PATTERN: &str = r"^[0-9]{1,18}\.[0-9a-f]{64}\.[0-9]{1,18}$";
+
 /// Where a walk through the keys stopped: the `(version, key_hash)` of the
 /// last key sent, and the version the walk's first page was read at
 /// (`began`), written `<version>.<key_hash>.<began>`.
@@ -88,11 +91,14 @@ impl SyncCursor {
         else {
             return Err(invalid());
         };
-        // Versions are BIGINT columns.
+        // Versions are BIGINT columns: 18 digits always fit, and are what
+        // the OpenAPI document's pattern allows.
         let number = |text: &str| {
-            text.parse::<u64>()
-                .ok()
-                .filter(|n| i64::try_from(*n).is_ok())
+            let digits =
+                !text.is_empty() && text.len() <= 18 && text.bytes().all(|b| b.is_ascii_digit());
+            digits
+                .then(|| text.parse::<u64>().ok())
+                .flatten()
                 .ok_or_else(invalid)
         };
         let hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);

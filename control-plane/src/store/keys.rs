@@ -8,7 +8,8 @@ use tollgate_core::wire::{WireLimit, WireScope};
 
 use crate::db::{Db, Tx};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{cursor_clause, Order};
+use crate::paging::Cursor;
+use crate::store::{cursor_binds, cursor_clause, Order};
 
 /// The settings a key carries besides its name; copied as they are on rotation.
 #[derive(Debug, Clone, Default)]
@@ -392,19 +393,21 @@ pub async fn list(
     db: &Db,
     tenant_id: &str,
     active: Option<bool>,
-    after: Option<&str>,
+    after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<KeyRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {KEY_COLUMNS} FROM api_keys
          WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2 IS NULL OR active = $2) {}
-         ORDER BY created_at, id LIMIT $4",
-        cursor_clause("api_keys", 3, Order::Ascending)
+         ORDER BY created_at, id LIMIT $5",
+        cursor_clause(3, Order::Ascending)
     );
+    let (at, id) = cursor_binds(after, Cursor::created_at_seconds);
     sqlx::query_as::<_, KeyRow>(&sql)
         .bind(tenant_id)
         .bind(active)
-        .bind(after)
+        .bind(at)
+        .bind(id)
         .bind(limit)
         .fetch_all(db)
         .await

@@ -27,19 +27,30 @@ pub(crate) enum Order {
     Descending,
 }
 
-/// `AND …` keeping rows after the cursor row of `table` in (created_at, id)
-/// `order`. Parameter `$n` is the cursor id, bound as `Option<&str>`: `NULL`
-/// means the first page, so every list has one fixed statement.
-pub(crate) fn cursor_clause(table: &str, n: usize, order: Order) -> String {
+/// `AND …` keeping rows past the cursor's position in (created_at, id)
+/// `order`. Parameter `$n` is the position's `created_at` (as the table
+/// stores it) and `$n+1` its id, both bound as `Option<&str>`: `NULL` means
+/// the first page, so every list has one fixed statement. The position need
+/// not be a row's: the walk goes on past a row deleted since.
+pub(crate) fn cursor_clause(n: usize, order: Order) -> String {
     let past = match order {
         Order::Ascending => '>',
         Order::Descending => '<',
     };
+    let id = n + 1;
     format!(
         "AND (${n} IS NULL \
-              OR created_at {past} (SELECT created_at FROM {table} WHERE id = ${n}) \
-              OR (created_at = (SELECT created_at FROM {table} WHERE id = ${n}) AND id {past} ${n}))"
+              OR created_at {past} ${n} \
+              OR (created_at = ${n} AND id {past} ${id}))"
     )
+}
+
+/// The binds of [`cursor_clause`] for `after`: its `created_at` as `stored`, and its id.
+pub(crate) fn cursor_binds(
+    after: Option<&crate::paging::Cursor>,
+    stored: fn(&crate::paging::Cursor) -> String,
+) -> (Option<String>, Option<String>) {
+    after.map_or((None, None), |c| (Some(stored(c)), Some(c.id.clone())))
 }
 
 /// A stored count or allowance as the API shows it; negative (never written) reads as absent.

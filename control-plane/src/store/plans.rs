@@ -2,13 +2,15 @@
 //! them. A deleted plan stays as a tombstone, so the Envoys learn of the
 //! deletion from the version feed.
 
+use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 use tollgate_core::wire::{WireLimit, WirePlan, WireRouteCost};
 
 use crate::db::{self, Db, Tx};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{cursor_clause, db_int, to_u64, Order};
+use crate::paging::Cursor;
+use crate::store::{cursor_binds, cursor_clause, db_int, to_u64, Order};
 
 /// A plan. `null` quotas and allowances mean unlimited.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -190,27 +192,41 @@ pub async fn find<'e>(
     .await
 }
 
-/// 422 `plan_not_found` unless a plan of that id exists (not deleted): for
+/// 404 `plan_not_found` unless a plan of that id exists (not deleted): for
 /// what is about to refer to it.
 pub async fn require(tx: &mut Tx, id: &str) -> ApiResult<()> {
-    match find(&mut **tx, id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::invalid(
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
             "plan_not_found",
             format!("No plan with id {id:?}."),
-        )),
+        )
+    };
+    // Text no id has is not looked for (PostgreSQL cannot even read a NUL).
+    if !crate::input::is_id_shaped(id) {
+        return Err(not_found());
+    }
+    match find(&mut **tx, id).await? {
+        Some(_) => Ok(()),
+        None => Err(not_found()),
     }
 }
 
-/// Up to `limit` plans in creation order, after the plan `after`.
-pub async fn list(db: &Db, after: Option<&str>, limit: i64) -> Result<Vec<PlanRow>, sqlx::Error> {
+/// Up to `limit` plans in creation order, past `after`.
+pub async fn list(
+    db: &Db,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<Vec<PlanRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {PLAN_COLUMNS} FROM plans WHERE deleted_at IS NULL {}
-         ORDER BY created_at, id LIMIT $2",
-        cursor_clause("plans", 1, Order::Ascending)
+         ORDER BY created_at, id LIMIT $3",
+        cursor_clause(1, Order::Ascending)
     );
+    let (at, id) = cursor_binds(after, Cursor::created_at_seconds);
     sqlx::query_as::<_, PlanRow>(&sql)
-        .bind(after)
+        .bind(at)
+        .bind(id)
         .bind(limit)
         .fetch_all(db)
         .await

@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use crate::db::{self, Db, Tx};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{cursor_clause, Order};
+use crate::paging::Cursor;
+use crate::store::{cursor_binds, cursor_clause, Order};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantView {
@@ -146,18 +147,20 @@ pub async fn lock(tx: &mut Tx, id: &str) -> Result<bool, sqlx::Error> {
 pub async fn list(
     db: &Db,
     plan_id: Option<&str>,
-    after: Option<&str>,
+    after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<TenantView>, sqlx::Error> {
     let sql = format!(
         "SELECT {TENANT_COLUMNS} FROM tenants
          WHERE deleted_at IS NULL AND ($1 IS NULL OR plan_id = $1) {}
-         ORDER BY created_at, id LIMIT $3",
-        cursor_clause("tenants", 2, Order::Ascending)
+         ORDER BY created_at, id LIMIT $4",
+        cursor_clause(2, Order::Ascending)
     );
+    let (at, id) = cursor_binds(after, Cursor::created_at_seconds);
     let rows = sqlx::query_as::<_, TenantRow>(&sql)
         .bind(plan_id)
-        .bind(after)
+        .bind(at)
+        .bind(id)
         .bind(limit)
         .fetch_all(db)
         .await?;

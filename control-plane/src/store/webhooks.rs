@@ -13,7 +13,8 @@ use tollgate_core::period::quota_period;
 use crate::clock::{rfc3339_ms, Now};
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
-use crate::store::{cursor_clause, Order};
+use crate::paging::Cursor;
+use crate::store::{cursor_binds, cursor_clause, Order};
 
 pub const EVENT_TYPE: &str = "quota.threshold";
 /// Percentages of the quota that raise an event.
@@ -242,36 +243,27 @@ pub async fn delete(tx: &mut Tx, tenant_id: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Whether the tenant has an event of that id.
-pub async fn event_exists(db: &Db, tenant_id: &str, id: &str) -> Result<bool, sqlx::Error> {
-    let known: Option<String> =
-        sqlx::query_scalar("SELECT id FROM webhook_events WHERE id = $1 AND tenant_id = $2")
-            .bind(id)
-            .bind(tenant_id)
-            .fetch_optional(db)
-            .await?;
-    Ok(known.is_some())
-}
-
 /// Up to `limit` of the tenant's events, newest first (only those of
-/// `status`, if given), after the event `after`.
+/// `status`, if given), past `after`.
 pub async fn events(
     db: &Db,
     tenant_id: &str,
     status: Option<&str>,
-    after: Option<&str>,
+    after: Option<&Cursor>,
     limit: i64,
 ) -> Result<Vec<EventRow>, sqlx::Error> {
+    let (at, id) = cursor_binds(after, Cursor::created_at_seconds);
     sqlx::query_as(&format!(
         "SELECT id, key_id, event_type, threshold, status, attempts, created_at, delivered_at, payload
          FROM webhook_events
          WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) {}
-         ORDER BY created_at DESC, id DESC LIMIT $4",
-        cursor_clause("webhook_events", 3, Order::Descending)
+         ORDER BY created_at DESC, id DESC LIMIT $5",
+        cursor_clause(3, Order::Descending)
     ))
     .bind(tenant_id)
     .bind(status)
-    .bind(after)
+    .bind(at)
+    .bind(id)
     .bind(limit)
     .fetch_all(db)
     .await

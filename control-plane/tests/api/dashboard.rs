@@ -1262,10 +1262,7 @@ async fn the_audit_log_is_filtered_and_paged_with_before_and_after(backend: Back
     let first = browser.get("/dashboard/audit?limit=2").await;
     assert_eq!(first.text().matches("<th scope=\"row\">").count(), 2);
     let next = next_link(&first).expect("a link to older entries");
-    assert!(
-        next.contains("limit=2") && next.contains("after=aud_"),
-        "{next}"
-    );
+    assert!(next.contains("limit=2") && next.contains(".aud_"), "{next}");
     let second = browser.get(&next).await;
     assert_page(&second, StatusCode::OK, "<code>key.create</code>");
     assert!(!second.text().contains("<code>session.sign_in</code>"));

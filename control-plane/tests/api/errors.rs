@@ -103,7 +103,7 @@ async fn bad_input_is_a_clear_4xx_never_a_500(backend: Backend) {
         Some(json!({"name": "a", "plan_id": "plan_nope"})),
     )
     .await;
-    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "plan_not_found");
+    assert_problem(&r, StatusCode::NOT_FOUND, "plan_not_found");
     let r = admin(
         &app,
         Method::POST,

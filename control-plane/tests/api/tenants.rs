@@ -34,7 +34,7 @@ async fn tenant_plan_change_and_deletion_reach_the_sync_feed(backend: Backend) {
         Some(json!({"plan_id": "plan_nope"})),
     )
     .await;
-    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "plan_not_found");
+    assert_problem(&r, StatusCode::NOT_FOUND, "plan_not_found");
     let r = admin(
         &app,
         Method::PATCH,

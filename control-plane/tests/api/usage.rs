@@ -237,14 +237,37 @@ async fn usage_reads_back_per_key_and_per_tenant(backend: Backend) {
     )
     .await;
     assert_eq!(past.body["keys"], json!([]));
+    // A span past its granularity's longest is cut to it, and an empty one
+    // is empty; the answer says which span it covers.
+    let spans = [
+        (
+            "?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "2025-12-01T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+        ),
+        (
+            "?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:00:00Z",
+        ),
+    ];
+    for (query, from, to) in spans {
+        let r = admin(
+            &app,
+            Method::GET,
+            &format!("/v1/tenants/{tenant_id}/usage{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(
+            (r.body["from"].as_str(), r.body["to"].as_str()),
+            (Some(from), Some(to))
+        );
+        assert_eq!(r.body["keys"], json!([]));
+    }
 
-    for bad in [
-        "?granularity=minute",
-        "?from=yesterday",
-        "?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
-        "?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
-        "?color=red",
-    ] {
+    for bad in ["?granularity=minute", "?from=yesterday", "?color=red"] {
         let r = admin(
             &app,
             Method::GET,
