@@ -750,6 +750,16 @@ impl Hammered {
     pub fn total(&self) -> u64 {
         self.admitted.iter().sum()
     }
+
+    /// This and `later`, a hammering of the same Envoys after it, as one.
+    pub fn and(self, later: Hammered) -> Hammered {
+        let add = |a: Vec<u64>, b: Vec<u64>| a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        Hammered {
+            admitted: add(self.admitted, later.admitted),
+            refused: add(self.refused, later.refused),
+            elapsed: self.elapsed + later.elapsed,
+        }
+    }
 }
 
 /// Sends requests with `key` through each Envoy on `ports`, one at a time

@@ -26,6 +26,7 @@ pub fn bench(args: &[String]) -> Result {
 pub fn soak(args: &[String]) -> Result {
     install::rust_bits()?;
     let envoy = install::envoy()?;
+    install::sqlite3()?;
     run_bench(&soak_args(args)?, &envoy)
 }
 

@@ -147,6 +147,15 @@ pub fn node() -> Result {
     apt_install(&["nodejs"], "Node.js")
 }
 
+/// The `sqlite3` shell from Debian, with which the soak reads the control
+/// plane's database beside it (`bench/runner/src/store_size.rs`).
+pub fn sqlite3() -> Result {
+    if runs("sqlite3") {
+        return Ok(());
+    }
+    apt_install(&["sqlite3"], "the sqlite3 shell")
+}
+
 /// binaryen's `wasm-opt`, `wasm-metadce` and `wasm-dis`, from Debian, which
 /// turn cargo's filter.wasm into the shipped one (`wasm.rs`).
 pub fn binaryen() -> Result {

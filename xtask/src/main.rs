@@ -208,6 +208,7 @@ fn test(args: &[String]) -> Result {
     let (chromium, chromedriver) = install::chromium()?;
     let axe = install::axe_core()?;
     let grpc = install::grpcio()?;
+    install::sqlite3()?;
     let schemathesis = install::schemathesis()?;
 
     step("cargo fmt --check");

@@ -26,6 +26,7 @@ mod fleet;
 mod load;
 mod report;
 mod soak;
+mod store_size;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

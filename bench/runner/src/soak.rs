@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 
 use crate::arms::{Arm, Inputs};
 use crate::load::{self, request_bytes, Conn, Requests, Rng};
+use crate::store_size::{self, StoreSample};
 use crate::{
     call, env_path, expect_status, path_str, pin_self_to_cpu, report, tempdir, ControlPlane, Envoy,
     Options, Result,
@@ -43,6 +44,8 @@ const CONNECTIONS: usize = 8;
 /// past this share of the run.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 const WARM_UP_SHARE: f64 = 0.1;
+/// The database's size and rows are read this often.
+const STORE_EVERY: Duration = Duration::from_secs(60);
 
 /// What a request is, and so which answers are right for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -286,9 +289,28 @@ pub fn run(options: &Options, lasting: Duration) -> Result {
             Ok(())
         })
     };
+    let database = store_size::database(&work.join("data"));
+    let store: Arc<Mutex<Vec<StoreSample>>> = Arc::default();
+    let store_sampler = {
+        let (stop, store, database) = (stop.clone(), store.clone(), database.clone());
+        std::thread::spawn(move || -> Result {
+            while !stop.load(Ordering::Relaxed) {
+                let reading = store_size::sample(&database, began.elapsed())?;
+                store
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(reading);
+                sleep_unless(&stop, STORE_EVERY);
+            }
+            Ok(())
+        })
+    };
     let seen = offer(&mix, envoy.listener, rate, lasting, valid.len())?;
     let lasted = began.elapsed();
     stop.store(true, Ordering::Relaxed);
+    store_sampler
+        .join()
+        .map_err(|_| "the store sampler panicked")??;
     let changes = admin.join().map_err(|_| "the admin thread panicked")??;
     sampler
         .join()
@@ -305,6 +327,11 @@ pub fn run(options: &Options, lasting: Duration) -> Result {
 
     println!("==> usage of {SAMPLE} keys and the limited ones, against the control plane");
     let exact = usage_matches(cp.addr, &valid, &limited, &seen)?;
+    println!("==> the store: rows, bytes, and the usage queries' time");
+    let mut store = store.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    store.push(store_size::sample(&database, began.elapsed())?);
+    let tables = store_size::bytes_by_table(&database)?;
+    let queries = usage_query_times(cp.addr, &valid, &tenant)?;
     let report = Report {
         lasting: lasted,
         keys: key_count,
@@ -314,6 +341,9 @@ pub fn run(options: &Options, lasting: Duration) -> Result {
         memory: &memory,
         changes,
         exact,
+        store: &store,
+        tables,
+        queries,
     };
     report.write(options, &filter_wasm)?;
     drop(envoy);
@@ -527,7 +557,54 @@ fn usage_matches(
     }
 }
 
+/// How long the usage API takes at the end of the run: a key's current
+/// period, for each key of the sample, and the tenant of every valid key's
+/// daily series over 30 days.
+struct QueryTimes {
+    key_usage: Vec<Duration>,
+    tenant_usage: Duration,
+    tenant_usage_bytes: usize,
+}
+
+fn usage_query_times(
+    addr: SocketAddr,
+    valid: &[crate::IssuedKey],
+    tenant: &str,
+) -> Result<QueryTimes> {
+    let step = (valid.len() / SAMPLE).max(1);
+    let mut key_usage = Vec::new();
+    for key in valid.iter().step_by(step) {
+        let started = Instant::now();
+        expect_status(
+            "a key's usage",
+            call(addr, "GET", &format!("/v1/keys/{}/usage", key.id), None)?,
+            200,
+        )?;
+        key_usage.push(started.elapsed());
+    }
+    key_usage.sort_unstable();
+    let started = Instant::now();
+    let body = expect_status(
+        "the tenant's usage",
+        call(
+            addr,
+            "GET",
+            &format!("/v1/tenants/{tenant}/usage?granularity=day"),
+            None,
+        )?,
+        200,
+    )?;
+    Ok(QueryTimes {
+        key_usage,
+        tenant_usage: started.elapsed(),
+        tenant_usage_bytes: body.to_string().len(),
+    })
+}
+
 struct Report<'a> {
+    store: &'a [StoreSample],
+    tables: BTreeMap<String, u64>,
+    queries: QueryTimes,
     lasting: Duration,
     keys: usize,
     saturation: f64,
@@ -604,6 +681,17 @@ impl Report<'_> {
             "usage_differing": self.exact.differing.iter().map(|(id, cp, seen)| json!({"key": id, "control_plane": cp, "seen": seen})).collect::<Vec<_>>(),
             "memory": memory,
             "per_minute": minutes,
+            "store": {
+                "samples": self.store.iter().map(|x| json!({"at_s": x.at.as_secs(), "bytes": x.bytes, "rows": x.rows})).collect::<Vec<_>>(),
+                "bytes_by_table": self.tables,
+                "key_usage_ms": {
+                    "p50": self.queries.key_usage.get(self.queries.key_usage.len() / 2).map(|d| d.as_secs_f64() * 1e3),
+                    "max": self.queries.key_usage.last().map(|d| d.as_secs_f64() * 1e3),
+                    "calls": self.queries.key_usage.len(),
+                },
+                "tenant_usage_daily_ms": self.queries.tenant_usage.as_secs_f64() * 1e3,
+                "tenant_usage_daily_bytes": self.queries.tenant_usage_bytes,
+            },
         });
         let mut md = format!(
             "`cargo xtask soak`, {}, commit `{}`, {}.\n\n\
@@ -642,6 +730,7 @@ impl Report<'_> {
                 m["minute"], m["requests"], m["p50_us"], m["p99_us"]
             ));
         }
+        md.push_str(&self.store_md(&json["store"]));
         std::fs::create_dir_all(&options.out)
             .map_err(|e| format!("create {}: {e}", options.out.display()))?;
         for (name, text) in [
@@ -653,6 +742,52 @@ impl Report<'_> {
         }
         println!("\n{md}wrote {}", options.out.join("soak.md").display());
         Ok(())
+    }
+
+    /// The database's growth, table by table, and the usage queries' time.
+    fn store_md(&self, store: &Value) -> String {
+        let mut md = format!(
+            "\nThe control plane's SQLite database (rows of the tables that grow; bytes of the \
+             database file and its WAL):\n\n| at s | bytes | {} |\n|---|---|{}\n",
+            store_size::GROWING.join(" | "),
+            "---|".repeat(store_size::GROWING.len())
+        );
+        for x in self.store {
+            let rows: Vec<String> = store_size::GROWING
+                .iter()
+                .map(|t| x.rows.get(*t).copied().unwrap_or(0).to_string())
+                .collect();
+            md.push_str(&format!(
+                "| {} | {} | {} |\n",
+                x.at.as_secs(),
+                x.bytes,
+                rows.join(" | ")
+            ));
+        }
+        let last = self.store.last();
+        md.push_str(
+            "\n| table (with its indexes) | bytes | rows | bytes per row |\n|---|---|---|---|\n",
+        );
+        for (table, bytes) in &self.tables {
+            let rows = last.and_then(|x| x.rows.get(table)).copied();
+            let per_row = rows
+                .filter(|n| *n > 0)
+                .map(|n| format!("{:.0}", *bytes as f64 / n as f64))
+                .unwrap_or_default();
+            let rows = rows.map(|n| n.to_string()).unwrap_or_default();
+            md.push_str(&format!("| {table} | {bytes} | {rows} | {per_row} |\n"));
+        }
+        md.push_str(&format!(
+            "\nUsage API at the end: `GET /v1/keys/{{id}}/usage` p50 {:.1} ms, max {:.1} ms over {} keys; \
+             `GET /v1/tenants/{{id}}/usage?granularity=day` over the {} keys {:.0} ms ({} bytes).\n",
+            store["key_usage_ms"]["p50"].as_f64().unwrap_or(0.0),
+            store["key_usage_ms"]["max"].as_f64().unwrap_or(0.0),
+            self.queries.key_usage.len(),
+            self.keys,
+            self.queries.tenant_usage.as_secs_f64() * 1e3,
+            self.queries.tenant_usage_bytes,
+        ));
+        md
     }
 
     fn verdict(&self) -> Result {
