@@ -310,7 +310,9 @@ fn test(args: &[String]) -> Result {
     run(
         "unit, API and end-to-end tests",
         cargo()
-            .args(["test", "--workspace", "--", "--test-threads", "2"])
+            // Every failing test named, not only the first binary's.
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(["--", "--test-threads", "2"])
             .env("TOLLGATE_TEST_POSTGRES_URL", &cluster.url)
             .env("TOLLGATE_POSTGRES_BIN", &postgres)
             .env("TOLLGATE_ENVOY", &envoy)
