@@ -49,6 +49,54 @@ impl axum::extract::FromRequestParts<AppState> for SyncCaller {
     }
 }
 
+/// Who may report leaked keys: the admin, or a secret scanner holding the
+/// leak-report token, which opens nothing else (every other route resolves
+/// tokens through [`principal_of`], which does not know it). An extractor,
+/// like [`SyncCaller`], so that the body is read only for a caller who may
+/// send one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reporter {
+    Admin,
+    Scanner,
+}
+
+impl Reporter {
+    /// The audit log's actor.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Scanner => "leak_reporter",
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Reporter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).ok_or_else(missing)?;
+        if state.admin_token.matches(token) {
+            return Ok(Self::Admin);
+        }
+        if state
+            .leak_report_token
+            .as_ref()
+            .is_some_and(|expected| expected.matches(token))
+        {
+            return Ok(Self::Scanner);
+        }
+        match principal_of(state, token).await? {
+            // A live tenant token: known, but not allowed here.
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Reporting leaked keys needs the admin token or the leak-report token.",
+            )),
+            None => Err(ApiError::unauthorized("The token is not valid.")),
+        }
+    }
+}
+
 fn missing() -> ApiError {
     ApiError::unauthorized("Send the token as Authorization: Bearer <token>.")
 }

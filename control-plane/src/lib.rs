@@ -8,9 +8,9 @@
 //! Prometheus metrics at `/metrics`.
 
 //!
-//! The modules, from the bottom up: `clock`, `db` and `error`; `store`, the
-//! SQL of every resource; `state`, with `metrics`, `throttle` and `fleet`
-//! (the proxy registry); `change`, the envelope every write goes through;
+//! The modules, from the bottom up: `clock`, `db`, `error` and `egress`
+//! (where webhooks may be sent); `store`, the SQL of every resource; `state`,
+//! with `metrics`, `throttle` and `fleet` (the proxy registry); `change`, the envelope every write goes through;
 //! `auth`, `extract`, `input`, `paging`, `docs`, `middleware` and `receipt`
 //! (the config version a write answers with), what handlers share; `routes`, one
 //! module per resource; and `openapi`, the document that lists them, with
@@ -27,6 +27,7 @@ pub mod constraints;
 pub mod dashboard;
 pub mod db;
 pub mod docs;
+pub mod egress;
 pub mod error;
 pub mod extract;
 pub mod fleet;
@@ -71,6 +72,7 @@ pub fn app(state: AppState) -> Router {
             "/v1",
             admin
                 .merge(routes::mounted(Mount::Public))
+                .merge(routes::mounted(Mount::Reporters))
                 // Outside authentication, so wrong tokens count too. Not on the
                 // Envoys' endpoints (sync token): /v1/sync and /v1/usage.
                 .route_layer(from_fn_with_state(state.clone(), middleware::limit_admin))

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
+use tollgate_control_plane::egress::Targets;
 use tollgate_control_plane::shares::Role;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
 use tollgate_control_plane::{
@@ -107,6 +108,35 @@ struct ServeArgs {
     /// open (it carries counts by route template, never tenant data).
     #[arg(long, env = "CONTROL_PLANE_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    /// Bearer token a secret scanner sends with POST /v1/leaked-keys, the one
+    /// endpoint it opens (the admin token works there too). Unset: leak
+    /// reports need the admin token.
+    #[arg(long, env = "CONTROL_PLANE_LEAK_REPORT_TOKEN", hide_env_values = true)]
+    leak_report_token: Option<String>,
+    /// `true` lets webhooks go to loopback, private (RFC 1918, fc00::/7),
+    /// link-local (169.254.0.0/16 with cloud metadata, fe80::/10), CGNAT and
+    /// other internal addresses, and to `localhost`; `false` (the default)
+    /// refuses them when the URL is set and when an alert is sent. Only
+    /// `true` or `false`.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS",
+        value_name = "true|false",
+        default_value = "false",
+        action = clap::ArgAction::Set,
+        value_parser = true_or_false
+    )]
+    webhook_allow_private_targets: bool,
+}
+
+/// A switch's value, strictly: a typo such as `ture` or `yes` must stop the
+/// start rather than quietly leave the switch as it was.
+fn true_or_false(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected `true` or `false`, got {other:?}")),
+    }
 }
 
 impl ServeArgs {
@@ -215,9 +245,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("the metrics token must be at least 16 characters");
     }
+    let leak_report_token = args.leak_report_token.as_deref().map(str::trim);
+    if let Some(token) = leak_report_token {
+        if token.len() < 16 {
+            anyhow::bail!("the leak-report token must be at least 16 characters");
+        }
+        // Equal to another token, it would open what that one opens.
+        if token == admin_token || token == sync_token {
+            anyhow::bail!("the leak-report token must differ from the admin and sync tokens");
+        }
+    }
+    let targets = if args.webhook_allow_private_targets {
+        tracing::warn!("webhooks may go to internal addresses (loopback, private, link-local)");
+        Targets::Any
+    } else {
+        Targets::PublicOnly
+    };
     let state = AppState::new(pool, &admin_token, &sync_token, version)
         .with_throttle(throttle)
-        .with_metrics_token(args.metrics_token.as_deref().map(str::trim));
+        .with_metrics_token(args.metrics_token.as_deref().map(str::trim))
+        .with_leak_report_token(leak_report_token)
+        .with_webhook_targets(targets);
     state.leasing.forward_with(&sync_token);
     if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
         // Perhaps one of several replicas: none leases until it knows
@@ -270,4 +318,47 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["control-plane", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Some(Command::Serve(serve)) => Ok(serve),
+            _ => panic!("not serve"),
+        }
+    }
+
+    #[test]
+    fn private_webhook_targets_are_refused_unless_switched_on_with_true() {
+        // Only when the variable is not set by whoever runs the tests.
+        if std::env::var_os("CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS").is_none() {
+            assert!(!serve(&[]).unwrap().webhook_allow_private_targets);
+        }
+        let flag = "--webhook-allow-private-targets";
+        assert!(
+            serve(&[flag, "true"])
+                .unwrap()
+                .webhook_allow_private_targets
+        );
+        assert!(
+            !serve(&[flag, "false"])
+                .unwrap()
+                .webhook_allow_private_targets
+        );
+        assert!(
+            serve(&["--webhook-allow-private-targets=true"])
+                .unwrap()
+                .webhook_allow_private_targets
+        );
+        for bad in ["yes", "1", "TRUE", "True", "on", "", " true"] {
+            assert!(serve(&[flag, bad]).is_err(), "{bad:?}");
+        }
+        assert_eq!(true_or_false("true"), Ok(true));
+        assert_eq!(true_or_false("false"), Ok(false));
+        assert!(true_or_false("ture").is_err());
+    }
 }

@@ -41,7 +41,8 @@ API keys, tenant tokens and the audit log under `/v1`, plus the feeds the Envoys
 
 **Authentication.** `Authorization: Bearer <token>`: the admin token may do everything; a \
 tenant token (`tgt_…`) acts on its own tenant only (another tenant's resources answer 404, \
-admin-only operations 403). The Envoys use the sync token. `/v1/catalog` and `/healthz` are public.
+admin-only operations 403). The Envoys use the sync token; a secret scanner may use the \
+leak-report token, for `POST /v1/leaked-keys` only. `/v1/catalog` and `/healthz` are public.
 
 **Errors.** Every error is `application/problem+json` (the `Problem` schema) with a stable \
 `code`. Besides the statuses listed per operation, any path answers `404 not_found` when \
@@ -484,6 +485,11 @@ impl Modify for SecuritySchemes {
             (
                 "sync_token",
                 "The sync token the Envoys use: `/v1/sync` and `/v1/usage` only.",
+            ),
+            (
+                "leak_report_token",
+                "A secret scanner's token: `POST /v1/leaked-keys` only. Set with \
+                 `CONTROL_PLANE_LEAK_REPORT_TOKEN`.",
             ),
         ] {
             components.add_security_scheme(

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, Now, SystemClock};
 use crate::db::Db;
+use crate::egress::Targets;
 use crate::fleet::{FleetConfig, Registry};
 use crate::metrics::Metrics;
 use crate::outage::Reachability;
@@ -72,6 +73,11 @@ pub struct AppState {
     pub leasing: Arc<Leasing>,
     /// Whether the database answers (watched on PostgreSQL only).
     pub reachability: Arc<Reachability>,
+    /// Where webhooks may be sent: public addresses only unless allowed.
+    pub webhook_targets: Targets,
+    /// A secret scanner's token for `POST /v1/leaked-keys`, and nothing
+    /// else; `None`: only the admin token reports leaks.
+    pub leak_report_token: Option<TokenDigest>,
 }
 
 impl AppState {
@@ -95,6 +101,8 @@ impl AppState {
                 false,
             ))),
             reachability: Arc::default(),
+            webhook_targets: Targets::PublicOnly,
+            leak_report_token: None,
         }
     }
 
@@ -112,6 +120,18 @@ impl AppState {
     /// The same state with `GET /metrics` behind `token` (`None`: open).
     pub fn with_metrics_token(mut self, token: Option<&str>) -> Self {
         self.metrics_token = token.map(TokenDigest::of);
+        self
+    }
+
+    /// The same state sending webhooks only where `targets` allows.
+    pub fn with_webhook_targets(mut self, targets: Targets) -> Self {
+        self.webhook_targets = targets;
+        self
+    }
+
+    /// The same state taking `token` (if any) for leak reports.
+    pub fn with_leak_report_token(mut self, token: Option<&str>) -> Self {
+        self.leak_report_token = token.map(TokenDigest::of);
         self
     }
 

@@ -6,7 +6,13 @@
 //! every attempt, and retries with exponential backoff. Several replicas may
 //! run the worker: an event is claimed with a compare-and-set on its next
 //! attempt time before it is sent.
+//!
+//! Where an alert may go is `egress`'s to say: unless internal targets are
+//! allowed, a URL whose host is an internal address, or whose name resolves
+//! to one when the delivery connects, is refused, and the refusal is a
+//! failed attempt like any other, with its reason in the log.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -14,6 +20,7 @@ use sha2::Sha256;
 
 use crate::clock::Clock;
 use crate::db::Db;
+use crate::egress::{self, ForbiddenTarget, GuardedResolver, Targets};
 use crate::state::AppState;
 use crate::store::webhooks::{self as outbox, Attempt};
 pub use crate::store::webhooks::{EVENT_TYPE, THRESHOLDS};
@@ -54,21 +61,39 @@ pub fn backoff_ms(attempts: i64) -> i64 {
     1000i64.saturating_mul(1i64 << exponent).min(MAX_BACKOFF_MS)
 }
 
-/// The HTTP client alerts are sent with: no redirects (the signature is for
-/// the configured URL only), a bounded wait.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The HTTP client alerts are sent with, and where it may send them.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    targets: Targets,
+}
+
+/// The client for `targets`: no redirects (the signature is for the
+/// configured URL only, and a redirect could lead anywhere), a bounded wait,
+/// straight to the target and never through a proxy named by `HTTP(S)_PROXY`
+/// (the addresses checked must be the ones connected to), and, unless any
+/// target is allowed, names resolved by [`GuardedResolver`]. An error rather
+/// than a client without the guard.
+pub fn client(targets: Targets) -> Result<Client, reqwest::Error> {
+    let builder = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
+        .no_proxy()
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+    let builder = match targets {
+        Targets::PublicOnly => builder.dns_resolver(Arc::new(GuardedResolver)),
+        Targets::Any => builder,
+    };
+    Ok(Client {
+        http: builder.build()?,
+        targets,
+    })
 }
 
 /// Sends every due event once; returns how many were attempted.
 pub async fn deliver_due(
     db: &Db,
-    client: &reqwest::Client,
+    client: &Client,
     clock: &dyn Clock,
 ) -> Result<usize, sqlx::Error> {
     let now = clock.now();
@@ -134,14 +159,20 @@ pub async fn deliver_due(
 
 /// One POST; the status code, or why there was none.
 async fn send(
-    client: &reqwest::Client,
+    client: &Client,
     (url, secret): (&str, &str),
     signed_at: i64,
     event_id: &str,
     payload: &str,
 ) -> Result<u16, String> {
+    // An address as host is never resolved, so the resolver cannot see it:
+    // checked here, for URLs set while internal targets were allowed.
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        egress::address_target(&parsed, client.targets).map_err(|why| refused(&why))?;
+    }
     let signature = sign(secret, signed_at, payload);
     client
+        .http
         .post(url)
         .header("content-type", "application/json")
         .header(EVENT_ID_HEADER, event_id)
@@ -151,7 +182,9 @@ async fn send(
         .await
         .map(|r| r.status().as_u16())
         .map_err(|e| {
-            if e.is_timeout() {
+            if let Some(forbidden) = forbidden_target(&e) {
+                refused(&forbidden.to_string())
+            } else if e.is_timeout() {
                 "timed out".to_owned()
             } else if e.is_connect() {
                 "could not connect".to_owned()
@@ -161,9 +194,36 @@ async fn send(
         })
 }
 
+/// The attempt log's reason for a target refused by `egress`.
+fn refused(why: &str) -> String {
+    format!(
+        "refused: {why}; webhooks go to public addresses unless {} is true",
+        egress::ALLOW_PRIVATE_ENV
+    )
+}
+
+/// The resolver's refusal, if that is why `error` happened: it arrives
+/// wrapped in the client's and the connector's own errors.
+fn forbidden_target(error: &reqwest::Error) -> Option<&ForbiddenTarget> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(forbidden) = e.downcast_ref::<ForbiddenTarget>() {
+            return Some(forbidden);
+        }
+        cause = e.source();
+    }
+    None
+}
+
 /// The delivery worker, until the server shuts down.
 pub async fn run(state: AppState) {
-    let client = client();
+    let client = match client(state.webhook_targets) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; no alerts are sent");
+            return;
+        }
+    };
     let mut shutting_down = state.shutting_down.subscribe();
     loop {
         if let Err(e) = deliver_due(&state.db, &client, &*state.clock).await {

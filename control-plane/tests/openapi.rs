@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 
 use axum::http::{header, StatusCode};
 use axum::Router;
-use common::{send, Backend, Reply, ADMIN, SYNC};
+use common::{send, Backend, Reply, ADMIN, LEAK_REPORTER, SYNC};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -38,6 +38,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/keys/{id}"),
     ("POST", "/v1/keys/{id}/rotate"),
     ("GET", "/v1/keys/{id}/usage"),
+    ("POST", "/v1/leaked-keys"),
     ("GET", "/v1/plans"),
     ("GET", "/v1/proxies"),
     ("GET", "/v1/propagation/{version}"),
@@ -918,7 +919,7 @@ async fn answers_match_the_documented_responses(backend: Backend) {
     let key_id = id(&w.call(a, "POST", &keys_uri, Some(ci), S::CREATED).await);
     let key_uri = format!("/v1/keys/{key_id}");
     let mine = json!({"name": "mine"});
-    w.call(t, "POST", &keys_uri, Some(mine), S::CREATED).await;
+    let mine = w.call(t, "POST", &keys_uri, Some(mine), S::CREATED).await;
     let wider = json!({"name": "big", "monthly_quota": 1});
     w.call(t, "POST", &keys_uri, Some(wider), S::FORBIDDEN)
         .await;
@@ -1010,6 +1011,63 @@ async fn answers_match_the_documented_responses(backend: Backend) {
     w.call(t, "GET", others, None, S::NOT_FOUND).await;
     w.call(a, "GET", "/v1/audit?since=yesterday", None, S::BAD_REQUEST)
         .await;
+
+    // Leak reports: the scanner's token or the admin's, a list in and out.
+    let leaked = json!([
+        {"token": mine["key"], "type": "tollgate_api_key", "url": "https://github.com/o/r/blob/c/f", "source": "content"},
+        {"token": "tg_nope", "type": "tollgate_api_key"}
+    ]);
+    let l = Some(LEAK_REPORTER);
+    let verdicts = w
+        .call(l, "POST", "/v1/leaked-keys", Some(leaked.clone()), S::OK)
+        .await;
+    assert_eq!(verdicts[0]["label"], "true_positive", "{verdicts}");
+    assert_eq!(verdicts[1]["label"], "false_positive", "{verdicts}");
+    w.call(a, "POST", "/v1/leaked-keys", Some(json!([])), S::OK)
+        .await;
+    w.call(
+        t,
+        "POST",
+        "/v1/leaked-keys",
+        Some(leaked.clone()),
+        S::FORBIDDEN,
+    )
+    .await;
+    w.call(
+        None,
+        "POST",
+        "/v1/leaked-keys",
+        Some(leaked),
+        S::UNAUTHORIZED,
+    )
+    .await;
+    let not_a_list = json!({"token": "tg_nope", "type": "x"});
+    w.call(
+        l,
+        "POST",
+        "/v1/leaked-keys",
+        Some(not_a_list),
+        S::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let too_many = Value::Array(vec![json!({"token": "t", "type": "x"}); 1001]);
+    w.call(
+        l,
+        "POST",
+        "/v1/leaked-keys",
+        Some(too_many),
+        S::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    w.call(
+        l,
+        "POST",
+        "/v1/leaked-keys",
+        None,
+        S::UNSUPPORTED_MEDIA_TYPE,
+    )
+    .await;
+    w.call(l, "GET", "/v1/plans", None, S::UNAUTHORIZED).await;
 
     // Deletions.
     let successor = format!("/v1/keys/{}", id(&rotated));

@@ -18,12 +18,13 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use common::{
-    admin, assert_problem, create, key, last_audit, now_ms, send, tenant, tenant_token, test_app,
-    test_app_at, Backend, Reply, ADMIN, NOW, SYNC,
+    admin, allowing_private_webhook_targets, assert_problem, create, key, last_audit, now_ms, send,
+    tenant, tenant_token, test_app, test_app_at, test_state, Backend, Reply, ADMIN, NOW, SYNC,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use tollgate_control_plane::egress::Targets;
 use tollgate_control_plane::webhooks::{self, MAX_ATTEMPTS};
 use tollgate_control_plane::{db, AppState};
 
@@ -560,9 +561,10 @@ async fn make_due(state: &AppState) {
 }
 
 async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
-    let (app, state, clock) = test_app_at(backend, NOW).await;
+    let (_, state, clock) = test_app_at(backend, NOW).await;
+    let (app, state) = allowing_private_webhook_targets(state);
     let (url, inbox) = receiver().await;
-    let client = webhooks::client();
+    let client = webhooks::client(Targets::Any).unwrap();
     let tenant_id = tenant_on_quota(&app).await;
     let (key_id, _) = key(&app, &tenant_id).await;
     let old = set_webhook(&app, &tenant_id, json!({"url": url}), true).await;
@@ -684,8 +686,8 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
 }
 
 async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backend: Backend) {
-    let (app, state) = test_app(backend).await;
-    let client = webhooks::client();
+    let (app, state) = allowing_private_webhook_targets(test_state(backend).await);
+    let client = webhooks::client(Targets::Any).unwrap();
     let tenant_id = tenant_on_quota(&app).await;
     let (key_id, _) = key(&app, &tenant_id).await;
     // Nothing listens there: every attempt fails without an HTTP answer.
@@ -743,6 +745,152 @@ async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backe
     assert_eq!(newest["attempt_log"][0]["status_code"], Value::Null);
 }
 
+/// Hosts that are internal as written, in the notations people (and
+/// attackers) write them in.
+const INTERNAL: &[&str] = &[
+    "http://127.0.0.1:8080/hook",
+    "http://2130706433/hook",
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://0.0.0.0/hook",
+    "http://10.0.0.1/hook",
+    "http://172.16.0.1/hook",
+    "http://192.168.0.1/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://100.64.0.1/hook",
+    "http://[fd00::1]/hook",
+    "http://[fe80::1]/hook",
+    "http://224.0.0.1/hook",
+    "http://255.255.255.255/hook",
+    "http://localhost:8080/hook",
+    "http://alerts.localhost/hook",
+];
+
+async fn internal_targets_are_refused_unless_allowed(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let tenant_id = tenant_on_quota(&app).await;
+    let before = row_counts(&state).await;
+    for url in INTERNAL {
+        for rotate_secret in [false, true] {
+            let body = json!({"url": url, "rotate_secret": rotate_secret});
+            let r = put_webhook(&app, &tenant_id, body).await;
+            assert_problem(
+                &r,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "webhook_target_forbidden",
+            );
+            let detail = r.body["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS"),
+                "{url}: {detail}"
+            );
+        }
+    }
+    assert_eq!(row_counts(&state).await, before, "nothing written");
+    let r = admin(&app, Method::GET, &webhook_uri(&tenant_id), None).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "not_found");
+
+    // Public addresses just past the edges pass; a name is judged by what
+    // it resolves to when an alert is sent, not here.
+    let mut issued = true;
+    for url in [
+        "http://172.15.255.255/hook",
+        "http://172.32.0.0/hook",
+        "http://[2001:4860:4860::8888]/hook",
+        "http://billing.internal:8080/hook",
+        HOOK,
+    ] {
+        let set = set_webhook(&app, &tenant_id, json!({"url": url}), issued).await;
+        assert_eq!(set["url"], url);
+        issued = false;
+    }
+
+    // Allowed, every one is taken.
+    let (app, _) = allowing_private_webhook_targets(state);
+    for url in INTERNAL {
+        let set = set_webhook(&app, &tenant_id, json!({"url": url}), false).await;
+        assert_eq!(set["url"], *url);
+    }
+}
+
+/// One delivery pass with `client`: how many events it attempted.
+async fn deliver(state: &AppState, client: &webhooks::Client) -> usize {
+    webhooks::deliver_due(&state.db, client, &*state.clock)
+        .await
+        .unwrap()
+}
+
+/// The newest event's attempt `n` (from 0), and the event.
+async fn attempt(app: &Router, tenant_id: &str, n: usize) -> (Value, Value) {
+    let page = deliveries(app, ADMIN, tenant_id, "").await;
+    let event = items(&page)[0].clone();
+    (event["attempt_log"][n].clone(), event)
+}
+
+async fn a_name_resolving_to_loopback_is_refused_at_delivery_unless_allowed(backend: Backend) {
+    // The URLs are set while internal targets are allowed: as on a control
+    // plane restarted without the switch, or a name that resolved to a
+    // public address when it was set (DNS rebinding).
+    let (_, state, clock) = test_app_at(backend, NOW).await;
+    let (app, state) = allowing_private_webhook_targets(state);
+    let (by_address, inbox) = receiver().await;
+    // `localhost` resolves from the hosts file, without DNS.
+    let by_name = by_address.replace("127.0.0.1", "localhost");
+    let guarded = webhooks::client(Targets::PublicOnly).unwrap();
+    let open = webhooks::client(Targets::Any).unwrap();
+    let tenant_id = tenant_on_quota(&app).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
+    set_webhook(&app, &tenant_id, json!({"url": by_name}), true).await;
+    report(&app, "b-1", "envoy-a", &key_id, 8).await;
+
+    // Refused when the name resolves: a failed attempt, with the reason.
+    assert_eq!(deliver(&state, &guarded).await, 1);
+    let (first, event) = attempt(&app, &tenant_id, 0).await;
+    assert_eq!(event["status"], "pending", "{event}");
+    assert_eq!(first["status_code"], Value::Null, "{first}");
+    assert_eq!(first["url"], by_name.as_str());
+    let error = first["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("refused: localhost resolves to "),
+        "{error}"
+    );
+    assert!(error.contains("a loopback address"), "{error}");
+    assert!(
+        error.contains("CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS"),
+        "{error}"
+    );
+    assert!(inbox.lock().unwrap().is_empty(), "nothing was sent");
+
+    // An address as host never reaches the resolver: refused before it.
+    set_webhook(&app, &tenant_id, json!({"url": by_address}), false).await;
+    // A second apart, so that the log lists the attempts in order.
+    clock.advance(Duration::from_secs(1));
+    make_due(&state).await;
+    assert_eq!(deliver(&state, &guarded).await, 1);
+    let (second, _) = attempt(&app, &tenant_id, 1).await;
+    assert_eq!(second["status_code"], Value::Null, "{second}");
+    let error = second["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("refused: 127.0.0.1 is a loopback address"),
+        "{error}"
+    );
+    assert!(inbox.lock().unwrap().is_empty(), "nothing was sent");
+
+    // Allowed: the same name is delivered to (the receiver answers its
+    // first request 500, the next 204).
+    set_webhook(&app, &tenant_id, json!({"url": by_name}), false).await;
+    for (n, code) in [(2, 500), (3, 204)] {
+        clock.advance(Duration::from_secs(1));
+        make_due(&state).await;
+        assert_eq!(deliver(&state, &open).await, 1);
+        let (answered, _) = attempt(&app, &tenant_id, n).await;
+        assert_eq!(answered["status_code"], code, "{answered}");
+    }
+    let (_, event) = attempt(&app, &tenant_id, 0).await;
+    assert_eq!(event["status"], "delivered", "{event}");
+    assert_eq!(inbox.lock().unwrap().len(), 2);
+}
+
 /// Usage that arrives after its period ended (an Envoy that was cut off over
 /// the month's end) completes that period: its alert is for that period.
 async fn late_usage_alerts_for_the_period_it_was_counted_in(backend: Backend) {
@@ -789,4 +937,6 @@ on_both_databases!(
     quota_alerts_fire_once_at_80_and_at_100_percent,
     deliveries_are_signed_retried_and_logged,
     an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone,
+    internal_targets_are_refused_unless_allowed,
+    a_name_resolving_to_loopback_is_refused_at_delivery_unless_allowed,
 );

@@ -454,7 +454,10 @@ impl Stack {
         command
             .args(&self.control_plane_args)
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN);
+            .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
+            // The tests' webhook receivers listen on 127.0.0.1, which a
+            // production start refuses as a target.
+            .env("CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true");
         self.spawn(name, command, log)
     }
 

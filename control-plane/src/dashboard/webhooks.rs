@@ -96,7 +96,7 @@ impl WebhookPage {
 
 fn field_of(e: &ApiError) -> &'static str {
     match e.code {
-        "invalid_webhook_url" | "invalid_body" => "url",
+        "invalid_webhook_url" | "webhook_target_forbidden" | "invalid_body" => "url",
         _ => "",
     }
 }

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod catalog;
 pub mod health;
 pub mod keys;
+pub mod leaked_keys;
 pub mod plans;
 pub mod proxies;
 pub mod sync;
@@ -32,6 +33,10 @@ pub enum Mount {
     Admin,
     /// Under `/v1`, behind the admin API's limits, without a token.
     Public,
+    /// Under `/v1`, behind the admin API's limits, with a token the route
+    /// checks itself: the admin's, or one that may do nothing else (a secret
+    /// scanner's leak-report token).
+    Reporters,
     /// Under `/v1`, the Envoys' own (sync token), outside the admin API's limits.
     Envoys,
     /// At the top level, outside `/v1`.
@@ -50,7 +55,7 @@ pub struct Resource {
 }
 
 /// Every resource, in the order the document lists their tags.
-pub const RESOURCES: [Resource; 13] = [
+pub const RESOURCES: [Resource; 14] = [
     Resource {
         mount: Mount::Admin,
         router: plans::router,
@@ -68,6 +73,14 @@ pub const RESOURCES: [Resource; 13] = [
         router: keys::router,
         api: <keys::Api as utoipa::OpenApi>::openapi,
         publishes: true,
+    },
+    Resource {
+        mount: Mount::Reporters,
+        router: leaked_keys::router,
+        api: <leaked_keys::Api as utoipa::OpenApi>::openapi,
+        // Its answer is a list, which carries no receipt; the Envoys learn
+        // of the deactivations as of any other change.
+        publishes: false,
     },
     Resource {
         mount: Mount::Admin,

@@ -18,6 +18,7 @@ use crate::docs::{
     AdminOnly, ContentTooLarge, ServerError, Throttled, Unauthorized, UnsupportedMediaType,
     PROBLEM_JSON,
 };
+use crate::egress::{self, Targets};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::paging::{cursor, page_limit, Page};
@@ -53,6 +54,9 @@ pub struct Api;
 #[serde(deny_unknown_fields)]
 pub struct SetWebhook {
     /// `http` or `https`, at most 2048 characters. Redirects are not followed.
+    /// Unless the control plane allows internal targets, the host may not be
+    /// an internal address or `localhost`, nor resolve to one when an alert
+    /// is sent.
     #[schema(example = "https://billing.example.com/hooks/tollgate")]
     pub url: String,
     /// Issue a new signing secret (the old one stops at once).
@@ -102,7 +106,7 @@ async fn visible_tenant(principal: &Principal, state: &AppState, tenant_id: &str
     Ok(())
 }
 
-fn validate_url(url: &str) -> ApiResult<()> {
+fn validate_url(url: &str, targets: Targets) -> ApiResult<()> {
     let invalid = |why: &str| ApiError::invalid("invalid_webhook_url", why.to_owned());
     if url.len() > MAX_URL_LEN {
         return Err(invalid("url must be at most 2048 characters."));
@@ -123,7 +127,17 @@ fn validate_url(url: &str) -> ApiResult<()> {
             "url must not carry credentials; the signature authenticates the sender.",
         ));
     }
-    Ok(())
+    egress::literal_target(&parsed, targets).map_err(|why| {
+        ApiError::invalid(
+            "webhook_target_forbidden",
+            format!(
+                "url must not point into the control plane's own network: {why}. \
+                 Webhooks go to public addresses unless the control plane runs with \
+                 {}=true.",
+                egress::ALLOW_PRIVATE_ENV
+            ),
+        )
+    })
 }
 
 fn new_secret() -> String {
@@ -209,7 +223,7 @@ pub async fn find(
         (status = 404, description = "`not_found`: no such tenant.", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, response = ContentTooLarge),
         (status = 415, response = UnsupportedMediaType),
-        (status = 422, description = "`invalid_body` or `invalid_webhook_url`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "`invalid_body`, `invalid_webhook_url`, or `webhook_target_forbidden`: the host is a loopback, private, link-local or other internal address, or `localhost` (allowed with `CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS=true`).", body = Problem, content_type = PROBLEM_JSON),
         (status = 429, response = Throttled),
         (status = "5XX", response = ServerError),
     ),
@@ -240,7 +254,7 @@ pub async fn set(
 ) -> ApiResult<WebhookView> {
     principal.require_admin()?;
     visible_tenant(principal, state, &tenant_id).await?;
-    validate_url(&input.url)?;
+    validate_url(&input.url, state.webhook_targets)?;
     let mut change = begin_webhook_change(state, principal, &tenant_id).await?;
     let before = webhooks::find(&mut **change.tx(), &tenant_id).await?;
     let now = change.now().rfc3339();

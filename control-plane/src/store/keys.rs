@@ -237,6 +237,62 @@ pub async fn find<'e>(
     .await
 }
 
+/// A key found by its hash, and that hash.
+#[derive(Clone, sqlx::FromRow)]
+pub struct HashedKey {
+    pub key_hash: String,
+    #[sqlx(flatten)]
+    pub key: KeyRow,
+}
+
+/// `$1, $2, …, $count`: one parameter per hash of an `IN (…)` list. Leak
+/// reports bound their hashes (at most 1000), far below either database's
+/// limit on parameters.
+fn hash_params(count: usize) -> String {
+    (1..=count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `(key_hash, active)` of each key ever issued whose hash is among
+/// `hashes`, deleted ones included (they are inactive).
+pub async fn activity_by_hashes(
+    db: &Db,
+    hashes: &[String],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT key_hash, CAST(active AS INTEGER) FROM api_keys WHERE key_hash IN ({})",
+        hash_params(hashes.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+    for hash in hashes {
+        query = query.bind(hash.as_str());
+    }
+    query.fetch_all(db).await
+}
+
+/// The live (not deleted) keys whose hash is among `hashes`, read in the
+/// change's transaction.
+pub async fn live_by_hashes(tx: &mut Tx, hashes: &[String]) -> Result<Vec<HashedKey>, sqlx::Error> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT key_hash, {KEY_COLUMNS} FROM api_keys
+         WHERE key_hash IN ({}) AND deleted_at IS NULL ORDER BY created_at, id",
+        hash_params(hashes.len())
+    );
+    let mut query = sqlx::query_as::<_, HashedKey>(&sql);
+    for hash in hashes {
+        query = query.bind(hash.as_str());
+    }
+    query.fetch_all(&mut **tx).await
+}
+
 /// The tenant's allowance of keys (`None` when its plan has none), or `None`
 /// when there is no such tenant.
 pub async fn allowance(tx: &mut Tx, tenant_id: &str) -> Result<Option<Option<i64>>, sqlx::Error> {

@@ -1030,7 +1030,8 @@ async fn stored_secret(state: &tollgate_control_plane::AppState, tenant_id: &str
 }
 
 async fn the_webhook_is_set_rotated_removed_and_its_deliveries_shown(backend: Backend) {
-    let (app, state) = test_app(backend).await;
+    // Its receiver listens on 127.0.0.1.
+    let (app, state) = allowing_private_webhook_targets(test_state(backend).await);
     let browser = Browser::signed_in(&app, ADMIN).await;
     let metered = json!({"name": "Metered", "limits": [], "monthly_quota": 10});
     let plan_id = create(&app, "/v1/plans", metered).await["id"]
@@ -1087,7 +1088,9 @@ async fn the_webhook_is_set_rotated_removed_and_its_deliveries_shown(backend: Ba
     )
     .await;
     assert_page(&browser.get(&uri).await, StatusCode::OK, "not tried yet");
-    let client = tollgate_control_plane::webhooks::client();
+    let client =
+        tollgate_control_plane::webhooks::client(tollgate_control_plane::egress::Targets::Any)
+            .unwrap();
     let sent = tollgate_control_plane::webhooks::deliver_due(&state.db, &client, &*state.clock)
         .await
         .unwrap();

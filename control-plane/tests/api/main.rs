@@ -19,6 +19,7 @@ mod errors;
 mod fleet;
 mod health;
 mod keys;
+mod leaked_keys;
 mod plans;
 mod sync;
 mod tenants;

@@ -14,12 +14,15 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use tollgate_control_plane::clock::{Clock, Now, SetClock};
+use tollgate_control_plane::egress::Targets;
 use tollgate_control_plane::{app, db, store, AppState};
 use tollgate_core::wire::SyncResponse;
 use tower::ServiceExt;
 
 pub const ADMIN: &str = "admin-token-for-tests";
 pub const SYNC: &str = "sync-token-for-tests";
+/// The leak-report token every test's control plane takes.
+pub const LEAK_REPORTER: &str = "leak-report-token-for-tests";
 
 /// The instant every test's control plane is at unless a test sets its own:
 /// mid-month and mid-hour, so no test straddles an hour, a day or a quota
@@ -88,7 +91,18 @@ pub async fn test_state_at(backend: Backend, clock: Arc<SetClock>) -> AppState {
         Backend::Postgres => fresh_postgres().await,
     };
     db::migrate(&pool).await.unwrap();
-    AppState::new(pool, ADMIN, SYNC, 0).with_clock(clock)
+    AppState::new(pool, ADMIN, SYNC, 0)
+        .with_clock(clock)
+        .with_leak_report_token(Some(LEAK_REPORTER))
+}
+
+/// `state` allowed to send webhooks to any address, as a control plane
+/// started with `CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS=true`, and its
+/// app: the tests' receivers listen on 127.0.0.1. Every other test runs with
+/// the production default, which refuses that.
+pub fn allowing_private_webhook_targets(state: AppState) -> (Router, AppState) {
+    let state = state.with_webhook_targets(Targets::Any);
+    (app(state.clone()), state)
 }
 
 pub async fn test_app(backend: Backend) -> (Router, AppState) {
