@@ -92,6 +92,12 @@ pub fn new_id(kind: &str) -> String {
     )
 }
 
+/// Whether PostgreSQL rolled a transaction back whole to resolve a conflict
+/// (a deadlock or a serialization failure): trying it again is safe.
+pub fn is_rolled_back(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
 /// Whether a sqlx error is a UNIQUE constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())

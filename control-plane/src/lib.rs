@@ -10,14 +10,15 @@
 //!
 //! The modules, from the bottom up: `clock`, `db`, `error` and `egress`
 //! (where webhooks may be sent); `store`, the SQL of every resource; `state`,
-//! with `metrics`, `throttle` and `fleet` (the proxy registry); `change`, the envelope every write goes through;
-//! `auth`, `extract`, `input`, `paging`, `docs`, `middleware` and `receipt`
-//! (the config version a write answers with), what handlers share; `routes`, one
-//! module per resource; and `openapi`, the document that lists them, with
-//! `constraints`, the rules of what they accept, stated in it. The
-//! background work (`webhooks`, `replicas`) and `seed` sit beside `routes`;
-//! `dashboard`, the pages over the same operations, sits above them.
-//! No module uses one above it.
+//! with `metrics`, `throttle`, `fleet` (the proxy registry) and `reporters`
+//! (when each Envoy last reported); `change`, the envelope every write goes
+//! through; `auth`, `extract`, `input`, `paging`, `docs`, `middleware` and
+//! `receipt` (the config version a write answers with), what handlers share;
+//! `routes`, one module per resource; and `openapi`, the document that lists
+//! them, with `constraints`, the rules of what they accept, stated in it.
+//! The background work (`webhooks`, `replicas`, `retention`) and `seed` sit
+//! beside `routes`; `dashboard`, the pages over the same operations, sits
+//! above them. No module uses one above it.
 
 pub mod allocation;
 pub mod auth;
@@ -39,6 +40,7 @@ pub mod outage;
 pub mod paging;
 pub mod receipt;
 pub mod replicas;
+pub mod reporters;
 pub mod retention;
 pub mod routes;
 pub mod seed;

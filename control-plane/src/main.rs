@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::egress::Targets;
+use tollgate_control_plane::retention::RetentionArgs;
 use tollgate_control_plane::shares::Role;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
 use tollgate_control_plane::{
@@ -127,6 +128,8 @@ struct ServeArgs {
         value_parser = true_or_false
     )]
     webhook_allow_private_targets: bool,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 /// A switch's value, strictly: a typo such as `ture` or `yes` must stop the
@@ -233,6 +236,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the database is touched: a policy that would lose counts never runs.
+    let retention = args.retention.policy().map_err(anyhow::Error::msg)?;
     let pool = args.db.open().await?;
     let throttle = args.throttle();
     let admin_token = token_or_generate(args.admin_token, "admin token", "tgadmin_")?;
@@ -265,7 +270,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_throttle(throttle)
         .with_metrics_token(args.metrics_token.as_deref().map(str::trim))
         .with_leak_report_token(leak_report_token)
-        .with_webhook_targets(targets);
+        .with_webhook_targets(targets)
+        .with_retention(retention);
     state.leasing.forward_with(&sync_token);
     if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
         // Perhaps one of several replicas: none leases until it knows

@@ -13,8 +13,10 @@ use crate::egress::Targets;
 use crate::fleet::{FleetConfig, Registry};
 use crate::metrics::Metrics;
 use crate::outage::Reachability;
+use crate::reporters::Reporters;
 use crate::shares::{Allocator, Leasing, SharesConfig};
 use crate::store;
+use crate::store::retention::RetentionPolicy;
 use crate::throttle::{AdminLimiter, ThrottleConfig};
 
 /// A bearer token held only as its SHA-256, compared in constant time.
@@ -78,6 +80,10 @@ pub struct AppState {
     /// A secret scanner's token for `POST /v1/leaked-keys`, and nothing
     /// else; `None`: only the admin token reports leaks.
     pub leak_report_token: Option<TokenDigest>,
+    /// What the usage store keeps, and for how long (`store::retention`).
+    pub retention: RetentionPolicy,
+    /// When this replica last wrote that each usage reporter reported.
+    pub reporters: Arc<Reporters>,
 }
 
 impl AppState {
@@ -103,6 +109,8 @@ impl AppState {
             reachability: Arc::default(),
             webhook_targets: Targets::PublicOnly,
             leak_report_token: None,
+            retention: RetentionPolicy::default(),
+            reporters: Arc::default(),
         }
     }
 
@@ -150,6 +158,12 @@ impl AppState {
     /// The same state with `/v1/sync` paged at `keys` keys (tests use small pages).
     pub fn with_sync_page(mut self, keys: usize) -> Self {
         self.sync_page = keys.max(1);
+        self
+    }
+
+    /// The same state keeping usage as `policy` says.
+    pub fn with_retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = policy;
         self
     }
 

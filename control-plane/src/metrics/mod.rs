@@ -59,6 +59,9 @@ pub struct Metrics {
     usage_dropped: AtomicU64,
     pruned_batch_ids: AtomicU64,
     pruned_quota_rows: AtomicU64,
+    merged_quota_rows: AtomicU64,
+    rolled_up_usage_rows: AtomicU64,
+    pruned_usage_rows: AtomicU64,
     polls_open: AtomicI64,
 }
 
@@ -135,6 +138,12 @@ impl Metrics {
             .fetch_add(pruned.batch_ids, Ordering::Relaxed);
         self.pruned_quota_rows
             .fetch_add(pruned.quota_rows, Ordering::Relaxed);
+        self.merged_quota_rows
+            .fetch_add(pruned.merged_quota_rows, Ordering::Relaxed);
+        self.rolled_up_usage_rows
+            .fetch_add(pruned.rolled_up_rows, Ordering::Relaxed);
+        self.pruned_usage_rows
+            .fetch_add(pruned.usage_rows, Ordering::Relaxed);
     }
 
     /// A `/v1/sync` long-poll is held open until the guard drops.
@@ -219,6 +228,21 @@ impl Metrics {
                 "tollgate_control_plane_pruned_quota_rows_total",
                 "Quota ledger rows pruned once their period was over.",
                 &self.pruned_quota_rows,
+            ),
+            (
+                "tollgate_control_plane_merged_quota_rows_total",
+                "Quota ledger rows of Envoys silent past the batch-id window, merged into one row per key and period.",
+                &self.merged_quota_rows,
+            ),
+            (
+                "tollgate_control_plane_rolled_up_usage_rows_total",
+                "Hourly usage rows rolled up into daily rows.",
+                &self.rolled_up_usage_rows,
+            ),
+            (
+                "tollgate_control_plane_pruned_usage_rows_total",
+                "Daily usage rows deleted past the usage retention.",
+                &self.pruned_usage_rows,
             ),
         ] {
             header_lines(&mut out, name, "counter", help);

@@ -29,6 +29,7 @@ use crate::fleet::{self, ProxyHeaders};
 use crate::input::{is_plain_text, query_time};
 use crate::shares::{asked, Demand, Entry, Report, Role, SliceDemand};
 use crate::state::AppState;
+use crate::store::retention::GONE_REPORTER;
 use crate::store::usage::{self, anchor, truncated, ALLOWED, HOUR};
 use crate::store::{keys, tenants};
 use tollgate_core::decide::DenyReason;
@@ -82,6 +83,9 @@ fn validate(batch: &UsageBatch) -> ApiResult<()> {
     }
     if !fits(&batch.reporter_id, 0) {
         return bad("reporter_id must be at most 128 characters, none of them control characters.");
+    }
+    if batch.reporter_id == GONE_REPORTER {
+        return bad("reporter_id ~gone is reserved: it holds the use of Envoys long gone.");
     }
     if batch.keys.len() > MAX_KEYS {
         return bad("A batch holds at most 100000 keys.");
@@ -158,6 +162,10 @@ async fn usage_ingest(
 ) -> ApiResult<Json<UsageReceipt>> {
     validate(&batch)?;
     state.fleet.record(&state.db, &headers, state.now()).await;
+    state
+        .reporters
+        .heard(&state.db, &batch.reporter_id, state.now())
+        .await;
     let now = state.now();
     let (batch, counted_now) = if is_empty(&batch) {
         (batch, false)
@@ -481,6 +489,9 @@ pub struct UsageQuery {
     #[param(format = DateTime)]
     pub to: Option<String>,
     /// `hour` (the default; at most 31 days) or `day` (at most 366 days).
+    /// Days whose hours were rolled up (once a day has been over for
+    /// `CONTROL_PLANE_USAGE_HOURLY_DAYS`, 35 by default) come as one point
+    /// at the day's midnight UTC holding the whole day, at `hour` too.
     #[serde(default)]
     #[param(inline)]
     pub granularity: Option<Granularity>,
@@ -519,6 +530,12 @@ pub struct TenantUsageView {
 /// A tenant's usage over time
 ///
 /// Per key, per hour or per day: requests let through, their cost, and refusals by `code`.
+/// Every point that overlaps `from`..`to` is counted whole. Hours are kept
+/// for `CONTROL_PLANE_USAGE_HOURLY_DAYS` (35 by default) after their day is
+/// over, then rolled up into days: at `granularity=hour`, a rolled-up day is
+/// one point at its midnight UTC with the whole day's counts, so totals are
+/// the same before and after a rollup. With `CONTROL_PLANE_USAGE_RETENTION_DAYS`
+/// set, days older than that are deleted and count no more.
 #[utoipa::path(
     get,
     path = "/v1/tenants/{id}/usage",
@@ -572,7 +589,8 @@ pub async fn tenant_series(
     if !tenants::exists(&state.db, &tenant_id).await? {
         return Err(ApiError::not_found("tenant", &tenant_id));
     }
-    // Counts are kept per hour: widen `from` to its hour so that hour is included.
+    // Counts are kept per hour (or rolled up, per day): widen `from` to its
+    // hour so that hour is included (the store widens it to its day for days).
     let from_hour = truncated(
         u64::try_from(from.unix_timestamp()).unwrap_or(0) * 1000,
         HOUR,

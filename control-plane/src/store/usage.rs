@@ -45,6 +45,7 @@ pub fn truncated(ms: u64, step: Duration) -> String {
 }
 
 pub const HOUR: Duration = Duration::from_secs(3600);
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// Adds `count` requests of `outcome` (and, for `allowed`, their `cost`).
@@ -425,27 +426,48 @@ pub async fn quota_facts(
     }))
 }
 
-/// The cost the key was let through for in the hours from `from` to `to`
-/// (exclusive; both RFC 3339 of whole hours).
+/// The start of the UTC day of `at` (RFC 3339 UTC, as every hour and day is written).
+pub fn day_of(at: &str) -> String {
+    format!("{}T00:00:00Z", at.get(..10).unwrap_or(at))
+}
+
+// Every read of usage below reads the hourly counts and the days rolled up
+// (`store::retention`) together: a day is in one table or the other, or,
+// while a rollup is under way or after a late report, in part in each; the
+// union counts each request once either way. A rolled-up day counts whole
+// when it overlaps the span asked for: the callers ask from midnights (the
+// starts of days, months and quota periods), where that is exact.
+
+/// The cost the key was let through for from `from` to `to` (exclusive;
+/// both RFC 3339 of whole hours, of whole days where usage is rolled up).
 pub async fn cost_between(db: &Db, key_id: &str, from: &str, to: &str) -> Result<u64, sqlx::Error> {
     // SUM of BIGINT is NUMERIC on PostgreSQL, which the Any driver cannot read.
     let used: Option<i64> = sqlx::query_scalar(
-        "SELECT CAST(SUM(cost) AS BIGINT) FROM usage_hourly
-         WHERE key_id = $1 AND outcome = 'allowed' AND hour >= $2 AND hour < $3",
+        "SELECT CAST(SUM(cost) AS BIGINT) FROM (
+           SELECT cost FROM usage_hourly
+           WHERE key_id = $1 AND outcome = 'allowed' AND hour >= $2 AND hour < $3
+           UNION ALL
+           SELECT cost FROM usage_daily
+           WHERE key_id = $1 AND outcome = 'allowed' AND day >= $4 AND day < $3
+         ) u",
     )
     .bind(key_id)
     .bind(from)
     .bind(to)
+    .bind(day_of(from))
     .fetch_one(db)
     .await?;
     Ok(used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0))
 }
 
-/// One hour of one key's counts: (key_id, hour, outcome, count, cost); the
-/// key id is empty for refusals that named no known key.
+/// One hour (or, rolled up, one day) of one key's counts: (key_id, start,
+/// outcome, count, cost); the key id is empty for refusals that named no
+/// known key.
 pub type HourRow = (String, String, String, i64, i64);
 
-/// The tenant's hourly counts from `from_hour` to `to` (exclusive), by key, hour and outcome.
+/// The tenant's counts from `from_hour` to `to` (exclusive), by key, start
+/// and outcome: an hour's where they are hourly, a whole day's (starting
+/// at its midnight) where the day is rolled up and overlaps the span.
 pub async fn tenant_hours(
     db: &Db,
     tenant_id: &str,
@@ -455,58 +477,80 @@ pub async fn tenant_hours(
     sqlx::query_as(
         "SELECT key_id, hour, outcome, count, cost FROM usage_hourly
          WHERE tenant_id = $1 AND hour >= $2 AND hour < $3
-         ORDER BY key_id, hour, outcome",
+         UNION ALL
+         SELECT key_id, day, outcome, count, cost FROM usage_daily
+         WHERE tenant_id = $1 AND day >= $4 AND day < $3
+         ORDER BY 1, 2, 3",
     )
     .bind(tenant_id)
     .bind(from_hour)
     .bind(to)
+    .bind(day_of(from_hour))
     .fetch_all(db)
     .await
 }
 
-/// Requests by outcome (`allowed` or a refusal's code) in the hours from
-/// `from_hour` on, of one tenant or of all.
+/// Requests by outcome (`allowed` or a refusal's code) from `from_hour` on,
+/// of one tenant or of all.
 pub async fn outcome_totals(
     db: &Db,
     tenant_id: Option<&str>,
     from_hour: &str,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT outcome, CAST(SUM(count) AS BIGINT) FROM usage_hourly
-         WHERE hour >= $2 AND ($1 IS NULL OR tenant_id = $1)
+        "SELECT outcome, CAST(SUM(count) AS BIGINT) FROM (
+           SELECT outcome, count FROM usage_hourly
+           WHERE hour >= $2 AND ($1 IS NULL OR tenant_id = $1)
+           UNION ALL
+           SELECT outcome, count FROM usage_daily
+           WHERE day >= $3 AND ($1 IS NULL OR tenant_id = $1)
+         ) u
          GROUP BY outcome ORDER BY outcome",
     )
     .bind(tenant_id)
     .bind(from_hour)
+    .bind(day_of(from_hour))
     .fetch_all(db)
     .await
 }
 
-/// The cost each tenant's keys were let through for in the hours from `from_hour` on.
+/// The cost each tenant's keys were let through for from `from_hour` on.
 pub async fn cost_by_tenant(db: &Db, from_hour: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT tenant_id, CAST(SUM(cost) AS BIGINT) FROM usage_hourly
-         WHERE outcome = 'allowed' AND hour >= $1 AND tenant_id IS NOT NULL
+        "SELECT tenant_id, CAST(SUM(cost) AS BIGINT) FROM (
+           SELECT tenant_id, cost FROM usage_hourly
+           WHERE outcome = 'allowed' AND hour >= $1 AND tenant_id IS NOT NULL
+           UNION ALL
+           SELECT tenant_id, cost FROM usage_daily
+           WHERE outcome = 'allowed' AND day >= $2 AND tenant_id IS NOT NULL
+         ) u
          GROUP BY tenant_id",
     )
     .bind(from_hour)
+    .bind(day_of(from_hour))
     .fetch_all(db)
     .await
 }
 
-/// The cost each of the tenant's keys was let through for in the hours from `from_hour` on.
+/// The cost each of the tenant's keys was let through for from `from_hour` on.
 pub async fn cost_by_key(
     db: &Db,
     tenant_id: &str,
     from_hour: &str,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT key_id, CAST(SUM(cost) AS BIGINT) FROM usage_hourly
-         WHERE outcome = 'allowed' AND hour >= $2 AND tenant_id = $1
+        "SELECT key_id, CAST(SUM(cost) AS BIGINT) FROM (
+           SELECT key_id, cost FROM usage_hourly
+           WHERE outcome = 'allowed' AND hour >= $2 AND tenant_id = $1
+           UNION ALL
+           SELECT key_id, cost FROM usage_daily
+           WHERE outcome = 'allowed' AND day >= $3 AND tenant_id = $1
+         ) u
          GROUP BY key_id",
     )
     .bind(tenant_id)
     .bind(from_hour)
+    .bind(day_of(from_hour))
     .fetch_all(db)
     .await
 }

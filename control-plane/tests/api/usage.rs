@@ -589,7 +589,8 @@ async fn a_quota_near_its_end_is_sliced_out_of_what_no_envoy_holds(backend: Back
 /// are pruned; what the usage API answers stays the same, and a batch sent
 /// again within the window is still counted once.
 async fn rows_nothing_needs_any_more_are_pruned_and_totals_stay(backend: Backend) {
-    use tollgate_control_plane::store::retention::{prune, Pruned, BATCH_ID_WINDOW};
+    use tollgate_control_plane::store::retention::{prune, Pruned, RetentionPolicy};
+    let policy = RetentionPolicy::default();
     let (app, state, clock) = test_app_at(backend, "2026-11-20T12:00:00Z").await;
     let plan_id = plan(&app, None).await;
     let (tenant_id, key_id, _) = key_on(&app, &state, &plan_id).await;
@@ -624,22 +625,22 @@ async fn rows_nothing_needs_any_more_are_pruned_and_totals_stay(backend: Backend
         }
     };
     assert_eq!(report(&app, batch("old", 3)).await.status, StatusCode::OK);
-    clock.advance(BATCH_ID_WINDOW);
+    clock.advance(Duration::from_millis(policy.batch_id_window_ms()));
     assert_eq!(report(&app, batch("new", 2)).await.status, StatusCode::OK);
     let before = totals(app.clone()).await;
     assert_eq!(before.0, 5);
     // A week to the second: kept. A second more: pruned, the newer kept.
     assert_eq!(
-        prune(&state.db, state.now()).await.unwrap(),
+        prune(&state.db, state.now(), &policy).await.unwrap(),
         Pruned::default()
     );
     clock.advance(Duration::from_secs(1));
-    let pruned = prune(&state.db, state.now()).await.unwrap();
+    let pruned = prune(&state.db, state.now(), &policy).await.unwrap();
     assert_eq!(
         pruned,
         Pruned {
             batch_ids: 1,
-            quota_rows: 0
+            ..Pruned::default()
         }
     );
     assert_eq!(rows("usage_batches").await, 1);
@@ -651,7 +652,7 @@ async fn rows_nothing_needs_any_more_are_pruned_and_totals_stay(backend: Backend
     clock.advance(Duration::from_secs(5 * 24 * 3600));
     let december = totals(app.clone()).await;
     assert_eq!(december.0, 0);
-    let pruned = prune(&state.db, state.now()).await.unwrap();
+    let pruned = prune(&state.db, state.now(), &policy).await.unwrap();
     assert_eq!(pruned.quota_rows, 1);
     assert_eq!(rows("quota_counts").await, 0);
     assert_eq!(totals(app.clone()).await, december);
