@@ -357,6 +357,32 @@ mod tests {
     }
 
     #[test]
+    fn retention_passes_add_up() {
+        use crate::store::retention::Pruned;
+        let m = Metrics::default();
+        let pass = Pruned {
+            batch_ids: 1,
+            quota_rows: 2,
+            merged_quota_rows: 3,
+            rolled_up_rows: 4,
+            usage_rows: 5,
+        };
+        m.pruned(pass);
+        m.pruned(pass);
+        let text = m.render(0);
+        for line in [
+            "tollgate_control_plane_pruned_batch_ids_total 2",
+            "tollgate_control_plane_pruned_quota_rows_total 4",
+            "tollgate_control_plane_merged_quota_rows_total 6",
+            "tollgate_control_plane_rolled_up_usage_rows_total 8",
+            "tollgate_control_plane_pruned_usage_rows_total 10",
+            "# TYPE tollgate_control_plane_rolled_up_usage_rows_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escaped("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

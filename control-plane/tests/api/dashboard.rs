@@ -12,8 +12,9 @@ use serde_json::json;
 
 use crate::common::*;
 
-/// A browser's view of the dashboard: its cookie, if signed in.
-struct Browser {
+/// A browser's view of the dashboard: its cookie, if signed in (other
+/// modules read pages through it too).
+pub(crate) struct Browser {
     app: Router,
     cookie: Option<String>,
 }
@@ -46,7 +47,7 @@ impl Browser {
     }
 
     /// Signed in with `token`; the sign-in must succeed.
-    async fn signed_in(app: &Router, token: &str) -> Self {
+    pub(crate) async fn signed_in(app: &Router, token: &str) -> Self {
         let mut browser = Self::new(app);
         let r = browser.post("/dashboard/login", &[("token", token)]).await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
@@ -76,7 +77,7 @@ impl Browser {
         req
     }
 
-    async fn get(&self, uri: &str) -> Reply {
+    pub(crate) async fn get(&self, uri: &str) -> Reply {
         let req = self.request(Method::GET, uri).body(Body::empty()).unwrap();
         respond(&self.app, req).await
     }

@@ -21,6 +21,7 @@ mod health;
 mod keys;
 mod leaked_keys;
 mod plans;
+mod retention;
 mod sync;
 mod tenants;
 mod tokens;
