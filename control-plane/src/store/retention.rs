@@ -35,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 use crate::clock::{rfc3339_ms, Now};
 use crate::db::{self, Db};
@@ -190,7 +191,7 @@ pub async fn prune(db: &Db, now: Now, policy: &RetentionPolicy) -> Result<Pruned
     let mut pruned = Pruned::default();
     let before = policy.batch_ids_before(now);
     // Batch ids are written to the second: text order is time order.
-    pruned.batch_ids = in_chunks(|| {
+    pruned.batch_ids = in_chunks(db, || {
         delete(
             db,
             "DELETE FROM usage_batches WHERE id IN
@@ -200,7 +201,7 @@ pub async fn prune(db: &Db, now: Now, policy: &RetentionPolicy) -> Result<Pruned
     })
     .await?;
     let over = db_int(earliest_current_start(now.unix_ms()));
-    pruned.quota_rows = in_chunks(|| async move {
+    pruned.quota_rows = in_chunks(db, || async move {
         let done = sqlx::query(
             "DELETE FROM quota_counts WHERE period_start_ms < $1 AND key_id IN
                (SELECT key_id FROM quota_counts WHERE period_start_ms < $1 LIMIT $2)",
@@ -213,12 +214,12 @@ pub async fn prune(db: &Db, now: Now, policy: &RetentionPolicy) -> Result<Pruned
     })
     .await?;
     let silent_before = policy.silent_before_ms(now);
-    pruned.merged_quota_rows = in_chunks(|| fold_chunk(db, silent_before)).await?;
+    pruned.merged_quota_rows = in_chunks(db, || fold_chunk(db, silent_before)).await?;
     forget_reporters(db, silent_before).await?;
     let before = policy.roll_up_before(now);
-    pruned.rolled_up_rows = in_chunks(|| roll_up_chunk(db, &before)).await?;
+    pruned.rolled_up_rows = in_chunks(db, || roll_up_chunk(db, &before)).await?;
     if let Some(before) = policy.delete_before(now) {
-        pruned.usage_rows = in_chunks(|| {
+        pruned.usage_rows = in_chunks(db, || {
             delete(
                 db,
                 "DELETE FROM usage_daily WHERE (key_id, day, outcome) IN
@@ -231,14 +232,23 @@ pub async fn prune(db: &Db, now: Now, policy: &RetentionPolicy) -> Result<Pruned
     Ok(pruned)
 }
 
+/// How long a pass waits between chunks on SQLite. SQLite has one writer:
+/// a usage report that finds it busy sleeps in SQLite's busy handler and
+/// looks again up to 100 ms later, so chunks back to back would keep it
+/// out until the pass ends (seconds, measured: see the README). A pause
+/// longer than that sleep lets every waiting writer in. PostgreSQL locks
+/// rows, none of which a report writes, so its passes do not pause.
+const SQLITE_PAUSE: Duration = Duration::from_millis(110);
+
 /// Runs `chunk` until it finds nothing more to do; the rows it handled.
 /// Another replica's pass may take rows this one was about to, so "less
 /// than a chunk" is no sign of the end: only nothing is.
-async fn in_chunks<F, Fut>(mut chunk: F) -> Result<u64, sqlx::Error>
+async fn in_chunks<F, Fut>(db: &Db, mut chunk: F) -> Result<u64, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<u64, sqlx::Error>>,
 {
+    let pause = (!db::is_postgres(db)).then_some(SQLITE_PAUSE);
     let mut total = 0u64;
     let mut attempt = 1;
     loop {
@@ -247,7 +257,10 @@ where
             Ok(done) => {
                 total = total.saturating_add(done);
                 attempt = 1;
-                tokio::task::yield_now().await;
+                match pause {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => tokio::task::yield_now().await,
+                }
             }
             Err(e) if db::is_rolled_back(&e) && attempt < CHUNK_ATTEMPTS => attempt += 1,
             Err(e) => return Err(e),

@@ -848,3 +848,122 @@ fn the_server_refuses_to_start_with_a_retention_that_would_lose_counts() {
         assert!(!data_dir.exists(), "{vars:?}: the database was opened");
     }
 }
+
+/// The median, 99th percentile and largest of `ms`.
+fn spread(mut ms: Vec<f64>) -> String {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{} reports, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+/// How long rolling up 100,800 hourly rows takes, and how long usage
+/// reports sent back to back meanwhile take, against the same reports
+/// without it: on SQLite in a file (as `control-plane serve` runs it) and
+/// on PostgreSQL. A measurement, not a check: `cargo test -p
+/// tollgate-control-plane --test api -- --ignored --nocapture rollup_timing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn rollup_timing() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = std::env::temp_dir().join(db::new_id("tollgate-rollup-timing"));
+        let pool = match backend {
+            Backend::Sqlite => {
+                std::fs::create_dir_all(&dir).unwrap();
+                db::connect(&format!("sqlite://{}/t.db", dir.display()))
+                    .await
+                    .unwrap()
+            }
+            Backend::Postgres => fresh_postgres().await,
+        };
+        db::migrate(&pool).await.unwrap();
+        let clock = Arc::new(SetClock::at_rfc3339(NOW));
+        let state = AppState::new(pool, ADMIN, SYNC, 0).with_clock(clock);
+        let app = tollgate_control_plane::app(state.clone());
+        let plan_id = plan(&app, None).await;
+        let tenant_id = tenant(&app, &plan_id).await;
+        let (key_id, _) = key(&app, &tenant_id).await;
+        let mut hours = Vec::new();
+        for key in 0..100 {
+            for day in 0..42 {
+                let date = at("2026-10-01T00:00:00Z").plus_ms(day * 86_400_000);
+                for hour in 0..24 {
+                    let at = tollgate_control_plane::clock::rfc3339_ms(
+                        date.unix_ms() + hour * 3_600_000,
+                    );
+                    hours.push(vec![
+                        json!(format!("key-{key}")),
+                        json!(tenant_id),
+                        json!(at),
+                        json!("allowed"),
+                        json!(1),
+                        json!(1),
+                    ]);
+                }
+            }
+        }
+        insert_rows(
+            &state.db,
+            "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count, cost)",
+            &hours,
+        )
+        .await;
+        let mut n = 0u64;
+        let report = |n: u64| {
+            let app = app.clone();
+            let batch = json!({"batch_id": format!("t-{n}"), "reporter_id": "bench",
+                               "keys": [{"key_id": key_id, "allowed": 1, "cost": 1}]});
+            async move {
+                let started = Instant::now();
+                let r = send(
+                    &app,
+                    Method::POST,
+                    "/v1/usage",
+                    Some(SYNC),
+                    Some(&batch.to_string()),
+                )
+                .await;
+                assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+                started.elapsed().as_secs_f64() * 1000.0
+            }
+        };
+        let mut quiet = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            n += 1;
+            quiet.push(report(n).await);
+        }
+        let policy = RetentionPolicy::new(1, None, 7).unwrap();
+        let pass = tokio::spawn({
+            let db = state.db.clone();
+            async move {
+                let started = Instant::now();
+                let pruned = prune(&db, at(NOW), &policy).await.unwrap();
+                (pruned, started.elapsed())
+            }
+        });
+        let mut during = Vec::new();
+        while !pass.is_finished() {
+            n += 1;
+            during.push(report(n).await);
+        }
+        let (pruned, took) = pass.await.unwrap();
+        assert_eq!(pruned.rolled_up_rows, 100_800);
+        let daily = "SELECT CAST(SUM(count) AS BIGINT) FROM usage_daily";
+        assert_eq!(scalar(&state, daily).await, 100_800);
+        println!(
+            "{backend:?}: rolled up {} hourly rows in {:.2} s ({} chunks); reports without: {}; during: {}",
+            pruned.rolled_up_rows,
+            took.as_secs_f64(),
+            pruned.rolled_up_rows.div_ceil(1000),
+            spread(quiet),
+            spread(during)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
