@@ -21,6 +21,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once, at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the admin API and the config feed (the default).
