@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{
-    cargo, debug_bin, filter_wasm, git_commit, install, root, run, run_here, wasm, Result,
+    cargo, debug_bin, filter_wasm, install, root, run, run_here, wasm, wasm_release_build, Result,
 };
 
 pub fn bench(args: &[String]) -> Result {
@@ -154,25 +154,14 @@ fn build(args: &[String]) -> Result<Option<PathBuf>> {
 /// filter.wasm and the two floors it is measured against, in release.
 fn build_wasm() -> Result {
     install::binaryen()?;
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip1",
-        "-p",
-        "tollgate-filter",
-        "-p",
-        "tollgate-empty-filter",
-        "-p",
-        "tollgate-minimal-limiter",
-    ]);
-    // As `build_filter` sets it: without it cargo would rebuild the filter
-    // to say `unknown`.
-    if let Some(commit) = git_commit() {
-        build.env("TOLLGATE_BUILD_COMMIT", commit);
-    }
-    run("build filter.wasm and the two floors", &mut build)?;
+    run(
+        "build filter.wasm and the two floors",
+        &mut wasm_release_build(&[
+            "tollgate-filter",
+            "tollgate-empty-filter",
+            "tollgate-minimal-limiter",
+        ]),
+    )?;
     // The floors stay as cargo builds them: the empty filter is the floor the
     // issue defines, an SDK filter that does nothing.
     wasm::ship(&wasm::built_filter(), &filter_wasm())?;

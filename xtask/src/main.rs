@@ -70,7 +70,7 @@ pub fn cargo() -> Command {
 
 /// The commit being built (short), which the filter names itself by in the
 /// proxy registry; `None` outside a git checkout.
-pub fn git_commit() -> Option<String> {
+fn git_commit() -> Option<String> {
     let out = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(root())
@@ -83,22 +83,28 @@ pub fn git_commit() -> Option<String> {
 /// Builds [`filter_wasm`], as `cargo xtask build` does.
 pub fn build_filter() -> Result {
     install::binaryen()?;
+    run(
+        "build filter.wasm",
+        &mut wasm_release_build(&["tollgate-filter"]),
+    )?;
+    wasm::ship(&wasm::built_filter(), &filter_wasm())
+}
+
+/// `cargo build --release --target wasm32-wasip1` of `packages`, the filter
+/// among them or not, with the commit the filter names itself by.
+pub fn wasm_release_build(packages: &[&str]) -> Command {
     let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "tollgate-filter",
-        "--target",
-        "wasm32-wasip1",
-    ]);
+    build.args(["build", "--release", "--target", "wasm32-wasip1"]);
+    for package in packages {
+        build.args(["-p", package]);
+    }
     // Read by `option_env!` in filter/src/identity.rs: cargo rebuilds the
-    // filter when it changes, and a build without it says `unknown`.
+    // filter when it changes, and a build without it says `unknown`, so
+    // every build of it sets the same.
     if let Some(commit) = git_commit() {
         build.env("TOLLGATE_BUILD_COMMIT", commit);
     }
-    run("build filter.wasm", &mut build)?;
-    wasm::ship(&wasm::built_filter(), &filter_wasm())
+    build
 }
 
 /// The test build of the filter that can crash its leader on purpose
