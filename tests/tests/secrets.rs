@@ -196,13 +196,9 @@ async fn no_secret_appears_in_any_log() {
         .and_then(|pair| pair.split_once('='))
         .map(|(_, value)| value.to_owned())
         .expect("a cookie value");
-    let page = stack
-        .client
+    let page = browser
         .get(format!("{cp}/dashboard"))
-        .header(
-            "cookie",
-            format!("{}", cookie.split(';').next().unwrap_or_default()),
-        )
+        .header("cookie", cookie.split(';').next().unwrap_or_default())
         .send()
         .await
         .unwrap();
