@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use axum::http::{Method, StatusCode};
 use axum::Router;
 use common::{
-    admin, assert_problem, create, last_audit, now_ms, send, sync, tenant_token, test_app,
-    test_state, version, Backend, SYNC,
+    admin, assert_problem, create, last_audit, now_ms, report_usage, send, sync, tenant_token,
+    test_app, test_state, version, Backend, SYNC,
 };
 use serde_json::{json, Value};
 use tollgate_control_plane::{app, db, AppState};
@@ -82,14 +82,7 @@ fn rfc3339(ms: u64) -> String {
 
 /// Reports `batch`; the answer must be a receipt.
 async fn report(app: &Router, batch: Value) -> UsageReceipt {
-    let r = send(
-        app,
-        Method::POST,
-        "/v1/usage",
-        Some(SYNC),
-        Some(&batch.to_string()),
-    )
-    .await;
+    let r = report_usage(app, &batch).await;
     assert_eq!(r.status, StatusCode::OK, "{batch}: {:?}", r.body);
     serde_json::from_value(r.body).unwrap()
 }

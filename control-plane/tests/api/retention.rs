@@ -28,14 +28,7 @@ fn at(text: &str) -> Now {
 /// Reports `batch` as an Envoy would, with the clock at `when`.
 async fn report_at(app: &Router, clock: &SetClock, when: &str, batch: Value) -> Reply {
     clock.set(at(when));
-    let r = send(
-        app,
-        Method::POST,
-        "/v1/usage",
-        Some(SYNC),
-        Some(&batch.to_string()),
-    )
-    .await;
+    let r = report_usage(app, &batch).await;
     assert_eq!(r.status, StatusCode::OK, "{when}: {:?}", r.body);
     r
 }
@@ -563,14 +556,7 @@ async fn merging_the_ledger_of_gone_envoys_changes_no_standing(backend: Backend)
     assert_eq!(r.standings[0].others_used, 8 + 1 + 2 + 1);
     // No Envoy may report as the merged rows.
     let batch = json!({"batch_id": "x-1", "reporter_id": GONE_REPORTER, "keys": []});
-    let r = send(
-        &app,
-        Method::POST,
-        "/v1/usage",
-        Some(SYNC),
-        Some(&batch.to_string()),
-    )
-    .await;
+    let r = report_usage(&app, &batch).await;
     assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_usage");
 }
 

@@ -207,6 +207,18 @@ where
     respond(app, request(method, uri, token, body)).await
 }
 
+/// `batch` reported to `POST /v1/usage` as an Envoy does, with the sync token.
+pub async fn report_usage(app: &Router, batch: &Value) -> Reply {
+    send(
+        app,
+        Method::POST,
+        "/v1/usage",
+        Some(SYNC),
+        Some(&batch.to_string()),
+    )
+    .await
+}
+
 /// A request with the admin token.
 pub async fn admin(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Reply {
     let body = body.map(|b| b.to_string());
