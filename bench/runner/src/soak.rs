@@ -7,9 +7,10 @@
 //! the control plane on SQLite, with 100,000 keys. The offered load is half
 //! of what a closed loop of valid keys reaches first. `--smoke` (in `cargo
 //! xtask test`) has 2,000 keys and at most 1,000 requests a second: its
-//! control plane is a debug build, which shares a CPU with the load; each request is drawn at random: a valid key (80 %), a key never
-//! issued or deleted, a deactivated key, a key over its limit (1 an hour),
-//! or no key. Every second the admin issues a key and deactivates the one
+//! control plane is a debug build, which shares a CPU with the load. After
+//! a first pass naming every valid key once, each request is drawn at
+//! random: a valid key (80 %), a key never issued or deleted, a deactivated
+//! key, a key over its limit (1 an hour), or no key. Every second the admin issues a key and deactivates the one
 //! it issued the second before, so config keeps flowing to Envoy. Memory of
 //! both processes is read every 10 s. At the end the control plane's count
 //! of a sample of keys must equal what the load generator saw admitted.
@@ -436,7 +437,8 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// The mixed load at `rate` for `lasting`, request *i* due at `i / rate`
-/// and timed from then (as `load::fixed_rate`).
+/// and timed from then (as `load::fixed_rate`); the first requests name
+/// each valid key once.
 fn offer(
     mix: &Arc<Mix>,
     addr: SocketAddr,
@@ -462,7 +464,14 @@ fn offer(
                 while i < total {
                     let due = start + interval.mul_f64(i as f64);
                     load::wait_until(due);
-                    let (kind, key, request) = mix.pick(&mut rng);
+                    // First every valid key once, in order: from then on
+                    // Envoy holds every key's state, so memory after the
+                    // warm-up is that of the whole key set, and growth past
+                    // it is not keys seen for the first time.
+                    let (kind, key, request) = match mix.valid.get(i) {
+                        Some(first) => (Kind::Valid, i, first.as_slice()),
+                        None => mix.pick(&mut rng),
+                    };
                     let answer = conn.exchange(request)?;
                     let took = Instant::now().saturating_duration_since(due);
                     *seen.answers.entry(kind).or_default() += 1;

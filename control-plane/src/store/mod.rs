@@ -62,3 +62,28 @@ pub(crate) fn to_u64(v: Option<i64>) -> Option<u64> {
 pub(crate) fn db_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+/// `(…), (…)`: `rows` groups of `per_row` numbered parameters from `$first`,
+/// for the multi-row statements that write many rows in one round trip.
+pub(crate) fn placeholders(rows: usize, per_row: usize, first: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let params: Vec<String> = (0..per_row)
+                .map(|i| format!("${}", first + row * per_row + i))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_row() {
+        assert_eq!(placeholders(2, 3, 1), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 2, 4), "($4, $5)");
+    }
+}

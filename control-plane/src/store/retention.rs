@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use crate::clock::{rfc3339_ms, Now};
 use crate::db::{self, Db};
-use crate::store::db_int;
 use crate::store::usage::{day_of, earliest_current_start, truncated, DAY};
+use crate::store::{db_int, placeholders};
 
 /// Rows deleted, rolled up or folded per statement.
 pub const CHUNK: i64 = 1_000;
@@ -332,19 +332,6 @@ async fn roll_up_chunk(db: &Db, before: &str) -> Result<u64, sqlx::Error> {
     Ok(u64::try_from(hours.len()).unwrap_or(u64::MAX))
 }
 
-/// `(…), (…)`: `rows` groups of `per_row` numbered parameters from `$first`.
-fn placeholders(rows: usize, per_row: usize, first: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            let params: Vec<String> = (0..per_row)
-                .map(|i| format!("${}", first + row * per_row + i))
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// One folded row: (key_id, period_start_ms) → (key_hash, used, seq).
 type FoldedRows = BTreeMap<(String, i64), (String, i64, i64)>;
 
@@ -523,10 +510,5 @@ mod tests {
         }
         assert!(RetentionPolicy::new(35, Some(35), 7).is_ok());
         assert!(RetentionPolicy::new(1, Some(31), 1).is_ok());
-    }
-
-    #[test]
-    fn placeholders_number_every_row() {
-        assert_eq!(placeholders(2, 3, 1), "($1, $2, $3), ($4, $5, $6)");
     }
 }

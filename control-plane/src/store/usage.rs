@@ -20,16 +20,17 @@
 //! second even when idle, to hear the standings: an empty batch writes
 //! nothing and costs one or two indexed reads.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use tollgate_core::period::quota_period;
-use tollgate_core::wire::{KeyUsage, QuotaStanding, UsageBatch, UsageReceipt};
+use tollgate_core::wire::{QuotaStanding, UsageBatch, UsageReceipt};
 
 use crate::clock::Now;
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
 use crate::shares::QuotaFacts;
-use crate::store::{db_int, webhooks};
+use crate::store::{db_int, placeholders, webhooks};
 
 /// Most keys one [`UsageReceipt`] carries standings for; `more` says another page waits.
 pub const MAX_STANDINGS: usize = 10_000;
@@ -48,35 +49,6 @@ pub const HOUR: Duration = Duration::from_secs(3600);
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// Adds `count` requests of `outcome` (and, for `allowed`, their `cost`).
-async fn add_count(
-    tx: &mut Tx,
-    key_id: &str,
-    hour: &str,
-    outcome: &str,
-    count: u64,
-    cost: u64,
-) -> ApiResult<()> {
-    if count == 0 && cost == 0 {
-        return Ok(());
-    }
-    // The tenant is looked up here (tombstones keep it) rather than trusted from the report.
-    sqlx::query(
-        "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count, cost)
-         VALUES ($1, (SELECT tenant_id FROM api_keys WHERE id = $1), $2, $3, $4, $5)
-         ON CONFLICT (key_id, hour, outcome) DO UPDATE
-         SET count = usage_hourly.count + excluded.count, cost = usage_hourly.cost + excluded.cost",
-    )
-    .bind(key_id)
-    .bind(hour)
-    .bind(outcome)
-    .bind(db_int(count))
-    .bind(db_int(cost))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// A key's cost in one quota period, for the ledger.
 struct LedgerEntry {
     key_id: String,
@@ -91,13 +63,79 @@ pub fn anchor(day: Option<i64>) -> Option<u8> {
 
 /// The `seq` of a ledger row this batch changed, until it is stamped.
 const UNSTAMPED: i64 = -1;
-/// Ledger rows stamped by one statement: three parameters each, well
-/// within SQLite's and PostgreSQL's limits.
-const STAMPS_PER_STATEMENT: usize = 300;
 
 /// Attempts at counting a batch whose transaction was rolled back by the
 /// database (a deadlock with another writer): it is counted whole or not.
 const APPLY_ATTEMPTS: usize = 3;
+
+/// Rows one multi-row statement writes. A batch from a busy Envoy names
+/// thousands of keys; a statement per key kept SQLite's one writer busy for
+/// the whole second between batches. At most 6 parameters a row: 3,000 a
+/// statement, well within SQLite's (32,766) and PostgreSQL's (65,535) limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// What a batch says of one key, its entries (should it name the key twice) added up.
+#[derive(Default)]
+struct Reported<'a> {
+    /// Requests by outcome: `allowed` and each refusal code.
+    counts: BTreeMap<&'a str, u64>,
+    cost: u64,
+    last_used_ms: Option<u64>,
+}
+
+/// What counting needs of a key as stored; absent for a key the store does
+/// not know (deleted keys keep their row, so they are known).
+#[derive(sqlx::FromRow)]
+struct KeyFacts {
+    id: String,
+    tenant_id: String,
+    key_hash: String,
+    created_at: String,
+    billing_anchor_day: Option<i64>,
+    quota: Option<i64>,
+    has_webhook: i64,
+}
+
+/// The facts of `ids` (sorted), a statement per [`ROWS_PER_STATEMENT`] ids.
+/// On PostgreSQL their rows are locked here, in key order, for the
+/// `last_used_at` update: an `UPDATE … FROM` locks in whatever order its
+/// join runs, and two batches locking shared keys in different orders would
+/// deadlock.
+async fn key_facts(
+    tx: &mut Tx,
+    ids: &[&str],
+    postgres: bool,
+) -> Result<HashMap<String, KeyFacts>, sqlx::Error> {
+    let lock = if postgres {
+        "ORDER BY k.id FOR NO KEY UPDATE OF k"
+    } else {
+        ""
+    };
+    let mut facts = HashMap::with_capacity(ids.len());
+    for part in ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT k.id, k.tenant_id, k.key_hash, k.created_at, t.billing_anchor_day,
+                    COALESCE(k.monthly_quota, p.monthly_quota) AS quota,
+                    CAST(CASE WHEN EXISTS (SELECT 1 FROM webhooks w WHERE w.tenant_id = t.id)
+                         THEN 1 ELSE 0 END AS BIGINT) AS has_webhook
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             LEFT JOIN plans p ON p.id = t.plan_id
+             WHERE k.id IN ({}) {lock}",
+            (1..=part.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut select = sqlx::query_as::<_, KeyFacts>(&sql);
+        for id in part {
+            select = select.bind(*id);
+        }
+        for row in select.fetch_all(&mut **tx).await? {
+            facts.insert(row.id.clone(), row);
+        }
+    }
+    Ok(facts)
+}
 
 /// Counts `batch` unless it was counted before; whether it was new.
 pub async fn apply(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
@@ -126,97 +164,147 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
             other?;
         }
     }
-    let mut ledger = Vec::new();
-    // Every batch takes its rows' locks in the same order, by key: two
-    // batches naming the same keys in another order would deadlock.
-    let mut keys: Vec<&KeyUsage> = batch.keys.iter().collect();
-    keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-    for usage in keys {
-        add_count(
-            &mut tx,
-            &usage.key_id,
-            &hour,
-            ALLOWED,
-            usage.allowed,
-            usage.cost,
-        )
-        .await?;
+    // By key, so every batch writes shared rows in one order (two batches
+    // taking the same rows' locks in opposite orders would deadlock); the
+    // refusals that name no key come first, under key "".
+    let mut reported: BTreeMap<&str, Reported> = BTreeMap::new();
+    for usage in &batch.keys {
+        let key = reported.entry(usage.key_id.as_str()).or_default();
+        add_to(&mut key.counts, ALLOWED, usage.allowed);
         for (code, n) in &usage.denied {
-            add_count(&mut tx, &usage.key_id, &hour, code, *n, 0).await?;
+            add_to(&mut key.counts, code, *n);
         }
+        key.cost = key.cost.saturating_add(usage.cost);
         // A filter's clock may run ahead; never record a use in the future.
-        let last_used = usage.last_used_ms.map(|last| last.min(now));
-        if let Some(last) = last_used {
-            let minute = truncated(last, MINUTE);
-            // Truncated, a use in the minute the key was created would show
-            // as before its creation; it shows as the creation instead.
-            sqlx::query(
-                "UPDATE api_keys
-                 SET last_used_at = CASE WHEN created_at > $1 THEN created_at ELSE $1 END
-                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(&minute)
-            .bind(&usage.key_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if usage.cost > 0 {
-            // The period is the tenant's as it is now; unknown keys have no quota.
-            let key: Option<(String, Option<i64>)> = sqlx::query_as(
-                "SELECT k.key_hash, t.billing_anchor_day
-                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1",
-            )
-            .bind(&usage.key_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((key_hash, anchor_day)) = key {
-                let period = quota_period(last_used.unwrap_or(now), anchor(anchor_day));
-                ledger.push(LedgerEntry {
-                    key_id: usage.key_id.clone(),
-                    key_hash,
-                    period_start_ms: db_int(period.start_ms),
-                    cost: db_int(usage.cost),
-                });
-            }
+        if let Some(last) = usage.last_used_ms.map(|last| last.min(now)) {
+            key.last_used_ms = Some(key.last_used_ms.map_or(last, |seen| seen.max(last)));
         }
     }
     for (code, n) in &batch.unattributed {
-        add_count(&mut tx, "", &hour, code, *n, 0).await?;
+        add_to(&mut reported.entry("").or_default().counts, code, *n);
     }
-    // A key named twice (sorted, so side by side) is one count.
-    ledger.dedup_by(|later, earlier| {
-        let same =
-            later.key_id == earlier.key_id && later.period_start_ms == earlier.period_start_ms;
-        if same {
-            earlier.cost = earlier.cost.saturating_add(later.cost);
+    let ids: Vec<&str> = reported
+        .keys()
+        .copied()
+        .filter(|id| !id.is_empty())
+        .collect();
+    let facts = key_facts(&mut tx, &ids, db::is_postgres(db)).await?;
+
+    // Counts per key, hour and outcome; the tenant is the store's (tombstones
+    // keep it), not the report's.
+    let hourly: Vec<(&str, Option<&str>, &str, u64, u64)> = reported
+        .iter()
+        .flat_map(|(key_id, key)| {
+            let tenant = facts.get(*key_id).map(|f| f.tenant_id.as_str());
+            key.counts.iter().filter_map(move |(outcome, count)| {
+                let cost = if *outcome == ALLOWED { key.cost } else { 0 };
+                (*count > 0 || cost > 0).then_some((*key_id, tenant, *outcome, *count, cost))
+            })
+        })
+        .collect();
+    for part in hourly.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count, cost) VALUES {}
+             ON CONFLICT (key_id, hour, outcome) DO UPDATE
+             SET count = usage_hourly.count + excluded.count, cost = usage_hourly.cost + excluded.cost",
+            placeholders(part.len(), 6, 1)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (key_id, tenant_id, outcome, count, cost) in part {
+            insert = insert
+                .bind(*key_id)
+                .bind(*tenant_id)
+                .bind(&hour)
+                .bind(*outcome)
+                .bind(db_int(*count))
+                .bind(db_int(*cost));
         }
-        same
-    });
+        insert.execute(&mut *tx).await?;
+    }
+
+    // Last use, to the minute: truncated, a use in the minute the key was
+    // created would show as before its creation; it shows as the creation.
+    let last_used: Vec<(&str, String)> = reported
+        .iter()
+        .filter_map(|(key_id, key)| {
+            let created_at = &facts.get(*key_id)?.created_at;
+            let minute = truncated(key.last_used_ms?, MINUTE);
+            Some((*key_id, minute.max(created_at.clone())))
+        })
+        .collect();
+    for part in last_used.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE api_keys SET last_used_at = v.column2
+             FROM (VALUES {}) AS v
+             WHERE api_keys.id = v.column1
+               AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column2)",
+            placeholders(part.len(), 2, 1)
+        );
+        let mut update = sqlx::query(&sql);
+        for (key_id, at) in part {
+            update = update.bind(*key_id).bind(at);
+        }
+        update.execute(&mut *tx).await?;
+    }
+
     // The ledger's counts, marked as this batch's (`seq` = UNSTAMPED: only
     // this transaction sees them, and a reporter has one batch counted at a
-    // time, its batch id being unique), stamped at the very end.
-    for entry in &ledger {
-        sqlx::query(
-            "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
-             VALUES ($1, $2, $3, $4, $5, $6)
+    // time, its batch id being unique), stamped at the very end. The period
+    // is the tenant's as it is now; unknown keys have no quota.
+    let ledger: Vec<LedgerEntry> = reported
+        .iter()
+        .filter(|(_, key)| key.cost > 0)
+        .filter_map(|(key_id, key)| {
+            let facts = facts.get(*key_id)?;
+            let period = quota_period(
+                key.last_used_ms.unwrap_or(now),
+                anchor(facts.billing_anchor_day),
+            );
+            Some(LedgerEntry {
+                key_id: (*key_id).to_owned(),
+                key_hash: facts.key_hash.clone(),
+                period_start_ms: db_int(period.start_ms),
+                cost: db_int(key.cost),
+            })
+        })
+        .collect();
+    for part in ledger.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, used, reporter_id, seq)
+             VALUES {}
              ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
              SET used = quota_counts.used + excluded.used, seq = excluded.seq",
-        )
-        .bind(&entry.key_id)
-        .bind(&entry.key_hash)
-        .bind(entry.period_start_ms)
-        .bind(&batch.reporter_id)
-        .bind(entry.cost)
-        .bind(UNSTAMPED)
-        .execute(&mut *tx)
-        .await?;
+            // Every row `($n … $n+3, $1, $2)`: the reporter and UNSTAMPED.
+            placeholders(part.len(), 4, 3).replace(')', ", $1, $2)")
+        );
+        let mut insert = sqlx::query(&sql).bind(&batch.reporter_id).bind(UNSTAMPED);
+        for entry in part {
+            insert = insert
+                .bind(&entry.key_id)
+                .bind(&entry.key_hash)
+                .bind(entry.period_start_ms)
+                .bind(entry.cost);
+        }
+        insert.execute(&mut *tx).await?;
     }
+
     // Quota alerts join the same transaction: they exist exactly when the usage does.
-    let touched: Vec<(&str, i64)> = ledger
+    let alerting: Vec<webhooks::Counted> = ledger
         .iter()
-        .map(|e| (e.key_id.as_str(), e.period_start_ms))
+        .filter_map(|entry| {
+            let facts = facts.get(&entry.key_id)?;
+            (facts.has_webhook != 0).then_some(())?;
+            Some(webhooks::Counted {
+                key_id: &entry.key_id,
+                tenant_id: &facts.tenant_id,
+                quota: facts.quota?,
+                anchor: anchor(facts.billing_anchor_day),
+                period_start_ms: entry.period_start_ms,
+            })
+        })
         .collect();
-    webhooks::enqueue_quota_alerts(&mut tx, &touched, at).await?;
+    webhooks::enqueue_quota_alerts(&mut tx, &alerting, at).await?;
+
     if !ledger.is_empty() {
         // Last: every batch of every Envoy takes the sequence's one row and
         // holds it until it commits, so few statements run while it does:
@@ -229,20 +317,17 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
                 .fetch_one(&mut *tx)
                 .await?;
         let mut seqs = last - rows + 1..;
-        for chunk in ledger.chunks(STAMPS_PER_STATEMENT) {
-            // `CASE WHEN key_id = $3 AND period_start_ms = $4 THEN $5 ...`
-            let mut sql = String::from("UPDATE quota_counts SET seq = CASE");
-            for i in 0..chunk.len() {
-                let at = 3 + 3 * i;
-                sql.push_str(&format!(
-                    " WHEN key_id = ${at} AND period_start_ms = ${} THEN ${}",
-                    at + 1,
-                    at + 2
-                ));
-            }
-            sql.push_str(" ELSE seq END WHERE reporter_id = $1 AND seq = $2");
+        for part in ledger.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE quota_counts SET seq = v.column3
+                 FROM (VALUES {}) AS v
+                 WHERE quota_counts.reporter_id = $1 AND quota_counts.seq = $2
+                   AND quota_counts.key_id = v.column1
+                   AND quota_counts.period_start_ms = v.column2",
+                placeholders(part.len(), 3, 3)
+            );
             let mut stamp = sqlx::query(&sql).bind(&batch.reporter_id).bind(UNSTAMPED);
-            for (entry, seq) in chunk.iter().zip(seqs.by_ref()) {
+            for (entry, seq) in part.iter().zip(seqs.by_ref()) {
                 stamp = stamp
                     .bind(&entry.key_id)
                     .bind(entry.period_start_ms)
@@ -253,6 +338,12 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
     }
     tx.commit().await?;
     Ok(true)
+}
+
+/// Adds `n` to `counts[outcome]`, saturating.
+fn add_to<'a>(counts: &mut BTreeMap<&'a str, u64>, outcome: &'a str, n: u64) {
+    let count = counts.entry(outcome).or_default();
+    *count = count.saturating_add(n);
 }
 
 /// The earliest start of a current quota period, over every anchor day: no

@@ -7,6 +7,8 @@
 //! worker (`webhooks`) claims due events with a compare-and-set on their next
 //! attempt time ([`claim`]), so several replicas may run it.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use tollgate_core::period::quota_period;
 
@@ -14,7 +16,7 @@ use crate::clock::{rfc3339_ms, Now};
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
 use crate::paging::Cursor;
-use crate::store::{cursor_binds, cursor_clause, Order};
+use crate::store::{cursor_binds, cursor_clause, placeholders, Order};
 
 pub const EVENT_TYPE: &str = "quota.threshold";
 /// Percentages of the quota that raise an event.
@@ -83,86 +85,105 @@ struct AlertData<'a> {
     period_end: String,
 }
 
-/// Queues the alerts that the usage just counted makes due. `counted` names
-/// each key with the start of the quota period its usage was counted in
-/// (a batch arriving just after a period ended still completes that one).
-/// For tenants with a webhook and keys with a quota: each threshold the
-/// period's use has reached, unless already queued for that period.
+/// A key whose usage was just counted, of a tenant with a webhook and with a quota.
+pub struct Counted<'a> {
+    pub key_id: &'a str,
+    pub tenant_id: &'a str,
+    pub quota: i64,
+    pub anchor: Option<u8>,
+    /// The start of the quota period its usage was counted in (a batch
+    /// arriving just after a period ended still completes that one).
+    pub period_start_ms: i64,
+}
+
+/// Alerts read or written by one statement: 9 parameters a row.
+const ALERTS_PER_STATEMENT: usize = 500;
+
+/// Queues the alerts that the usage just counted makes due: for each key,
+/// each threshold the period's use has reached, unless already queued for
+/// that period.
 pub async fn enqueue_quota_alerts(
     tx: &mut Tx,
-    counted: &[(&str, i64)],
+    counted: &[Counted<'_>],
     now: Now,
 ) -> Result<u64, sqlx::Error> {
     let now_ms = now.db_ms();
-    let mut queued = 0;
-    for &(key_id, counted_in) in counted {
-        let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT k.tenant_id, COALESCE(k.monthly_quota, p.monthly_quota), t.billing_anchor_day
-             FROM api_keys k
-             JOIN tenants t ON t.id = k.tenant_id
-             JOIN plans p ON p.id = t.plan_id
-             JOIN webhooks w ON w.tenant_id = t.id
-             WHERE k.id = $1",
-        )
-        .bind(key_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some((tenant_id, Some(quota), anchor)) = row else {
-            continue;
-        };
-        let anchor = anchor.and_then(|d| u8::try_from(d).ok());
-        // The period holding its own start is that period.
-        let period = quota_period(u64::try_from(counted_in).unwrap_or(0), anchor);
-        let start = i64::try_from(period.start_ms).unwrap_or(i64::MAX);
-        let used: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM quota_counts
-             WHERE key_id = $1 AND period_start_ms = $2",
-        )
-        .bind(key_id)
-        .bind(start)
-        .fetch_one(&mut **tx)
-        .await?;
-        for threshold in THRESHOLDS {
-            if used.saturating_mul(100) < quota.saturating_mul(threshold) {
-                continue;
-            }
-            // Time-sortable, so the delivery log lists events in the order they arose.
-            let id = format!("evt_{now_ms:013}{threshold:03}{}", &db::new_id("")[1..]);
-            let created_at = now.rfc3339();
-            let payload = serde_json::to_string(&Event {
-                id: &id,
-                kind: EVENT_TYPE,
-                created_at: &created_at,
-                data: AlertData {
-                    tenant_id: &tenant_id,
-                    key_id,
-                    threshold,
-                    used,
-                    quota,
-                    period_start: rfc3339_ms(period.start_ms),
-                    period_end: rfc3339_ms(period.end_ms),
-                },
-            })
-            .unwrap_or_default();
-            let inserted = sqlx::query(
-                "INSERT INTO webhook_events (id, tenant_id, key_id, event_type, threshold,
-                     period_start_ms, payload, status, attempts, next_attempt_at_ms, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9)
-                 ON CONFLICT (key_id, period_start_ms, event_type, threshold) DO NOTHING",
-            )
-            .bind(&id)
-            .bind(&tenant_id)
-            .bind(key_id)
-            .bind(EVENT_TYPE)
-            .bind(threshold)
-            .bind(start)
-            .bind(&payload)
-            .bind(now_ms)
-            .bind(&created_at)
-            .execute(&mut **tx)
-            .await?;
-            queued += inserted.rows_affected();
+    let created_at = now.rfc3339();
+    let mut due = Vec::new();
+    for part in counted.chunks(ALERTS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT c.key_id, c.period_start_ms, CAST(SUM(c.used) AS BIGINT)
+             FROM quota_counts c JOIN (VALUES {}) AS v
+               ON c.key_id = v.column1 AND c.period_start_ms = v.column2
+             GROUP BY c.key_id, c.period_start_ms",
+            placeholders(part.len(), 2, 1)
+        );
+        let mut select = sqlx::query_as::<_, (String, i64, i64)>(&sql);
+        for key in part {
+            select = select.bind(key.key_id).bind(key.period_start_ms);
         }
+        let used: HashMap<(String, i64), i64> = select
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|(key_id, start, used)| ((key_id, start), used))
+            .collect();
+        for key in part {
+            let used = used
+                .get(&(key.key_id.to_owned(), key.period_start_ms))
+                .copied()
+                .unwrap_or(0);
+            // The period holding its own start is that period.
+            let period = quota_period(u64::try_from(key.period_start_ms).unwrap_or(0), key.anchor);
+            for threshold in THRESHOLDS {
+                if used.saturating_mul(100) < key.quota.saturating_mul(threshold) {
+                    continue;
+                }
+                // Time-sortable, so the delivery log lists events in the order they arose.
+                let id = format!("evt_{now_ms:013}{threshold:03}{}", &db::new_id("")[1..]);
+                let payload = serde_json::to_string(&Event {
+                    id: &id,
+                    kind: EVENT_TYPE,
+                    created_at: &created_at,
+                    data: AlertData {
+                        tenant_id: key.tenant_id,
+                        key_id: key.key_id,
+                        threshold,
+                        used,
+                        quota: key.quota,
+                        period_start: rfc3339_ms(period.start_ms),
+                        period_end: rfc3339_ms(period.end_ms),
+                    },
+                })
+                .unwrap_or_default();
+                due.push((id, key, threshold, payload));
+            }
+        }
+    }
+    let mut queued = 0;
+    for part in due.chunks(ALERTS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO webhook_events (id, tenant_id, key_id, event_type, threshold,
+                 period_start_ms, payload, next_attempt_at_ms, created_at, status, attempts)
+             VALUES {}
+             ON CONFLICT (key_id, period_start_ms, event_type, threshold) DO NOTHING",
+            // Every row `($n … $n+8, 'pending', 0)`.
+            placeholders(part.len(), 9, 1).replace(')', ", 'pending', 0)")
+        );
+        let mut insert = sqlx::query(&sql);
+        for (id, key, threshold, payload) in part {
+            insert = insert
+                .bind(id)
+                .bind(key.tenant_id)
+                .bind(key.key_id)
+                .bind(EVENT_TYPE)
+                .bind(*threshold)
+                .bind(key.period_start_ms)
+                .bind(payload)
+                .bind(now_ms)
+                .bind(&created_at);
+        }
+        queued += insert.execute(&mut **tx).await?.rows_affected();
     }
     Ok(queued)
 }

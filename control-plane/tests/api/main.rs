@@ -18,6 +18,7 @@ mod dashboard;
 mod errors;
 mod fleet;
 mod health;
+mod ingest;
 mod isolation;
 mod keys;
 mod leaked_keys;
