@@ -25,6 +25,7 @@ mod arms;
 mod fleet;
 mod load;
 mod report;
+mod route_times;
 mod soak;
 mod store_size;
 

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 
 use crate::arms::{Arm, Inputs};
 use crate::load::{self, request_bytes, Conn, Requests, Rng};
+use crate::route_times::{self, RouteTime};
 use crate::store_size::{self, StoreSample};
 use crate::{
     call, env_path, expect_status, path_str, pin_self_to_cpu, report, tempdir, ControlPlane, Envoy,
@@ -333,7 +334,9 @@ pub fn run(options: &Options, lasting: Duration) -> Result {
     store.push(store_size::sample(&database, began.elapsed())?);
     let tables = store_size::bytes_by_table(&database)?;
     let queries = usage_query_times(cp.addr, &valid, &tenant)?;
+    let routes = route_times::read(cp.addr)?;
     let report = Report {
+        routes,
         lasting: lasted,
         keys: key_count,
         saturation,
@@ -611,6 +614,7 @@ fn usage_query_times(
 }
 
 struct Report<'a> {
+    routes: Vec<RouteTime>,
     store: &'a [StoreSample],
     tables: BTreeMap<String, u64>,
     queries: QueryTimes,
@@ -690,6 +694,10 @@ impl Report<'_> {
             "usage_differing": self.exact.differing.iter().map(|(id, cp, seen)| json!({"key": id, "control_plane": cp, "seen": seen})).collect::<Vec<_>>(),
             "memory": memory,
             "per_minute": minutes,
+            "control_plane_routes": self.routes.iter().map(|r| json!({
+                "method": r.method, "route": r.route, "count": r.count,
+                "mean_ms": r.mean_ms, "p99_at_most_ms": r.p99_at_most_ms,
+            })).collect::<Vec<_>>(),
             "store": {
                 "samples": self.store.iter().map(|x| json!({"at_s": x.at.as_secs(), "bytes": x.bytes, "rows": x.rows})).collect::<Vec<_>>(),
                 "bytes_by_table": self.tables,
@@ -737,6 +745,20 @@ impl Report<'_> {
             md.push_str(&format!(
                 "| {} | {} | {} | {} |\n",
                 m["minute"], m["requests"], m["p50_us"], m["p99_us"]
+            ));
+        }
+        md.push_str(
+            "\nThe control plane's answer times, from its own histograms (the 99th \
+             percentile as the bucket holding it):\n\n\
+             | route | answers | mean ms | p99 ms at most |\n|---|---|---|---|\n",
+        );
+        for r in &self.routes {
+            let p99 = r
+                .p99_at_most_ms
+                .map_or_else(|| "over 60,000".to_owned(), |ms| format!("{ms}"));
+            md.push_str(&format!(
+                "| {} {} | {} | {:.1} | {p99} |\n",
+                r.method, r.route, r.count, r.mean_ms
             ));
         }
         md.push_str(&self.store_md(&json["store"]));
