@@ -693,6 +693,9 @@ impl Report<'_> {
             "usage_checked_keys": self.exact.checked,
             "usage_differing": self.exact.differing.iter().map(|(id, cp, seen)| json!({"key": id, "control_plane": cp, "seen": seen})).collect::<Vec<_>>(),
             "memory": memory,
+            "memory_every_10_s": self.memory.iter().map(|m| json!({
+                "at_s": m.at.as_secs(), "envoy_kib": m.envoy_kib, "control_plane_kib": m.control_plane_kib,
+            })).collect::<Vec<_>>(),
             "per_minute": minutes,
             "control_plane_routes": self.routes.iter().map(|r| json!({
                 "method": r.method, "route": r.route, "count": r.count,

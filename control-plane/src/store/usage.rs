@@ -30,7 +30,7 @@ use crate::clock::Now;
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
 use crate::shares::QuotaFacts;
-use crate::store::{db_int, placeholders, webhooks};
+use crate::store::{db_int, placeholders, rows_per_statement, webhooks};
 
 /// Most keys one [`UsageReceipt`] carries standings for; `more` says another page waits.
 pub const MAX_STANDINGS: usize = 10_000;
@@ -68,12 +68,6 @@ const UNSTAMPED: i64 = -1;
 /// database (a deadlock with another writer): it is counted whole or not.
 const APPLY_ATTEMPTS: usize = 3;
 
-/// Rows one multi-row statement writes. A batch from a busy Envoy names
-/// thousands of keys; a statement per key kept SQLite's one writer busy for
-/// the whole second between batches. At most 6 parameters a row: 3,000 a
-/// statement, well within SQLite's (32,766) and PostgreSQL's (65,535) limits.
-const ROWS_PER_STATEMENT: usize = 500;
-
 /// What a batch says of one key, its entries (should it name the key twice) added up.
 #[derive(Default)]
 struct Reported<'a> {
@@ -96,7 +90,7 @@ struct KeyFacts {
     has_webhook: i64,
 }
 
-/// The facts of `ids` (sorted), a statement per [`ROWS_PER_STATEMENT`] ids.
+/// The facts of `ids` (sorted), in a few statements.
 /// On PostgreSQL their rows are locked here, in key order, for the
 /// `last_used_at` update: an `UPDATE … FROM` locks in whatever order its
 /// join runs, and two batches locking shared keys in different orders would
@@ -112,7 +106,7 @@ async fn key_facts(
         ""
     };
     let mut facts = HashMap::with_capacity(ids.len());
-    for part in ids.chunks(ROWS_PER_STATEMENT) {
+    for part in ids.chunks(rows_per_statement(postgres, 1)) {
         let sql = format!(
             "SELECT k.id, k.tenant_id, k.key_hash, k.created_at, t.billing_anchor_day,
                     COALESCE(k.monthly_quota, p.monthly_quota) AS quota,
@@ -188,7 +182,8 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
         .copied()
         .filter(|id| !id.is_empty())
         .collect();
-    let facts = key_facts(&mut tx, &ids, db::is_postgres(db)).await?;
+    let postgres = db::is_postgres(db);
+    let facts = key_facts(&mut tx, &ids, postgres).await?;
 
     // Counts per key, hour and outcome; the tenant is the store's (tombstones
     // keep it), not the report's.
@@ -202,7 +197,7 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
             })
         })
         .collect();
-    for part in hourly.chunks(ROWS_PER_STATEMENT) {
+    for part in hourly.chunks(rows_per_statement(postgres, 6)) {
         let sql = format!(
             "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count, cost) VALUES {}
              ON CONFLICT (key_id, hour, outcome) DO UPDATE
@@ -232,7 +227,7 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
             Some((*key_id, minute.max(created_at.clone())))
         })
         .collect();
-    for part in last_used.chunks(ROWS_PER_STATEMENT) {
+    for part in last_used.chunks(rows_per_statement(postgres, 2)) {
         let sql = format!(
             "UPDATE api_keys SET last_used_at = v.column2
              FROM (VALUES {}) AS v
@@ -268,7 +263,7 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
             })
         })
         .collect();
-    for part in ledger.chunks(ROWS_PER_STATEMENT) {
+    for part in ledger.chunks(rows_per_statement(postgres, 4)) {
         let sql = format!(
             "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, used, reporter_id, seq)
              VALUES {}
@@ -303,13 +298,13 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
             })
         })
         .collect();
-    webhooks::enqueue_quota_alerts(&mut tx, &alerting, at).await?;
+    webhooks::enqueue_quota_alerts(&mut tx, &alerting, postgres, at).await?;
 
     if !ledger.is_empty() {
         // Last: every batch of every Envoy takes the sequence's one row and
         // holds it until it commits, so few statements run while it does:
         // the sequence moved on by the ledger's rows, and those rows stamped
-        // with its numbers, a few hundred rows a statement.
+        // with its numbers, many rows a statement.
         let rows = i64::try_from(ledger.len()).unwrap_or(i64::MAX);
         let last: i64 =
             sqlx::query_scalar("UPDATE quota_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq")
@@ -317,7 +312,7 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
                 .fetch_one(&mut *tx)
                 .await?;
         let mut seqs = last - rows + 1..;
-        for part in ledger.chunks(ROWS_PER_STATEMENT) {
+        for part in ledger.chunks(rows_per_statement(postgres, 3)) {
             let sql = format!(
                 "UPDATE quota_counts SET seq = v.column3
                  FROM (VALUES {}) AS v

@@ -16,7 +16,7 @@ use crate::clock::{rfc3339_ms, Now};
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
 use crate::paging::Cursor;
-use crate::store::{cursor_binds, cursor_clause, placeholders, Order};
+use crate::store::{cursor_binds, cursor_clause, placeholders, rows_per_statement, Order};
 
 pub const EVENT_TYPE: &str = "quota.threshold";
 /// Percentages of the quota that raise an event.
@@ -96,21 +96,19 @@ pub struct Counted<'a> {
     pub period_start_ms: i64,
 }
 
-/// Alerts read or written by one statement: 9 parameters a row.
-const ALERTS_PER_STATEMENT: usize = 500;
-
 /// Queues the alerts that the usage just counted makes due: for each key,
 /// each threshold the period's use has reached, unless already queued for
 /// that period.
 pub async fn enqueue_quota_alerts(
     tx: &mut Tx,
     counted: &[Counted<'_>],
+    postgres: bool,
     now: Now,
 ) -> Result<u64, sqlx::Error> {
     let now_ms = now.db_ms();
     let created_at = now.rfc3339();
     let mut due = Vec::new();
-    for part in counted.chunks(ALERTS_PER_STATEMENT) {
+    for part in counted.chunks(rows_per_statement(postgres, 2)) {
         let sql = format!(
             "SELECT c.key_id, c.period_start_ms, CAST(SUM(c.used) AS BIGINT)
              FROM quota_counts c JOIN (VALUES {}) AS v
@@ -161,7 +159,7 @@ pub async fn enqueue_quota_alerts(
         }
     }
     let mut queued = 0;
-    for part in due.chunks(ALERTS_PER_STATEMENT) {
+    for part in due.chunks(rows_per_statement(postgres, 9)) {
         let sql = format!(
             "INSERT INTO webhook_events (id, tenant_id, key_id, event_type, threshold,
                  period_start_ms, payload, next_attempt_at_ms, created_at, status, attempts)
