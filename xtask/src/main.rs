@@ -9,9 +9,11 @@
 //! `cargo xtask image` packs the filter or the control plane as a
 //! reproducible OCI image (`image.rs`);
 //! `cargo xtask fuzz` runs the core's fuzz targets under libFuzzer
-//! (`fuzz.rs`).
+//! (`fuzz.rs`); `cargo xtask deps` checks the dependencies against our
+//! policy (`deps.rs`).
 
 mod bench;
+mod deps;
 mod fuzz;
 mod image;
 mod install;
@@ -222,6 +224,8 @@ fn test(args: &[String]) -> Result {
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),
     )?;
+    step("dependencies: sources, licences, duplicate versions (cargo xtask deps)");
+    deps::check()?;
     step("clippy (host)");
     run(
         "clippy (host)",
@@ -412,13 +416,14 @@ fn main() -> ExitCode {
         Some("image") => image::image(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("soak") => bench::soak(&args[1..]),
+        Some("deps") => deps::check(),
         _ => Err(
             "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask build | \
              cargo xtask bench [--smoke] | cargo xtask postgres | \
              cargo xtask image [--control-plane] [--wasm <file> | --binary <file>] [--out <dir>] \
              [--push <host:port>/<repository>:<tag>] | \
              cargo xtask fuzz [--minutes N] [--target NAME] [--smoke] | \
-             cargo xtask soak [--minutes N] [--smoke]"
+             cargo xtask soak [--minutes N] [--smoke] | cargo xtask deps"
                 .into(),
         ),
     };

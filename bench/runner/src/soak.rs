@@ -631,9 +631,14 @@ struct Report<'a> {
 impl Report<'_> {
     /// The first reading past the warm-up, and the last.
     fn memory_span(&self) -> Option<(Memory, Memory)> {
-        let warm = self.lasting.mul_f64(WARM_UP_SHARE);
-        let first = self.memory.iter().find(|m| m.at >= warm)?;
-        Some((*first, *self.memory.last()?))
+        Some((self.memory_from(WARM_UP_SHARE)?, *self.memory.last()?))
+    }
+
+    /// The first reading past `share` of the run. Growth over the second
+    /// half tells a leak (it goes on) from caches filling (they level off).
+    fn memory_from(&self, share: f64) -> Option<Memory> {
+        let at = self.lasting.mul_f64(share);
+        self.memory.iter().find(|m| m.at >= at).copied()
     }
 
     fn wrong(&self) -> u64 {
@@ -663,6 +668,11 @@ impl Report<'_> {
                 "envoy_growth_percent": growth(warm.envoy_kib, end.envoy_kib),
                 "control_plane_kib": [warm.control_plane_kib, end.control_plane_kib],
                 "control_plane_growth_percent": growth(warm.control_plane_kib, end.control_plane_kib),
+                "second_half": self.memory_from(0.5).map(|half| json!({
+                    "from_s": half.at.as_secs(),
+                    "envoy_growth_percent": growth(half.envoy_kib, end.envoy_kib),
+                    "control_plane_growth_percent": growth(half.control_plane_kib, end.control_plane_kib),
+                })),
             })
         });
         let answers: BTreeMap<&str, u64> = self
@@ -742,6 +752,14 @@ impl Report<'_> {
                 end.control_plane_kib,
                 growth(warm.control_plane_kib, end.control_plane_kib),
             ));
+            if let Some(half) = self.memory_from(0.5) {
+                md.push_str(&format!(
+                    "Over the second half (from {} s): Envoy {:+.1} %, control plane {:+.1} %.\n\n",
+                    half.at.as_secs(),
+                    growth(half.envoy_kib, end.envoy_kib),
+                    growth(half.control_plane_kib, end.control_plane_kib),
+                ));
+            }
         }
         md.push_str("| minute | requests | p50 µs | p99 µs |\n|---|---|---|---|\n");
         for m in &minutes {
