@@ -69,13 +69,24 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let segments = ip.segments();
     // An IPv4 address written as IPv6 goes where the IPv4 one would:
     // mapped (::ffff:a.b.c.d), compatible (::a.b.c.d, deprecated but still
-    // parsed) and NAT64's well-known prefix (64:ff9b::a.b.c.d).
+    // parsed), NAT64's well-known prefix (64:ff9b::a.b.c.d) and its
+    // local-use one (64:ff9b:1::/48, RFC 8215). The tunnels carry one too:
+    // 6to4 (2002:AABB:CCDD::/48, RFC 3056) to a.b.c.d through a relay, and
+    // Teredo (2001:0::/32, RFC 4380) to its client, whose address is the
+    // last 32 bits inverted.
+    let octets = ip.octets();
     let embedded = match segments {
         [0, 0, 0, 0, 0, 0xffff, _, _]
         | [0, 0, 0, 0, 0, 0, _, _]
-        | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => {
-            let [.., a, b, c, d] = ip.octets();
+        | [0x64, 0xff9b, 0, 0, 0, 0, _, _]
+        | [0x64, 0xff9b, 1, _, _, _, _, _] => {
+            let [.., a, b, c, d] = octets;
             Some(Ipv4Addr::new(a, b, c, d))
+        }
+        [0x2002, ..] => Some(Ipv4Addr::new(octets[2], octets[3], octets[4], octets[5])),
+        [0x2001, 0, ..] => {
+            let [.., a, b, c, d] = octets;
+            Some(Ipv4Addr::new(!a, !b, !c, !d))
         }
         _ => None,
     };
@@ -270,6 +281,17 @@ mod tests {
             ("64:ff9b::127.0.0.1", Some("loopback")),
             ("64:ff9b::a9fe:a9fe", Some("link-local")),
             ("64:ff9b::8.8.8.8", None),
+            ("64:ff9b:1::7f00:1", Some("loopback")),
+            ("64:ff9b:1::808:808", None),
+            // 6to4 of 127.0.0.1, 10.1.2.3, 169.254.169.254; of 8.8.8.8.
+            ("2002:7f00:1::", Some("loopback")),
+            ("2002:a01:203::1", Some("private")),
+            ("2002:a9fe:a9fe::", Some("link-local")),
+            ("2002:808:808::1", None),
+            // Teredo, the client's address inverted: 127.0.0.1; 192.168.0.1; 8.8.8.8.
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", Some("loopback")),
+            ("2001:0:4136:e378::3f57:fffe", Some("private")),
+            ("2001:0:4136:e378::f7f7:f7f7", None),
             ("fbff:ffff::", None),
             ("fc00::", Some("private")),
             ("fd12:3456::1", Some("private")),

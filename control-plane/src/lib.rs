@@ -43,6 +43,7 @@ pub mod replicas;
 pub mod reporters;
 pub mod retention;
 pub mod routes;
+pub mod sealing;
 pub mod seed;
 pub mod shares;
 pub mod state;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::egress::Targets;
 use tollgate_control_plane::retention::RetentionArgs;
+use tollgate_control_plane::sealing::Sealer;
 use tollgate_control_plane::shares::Role;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
 use tollgate_control_plane::{
@@ -116,6 +117,14 @@ struct ServeArgs {
     /// reports need the admin token.
     #[arg(long, env = "CONTROL_PLANE_LEAK_REPORT_TOKEN", hide_env_values = true)]
     leak_report_token: Option<String>,
+    /// The key webhook signing secrets are sealed with at rest: 64 hex
+    /// digits (`openssl rand -hex 32`). Unset: they are stored in clear.
+    #[arg(long, env = "CONTROL_PLANE_SECRETS_KEY", hide_env_values = true)]
+    secrets_key: Option<String>,
+    /// Keys secrets were sealed with before a rotation, comma-separated:
+    /// what they sealed is sealed again under the current key at start.
+    #[arg(long, env = "CONTROL_PLANE_SECRETS_OLD_KEYS", hide_env_values = true)]
+    secrets_old_keys: Option<String>,
     /// `true` lets webhooks go to loopback, private (RFC 1918, fc00::/7),
     /// link-local (169.254.0.0/16 with cloud metadata, fe80::/10), CGNAT and
     /// other internal addresses, and to `localhost`; `false` (the default)
@@ -262,6 +271,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("the leak-report token must differ from the admin and sync tokens");
         }
     }
+    let sealer = Sealer::from_settings(
+        args.secrets_key.as_deref(),
+        args.secrets_old_keys.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if !sealer.seals() {
+        tracing::warn!(
+            "CONTROL_PLANE_SECRETS_KEY is not set: webhook signing secrets are stored in clear"
+        );
+    }
+    let resealed = store::webhooks::reseal(&pool, &sealer)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "webhook signing secrets sealed again under the current key"
+        );
+    }
     let targets = if args.webhook_allow_private_targets {
         tracing::warn!("webhooks may go to internal addresses (loopback, private, link-local)");
         Targets::Any
@@ -272,6 +300,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_throttle(throttle)
         .with_metrics_token(args.metrics_token.as_deref().map(str::trim))
         .with_leak_report_token(leak_report_token)
+        .with_sealer(sealer)
         .with_webhook_targets(targets)
         .with_retention(retention);
     state.leasing.forward_with(&sync_token);

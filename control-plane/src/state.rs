@@ -14,6 +14,7 @@ use crate::fleet::{FleetConfig, Registry};
 use crate::metrics::Metrics;
 use crate::outage::Reachability;
 use crate::reporters::Reporters;
+use crate::sealing::Sealer;
 use crate::shares::{Allocator, Leasing, SharesConfig};
 use crate::store;
 use crate::store::retention::RetentionPolicy;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub retention: RetentionPolicy,
     /// When this replica last wrote that each usage reporter reported.
     pub reporters: Arc<Reporters>,
+    /// The keys webhook signing secrets are sealed with at rest (`sealing`).
+    pub sealer: Arc<Sealer>,
 }
 
 impl AppState {
@@ -111,6 +114,7 @@ impl AppState {
             leak_report_token: None,
             retention: RetentionPolicy::default(),
             reporters: Arc::default(),
+            sealer: Arc::default(),
         }
     }
 
@@ -134,6 +138,12 @@ impl AppState {
     /// The same state sending webhooks only where `targets` allows.
     pub fn with_webhook_targets(mut self, targets: Targets) -> Self {
         self.webhook_targets = targets;
+        self
+    }
+
+    /// The same state sealing webhook secrets with `sealer`'s keys.
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = Arc::new(sealer);
         self
     }
 

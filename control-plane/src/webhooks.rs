@@ -18,8 +18,6 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::clock::Clock;
-use crate::db::Db;
 use crate::egress::{self, ForbiddenTarget, GuardedResolver, Targets};
 use crate::state::AppState;
 use crate::store::webhooks::{self as outbox, Attempt};
@@ -91,11 +89,8 @@ pub fn client(targets: Targets) -> Result<Client, reqwest::Error> {
 }
 
 /// Sends every due event once; returns how many were attempted.
-pub async fn deliver_due(
-    db: &Db,
-    client: &Client,
-    clock: &dyn Clock,
-) -> Result<usize, sqlx::Error> {
+pub async fn deliver_due(state: &AppState, client: &Client) -> Result<usize, sqlx::Error> {
+    let (db, clock) = (&state.db, &*state.clock);
     let now = clock.now();
     let mut attempted = 0;
     for (id, tenant_id, payload, attempts, due_at) in outbox::due(db, now, BATCH).await? {
@@ -110,13 +105,20 @@ pub async fn deliver_due(
                 String::new(),
                 Err("the tenant's webhook was removed".to_owned()),
             ),
-            Some((url, secret)) => {
-                let signed_at = clock.now().db_ms() / 1000;
-                (
+            Some((url, stored)) => match state.sealer.open(stored, &tenant_id) {
+                Ok(secret) => {
+                    let signed_at = clock.now().db_ms() / 1000;
+                    (
+                        url.clone(),
+                        send(client, (url, &secret), signed_at, &id, &payload).await,
+                    )
+                }
+                // Sealed by a replica with another key: nothing to sign with.
+                Err(e) => (
                     url.clone(),
-                    send(client, (url, secret), signed_at, &id, &payload).await,
-                )
-            }
+                    Err(format!("the signing secret does not open: {e}")),
+                ),
+            },
         };
         let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (status_code, error) = match &outcome {
@@ -226,7 +228,7 @@ pub async fn run(state: AppState) {
     };
     let mut shutting_down = state.shutting_down.subscribe();
     loop {
-        if let Err(e) = deliver_due(&state.db, &client, &*state.clock).await {
+        if let Err(e) = deliver_due(&state, &client).await {
             tracing::warn!(error = %e, "webhook delivery pass failed; retrying");
         }
         tokio::select! {

@@ -25,8 +25,9 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tollgate_control_plane::egress::Targets;
+use tollgate_control_plane::sealing::Sealer;
 use tollgate_control_plane::webhooks::{self, MAX_ATTEMPTS};
-use tollgate_control_plane::{db, AppState};
+use tollgate_control_plane::{db, store, AppState};
 
 const HOOK: &str = "https://billing.example.com/hooks/tollgate";
 
@@ -67,15 +68,6 @@ async fn set_webhook(app: &Router, tenant_id: &str, body: Value, issued: bool) -
         );
     }
     r.body
-}
-
-/// The secret as stored.
-async fn stored_secret(state: &AppState, tenant_id: &str) -> String {
-    sqlx::query_scalar("SELECT secret FROM webhooks WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .fetch_one(&state.db)
-        .await
-        .unwrap()
 }
 
 /// Rows of the webhook tables and the audit log: what a refused request must not touch.
@@ -139,7 +131,7 @@ async fn webhook_put_issues_the_secret_once_and_rotates_it_on_request(backend: B
     let created = set_webhook(&app, &tenant_id, json!({"url": HOOK}), true).await;
     assert_eq!(created["url"], HOOK);
     let secret = created["secret"].as_str().unwrap().to_owned();
-    assert_eq!(stored_secret(&state, &tenant_id).await, secret);
+    assert_eq!(common::stored_secret(&state, &tenant_id).await, secret);
     let entry = last_audit(&app, "webhook.create").await;
     assert_eq!(entry["tenant_id"], tenant_id.as_str());
     assert_eq!(entry["resource_id"], tenant_id.as_str());
@@ -164,7 +156,7 @@ async fn webhook_put_issues_the_secret_once_and_rotates_it_on_request(backend: B
         let updated = set_webhook(&app, &tenant_id, body, false).await;
         assert_eq!(updated["url"], moved);
         assert_eq!(updated["created_at"], created["created_at"]);
-        assert_eq!(stored_secret(&state, &tenant_id).await, secret);
+        assert_eq!(common::stored_secret(&state, &tenant_id).await, secret);
         let entry = last_audit(&app, "webhook.update").await;
         assert_eq!(entry["before"]["url"], previous);
         assert_eq!(entry["after"]["url"], moved);
@@ -182,7 +174,7 @@ async fn webhook_put_issues_the_secret_once_and_rotates_it_on_request(backend: B
     .await;
     let new_secret = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(new_secret, secret);
-    assert_eq!(stored_secret(&state, &tenant_id).await, new_secret);
+    assert_eq!(common::stored_secret(&state, &tenant_id).await, new_secret);
     let shown = admin(&app, Method::GET, &webhook_uri(&tenant_id), None).await;
     assert_eq!(shown.body["url"], HOOK);
     assert!(shown.body.get("secret").is_none(), "{:?}", shown.body);
@@ -273,13 +265,13 @@ async fn bad_urls_and_bodies_are_refused_and_write_nothing(backend: Backend) {
     let longest = format!("https://example.com/{}", "a".repeat(2048 - 20));
     assert_eq!(longest.len(), 2048);
     set_webhook(&app, &tenant_id, json!({"url": longest}), true).await;
-    let secret = stored_secret(&state, &tenant_id).await;
+    let secret = common::stored_secret(&state, &tenant_id).await;
 
     // With one: it stays as it was, secret included.
     refuse_all(&app, &state, &tenant_id).await;
     let shown = admin(&app, Method::GET, &uri, None).await;
     assert_eq!(shown.body["url"], longest.as_str());
-    assert_eq!(stored_secret(&state, &tenant_id).await, secret);
+    assert_eq!(common::stored_secret(&state, &tenant_id).await, secret);
 }
 
 async fn tenant_tokens_read_their_own_webhook_but_never_change_it(backend: Backend) {
@@ -390,7 +382,7 @@ async fn two_first_puts_at_once_are_a_create_and_an_update(backend: Backend) {
     };
     assert!(updated.body.get("secret").is_none(), "{:?}", updated.body);
     assert_eq!(
-        stored_secret(&state, &tenant_id).await,
+        common::stored_secret(&state, &tenant_id).await,
         created.body["secret"].as_str().unwrap()
     );
     let shown = admin(&app, Method::GET, &webhook_uri(&tenant_id), None).await;
@@ -575,22 +567,12 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
         .to_owned();
     let token = tenant_token(&app, &tenant_id).await;
 
-    assert_eq!(
-        webhooks::deliver_due(&state.db, &client, &*state.clock)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 0);
     report(&app, "b-1", "envoy-a", &key_id, 8).await;
 
     // The first attempt is answered 500: pending, to be retried after a second.
     let sent_after = i64::try_from(now_ms()).unwrap();
-    assert_eq!(
-        webhooks::deliver_due(&state.db, &client, &*state.clock)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 1);
     let sent_before = i64::try_from(now_ms()).unwrap();
     let page = deliveries(&app, &token, &tenant_id, "").await;
     assert_eq!(items(&page).len(), 1);
@@ -624,25 +606,10 @@ async fn deliveries_are_signed_retried_and_logged(backend: Backend) {
     // The retry is answered 204: delivered, after two attempts. Not due
     // 999 ms after the first, due a second after it.
     clock.advance(Duration::from_millis(999));
-    assert_eq!(
-        webhooks::deliver_due(&state.db, &client, &*state.clock)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 0);
     clock.advance(Duration::from_millis(1));
-    assert_eq!(
-        webhooks::deliver_due(&state.db, &client, &*state.clock)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        webhooks::deliver_due(&state.db, &client, &*state.clock)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 1);
+    assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 0);
     let page = deliveries(&app, &token, &tenant_id, "?status=delivered").await;
     assert_eq!(items(&page).len(), 1);
     let event = &items(&page)[0];
@@ -699,12 +666,7 @@ async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backe
     report(&app, "b-1", "envoy-a", &key_id, 8).await;
     for attempt in 1..=MAX_ATTEMPTS {
         make_due(&state).await;
-        assert_eq!(
-            webhooks::deliver_due(&state.db, &client, &*state.clock)
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 1);
         let page = deliveries(&app, ADMIN, &tenant_id, "").await;
         let event = &items(&page)[0];
         assert_eq!(event["attempts"], attempt);
@@ -719,12 +681,7 @@ async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backe
         assert_eq!(event["status"], status);
     }
     make_due(&state).await;
-    assert_eq!(
-        webhooks::deliver_due(&state.db, &client, &*state.clock)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 0);
     let failed = deliveries(&app, ADMIN, &tenant_id, "?status=failed").await;
     assert_eq!(items(&failed).len(), 1);
 
@@ -732,12 +689,7 @@ async fn an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone(backe
     report(&app, "b-2", "envoy-a", &key_id, 2).await;
     let r = admin(&app, Method::DELETE, &webhook_uri(&tenant_id), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(
-        webhooks::deliver_due(&state.db, &client, &*state.clock)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(webhooks::deliver_due(&state, &client).await.unwrap(), 1);
     let page = deliveries(&app, ADMIN, &tenant_id, "?status=failed").await;
     let newest = &items(&page)[0];
     assert_eq!(newest["threshold"], 100);
@@ -815,9 +767,7 @@ async fn internal_targets_are_refused_unless_allowed(backend: Backend) {
 
 /// One delivery pass with `client`: how many events it attempted.
 async fn deliver(state: &AppState, client: &webhooks::Client) -> usize {
-    webhooks::deliver_due(&state.db, client, &*state.clock)
-        .await
-        .unwrap()
+    webhooks::deliver_due(state, client).await.unwrap()
 }
 
 /// The newest event's attempt `n` (from 0), and the event.
@@ -927,6 +877,68 @@ async fn late_usage_alerts_for_the_period_it_was_counted_in(backend: Backend) {
     assert_eq!(events[0]["payload"]["data"]["period_start"], start.as_str());
 }
 
+/// Signing secrets are stored sealed; a rotation opens them with the old
+/// key and seals them under the new one; with the old key dropped too soon,
+/// the start is refused, naming the tenant and the key. Secrets stored in
+/// clear (before sealing existed) are sealed at the first start with a key.
+async fn signing_secrets_are_sealed_at_rest_and_resealed_on_rotation(backend: Backend) {
+    const NEW_KEY: &str = "4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b";
+    let (app, state) = test_app(backend).await;
+    let tenant_id = tenant_on_quota(&app).await;
+    let set = set_webhook(&app, &tenant_id, json!({"url": HOOK}), true).await;
+    let secret = set["secret"].as_str().unwrap().to_owned();
+    let sealed = common::stored_as_is(&state, &tenant_id).await;
+    assert!(sealed.starts_with("sealed:v1:"), "{sealed}");
+    assert!(!sealed.contains(&secret) && !sealed.contains(&secret["whsec_".len()..]));
+    let first = Sealer::from_settings(Some(common::SECRETS_KEY), None).unwrap();
+    assert_eq!(first.open(&sealed, &tenant_id).unwrap(), secret);
+    assert_eq!(store::webhooks::reseal(&state.db, &first).await.unwrap(), 0);
+
+    let rotating = Sealer::from_settings(Some(NEW_KEY), Some(common::SECRETS_KEY)).unwrap();
+    assert_eq!(
+        store::webhooks::reseal(&state.db, &rotating).await.unwrap(),
+        1
+    );
+    let resealed = common::stored_as_is(&state, &tenant_id).await;
+    assert_ne!(resealed, sealed);
+    let rotated = Sealer::from_settings(Some(NEW_KEY), None).unwrap();
+    assert_eq!(rotated.open(&resealed, &tenant_id).unwrap(), secret);
+    assert_eq!(
+        store::webhooks::reseal(&state.db, &rotated).await.unwrap(),
+        0
+    );
+
+    // Back on the first key alone: what the new one sealed does not open.
+    let refused = store::webhooks::reseal(&state.db, &first)
+        .await
+        .unwrap_err();
+    assert!(refused.contains(&tenant_id), "{refused}");
+    assert!(
+        refused.contains("CONTROL_PLANE_SECRETS_OLD_KEYS"),
+        "{refused}"
+    );
+    assert_eq!(
+        common::stored_as_is(&state, &tenant_id).await,
+        resealed,
+        "nothing written"
+    );
+
+    let clear = "whsec_0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    sqlx::query("UPDATE webhooks SET secret = $1 WHERE tenant_id = $2")
+        .bind(clear)
+        .bind(&tenant_id)
+        .execute(&state.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        store::webhooks::reseal(&state.db, &rotated).await.unwrap(),
+        1
+    );
+    let sealed_now = common::stored_as_is(&state, &tenant_id).await;
+    assert!(sealed_now.starts_with("sealed:v1:"));
+    assert_eq!(rotated.open(&sealed_now, &tenant_id).unwrap(), clear);
+}
+
 on_both_databases!(
     webhook_put_issues_the_secret_once_and_rotates_it_on_request,
     late_usage_alerts_for_the_period_it_was_counted_in,
@@ -939,4 +951,5 @@ on_both_databases!(
     an_event_fails_after_its_last_attempt_or_when_the_webhook_is_gone,
     internal_targets_are_refused_unless_allowed,
     a_name_resolving_to_loopback_is_refused_at_delivery_unless_allowed,
+    signing_secrets_are_sealed_at_rest_and_resealed_on_rotation,
 );

@@ -27,6 +27,8 @@ const START_LIMIT: Duration = Duration::from_secs(30);
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 pub const SYNC_TOKEN: &str = "e2e-sync-token-0123456789";
+/// The key the control plane seals webhook signing secrets with.
+pub const SECRETS_KEY: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
 /// A path `cargo xtask test` passes in `name`; panics, naming it, if unset
 /// or missing.
@@ -455,6 +457,7 @@ impl Stack {
             .args(&self.control_plane_args)
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("CONTROL_PLANE_SYNC_TOKEN", SYNC_TOKEN)
+            .env("CONTROL_PLANE_SECRETS_KEY", SECRETS_KEY)
             // The tests' webhook receivers listen on 127.0.0.1, which a
             // production start refuses as a target.
             .env("CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS", "true");

@@ -57,6 +57,7 @@ pub struct ManifestValues {
     pub app: String,
     pub admin_token: String,
     pub sync_token: String,
+    pub secrets_key: String,
     pub database_url: String,
     /// The DNS name of a control plane outside the mesh.
     pub control_plane_host: String,
@@ -75,6 +76,7 @@ impl ManifestValues {
             app: "app".into(),
             admin_token: "example-admin-token-0123456789".into(),
             sync_token: "example-sync-token-0123456789".into(),
+            secrets_key: "0f".repeat(32),
             database_url:
                 "postgres://tollgate:secret@postgres.tollgate.svc.cluster.local:5432/tollgate"
                     .into(),
@@ -93,6 +95,7 @@ impl ManifestValues {
             "app" => &self.app,
             "admin_token" => &self.admin_token,
             "sync_token" => &self.sync_token,
+            "secrets_key" => &self.secrets_key,
             "database_url" => &self.database_url,
             "control_plane_host" => &self.control_plane_host,
             "gateway_namespace" => &self.gateway_namespace,

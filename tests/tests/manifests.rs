@@ -525,6 +525,11 @@ fn the_control_plane_runs_as_one_sqlite_writer_or_several_postgres_replicas() {
         assert_eq!(env["CONTROL_PLANE_ADDR"], "0.0.0.0:8080", "{name}");
         assert!(env.contains_key("CONTROL_PLANE_ADMIN_TOKEN"), "{name}");
         assert!(env.contains_key("CONTROL_PLANE_SYNC_TOKEN"), "{name}");
+        // Webhook signing secrets are sealed at rest, with a key from the Secret.
+        assert_eq!(
+            env["CONTROL_PLANE_SECRETS_KEY"], "secret:secrets-key",
+            "{name}"
+        );
 
         // The Service selects these pods on the port named http.
         let service = doc(manifest, "Service", "tollgate-control-plane");

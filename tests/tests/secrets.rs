@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::routing::post;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tollgate_e2e::harness::{eventually, Stack, ADMIN_TOKEN, SYNC_TOKEN};
+use tollgate_e2e::harness::{eventually, Stack, ADMIN_TOKEN, SECRETS_KEY, SYNC_TOKEN};
 
 /// A receiver on loopback that accepts every delivery; returns its port
 /// and how many it got.
@@ -239,6 +239,7 @@ async fn no_secret_appears_in_any_log() {
         ("admin token", ADMIN_TOKEN),
         ("wrong admin token", wrong_admin.as_str()),
         ("sync token", SYNC_TOKEN),
+        ("secrets sealing key", SECRETS_KEY),
     ];
     let found: Vec<&str> = secrets
         .iter()

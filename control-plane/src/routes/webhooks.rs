@@ -259,12 +259,18 @@ pub async fn set(
     let before = webhooks::find(&mut **change.tx(), &tenant_id).await?;
     let now = change.now().rfc3339();
     let secret = (before.is_none() || input.rotate_secret).then(new_secret);
-    match (&before, &secret) {
-        (None, Some(secret)) => {
-            webhooks::insert(change.tx(), &tenant_id, &input.url, secret, &now).await?;
+    // Stored sealed (see `sealing`); answered in clear, this once.
+    let stored = secret
+        .as_deref()
+        .map(|s| state.sealer.seal(s, &tenant_id))
+        .transpose()
+        .map_err(ApiError::internal)?;
+    match (&before, &stored) {
+        (None, Some(stored)) => {
+            webhooks::insert(change.tx(), &tenant_id, &input.url, stored, &now).await?;
         }
-        (_, secret) => {
-            webhooks::update(change.tx(), &tenant_id, &input.url, secret.as_deref(), &now).await?;
+        (_, stored) => {
+            webhooks::update(change.tx(), &tenant_id, &input.url, stored.as_deref(), &now).await?;
         }
     }
     let after = WebhookView {

@@ -16,6 +16,7 @@ use crate::clock::{rfc3339_ms, Now};
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
 use crate::paging::Cursor;
+use crate::sealing::Sealer;
 use crate::store::{cursor_binds, cursor_clause, placeholders, rows_per_statement, Order};
 
 pub const EVENT_TYPE: &str = "quota.threshold";
@@ -205,7 +206,45 @@ pub async fn find<'e>(
     }))
 }
 
-/// Where the tenant's alerts go: (url, secret).
+/// Every stored signing secret not as `sealer` would store it now (sealed
+/// under another key, or in clear) sealed again under its current key, in
+/// one transaction; how many. An error, naming the tenant and the key, when
+/// one does not open: the control plane then refuses to start.
+pub async fn reseal(db: &Db, sealer: &Sealer) -> Result<u64, String> {
+    let failed = |e: sqlx::Error| format!("resealing webhook secrets: {e}");
+    let mut tx = db.begin().await.map_err(failed)?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, secret FROM webhooks ORDER BY tenant_id")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(failed)?;
+    let mut resealed = 0;
+    for (tenant_id, stored) in rows {
+        let secret = sealer.open(&stored, &tenant_id).map_err(|e| {
+            format!("the webhook signing secret of tenant {tenant_id} does not open: {e}")
+        })?;
+        if sealer.is_current(&stored) {
+            continue;
+        }
+        let sealed = sealer
+            .seal(&secret, &tenant_id)
+            .map_err(|e| format!("sealing the webhook secret of tenant {tenant_id}: {e}"))?;
+        // Unless another replica resealed it meanwhile.
+        resealed +=
+            sqlx::query("UPDATE webhooks SET secret = $1 WHERE tenant_id = $2 AND secret = $3")
+                .bind(&sealed)
+                .bind(&tenant_id)
+                .bind(&stored)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?
+                .rows_affected();
+    }
+    tx.commit().await.map_err(failed)?;
+    Ok(resealed)
+}
+
+/// Where the tenant's alerts go: (url, secret as stored: see `sealing`).
 pub async fn target(db: &Db, tenant_id: &str) -> Result<Option<(String, String)>, sqlx::Error> {
     sqlx::query_as("SELECT url, secret FROM webhooks WHERE tenant_id = $1")
         .bind(tenant_id)

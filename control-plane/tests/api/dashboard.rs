@@ -1022,14 +1022,6 @@ async fn failing_receiver() -> String {
     format!("http://{addr}/hook")
 }
 
-async fn stored_secret(state: &tollgate_control_plane::AppState, tenant_id: &str) -> String {
-    sqlx::query_scalar("SELECT secret FROM webhooks WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .fetch_one(&state.db)
-        .await
-        .unwrap()
-}
-
 async fn the_webhook_is_set_rotated_removed_and_its_deliveries_shown(backend: Backend) {
     // Its receiver listens on 127.0.0.1.
     let (app, state) = allowing_private_webhook_targets(test_state(backend).await);
@@ -1063,7 +1055,10 @@ async fn the_webhook_is_set_rotated_removed_and_its_deliveries_shown(backend: Ba
     assert_page(&r, StatusCode::OK, "it will never be shown again");
     let secret = shown_once(&r, "shown-once");
     assert!(secret.starts_with("whsec_"), "{secret}");
-    assert_eq!(stored_secret(&state, &tenant_id).await, secret);
+    assert_eq!(
+        crate::common::stored_secret(&state, &tenant_id).await,
+        secret
+    );
     assert_audited_from_dashboard(&app, "webhook.create", "admin").await;
     let page = browser.get(&uri).await;
     assert_page(&page, StatusCode::OK, &url);
@@ -1073,13 +1068,19 @@ async fn the_webhook_is_set_rotated_removed_and_its_deliveries_shown(backend: Ba
     let moved = format!("{url}/v2");
     assert_redirect(&browser.post(&uri, &[("url", &moved)]).await, &uri);
     assert_audited_from_dashboard(&app, "webhook.update", "admin").await;
-    assert_eq!(stored_secret(&state, &tenant_id).await, secret);
+    assert_eq!(
+        crate::common::stored_secret(&state, &tenant_id).await,
+        secret
+    );
     let r = browser
         .post(&uri, &[("url", &url), ("rotate_secret", "on")])
         .await;
     let rotated = shown_once(&r, "shown-once");
     assert_ne!(rotated, secret);
-    assert_eq!(stored_secret(&state, &tenant_id).await, rotated);
+    assert_eq!(
+        crate::common::stored_secret(&state, &tenant_id).await,
+        rotated
+    );
 
     // An alert, and every attempt to deliver it: the receiver answers 500.
     report(
@@ -1092,7 +1093,7 @@ async fn the_webhook_is_set_rotated_removed_and_its_deliveries_shown(backend: Ba
     let client =
         tollgate_control_plane::webhooks::client(tollgate_control_plane::egress::Targets::Any)
             .unwrap();
-    let sent = tollgate_control_plane::webhooks::deliver_due(&state.db, &client, &*state.clock)
+    let sent = tollgate_control_plane::webhooks::deliver_due(&state, &client)
         .await
         .unwrap();
     assert_eq!(sent, 1);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tollgate_control_plane::clock::{Clock, Now, SetClock};
 use tollgate_control_plane::egress::Targets;
+use tollgate_control_plane::sealing::Sealer;
 use tollgate_control_plane::{app, db, store, AppState};
 use tollgate_core::wire::SyncResponse;
 use tower::ServiceExt;
@@ -94,7 +95,12 @@ pub async fn test_state_at(backend: Backend, clock: Arc<SetClock>) -> AppState {
     AppState::new(pool, ADMIN, SYNC, 0)
         .with_clock(clock)
         .with_leak_report_token(Some(LEAK_REPORTER))
+        .with_sealer(Sealer::from_settings(Some(SECRETS_KEY), None).unwrap())
 }
+
+/// The key test states seal webhook secrets with, as a control plane
+/// started with `CONTROL_PLANE_SECRETS_KEY` does.
+pub const SECRETS_KEY: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
 
 /// `state` allowed to send webhooks to any address, as a control plane
 /// started with `CONTROL_PLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS=true`, and its
@@ -325,4 +331,19 @@ pub async fn poll(app: &Router, instance: &str, node: &str, applied: Option<u64>
     let r = respond(app, req.body(Body::empty()).unwrap()).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     r
+}
+
+/// The tenant's webhook secret column as it is: sealed (see `sealing`).
+pub async fn stored_as_is(state: &AppState, tenant_id: &str) -> String {
+    sqlx::query_scalar("SELECT secret FROM webhooks WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(&state.db)
+        .await
+        .unwrap()
+}
+
+/// The tenant's webhook secret as stored, opened with the state's key.
+pub async fn stored_secret(state: &AppState, tenant_id: &str) -> String {
+    let stored = stored_as_is(state, tenant_id).await;
+    state.sealer.open(&stored, tenant_id).unwrap()
 }
