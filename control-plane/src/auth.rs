@@ -58,6 +58,9 @@ impl axum::extract::FromRequestParts<AppState> for SyncCaller {
 pub enum Reporter {
     Admin,
     Scanner,
+    /// A report signed by a configured key (see `leak_signatures`); never
+    /// from this extractor, which reads tokens.
+    SignedScanner,
 }
 
 impl Reporter {
@@ -66,6 +69,7 @@ impl Reporter {
         match self {
             Self::Admin => "admin",
             Self::Scanner => "leak_reporter",
+            Self::SignedScanner => "signed_leak_reporter",
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod error;
 pub mod extract;
 pub mod fleet;
 pub mod input;
+pub mod leak_signatures;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

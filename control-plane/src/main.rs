@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::egress::Targets;
+use tollgate_control_plane::leak_signatures::VerificationKeys;
 use tollgate_control_plane::retention::RetentionArgs;
 use tollgate_control_plane::sealing::Sealer;
 use tollgate_control_plane::shares::Role;
@@ -117,6 +118,12 @@ struct ServeArgs {
     /// reports need the admin token.
     #[arg(long, env = "CONTROL_PLANE_LEAK_REPORT_TOKEN", hide_env_values = true)]
     leak_report_token: Option<String>,
+    /// GitHub's secret-scanning public keys (the JSON document of
+    /// https://api.github.com/meta/public_keys/secret_scanning, saved to a
+    /// file): leak reports signed by one of them are taken without a token.
+    /// Read at start. Unset: signed reports are refused.
+    #[arg(long, env = "CONTROL_PLANE_LEAK_REPORT_KEYS_FILE")]
+    leak_report_keys_file: Option<PathBuf>,
     /// The key webhook signing secrets are sealed with at rest: 64 hex
     /// digits (`openssl rand -hex 32`). Unset: they are stored in clear.
     #[arg(long, env = "CONTROL_PLANE_SECRETS_KEY", hide_env_values = true)]
@@ -271,6 +278,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!("the leak-report token must differ from the admin and sync tokens");
         }
     }
+    let leak_report_keys = args
+        .leak_report_keys_file
+        .as_deref()
+        .map(VerificationKeys::load)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let sealer = Sealer::from_settings(
         args.secrets_key.as_deref(),
         args.secrets_old_keys.as_deref(),
@@ -300,6 +313,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_throttle(throttle)
         .with_metrics_token(args.metrics_token.as_deref().map(str::trim))
         .with_leak_report_token(leak_report_token)
+        .with_leak_report_keys(leak_report_keys)
         .with_sealer(sealer)
         .with_webhook_targets(targets)
         .with_retention(retention);

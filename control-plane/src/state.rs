@@ -11,6 +11,7 @@ use crate::clock::{Clock, Now, SystemClock};
 use crate::db::Db;
 use crate::egress::Targets;
 use crate::fleet::{FleetConfig, Registry};
+use crate::leak_signatures::VerificationKeys;
 use crate::metrics::Metrics;
 use crate::outage::Reachability;
 use crate::reporters::Reporters;
@@ -81,6 +82,9 @@ pub struct AppState {
     /// A secret scanner's token for `POST /v1/leaked-keys`, and nothing
     /// else; `None`: only the admin token reports leaks.
     pub leak_report_token: Option<TokenDigest>,
+    /// The keys a signed leak report (GitHub's) is checked against; `None`:
+    /// signed reports are refused.
+    pub leak_report_keys: Option<Arc<VerificationKeys>>,
     /// What the usage store keeps, and for how long (`store::retention`).
     pub retention: RetentionPolicy,
     /// When this replica last wrote that each usage reporter reported.
@@ -112,6 +116,7 @@ impl AppState {
             reachability: Arc::default(),
             webhook_targets: Targets::PublicOnly,
             leak_report_token: None,
+            leak_report_keys: None,
             retention: RetentionPolicy::default(),
             reporters: Arc::default(),
             sealer: Arc::default(),
@@ -138,6 +143,12 @@ impl AppState {
     /// The same state sending webhooks only where `targets` allows.
     pub fn with_webhook_targets(mut self, targets: Targets) -> Self {
         self.webhook_targets = targets;
+        self
+    }
+
+    /// The same state taking leak reports signed by one of `keys`.
+    pub fn with_leak_report_keys(mut self, keys: Option<VerificationKeys>) -> Self {
+        self.leak_report_keys = keys.map(Arc::new);
         self
     }
 

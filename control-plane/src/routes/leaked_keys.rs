@@ -16,7 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -24,11 +26,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tollgate_core::key::ApiKey;
 
-use crate::auth::Reporter;
+use crate::auth::{bearer, Reporter};
 use crate::change::{snapshot, Change};
 use crate::docs::{ServerError, Throttled, Unauthorized, UnsupportedMediaType, PROBLEM_JSON};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJsonArray;
+use crate::leak_signatures::{KEY_ID_HEADER, SIGNATURE_HEADER};
 use crate::state::AppState;
 use crate::store::audit::Entry;
 use crate::store::keys;
@@ -139,6 +142,11 @@ pub struct Verdict {
 /// `key.leak_report` with the report's `type`, `url` and `source` (never the
 /// token). The answer labels each token in order, by its SHA-256. Reporting
 /// the same keys again changes nothing. No receipt: the answer is a list.
+///
+/// Besides a bearer token, a report may come signed as GitHub signs them:
+/// `Github-Public-Key-Identifier` and `Github-Public-Key-Signature` (base64
+/// ECDSA P-256 SHA-256 over the body), checked against the keys of
+/// `CONTROL_PLANE_LEAK_REPORT_KEYS_FILE`; a signature that does not verify is 401.
 #[utoipa::path(
     post,
     path = "/v1/leaked-keys",
@@ -159,11 +167,49 @@ pub struct Verdict {
     security(("admin_token" = []), ("leak_report_token" = [])),
 )]
 async fn leaked_keys_report(
-    reporter: Reporter,
     State(state): State<AppState>,
-    ApiJsonArray(tokens): ApiJsonArray<LeakedToken, MAX_TOKENS>,
+    request: Request,
 ) -> ApiResult<Json<Vec<Verdict>>> {
+    let (mut parts, body) = request.into_parts();
+    let signature = signed_by(&parts.headers);
+    let (reporter, body) = match signature {
+        // A token wins: a signature is only looked at on a request without one.
+        Some((key_id, signature)) if bearer(&parts.headers).is_none() => {
+            let keys = state.leak_report_keys.as_ref().ok_or_else(|| {
+                ApiError::unauthorized(
+                    "Signed reports are not taken here: no keys are configured \
+                     (CONTROL_PLANE_LEAK_REPORT_KEYS_FILE).",
+                )
+            })?;
+            // Read only for a caller who signs, and no further than a report may go.
+            let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "The body is larger than this endpoint accepts.",
+                    )
+                })?;
+            keys.verify(&key_id, &signature, &bytes)
+                .map_err(ApiError::unauthorized)?;
+            (Reporter::SignedScanner, Body::from(bytes))
+        }
+        _ => (
+            Reporter::from_request_parts(&mut parts, &state).await?,
+            body,
+        ),
+    };
+    let request = Request::from_parts(parts, body);
+    let ApiJsonArray(tokens) =
+        ApiJsonArray::<LeakedToken, MAX_TOKENS>::from_request(request, &state).await?;
     report(&state, reporter, &tokens).await.map(Json)
+}
+
+/// A signed report's key identifier and signature, when it has both headers.
+fn signed_by(headers: &HeaderMap) -> Option<(String, String)> {
+    let text = |name| headers.get(name)?.to_str().ok().map(str::to_owned);
+    Some((text(KEY_ID_HEADER)?, text(SIGNATURE_HEADER)?))
 }
 
 /// Deactivates every live key among `tokens` as `reporter`; the verdict on

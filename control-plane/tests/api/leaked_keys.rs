@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use tollgate_core::key::{ApiKey, KeyHash};
 
 use crate::common::{
-    admin, assert_problem, key, last_audit, plan, row_counts, send, sync, tenant, tenant_token,
-    test_app, test_state, version, Backend, Reply, ADMIN, LEAK_REPORTER, SYNC,
+    admin, assert_problem, key, last_audit, plan, request, respond, row_counts, send, sync, tenant,
+    tenant_token, test_app, test_state, version, Backend, Reply, ADMIN, LEAK_REPORTER, SYNC,
 };
 
 const URI: &str = "/v1/leaked-keys";
@@ -386,9 +386,109 @@ async fn bad_bodies_are_refused_and_write_nothing(backend: Backend) {
     );
 }
 
+/// A report as GitHub's secret scanning sends it: no token, the body signed
+/// (ECDSA P-256) with a key the control plane was given. Only a signature
+/// over exactly this body, by a configured key, lets it in.
+async fn a_report_signed_by_a_configured_key_is_taken_without_a_token(backend: Backend) {
+    use base64::Engine;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    use tollgate_control_plane::leak_signatures::{spki_pem, VerificationKeys};
+
+    let rng = SystemRandom::new();
+    let new_pair = || {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap()
+    };
+    let (github, stranger) = (new_pair(), new_pair());
+    let published = json!({"public_keys": [{"key_identifier": "bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c",
+        "key": spki_pem(github.public_key().as_ref()), "is_current": true}]});
+    let keys = VerificationKeys::from_document(&published.to_string()).unwrap();
+    let key_id = published["public_keys"][0]["key_identifier"]
+        .as_str()
+        .unwrap();
+
+    let unsigned_state = test_state(backend).await;
+    let state = unsigned_state.clone().with_leak_report_keys(Some(keys));
+    let (app, unsigned_app) = (
+        tollgate_control_plane::app(state.clone()),
+        tollgate_control_plane::app(unsigned_state),
+    );
+    let t = tenant(&app, &plan(&app, None).await).await;
+    let (id, plaintext) = key(&app, &t).await;
+    let body = json!([{"token": plaintext, "type": "tollgate_api_key", "url": FOUND_AT, "source": "content"}]).to_string();
+    let signed = |pair: &EcdsaKeyPair, text: &str| {
+        let signature = pair.sign(&rng, text.as_bytes()).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(signature.as_ref())
+    };
+    let post = |id: &str, signature: String, text: &str| {
+        let mut req = request(Method::POST, URI, None, Some(text));
+        req.headers_mut()
+            .insert("Github-Public-Key-Identifier", id.parse().unwrap());
+        req.headers_mut()
+            .insert("Github-Public-Key-Signature", signature.parse().unwrap());
+        req
+    };
+
+    let counts = row_counts(&state, &TABLES).await;
+    for (what, req) in [
+        (
+            "another key's signature",
+            post(key_id, signed(&stranger, &body), &body),
+        ),
+        (
+            "a signature over another body",
+            post(key_id, signed(&github, "[]"), &body),
+        ),
+        (
+            "a key that is not configured",
+            post("0123", signed(&github, &body), &body),
+        ),
+        ("not base64", post(key_id, "%%%".into(), &body)),
+    ] {
+        let r = respond(&app, req).await;
+        assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("signature") || what.contains("configured"),
+            "{what}: {:?}",
+            r.body
+        );
+    }
+    // Without keys configured, a signed report is not taken at all.
+    let r = respond(&unsigned_app, post(key_id, signed(&github, &body), &body)).await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(r.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("CONTROL_PLANE_LEAK_REPORT_KEYS_FILE"));
+    assert_eq!(row_counts(&state, &TABLES).await, counts, "nothing written");
+    assert!(active(&app, &id).await);
+
+    let r = respond(&app, post(key_id, signed(&github, &body), &body)).await;
+    assert_eq!(labels(&r, &[plaintext.as_str()]), ["true_positive"]);
+    assert!(!active(&app, &id).await);
+    let entry = last_audit(&app, "key.leak_report").await;
+    assert_eq!(entry["actor"], "signed_leak_reporter");
+    assert_eq!(entry["resource_id"], id.as_str());
+    // The signature opens this endpoint only.
+    let mut req = request(Method::GET, "/v1/plans", None, None);
+    req.headers_mut()
+        .insert("Github-Public-Key-Identifier", key_id.parse().unwrap());
+    req.headers_mut().insert(
+        "Github-Public-Key-Signature",
+        signed(&github, "").parse().unwrap(),
+    );
+    assert_problem(
+        &respond(&app, req).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
+}
+
 on_both_databases!(
     a_live_key_reported_is_deactivated_audited_and_published,
     inactive_deleted_unknown_and_malformed_tokens_are_labelled_in_order,
     the_leak_report_token_opens_this_endpoint_and_nothing_else,
     bad_bodies_are_refused_and_write_nothing,
+    a_report_signed_by_a_configured_key_is_taken_without_a_token,
 );
