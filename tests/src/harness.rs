@@ -571,10 +571,15 @@ impl Stack {
     /// header a hundred times); returns the status and the body, as JSON
     /// when it is.
     pub async fn raw_request(&self, head: &[u8]) -> (u16, Value) {
+        self.raw_request_to(self.envoy_port, head).await
+    }
+
+    /// [`Self::raw_request`] to the listener on `port` (Envoy's or the control plane's).
+    pub async fn raw_request_to(&self, port: u16, head: &[u8]) -> (u16, Value) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.envoy_port))
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
-            .expect("Envoy accepts");
+            .expect("the listener accepts");
         let request = [head, b"connection: close\r\n\r\n"].concat();
         stream
             .write_all(&request)
@@ -583,7 +588,7 @@ impl Stack {
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
             .await
-            .expect("Envoy answers within 10 s")
+            .expect("an answer within 10 s")
             .expect("the answer is read");
         let text = String::from_utf8_lossy(&answer);
         let status = text

@@ -199,3 +199,58 @@ async fn every_hostile_shape_gets_its_documented_answer_and_no_vm_crashes() {
         assert!(!logs.contains(sign), "{sign} in the logs:\n{logs}");
     }
 }
+
+/// The control plane's own limits on a request, at its real listener (the
+/// oneshot tests do not go through one): a request head over hyper's
+/// buffer (about 400 KiB) or with more than 100 header lines is `431`, a
+/// body over the route's limit `413 payload_too_large`, and the server
+/// answers the next request as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_bounds_request_heads_and_bodies() {
+    use tollgate_e2e::harness::{ADMIN_TOKEN, SYNC_TOKEN};
+    let stack = Stack::start_without_envoy().await;
+    let port = stack.control_plane_port;
+    let admin =
+        format!("GET /v1/plans HTTP/1.1\r\nhost: cp\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n");
+
+    let big = [
+        admin.as_bytes(),
+        &line("x-padding", &vec![b'a'; 500 * 1024]),
+    ]
+    .concat();
+    assert_eq!(
+        stack.raw_request_to(port, &big).await.0,
+        431,
+        "a 500 KiB header"
+    );
+    let many: Vec<u8> = (0..200)
+        .flat_map(|i| line(&format!("x-h{i}"), b"1"))
+        .collect();
+    let many = [admin.as_bytes(), &many].concat();
+    assert_eq!(
+        stack.raw_request_to(port, &many).await.0,
+        431,
+        "200 header lines"
+    );
+
+    for (path, token, limit) in [
+        ("/v1/plans", ADMIN_TOKEN, 64 * 1024),
+        ("/v1/leaked-keys", ADMIN_TOKEN, 1024 * 1024),
+        ("/v1/usage", SYNC_TOKEN, 16 * 1024 * 1024),
+    ] {
+        let body = vec![b' '; limit + 1];
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: cp\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // What `raw_request_to` adds (a header line and a blank line) comes
+        // after the body here, past what the answer waits for.
+        let request = [head.as_bytes(), &body].concat();
+        let (status, answer) = stack.raw_request_to(port, &request).await;
+        assert_eq!(status, 413, "{path}: {answer}");
+        assert_eq!(answer["code"], "payload_too_large", "{path}: {answer}");
+    }
+    let (status, _) = stack.raw_request_to(port, admin.as_bytes()).await;
+    assert_eq!(status, 200, "answers as before");
+}
