@@ -14,11 +14,14 @@
 //! the associated data: a sealed secret copied to another tenant's row does
 //! not open there.
 //!
-//! **Rotation.** Start with the new key as `CONTROL_PLANE_SECRETS_KEY` and
-//! the old one in `CONTROL_PLANE_SECRETS_OLD_KEYS` (comma-separated): every
-//! secret opens, and at start the control plane seals each again under the
-//! new key (`store::webhooks::reseal`). Once every replica runs with the
-//! new key, the old one can go. A control plane that holds a secret it
+//! **Rotation**, in two rolls so that no replica meets a secret it cannot
+//! open: first every replica gets the new key in
+//! `CONTROL_PLANE_SECRETS_OLD_KEYS` (comma-separated), the old one still
+//! current; then every replica gets the new key as
+//! `CONTROL_PLANE_SECRETS_KEY` and the old one among the old keys, and at
+//! start seals each secret again under the new key
+//! (`store::webhooks::reseal`). Once every replica runs that way, the old
+//! key can go. A control plane that holds a secret it
 //! cannot open (its key in neither setting) refuses to start, naming the key
 //! id, rather than fail every alert later.
 //!
