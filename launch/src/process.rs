@@ -7,6 +7,7 @@
 //! here checks the child first and, once it has exited, fails with its exit
 //! status and the last lines it wrote.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -309,12 +310,27 @@ fn read_end(path: &Path, from: u64) -> Vec<u8> {
 }
 
 /// A loopback port nothing listens on now (another process may take it
-/// before the child binds it, which start-up then reports).
+/// before the child binds it, which start-up then reports), and never one
+/// this process was handed before: the kernel may give a port just let go
+/// again at once, and two servers of one test handed the same port would
+/// answer for each other (a test once took the demo upstream, on Envoy's
+/// admin port, for a ready Envoy).
 pub fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free loopback port: {e}"))?;
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return Ok(port);
+        }
+    }
+    Err("no free loopback port that was not handed out before".to_owned())
 }
 
 /// Whether `GET path` on `addr` answers 2xx: a bare HTTP/1.1 request, enough
