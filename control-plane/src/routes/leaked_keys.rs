@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -184,13 +184,7 @@ async fn leaked_keys_report(
             // Read only for a caller who signs, and no further than a report may go.
             let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
                 .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "The body is larger than this endpoint accepts.",
-                    )
-                })?;
+                .map_err(|_| ApiError::payload_too_large())?;
             keys.verify(&key_id, &signature, &bytes)
                 .map_err(ApiError::unauthorized)?;
             (Reporter::SignedScanner, Body::from(bytes))
