@@ -50,6 +50,7 @@ pub mod shares;
 pub mod state;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod webhooks;
 
 use axum::extract::DefaultBodyLimit;

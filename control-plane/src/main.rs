@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use rand::distr::{Alphanumeric, SampleString};
 use tollgate_control_plane::egress::Targets;
@@ -12,6 +13,7 @@ use tollgate_control_plane::retention::RetentionArgs;
 use tollgate_control_plane::sealing::Sealer;
 use tollgate_control_plane::shares::Role;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
+use tollgate_control_plane::tls::{CertificateFiles, Https};
 use tollgate_control_plane::{
     allocation, app, db, outage, replicas, retention, store, webhooks, AppState,
 };
@@ -146,6 +148,20 @@ struct ServeArgs {
         value_parser = true_or_false
     )]
     webhook_allow_private_targets: bool,
+    /// The certificate to serve HTTPS with: a PEM file, the leaf first, then
+    /// its intermediates. With the key file set too the control plane serves
+    /// HTTPS only; both are read again every second and a changed pair that
+    /// loads is served to new connections. Neither set: plain HTTP.
+    #[arg(long, env = "CONTROL_PLANE_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key: a PEM file (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CONTROL_PLANE_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted besides the public roots when this
+    /// replica forwards to the one that allocates over https:// (the CA
+    /// that signed the replicas' certificates).
+    #[arg(long, env = "CONTROL_PLANE_TLS_PEER_CA_FILE")]
+    tls_peer_ca_file: Option<PathBuf>,
     #[command(flatten)]
     retention: RetentionArgs,
 }
@@ -256,6 +272,10 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the database is touched: a policy that would lose counts never runs.
     let retention = args.retention.policy().map_err(anyhow::Error::msg)?;
+    let https = CertificateFiles::from_flags(args.tls_cert_file.clone(), args.tls_key_file.clone())
+        .and_then(|files| files.map(Https::load).transpose())
+        .map_err(anyhow::Error::msg)?;
+    let peer_client = peer_client(args.tls_peer_ca_file.as_deref())?;
     let pool = args.db.open().await?;
     let throttle = args.throttle();
     let admin_token = token_or_generate(args.admin_token, "admin token", "tgadmin_")?;
@@ -317,14 +337,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_sealer(sealer)
         .with_webhook_targets(targets)
         .with_retention(retention);
-    state.leasing.forward_with(&sync_token);
+    state.leasing.forward_with(&sync_token, peer_client);
     if let Some(url) = args.db.database_url.filter(|url| db::is_postgres_url(url)) {
         // Perhaps one of several replicas: none leases until it knows
         // whether it is the one that allocates.
         state.leasing.set_role(Role::Follower(String::new()));
-        let advertise = args
-            .advertise_url
-            .unwrap_or_else(|| format!("http://{}", args.addr));
+        let advertise = args.advertise_url.unwrap_or_else(|| {
+            let scheme = if https.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", args.addr)
+        });
         tokio::spawn(allocation::contend(state.clone(), url.clone(), advertise));
         tokio::spawn(outage::watch(state.clone(), url.clone()));
         tokio::spawn(replicas::follow(state.clone(), url));
@@ -339,21 +360,58 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    tracing::info!(addr = %args.addr, config_version = version, "control plane listening");
+    let scheme = if https.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %args.addr, scheme, config_version = version, "control plane listening");
     let shutting_down = state.shutting_down.clone();
-    // The peer address feeds the admin API's per-client rate limit.
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stopping = async move {
         shutdown_signal().await;
         // Answer held long-polls now instead of making shutdown wait for them.
         shutting_down.send_replace(true);
-    })
-    .await?;
+    };
+    // The peer address feeds the admin API's per-client rate limit.
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    match https {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await?
+        }
+        Some(https) => {
+            // tap_io does nothing to the stream; it is the wrapper axum
+            // knows how to read a custom listener's peer address through.
+            let listener = https.listen(listener)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await?
+        }
+    }
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// The client a replica forwards reports with: the public roots, and the
+/// CA that signed the other replicas' certificates when it is private.
+fn peer_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read CONTROL_PLANE_TLS_PEER_CA_FILE {}",
+                path.display()
+            )
+        })?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+        if roots.is_empty() {
+            anyhow::bail!("{} holds no PEM certificate", path.display());
+        }
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder
+        .build()
+        .context("cannot build the HTTP client for the other replicas")
 }
 
 async fn shutdown_signal() {

@@ -562,7 +562,7 @@ pub struct Leasing {
     /// The keys the replica that allocates slices, as it last said: which
     /// keys' use a report forwarded there must name.
     sliced_elsewhere: std::sync::RwLock<std::collections::HashSet<String>>,
-    client: reqwest::Client,
+    client: std::sync::RwLock<reqwest::Client>,
     identities: Mutex<HashMap<String, (String, String)>>,
     /// Held from reading a report's quota figures to answering it: figures
     /// read before another Envoy's batch was counted must not meet that
@@ -592,7 +592,7 @@ impl Leasing {
             role: std::sync::RwLock::new(Role::Alone),
             forwarding_token: std::sync::RwLock::new(None),
             sliced_elsewhere: std::sync::RwLock::new(Default::default()),
-            client: reqwest::Client::new(),
+            client: std::sync::RwLock::new(reqwest::Client::new()),
             identities: Mutex::new(HashMap::new()),
             reports: tokio::sync::Mutex::new(()),
         }
@@ -608,10 +608,14 @@ impl Leasing {
         }
     }
 
-    /// Forwards to the replica that allocates with `token` (the sync token).
-    pub fn forward_with(&self, token: &str) {
+    /// Forwards to the replica that allocates with `token` (the sync token),
+    /// through `client` (which trusts the replicas' certificates).
+    pub fn forward_with(&self, token: &str, client: reqwest::Client) {
         if let Ok(mut t) = self.forwarding_token.write() {
             *t = Some(token.to_owned());
+        }
+        if let Ok(mut c) = self.client.write() {
+            *c = client;
         }
     }
 
@@ -619,8 +623,11 @@ impl Leasing {
         self.forwarding_token.read().ok()?.clone()
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    pub fn client(&self) -> reqwest::Client {
+        match self.client.read() {
+            Ok(client) => client.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// One report at a time, from reading its quota figures to its answer.

@@ -13,5 +13,5 @@ mod envoy;
 pub mod postgres;
 mod process;
 
-pub use envoy::{render_envoy_config, EnvoyValues};
+pub use envoy::{render_envoy_config, ControlPlaneTls, EnvoyValues};
 pub use process::{free_port, http_ok, stop, stop_with, Output, Process};

@@ -20,7 +20,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tollgate_launch::{Output, Process};
 
-use crate::{render_envoy_config, EnvoyValues};
+use crate::tls::{ControlPlaneCertificate, CONTROL_PLANE_NAME};
+use crate::{render_envoy_config, ControlPlaneTls, EnvoyValues};
 
 /// How long a child may take to be ready.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -100,6 +101,20 @@ pub fn xtask_image<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     last
 }
 
+/// The harness's HTTP client: trusting the public roots and, when given,
+/// the test's CA.
+fn client_trusting(ca_pem: Option<&str>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_info(true);
+    if let Some(pem) = ca_pem {
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(pem.as_bytes()).expect("the CA certificate"),
+        );
+    }
+    builder.build().expect("an HTTP client")
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
 /// with `what` in the message. Returns the value and how long it took.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> (T, Duration)
@@ -169,6 +184,8 @@ pub struct Stack {
     envoys_started: usize,
     /// The plugin configuration Envoy gets instead of the template's.
     plugin_config: Option<Value>,
+    /// Set when the control plane serves HTTPS with this certificate.
+    pub tls: Option<ControlPlaneCertificate>,
     pub client: reqwest::Client,
 }
 
@@ -230,6 +247,21 @@ impl Stack {
         stack
     }
 
+    /// Control plane serving HTTPS with a certificate from a CA of the
+    /// test's own, upstream, and Envoy reaching the control plane over TLS,
+    /// trusting that CA: the shipped template's TLS block, filled in. The
+    /// harness's admin requests go over HTTPS too.
+    pub async fn start_with_tls() -> Self {
+        let mut stack = Self::new();
+        let certificate = ControlPlaneCertificate::new(stack.dir.path());
+        stack.client = client_trusting(Some(certificate.ca.pem()));
+        stack.tls = Some(certificate);
+        stack.start_upstream().await;
+        stack.start_control_plane().await;
+        stack.start_envoy().await;
+        stack
+    }
+
     /// Upstream and Envoy only: Envoy has never had config.
     pub async fn start_without_control_plane() -> Self {
         let mut stack = Self::new();
@@ -255,11 +287,16 @@ impl Stack {
             more_envoys: Vec::new(),
             envoys_started: 1,
             plugin_config: None,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client"),
+            tls: None,
+            client: client_trusting(None),
         }
+    }
+
+    /// `path` on the control plane or replica on `port`, over HTTPS when
+    /// the stack's control plane serves it.
+    pub fn control_plane_url(&self, port: u16, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}{path}")
     }
 
     fn spawn(&self, name: &str, command: Command, log: &str) -> Process {
@@ -374,7 +411,7 @@ impl Stack {
 
     /// One series of the control plane's `/metrics`, summed over its labels.
     pub async fn control_plane_metric(&self, name: &str) -> f64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.control_plane_port);
+        let url = self.control_plane_url(self.control_plane_port, "/metrics");
         let text = self
             .client
             .get(url)
@@ -416,6 +453,29 @@ impl Stack {
         upstream_port: u16,
         control_plane_port: u16,
     ) -> String {
+        let tls = self.tls.as_ref().map(|certificate| ControlPlaneTls {
+            name: CONTROL_PLANE_NAME.to_owned(),
+            ca_file: certificate.ca_file.display().to_string(),
+        });
+        self.envoy_config_with_tls(
+            envoy_port,
+            envoy_admin_port,
+            upstream_port,
+            control_plane_port,
+            tls,
+        )
+    }
+
+    /// [`Stack::envoy_config`], with the control plane reached as `tls` says
+    /// (plain HTTP when `None`), whatever the stack's control plane serves.
+    pub fn envoy_config_with_tls(
+        &self,
+        envoy_port: u16,
+        envoy_admin_port: u16,
+        upstream_port: u16,
+        control_plane_port: u16,
+        control_plane_tls: Option<ControlPlaneTls>,
+    ) -> String {
         let template = std::fs::read_to_string(env_path("TOLLGATE_ENVOY_TEMPLATE"))
             .expect("the Envoy template");
         let filter = env_path("TOLLGATE_FILTER_WASM");
@@ -428,6 +488,7 @@ impl Stack {
                 control_plane_port,
                 filter_wasm: filter.display().to_string(),
                 sync_token: SYNC_TOKEN.to_owned(),
+                control_plane_tls,
             },
         )
         .expect("the template renders");
@@ -453,6 +514,13 @@ impl Stack {
         if let Some(url) = &self.database_url {
             command.args(["--database-url", url]);
         }
+        if let Some(certificate) = &self.tls {
+            command
+                .arg("--tls-cert-file")
+                .arg(&certificate.cert_file)
+                .arg("--tls-key-file")
+                .arg(&certificate.key_file);
+        }
         command
             .args(&self.control_plane_args)
             .env("CONTROL_PLANE_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -468,7 +536,7 @@ impl Stack {
     pub async fn start_control_plane(&mut self) {
         let port = self.control_plane_port;
         let process = self.spawn_control_plane("the control plane", port, "control-plane.log");
-        self.control_plane = Some(until_ready(process, port, "/healthz").await);
+        self.control_plane = Some(self.until_control_plane_ready(process, port).await);
     }
 
     /// Starts another control plane on the same database, one Envoy does not
@@ -476,9 +544,32 @@ impl Stack {
     pub async fn start_replica(&mut self) -> u16 {
         let port = free_port();
         let process = self.spawn_control_plane("a replica", port, "replica.log");
-        self.replicas
-            .push(until_ready(process, port, "/healthz").await);
+        let ready = self.until_control_plane_ready(process, port).await;
+        self.replicas.push(ready);
         port
+    }
+
+    async fn until_control_plane_ready(&self, process: Process, port: u16) -> Process {
+        if self.tls.is_none() {
+            return until_ready(process, port, "/healthz").await;
+        }
+        // The plain-HTTP probe cannot speak TLS; the database is open and
+        // the certificate loaded before the port is bound, so a connection
+        // accepted there is a control plane ready to serve.
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let (process, ready) = tokio::task::spawn_blocking(move || {
+            let mut process = process;
+            let ready = process.wait_until(START_LIMIT, || {
+                Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+            });
+            (process, ready)
+        })
+        .await
+        .expect("the wait for readiness");
+        if let Err(e) = ready {
+            panic!("{e}");
+        }
+        process
     }
 
     /// Kills the control plane and waits until it is gone.
@@ -620,7 +711,7 @@ impl Stack {
     ) -> Reply {
         let mut req = self
             .client
-            .request(method, format!("http://127.0.0.1:{port}{path}"))
+            .request(method, self.control_plane_url(port, path))
             .bearer_auth(ADMIN_TOKEN);
         if let Some(body) = body {
             req = req.json(&body);

@@ -11,5 +11,6 @@ pub mod fault_proxy;
 pub mod harness;
 pub mod istio;
 pub mod registry;
+pub mod tls;
 
-pub use tollgate_launch::{render_envoy_config, EnvoyValues};
+pub use tollgate_launch::{render_envoy_config, ControlPlaneTls, EnvoyValues};

@@ -758,6 +758,7 @@ fn the_optional_stats_tag_rule_is_the_one_envoy_tollgate_yaml_has() {
             control_plane_port: 4,
             filter_wasm: "/filter.wasm".into(),
             sync_token: "token".into(),
+            control_plane_tls: None,
         },
     )
     .expect("envoy/tollgate.yaml renders");

@@ -136,6 +136,8 @@ pub fn up(args: &[String]) -> Result {
             control_plane_port: flags.control_plane_port,
             filter_wasm: filter_wasm().display().to_string(),
             sync_token: sync_token.clone(),
+            // Both on one host: plain HTTP over loopback.
+            control_plane_tls: None,
         },
     )?;
     let envoy_config = data_dir.join("envoy.yaml");

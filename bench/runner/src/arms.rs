@@ -141,6 +141,8 @@ fn tollgate(ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
             control_plane_port: inputs.control_plane_port,
             filter_wasm: inputs.filter_wasm.to_owned(),
             sync_token: inputs.sync_token.to_owned(),
+            // Both on loopback, as `cargo xtask up` runs them.
+            control_plane_tls: None,
         },
     )?;
     let route = "route: { cluster: upstream }";
