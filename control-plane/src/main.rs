@@ -13,7 +13,7 @@ use tollgate_control_plane::retention::RetentionArgs;
 use tollgate_control_plane::sealing::Sealer;
 use tollgate_control_plane::shares::Role;
 use tollgate_control_plane::throttle::{Rate, ThrottleConfig, DEFAULT_MAX_ENTRIES};
-use tollgate_control_plane::tls::{CertificateFiles, Https};
+use tollgate_control_plane::tls::{self, CertificateFiles, Https};
 use tollgate_control_plane::{
     allocation, app, db, outage, replicas, retention, store, webhooks, AppState,
 };
@@ -162,6 +162,12 @@ struct ServeArgs {
     /// that signed the replicas' certificates).
     #[arg(long, env = "CONTROL_PLANE_TLS_PEER_CA_FILE")]
     tls_peer_ca_file: Option<PathBuf>,
+    /// The name each replica's certificate is checked for when forwarding,
+    /// instead of the host in its advertised URL (on Kubernetes a pod IP,
+    /// which no certificate names; the Service's name, which all do).
+    /// Needs CONTROL_PLANE_TLS_PEER_CA_FILE.
+    #[arg(long, env = "CONTROL_PLANE_TLS_PEER_NAME")]
+    tls_peer_name: Option<String>,
     #[command(flatten)]
     retention: RetentionArgs,
 }
@@ -275,7 +281,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let https = CertificateFiles::from_flags(args.tls_cert_file.clone(), args.tls_key_file.clone())
         .and_then(|files| files.map(Https::load).transpose())
         .map_err(anyhow::Error::msg)?;
-    let peer_client = peer_client(args.tls_peer_ca_file.as_deref())?;
+    let peer_ca = args
+        .tls_peer_ca_file
+        .as_deref()
+        .map(|path| {
+            std::fs::read(path).with_context(|| {
+                format!(
+                    "cannot read CONTROL_PLANE_TLS_PEER_CA_FILE {}",
+                    path.display()
+                )
+            })
+        })
+        .transpose()?;
+    let peer_client = tls::peer_client(peer_ca.as_deref(), args.tls_peer_name.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let pool = args.db.open().await?;
     let throttle = args.throttle();
     let admin_token = token_or_generate(args.admin_token, "admin token", "tgadmin_")?;
@@ -387,31 +406,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("control plane stopped");
     Ok(())
-}
-
-/// The client a replica forwards reports with: the public roots, and the
-/// CA that signed the other replicas' certificates when it is private.
-fn peer_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).with_context(|| {
-            format!(
-                "cannot read CONTROL_PLANE_TLS_PEER_CA_FILE {}",
-                path.display()
-            )
-        })?;
-        let roots = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
-        if roots.is_empty() {
-            anyhow::bail!("{} holds no PEM certificate", path.display());
-        }
-        for root in roots {
-            builder = builder.add_root_certificate(root);
-        }
-    }
-    builder
-        .build()
-        .context("cannot build the HTTP client for the other replicas")
 }
 
 async fn shutdown_signal() {

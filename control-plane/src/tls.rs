@@ -19,12 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -347,6 +349,111 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// Checks the other replicas' certificates against one name, whatever
+/// address a replica advertises: on Kubernetes that is its pod's IP, which
+/// no certificate names, while every replica's certificate names the
+/// Service.
+#[derive(Debug)]
+struct PeerName {
+    chain: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for PeerName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.chain
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// The client a replica forwards reports to the allocating replica with.
+/// `ca_pem`: CA certificates trusted besides the public roots. `peer_name`:
+/// the name every replica's certificate must carry, checked instead of the
+/// host of the URL dialled; it needs `ca_pem`, which is then the only trust.
+pub fn peer_client(
+    ca_pem: Option<&[u8]>,
+    peer_name: Option<&str>,
+) -> Result<reqwest::Client, String> {
+    let roots = match ca_pem {
+        None => Vec::new(),
+        Some(pem) => {
+            let roots = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the peer CA file is not PEM: {e}"))?;
+            if roots.is_empty() {
+                return Err("the peer CA file has no CERTIFICATE block".into());
+            }
+            roots
+        }
+    };
+    let builder = reqwest::Client::builder();
+    let Some(name) = peer_name else {
+        let mut builder = builder;
+        for root in &roots {
+            let root = reqwest::Certificate::from_der(root)
+                .map_err(|e| format!("a peer CA certificate does not load: {e}"))?;
+            builder = builder.add_root_certificate(root);
+        }
+        return builder
+            .build()
+            .map_err(|e| format!("cannot build the client for the other replicas: {e}"));
+    };
+    if roots.is_empty() {
+        return Err("CONTROL_PLANE_TLS_PEER_NAME needs CONTROL_PLANE_TLS_PEER_CA_FILE: the CA that signed the replicas' certificates".into());
+    }
+    let name = ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("CONTROL_PLANE_TLS_PEER_NAME {name:?} is not a DNS name"))?;
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store
+            .add(root)
+            .map_err(|e| format!("a peer CA certificate does not load: {e}"))?;
+    }
+    let provider = provider();
+    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .build()
+        .map_err(|e| format!("cannot check the replicas' certificates: {e}"))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot configure TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerName { chain, name }))
+        .with_no_client_auth();
+    builder
+        .use_preconfigured_tls(config)
+        .build()
+        .map_err(|e| format!("cannot build the client for the other replicas: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +538,68 @@ mod tests {
             serving.current().end_entity_cert().unwrap(),
             &CertificateDer::from_pem_slice(&new_cert).unwrap()
         );
+    }
+
+    /// A CA's certificate (PEM), and a leaf it issued for `names` with the
+    /// leaf's key (PEM).
+    fn issued_by_a_ca(names: &[&str]) -> (String, String, String) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca_pem, leaf.pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn replicas_dialled_by_address_are_checked_for_the_peer_name() {
+        let service = "tollgate-control-plane.tollgate.svc";
+        let (ca, cert, key) = issued_by_a_ca(&[service]);
+        let dir = std::env::temp_dir().join(format!("tollgate-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = CertificateFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        };
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        let https = Https::load(files).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/healthz", tcp.local_addr().unwrap());
+        let listener = axum::serve::ListenerExt::tap_io(https.listen(tcp).unwrap(), |_| {});
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        // The certificate names the Service, not 127.0.0.1: only the client
+        // told the Service's name accepts it.
+        let by_name = peer_client(Some(ca.as_bytes()), Some(service)).unwrap();
+        let answer = by_name.get(&url).send().await.unwrap();
+        assert_eq!(answer.text().await.unwrap(), "ok");
+        let by_address = peer_client(Some(ca.as_bytes()), None).unwrap();
+        assert!(by_address.get(&url).send().await.is_err());
+        let other_name = peer_client(Some(ca.as_bytes()), Some("other.tollgate.svc")).unwrap();
+        assert!(other_name.get(&url).send().await.is_err());
+        // Another CA's client refuses it whatever the name.
+        let (other_ca, _, _) = issued_by_a_ca(&[service]);
+        let other_trust = peer_client(Some(other_ca.as_bytes()), Some(service)).unwrap();
+        assert!(other_trust.get(&url).send().await.is_err());
+
+        // A peer name with nothing to check it against, or that is no name.
+        let err = peer_client(None, Some(service)).unwrap_err();
+        assert!(
+            err.contains("needs CONTROL_PLANE_TLS_PEER_CA_FILE"),
+            "{err}"
+        );
+        let err = peer_client(Some(ca.as_bytes()), Some("not a name")).unwrap_err();
+        assert!(err.contains("not a DNS name"), "{err}");
+        assert!(peer_client(Some(b"nothing"), None).is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
