@@ -252,14 +252,27 @@ impl Stack {
     /// trusting that CA: the shipped template's TLS block, filled in. The
     /// harness's admin requests go over HTTPS too.
     pub async fn start_with_tls() -> Self {
-        let mut stack = Self::new();
-        let certificate = ControlPlaneCertificate::new(stack.dir.path());
-        stack.client = client_trusting(Some(certificate.ca.pem()));
-        stack.tls = Some(certificate);
+        let mut stack = Self::new().serving_https();
         stack.start_upstream().await;
         stack.start_control_plane().await;
         stack.start_envoy().await;
         stack
+    }
+
+    /// [`Stack::start_without_envoy`], the control plane serving HTTPS as
+    /// in [`Stack::start_with_tls`].
+    pub async fn start_without_envoy_with_tls() -> Self {
+        let mut stack = Self::new().serving_https();
+        stack.start_upstream().await;
+        stack.start_control_plane().await;
+        stack
+    }
+
+    fn serving_https(mut self) -> Self {
+        let certificate = ControlPlaneCertificate::new(self.dir.path());
+        self.client = client_trusting(Some(certificate.ca.pem()));
+        self.tls = Some(certificate);
+        self
     }
 
     /// Upstream and Envoy only: Envoy has never had config.

@@ -61,6 +61,9 @@ pub struct ManifestValues {
     pub database_url: String,
     /// The DNS name of a control plane outside the mesh.
     pub control_plane_host: String,
+    /// The CA that signed the control plane's certificate, PEM, base64 on
+    /// one line.
+    pub control_plane_ca_base64: String,
     pub gateway_namespace: String,
     pub gateway_name: String,
 }
@@ -81,6 +84,8 @@ impl ManifestValues {
                 "postgres://tollgate:secret@postgres.tollgate.svc.cluster.local:5432/tollgate"
                     .into(),
             control_plane_host: "tollgate.example.com".into(),
+            // Not a certificate: the manifests' checks only carry it along.
+            control_plane_ca_base64: "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==".into(),
             gateway_namespace: "gateways".into(),
             gateway_name: "api".into(),
         }
@@ -98,6 +103,7 @@ impl ManifestValues {
             "secrets_key" => &self.secrets_key,
             "database_url" => &self.database_url,
             "control_plane_host" => &self.control_plane_host,
+            "control_plane_ca_base64" => &self.control_plane_ca_base64,
             "gateway_namespace" => &self.gateway_namespace,
             "gateway_name" => &self.gateway_name,
             _ => return None,
@@ -877,6 +883,111 @@ pub struct SidecarValues {
     /// HTTP filters placed before the plugin's, each one YAML mapping (`name:`
     /// and `typed_config:`), for a test of a neighbouring filter.
     pub extra_filters: Vec<String>,
+    /// TLS to the control plane as `control-plane-tls.yaml` makes pilot set
+    /// it ([`sidecar_tls`]); `None`: plain HTTP.
+    pub control_plane_tls: Option<SidecarTls>,
+}
+
+/// What pilot makes of `envoy/istio/control-plane-tls.yaml`'s
+/// DestinationRule for the control plane's cluster (`constructUpstreamTLS`
+/// and `ApplyCustomSDSToClientCommonTLSContext` in 1.29): SNI, the names
+/// checked, and the CA as the SDS secret `kubernetes://<credentialName>-cacert`.
+/// istiod serves that secret from the Secret's `ca.crt` over ADS; here it is
+/// a static secret in the bootstrap, read from a file, under the same name.
+#[derive(Debug, Clone)]
+pub struct SidecarTls {
+    pub sni: String,
+    pub subject_alt_names: Vec<String>,
+    pub ca_secret_name: String,
+    pub ca_file: PathBuf,
+}
+
+/// [`SidecarTls`] from the rendered `control-plane-tls.yaml`, the CA written
+/// into `dir`.
+pub fn sidecar_tls(rendered: &str, dir: &Path) -> Result<SidecarTls, String> {
+    use base64::Engine;
+    let docs = yaml_documents(rendered)?;
+    let find = |kind: &str, name: Option<&str>| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && name.is_none_or(|n| d["metadata"]["name"] == n))
+            .ok_or_else(|| format!("no {kind} {}", name.unwrap_or_default()))
+    };
+    let rule = find("DestinationRule", None)?;
+    let setting = rule
+        .pointer("/spec/trafficPolicy/portLevelSettings/0/tls")
+        .ok_or("the DestinationRule sets no TLS")?;
+    let text = |field: &str| {
+        setting[field]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the DestinationRule's tls has no {field}"))
+    };
+    if text("mode")? != "SIMPLE" {
+        return Err("only mode SIMPLE is emulated".into());
+    }
+    let credential = text("credentialName")?;
+    let secret = find("Secret", Some(&credential))?;
+    let ca = secret["data"]["ca.crt"]
+        .as_str()
+        .ok_or_else(|| format!("the Secret {credential} has no data.ca.crt"))?;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(ca)
+        .map_err(|e| format!("the Secret's ca.crt is not base64: {e}"))?;
+    let ca_secret_name = format!("kubernetes://{credential}-cacert");
+    let ca_file = dir.join(format!("{credential}-cacert.pem"));
+    std::fs::write(&ca_file, ca).map_err(|e| format!("cannot write the CA: {e}"))?;
+    let subject_alt_names = setting["subjectAltNames"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(SidecarTls {
+        sni: text("sni")?,
+        subject_alt_names,
+        ca_secret_name,
+        ca_file,
+    })
+}
+
+/// The control plane cluster's `transport_socket` and the bootstrap's
+/// `secrets` for `tls`, each one line of YAML (JSON) at its indentation.
+fn sidecar_tls_lines(tls: &SidecarTls) -> (String, String) {
+    let socket = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.sni,
+            "common_tls_context": {
+                // pilot's defaultUpstreamCommonTLSContext.
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_2",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                },
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_subject_alt_names": tls
+                            .subject_alt_names
+                            .iter()
+                            .map(|name| json!({"exact": name}))
+                            .collect::<Vec<_>>(),
+                    },
+                    "validation_context_sds_secret_config": { "name": tls.ca_secret_name },
+                },
+            },
+        },
+    });
+    let secret = json!({
+        "name": tls.ca_secret_name,
+        "validation_context": { "trusted_ca": { "filename": tls.ca_file.display().to_string() } },
+    });
+    (
+        format!("    transport_socket: {socket}\n"),
+        format!("  secrets: [{secret}]\n"),
+    )
 }
 
 const SIDECAR_TEMPLATE: &str = r#"# An Envoy shaped like an Istio sidecar for one WasmPlugin: a node id and
@@ -890,6 +1001,7 @@ admin:
   address:
     socket_address: { address: 127.0.0.1, port_value: {{admin_port}} }
 static_resources:
+{{secrets}}
   listeners:
   - name: virtualInbound
     address:
@@ -935,6 +1047,7 @@ static_resources:
   - name: "{{control_plane_cluster}}"
     type: STATIC
     connect_timeout: 1s
+{{control_plane_transport_socket}}
     load_assignment:
       cluster_name: "{{control_plane_cluster}}"
       endpoints:
@@ -958,7 +1071,14 @@ pub fn sidecar_bootstrap(values: &SidecarValues) -> String {
         }
     }
     let quoted = |s: &str| Value::String(s.to_owned()).to_string();
+    let (socket, secrets) = values
+        .control_plane_tls
+        .as_ref()
+        .map(sidecar_tls_lines)
+        .unwrap_or_default();
     SIDECAR_TEMPLATE
+        .replace("{{secrets}}\n", &secrets)
+        .replace("{{control_plane_transport_socket}}\n", &socket)
         .replace("{{node_id}}", SIDECAR_NODE_ID)
         .replace("{{node_cluster}}", SIDECAR_NODE_CLUSTER)
         .replace("{{admin_port}}", &values.admin_port.to_string())
@@ -1280,6 +1400,7 @@ mod tests {
             extra_filters: vec![
                 "name: envoy.filters.http.header_mutation\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n".into(),
             ],
+            control_plane_tls: None,
         };
         let text = sidecar_bootstrap(&values);
         assert!(placeholders(&text).is_empty(), "{text}");
@@ -1330,6 +1451,71 @@ mod tests {
         let filters = &docs[0]["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
             [0]["typed_config"]["http_filters"];
         assert_eq!(filters.as_array().unwrap().len(), 2);
+        assert!(docs[0]["static_resources"].get("secrets").is_none());
+        assert!(docs[0]["static_resources"]["clusters"][1]
+            .get("transport_socket")
+            .is_none());
+    }
+
+    #[test]
+    fn the_control_plane_cluster_gets_the_tls_pilot_makes_of_the_shipped_destination_rule() {
+        let template = include_str!("../../envoy/istio/control-plane-tls.yaml");
+        let values = ManifestValues::example(&"0".repeat(64));
+        let rendered = render_manifest(template, &values).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tls = sidecar_tls(&rendered, dir.path()).unwrap();
+        assert_eq!(tls.sni, "tollgate-control-plane.tollgate.svc");
+        assert_eq!(
+            tls.subject_alt_names,
+            ["tollgate-control-plane.tollgate.svc"]
+        );
+        assert_eq!(
+            tls.ca_secret_name,
+            "kubernetes://tollgate-control-plane-ca-cacert"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&tls.ca_file).unwrap(),
+            "-----BEGIN CERTIFICATE-----\n"
+        );
+
+        let text = sidecar_bootstrap(&SidecarValues {
+            admin_port: 15000,
+            listener_port: 15006,
+            upstream_port: 8000,
+            control_plane_port: 18080,
+            ecds_path: PathBuf::from("/tmp/x/ecds.yaml"),
+            filter_name: "f".into(),
+            extra_filters: vec![],
+            control_plane_tls: Some(tls.clone()),
+        });
+        let bootstrap = &yaml_documents(&text).unwrap()[0];
+        let resources = &bootstrap["static_resources"];
+        assert_eq!(
+            resources["secrets"],
+            json!([{
+                "name": tls.ca_secret_name,
+                "validation_context": {"trusted_ca": {"filename": tls.ca_file.display().to_string()}}
+            }])
+        );
+        let cluster = &resources["clusters"][1];
+        assert_eq!(cluster["name"], CONTROL_PLANE_CLUSTER);
+        let context = &cluster["transport_socket"]["typed_config"];
+        assert_eq!(context["sni"], "tollgate-control-plane.tollgate.svc");
+        let validation = &context["common_tls_context"]["combined_validation_context"];
+        assert_eq!(
+            validation["default_validation_context"]["match_subject_alt_names"],
+            json!([{"exact": "tollgate-control-plane.tollgate.svc"}])
+        );
+        assert_eq!(
+            validation["validation_context_sds_secret_config"]["name"],
+            tls.ca_secret_name
+        );
+
+        // A rule that does not originate TLS with a CA is not emulated.
+        let plain = rendered.replace("mode: SIMPLE", "mode: DISABLE");
+        assert!(sidecar_tls(&plain, dir.path()).is_err());
+        let no_ca = rendered.replace("ca.crt:", "other:");
+        assert!(sidecar_tls(&no_ca, dir.path()).is_err());
     }
 
     #[test]

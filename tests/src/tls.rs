@@ -9,8 +9,12 @@ use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, Issu
 
 /// The name the control plane's certificate is for: Envoy sends it as SNI
 /// and checks it. The certificate also names 127.0.0.1, which the harness
-/// dials.
+/// dials, and the Service name the Kubernetes manifests check
+/// ([`CONTROL_PLANE_SERVICE_NAME`]).
 pub const CONTROL_PLANE_NAME: &str = "localhost";
+/// The control plane's name in the Kubernetes manifests
+/// (`envoy/istio/control-plane-tls.yaml`).
+pub const CONTROL_PLANE_SERVICE_NAME: &str = "tollgate-control-plane.tollgate.svc";
 
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
@@ -74,7 +78,9 @@ impl ControlPlaneCertificate {
     /// the old one, certificate first, as a renewal does; returns the
     /// certificate, DER.
     pub fn renew(&self) -> Vec<u8> {
-        let (cert, key) = self.ca.issue(&[CONTROL_PLANE_NAME, "127.0.0.1"]);
+        let (cert, key) =
+            self.ca
+                .issue(&[CONTROL_PLANE_NAME, CONTROL_PLANE_SERVICE_NAME, "127.0.0.1"]);
         std::fs::write(&self.cert_file, cert.pem()).expect("write the certificate");
         std::fs::write(&self.key_file, key).expect("write the key");
         cert.der().to_vec()

@@ -1,8 +1,10 @@
 //! Tollgate as Istio runs it: one HTTP filter delivered over ECDS from the
 //! `WasmPlugin` users copy (`envoy/istio/wasmplugin.yaml`), no bootstrap
 //! extension, the empty `vm_id`, Istio's cluster names, the configuration as
-//! a `StringValue` of pilot's JSON, and the module pulled by tag from a
-//! loopback `docker-registry` into which `cargo xtask image --push` put it.
+//! a `StringValue` of pilot's JSON, the module pulled by tag from a
+//! loopback `docker-registry` into which `cargo xtask image --push` put it,
+//! and the control plane reached over TLS as `control-plane-tls.yaml`'s
+//! DestinationRule has it (SNI, the name checked, the CA as an SDS secret).
 //!
 //! Envoy runs with 2 workers, so three root contexts (two workers and the
 //! main thread) contend for the lead. The tests check what a mesh user
@@ -21,8 +23,9 @@ use tollgate_e2e::harness::{
     env_path, eventually, free_port, unique_name, xtask_image, Reply, Stack, SYNC_TOKEN,
 };
 use tollgate_e2e::istio::{
-    ecds_resource_name, ecds_response, render_manifest, sidecar_bootstrap, wasm_plugin,
-    write_atomically, FailurePolicy, ManifestValues, SidecarValues, WasmPlugin,
+    ecds_resource_name, ecds_response, render_manifest, sidecar_bootstrap, sidecar_tls,
+    wasm_plugin, write_atomically, FailurePolicy, ManifestValues, SidecarTls, SidecarValues,
+    WasmPlugin,
 };
 use tollgate_e2e::registry::{pull_wasm, Registry};
 
@@ -43,6 +46,28 @@ fn the_shipped_wasm_plugin(image: &str, digest: &str) -> WasmPlugin {
     };
     let rendered = render_manifest(&template, &values).expect("the manifest renders");
     wasm_plugin(&rendered).expect("the manifest is a WasmPlugin")
+}
+
+/// What pilot would make of `envoy/istio/control-plane-tls.yaml`, rendered
+/// with the CA of the stack's control plane: the sidecar reaches it over
+/// TLS, checking its name and that CA.
+fn the_shipped_control_plane_tls(stack: &Stack) -> SidecarTls {
+    use base64::Engine;
+    let certificate = stack
+        .tls
+        .as_ref()
+        .expect("the control plane serves HTTPS, as the manifests have it");
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/istio/control-plane-tls.yaml"),
+    )
+    .expect("envoy/istio/control-plane-tls.yaml");
+    let values = ManifestValues {
+        control_plane_ca_base64: base64::engine::general_purpose::STANDARD
+            .encode(certificate.ca.pem()),
+        ..ManifestValues::example(&"0".repeat(64))
+    };
+    let rendered = render_manifest(&template, &values).expect("the manifest renders");
+    sidecar_tls(&rendered, stack.dir.path()).expect("the DestinationRule's TLS")
 }
 
 /// An Istio-shaped Envoy for `plugin` with the module at `wasm`, and the
@@ -79,6 +104,7 @@ impl Sidecar {
             ecds_path: sidecar.ecds.clone(),
             filter_name: ecds_resource_name(plugin),
             extra_filters,
+            control_plane_tls: Some(the_shipped_control_plane_tls(stack)),
         });
         let path = stack.dir.path().join(format!("{}.yaml", sidecar.name));
         std::fs::write(&path, bootstrap).expect("bootstrap file");
@@ -249,7 +275,7 @@ async fn most_polls_open(stack: &Stack, for_how_long: Duration) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_istio_shaped_envoy_runs_the_pulled_filter_exactly_and_leaves_its_neighbour_alone() {
     let registry = Registry::start().await;
-    let mut stack = Stack::start_without_envoy().await;
+    let mut stack = Stack::start_without_envoy_with_tls().await;
     let (plugin, module) =
         push_and_pull(&stack, &registry, &env_path("TOLLGATE_FILTER_WASM")).await;
     assert!(
@@ -367,7 +393,7 @@ async fn an_istio_shaped_envoy_runs_the_pulled_filter_exactly_and_leaves_its_nei
 async fn the_lead_moves_on_when_its_root_context_is_replaced_or_its_vm_crashes_and_counts_stay_exact(
 ) {
     let registry = Registry::start().await;
-    let mut stack = Stack::start_without_envoy().await;
+    let mut stack = Stack::start_without_envoy_with_tls().await;
     let (mut plugin, module) = push_and_pull(
         &stack,
         &registry,

@@ -254,6 +254,13 @@ fn every_manifest_renders_with_the_built_image_digest_and_every_document_parses(
             ],
         ),
         (
+            "istio/control-plane-tls.yaml",
+            vec![
+                ("v1", "Secret"),
+                ("networking.istio.io/v1", "DestinationRule"),
+            ],
+        ),
+        (
             "istio/external-control-plane.yaml",
             vec![
                 ("networking.istio.io/v1", "ServiceEntry"),
@@ -270,6 +277,7 @@ fn every_manifest_renders_with_the_built_image_digest_and_every_document_parses(
                 ("gateway.networking.k8s.io/v1", "HTTPRoute"),
                 ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"),
                 ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
+                ("gateway.networking.k8s.io/v1", "BackendTLSPolicy"),
             ],
         ),
         (
@@ -505,11 +513,17 @@ fn the_control_plane_runs_as_one_sqlite_writer_or_several_postgres_replicas() {
             at(container, "/securityContext/readOnlyRootFilesystem"),
             &json!(true)
         );
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(
+                at(container, &format!("/{probe}/httpGet")),
+                &json!({"path": "/healthz", "port": "https", "scheme": "HTTPS"}),
+                "{name}"
+            );
+        }
         assert_eq!(
-            str_at(container, "/readinessProbe/httpGet/path"),
-            "/healthz"
+            at(container, "/ports/0"),
+            &json!({"name": "https", "containerPort": 8080})
         );
-        assert_eq!(at(container, "/ports/0/containerPort"), &json!(8080));
 
         // Every secret key the container reads is in the Secret.
         let secret = doc(manifest, "Secret", "tollgate-control-plane");
@@ -530,8 +544,22 @@ fn the_control_plane_runs_as_one_sqlite_writer_or_several_postgres_replicas() {
             env["CONTROL_PLANE_SECRETS_KEY"], "secret:secrets-key",
             "{name}"
         );
+        // HTTPS only, from the certificate Secret, mounted where the
+        // variables point.
+        let (tls_dir, secret_name) = tls_mount(deployment, container);
+        assert_eq!(secret_name, CONTROL_PLANE_TLS_SECRET, "{name}");
+        assert_eq!(
+            env["CONTROL_PLANE_TLS_CERT_FILE"],
+            format!("{tls_dir}/tls.crt"),
+            "{name}"
+        );
+        assert_eq!(
+            env["CONTROL_PLANE_TLS_KEY_FILE"],
+            format!("{tls_dir}/tls.key"),
+            "{name}"
+        );
 
-        // The Service selects these pods on the port named http.
+        // The Service selects these pods on the port named https.
         let service = doc(manifest, "Service", "tollgate-control-plane");
         assert_eq!(
             at(service, "/spec/selector"),
@@ -539,7 +567,7 @@ fn the_control_plane_runs_as_one_sqlite_writer_or_several_postgres_replicas() {
         );
         assert_eq!(
             at(service, "/spec/ports/0"),
-            &json!({"name": "http", "appProtocol": "http", "port": 8080, "targetPort": "http"})
+            &json!({"name": "https", "appProtocol": "https", "port": 8080, "targetPort": "https"})
         );
     }
 
@@ -552,7 +580,12 @@ fn the_control_plane_runs_as_one_sqlite_writer_or_several_postgres_replicas() {
         .expect("mounts")
         .iter()
         .any(|m| m["mountPath"] == "/data" && m["name"] == "data"));
-    let volume = at(deployment, "/spec/template/spec/volumes/0");
+    let volume = at(deployment, "/spec/template/spec/volumes")
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "data")
+        .expect("a volume named data");
     let claim = str_at(volume, "/persistentVolumeClaim/claimName");
     doc(sqlite, "PersistentVolumeClaim", claim);
 
@@ -562,11 +595,83 @@ fn the_control_plane_runs_as_one_sqlite_writer_or_several_postgres_replicas() {
     assert_eq!(env["CONTROL_PLANE_DATABASE_URL"], "secret:database-url");
     // The replica that allocates shares is reached at its pod's address.
     assert_eq!(env["POD_IP"], "field:status.podIP");
-    assert_eq!(env["CONTROL_PLANE_ADVERTISE_URL"], "http://$(POD_IP):8080");
+    // Over HTTPS too, each replica's certificate checked for the Service's
+    // name (no certificate names a pod's address) against the same CA.
+    assert_eq!(env["CONTROL_PLANE_ADVERTISE_URL"], "https://$(POD_IP):8080");
+    let (deployment, container) = control_plane_container(postgres);
+    let (tls_dir, _) = tls_mount(deployment, container);
+    assert_eq!(
+        env["CONTROL_PLANE_TLS_PEER_CA_FILE"],
+        format!("{tls_dir}/ca.crt")
+    );
+    assert_eq!(env["CONTROL_PLANE_TLS_PEER_NAME"], CONTROL_PLANE_TLS_NAME);
     let secret = doc(postgres, "Secret", "tollgate-control-plane");
     assert_eq!(
         str_at(secret, "/stringData/database-url"),
         rendered().values.database_url
+    );
+}
+
+/// The Secret the control plane serves HTTPS from, and the name its
+/// certificate is for.
+const CONTROL_PLANE_TLS_SECRET: &str = "tollgate-control-plane-tls";
+const CONTROL_PLANE_TLS_NAME: &str = "tollgate-control-plane.tollgate.svc";
+
+/// Where the container mounts its certificate Secret, and that Secret's name.
+fn tls_mount<'a>(deployment: &'a Value, container: &'a Value) -> (&'a str, &'a str) {
+    let mount = at(container, "/volumeMounts")
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .expect("a mount named tls");
+    assert_eq!(mount["readOnly"], true);
+    let volume = at(deployment, "/spec/template/spec/volumes")
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .expect("a volume named tls");
+    (
+        str_at(mount, "/mountPath"),
+        str_at(volume, "/secret/secretName"),
+    )
+}
+
+#[test]
+fn sidecars_reach_the_control_plane_over_tls_checking_its_name_and_ca() {
+    let values = &rendered().values;
+    let manifest = file("istio/control-plane-tls.yaml");
+    let service = doc(
+        file("istio/control-plane.yaml"),
+        "Service",
+        "tollgate-control-plane",
+    );
+    let rule = doc(manifest, "DestinationRule", "tollgate-control-plane");
+    // The workload's namespace, for its own sidecars: where Istio lets a
+    // sidecar read a credentialName Secret.
+    assert_eq!(str_at(rule, "/metadata/namespace"), values.app_namespace);
+    assert_eq!(
+        at(rule, "/spec/workloadSelector/matchLabels"),
+        &json!({"app": values.app})
+    );
+    // The host and port of the cluster the filter calls.
+    let port = &service["spec"]["ports"][0]["port"];
+    assert_eq!(
+        CONTROL_PLANE_CLUSTER,
+        format!("outbound|{port}||{}", str_at(rule, "/spec/host"))
+    );
+    let setting = at(rule, "/spec/trafficPolicy/portLevelSettings/0");
+    assert_eq!(&setting["port"]["number"], port);
+    let tls = &setting["tls"];
+    assert_eq!(tls["mode"], "SIMPLE");
+    assert_eq!(tls["sni"], CONTROL_PLANE_TLS_NAME);
+    assert_eq!(tls["subjectAltNames"], json!([CONTROL_PLANE_TLS_NAME]));
+    let secret = doc(manifest, "Secret", str_at(tls, "/credentialName"));
+    assert_eq!(str_at(secret, "/metadata/namespace"), values.app_namespace);
+    assert_eq!(
+        str_at(secret, "/data/ca.crt"),
+        values.control_plane_ca_base64
     );
 }
 
@@ -591,6 +696,8 @@ fn an_external_control_plane_gets_a_cluster_that_originates_tls() {
     assert_eq!(setting["port"]["number"], port["number"]);
     assert_eq!(setting["tls"]["mode"], "SIMPLE");
     assert_eq!(setting["tls"]["sni"], json!(host));
+    // Without it Istio takes a certificate for any name the roots signed.
+    assert_eq!(setting["tls"]["subjectAltNames"], json!([host]));
 
     // The cluster to put in sync.cluster, as the header says.
     let cluster = format!("outbound|{}||{host}", port["number"]);
@@ -690,6 +797,29 @@ fn the_envoy_gateway_policy_loads_the_same_image_and_configuration_through_a_clu
     assert_eq!(
         str_at(security, "/spec/authorization/defaultAction"),
         "Deny"
+    );
+    // The route's cluster speaks TLS to the Service's port, checking the
+    // control plane's name against the CA in the Secret it serves from.
+    let backend_tls = doc(routes, "BackendTLSPolicy", "tollgate-control-plane");
+    assert_eq!(
+        str_at(backend_tls, "/metadata/namespace"),
+        str_at(service, "/metadata/namespace")
+    );
+    assert_eq!(
+        at(backend_tls, "/spec/targetRefs"),
+        &json!([{
+            "group": "",
+            "kind": "Service",
+            "name": service["metadata"]["name"],
+            "sectionName": service["spec"]["ports"][0]["name"],
+        }])
+    );
+    assert_eq!(
+        at(backend_tls, "/spec/validation"),
+        &json!({
+            "caCertificateRefs": [{"group": "", "kind": "Secret", "name": CONTROL_PLANE_TLS_SECRET}],
+            "hostname": CONTROL_PLANE_TLS_NAME,
+        })
     );
     let grant = doc(routes, "ReferenceGrant", "tollgate-control-plane");
     assert_eq!(str_at(grant, "/metadata/namespace"), "tollgate");
