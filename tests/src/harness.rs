@@ -259,6 +259,19 @@ impl Stack {
         stack
     }
 
+    /// [`Stack::start_with_database`], serving HTTPS as in
+    /// [`Stack::start_with_tls`]: replicas forward to the one that allocates
+    /// over HTTPS, checking its certificate for [`CONTROL_PLANE_NAME`]
+    /// against the test's CA, as the Kubernetes manifests configure them.
+    pub async fn start_with_database_and_tls(database_url: &str) -> Self {
+        let mut stack = Self::new().serving_https();
+        stack.database_url = Some(database_url.to_owned());
+        stack.start_upstream().await;
+        stack.start_control_plane().await;
+        stack.start_envoy().await;
+        stack
+    }
+
     /// [`Stack::start_without_envoy`], the control plane serving HTTPS as
     /// in [`Stack::start_with_tls`].
     pub async fn start_without_envoy_with_tls() -> Self {
@@ -532,7 +545,10 @@ impl Stack {
                 .arg("--tls-cert-file")
                 .arg(&certificate.cert_file)
                 .arg("--tls-key-file")
-                .arg(&certificate.key_file);
+                .arg(&certificate.key_file)
+                .arg("--tls-peer-ca-file")
+                .arg(&certificate.ca_file)
+                .args(["--tls-peer-name", CONTROL_PLANE_NAME]);
         }
         command
             .args(&self.control_plane_args)

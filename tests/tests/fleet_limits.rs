@@ -285,9 +285,14 @@ async fn a_quota_of_50_hammered_through_three_envoys_admits_exactly_50() {
 /// A stack on a fresh PostgreSQL database with two replicas, and an Envoy
 /// syncing from and reporting to each: the stack's own, and one on the
 /// second replica only. Returns the stack and the two Envoys' ports.
-async fn two_envoys_on_two_replicas(database: &str) -> (Stack, [u16; 2]) {
+/// `tls`: every hop over HTTPS, the replicas' forwarding included.
+async fn two_envoys_on_two_replicas(database: &str, tls: bool) -> (Stack, [u16; 2]) {
     let url = fresh_postgres_database(database);
-    let mut stack = Stack::start_with_database(&url).await;
+    let mut stack = if tls {
+        Stack::start_with_database_and_tls(&url).await
+    } else {
+        Stack::start_with_database(&url).await
+    };
     let other = stack.start_replica().await;
     let (port, admin_port) = (free_port(), free_port());
     let config = stack.envoy_config(port, admin_port, stack.upstream_port, other);
@@ -300,13 +305,16 @@ async fn two_envoys_on_two_replicas(database: &str) -> (Stack, [u16; 2]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quota_of_50_hammered_through_envoys_on_two_replicas_admits_exactly_50() {
-    let (stack, ports) = two_envoys_on_two_replicas("fleet_limits_replicas_quota").await;
+    let (stack, ports) = two_envoys_on_two_replicas("fleet_limits_replicas_quota", false).await;
     hammer_a_quota_of_50(&stack, &ports, "two Envoys on two replicas").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn envoys_reporting_to_two_replicas_hold_one_rate_limit_together() {
-    let (stack, ports) = two_envoys_on_two_replicas("fleet_limits_replicas").await;
+    // Over HTTPS, as the Kubernetes manifests run them: the second replica
+    // forwards its Envoy's reports to the one that allocates, which it
+    // reaches at https://127.0.0.1:<port>, checking the certificate.
+    let (stack, ports) = two_envoys_on_two_replicas("fleet_limits_replicas", true).await;
     let limit = json!({"name": "per-second", "max": RATE, "window_seconds": 1, "burst": BURST});
     let (_, key) = stack.tenant_with_key(limit).await;
     until_passing(&stack, &ports, &key).await;
@@ -317,4 +325,13 @@ async fn envoys_reporting_to_two_replicas_hold_one_rate_limit_together() {
     // Envoy would admit about twice this.
     assert!(h.total() <= bound(h.elapsed, 2), "{h:?}");
     assert!(h.admitted.iter().all(|&n| n > 0), "{h:?}");
+    // Every forwarded report got through.
+    for log in ["control-plane", "replica"] {
+        let text = stack.log(log);
+        assert!(
+            !text.contains("cannot reach the allocator")
+                && !text.contains("refused a forwarded report"),
+            "{log}: {text}"
+        );
+    }
 }
