@@ -281,6 +281,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let https = CertificateFiles::from_flags(args.tls_cert_file.clone(), args.tls_key_file.clone())
         .and_then(|files| files.map(Https::load).transpose())
         .map_err(anyhow::Error::msg)?;
+    let scheme = if https.is_some() { "https" } else { "http" };
     let peer_ca = args
         .tls_peer_ca_file
         .as_deref()
@@ -361,10 +362,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Perhaps one of several replicas: none leases until it knows
         // whether it is the one that allocates.
         state.leasing.set_role(Role::Follower(String::new()));
-        let advertise = args.advertise_url.unwrap_or_else(|| {
-            let scheme = if https.is_some() { "https" } else { "http" };
-            format!("{scheme}://{}", args.addr)
-        });
+        let advertise = args
+            .advertise_url
+            .unwrap_or_else(|| format!("{scheme}://{}", args.addr));
         tokio::spawn(allocation::contend(state.clone(), url.clone(), advertise));
         tokio::spawn(outage::watch(state.clone(), url.clone()));
         tokio::spawn(replicas::follow(state.clone(), url));
@@ -379,7 +379,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let scheme = if https.is_some() { "https" } else { "http" };
     tracing::info!(addr = %args.addr, scheme, config_version = version, "control plane listening");
     let shutting_down = state.shutting_down.clone();
     let stopping = async move {
