@@ -57,11 +57,120 @@ pub trait Host: SharedStore {
     fn stat(&self, event: crate::metrics::Event);
 }
 
+/// What a host call does, for the count the `host-call-counts` build keeps
+/// ([`counts`]); in the shipped build [`note`] is empty and this is unused
+/// at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    SharedGet,
+    SharedSet,
+    Clock,
+    Property,
+    HeaderRead,
+    HeaderWrite,
+    LocalReply,
+    /// Logs, stats, calls out, queues, buffers, timers.
+    Other,
+}
+
+/// Counts one host call of `kind` (the `host-call-counts` build only).
+#[inline(always)]
+fn note(kind: Kind) {
+    #[cfg(feature = "host-call-counts")]
+    counts::note(kind);
+    #[cfg(not(feature = "host-call-counts"))]
+    let _ = kind;
+}
+
+/// Every host call counted by [`Kind`], in the `host-call-counts` build:
+/// a request's calls are added up callback by callback (so that the root
+/// context's ticks, which run between them, are not), and when the stream
+/// ends Envoy's stats get one count per request under
+/// `tollgate_test.host_calls.<outcome>.<kind>.<n>`: how many requests with
+/// that outcome made `n` calls of that kind (`total` for all kinds).
+/// `tests/tests/host_calls.rs` reads them.
+#[cfg(feature = "host-call-counts")]
+pub mod counts {
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::types::MetricType;
+
+    use super::Kind;
+
+    pub const KINDS: usize = 8;
+    pub type Calls = [u64; KINDS];
+
+    const NAMES: [&str; KINDS] = [
+        "shared_get",
+        "shared_set",
+        "clock",
+        "property",
+        "header_read",
+        "header_write",
+        "local_reply",
+        "other",
+    ];
+
+    thread_local! {
+        static CALLS: Cell<Calls> = const { Cell::new([0; KINDS]) };
+        static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    }
+
+    pub(super) fn note(kind: Kind) {
+        CALLS.with(|calls| {
+            let mut now = calls.get();
+            if let Some(n) = now.get_mut(kind as usize) {
+                *n += 1;
+            }
+            calls.set(now);
+        });
+    }
+
+    /// The calls counted so far in this VM.
+    pub fn now() -> Calls {
+        CALLS.with(Cell::get)
+    }
+
+    /// Adds the calls made since `before` to `into`.
+    pub fn add_since(before: Calls, into: &mut Calls) {
+        for ((into, now), before) in into.iter_mut().zip(now()).zip(before) {
+            *into += now.saturating_sub(before);
+        }
+    }
+
+    fn bump(name: String) {
+        // Straight to the SDK: these calls are the count's own, not the request's.
+        let id = IDS.with(|ids| {
+            if let Some(id) = ids.borrow().get(&name) {
+                return Some(*id);
+            }
+            let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
+            ids.borrow_mut().insert(name, id);
+            Some(id)
+        });
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    /// Records one request's `calls` under `outcome`.
+    pub fn record(outcome: &str, calls: &Calls) {
+        let total: u64 = calls.iter().sum();
+        bump(format!("tollgate_test.host_calls.{outcome}.total.{total}"));
+        for (name, n) in NAMES.iter().zip(calls) {
+            bump(format!("tollgate_test.host_calls.{outcome}.{name}.{n}"));
+        }
+    }
+}
+
 /// Envoy, the real host.
 pub struct Proxy;
 
 impl SharedStore for Proxy {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        note(Kind::SharedGet);
         match hostcalls::get_shared_data(key) {
             Ok((Some(bytes), Some(cas))) if !bytes.is_empty() => Some((bytes, cas)),
             _ => None,
@@ -69,6 +178,7 @@ impl SharedStore for Proxy {
     }
 
     fn set(&self, key: &str, value: Option<&[u8]>, cas: Option<u32>) -> Result<(), SetError> {
+        note(Kind::SharedSet);
         hostcalls::set_shared_data(key, value, cas).map_err(|status| match status {
             Status::CasMismatch => SetError::CasMismatch,
             other => SetError::Host(format!("{other:?}")),
@@ -93,6 +203,7 @@ impl Host for Proxy {
             headers.push(("content-type", "application/json"));
         }
         headers.extend(call.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        note(Kind::Other);
         hostcalls::dispatch_http_call(
             call.cluster,
             headers,
@@ -104,10 +215,12 @@ impl Host for Proxy {
     }
 
     fn enqueue(&self, queue: u32, bytes: &[u8]) -> bool {
+        note(Kind::Other);
         hostcalls::enqueue_shared_queue(queue, Some(bytes)).is_ok()
     }
 
     fn dequeue(&self, queue: u32) -> Option<Vec<u8>> {
+        note(Kind::Other);
         hostcalls::dequeue_shared_queue(queue).ok().flatten()
     }
 
@@ -125,17 +238,20 @@ impl Host for Proxy {
     }
 
     fn property(&self, path: &[&str]) -> Option<String> {
+        note(Kind::Property);
         let raw = hostcalls::get_property(path.to_vec()).ok()??;
         String::from_utf8(raw).ok()
     }
 }
 
 pub fn log(level: LogLevel, message: &str) {
+    note(Kind::Other);
     let _ = hostcalls::log(level, message);
 }
 
 /// Host wall-clock time in Unix milliseconds, or `None` if the host will not say.
 pub fn now_ms() -> Option<u64> {
+    note(Kind::Clock);
     let now = hostcalls::get_current_time().ok()?;
     let since = now.duration_since(std::time::UNIX_EPOCH).ok()?;
     u64::try_from(since.as_millis()).ok()
@@ -143,6 +259,7 @@ pub fn now_ms() -> Option<u64> {
 
 /// The plugin configuration's bytes (empty when there is none).
 pub fn plugin_configuration() -> Vec<u8> {
+    note(Kind::Other);
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
         .ok()
         .flatten()
@@ -156,12 +273,14 @@ pub fn env_var(name: &str) -> Option<String> {
 }
 
 pub fn set_tick_period(period: Duration) -> bool {
+    note(Kind::Other);
     hostcalls::set_tick_period(period).is_ok()
 }
 
 /// The shared queue called `name` in this VM's `vm_id`, created if absent.
 /// Registering an existing queue keeps what it holds.
 pub fn register_queue(name: &str) -> Option<u32> {
+    note(Kind::Other);
     hostcalls::register_shared_queue(name).ok()
 }
 
@@ -186,10 +305,12 @@ pub fn call_answer(body_size: usize) -> Answer {
             body: Vec::new(),
         };
     }
+    note(Kind::Other);
     let status = raw::header_value(MapType::HttpCallResponseHeaders, ":status")
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
     let body = match status {
         Some(_) if body_size > 0 => {
+            note(Kind::Other);
             raw::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
         }
         _ => Vec::new(),
@@ -199,6 +320,7 @@ pub fn call_answer(body_size: usize) -> Answer {
 
 /// The downstream peer, from Envoy's `source.address` attribute (`ip:port`).
 pub fn client_ip() -> Option<std::net::IpAddr> {
+    note(Kind::Property);
     let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
     let text = std::str::from_utf8(&raw).ok()?;
     text.parse::<std::net::SocketAddr>()
@@ -215,6 +337,7 @@ pub fn send_local_reply(
     body: &[u8],
     grpc_status: Option<u32>,
 ) -> bool {
+    note(Kind::LocalReply);
     let sent = raw::send_local_response(status, headers, body, grpc_status);
     if !sent {
         log(LogLevel::Error, "tollgate: cannot send local reply");
@@ -224,28 +347,34 @@ pub fn send_local_reply(
 
 /// The request's headers as the host serializes them (see `crate::headers`).
 pub fn request_header_block() -> Vec<u8> {
+    note(Kind::HeaderRead);
     raw::header_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default()
 }
 
 /// Sets `name` to `value` (replacing any values it had) on the request or
 /// response headers; `None` removes it. False if the host refused.
 pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> bool {
+    note(Kind::HeaderWrite);
     raw::set_header(map, name, value)
 }
 
 pub fn define_counter(name: &str) -> Option<u32> {
+    note(Kind::Other);
     hostcalls::define_metric(MetricType::Counter, name).ok()
 }
 
 pub fn define_gauge(name: &str) -> Option<u32> {
+    note(Kind::Other);
     hostcalls::define_metric(MetricType::Gauge, name).ok()
 }
 
 pub fn increment_metric(id: u32, by: u64) {
+    note(Kind::Other);
     let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
 }
 
 pub fn record_metric(id: u32, value: u64) {
+    note(Kind::Other);
     let _ = hostcalls::record_metric(id, value);
 }
 

@@ -25,6 +25,17 @@ pub struct TollgateHttp {
     cache: SharedCache,
     /// `None` only for a root context Envoy never configured.
     config: Option<Rc<PluginConfig>>,
+    #[cfg(feature = "host-call-counts")]
+    counted: Counted,
+}
+
+/// A request's host calls so far, and what it came to (the
+/// `host-call-counts` build only: see `host::counts`).
+#[cfg(feature = "host-call-counts")]
+#[derive(Default)]
+struct Counted {
+    outcome: &'static str,
+    calls: host::counts::Calls,
 }
 
 /// A VM's [`ConfigCache`], shared by its root contexts and its HTTP contexts.
@@ -37,7 +48,15 @@ impl TollgateHttp {
             tally,
             cache,
             config,
+            #[cfg(feature = "host-call-counts")]
+            counted: Counted::default(),
         }
+    }
+
+    /// Notes what the request came to, for the count of its host calls.
+    #[cfg(feature = "host-call-counts")]
+    fn came_to(&mut self, outcome: &'static str) {
+        self.counted.outcome = outcome;
     }
 
     /// Whether this Envoy has applied a config, as of `now`.
@@ -91,13 +110,16 @@ fn refuse(reason: DenyReason, detail: &str, grpc: bool) -> Action {
     reply(&Denied::new(reason, detail), grpc)
 }
 
-impl HttpContext for TollgateHttp {
+impl TollgateHttp {
     // A host call that hands data back costs about a microsecond (the host
     // calls into the VM to allocate), one that only takes data far less: the
     // request's headers are read in one call, and what changes is written
     // header by header.
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    #[inline(always)]
+    fn request_headers(&mut self) -> Action {
         let Some(config) = self.config.clone() else {
+            #[cfg(feature = "host-call-counts")]
+            self.came_to(DenyReason::ConfigUnavailable.code());
             // Before its headers are read: answered as plain HTTP.
             return refuse(
                 DenyReason::ConfigUnavailable,
@@ -119,6 +141,8 @@ impl HttpContext for TollgateHttp {
         let upstream_path = sources.upstream_path(path);
 
         let Some(now) = host::now_ms() else {
+            #[cfg(feature = "host-call-counts")]
+            self.came_to(DenyReason::ConfigUnavailable.code());
             return refuse(
                 DenyReason::ConfigUnavailable,
                 "The gateway cannot read its clock.",
@@ -136,10 +160,14 @@ impl HttpContext for TollgateHttp {
         // makes anyway (the cache keeps it for this millisecond), and is
         // made only for such routes.
         if config.passes_before_config(facts.method, facts.path) && !self.config_applied(now) {
+            #[cfg(feature = "host-call-counts")]
+            self.came_to("passed_before_config");
             return Action::Continue;
         }
         if let Some(budget) = config.sync.refuse_after_ms() {
             if let Some(denied) = self.stale_refusal(budget, now) {
+                #[cfg(feature = "host-call-counts")]
+                self.came_to(denied.reason.code());
                 crate::metrics::denied(denied.reason);
                 return reply(&denied, grpc);
             }
@@ -154,6 +182,12 @@ impl HttpContext for TollgateHttp {
             }
         }
         crate::metrics::count(&decision);
+        #[cfg(feature = "host-call-counts")]
+        self.came_to(match &decision {
+            Decision::Allow(allowed) if allowed.key_id.is_some() => "allowed",
+            Decision::Allow(_) => "anonymous",
+            Decision::Deny(denied) => denied.reason.code(),
+        });
         if let Ok(mut tally) = self.tally.try_borrow_mut() {
             match &decision {
                 Decision::Allow(allowed) => match &allowed.key_id {
@@ -200,7 +234,8 @@ impl HttpContext for TollgateHttp {
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    #[inline(always)]
+    fn add_rate_limit_headers(&mut self) -> Action {
         if self.response_headers.is_empty() {
             return Action::Continue;
         }
@@ -208,5 +243,33 @@ impl HttpContext for TollgateHttp {
             host::set_header(MapType::HttpResponseHeaders, name, Some(value));
         }
         Action::Continue
+    }
+}
+
+// Each callback's host calls are added to the request's in the
+// `host-call-counts` build; the root context's ticks run between callbacks
+// and are not the request's.
+impl HttpContext for TollgateHttp {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "host-call-counts")]
+        let before = host::counts::now();
+        let action = self.request_headers();
+        #[cfg(feature = "host-call-counts")]
+        host::counts::add_since(before, &mut self.counted.calls);
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "host-call-counts")]
+        let before = host::counts::now();
+        let action = self.add_rate_limit_headers();
+        #[cfg(feature = "host-call-counts")]
+        host::counts::add_since(before, &mut self.counted.calls);
+        action
+    }
+
+    #[cfg(feature = "host-call-counts")]
+    fn on_log(&mut self) {
+        host::counts::record(self.counted.outcome, &self.counted.calls);
     }
 }

@@ -365,7 +365,20 @@ impl Stack {
         admin_port: u16,
         env: &[(&str, &str)],
     ) {
-        let child = self.run_envoy(config, admin_port, name, env).await;
+        self.add_envoy_with_workers(name, config, admin_port, env, 2)
+            .await;
+    }
+
+    /// [`Stack::add_envoy`] with `workers` worker threads.
+    pub async fn add_envoy_with_workers(
+        &mut self,
+        name: &str,
+        config: &std::path::Path,
+        admin_port: u16,
+        env: &[(&str, &str)],
+        workers: u32,
+    ) {
+        let child = self.run_envoy(config, admin_port, name, env, workers).await;
         self.envoys_started += 1;
         self.more_envoys.push((0, child));
     }
@@ -376,14 +389,14 @@ impl Stack {
         admin_port: u16,
         name: &str,
         env: &[(&str, &str)],
+        workers: u32,
     ) -> Process {
         let mut command = Command::new(env_path("TOLLGATE_ENVOY"));
         command
             .arg("-c")
             .arg(config)
+            .args(["--concurrency", &workers.to_string()])
             .args([
-                "--concurrency",
-                "2",
                 "--disable-hot-restart",
                 "--log-level",
                 "info",
@@ -466,7 +479,7 @@ impl Stack {
         );
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, config).expect("write envoy.yaml");
-        self.run_envoy(&path, envoy_admin_port, name, &[]).await
+        self.run_envoy(&path, envoy_admin_port, name, &[], 2).await
     }
 
     /// `envoy/tollgate.yaml` rendered for an Envoy on these ports, in front

@@ -115,36 +115,45 @@ pub fn crash_test_filter_wasm() -> PathBuf {
     root().join("target/filter-crash-test.wasm")
 }
 
+/// The test build of the filter that counts each request's host calls
+/// (`host::counts` in `filter/src/host.rs`), shipped like the real one.
+pub fn host_calls_filter_wasm() -> PathBuf {
+    root().join("target/filter-host-calls.wasm")
+}
+
 /// Another proxy-wasm plugin for the tests (`tests/neighbour-filter`).
 pub fn neighbour_wasm() -> PathBuf {
     root().join("target/wasm32-wasip1/release/neighbour_filter.wasm")
 }
 
 /// Builds the Wasm modules only the end-to-end tests load: the crash-test
-/// filter (in a target directory of its own, so the shipped filter's build
-/// is not relinked) and the neighbour plugin.
+/// and host-call-counting filters (in a target directory of their own, so
+/// the shipped filter's build is not relinked; they share its dependencies)
+/// and the neighbour plugin.
 fn build_test_filters() -> Result {
     let dir = root().join("target/crash-test");
-    run(
-        "build the crash-test filter",
-        cargo()
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "tollgate-filter",
-                "--features",
-                "crash-test",
-                "--target",
-                "wasm32-wasip1",
-                "--target-dir",
-            ])
-            .arg(&dir),
-    )?;
-    wasm::ship(
-        &dir.join("wasm32-wasip1/release/filter.wasm"),
-        &crash_test_filter_wasm(),
-    )?;
+    for (feature, shipped) in [
+        ("crash-test", crash_test_filter_wasm()),
+        ("host-call-counts", host_calls_filter_wasm()),
+    ] {
+        run(
+            &format!("build the {feature} filter"),
+            cargo()
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "tollgate-filter",
+                    "--features",
+                    feature,
+                    "--target",
+                    "wasm32-wasip1",
+                    "--target-dir",
+                ])
+                .arg(&dir),
+        )?;
+        wasm::ship(&dir.join("wasm32-wasip1/release/filter.wasm"), &shipped)?;
+    }
     run(
         "build the neighbour filter",
         cargo().args([
@@ -260,21 +269,23 @@ fn test(args: &[String]) -> Result {
             "warnings",
         ]),
     )?;
-    run(
-        "clippy (wasm32-wasip1, the crash-test filter)",
-        cargo().args([
-            "clippy",
-            "-p",
-            "tollgate-filter",
-            "--features",
-            "crash-test",
-            "--target",
-            "wasm32-wasip1",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
+    for feature in ["crash-test", "host-call-counts"] {
+        run(
+            &format!("clippy (wasm32-wasip1, the {feature} filter)"),
+            cargo().args([
+                "clippy",
+                "-p",
+                "tollgate-filter",
+                "--features",
+                feature,
+                "--target",
+                "wasm32-wasip1",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
     step("throwaway PostgreSQL for the tests");
     // Stopped and deleted when `cluster` is dropped, on every return path.
     let cluster = pg::start()?;
@@ -328,6 +339,7 @@ fn test(args: &[String]) -> Result {
             .env("TOLLGATE_ENVOY", &envoy)
             .env("TOLLGATE_FILTER_WASM", filter_wasm())
             .env("TOLLGATE_FILTER_CRASH_TEST_WASM", crash_test_filter_wasm())
+            .env("TOLLGATE_FILTER_HOST_CALLS_WASM", host_calls_filter_wasm())
             .env("TOLLGATE_NEIGHBOUR_WASM", neighbour_wasm())
             .env("TOLLGATE_CONTROL_PLANE", debug_bin("control-plane"))
             .env("TOLLGATE_DEMO_UPSTREAM", debug_bin("demo-upstream"))

@@ -1,0 +1,364 @@
+//! Host calls per request, counted exactly, at 1, 1,000 and 100,000 keys.
+//!
+//! A host call that hands data back costs about a microsecond, so their
+//! number is most of what the filter adds to a request, and a count does
+//! not depend on the machine: it belongs in a test. The filter's
+//! `host-call-counts` build (`host::counts`) counts every call a request's
+//! callbacks make, by kind, and hands Envoy one count per request; this
+//! test runs it in real Envoy with one worker, sends each kind of request
+//! 3 ms apart (so every request reads the config version: the VM's memo
+//! keeps it for one millisecond) and holds each outcome's calls to exact
+//! numbers, the same whatever the number of keys loaded.
+//!
+//! The numbers differ only by what the VM's memo (`core::cache`) already
+//! holds: a key's record, or its absence, is read once per config version
+//! and worker, and so is a plan. So each outcome has a first request (the
+//! key and its plan read), warm ones (nothing read but the version and the
+//! bucket), and, for keys, cold ones (a key not seen yet under a plan that
+//! was: its record read).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tollgate_core::key::ApiKey;
+use tollgate_e2e::harness::{env_path, eventually, free_port, Stack};
+
+/// Requests this far apart each read the config version.
+const PACE: Duration = Duration::from_millis(3);
+/// Warm requests and cold keys per outcome and scale.
+const N: usize = 20;
+
+/// `outcome` → `kind` → calls made → requests, from the counting build's stats.
+type Histogram = BTreeMap<String, BTreeMap<String, BTreeMap<u64, u64>>>;
+
+async fn histogram(stack: &Stack, admin_port: u16) -> Histogram {
+    let text = stack
+        .client
+        .get(format!(
+            "http://127.0.0.1:{admin_port}/stats?filter=tollgate_test\\.host_calls"
+        ))
+        .send()
+        .await
+        .expect("Envoy's admin answers")
+        .text()
+        .await
+        .expect("a stats body");
+    let mut out = Histogram::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once(": ") else {
+            continue;
+        };
+        let Some(rest) = name.split("tollgate_test.host_calls.").nth(1) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('.').collect();
+        let [outcome, kind, calls] = parts[..] else {
+            panic!("unexpected stat {name}");
+        };
+        let requests: u64 = value.trim().parse().expect("a count");
+        if requests > 0 {
+            out.entry(outcome.to_owned())
+                .or_default()
+                .entry(kind.to_owned())
+                .or_default()
+                .insert(calls.parse().expect("a number of calls"), requests);
+        }
+    }
+    out
+}
+
+/// What happened between two readings.
+fn since(before: &Histogram, after: &Histogram) -> Histogram {
+    let mut out = Histogram::new();
+    for (outcome, kinds) in after {
+        for (kind, calls) in kinds {
+            for (n, requests) in calls {
+                let earlier = before
+                    .get(outcome)
+                    .and_then(|k| k.get(kind))
+                    .and_then(|c| c.get(n))
+                    .copied()
+                    .unwrap_or(0);
+                if *requests > earlier {
+                    out.entry(outcome.clone())
+                        .or_default()
+                        .entry(kind.clone())
+                        .or_default()
+                        .insert(*n, requests - earlier);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Requests by total calls, for one outcome.
+fn totals(histogram: &Histogram, outcome: &str) -> BTreeMap<u64, u64> {
+    histogram
+        .get(outcome)
+        .and_then(|kinds| kinds.get("total"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn issue_keys(stack: &Stack, tenant: &str, count: usize) -> Vec<String> {
+    let mut keys = Vec::with_capacity(count);
+    while keys.len() < count {
+        let batch = (count - keys.len()).min(10_000);
+        let reply = stack
+            .admin(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/keys/batch"),
+                Some(json!({"count": batch, "name": "load"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        keys.extend(
+            reply.body["keys"]
+                .as_array()
+                .expect("keys")
+                .iter()
+                .map(|k| k["key"].as_str().expect("a plaintext key").to_owned()),
+        );
+    }
+    keys
+}
+
+/// Waits until the Envoy on `admin_port` has applied the control plane's
+/// current config version, without a request (which would fill the memo).
+async fn until_applied(stack: &Stack, admin_port: u16) {
+    let health = stack.admin(Method::GET, "/healthz", None).await;
+    let version = health.body["config_version"].as_u64().expect("a version");
+    eventually(Duration::from_secs(60), "the config applied", || async {
+        let text = stack
+            .client
+            .get(format!(
+                "http://127.0.0.1:{admin_port}/stats?filter=tollgate\\.config_version$"
+            ))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let applied: u64 = text.split(": ").nth(1)?.trim().parse().ok()?;
+        (applied == version).then_some(())
+    })
+    .await;
+}
+
+async fn get(stack: &Stack, port: u16, path: &str, key: Option<&str>) -> u16 {
+    tokio::time::sleep(PACE).await;
+    let mut request = stack.client.get(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    request
+        .send()
+        .await
+        .expect("Envoy answers")
+        .status()
+        .as_u16()
+}
+
+/// Sends `key` (or none) `times` times, each answered `status`.
+async fn send(stack: &Stack, port: u16, path: &str, key: Option<&str>, times: usize, status: u16) {
+    for _ in 0..times {
+        assert_eq!(get(stack, port, path, key).await, status, "{path} {key:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
+    let mut stack = Stack::start_without_envoy().await;
+    let plan = stack
+        .admin(
+            Method::POST,
+            "/v1/plans",
+            Some(json!({"name": "roomy", "limits": [{"name": "per-second", "max": 1_000_000, "window_seconds": 1}]})),
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
+    let plan_id = plan.body["id"].as_str().expect("plan id").to_owned();
+    let tenant = stack
+        .admin(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "loaded", "plan_id": plan_id})),
+        )
+        .await;
+    let tenant = tenant.body["id"].as_str().expect("tenant id").to_owned();
+    let open = stack
+        .admin(
+            Method::PUT,
+            "/v1/anonymous-access",
+            Some(json!({"routes": [{"path_prefix": "/open"}], "plan_id": plan_id})),
+        )
+        .await;
+    assert_eq!(open.status, StatusCode::OK, "{:?}", open.body);
+    let (disabled_id, disabled) = stack.new_key(&tenant).await;
+    let off = stack
+        .admin(
+            Method::PATCH,
+            &format!("/v1/keys/{disabled_id}"),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::OK, "{:?}", off.body);
+    let scarce = stack
+        .tenant_on_plan(json!({"name": "per-hour", "max": 1, "window_seconds": 3600}))
+        .await;
+    let (_, spent) = stack.new_key(&scarce).await;
+
+    // One worker: one VM answers every request, so what its memo holds is
+    // what the requests before put there.
+    let (port, admin_port) = (free_port(), free_port());
+    let config = stack
+        .envoy_config(
+            port,
+            admin_port,
+            stack.upstream_port,
+            stack.control_plane_port,
+        )
+        .replace(
+            &env_path("TOLLGATE_FILTER_WASM").display().to_string(),
+            &env_path("TOLLGATE_FILTER_HOST_CALLS_WASM")
+                .display()
+                .to_string(),
+        );
+    let path = stack.dir.path().join("counting-envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    stack
+        .add_envoy_with_workers("counting-envoy", &path, admin_port, &[], 1)
+        .await;
+
+    let mut loaded: Vec<String> = Vec::new();
+    let mut unknown = (0..).map(|i: u64| {
+        ApiKey::from_body(&format!("{i:0>32}"))
+            .unwrap()
+            .expose()
+            .to_owned()
+    });
+    let mut seen = Vec::new();
+    for scale in [1, 1_000, 100_000] {
+        let more = issue_keys(&stack, &tenant, scale - loaded.len()).await;
+        loaded.extend(more);
+        until_applied(&stack, admin_port).await;
+        // The scarce key's one request is spent at the first scale; after
+        // that it is refused. Sent before the reading, it leaves the memo
+        // holding that key, its plan and the version, none of which the
+        // others use.
+        let _ = get(&stack, port, "/anything", Some(&spent)).await;
+        let before = histogram(&stack, admin_port).await;
+
+        // Allowed: the first key (its record and plan read), the same key
+        // again, then keys not seen yet under that plan.
+        let first = loaded[0].as_str();
+        send(&stack, port, "/anything", Some(first), 1 + N, 200).await;
+        let cold = loaded.get(1..=N).unwrap_or_default();
+        for key in cold {
+            send(&stack, port, "/anything", Some(key), 1, 200).await;
+        }
+        // A key never issued (refused as invalid, like one that is not a
+        // key at all), again, then others.
+        let never = unknown.next().unwrap();
+        send(&stack, port, "/anything", Some(&never), 1 + N, 401).await;
+        for _ in 0..N {
+            let other = unknown.next().unwrap();
+            send(&stack, port, "/anything", Some(&other), 1, 401).await;
+        }
+        send(&stack, port, "/anything", Some(&disabled), 1 + N, 401).await;
+        send(&stack, port, "/anything", Some(&spent), N, 429).await;
+        // No key: the first such request reads the anonymous access (the
+        // route is not open), the next have it.
+        send(&stack, port, "/anything", None, 1 + N, 401).await;
+        send(&stack, port, "/open/x", None, 1 + N, 200).await;
+
+        let counted = since(&before, &histogram(&stack, admin_port).await);
+        let cold_keys = cold.len() as u64;
+        println!("{scale} keys: {counted:#?}");
+        seen.push((scale, cold_keys, counted));
+    }
+
+    // The exact numbers, each request's calls by outcome (see the
+    // module's header for first, warm and cold).
+    for (scale, cold_keys, counted) in &seen {
+        let expect = |first: Option<u64>, warm: u64, cold: Option<(u64, u64)>| {
+            let mut out = BTreeMap::new();
+            if let Some(first) = first {
+                *out.entry(first).or_default() += 1;
+            }
+            *out.entry(warm).or_default() += N as u64;
+            if let Some((calls, requests)) = cold {
+                if requests > 0 {
+                    *out.entry(calls).or_default() += requests;
+                }
+            }
+            out
+        };
+        let cases: [(&str, BTreeMap<u64, u64>); 6] = [
+            (
+                "allowed",
+                expect(
+                    Some(ALLOWED_FIRST),
+                    ALLOWED,
+                    Some((ALLOWED_COLD, *cold_keys)),
+                ),
+            ),
+            (
+                "invalid_api_key",
+                expect(
+                    Some(NEVER_ISSUED_FIRST),
+                    NEVER_ISSUED,
+                    Some((NEVER_ISSUED_FIRST, N as u64)),
+                ),
+            ),
+            (
+                "disabled_api_key",
+                expect(Some(DISABLED_FIRST), DISABLED, None),
+            ),
+            ("rate_limited", expect(None, RATE_LIMITED, None)),
+            (
+                "missing_api_key",
+                expect(Some(MISSING_FIRST), MISSING, None),
+            ),
+            // The anonymous access was read by the first keyless request.
+            ("anonymous", expect(Some(ANONYMOUS), ANONYMOUS, None)),
+        ];
+        for (outcome, expected) in cases {
+            assert_eq!(
+                totals(counted, outcome),
+                expected,
+                "{outcome} at {scale} keys: requests by host calls made; by kind: {:#?}",
+                counted.get(outcome)
+            );
+        }
+    }
+}
+
+// Every request: its headers read in one call, the clock, the config
+// version. An allowed one then reads its bucket and writes it back with
+// CAS, and writes 9 headers: the key removed, `x-tenant-id`,
+// `x-api-key-id` and `x-plan` on the request, `RateLimit-Policy`,
+// `RateLimit` and the three `X-RateLimit-*` on the response. A refusal is
+// one local reply; a rate-limited key reads its bucket first. The memo's
+// misses add one read each: a key's record or its absence, the plan, the
+// anonymous access.
+const ALLOWED: u64 = 14;
+/// A key not seen yet under a plan that was: its record read.
+const ALLOWED_COLD: u64 = 15;
+/// The first key under its plan: the record and the plan read.
+const ALLOWED_FIRST: u64 = 16;
+const NEVER_ISSUED: u64 = 4;
+const NEVER_ISSUED_FIRST: u64 = 5;
+const DISABLED: u64 = 4;
+const DISABLED_FIRST: u64 = 5;
+const RATE_LIMITED: u64 = 5;
+const MISSING: u64 = 4;
+const MISSING_FIRST: u64 = 5;
+/// Its client address read (its bucket is per address), its bucket read
+/// and written, and 6 headers written: `x-plan` and the five rate-limit
+/// headers (no key to remove, no tenant or key id).
+const ANONYMOUS: u64 = 12;
