@@ -51,8 +51,9 @@ impl core::fmt::Display for InvalidSources {
     }
 }
 
-/// An RFC 9110 token: what header names and cookie names are made of.
-fn is_token(name: &str) -> bool {
+/// An RFC 9110 token of at most 64 characters: what header names and
+/// cookie names are made of.
+pub fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name

@@ -4,7 +4,9 @@
 //! {"sync": {"cluster": "outbound|8080||tollgate-control-plane.tollgate.svc.cluster.local",
 //!           "token_env": "TOLLGATE_SYNC_TOKEN", "stale_after_seconds": 300, "when_stale": "enforce"},
 //!  "api_key": {"headers": ["x-api-key"], "bearer": true, "query": "api_key", "cookie": "api_key"},
-//!  "pass_through_before_config": [{"methods": ["GET"], "path_prefix": "/healthz"}]}
+//!  "pass_through_before_config": [{"methods": ["GET"], "path_prefix": "/healthz"}],
+//!  "rate_limit_headers": ["ietf", "x-ratelimit"],
+//!  "identity_headers": {"tenant_id": "x-tenant-id", "key_id": "x-api-key-id", "plan": null}}
 //! ```
 //!
 //! Envoy runs `on_configure` first in a canary VM that it then throws away,
@@ -15,8 +17,12 @@
 //! JSON, keys sorted, whole numbers without a fraction).
 
 use tollgate_core::access::Scope;
-use tollgate_core::credential::KeySources;
+use tollgate_core::credential::{is_token, KeySources};
+use tollgate_core::decide::Allowed;
 use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
+use tollgate_core::response::{
+    upstream_headers, STRIPPED_REQUEST_HEADERS, UPSTREAM_KEY_ID, UPSTREAM_PLAN, UPSTREAM_TENANT,
+};
 use tollgate_core::wire::WireScope;
 
 /// The validated configuration one root context runs with.
@@ -28,6 +34,101 @@ pub struct PluginConfig {
     /// untouched until the first config is applied, instead of being
     /// refused `config_unavailable`: health checks. Empty by default.
     pub pass_through_before_config: Vec<Scope>,
+    /// Which rate-limit headers answers carry.
+    pub rate_limit_headers: RateLimitSets,
+    /// Which identity headers the upstream gets, and their names.
+    pub identity_headers: IdentityHeaders,
+}
+
+/// The rate-limit header sets answers carry (`rate_limit_headers`): each
+/// header written costs the request a host call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSets {
+    /// `RateLimit-Policy` and `RateLimit` (the IETF draft's).
+    pub ietf: bool,
+    /// `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    pub x_ratelimit: bool,
+}
+
+impl Default for RateLimitSets {
+    fn default() -> Self {
+        Self {
+            ietf: true,
+            x_ratelimit: true,
+        }
+    }
+}
+
+impl RateLimitSets {
+    /// Whether the header `name` (one of `core::response`'s rate-limit
+    /// headers, or any other) is sent.
+    pub fn sends(&self, name: &str) -> bool {
+        if name.starts_with("x-ratelimit-") {
+            self.x_ratelimit
+        } else if name.starts_with("ratelimit") {
+            self.ietf
+        } else {
+            true
+        }
+    }
+
+    pub fn none(&self) -> bool {
+        !self.ietf && !self.x_ratelimit
+    }
+}
+
+/// The headers that tell the upstream who called (`identity_headers`):
+/// each named, or `None` not to send it. Whatever a client sends under
+/// these names, or the default ones, is removed first, so the upstream
+/// can trust them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub tenant_id: Option<String>,
+    pub key_id: Option<String>,
+    pub plan: Option<String>,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            tenant_id: Some(UPSTREAM_TENANT.to_owned()),
+            key_id: Some(UPSTREAM_KEY_ID.to_owned()),
+            plan: Some(UPSTREAM_PLAN.to_owned()),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    fn configured(&self) -> impl Iterator<Item = &str> {
+        [&self.tenant_id, &self.key_id, &self.plan]
+            .into_iter()
+            .filter_map(Option::as_deref)
+    }
+
+    /// The headers the upstream gets for `allowed`, under their names.
+    pub fn of<'a>(&'a self, allowed: &'a Allowed) -> Vec<(&'a str, &'a str)> {
+        upstream_headers(allowed)
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let ours = match name {
+                    UPSTREAM_TENANT => &self.tenant_id,
+                    UPSTREAM_KEY_ID => &self.key_id,
+                    _ => &self.plan,
+                };
+                Some((ours.as_deref()?, value))
+            })
+            .collect()
+    }
+
+    /// Every name removed from a request before the upstream sees it: the
+    /// configured ones and the defaults (an upstream written against the
+    /// defaults must not be fooled either).
+    pub fn stripped(&self) -> impl Iterator<Item = &str> {
+        STRIPPED_REQUEST_HEADERS.into_iter().chain(
+            self.configured()
+                .filter(|name| !STRIPPED_REQUEST_HEADERS.contains(name)),
+        )
+    }
 }
 
 /// Most routes `pass_through_before_config` may list.
@@ -113,6 +214,34 @@ struct WireConfig {
     sync: WireSync,
     api_key: Option<WireKeySources>,
     pass_through_before_config: Option<Vec<WireScope>>,
+    rate_limit_headers: Option<Vec<String>>,
+    identity_headers: Option<WireIdentity>,
+}
+
+/// An identity header as written: absent (the default name), `null` (not
+/// sent) or a name.
+#[derive(Debug, Default)]
+enum WireName {
+    #[default]
+    Default,
+    Off,
+    Named(String),
+}
+
+impl FromJson for WireName {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        Ok(match reader.read::<Option<String>>()? {
+            None => WireName::Off,
+            Some(name) => WireName::Named(name),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct WireIdentity {
+    tenant_id: WireName,
+    key_id: WireName,
+    plan: WireName,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +268,13 @@ const CONFIG: Fields = Fields::closed(&[
     Field::required("sync"),
     Field::optional("api_key"),
     Field::optional("pass_through_before_config"),
+    Field::optional("rate_limit_headers"),
+    Field::optional("identity_headers"),
+]);
+const IDENTITY: Fields = Fields::closed(&[
+    Field::optional("tenant_id"),
+    Field::optional("key_id"),
+    Field::optional("plan"),
 ]);
 const SYNC: Fields = Fields::closed(&[
     Field::required("cluster"),
@@ -163,10 +299,112 @@ impl FromJson for WireConfig {
         reader.object(&CONFIG, &mut |r, field| match field {
             0 => r.set(&mut v.sync),
             1 => r.set(&mut v.api_key),
-            _ => r.set(&mut v.pass_through_before_config),
+            2 => r.set(&mut v.pass_through_before_config),
+            3 => r.set(&mut v.rate_limit_headers),
+            _ => r.set(&mut v.identity_headers),
         })?;
         Ok(v)
     }
+}
+
+impl FromJson for WireIdentity {
+    fn read_json(reader: &mut Reader<'_>) -> Result<Self, json::Error> {
+        let mut v = WireIdentity::default();
+        reader.object(&IDENTITY, &mut |r, field| match field {
+            0 => r.set(&mut v.tenant_id),
+            1 => r.set(&mut v.key_id),
+            _ => r.set(&mut v.plan),
+        })?;
+        Ok(v)
+    }
+}
+
+fn rate_limit_sets(names: Option<Vec<String>>) -> Result<RateLimitSets, ConfigError> {
+    let Some(names) = names else {
+        return Ok(RateLimitSets::default());
+    };
+    let mut sets = RateLimitSets {
+        ietf: false,
+        x_ratelimit: false,
+    };
+    for name in &names {
+        let set = match name.as_str() {
+            "ietf" => &mut sets.ietf,
+            "x-ratelimit" => &mut sets.x_ratelimit,
+            other => {
+                return Err(ConfigError(format!(
+                    "rate_limit_headers: {other:?} is not a set: \"ietf\" (RateLimit-Policy, RateLimit) or \"x-ratelimit\" (X-RateLimit-*)"
+                )))
+            }
+        };
+        if *set {
+            return Err(ConfigError(format!(
+                "rate_limit_headers lists {name:?} twice"
+            )));
+        }
+        *set = true;
+    }
+    Ok(sets)
+}
+
+fn identity_headers(
+    wire: Option<WireIdentity>,
+    api_key: &KeySources,
+) -> Result<IdentityHeaders, ConfigError> {
+    let defaults = IdentityHeaders::default();
+    let Some(wire) = wire else {
+        return Ok(defaults);
+    };
+    let pick = |field: &str, wire: WireName, default: Option<String>| match wire {
+        WireName::Default => Ok(default),
+        WireName::Off => Ok(None),
+        WireName::Named(name) => {
+            if !is_token(&name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(ConfigError(format!(
+                    "identity_headers.{field}: {name:?} is not a lower-case header name (1 to 64 token characters), or null not to send it"
+                )));
+            }
+            // Headers Envoy, HTTP or Tollgate's own answers own.
+            let reserved = matches!(
+                name.as_str(),
+                "host"
+                    | "authorization"
+                    | "cookie"
+                    | "connection"
+                    | "content-length"
+                    | "content-type"
+                    | "transfer-encoding"
+                    | "te"
+                    | "upgrade"
+                    | "keep-alive"
+                    | "proxy-connection"
+                    | "retry-after"
+            ) || name.starts_with("ratelimit")
+                || name.starts_with("x-ratelimit")
+                || name.starts_with("x-envoy-")
+                || api_key.headers.contains(&name);
+            if reserved {
+                return Err(ConfigError(format!(
+                    "identity_headers.{field}: {name:?} is a header the upstream, Envoy or the key itself uses"
+                )));
+            }
+            Ok(Some(name))
+        }
+    };
+    let headers = IdentityHeaders {
+        tenant_id: pick("tenant_id", wire.tenant_id, defaults.tenant_id)?,
+        key_id: pick("key_id", wire.key_id, defaults.key_id)?,
+        plan: pick("plan", wire.plan, defaults.plan)?,
+    };
+    let names: Vec<&str> = headers.configured().collect();
+    for (i, name) in names.iter().enumerate() {
+        if names.get(..i).is_some_and(|seen| seen.contains(name)) {
+            return Err(ConfigError(format!(
+                "identity_headers names {name:?} twice"
+            )));
+        }
+    }
+    Ok(headers)
 }
 
 impl FromJson for WireSync {
@@ -319,6 +557,8 @@ impl PluginConfig {
             }
             pass_through_before_config.push(scope);
         }
+        let rate_limit_headers = rate_limit_sets(wire.rate_limit_headers)?;
+        let identity_headers = identity_headers(wire.identity_headers, &api_key)?;
         Ok(Self {
             sync: SyncConfig {
                 cluster: s.cluster,
@@ -331,6 +571,8 @@ impl PluginConfig {
             },
             api_key,
             pass_through_before_config,
+            rate_limit_headers,
+            identity_headers,
         })
     }
 }
@@ -381,6 +623,74 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.sync.refuse_after_ms(), Some(2_000));
+    }
+
+    #[test]
+    fn rate_limit_header_sets_and_identity_headers_are_chosen_or_default() {
+        let c = parse(r#"{"sync":{"cluster":"cp","token":"t"}}"#).unwrap();
+        assert_eq!(c.rate_limit_headers, RateLimitSets::default());
+        assert!(c.rate_limit_headers.sends("ratelimit-policy"));
+        assert!(c.rate_limit_headers.sends("x-ratelimit-reset"));
+        assert_eq!(c.identity_headers, IdentityHeaders::default());
+
+        let c = parse(
+            r#"{"sync":{"cluster":"cp","token":"t"},"rate_limit_headers":["ietf"],
+                "identity_headers":{"tenant_id":"x-org","plan":null}}"#,
+        )
+        .unwrap();
+        let sets = c.rate_limit_headers;
+        assert!(sets.sends("ratelimit") && sets.sends("ratelimit-policy"));
+        assert!(!sets.sends("x-ratelimit-limit") && !sets.sends("x-ratelimit-remaining"));
+        assert!(sets.sends("retry-after") && sets.sends("content-type"));
+        assert_eq!(
+            c.identity_headers,
+            IdentityHeaders {
+                tenant_id: Some("x-org".into()),
+                key_id: Some("x-api-key-id".into()),
+                plan: None,
+            }
+        );
+        // A client's own copies go, under the new name and the old ones.
+        let stripped: Vec<&str> = c.identity_headers.stripped().collect();
+        assert_eq!(stripped, ["x-tenant-id", "x-api-key-id", "x-plan", "x-org"]);
+
+        let none = parse(r#"{"sync":{"cluster":"cp","token":"t"},"rate_limit_headers":[]}"#)
+            .unwrap()
+            .rate_limit_headers;
+        assert!(none.none());
+        assert!(!none.sends("ratelimit") && !none.sends("x-ratelimit-reset"));
+        assert!(none.sends("retry-after"));
+    }
+
+    #[test]
+    fn bad_header_choices_refuse_the_configuration() {
+        for (extra, says) in [
+            (r#""rate_limit_headers":["IETF"]"#, "is not a set"),
+            (r#""rate_limit_headers":["ietf","ietf"]"#, "twice"),
+            (r#""rate_limit_headers":"ietf""#, "expected an array"),
+            (
+                r#""identity_headers":{"plan":"X-Plan"}"#,
+                "lower-case header name",
+            ),
+            (
+                r#""identity_headers":{"plan":""}"#,
+                "lower-case header name",
+            ),
+            (
+                r#""identity_headers":{"plan":"a b"}"#,
+                "lower-case header name",
+            ),
+            (r#""identity_headers":{"plan":"host"}"#, "uses"),
+            (r#""identity_headers":{"plan":"ratelimit"}"#, "uses"),
+            (r#""identity_headers":{"plan":"x-api-key"}"#, "uses"),
+            (r#""identity_headers":{"plan":"x-tenant-id"}"#, "twice"),
+            (r#""identity_headers":{"tenant":"x-t"}"#, "unknown field"),
+            (r#""identity_headers":{"plan":7}"#, "expected a string"),
+        ] {
+            let raw = format!(r#"{{"sync":{{"cluster":"cp","token":"t"}},{extra}}}"#);
+            let err = parse(&raw).unwrap_err().0;
+            assert!(err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]

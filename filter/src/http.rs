@@ -10,17 +10,17 @@ use tollgate_core::decide::{
     decide, decide_cached, is_stale, stale_refusal, ClientIp, Decision, Denied, DenyReason,
     RequestFacts,
 };
-use tollgate_core::response::{
-    grpc_reply, is_grpc, local_reply, upstream_headers, RateLimitHeaders, STRIPPED_REQUEST_HEADERS,
-};
+use tollgate_core::response::{grpc_reply, is_grpc, local_reply, RateLimitHeaders};
 
-use crate::config::PluginConfig;
+use crate::config::{PluginConfig, RateLimitSets};
 use crate::headers::HeaderBlock;
 use crate::host::{self, Proxy};
 use crate::report::SharedTally;
 
 pub struct TollgateHttp {
     response_headers: RateLimitHeaders,
+    /// Which of `response_headers` are sent.
+    rate_limit_sets: RateLimitSets,
     tally: SharedTally,
     cache: SharedCache,
     /// `None` only for a root context Envoy never configured.
@@ -45,6 +45,7 @@ impl TollgateHttp {
     pub fn new(tally: SharedTally, cache: SharedCache, config: Option<Rc<PluginConfig>>) -> Self {
         Self {
             response_headers: RateLimitHeaders::default(),
+            rate_limit_sets: RateLimitSets::default(),
             tally,
             cache,
             config,
@@ -87,14 +88,14 @@ impl TollgateHttp {
 impl Context for TollgateHttp {}
 
 /// Refuses the request: a gRPC call (`grpc`) with the reason's gRPC status,
-/// anything else with problem+json.
-fn reply(denied: &Denied, grpc: bool) -> Action {
+/// anything else with problem+json; with the rate-limit headers of `sets`.
+fn reply(denied: &Denied, grpc: bool, sets: RateLimitSets) -> Action {
     let reply = if grpc {
         grpc_reply(denied)
     } else {
         local_reply(denied)
     };
-    let headers: Vec<(&str, &str)> = reply.headers().collect();
+    let headers: Vec<(&str, &str)> = reply.headers().filter(|(n, _)| sets.sends(n)).collect();
     host::send_local_reply(
         reply.status,
         &headers,
@@ -104,10 +105,11 @@ fn reply(denied: &Denied, grpc: bool) -> Action {
     Action::Pause
 }
 
-/// Refuses the request for `reason` alone, counted.
+/// Refuses the request for `reason` alone, counted (no policy: no
+/// rate-limit headers to choose from).
 fn refuse(reason: DenyReason, detail: &str, grpc: bool) -> Action {
     crate::metrics::denied(reason);
-    reply(&Denied::new(reason, detail), grpc)
+    reply(&Denied::new(reason, detail), grpc, RateLimitSets::default())
 }
 
 impl TollgateHttp {
@@ -169,7 +171,7 @@ impl TollgateHttp {
                 #[cfg(feature = "host-call-counts")]
                 self.came_to(denied.reason.code());
                 crate::metrics::denied(denied.reason);
-                return reply(&denied, grpc);
+                return reply(&denied, grpc, config.rate_limit_headers);
             }
         }
         let mut decision = match self.cache.try_borrow_mut() {
@@ -218,8 +220,9 @@ impl TollgateHttp {
                     let value = Some(cookie.as_str()).filter(|c| !c.is_empty());
                     host::set_header(request, "cookie", value);
                 }
-                let ours = upstream_headers(&allowed);
-                for name in STRIPPED_REQUEST_HEADERS {
+                let identity = &config.identity_headers;
+                let ours = identity.of(&allowed);
+                for name in identity.stripped() {
                     if headers.contains(name) && !ours.iter().any(|(n, _)| *n == name) {
                         host::set_header(request, name, None);
                     }
@@ -227,10 +230,13 @@ impl TollgateHttp {
                 for (name, value) in ours {
                     host::set_header(request, name, Some(value));
                 }
-                self.response_headers = RateLimitHeaders::of(&allowed.policies);
+                if !config.rate_limit_headers.none() {
+                    self.response_headers = RateLimitHeaders::of(&allowed.policies);
+                    self.rate_limit_sets = config.rate_limit_headers;
+                }
                 Action::Continue
             }
-            Decision::Deny(denied) => reply(&denied, grpc),
+            Decision::Deny(denied) => reply(&denied, grpc, config.rate_limit_headers),
         }
     }
 
@@ -239,7 +245,8 @@ impl TollgateHttp {
         if self.response_headers.is_empty() {
             return Action::Continue;
         }
-        for (name, value) in self.response_headers.iter() {
+        let sets = self.rate_limit_sets;
+        for (name, value) in self.response_headers.iter().filter(|(n, _)| sets.sends(n)) {
             host::set_header(MapType::HttpResponseHeaders, name, Some(value));
         }
         Action::Continue

@@ -997,7 +997,7 @@ pub fn plugin_config_with(sync: Value, more: Value) -> Value {
 
 /// `rendered` (from `envoy/tollgate.yaml`) with its plugin configuration
 /// replaced by `config`.
-fn with_plugin_config(rendered: &str, config: &Value) -> String {
+pub fn with_plugin_config(rendered: &str, config: &Value) -> String {
     let marker = "value: '{\"sync\"";
     let line = rendered
         .lines()

@@ -10,6 +10,10 @@
 //! keeps it for one millisecond) and holds each outcome's calls to exact
 //! numbers, the same whatever the number of keys loaded.
 //!
+//! A second Envoy runs the same build with the leanest headers an operator
+//! may choose (`rate_limit_headers: ["ietf"]`, no tenant or plan header):
+//! each header left out is one call fewer, and nothing else changes.
+//!
 //! The numbers differ only by what the VM's memo (`core::cache`) already
 //! holds: a key's record, or its absence, is read once per config version
 //! and worker, and so is a plan. So each outcome has a first request (the
@@ -21,9 +25,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 use tollgate_core::key::ApiKey;
-use tollgate_e2e::harness::{env_path, eventually, free_port, Stack};
+use tollgate_e2e::harness::{
+    env_path, eventually, free_port, plugin_config_with, with_plugin_config, Stack,
+};
 
 /// Requests this far apart each read the config version.
 const PACE: Duration = Duration::from_millis(3);
@@ -170,6 +176,52 @@ async fn send(stack: &Stack, port: u16, path: &str, key: Option<&str>, times: us
     }
 }
 
+/// An Envoy (one worker) running the counting build, with `more` added to
+/// its plugin configuration. `fewer_writes`: the header writes an allowed
+/// request makes fewer than with the defaults.
+struct Counting {
+    name: &'static str,
+    port: u16,
+    admin_port: u16,
+    fewer_writes: u64,
+}
+
+async fn counting_envoy(
+    stack: &mut Stack,
+    name: &'static str,
+    more: Value,
+    fewer_writes: u64,
+) -> Counting {
+    let (port, admin_port) = (free_port(), free_port());
+    let config = stack
+        .envoy_config(
+            port,
+            admin_port,
+            stack.upstream_port,
+            stack.control_plane_port,
+        )
+        .replace(
+            &env_path("TOLLGATE_FILTER_WASM").display().to_string(),
+            &env_path("TOLLGATE_FILTER_HOST_CALLS_WASM")
+                .display()
+                .to_string(),
+        );
+    let config = with_plugin_config(&config, &plugin_config_with(json!({}), more));
+    let path = stack.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    // One worker: one VM answers every request, so what its memo holds is
+    // what the requests before put there.
+    stack
+        .add_envoy_with_workers(name, &path, admin_port, &[], 1)
+        .await;
+    Counting {
+        name,
+        port,
+        admin_port,
+        fewer_writes,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
     let mut stack = Stack::start_without_envoy().await;
@@ -177,7 +229,12 @@ async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
         .admin(
             Method::POST,
             "/v1/plans",
-            Some(json!({"name": "roomy", "limits": [{"name": "per-second", "max": 1_000_000, "window_seconds": 1}]})),
+            // Per Envoy, so that the two counting Envoys need not share it
+            // out first; a fleet-wide limit's share rides on the version
+            // entry and costs no call of its own.
+            Some(json!({"name": "roomy", "limits": [
+                {"name": "per-second", "max": 1_000_000, "window_seconds": 1, "per_envoy": true}
+            ]})),
         )
         .await;
     assert_eq!(plan.status, StatusCode::CREATED, "{:?}", plan.body);
@@ -208,31 +265,27 @@ async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
         .await;
     assert_eq!(off.status, StatusCode::OK, "{:?}", off.body);
     let scarce = stack
-        .tenant_on_plan(json!({"name": "per-hour", "max": 1, "window_seconds": 3600}))
+        .tenant_on_plan(
+            json!({"name": "per-hour", "max": 1, "window_seconds": 3600, "per_envoy": true}),
+        )
         .await;
     let (_, spent) = stack.new_key(&scarce).await;
 
-    // One worker: one VM answers every request, so what its memo holds is
-    // what the requests before put there.
-    let (port, admin_port) = (free_port(), free_port());
-    let config = stack
-        .envoy_config(
-            port,
-            admin_port,
-            stack.upstream_port,
-            stack.control_plane_port,
+    let envoys = [
+        counting_envoy(&mut stack, "counting-envoy", json!({}), 0).await,
+        counting_envoy(
+            &mut stack,
+            "lean-envoy",
+            json!({
+                "rate_limit_headers": ["ietf"],
+                "identity_headers": {"tenant_id": null, "plan": null}
+            }),
+            // Of an allowed request's 9 header writes: the three
+            // X-RateLimit-*, x-tenant-id and x-plan.
+            5,
         )
-        .replace(
-            &env_path("TOLLGATE_FILTER_WASM").display().to_string(),
-            &env_path("TOLLGATE_FILTER_HOST_CALLS_WASM")
-                .display()
-                .to_string(),
-        );
-    let path = stack.dir.path().join("counting-envoy.yaml");
-    std::fs::write(&path, config).unwrap();
-    stack
-        .add_envoy_with_workers("counting-envoy", &path, admin_port, &[], 1)
-        .await;
+        .await,
+    ];
 
     let mut loaded: Vec<String> = Vec::new();
     let mut unknown = (0..).map(|i: u64| {
@@ -245,46 +298,86 @@ async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
     for scale in [1, 1_000, 100_000] {
         let more = issue_keys(&stack, &tenant, scale - loaded.len()).await;
         loaded.extend(more);
-        until_applied(&stack, admin_port).await;
-        // The scarce key's one request is spent at the first scale; after
-        // that it is refused. Sent before the reading, it leaves the memo
-        // holding that key, its plan and the version, none of which the
-        // others use.
-        let _ = get(&stack, port, "/anything", Some(&spent)).await;
-        let before = histogram(&stack, admin_port).await;
-
-        // Allowed: the first key (its record and plan read), the same key
-        // again, then keys not seen yet under that plan.
-        let first = loaded[0].as_str();
-        send(&stack, port, "/anything", Some(first), 1 + N, 200).await;
-        let cold = loaded.get(1..=N).unwrap_or_default();
-        for key in cold {
-            send(&stack, port, "/anything", Some(key), 1, 200).await;
+        for envoy in &envoys {
+            until_applied(&stack, envoy.admin_port).await;
         }
-        // A key never issued (refused as invalid, like one that is not a
-        // key at all), again, then others.
-        let never = unknown.next().unwrap();
-        send(&stack, port, "/anything", Some(&never), 1 + N, 401).await;
-        for _ in 0..N {
-            let other = unknown.next().unwrap();
-            send(&stack, port, "/anything", Some(&other), 1, 401).await;
-        }
-        send(&stack, port, "/anything", Some(&disabled), 1 + N, 401).await;
-        send(&stack, port, "/anything", Some(&spent), N, 429).await;
-        // No key: the first such request reads the anonymous access (the
-        // route is not open), the next have it.
-        send(&stack, port, "/anything", None, 1 + N, 401).await;
-        send(&stack, port, "/open/x", None, 1 + N, 200).await;
+        // Never issued: the same ones through both Envoys.
+        let never: Vec<String> = unknown.by_ref().take(1 + N).collect();
+        for envoy in &envoys {
+            let (port, admin_port) = (envoy.port, envoy.admin_port);
+            // The scarce key's one request is spent at the first scale;
+            // after that it is refused. Sent before the reading, it leaves
+            // the memo holding that key, its plan and the version, none of
+            // which the others use.
+            let _ = get(&stack, port, "/anything", Some(&spent)).await;
+            let before = histogram(&stack, admin_port).await;
 
-        let counted = since(&before, &histogram(&stack, admin_port).await);
-        let cold_keys = cold.len() as u64;
-        println!("{scale} keys: {counted:#?}");
-        seen.push((scale, cold_keys, counted));
+            // Allowed: the first key (its record and plan read), the same
+            // key again, then keys not seen yet under that plan.
+            send(&stack, port, "/anything", Some(&loaded[0]), 1 + N, 200).await;
+            let cold = loaded.get(1..=N).unwrap_or_default();
+            for key in cold {
+                send(&stack, port, "/anything", Some(key), 1, 200).await;
+            }
+            // A key never issued (refused as invalid, like one that is not
+            // a key at all), again, then others.
+            send(&stack, port, "/anything", Some(&never[0]), 1 + N, 401).await;
+            for other in &never[1..] {
+                send(&stack, port, "/anything", Some(other), 1, 401).await;
+            }
+            send(&stack, port, "/anything", Some(&disabled), 1 + N, 401).await;
+            send(&stack, port, "/anything", Some(&spent), N, 429).await;
+            // No key: the first such request reads the anonymous access
+            // (the route is not open), the next have it.
+            send(&stack, port, "/anything", None, 1 + N, 401).await;
+            send(&stack, port, "/open/x", None, 1 + N, 200).await;
+
+            let counted = since(&before, &histogram(&stack, admin_port).await);
+            seen.push((envoy, scale, cold.len() as u64, counted));
+        }
+    }
+
+    // What each Envoy sends: the lean one no X-RateLimit-*, no tenant or
+    // plan header, and a client's forged ones removed all the same.
+    for envoy in &envoys {
+        let answer = stack
+            .client
+            .get(format!("http://127.0.0.1:{}/anything", envoy.port))
+            .header("x-api-key", &loaded[0])
+            .header("x-tenant-id", "forged")
+            .header("x-plan", "forged")
+            .send()
+            .await
+            .expect("Envoy answers");
+        let sent: Vec<&str> = ["ratelimit", "ratelimit-policy", "x-ratelimit-remaining"]
+            .into_iter()
+            .filter(|name| answer.headers().contains_key(*name))
+            .collect();
+        let upstream: Value = answer.json().await.expect("the upstream's echo");
+        let seen = &upstream["headers"];
+        let lean = envoy.fewer_writes > 0;
+        if lean {
+            assert_eq!(sent, ["ratelimit", "ratelimit-policy"], "{}", envoy.name);
+            assert!(seen.get("x-tenant-id").is_none(), "{seen}");
+            assert!(seen.get("x-plan").is_none(), "{seen}");
+        } else {
+            assert_eq!(
+                sent,
+                ["ratelimit", "ratelimit-policy", "x-ratelimit-remaining"],
+                "{}",
+                envoy.name
+            );
+            assert_eq!(seen["x-tenant-id"], tenant.as_str(), "{seen}");
+            assert_eq!(seen["x-plan"], "roomy", "{seen}");
+        }
+        assert!(seen["x-api-key-id"].is_string(), "{seen}");
+        assert!(seen.get("x-api-key").is_none(), "{seen}");
     }
 
     // The exact numbers, each request's calls by outcome (see the
     // module's header for first, warm and cold).
-    for (scale, cold_keys, counted) in &seen {
+    for (envoy, scale, cold_keys, counted) in &seen {
+        let fewer = envoy.fewer_writes;
         let expect = |first: Option<u64>, warm: u64, cold: Option<(u64, u64)>| {
             let mut out = BTreeMap::new();
             if let Some(first) = first {
@@ -302,9 +395,9 @@ async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
             (
                 "allowed",
                 expect(
-                    Some(ALLOWED_FIRST),
-                    ALLOWED,
-                    Some((ALLOWED_COLD, *cold_keys)),
+                    Some(ALLOWED_FIRST - fewer),
+                    ALLOWED - fewer,
+                    Some((ALLOWED_COLD - fewer, *cold_keys)),
                 ),
             ),
             (
@@ -324,14 +417,23 @@ async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
                 "missing_api_key",
                 expect(Some(MISSING_FIRST), MISSING, None),
             ),
-            // The anonymous access was read by the first keyless request.
-            ("anonymous", expect(Some(ANONYMOUS), ANONYMOUS, None)),
+            // The anonymous access was read by the first keyless request;
+            // an anonymous request has no tenant id to leave out.
+            (
+                "anonymous",
+                expect(
+                    Some(ANONYMOUS - fewer.saturating_sub(1)),
+                    ANONYMOUS - fewer.saturating_sub(1),
+                    None,
+                ),
+            ),
         ];
         for (outcome, expected) in cases {
             assert_eq!(
                 totals(counted, outcome),
                 expected,
-                "{outcome} at {scale} keys: requests by host calls made; by kind: {:#?}",
+                "{}, {outcome} at {scale} keys: requests by host calls made; by kind: {:#?}",
+                envoy.name,
                 counted.get(outcome)
             );
         }
