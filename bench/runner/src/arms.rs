@@ -25,6 +25,9 @@ pub enum Arm {
     MinimalLimiter,
     /// Tollgate.
     Tollgate,
+    /// Tollgate with the fewest headers an operator may choose: the IETF
+    /// rate-limit headers only, and the key id as the one identity header.
+    TollgateLean,
 }
 
 impl Arm {
@@ -35,6 +38,7 @@ impl Arm {
             Self::EmptyWasm => "empty-wasm",
             Self::MinimalLimiter => "minimal-limiter",
             Self::Tollgate => "tollgate",
+            Self::TollgateLean => "tollgate-lean",
         }
     }
 }
@@ -55,11 +59,13 @@ pub struct Inputs<'a> {
 }
 
 pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
-    if arm == Arm::Tollgate {
-        return tollgate(ports, inputs);
+    match arm {
+        Arm::Tollgate => return tollgate(ports, inputs),
+        Arm::TollgateLean => return lean(&tollgate(ports, inputs)?, inputs),
+        _ => {}
     }
     let filters = match arm {
-        Arm::Plain | Arm::Tollgate => String::new(),
+        Arm::Plain | Arm::Tollgate | Arm::TollgateLean => String::new(),
         Arm::Native => format!(
             r#"
           - name: envoy.filters.http.api_key_auth
@@ -128,6 +134,24 @@ fn wasm_filter(name: &str, path: &str) -> String {
     )
 }
 
+/// What the lean arm adds to the template's plugin configuration.
+pub const LEAN: &str =
+    r#""rate_limit_headers": ["ietf"], "identity_headers": {"tenant_id": null, "plan": null}"#;
+
+/// Tollgate's arm with [`LEAN`] added to its plugin configuration.
+fn lean(rendered: &str, inputs: &Inputs<'_>) -> Result<String> {
+    let end = format!(r#""token": "{}"}}}}'"#, inputs.sync_token);
+    if rendered.matches(&end).count() != 1 {
+        return Err(format!(
+            "envoy/tollgate.yaml's plugin configuration no longer ends in `{end}` for the lean arm to extend"
+        ));
+    }
+    Ok(rendered.replace(
+        &end,
+        &format!(r#""token": "{}"}}, {LEAN}}}'"#, inputs.sync_token),
+    ))
+}
+
 fn tollgate(ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
     let template = std::fs::read_to_string(root().join("envoy/tollgate.yaml"))
         .map_err(|e| format!("read envoy/tollgate.yaml: {e}"))?;
@@ -152,4 +176,50 @@ fn tollgate(ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
         ));
     }
     Ok(rendered.replace(route, DIRECT_RESPONSE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lean_arm_is_the_shipped_configuration_with_fewer_headers() {
+        let inputs = Inputs {
+            native_key: "k",
+            empty_wasm: "/e.wasm",
+            minimal_limiter_wasm: "/m.wasm",
+            filter_wasm: "/f.wasm",
+            control_plane_port: 8080,
+            sync_token: "tok",
+        };
+        let ports = Ports {
+            listener: 10000,
+            admin: 9901,
+        };
+        let plain = envoy_config(Arm::Tollgate, &ports, &inputs).unwrap();
+        let lean = envoy_config(Arm::TollgateLean, &ports, &inputs).unwrap();
+        let line = lean
+            .lines()
+            .find(|l| l.contains("rate_limit_headers"))
+            .expect("the plugin configuration line");
+        let json = line
+            .trim()
+            .trim_start_matches("value: '")
+            .trim_end_matches('\'');
+        let config: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(config["sync"]["token"], "tok");
+        assert_eq!(config["rate_limit_headers"], serde_json::json!(["ietf"]));
+        assert_eq!(
+            config["identity_headers"],
+            serde_json::json!({"tenant_id": null, "plan": null})
+        );
+        // Nothing else differs.
+        assert_eq!(plain.lines().count(), lean.lines().count());
+        let differing = plain
+            .lines()
+            .zip(lean.lines())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differing, 1);
+    }
 }

@@ -286,6 +286,7 @@ fn run_bench(options: &Options) -> Result {
         Arm::EmptyWasm,
         Arm::MinimalLimiter,
         Arm::Tollgate,
+        Arm::TollgateLean,
     ] {
         envoys.push(Envoy::start(envoy, arm, &inputs, &work, arm.name())?);
     }
@@ -322,6 +323,8 @@ fn run_bench(options: &Options) -> Result {
         let version = cp.version()?;
         let started = Instant::now();
         tollgate.wait_for_version(version, Duration::from_secs(120))?;
+        envoy_of(&envoys, Arm::TollgateLean)?
+            .wait_for_version(version, Duration::from_secs(120))?;
         if let Some(candidate) = &candidate {
             candidate.wait_for_version(version, Duration::from_secs(120))?;
         }
@@ -833,12 +836,13 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
 }
 
 /// The names of [`ArmLoads`], in order.
-const ARM_LOADS: [&str; 8] = [
+const ARM_LOADS: [&str; 9] = [
     "plain",
     "native",
     "empty-wasm",
     "minimal-limiter",
     "tollgate",
+    "tollgate-lean",
     "tollgate-per-envoy",
     "tollgate-401-unknown",
     "tollgate-429-exhausted",
@@ -874,6 +878,7 @@ impl<'a> ArmLoads<'a> {
             arm("empty-wasm", Arm::EmptyWasm, native, 200)?,
             arm("minimal-limiter", Arm::MinimalLimiter, &plaintexts, 200)?,
             arm("tollgate", Arm::Tollgate, &plaintexts, 200)?,
+            arm("tollgate-lean", Arm::TollgateLean, &plaintexts, 200)?,
             arm("tollgate-per-envoy", Arm::Tollgate, &per_envoy, 200)?,
             arm(
                 "tollgate-401-unknown",
