@@ -331,20 +331,65 @@ fn rate_limit_sets(names: Option<Vec<String>>) -> Result<RateLimitSets, ConfigEr
         let set = match name.as_str() {
             "ietf" => &mut sets.ietf,
             "x-ratelimit" => &mut sets.x_ratelimit,
-            other => {
-                return Err(ConfigError(format!(
-                    "rate_limit_headers: {other:?} is not a set: \"ietf\" (RateLimit-Policy, RateLimit) or \"x-ratelimit\" (X-RateLimit-*)"
-                )))
-            }
+            _ => &mut sets.ietf,
         };
-        if *set {
-            return Err(ConfigError(format!(
-                "rate_limit_headers lists {name:?} twice"
-            )));
+        let known = matches!(name.as_str(), "ietf" | "x-ratelimit");
+        if !known || *set {
+            return Err(ConfigError(
+                "rate_limit_headers lists the sets to send, each at most once: \"ietf\" \
+                 (RateLimit-Policy, RateLimit) and \"x-ratelimit\" (X-RateLimit-*)"
+                    .into(),
+            ));
         }
         *set = true;
     }
     Ok(sets)
+}
+
+/// Names an identity header may not take: HTTP's, Envoy's, and those of
+/// Tollgate's own answers.
+const RESERVED_NAMES: [&str; 12] = [
+    "host",
+    "authorization",
+    "cookie",
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "retry-after",
+];
+const RESERVED_PREFIXES: [&str; 3] = ["ratelimit", "x-ratelimit", "x-envoy-"];
+
+/// One identity header's name as configured: `Err` holds the field's name.
+fn identity_name<'a>(
+    field: &'a str,
+    wire: WireName,
+    default: Option<String>,
+    api_key: &KeySources,
+) -> Result<Option<String>, &'a str> {
+    let name = match wire {
+        WireName::Default => return Ok(default),
+        WireName::Off => return Ok(None),
+        WireName::Named(name) => name,
+    };
+    // A header name, and none that HTTP, Envoy, Tollgate's own answers or
+    // the key itself use.
+    let usable = is_token(&name)
+        && !name.bytes().any(|b| b.is_ascii_uppercase())
+        && !RESERVED_NAMES.contains(&name.as_str())
+        && !RESERVED_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        && !api_key.headers.contains(&name);
+    if usable {
+        Ok(Some(name))
+    } else {
+        Err(field)
+    }
 }
 
 fn identity_headers(
@@ -355,56 +400,30 @@ fn identity_headers(
     let Some(wire) = wire else {
         return Ok(defaults);
     };
-    let pick = |field: &str, wire: WireName, default: Option<String>| match wire {
-        WireName::Default => Ok(default),
-        WireName::Off => Ok(None),
-        WireName::Named(name) => {
-            if !is_token(&name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
-                return Err(ConfigError(format!(
-                    "identity_headers.{field}: {name:?} is not a lower-case header name (1 to 64 token characters), or null not to send it"
-                )));
+    let named = (|| {
+        Ok::<_, &str>(IdentityHeaders {
+            tenant_id: identity_name("tenant_id", wire.tenant_id, defaults.tenant_id, api_key)?,
+            key_id: identity_name("key_id", wire.key_id, defaults.key_id, api_key)?,
+            plan: identity_name("plan", wire.plan, defaults.plan, api_key)?,
+        })
+    })();
+    match named {
+        Ok(headers) => {
+            let [a, b, c] = [&headers.tenant_id, &headers.key_id, &headers.plan];
+            let same = |x: &Option<String>, y: &Option<String>| x.is_some() && x == y;
+            if same(a, b) || same(a, c) || same(b, c) {
+                return Err(ConfigError(
+                    "identity_headers gives two headers the same name".into(),
+                ));
             }
-            // Headers Envoy, HTTP or Tollgate's own answers own.
-            let reserved = matches!(
-                name.as_str(),
-                "host"
-                    | "authorization"
-                    | "cookie"
-                    | "connection"
-                    | "content-length"
-                    | "content-type"
-                    | "transfer-encoding"
-                    | "te"
-                    | "upgrade"
-                    | "keep-alive"
-                    | "proxy-connection"
-                    | "retry-after"
-            ) || name.starts_with("ratelimit")
-                || name.starts_with("x-ratelimit")
-                || name.starts_with("x-envoy-")
-                || api_key.headers.contains(&name);
-            if reserved {
-                return Err(ConfigError(format!(
-                    "identity_headers.{field}: {name:?} is a header the upstream, Envoy or the key itself uses"
-                )));
-            }
-            Ok(Some(name))
+            Ok(headers)
         }
-    };
-    let headers = IdentityHeaders {
-        tenant_id: pick("tenant_id", wire.tenant_id, defaults.tenant_id)?,
-        key_id: pick("key_id", wire.key_id, defaults.key_id)?,
-        plan: pick("plan", wire.plan, defaults.plan)?,
-    };
-    let names: Vec<&str> = headers.configured().collect();
-    for (i, name) in names.iter().enumerate() {
-        if names.get(..i).is_some_and(|seen| seen.contains(name)) {
-            return Err(ConfigError(format!(
-                "identity_headers names {name:?} twice"
-            )));
-        }
+        Err(field) => Err(ConfigError(format!(
+            "identity_headers.{field} must be null (not sent) or a lower-case header name \
+             that is not host, authorization, cookie, content-type, a hop-by-hop header, \
+             retry-after, a rate-limit header, x-envoy-* or a header keys are read from"
+        ))),
     }
-    Ok(headers)
 }
 
 impl FromJson for WireSync {
@@ -665,8 +684,11 @@ mod tests {
     #[test]
     fn bad_header_choices_refuse_the_configuration() {
         for (extra, says) in [
-            (r#""rate_limit_headers":["IETF"]"#, "is not a set"),
-            (r#""rate_limit_headers":["ietf","ietf"]"#, "twice"),
+            (r#""rate_limit_headers":["IETF"]"#, "each at most once"),
+            (
+                r#""rate_limit_headers":["ietf","ietf"]"#,
+                "each at most once",
+            ),
             (r#""rate_limit_headers":"ietf""#, "expected an array"),
             (
                 r#""identity_headers":{"plan":"X-Plan"}"#,
@@ -680,10 +702,22 @@ mod tests {
                 r#""identity_headers":{"plan":"a b"}"#,
                 "lower-case header name",
             ),
-            (r#""identity_headers":{"plan":"host"}"#, "uses"),
-            (r#""identity_headers":{"plan":"ratelimit"}"#, "uses"),
-            (r#""identity_headers":{"plan":"x-api-key"}"#, "uses"),
-            (r#""identity_headers":{"plan":"x-tenant-id"}"#, "twice"),
+            (
+                r#""identity_headers":{"plan":"host"}"#,
+                "identity_headers.plan",
+            ),
+            (
+                r#""identity_headers":{"tenant_id":"ratelimit"}"#,
+                "identity_headers.tenant_id",
+            ),
+            (
+                r#""identity_headers":{"key_id":"x-api-key"}"#,
+                "identity_headers.key_id",
+            ),
+            (
+                r#""identity_headers":{"plan":"x-tenant-id"}"#,
+                "the same name",
+            ),
             (r#""identity_headers":{"tenant":"x-t"}"#, "unknown field"),
             (r#""identity_headers":{"plan":7}"#, "expected a string"),
         ] {

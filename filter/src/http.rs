@@ -95,7 +95,8 @@ fn reply(denied: &Denied, grpc: bool, sets: RateLimitSets) -> Action {
     } else {
         local_reply(denied)
     };
-    let headers: Vec<(&str, &str)> = reply.headers().filter(|(n, _)| sets.sends(n)).collect();
+    let mut headers: Vec<(&str, &str)> = reply.headers().collect();
+    headers.retain(|(name, _)| sets.sends(name));
     host::send_local_reply(
         reply.status,
         &headers,
@@ -246,8 +247,10 @@ impl TollgateHttp {
             return Action::Continue;
         }
         let sets = self.rate_limit_sets;
-        for (name, value) in self.response_headers.iter().filter(|(n, _)| sets.sends(n)) {
-            host::set_header(MapType::HttpResponseHeaders, name, Some(value));
+        for (name, value) in self.response_headers.iter() {
+            if sets.sends(name) {
+                host::set_header(MapType::HttpResponseHeaders, name, Some(value));
+            }
         }
         Action::Continue
     }

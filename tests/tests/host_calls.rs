@@ -372,6 +372,22 @@ async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
         }
         assert!(seen["x-api-key-id"].is_string(), "{seen}");
         assert!(seen.get("x-api-key").is_none(), "{seen}");
+
+        // A refusal carries the chosen sets too; Retry-After always.
+        let refused = stack
+            .client
+            .get(format!("http://127.0.0.1:{}/anything", envoy.port))
+            .header("x-api-key", &spent)
+            .send()
+            .await
+            .expect("Envoy answers");
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = refused.headers();
+        assert!(
+            h.contains_key("retry-after") && h.contains_key("ratelimit"),
+            "{h:?}"
+        );
+        assert_eq!(h.contains_key("x-ratelimit-reset"), !lean, "{h:?}");
     }
 
     // The exact numbers, each request's calls by outcome (see the

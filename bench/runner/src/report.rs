@@ -397,9 +397,10 @@ fn targets(results: &Results) -> Vec<Target> {
     }
     out.push(Target {
         what: "filter.wasm size",
-        bound: "≤ 200 KB".into(),
+        // Issue 23: size gives way to CPU (opt-level 3), within 300 KB.
+        bound: "≤ 300 KB".into(),
         measured: format!("{} bytes", results.filter_wasm_bytes),
-        met: Some(results.filter_wasm_bytes <= 200_000),
+        met: Some(results.filter_wasm_bytes <= 300_000),
     });
     out
 }
