@@ -448,6 +448,21 @@ impl Stack {
         .await;
     }
 
+    /// The Envoy stats (admin `/stats`, `name: value` lines) of the Envoy
+    /// whose admin port is `admin_port`, those whose names match the regex
+    /// `filter`.
+    pub async fn envoy_stats_text(&self, admin_port: u16, filter: &str) -> String {
+        self.client
+            .get(format!("http://127.0.0.1:{admin_port}/stats"))
+            .query(&[("filter", filter)])
+            .send()
+            .await
+            .expect("Envoy's admin answers")
+            .text()
+            .await
+            .expect("a stats body")
+    }
+
     /// One series of the control plane's `/metrics`, summed over its labels.
     pub async fn control_plane_metric(&self, name: &str) -> f64 {
         let url = self.control_plane_url(self.control_plane_port, "/metrics");

@@ -41,16 +41,8 @@ type Histogram = BTreeMap<String, BTreeMap<String, BTreeMap<u64, u64>>>;
 
 async fn histogram(stack: &Stack, admin_port: u16) -> Histogram {
     let text = stack
-        .client
-        .get(format!(
-            "http://127.0.0.1:{admin_port}/stats?filter=tollgate_test\\.host_calls"
-        ))
-        .send()
-        .await
-        .expect("Envoy's admin answers")
-        .text()
-        .await
-        .expect("a stats body");
+        .envoy_stats_text(admin_port, r"tollgate_test\.host_calls")
+        .await;
     let mut out = Histogram::new();
     for line in text.lines() {
         let Some((name, value)) = line.split_once(": ") else {
@@ -139,16 +131,8 @@ async fn until_applied(stack: &Stack, admin_port: u16) {
     let version = health.body["config_version"].as_u64().expect("a version");
     eventually(Duration::from_secs(60), "the config applied", || async {
         let text = stack
-            .client
-            .get(format!(
-                "http://127.0.0.1:{admin_port}/stats?filter=tollgate\\.config_version$"
-            ))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+            .envoy_stats_text(admin_port, r"tollgate\.config_version$")
+            .await;
         let applied: u64 = text.split(": ").nth(1)?.trim().parse().ok()?;
         (applied == version).then_some(())
     })

@@ -18,16 +18,8 @@ use tollgate_e2e::ControlPlaneTls;
 async fn control_plane_tls_stats(stack: &Stack, admin_port: u16) -> BTreeMap<String, u64> {
     let prefix = "cluster.tollgate_control_plane.ssl.";
     let text = stack
-        .client
-        .get(format!(
-            "http://127.0.0.1:{admin_port}/stats?filter=^cluster\\.tollgate_control_plane\\.ssl\\."
-        ))
-        .send()
-        .await
-        .expect("Envoy's admin answers")
-        .text()
-        .await
-        .expect("a stats body");
+        .envoy_stats_text(admin_port, r"^cluster\.tollgate_control_plane\.ssl\.")
+        .await;
     text.lines()
         .filter_map(|line| {
             let (name, value) = line.split_once(": ")?;
