@@ -132,9 +132,15 @@ pub fn neighbour_wasm() -> PathBuf {
 /// and the neighbour plugin.
 fn build_test_filters() -> Result {
     let dir = root().join("target/crash-test");
-    for (feature, shipped) in [
-        ("crash-test", crash_test_filter_wasm()),
-        ("host-call-counts", host_calls_filter_wasm()),
+    // The counting build records each request in `on_log`, a callback
+    // the shipped filter does not export.
+    for (feature, shipped, more) in [
+        ("crash-test", crash_test_filter_wasm(), &[][..]),
+        (
+            "host-call-counts",
+            host_calls_filter_wasm(),
+            &["proxy_on_log"][..],
+        ),
     ] {
         run(
             &format!("build the {feature} filter"),
@@ -152,7 +158,11 @@ fn build_test_filters() -> Result {
                 ])
                 .arg(&dir),
         )?;
-        wasm::ship(&dir.join("wasm32-wasip1/release/filter.wasm"), &shipped)?;
+        wasm::ship_with(
+            &dir.join("wasm32-wasip1/release/filter.wasm"),
+            &shipped,
+            more,
+        )?;
     }
     run(
         "build the neighbour filter",
