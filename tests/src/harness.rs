@@ -61,11 +61,19 @@ pub(crate) fn spawn(name: &str, command: Command, log: PathBuf) -> Process {
 /// Waits until `GET path` on loopback `port` answers 2xx; panics at once,
 /// with its last output, if the process exits first. On a blocking thread:
 /// the probe blocks, and a test's runtime may have only the one.
-pub(crate) async fn until_ready(mut process: Process, port: u16, path: &str) -> Process {
+pub(crate) async fn until_ready(process: Process, port: u16, path: &str) -> Process {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let path = path.to_owned();
+    until(process, move || Ok(tollgate_launch::http_ok(addr, &path))).await
+}
+
+/// [`until_ready`] with `ready` as the probe.
+async fn until(
+    mut process: Process,
+    ready: impl FnMut() -> Result<bool, String> + Send + 'static,
+) -> Process {
     let (process, ready) = tokio::task::spawn_blocking(move || {
-        let ready = process.wait_for_http(addr, &path, START_LIMIT);
+        let ready = process.wait_until(START_LIMIT, ready);
         (process, ready)
     })
     .await
@@ -614,19 +622,10 @@ impl Stack {
         // the certificate loaded before the port is bound, so a connection
         // accepted there is a control plane ready to serve.
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let (process, ready) = tokio::task::spawn_blocking(move || {
-            let mut process = process;
-            let ready = process.wait_until(START_LIMIT, || {
-                Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
-            });
-            (process, ready)
+        until(process, move || {
+            Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
         })
         .await
-        .expect("the wait for readiness");
-        if let Err(e) = ready {
-            panic!("{e}");
-        }
-        process
     }
 
     /// Kills the control plane and waits until it is gone.
@@ -815,6 +814,18 @@ impl Stack {
             .await;
         assert_eq!(tenant.status, StatusCode::CREATED, "{:?}", tenant.body);
         tenant.body["id"].as_str().expect("tenant id").to_owned()
+    }
+
+    /// Deactivates the key `key_id` (`PATCH /v1/keys/{id}`, `active: false`).
+    pub async fn deactivate(&self, key_id: &str) {
+        let reply = self
+            .admin(
+                Method::PATCH,
+                &format!("/v1/keys/{key_id}"),
+                Some(json!({"active": false})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
 
     pub async fn new_key(&self, tenant_id: &str) -> (String, String) {

@@ -240,14 +240,7 @@ async fn each_outcome_makes_the_same_exact_host_calls_at_1_1k_and_100k_keys() {
         .await;
     assert_eq!(open.status, StatusCode::OK, "{:?}", open.body);
     let (disabled_id, disabled) = stack.new_key(&tenant).await;
-    let off = stack
-        .admin(
-            Method::PATCH,
-            &format!("/v1/keys/{disabled_id}"),
-            Some(json!({"active": false})),
-        )
-        .await;
-    assert_eq!(off.status, StatusCode::OK, "{:?}", off.body);
+    stack.deactivate(&disabled_id).await;
     let scarce = stack
         .tenant_on_plan(
             json!({"name": "per-hour", "max": 1, "window_seconds": 3600, "per_envoy": true}),

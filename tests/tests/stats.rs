@@ -86,14 +86,7 @@ async fn envoy_stats_count_every_request_and_show_sync_health() {
     assert_eq!(scoped.status, StatusCode::CREATED, "{:?}", scoped.body);
     let scoped_key = scoped.body["key"].as_str().unwrap().to_owned();
     let (disabled_id, disabled_key) = stack.new_key(&tenant_id).await;
-    let patched = stack
-        .admin(
-            Method::PATCH,
-            &format!("/v1/keys/{disabled_id}"),
-            Some(json!({"active": false})),
-        )
-        .await;
-    assert_eq!(patched.status, StatusCode::OK, "{:?}", patched.body);
+    stack.deactivate(&disabled_id).await;
     let tenant = stack
         .admin(Method::GET, &format!("/v1/tenants/{tenant_id}"), None)
         .await;
