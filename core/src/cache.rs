@@ -9,12 +9,21 @@
 //! revoked key is therefore refused by the first request that sees the
 //! version that revoked it, exactly as without the memo. Absent keys are
 //! remembered too, so a stream of unknown keys costs no more than known ones.
-//! It is bounded: when full it starts over. The version itself is read at
+//! It is bounded: when full it starts over.
+//!
+//! Its maps hash with foldhash seeded by the caller, not std's SipHash:
+//! foldhash is several times cheaper on a request path that hashes a key
+//! hash and a plan id, and std's `RandomState` would bring its own source of
+//! randomness (with 5 KB of WASI error names) into `filter.wasm`. The seed
+//! is what keeps a client from choosing keys that collide; with it secret,
+//! it would also have to grind SHA-256. The version itself is read at
 //! most once per millisecond of the host clock: a busy worker takes tens of
 //! requests each millisecond, and a change is then seen at most 1 ms later.
 
 use std::collections::HashMap;
 use std::rc::Rc;
+
+use foldhash::fast::FixedState;
 
 use crate::config::{Anonymous, KeyRecord, Plan};
 use crate::fleet::Terms;
@@ -36,14 +45,24 @@ pub struct ConfigCache {
     synced_at_ms: Option<u64>,
     /// The fleet terms, as of that read.
     fleet: Option<Terms>,
-    keys: HashMap<KeyHash, Option<Rc<KeyRecord>>>,
-    plans: HashMap<String, Option<Rc<Plan>>>,
+    keys: HashMap<KeyHash, Option<Rc<KeyRecord>>, FixedState>,
+    plans: HashMap<String, Option<Rc<Plan>>, FixedState>,
     anonymous: Option<Option<Rc<Anonymous>>>,
 }
 
 impl ConfigCache {
+    /// A memo with a fixed hash seed: for tests and one-off decisions.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A memo whose maps hash with `seed`, which should be random.
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            keys: HashMap::with_hasher(FixedState::with_seed(seed)),
+            plans: HashMap::with_hasher(FixedState::with_seed(seed.rotate_left(32))),
+            ..Self::default()
+        }
     }
 
     /// The applied version, read from `store` unless it was read at `now_ms`
@@ -129,10 +148,15 @@ mod tests {
 
     #[test]
     fn what_it_remembers_lasts_until_the_version_moves() {
+        remembers_until_the_version_moves(ConfigCache::new());
+        // The seed changes the hashing, nothing else.
+        remembers_until_the_version_moves(ConfigCache::with_seed(0x0123_4567_89ab_cdef));
+    }
+
+    fn remembers_until_the_version_moves(mut cache: ConfigCache) {
         let store = MemoryStore::new();
         let (hash, unknown) = (KeyHash::of(b"k"), KeyHash::of(b"u"));
         apply_sync(&store, &sync(1, &hash, true)).unwrap();
-        let mut cache = ConfigCache::new();
         cache.at_version(1);
         assert!(cache.key(&store, &hash).unwrap().active);
         assert!(cache.key(&store, &unknown).is_none());

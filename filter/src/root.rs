@@ -11,17 +11,18 @@
 //! requests still in flight keep counting into the same tally, which the
 //! new root context hands over.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
+use tollgate_core::cache::ConfigCache;
 use tollgate_core::layout::read_leases;
 
 use crate::config::PluginConfig;
-use crate::host::{self, Proxy};
+use crate::host::{self, Host, Proxy};
 use crate::http::{SharedCache, TollgateHttp};
 use crate::lease::{self, Lease};
 use crate::report::{self, Reporter, SharedTally, USAGE_QUEUE};
@@ -35,7 +36,7 @@ thread_local! {
     /// This VM's decisions since the last hand-over.
     static TALLY: SharedTally = SharedTally::default();
     /// This VM's parsed config, shared by its HTTP contexts.
-    static CACHE: SharedCache = SharedCache::default();
+    static CACHE: SharedCache = Rc::new(RefCell::new(ConfigCache::with_seed(Proxy.random())));
     /// Whether this VM has served a request: the main thread's never does.
     static SERVING: Cell<bool> = const { Cell::new(false) };
 }
