@@ -83,6 +83,12 @@ impl Meter {
             fill_ms: fill_ms(limit),
         }
     }
+
+    /// Whether this Envoy holds no share of the limit: nothing it waits
+    /// for refills the bucket, only a share from the control plane does.
+    pub fn holds_nothing(&self) -> bool {
+        self.capacity == 0
+    }
 }
 
 impl From<&Limit> for Meter {

@@ -75,6 +75,36 @@ fn before_any_terms_a_fleet_wide_limit_admits_nothing_and_says_retry_in_a_second
 }
 
 #[test]
+fn without_a_share_even_an_hourly_limit_says_retry_in_a_second_not_an_hour() {
+    let retry_after = |store: &MemoryStore, k: &ApiKey, now: u64| match run(store, k, now) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::RateLimited);
+            assert_eq!(d.policies[0].reset_seconds, 1, "{d:?}");
+            d.retry_after
+        }
+        other => panic!("{other:?}"),
+    };
+    // Before any terms...
+    let (store, k) = unleased(vec![limit("per-hour", 1_000, 3_600)]);
+    assert_eq!(retry_after(&store, &k, T0), Some(1));
+    // ...and with all of it at other Envoys.
+    apply_leases(&store, &leases(1, 0, None), T0).unwrap();
+    assert_eq!(retry_after(&store, &k, T0), Some(1));
+    // With a share, an empty bucket waits for its refill as always: a
+    // hundredth of 1,000 an hour is one request every 360 s (361 with the
+    // share rounded down to 65,536ths).
+    apply_leases(&store, &leases(2, u64::from(FULL_SHARE) / 100, None), T0).unwrap();
+    assert_eq!(admitted(&store, &k, 20, T0), 10);
+    assert_eq!(
+        match run(&store, &k, T0) {
+            Decision::Deny(d) => d.retry_after,
+            other => panic!("{other:?}"),
+        },
+        Some(361)
+    );
+}
+
+#[test]
 fn half_a_share_is_half_the_burst_and_half_the_rate_to_the_millisecond() {
     let (store, k) = unleased(vec![limit("per-second", 10, 1)]);
     apply_leases(&store, &leases(1, HALF, None), T0).unwrap();

@@ -29,8 +29,9 @@ pub(super) struct Quota {
     pub(super) horizon: Option<u64>,
 }
 
-/// How long a request refused for want of a quota slice is told to wait:
-/// about a report's round trip, when more of the quota may have come.
+/// How long a request refused for want of a quota slice, or of any share of
+/// a fleet-wide limit, is told to wait: about a report's round trip, when
+/// more may have come.
 pub const SLICE_WAIT_MS: u64 = 1_000;
 
 /// One shared-data entry that a request consumes from: its limits' buckets
@@ -148,7 +149,15 @@ impl Ledger<'_> {
                 }),
                 Check::Deny { wait_ms } => violated.push(Violation {
                     policy: limit.name.clone(),
-                    wait_ms,
+                    // Without a share (before the first terms, or all of it
+                    // with other Envoys) the window's refill frees nothing:
+                    // the next receipt may, so an hourly limit does not say
+                    // to come back in an hour.
+                    wait_ms: if meter.holds_nothing() {
+                        wait_ms.min(SLICE_WAIT_MS)
+                    } else {
+                        wait_ms
+                    },
                     pending: false,
                 }),
             }
