@@ -3,7 +3,8 @@
 //! The benchmark itself is `bench/runner` (package `tollgate-bench`), a
 //! crate of its own so that xtask stays a task runner; what xtask keeps is
 //! what it already does for `up` and `test`: installing Envoy, building
-//! and shipping the filter, building the control plane. The runner gets
+//! and shipping the filter, building the control plane (and `bench/rls`,
+//! the rate limit service of the `rls-limitador` arm). The runner gets
 //! their paths in the environment and `cargo xtask bench`'s arguments as
 //! they are, and runs in the caller's directory, so that a relative `--out`
 //! or `--candidate` means what it did.
@@ -63,18 +64,23 @@ pub fn run_bench(args: &[String], envoy: &Path) -> Result {
         cargo().args(["build", "-p", "tollgate-bench"]),
     )?;
     check_args(args)?;
-    let control_plane = build(args)?;
-    run_runner(args, envoy, control_plane)
+    let built = build(args)?;
+    run_runner(args, envoy, built.control_plane, built.rls)
 }
 
 /// [`run_bench`] for `cargo xtask test`, whose workspace build has already
-/// built the runner and the debug control plane a `--smoke` run uses:
-/// building them here, each on its own, would compile their dependencies
-/// again with other features.
+/// built the runner, the debug control plane and the debug rate limit
+/// service a `--smoke` run uses: building them here, each on its own, would
+/// compile their dependencies again with other features.
 pub fn run_built_bench(args: &[String], envoy: &Path) -> Result {
     check_args(args)?;
     build_wasm()?;
-    run_runner(args, envoy, Some(debug_bin("control-plane")))
+    run_runner(
+        args,
+        envoy,
+        Some(debug_bin("control-plane")),
+        Some(debug_bin("bench-rls")),
+    )
 }
 
 fn check_args(args: &[String]) -> Result {
@@ -86,11 +92,19 @@ fn check_args(args: &[String]) -> Result {
     )
 }
 
-fn run_runner(args: &[String], envoy: &Path, control_plane: Option<PathBuf>) -> Result {
+fn run_runner(
+    args: &[String],
+    envoy: &Path,
+    control_plane: Option<PathBuf>,
+    rls: Option<PathBuf>,
+) -> Result {
     let mut command = Command::new(debug_bin("tollgate-bench"));
     command.args(args);
     if let Some(control_plane) = control_plane {
         command.env("TOLLGATE_CONTROL_PLANE", control_plane);
+    }
+    if let Some(rls) = rls {
+        command.env("TOLLGATE_BENCH_RLS", rls);
     }
     // `--fleet` measures the control plane on PostgreSQL: a throwaway
     // server, as for the tests, with its psql for the database's counters.
@@ -117,38 +131,54 @@ fn run_runner(args: &[String], envoy: &Path, control_plane: Option<PathBuf>) -> 
     )
 }
 
-/// Builds what the arms run; the control plane too, in release unless
-/// `--smoke`, when `args` do not name one. Returns the control plane built.
-fn build(args: &[String]) -> Result<Option<PathBuf>> {
+/// The binaries [`build`] built.
+struct Built {
+    control_plane: Option<PathBuf>,
+    rls: Option<PathBuf>,
+}
+
+/// Builds what the arms run: the filters; the control plane unless `args`
+/// name one; the rate limit service of the `rls-limitador` arm unless it is
+/// a soak or a fleet run, which have no arms. Both in release unless `--smoke`.
+fn build(args: &[String]) -> Result<Built> {
     build_wasm()?;
     let smoke = args.iter().any(|a| a == "--smoke");
     // The runner has checked the arguments: past `--smoke`, flags and values alternate.
-    let given = args
+    let flags: Vec<&String> = args.iter().filter(|a| *a != "--smoke").step_by(2).collect();
+    let given = flags.iter().any(|flag| *flag == "--control-plane");
+    let arms = !flags
         .iter()
-        .filter(|a| *a != "--smoke")
-        .step_by(2)
-        .any(|flag| flag == "--control-plane");
-    if given {
-        return Ok(None);
-    }
+        .any(|flag| *flag == "--soak" || *flag == "--fleet");
     let mut command = cargo();
-    command.args([
-        "build",
-        "-p",
-        "tollgate-control-plane",
-        "--bin",
-        "control-plane",
-    ]);
+    command.arg("build");
+    // In one build: cargo unifies their dependencies' features, so tokio,
+    // hyper and the rest are compiled once for both.
+    if !given {
+        command.args(["-p", "tollgate-control-plane", "--bin", "control-plane"]);
+    }
+    if arms {
+        command.args(["-p", "tollgate-bench-rls", "--bin", "bench-rls"]);
+    }
     let profile = if smoke {
         "debug"
     } else {
         command.arg("--release");
         "release"
     };
-    run("build the control plane", &mut command)?;
-    Ok(Some(
-        root().join("target").join(profile).join("control-plane"),
-    ))
+    let what = match (!given, arms) {
+        (true, true) => Some("build the control plane and the rate limit service"),
+        (true, false) => Some("build the control plane"),
+        (false, true) => Some("build the rate limit service"),
+        (false, false) => None,
+    };
+    if let Some(what) = what {
+        run(what, &mut command)?;
+    }
+    let bin = |name: &str| root().join("target").join(profile).join(name);
+    Ok(Built {
+        control_plane: (!given).then(|| bin("control-plane")),
+        rls: arms.then(|| bin("bench-rls")),
+    })
 }
 
 /// filter.wasm and the two floors it is measured against, in release.

@@ -59,18 +59,25 @@ const ALLOWED_LICENCES: &[&str] = &[
 /// side means replacing or forking a dependency. Most come from the browser
 /// tests' `fantoccini` → `webdriver` (older `http`, `cookie`, `thiserror`,
 /// and ICU4X 1 for text segmentation, where `url` has moved to ICU4X 2).
+/// Some come from the benchmark's rate limit service (`bench/rls`): its
+/// `limitador` always builds `tonic-build` 0.12, and with it prost 0.13,
+/// while tonic 0.14 is on prost 0.14.
 const KNOWN_DUPLICATES: &[(&str, &str)] = &[
     ("base64", "reqwest, sqlx and webdriver on 0.22; hyper-util, ureq and utoipa-swagger-ui on 0.23"),
+    ("bit-vec", "bit-set (cel's parser, limitador) on 0.8; yasna on 0.9, optional and not built"),
     ("cookie", "webdriver on 0.16, fantoccini on 0.18"),
     ("cpufeatures", "sha1 and sha2 0.10 on 0.2; chacha20 (rand 0.10) on 0.3"),
+    ("embedded-io", "postcard (limitador) names 0.4 and 0.6, both optional and not built"),
     ("foldhash", "hashbrown 0.15 on 0.1; hashbrown 0.16 and 0.17 on 0.2"),
     ("getrandom", "ring and rand 0.8 on 0.2; rand 0.9 on 0.3; rand 0.10, tempfile and zip on 0.4"),
-    ("hashbrown", "sqlx-core on 0.15, proxy-wasm on 0.16, indexmap on 0.17"),
+    ("hashbrown", "dashmap (limitador) on 0.14, sqlx-core on 0.15, proxy-wasm on 0.16, indexmap on 0.17"),
     ("hashlink", "sqlx-core on 0.10, yaml-rust2 on 0.12"),
     ("http", "webdriver on 0.2; hyper, axum and reqwest on 1"),
     ("icu_collections", "ICU4X 1 (webdriver's icu_segmenter) and 2 (url)"),
     ("icu_provider", "ICU4X 1 (webdriver's icu_segmenter) and 2 (url)"),
     ("litemap", "ICU4X 1 and 2"),
+    ("prost", "limitador's build-dependency tonic-build 0.12 on 0.13; tonic 0.14 and bench/rls on 0.14"),
+    ("prost-derive", "prost 0.13 and 0.14"),
     ("rand", "sqlx-postgres and rsa on 0.8; ours on 0.9; proptest and quinn on 0.10"),
     ("rand_chacha", "rand 0.8 and 0.9"),
     ("rand_core", "rand 0.8, 0.9 and 0.10"),

@@ -4,6 +4,13 @@
 //! Tollgate's arm is rendered from `envoy/tollgate.yaml`, the file users copy,
 //! with its route swapped for the same `direct_response`, so what is measured
 //! is what ships.
+//!
+//! The `rls-limitador` arm is Envoy's own global rate limit filter asking
+//! `bench-rls` (`bench/rls`) over gRPC. That filter does nothing on a
+//! `direct_response` route (it needs a route to a cluster), so its route
+//! names a cluster that is never reached and Envoy's health-check filter,
+//! after the rate limit filter, answers 200 itself: a local reply, as a
+//! `direct_response` is, with an empty body instead of "ok".
 
 use tollgate_launch::{render_envoy_config, EnvoyValues};
 
@@ -28,6 +35,9 @@ pub enum Arm {
     /// Tollgate with the fewest headers an operator may choose: the IETF
     /// rate-limit headers only, and the key id as the one identity header.
     TollgateLean,
+    /// Envoy's global `ratelimit` filter and a rate limit service on the
+    /// `limitador` crate: the design Envoy recommends for global limits.
+    RlsLimitador,
 }
 
 impl Arm {
@@ -39,6 +49,7 @@ impl Arm {
             Self::MinimalLimiter => "minimal-limiter",
             Self::Tollgate => "tollgate",
             Self::TollgateLean => "tollgate-lean",
+            Self::RlsLimitador => "rls-limitador",
         }
     }
 }
@@ -56,7 +67,12 @@ pub struct Inputs<'a> {
     pub filter_wasm: &'a str,
     pub control_plane_port: u16,
     pub sync_token: &'a str,
+    /// Where `bench-rls` listens.
+    pub rls_port: u16,
 }
+
+/// The domain the `rls-limitador` arm's filter sends, and `bench-rls` limits.
+pub const RLS_DOMAIN: &str = "bench";
 
 pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
     match arm {
@@ -64,6 +80,8 @@ pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<Stri
         Arm::TollgateLean => return lean(&tollgate(ports, inputs)?, inputs),
         _ => {}
     }
+    let mut route = DIRECT_RESPONSE.to_owned();
+    let mut clusters = String::new();
     let filters = match arm {
         Arm::Plain | Arm::Tollgate | Arm::TollgateLean => String::new(),
         Arm::Native => format!(
@@ -85,6 +103,11 @@ pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<Stri
         ),
         Arm::EmptyWasm => wasm_filter("empty", inputs.empty_wasm),
         Arm::MinimalLimiter => wasm_filter("minimal", inputs.minimal_limiter_wasm),
+        Arm::RlsLimitador => {
+            route = RLS_ROUTE.to_owned();
+            clusters = rls_clusters(inputs.rls_port);
+            rls_filters()
+        }
     };
     Ok(format!(
         r#"admin:
@@ -106,12 +129,12 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                {DIRECT_RESPONSE}
+                {route}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
+{clusters}"#,
         admin = ports.admin,
         listener = ports.listener,
     ))
@@ -131,6 +154,68 @@ fn wasm_filter(name: &str, path: &str) -> String {
                   vm_id: {name}
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: "{path}" }} }}"#
+    )
+}
+
+/// The `rls-limitador` arm's route: the key in `x-api-key` becomes the
+/// descriptor entry `api_key` of the one descriptor each request is
+/// checked against. A route to a cluster, for the filter to act on.
+const RLS_ROUTE: &str = r#"route:
+                  cluster: unreached
+                  rate_limits:
+                  - actions:
+                    - request_headers: { header_name: x-api-key, descriptor_key: api_key }"#;
+
+fn rls_filters() -> String {
+    // A 1 s timeout, not the default 20 ms: with `failure_mode_deny` a
+    // timed-out call is a 500, which would end the run; a slow answer
+    // belongs in the latency figures instead.
+    format!(
+        r#"
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: {RLS_DOMAIN}
+              failure_mode_deny: true
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
+              timeout: 1s
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service: {{ envoy_grpc: {{ cluster_name: rls }} }}
+          - name: envoy.filters.http.health_check
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+              pass_through_mode: false
+              headers: [{{ name: ":path", string_match: {{ prefix: "/" }} }}]"#
+    )
+}
+
+/// `bench-rls` over HTTP/2, as gRPC needs; and the route's cluster, which
+/// the health-check filter answers before any request reaches it.
+fn rls_clusters(rls_port: u16) -> String {
+    format!(
+        r#"  clusters:
+  - name: rls
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: rls
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {rls_port} }} }} }}
+  - name: unreached
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: unreached
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 9 }} }} }}
+"#
     )
 }
 
@@ -182,20 +267,26 @@ fn tollgate(ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_lean_arm_is_the_shipped_configuration_with_fewer_headers() {
-        let inputs = Inputs {
+    fn inputs() -> Inputs<'static> {
+        Inputs {
             native_key: "k",
             empty_wasm: "/e.wasm",
             minimal_limiter_wasm: "/m.wasm",
             filter_wasm: "/f.wasm",
             control_plane_port: 8080,
             sync_token: "tok",
-        };
-        let ports = Ports {
-            listener: 10000,
-            admin: 9901,
-        };
+            rls_port: 8081,
+        }
+    }
+
+    const PORTS: Ports = Ports {
+        listener: 10000,
+        admin: 9901,
+    };
+
+    #[test]
+    fn the_lean_arm_is_the_shipped_configuration_with_fewer_headers() {
+        let (inputs, ports) = (inputs(), PORTS);
         let plain = envoy_config(Arm::Tollgate, &ports, &inputs).unwrap();
         let lean = envoy_config(Arm::TollgateLean, &ports, &inputs).unwrap();
         let line = lean
@@ -221,5 +312,50 @@ mod tests {
             .filter(|(a, b)| a != b)
             .count();
         assert_eq!(differing, 1);
+    }
+
+    #[test]
+    fn the_rls_arm_differs_from_plain_in_its_filters_route_and_clusters_only() {
+        let plain = envoy_config(Arm::Plain, &PORTS, &inputs()).unwrap();
+        let rls = envoy_config(Arm::RlsLimitador, &PORTS, &inputs()).unwrap();
+        for line in [
+            "envoy.filters.http.ratelimit",
+            "failure_mode_deny: true",
+            "enable_x_ratelimit_headers: DRAFT_VERSION_03",
+            "transport_api_version: V3",
+            "grpc_service: { envoy_grpc: { cluster_name: rls } }",
+            "explicit_http_config: { http2_protocol_options: {} }",
+            "port_value: 8081",
+            "request_headers: { header_name: x-api-key, descriptor_key: api_key }",
+            "pass_through_mode: false",
+        ] {
+            assert!(rls.contains(line), "{line}");
+        }
+        assert!(rls.contains(&format!("domain: {RLS_DOMAIN}")));
+        assert!(!rls.contains("direct_response"));
+        // The rate limit filter sees the request before the health check
+        // answers it, and the router comes last, as in every arm.
+        let at = |name: &str| rls.find(name).unwrap();
+        assert!(at("http.ratelimit") < at("http.health_check"));
+        assert!(at("http.health_check") < at("http.router"));
+        // Admin, listener and connection manager are plain's, up to the route.
+        let same = plain
+            .lines()
+            .zip(rls.lines())
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert_eq!(
+            plain.lines().nth(same).map(str::trim),
+            Some(DIRECT_RESPONSE)
+        );
+        // And so is the router, last of the filters.
+        fn from_router(config: &str) -> Vec<&str> {
+            let router = "          - name: envoy.filters.http.router";
+            config[config.find(router).unwrap()..]
+                .lines()
+                .take(3)
+                .collect()
+        }
+        assert_eq!(from_router(&plain), from_router(&rls));
     }
 }

@@ -3,19 +3,24 @@
 //! at all.
 //!
 //! A crate of its own, not a part of xtask: xtask installs Envoy, builds the
-//! filters and the control plane, and runs this binary with their paths in
-//! `TOLLGATE_ENVOY`, `TOLLGATE_CONTROL_PLANE` (unless `--control-plane` names
-//! one), `TOLLGATE_FILTER_WASM`, `TOLLGATE_EMPTY_WASM` and
-//! `TOLLGATE_MINIMAL_LIMITER_WASM`; the runner's own arguments are
-//! `cargo xtask bench`'s, passed on as they are.
+//! filters, the control plane and the rate limit service, and runs this
+//! binary with their paths in `TOLLGATE_ENVOY`, `TOLLGATE_CONTROL_PLANE`
+//! (unless `--control-plane` names one), `TOLLGATE_FILTER_WASM`,
+//! `TOLLGATE_EMPTY_WASM`, `TOLLGATE_MINIMAL_LIMITER_WASM` and
+//! `TOLLGATE_BENCH_RLS`; the runner's own arguments are `cargo xtask
+//! bench`'s, passed on as they are.
 //!
 //! One run starts one Envoy per arm ([`arms`]), every one `--concurrency 1`
 //! and pinned to CPU 0, with the load generator ([`load`]) and the control
-//! plane on CPU 1. At each key scale it loads keys through the control
-//! plane's API, times a cold Envoy's full sync, reads Envoy's memory, then
-//! runs alternated rounds over the arms: a closed loop for Envoy CPU per
-//! request (from `/proc/<pid>/stat`) and requests/s, and a fixed offered load
-//! for p50/p99 latency. At the largest scale it times revocations (API call
+//! plane on CPU 1. The `rls-limitador` arm is Envoy's own global rate limit
+//! filter and `TOLLGATE_BENCH_RLS` (`bench/rls`, a rate limit service on
+//! the `limitador` crate), which runs on CPU 0 too; its CPU per request is
+//! Envoy's plus the service's, and the report gives the service's share.
+//! At each key scale it loads keys through the control plane's API, times a
+//! cold Envoy's full sync, reads Envoy's memory, then runs alternated rounds
+//! over the arms: a closed loop for Envoy CPU per request (from
+//! `/proc/<pid>/stat`) and requests/s, and a fixed offered load for p50/p99
+//! latency. At the largest scale it times revocations (API call
 //! to first 401). [`report`] writes JSON, Markdown and an SVG plot.
 //!
 //! `--smoke` (run by `cargo xtask test`) does all of it small and fast and
@@ -263,12 +268,15 @@ fn run_bench(options: &Options) -> Result {
     let filter_wasm = env_path("TOLLGATE_FILTER_WASM")?;
     let empty_wasm = env_path("TOLLGATE_EMPTY_WASM")?;
     let minimal_limiter_wasm = env_path("TOLLGATE_MINIMAL_LIMITER_WASM")?;
+    let rls_binary = env_path("TOLLGATE_BENCH_RLS")?;
     let work = tempdir()?;
     pin_self_to_cpu(1);
 
     println!("\n==> control plane, plans, tenants and the denial keys");
     let cp = ControlPlane::start(&control_plane, &work, None)?;
     let setup = Setup::create(&cp)?;
+    println!("==> the rate limit service of the rls-limitador arm, pinned to CPU 0");
+    let rls = Rls::start(&rls_binary, &work)?;
 
     let inputs = Inputs {
         native_key: &setup.native_key,
@@ -277,6 +285,7 @@ fn run_bench(options: &Options) -> Result {
         filter_wasm: &path_str(&filter_wasm)?,
         control_plane_port: cp.addr.port(),
         sync_token: SYNC_TOKEN,
+        rls_port: rls.addr.port(),
     };
     println!("==> one Envoy per arm, pinned to CPU 0");
     let mut envoys = Vec::new();
@@ -287,8 +296,13 @@ fn run_bench(options: &Options) -> Result {
         Arm::MinimalLimiter,
         Arm::Tollgate,
         Arm::TollgateLean,
+        Arm::RlsLimitador,
     ] {
-        envoys.push(Envoy::start(envoy, arm, &inputs, &work, arm.name())?);
+        let mut started = Envoy::start(envoy, arm, &inputs, &work, arm.name())?;
+        if arm == Arm::RlsLimitador {
+            started.service = Some(rls.pid);
+        }
+        envoys.push(started);
     }
     let candidate = match &options.candidate {
         Some(wasm) => {
@@ -318,6 +332,8 @@ fn run_bench(options: &Options) -> Result {
     lean.wait_for_version(cp.version()?, Duration::from_secs(60))?;
     until_admits(lean, &per_envoy_key, Duration::from_secs(30))?;
     setup.exhaust(tollgate)?;
+    let ordinary_key = keys.first().map(|k| k.key.clone()).ok_or("no fleet key")?;
+    rls.prove_limits(envoy_of(&envoys, Arm::RlsLimitador)?, &ordinary_key)?;
 
     let mut results = report::Results::new(options, &filter_wasm)?;
     let rss_empty = tollgate.rss_kib()?;
@@ -356,8 +372,12 @@ fn run_bench(options: &Options) -> Result {
                     continue;
                 };
                 let sample = measure(envoy, requests, options)?;
+                let service = sample
+                    .service_cpu_us
+                    .map(|s| format!("  (service {s:.1} µs of it)"))
+                    .unwrap_or_default();
                 println!(
-                    "round {} {name:<18} {:6.1} µs CPU/req  {:8.0} req/s  p50 {:5.0} µs  p99 {:6.0} µs",
+                    "round {} {name:<18} {:6.1} µs CPU/req  {:8.0} req/s  p50 {:5.0} µs  p99 {:6.0} µs{service}",
                     round + 1,
                     sample.cpu_us,
                     sample.rps,
@@ -383,6 +403,7 @@ fn run_bench(options: &Options) -> Result {
     }
     drop(envoys);
     drop(candidate);
+    drop(rls);
     drop(cp);
     report::write(&results, &options.out)?;
     println!("\nwrote {}", options.out.display());
@@ -749,9 +770,85 @@ fn until_admits(envoy: &Envoy, key: &str, limit: Duration) -> Result {
     }
 }
 
+/// The key `bench-rls` allows one request an hour, for
+/// [`Rls::prove_limits`]; no other arm knows it.
+const RLS_EXHAUSTED_KEY: &str = "bench-rls-exhausted-key";
+
+/// `bench-rls`, the rate limit service the `rls-limitador` arm's Envoy asks.
+struct Rls {
+    pid: u32,
+    addr: SocketAddr,
+    _process: Process,
+}
+
+impl Rls {
+    fn start(binary: &Path, work: &Path) -> Result<Self> {
+        let addr = loopback(free_port()?);
+        // On CPU 0 beside Envoy, not on CPU 1: Tollgate and Envoy's own
+        // filters do all their limiting on the one core Envoy has, so this
+        // arm's limiting shares that core too, and its CPU and latency
+        // compare like with like (nor does it take the load generator's CPU).
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", "0"])
+            .arg(binary)
+            .args(["--listen", &addr.to_string(), "--domain", arms::RLS_DOMAIN])
+            // Far above any rate the benchmark reaches: measured keys are
+            // never refused.
+            .args(["--per-second", "1000000000"])
+            .args(["--exhausted", RLS_EXHAUSTED_KEY]);
+        let log = Output::File(work.join("bench-rls.log"));
+        let mut process = Process::spawn_owned("the rate limit service", command, log)?;
+        // It binds before it serves: once a connection is accepted, Envoy's will be.
+        process.wait_until(START_LIMIT, || {
+            Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
+        })?;
+        Ok(Self {
+            pid: process.pid(),
+            addr,
+            _process: process,
+        })
+    }
+
+    /// That the arm really limits, through its Envoy: the exhausted key is
+    /// admitted once, then refused with the rate-limit headers; an ordinary
+    /// key is admitted.
+    fn prove_limits(&self, envoy: &Envoy, ordinary_key: &str) -> Result {
+        let mut conn = Conn::open(envoy.listener)?;
+        let exhausted = load::request_bytes("/", Some(RLS_EXHAUSTED_KEY));
+        for (what, want) in [("first", 200), ("second", 429)] {
+            let answer = conn.exchange(&exhausted)?;
+            if answer.status != want {
+                return Err(format!(
+                    "rls-limitador: the exhausted key's {what} request answered {}, not {want}",
+                    answer.status
+                ));
+            }
+            if answer.header("x-ratelimit-remaining") != Some("0") {
+                return Err(format!(
+                    "rls-limitador: the exhausted key's {what} answer has no x-ratelimit-remaining: 0"
+                ));
+            }
+        }
+        let status = conn
+            .exchange(&load::request_bytes("/", Some(ordinary_key)))?
+            .status;
+        if status != 200 {
+            return Err(format!(
+                "rls-limitador: an ordinary key answered {status}, not 200"
+            ));
+        }
+        println!("rls-limitador limits: the exhausted key 200 then 429, an ordinary key 200");
+        Ok(())
+    }
+}
+
 struct Envoy {
     arm: Arm,
     pid: u32,
+    /// A process doing this Envoy's limiting for it (the `rls-limitador`
+    /// arm's rate limit service), whose CPU counts with Envoy's.
+    service: Option<u32>,
     listener: SocketAddr,
     admin: SocketAddr,
     _process: Process,
@@ -792,15 +889,18 @@ impl Envoy {
         Ok(Self {
             arm,
             pid: process.pid(),
+            service: None,
             listener: loopback(ports.listener),
             admin,
             _process: process,
         })
     }
 
-    /// User plus system CPU time of the whole process, in microseconds.
-    fn cpu_us(&self) -> Result<f64> {
-        cpu_us(self.pid)
+    /// User plus system CPU time of the whole process, and of its
+    /// [`Envoy::service`] (zero without one), in microseconds.
+    fn cpu_us(&self) -> Result<(f64, f64)> {
+        let service = self.service.map_or(Ok(0.0), cpu_us)?;
+        Ok((cpu_us(self.pid)?, service))
     }
 
     fn rss_kib(&self) -> Result<u64> {
@@ -875,12 +975,13 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
 }
 
 /// The names of [`ArmLoads`], in order.
-const ARM_LOADS: [&str; 9] = [
+const ARM_LOADS: [&str; 10] = [
     "plain",
     "native",
     "empty-wasm",
     "minimal-limiter",
     "tollgate",
+    "rls-limitador",
     "tollgate-lean",
     "tollgate-per-envoy",
     "tollgate-401-unknown",
@@ -917,6 +1018,8 @@ impl<'a> ArmLoads<'a> {
             arm("empty-wasm", Arm::EmptyWasm, native, 200)?,
             arm("minimal-limiter", Arm::MinimalLimiter, &plaintexts, 200)?,
             arm("tollgate", Arm::Tollgate, &plaintexts, 200)?,
+            // Every fleet key has the service's per-second limit of its own.
+            arm("rls-limitador", Arm::RlsLimitador, &plaintexts, 200)?,
             // Keys of its own, whose limits each Envoy holds alone: on the
             // fleet-wide keys its demand would take shares from the
             // tollgate arm. Compare it with tollgate-per-envoy.
@@ -961,26 +1064,41 @@ fn warm_up(arms: &ArmLoads<'_>, options: &Options) -> Result {
 /// One arm's figures in one round.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
+    /// Envoy's CPU per request, and its service's with one.
     pub cpu_us: f64,
     pub rps: f64,
     pub cpu_us_at_rate: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// The service's part of `cpu_us` and `cpu_us_at_rate`, for an arm with
+    /// one ([`Envoy::service`]).
+    pub service_cpu_us: Option<f64>,
+    pub service_cpu_us_at_rate: Option<f64>,
 }
 
 fn measure(envoy: &Envoy, requests: &Requests, options: &Options) -> Result<Sample> {
+    // Per request over an interval: Envoy's and its service's, both.
+    let per_request = |before: (f64, f64), after: (f64, f64), requests: usize| {
+        let n = requests.max(1) as f64;
+        let service = (after.1 - before.1) / n;
+        ((after.0 - before.0) / n + service, service)
+    };
     let before = envoy.cpu_us()?;
     let closed = load::closed_loop(requests, options.requests, options.connections)?;
-    let cpu_us = (envoy.cpu_us()? - before) / closed.requests as f64;
+    let (cpu_us, service_cpu_us) = per_request(before, envoy.cpu_us()?, closed.requests);
     let before = envoy.cpu_us()?;
     let latencies = load::fixed_rate(requests, options.rate, options.rate_for, 8)?;
-    let cpu_us_at_rate = (envoy.cpu_us()? - before) / latencies.0.len().max(1) as f64;
+    let (cpu_us_at_rate, service_cpu_us_at_rate) =
+        per_request(before, envoy.cpu_us()?, latencies.0.len());
+    let with_service = |v: f64| envoy.service.map(|_| v);
     Ok(Sample {
         cpu_us,
         rps: closed.per_second(),
         cpu_us_at_rate,
         p50_us: latencies.quantile(0.50),
         p99_us: latencies.quantile(0.99),
+        service_cpu_us: with_service(service_cpu_us),
+        service_cpu_us_at_rate: with_service(service_cpu_us_at_rate),
     })
 }
 

@@ -134,6 +134,17 @@ impl Scale {
         )
     }
 
+    /// Whether `arm`'s CPU includes a service's beside Envoy.
+    fn has_service(&self, arm: &str) -> bool {
+        self.samples
+            .iter()
+            .any(|(a, _, s)| *a == arm && s.service_cpu_us.is_some())
+    }
+
+    fn service_spread(&self, arm: &str, figure: impl Fn(&Sample) -> Option<f64>) -> Spread {
+        self.spread(arm, |s| figure(s).unwrap_or(f64::NAN))
+    }
+
     fn bytes_per_key(&self) -> f64 {
         (self.rss_kib as f64 - self.rss_empty_kib as f64) * 1024.0 / self.keys.max(1) as f64
     }
@@ -143,7 +154,7 @@ impl Scale {
             .arms()
             .into_iter()
             .map(|arm| {
-                json!({
+                let mut figures = json!({
                     "arm": arm,
                     "cpu_us_per_request": self.spread(arm, |s| s.cpu_us).json(),
                     "added_cpu_us_per_request": self.added_cpu(arm).json(),
@@ -151,20 +162,34 @@ impl Scale {
                     "cpu_us_per_request_at_fixed_rate": self.spread(arm, |s| s.cpu_us_at_rate).json(),
                     "p50_us": self.spread(arm, |s| s.p50_us).json(),
                     "p99_us": self.spread(arm, |s| s.p99_us).json(),
-                })
+                });
+                if self.has_service(arm) {
+                    figures["service_cpu_us_per_request"] =
+                        self.service_spread(arm, |s| s.service_cpu_us).json();
+                    figures["service_cpu_us_per_request_at_fixed_rate"] =
+                        self.service_spread(arm, |s| s.service_cpu_us_at_rate).json();
+                }
+                figures
             })
             .collect();
         let rounds: Vec<Value> = self
             .samples
             .iter()
             .map(|(arm, round, s)| {
-                json!({
+                let mut figures = json!({
                     "arm": arm, "round": round + 1,
                     "cpu_us_per_request": round2(s.cpu_us),
                     "requests_per_second": round2(s.rps),
                     "cpu_us_per_request_at_fixed_rate": round2(s.cpu_us_at_rate),
                     "p50_us": s.p50_us, "p99_us": s.p99_us,
-                })
+                });
+                // Parts of the two CPU figures above, not additions to them.
+                if let (Some(closed), Some(at_rate)) = (s.service_cpu_us, s.service_cpu_us_at_rate)
+                {
+                    figures["service_cpu_us_per_request"] = round2(closed);
+                    figures["service_cpu_us_per_request_at_fixed_rate"] = round2(at_rate);
+                }
+                figures
             })
             .collect();
         json!({
@@ -412,9 +437,12 @@ pub fn write(results: &Results, out: &Path) -> Result {
     let machine = machine();
     let o = &results.options;
     let method = format!(
-        "Envoy 1.40.0 --concurrency 1 pinned to CPU 0; load generator and control plane on CPU 1. \
-         HTTP/1.1 keep-alive, direct_response. Per arm and round: {} requests closed-loop over {} \
-         connections (CPU per request from /proc/<pid>/stat utime+stime, requests/s), then {} req/s \
+        "Envoy 1.40.0 --concurrency 1 pinned to CPU 0, with rls-limitador's rate limit service \
+         (bench-rls, on the limitador crate); load generator and control plane on CPU 1. \
+         HTTP/1.1 keep-alive, direct_response (rls-limitador: the health-check filter's local reply, \
+         as Envoy's rate limit filter acts only on routes to a cluster). Per arm and round: {} \
+         requests closed-loop over {} connections (CPU per request from /proc/<pid>/stat \
+         utime+stime, rls-limitador's with its service's; requests/s), then {} req/s \
          offered for {} s over 8 connections (latency from each request's due time). {} alternated \
          round(s) after a warm-up; medians with [min–max].",
         o.requests,
@@ -513,6 +541,15 @@ fn markdown(
                 fmt_spread(scale.spread(arm, |s| s.p99_us), 0),
             );
         }
+        for arm in scale.arms().into_iter().filter(|a| scale.has_service(a)) {
+            let _ = writeln!(
+                md,
+                "\n{arm}: its CPU is Envoy's plus its rate limit service's; the service's part is {} µs/req, {} µs/req at {} req/s.",
+                fmt_spread(scale.service_spread(arm, |s| s.service_cpu_us), 1),
+                fmt_spread(scale.service_spread(arm, |s| s.service_cpu_us_at_rate), 1),
+                results.options.rate
+            );
+        }
         let _ = writeln!(md);
     }
     if let Some(r) = &results.revocation {
@@ -550,7 +587,7 @@ fn svg(results: &Results) -> String {
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{left}" y="20" font-size="14">Envoy CPU per request (µs, median, min–max), by arm and keys loaded</text>
+<text x="{left}" y="20" font-size="14">Envoy CPU per request (µs, median, min–max; rls-limitador's with its service's), by arm and keys loaded</text>
 "#
     );
     let step = nice_step(top_value);

@@ -227,6 +227,7 @@ pub fn run(options: &Options, lasting: Duration) -> Result {
         filter_wasm: &path_str(&filter_wasm)?,
         control_plane_port: cp.addr.port(),
         sync_token: crate::SYNC_TOKEN,
+        rls_port: 0,
     };
     let envoy = Envoy::start(&envoy_binary, Arm::Tollgate, &inputs, &work, "soak")?;
     envoy.wait_for_version(cp.version()?, Duration::from_secs(120))?;
