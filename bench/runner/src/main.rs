@@ -11,8 +11,9 @@
 //! bench`'s, passed on as they are.
 //!
 //! One run starts one Envoy per arm ([`arms`]), every one `--concurrency 1`
-//! and pinned to CPU 0, with the load generator ([`load`]) and the control
-//! plane on CPU 1. The `rls-limitador` arm is Envoy's own global rate limit
+//! and pinned to CPU 0, the load generator ([`load`]) on CPU 1, and the
+//! control plane on CPU 0 as SCHED_IDLE (why: [`ControlPlane::start_niced`]);
+//! the report gives its CPU per request too. The `rls-limitador` arm is Envoy's own global rate limit
 //! filter and `TOLLGATE_BENCH_RLS` (`bench/rls`, a rate limit service on
 //! the `limitador` crate), which runs on CPU 0 too; its CPU per request is
 //! Envoy's plus the service's, and the report gives the service's share.
@@ -365,6 +366,7 @@ fn run_bench(options: &Options) -> Result {
             arms.0.retain(|(name, _, _)| only.iter().any(|o| o == name));
         }
         warm_up(&arms, options)?;
+        let control_plane_before = cpu_us(cp.pid)?;
         for round in 0..options.rounds {
             for i in 0..arms.0.len() {
                 // Alternated: each round starts one arm later.
@@ -387,6 +389,10 @@ fn run_bench(options: &Options) -> Result {
                 scale_result.push(name, round, sample);
             }
         }
+        // The last round's usage reaches the control plane within about
+        // two reports.
+        std::thread::sleep(Duration::from_secs(2));
+        scale_result.control_plane_cpu_us = cpu_us(cp.pid)? - control_plane_before;
         results.scales.push(scale_result);
     }
     if let Some(&largest) = options.scales.last() {
@@ -405,6 +411,7 @@ fn run_bench(options: &Options) -> Result {
     drop(candidate);
     drop(rls);
     drop(cp);
+    remove_work(&work);
     report::write(&results, &options.out)?;
     println!("\nwrote {}", options.out.display());
     Ok(())
@@ -448,6 +455,7 @@ fn run_fleet(options: &Options, sizes: &[usize]) -> Result {
         window,
     )?;
     drop(cp);
+    remove_work(&work);
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("create {}: {e}", options.out.display()))?;
     let mut md = String::from(
@@ -470,6 +478,13 @@ fn path_str(path: &Path) -> Result<String> {
     path.to_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// A finished run's working directory: logs, Envoy configurations and the
+/// control plane's database (over 100 MB with a million keys). A failed run
+/// keeps it, for its logs.
+fn remove_work(work: &Path) {
+    let _ = std::fs::remove_dir_all(work);
 }
 
 fn tempdir() -> Result<PathBuf> {
@@ -532,8 +547,8 @@ impl ControlPlane {
         Self::start_niced(binary, work, database_url, database_url.is_none())
     }
 
-    /// `niced`: on CPU 1 at the lowest priority (see below); otherwise
-    /// scheduled as any process.
+    /// `niced`: on Envoy's CPU, scheduled only when it is idle (see below);
+    /// otherwise scheduled as any process.
     fn start_niced(
         binary: &Path,
         work: &Path,
@@ -541,19 +556,23 @@ impl ControlPlane {
         niced: bool,
     ) -> Result<Self> {
         let addr = loopback(free_port()?);
-        // On the load generator's CPU, at the lowest priority: the control
-        // plane ingesting a usage batch of a thousand keys every second
-        // delays the generator's requests, and their latency counts against
-        // Envoy. Measured 2026-12-01 at 1k keys, 3 rounds: the filter's p99
-        // 1.50-1.59 ms, the same filter doing all its work but sending the
-        // batch 0.30-0.34 ms, at the same Envoy CPU per request; with the
-        // control plane at nice 19, 0.49, 0.49 and 1.42 ms.
+        // Beside Envoy on CPU 0 as SCHED_IDLE, not on the load generator's
+        // CPU 1: it runs only when neither Envoy nor anything else on CPU 0
+        // wants to, and Envoy's wakeups preempt it at once. On CPU 1 at nice
+        // 19 it ingesting thousands of keys' usage a second (a second of CPU
+        // in 4 s at 100k keys) delayed the generator, which yields while it
+        // waits for a request's due time and a yield hands the CPU even to a
+        // nice-19 process; those delays counted against whichever arm was
+        // measured. The minimal limiter's p99 at 2,000 req/s, 3 rounds at 1k
+        // / 100k keys (2026-12-06): 0.55-2.29 / 0.59-4.51 ms on CPU 1 at
+        // nice 19; 0.38-2.44 / 0.38-0.42 ms on CPU 0 at nice 19; 0.28-0.65
+        // / 0.30-0.92 ms here.
         // With `--fleet` the control plane is what is measured: it has both CPUs.
         let mut command = if !niced {
             Command::new(binary)
         } else {
             let mut pinned = Command::new("taskset");
-            pinned.args(["-c", "1", "nice", "-n", "19"]).arg(binary);
+            pinned.args(["-c", "0", "chrt", "--idle", "0"]).arg(binary);
             pinned
         };
         command
@@ -1074,6 +1093,8 @@ pub struct Sample {
     /// one ([`Envoy::service`]).
     pub service_cpu_us: Option<f64>,
     pub service_cpu_us_at_rate: Option<f64>,
+    /// Requests sent in the round: closed loop and fixed rate.
+    pub requests: usize,
 }
 
 fn measure(envoy: &Envoy, requests: &Requests, options: &Options) -> Result<Sample> {
@@ -1099,6 +1120,7 @@ fn measure(envoy: &Envoy, requests: &Requests, options: &Options) -> Result<Samp
         p99_us: latencies.quantile(0.99),
         service_cpu_us: with_service(service_cpu_us),
         service_cpu_us_at_rate: with_service(service_cpu_us_at_rate),
+        requests: closed.requests + latencies.0.len(),
     })
 }
 

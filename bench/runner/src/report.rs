@@ -40,6 +40,9 @@ pub struct Scale {
     rss_empty_kib: u64,
     cold_sync: Duration,
     samples: Vec<(&'static str, usize, Sample)>,
+    /// The control plane's CPU over the rounds and the two reports after
+    /// them: mostly ingesting the Tollgate arms' usage.
+    pub control_plane_cpu_us: f64,
 }
 
 /// Median, least and greatest.
@@ -90,6 +93,7 @@ impl Scale {
             rss_empty_kib,
             cold_sync,
             samples: Vec::new(),
+            control_plane_cpu_us: f64::NAN,
         }
     }
 
@@ -145,6 +149,17 @@ impl Scale {
         self.spread(arm, |s| figure(s).unwrap_or(f64::NAN))
     }
 
+    /// The control plane's CPU per request any Tollgate arm was sent.
+    fn control_plane_cpu_per_request(&self) -> f64 {
+        let requests: usize = self
+            .samples
+            .iter()
+            .filter(|(arm, _, _)| arm.starts_with("tollgate"))
+            .map(|(_, _, s)| s.requests)
+            .sum();
+        self.control_plane_cpu_us / requests.max(1) as f64
+    }
+
     fn bytes_per_key(&self) -> f64 {
         (self.rss_kib as f64 - self.rss_empty_kib as f64) * 1024.0 / self.keys.max(1) as f64
     }
@@ -198,6 +213,7 @@ impl Scale {
             "envoy_rss_kib_without_keys": self.rss_empty_kib,
             "envoy_bytes_per_key": round2(self.bytes_per_key()),
             "cold_full_sync_seconds": round2(self.cold_sync.as_secs_f64()),
+            "control_plane_cpu_us_per_tollgate_request": round2(self.control_plane_cpu_per_request()),
             "arms": arms,
             "rounds": rounds,
         })
@@ -282,65 +298,112 @@ pub fn machine() -> String {
 
 /// One target: what is measured, the bound, and whether it is met.
 struct Target {
-    what: &'static str,
+    what: String,
     bound: String,
     measured: String,
     met: Option<bool>,
 }
 
+/// A ratio of two medians, meaningful only when both are above zero.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a > 0.0 && b > 0.0)
+        .then_some(a / b)
+        .filter(|r| r.is_finite())
+}
+
+/// Issue 23's targets, each from this run alone: the floor is the minimal
+/// limiter, at every key scale, for CPU and for the tail.
 fn targets(results: &Results) -> Vec<Target> {
     let mut out = Vec::new();
     let finite = |v: f64| v.is_finite().then_some(v);
+    let us = |s: Spread| fmt_spread(s, 1);
+    for scale in &results.scales {
+        let (ours, minimal) = (
+            scale.added_cpu("tollgate"),
+            scale.added_cpu("minimal-limiter"),
+        );
+        let cpu = ratio(ours.median, minimal.median);
+        out.push(Target {
+            what: format!(
+                "added CPU per allowed request ÷ the minimal limiter's, {} keys",
+                scale.keys
+            ),
+            bound: "≤ 1.25 (goal 1.1)".into(),
+            measured: format!(
+                "{} ({} ÷ {} µs)",
+                cpu.map_or("—".into(), |r| format!("{r:.2}")),
+                us(ours),
+                us(minimal)
+            ),
+            met: cpu.map(|r| r <= 1.25),
+        });
+        let (ours, minimal) = (
+            scale.spread("tollgate", |s| s.p99_us),
+            scale.spread("minimal-limiter", |s| s.p99_us),
+        );
+        let tail = ratio(ours.median, minimal.median);
+        out.push(Target {
+            what: format!(
+                "p99 at {} req/s ÷ the minimal limiter's, {} keys",
+                results.options.rate, scale.keys
+            ),
+            bound: "≤ 1.25".into(),
+            measured: format!(
+                "{} ({} ÷ {} µs)",
+                tail.map_or("—".into(), |r| format!("{r:.2}")),
+                fmt_spread(ours, 0),
+                fmt_spread(minimal, 0)
+            ),
+            met: tail.map(|r| r <= 1.25),
+        });
+        out.push(Target {
+            what: format!(
+                "control plane CPU per request to a Tollgate arm (usage ingest), {} keys",
+                scale.keys
+            ),
+            bound: "reported".into(),
+            measured: format!("{:.1} µs", scale.control_plane_cpu_per_request()),
+            met: None,
+        });
+    }
     let base = results
         .scales
         .iter()
         .find(|s| s.keys >= 1_000)
         .or(results.scales.first());
     if let Some(scale) = base {
+        let keys = scale.keys;
         let ours = scale.added_cpu("tollgate").median;
+        // Context, not targets: what being a proxy-wasm filter at all costs.
         let empty = scale.added_cpu("empty-wasm").median;
-        let native = scale.added_cpu("native").median;
-        // A ratio of costs means something only when both were measured above plain Envoy's.
-        let ratio = finite(ours / empty).filter(|_| ours > 0.0 && empty > 0.0);
-        out.push(Target {
-            what: "added CPU per allowed request ÷ the empty Wasm filter's",
-            bound: "≤ 1.4 (goal 1.2)".into(),
-            measured: format!(
-                "{:.2} ({ours:.1} µs ÷ {empty:.1} µs, {} keys)",
-                ours / empty,
-                scale.keys
-            ),
-            met: ratio.map(|r| r <= 1.4),
-        });
-        out.push(Target {
-            what: "added CPU per allowed request ÷ native api_key_auth + local_ratelimit",
-            bound: "reported".into(),
-            measured: format!("{:.2} ({ours:.1} µs ÷ {native:.1} µs)", ours / native),
-            met: None,
-        });
         let minimal = scale.added_cpu("minimal-limiter").median;
-        if minimal.is_finite() {
-            out.push(Target {
-                what: "the minimal limiter's added CPU ÷ the empty filter's: six host calls and nothing else",
-                bound: "reported: no limiter can do less".into(),
-                measured: format!("{:.2} ({minimal:.1} µs ÷ {empty:.1} µs)", minimal / empty),
-                met: None,
-            });
-            out.push(Target {
-                what: "Tollgate's added CPU beyond the minimal limiter's",
-                bound: "reported".into(),
-                measured: format!("{:.1} µs ({ours:.1} − {minimal:.1} µs)", ours - minimal),
-                met: None,
-            });
+        for (who, a) in [("Tollgate", ours), ("the minimal limiter", minimal)] {
+            if let Some(r) = ratio(a, empty) {
+                out.push(Target {
+                    what: format!("{who}: added CPU ÷ the empty Wasm filter's, {keys} keys"),
+                    bound: "reported".into(),
+                    measured: format!("{r:.2} ({a:.1} ÷ {empty:.1} µs)"),
+                    met: None,
+                });
+            }
         }
-        let per_envoy = scale.added_cpu("tollgate-per-envoy").median;
-        if per_envoy.is_finite() && scale.keys == 1_000 {
+        let rls = scale.spread("rls-limitador", |s| s.cpu_us);
+        if rls.median.is_finite() {
+            let service = scale.service_spread("rls-limitador", |s| s.service_cpu_us);
+            let allowed = scale.spread("tollgate", |s| s.cpu_us);
             out.push(Target {
-                what: "added CPU per allowed request, fleet-wide limits vs per-Envoy ones",
+                what: format!(
+                    "CPU per allowed request: Tollgate vs Envoy's ratelimit filter + a limitador RLS, {keys} keys"
+                ),
                 bound: "reported".into(),
                 measured: format!(
-                    "{ours:.1} µs vs {per_envoy:.1} µs ({:+.1} µs, 1000 keys each)",
-                    ours - per_envoy
+                    "{} vs {} µs (the service's part {} µs); p99 at {} req/s {:.0} vs {:.0} µs",
+                    us(allowed),
+                    us(rls),
+                    us(service),
+                    results.options.rate,
+                    scale.spread("tollgate", |s| s.p99_us).median,
+                    scale.spread("rls-limitador", |s| s.p99_us).median,
                 ),
                 met: None,
             });
@@ -349,11 +412,14 @@ fn targets(results: &Results) -> Vec<Target> {
             let cost = scale.spread(denial, |s| s.cpu_us).median;
             let allowed = scale.spread("tollgate", |s| s.cpu_us).median;
             out.push(Target {
-                what: if denial.contains("401") {
-                    "CPU per 401 (unknown key) ≤ per allowed request"
-                } else {
-                    "CPU per 429 (exhausted key) ≤ per allowed request"
-                },
+                what: format!(
+                    "CPU per {} ≤ per allowed request, {keys} keys",
+                    if denial.contains("401") {
+                        "401 (unknown key)"
+                    } else {
+                        "429 (exhausted key)"
+                    }
+                ),
                 bound: format!("≤ {allowed:.1} µs"),
                 measured: format!("{cost:.1} µs"),
                 met: finite(cost).map(|c| c <= allowed),
@@ -363,28 +429,17 @@ fn targets(results: &Results) -> Vec<Target> {
     let thousand = results.scales.iter().find(|s| s.keys == 1_000);
     if let (Some(small), Some(large)) = (thousand, results.scales.last()) {
         if large.keys > small.keys {
-            let growth = |arm: &str| {
-                let (a, b) = (small.added_cpu(arm).median, large.added_cpu(arm).median);
-                let measured = format!(
-                    "{:+.1} % ({b:.1} µs with {} keys, {a:.1} µs with 1k)",
-                    (b / a - 1.0) * 100.0,
-                    large.keys
-                );
-                (finite(b / a), measured)
-            };
-            let (ratio, measured) = growth("tollgate");
-            out.push(Target {
-                what: "added CPU with the most keys vs 1k keys",
-                bound: "within 5 %".into(),
-                measured,
-                met: ratio.map(|r| r <= 1.05),
-            });
-            let (ratio, measured) = growth("minimal-limiter");
-            if ratio.is_some() {
+            for arm in ["tollgate", "minimal-limiter"] {
+                let (a, b) = (small.added_cpu(arm), large.added_cpu(arm));
                 out.push(Target {
-                    what: "the same for the minimal limiter, one bucket entry per key",
-                    bound: "reported".into(),
-                    measured,
+                    what: format!("{arm}: added CPU with {} keys vs 1k", large.keys),
+                    bound: "reported (issue 23: counts, not a CPU bound, prove scale)".into(),
+                    measured: format!(
+                        "{:+.1} % ({} vs {} µs)",
+                        (b.median / a.median - 1.0) * 100.0,
+                        us(b),
+                        us(a)
+                    ),
                     met: None,
                 });
             }
@@ -393,14 +448,14 @@ fn targets(results: &Results) -> Vec<Target> {
     if let Some(large) = results.scales.last() {
         let per_key = large.bytes_per_key();
         out.push(Target {
-            what: "Envoy memory per key",
+            what: "Envoy memory per key".into(),
             bound: "≤ 200 B".into(),
             measured: format!("{per_key:.0} B ({} keys)", large.keys),
             met: finite(per_key).map(|b| b <= 200.0),
         });
         let sync = large.cold_sync.as_secs_f64();
         out.push(Target {
-            what: "cold Envoy start to full key set",
+            what: "cold Envoy start to full key set".into(),
             bound: "≤ 10 s".into(),
             measured: format!("{sync:.2} s ({} keys)", large.keys),
             met: Some(sync <= 10.0),
@@ -409,19 +464,19 @@ fn targets(results: &Results) -> Vec<Target> {
     if let Some(revocation) = &results.revocation {
         let p99 = revocation.quantile(0.99);
         out.push(Target {
-            what: "revocation, API call to a 401 through every Envoy, p99",
-            bound: "≤ 250 ms (goal 100 ms)".into(),
+            what: "revocation, API call to a 401 through every Envoy, p99".into(),
+            bound: "≤ 100 ms".into(),
             measured: format!(
                 "p99 {p99:.0} ms, p50 {:.0} ms, over {} through {} Envoys",
                 revocation.quantile(0.5),
                 revocation.latencies_ms.len(),
                 revocation.envoys
             ),
-            met: finite(p99).map(|p| p <= 250.0),
+            met: finite(p99).map(|p| p <= 100.0),
         });
     }
     out.push(Target {
-        what: "filter.wasm size",
+        what: "filter.wasm size".into(),
         // Issue 23: size gives way to CPU (opt-level 3), within 300 KB.
         bound: "≤ 300 KB".into(),
         measured: format!("{} bytes", results.filter_wasm_bytes),
@@ -438,7 +493,7 @@ pub fn write(results: &Results, out: &Path) -> Result {
     let o = &results.options;
     let method = format!(
         "Envoy 1.40.0 --concurrency 1 pinned to CPU 0, with rls-limitador's rate limit service \
-         (bench-rls, on the limitador crate); load generator and control plane on CPU 1. \
+         (bench-rls, on the limitador crate), and the control plane as SCHED_IDLE; load generator on CPU 1. \
          HTTP/1.1 keep-alive, direct_response (rls-limitador: the health-check filter's local reply, \
          as Envoy's rate limit filter acts only on routes to a cluster). Per arm and round: {} \
          requests closed-loop over {} connections (CPU per request from /proc/<pid>/stat \
@@ -518,11 +573,12 @@ fn markdown(
     for scale in &results.scales {
         let _ = writeln!(
             md,
-            "## {} keys\n\nEnvoy RSS {:.1} MiB ({:.0} B per key over none); a cold Envoy had the full set {:.2} s after it started.\n",
+            "## {} keys\n\nEnvoy RSS {:.1} MiB ({:.0} B per key over none); a cold Envoy had the full set {:.2} s after it started. The control plane used {:.1} µs of CPU per request sent to a Tollgate arm, ingesting their usage.\n",
             scale.keys,
             scale.rss_kib as f64 / 1024.0,
             scale.bytes_per_key(),
-            scale.cold_sync.as_secs_f64()
+            scale.cold_sync.as_secs_f64(),
+            scale.control_plane_cpu_per_request()
         );
         let _ = writeln!(
             md,

@@ -33,8 +33,8 @@ use crate::load::{self, request_bytes, Conn, Requests, Rng};
 use crate::route_times::{self, RouteTime};
 use crate::store_size::{self, StoreSample};
 use crate::{
-    call, env_path, expect_status, path_str, pin_self_to_cpu, report, tempdir, ControlPlane, Envoy,
-    Options, Result,
+    call, env_path, expect_status, path_str, pin_self_to_cpu, remove_work, report, tempdir,
+    ControlPlane, Envoy, Options, Result,
 };
 
 /// Keys in each of the small sets that are refused.
@@ -353,6 +353,7 @@ pub fn run(options: &Options, lasting: Duration) -> Result {
     report.write(options, &filter_wasm)?;
     drop(envoy);
     drop(cp);
+    remove_work(&work);
     report.verdict()
 }
 
