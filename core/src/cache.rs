@@ -9,16 +9,16 @@
 //! revoked key is therefore refused by the first request that sees the
 //! version that revoked it, exactly as without the memo. Absent keys are
 //! remembered too, so a stream of unknown keys costs no more than known ones.
-//! It is bounded: when full it starts over.
+//! It is bounded: when full it starts over. The version itself is read at
+//! most once per millisecond of the host clock: a busy worker takes tens of
+//! requests each millisecond, and a change is then seen at most 1 ms later.
 //!
 //! Its maps hash with foldhash seeded by the caller, not std's SipHash:
 //! foldhash is several times cheaper on a request path that hashes a key
 //! hash and a plan id, and std's `RandomState` would bring its own source of
 //! randomness (with 5 KB of WASI error names) into `filter.wasm`. The seed
 //! is what keeps a client from choosing keys that collide; with it secret,
-//! it would also have to grind SHA-256. The version itself is read at
-//! most once per millisecond of the host clock: a busy worker takes tens of
-//! requests each millisecond, and a change is then seen at most 1 ms later.
+//! it would also have to grind SHA-256.
 
 use std::collections::HashMap;
 use std::rc::Rc;
