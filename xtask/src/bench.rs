@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{
-    cargo, debug_bin, filter_wasm, install, root, run, run_here, wasm, wasm_release_build, Result,
+    build_test_filters, cargo, debug_bin, filter_wasm, host_calls_filter_wasm, install, root, run,
+    run_here, wasm, wasm_release_build, Result,
 };
 
 pub fn bench(args: &[String]) -> Result {
@@ -123,6 +124,7 @@ fn run_runner(
         command
             .env("TOLLGATE_ENVOY", envoy)
             .env("TOLLGATE_FILTER_WASM", filter_wasm())
+            .env("TOLLGATE_FILTER_HOST_CALLS_WASM", host_calls_filter_wasm())
             .env("TOLLGATE_EMPTY_WASM", wasm_dir.join("empty_filter.wasm"))
             .env(
                 "TOLLGATE_MINIMAL_LIMITER_WASM",
@@ -142,6 +144,9 @@ struct Built {
 /// a soak or a fleet run, which have no arms. Both in release unless `--smoke`.
 fn build(args: &[String]) -> Result<Built> {
     build_wasm()?;
+    // The counting build, for the host calls reported at each scale
+    // (`cargo xtask test` has built it before its smoke run).
+    build_test_filters()?;
     let smoke = args.iter().any(|a| a == "--smoke");
     // The runner has checked the arguments: past `--smoke`, flags and values alternate.
     let flags: Vec<&String> = args.iter().filter(|a| *a != "--smoke").step_by(2).collect();

@@ -130,7 +130,7 @@ pub fn neighbour_wasm() -> PathBuf {
 /// and host-call-counting filters (in a target directory of their own, so
 /// the shipped filter's build is not relinked; they share its dependencies)
 /// and the neighbour plugin.
-fn build_test_filters() -> Result {
+pub fn build_test_filters() -> Result {
     let dir = root().join("target/crash-test");
     // The counting build records each request in `on_log`, a callback
     // the shipped filter does not export.

@@ -6,6 +6,7 @@
 //! filters, the control plane and the rate limit service, and runs this
 //! binary with their paths in `TOLLGATE_ENVOY`, `TOLLGATE_CONTROL_PLANE`
 //! (unless `--control-plane` names one), `TOLLGATE_FILTER_WASM`,
+//! `TOLLGATE_FILTER_HOST_CALLS_WASM` (the counting build, [`host_calls`]),
 //! `TOLLGATE_EMPTY_WASM`, `TOLLGATE_MINIMAL_LIMITER_WASM` and
 //! `TOLLGATE_BENCH_RLS`; the runner's own arguments are `cargo xtask
 //! bench`'s, passed on as they are.
@@ -18,7 +19,8 @@
 //! the `limitador` crate), which runs on CPU 0 too; its CPU per request is
 //! Envoy's plus the service's, and the report gives the service's share.
 //! At each key scale it loads keys through the control plane's API, times a
-//! cold Envoy's full sync, reads Envoy's memory, then runs alternated rounds
+//! cold Envoy's full sync, reads Envoy's memory, counts host calls per
+//! request, then runs alternated rounds
 //! over the arms: a closed loop for Envoy CPU per request (from
 //! `/proc/<pid>/stat`) and requests/s, and a fixed offered load for p50/p99
 //! latency. At the largest scale it times revocations (API call
@@ -29,6 +31,7 @@
 
 mod arms;
 mod fleet;
+mod host_calls;
 mod load;
 mod report;
 mod route_times;
@@ -270,6 +273,7 @@ fn run_bench(options: &Options) -> Result {
     let empty_wasm = env_path("TOLLGATE_EMPTY_WASM")?;
     let minimal_limiter_wasm = env_path("TOLLGATE_MINIMAL_LIMITER_WASM")?;
     let rls_binary = env_path("TOLLGATE_BENCH_RLS")?;
+    let host_calls_wasm = env_path("TOLLGATE_FILTER_HOST_CALLS_WASM")?;
     let work = tempdir()?;
     pin_self_to_cpu(1);
 
@@ -361,6 +365,8 @@ fn run_bench(options: &Options) -> Result {
         let cold_sync = cold_sync(envoy, &inputs, &work, version)?;
         println!("cold Envoy: full sync {:.2} s", cold_sync.as_secs_f64());
         let mut scale_result = report::Scale::new(scale, rss, rss_empty, cold_sync);
+        scale_result.host_calls =
+            count_host_calls(envoy, &inputs, &host_calls_wasm, &work, &setup, version)?;
         let mut arms = ArmLoads::new(&envoys, candidate.as_ref(), &setup, &keys)?;
         if let Some(only) = &options.arms {
             arms.0.retain(|(name, _, _)| only.iter().any(|o| o == name));
@@ -932,14 +938,17 @@ impl Envoy {
             .ok_or_else(|| "no VmRSS".to_owned())
     }
 
+    /// The stats whose names match `filter` (a regular expression), as
+    /// Envoy's admin lists them: `name: value` lines.
+    fn stats_text(&self, filter: &str) -> Result<String> {
+        let request = format!("GET /stats?filter={filter} HTTP/1.1\r\nhost: bench\r\n\r\n");
+        let answer = Conn::open(self.admin)?.exchange(request.as_bytes())?;
+        Ok(String::from_utf8_lossy(&answer.body).into_owned())
+    }
+
     fn config_version(&self) -> Option<u64> {
-        let request = "GET /stats?filter=tollgate.config_version HTTP/1.1\r\nhost: bench\r\n\r\n";
-        let answer = Conn::open(self.admin)
-            .ok()?
-            .exchange(request.as_bytes())
-            .ok()?;
         metric_value(
-            &String::from_utf8_lossy(&answer.body),
+            &self.stats_text("tollgate.config_version").ok()?,
             "wasmcustom.tollgate.config_version",
         )
     }
@@ -983,6 +992,33 @@ fn clock_ticks_per_second() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// Host calls per request at this scale ([`host_calls`]), from an Envoy
+/// running the counting build, started for the count and stopped before
+/// the rounds: an idle Tollgate Envoy still takes its share of the fleet's
+/// background work on Envoy's CPU.
+fn count_host_calls(
+    binary: &Path,
+    inputs: &Inputs<'_>,
+    wasm: &Path,
+    work: &Path,
+    setup: &Setup,
+    version: u64,
+) -> Result<host_calls::Counts> {
+    let wasm = path_str(wasm)?;
+    let inputs = Inputs {
+        filter_wasm: &wasm,
+        ..*inputs
+    };
+    let counting = Envoy::start(binary, Arm::Tollgate, &inputs, work, "host-calls")?;
+    counting.wait_for_version(version, Duration::from_secs(120))?;
+    let per_envoy: Vec<String> = setup.per_envoy_keys.iter().map(|k| k.key.clone()).collect();
+    let counts = host_calls::count(&counting, &setup.unknown_key, &per_envoy)?;
+    for (outcome, calls) in &counts {
+        println!("host calls, {outcome}: {}", host_calls::describe(calls));
+    }
+    Ok(counts)
 }
 
 /// From starting a new Envoy to its holding `version`, the whole key set.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{Options, Sample};
-use crate::{root, Result};
+use crate::{host_calls, root, Result};
 
 pub struct Results {
     options: Options,
@@ -43,6 +43,8 @@ pub struct Scale {
     /// The control plane's CPU over the rounds and the two reports after
     /// them: mostly ingesting the Tollgate arms' usage.
     pub control_plane_cpu_us: f64,
+    /// Host calls per request, by outcome ([`host_calls`]).
+    pub host_calls: host_calls::Counts,
 }
 
 /// Median, least and greatest.
@@ -94,6 +96,7 @@ impl Scale {
             cold_sync,
             samples: Vec::new(),
             control_plane_cpu_us: f64::NAN,
+            host_calls: host_calls::Counts::new(),
         }
     }
 
@@ -214,6 +217,7 @@ impl Scale {
             "envoy_bytes_per_key": round2(self.bytes_per_key()),
             "cold_full_sync_seconds": round2(self.cold_sync.as_secs_f64()),
             "control_plane_cpu_us_per_tollgate_request": round2(self.control_plane_cpu_per_request()),
+            "host_calls_per_request": self.host_calls,
             "arms": arms,
             "rounds": rounds,
         })
@@ -364,6 +368,33 @@ fn targets(results: &Results) -> Vec<Target> {
             bound: "reported".into(),
             measured: format!("{:.1} µs", scale.control_plane_cpu_per_request()),
             met: None,
+        });
+    }
+    if let Some(first) = results.scales.first() {
+        let same = results
+            .scales
+            .iter()
+            .all(|s| !s.host_calls.is_empty() && s.host_calls == first.host_calls);
+        let keys: Vec<String> = results.scales.iter().map(|s| s.keys.to_string()).collect();
+        let counts: Vec<String> = first
+            .host_calls
+            .iter()
+            .map(|(outcome, calls)| format!("{outcome} {}", host_calls::describe(calls)))
+            .collect();
+        out.push(Target {
+            what: "host calls per request, the same at every scale (the counting build)".into(),
+            bound: "equal".into(),
+            measured: format!(
+                "{} at {} keys{}",
+                counts.join("; "),
+                keys.join(", "),
+                if same {
+                    ""
+                } else {
+                    ": they differ, see each scale"
+                }
+            ),
+            met: Some(same),
         });
     }
     let base = results
@@ -580,6 +611,18 @@ fn markdown(
             scale.cold_sync.as_secs_f64(),
             scale.control_plane_cpu_per_request()
         );
+        if !scale.host_calls.is_empty() {
+            let counts: Vec<String> = scale
+                .host_calls
+                .iter()
+                .map(|(outcome, calls)| format!("{outcome} {}", host_calls::describe(calls)))
+                .collect();
+            let _ = writeln!(
+                md,
+                "Host calls per request (calls ×requests, the counting build): {}.\n",
+                counts.join("; ")
+            );
+        }
         let _ = writeln!(
             md,
             "| arm | CPU µs/req | added over plain | req/s | CPU µs/req at {} req/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|---|",
