@@ -10,6 +10,7 @@
 //! std and libc only: xtask builds this crate before it can run anything.
 
 mod envoy;
+pub mod host_calls;
 pub mod postgres;
 mod process;
 

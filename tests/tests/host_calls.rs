@@ -30,75 +30,19 @@ use tollgate_core::key::ApiKey;
 use tollgate_e2e::harness::{
     env_path, eventually, free_port, plugin_config_with, with_plugin_config, Stack,
 };
+use tollgate_launch::host_calls::{self, since, totals, Histogram};
 
 /// Requests this far apart each read the config version.
 const PACE: Duration = Duration::from_millis(3);
 /// Warm requests and cold keys per outcome and scale.
 const N: usize = 20;
 
-/// `outcome` → `kind` → calls made → requests, from the counting build's stats.
-type Histogram = BTreeMap<String, BTreeMap<String, BTreeMap<u64, u64>>>;
-
+/// What the counting build has counted so far on the Envoy at `admin_port`.
 async fn histogram(stack: &Stack, admin_port: u16) -> Histogram {
     let text = stack
         .envoy_stats_text(admin_port, r"tollgate_test\.host_calls")
         .await;
-    let mut out = Histogram::new();
-    for line in text.lines() {
-        let Some((name, value)) = line.split_once(": ") else {
-            continue;
-        };
-        let Some(rest) = name.split("tollgate_test.host_calls.").nth(1) else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split('.').collect();
-        let [outcome, kind, calls] = parts[..] else {
-            panic!("unexpected stat {name}");
-        };
-        let requests: u64 = value.trim().parse().expect("a count");
-        if requests > 0 {
-            out.entry(outcome.to_owned())
-                .or_default()
-                .entry(kind.to_owned())
-                .or_default()
-                .insert(calls.parse().expect("a number of calls"), requests);
-        }
-    }
-    out
-}
-
-/// What happened between two readings.
-fn since(before: &Histogram, after: &Histogram) -> Histogram {
-    let mut out = Histogram::new();
-    for (outcome, kinds) in after {
-        for (kind, calls) in kinds {
-            for (n, requests) in calls {
-                let earlier = before
-                    .get(outcome)
-                    .and_then(|k| k.get(kind))
-                    .and_then(|c| c.get(n))
-                    .copied()
-                    .unwrap_or(0);
-                if *requests > earlier {
-                    out.entry(outcome.clone())
-                        .or_default()
-                        .entry(kind.clone())
-                        .or_default()
-                        .insert(*n, requests - earlier);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Requests by total calls, for one outcome.
-fn totals(histogram: &Histogram, outcome: &str) -> BTreeMap<u64, u64> {
-    histogram
-        .get(outcome)
-        .and_then(|kinds| kinds.get("total"))
-        .cloned()
-        .unwrap_or_default()
+    host_calls::parse(&text).expect("the counting build's stats")
 }
 
 async fn issue_keys(stack: &Stack, tenant: &str, count: usize) -> Vec<String> {

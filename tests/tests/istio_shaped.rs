@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use tollgate_e2e::harness::{
     env_path, eventually, free_port, unique_name, xtask_image, Reply, Stack, SYNC_TOKEN,
@@ -360,14 +360,7 @@ async fn an_istio_shaped_envoy_runs_the_pulled_filter_exactly_and_leaves_its_nei
 
     // Deactivation within a second.
     let started = Instant::now();
-    let patched = stack
-        .admin(
-            Method::PATCH,
-            &format!("/v1/keys/{key_id}"),
-            Some(json!({"active": false})),
-        )
-        .await;
-    assert_eq!(patched.status, StatusCode::OK, "{:?}", patched.body);
+    stack.deactivate(&key_id).await;
     sidecar.until_status(&key, 401).await;
     eprintln!("deactivation enforced after {:?}", started.elapsed());
     let (_, _, live_key) = key_on_plan(

@@ -102,14 +102,7 @@ async fn keyed_requests_pass_then_throttle_then_stop_when_deactivated() {
         Some("\"per-hour\";q=3;w=10800")
     );
 
-    let patched = stack
-        .admin(
-            Method::PATCH,
-            &format!("/v1/keys/{key_id}"),
-            Some(json!({"active": false})),
-        )
-        .await;
-    assert_eq!(patched.status, StatusCode::OK);
+    stack.deactivate(&key_id).await;
     let took = stack.until_status(&key, 401, PROPAGATION_BOUND).await;
     eprintln!("deactivation visible after {took:?}");
     assert_problem(&stack.get_with_key(&key).await, 401, "disabled_api_key");

@@ -19,6 +19,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tollgate_launch::host_calls::{self, Histogram};
+
 use crate::load::{request_bytes, Conn};
 use crate::{Envoy, Result};
 
@@ -63,55 +65,17 @@ pub fn count(envoy: &Envoy, unknown_key: &str, per_envoy_keys: &[String]) -> Res
     }
     // Each request is counted as its stream ends, after the answer.
     std::thread::sleep(Duration::from_millis(100));
-    Ok(since(&before, &counted(envoy)?))
+    let between = host_calls::since(&before, &counted(envoy)?);
+    Ok(between
+        .keys()
+        .map(|outcome| (outcome.clone(), host_calls::totals(&between, outcome)))
+        .collect())
 }
 
-/// Every request counted so far, from Envoy's stats: the counting build's
-/// `tollgate_test.host_calls.<outcome>.total.<calls>`.
-fn counted(envoy: &Envoy) -> Result<Counts> {
+/// Every request counted so far, from Envoy's stats.
+fn counted(envoy: &Envoy) -> Result<Histogram> {
     let text = envoy.stats_text("tollgate_test.host_calls")?;
-    let mut out = Counts::new();
-    for line in text.lines() {
-        let Some((name, value)) = line.split_once(": ") else {
-            continue;
-        };
-        let Some(rest) = name.split("tollgate_test.host_calls.").nth(1) else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split('.').collect();
-        let [outcome, "total", calls] = parts[..] else {
-            continue;
-        };
-        let (Ok(calls), Ok(requests)) = (calls.parse::<u64>(), value.trim().parse::<u64>()) else {
-            return Err(format!("host calls: unreadable stat {line:?}"));
-        };
-        if requests > 0 {
-            out.entry(outcome.to_owned())
-                .or_default()
-                .insert(calls, requests);
-        }
-    }
-    Ok(out)
-}
-
-/// What was counted between two readings.
-fn since(before: &Counts, after: &Counts) -> Counts {
-    let mut out = Counts::new();
-    for (outcome, calls) in after {
-        for (n, requests) in calls {
-            let earlier = before
-                .get(outcome)
-                .and_then(|c| c.get(n))
-                .copied()
-                .unwrap_or(0);
-            if *requests > earlier {
-                out.entry(outcome.clone())
-                    .or_default()
-                    .insert(*n, requests - earlier);
-            }
-        }
-    }
-    out
+    host_calls::parse(&text).map_err(|e| format!("host calls: {e}"))
 }
 
 /// `14 ×3, 16 ×1`: calls per request, and how many requests made them.
@@ -128,28 +92,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_what_was_counted_between_the_readings() {
-        let reading = |pairs: &[(&str, u64, u64)]| {
-            let mut counts = Counts::new();
-            for (outcome, calls, requests) in pairs {
-                counts
-                    .entry((*outcome).to_owned())
-                    .or_default()
-                    .insert(*calls, *requests);
-            }
-            counts
-        };
-        let before = reading(&[("allowed", 14, 10), ("allowed", 16, 1)]);
-        let after = reading(&[
-            ("allowed", 14, 13),
-            ("allowed", 16, 1),
-            ("invalid_api_key", 4, 3),
-        ]);
-        let between = since(&before, &after);
+    fn calls_then_requests_in_order_of_calls() {
         assert_eq!(
-            between,
-            reading(&[("allowed", 14, 3), ("invalid_api_key", 4, 3)])
+            describe(&BTreeMap::from([(16, 1), (14, 3)])),
+            "14 ×3, 16 ×1"
         );
-        assert_eq!(describe(&between["allowed"]), "14 ×3");
     }
 }
