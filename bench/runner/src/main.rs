@@ -87,8 +87,9 @@ pub struct Options {
     /// Only these arms (by name), for quick comparisons while developing.
     pub arms: Option<Vec<String>>,
     /// Another build of the filter, measured as arm `tollgate-candidate`
-    /// alongside `tollgate` in the same alternated rounds: run-to-run noise
-    /// on this machine is larger than most changes worth comparing.
+    /// alongside `tollgate-per-envoy` (the same per-Envoy keys) in the same
+    /// alternated rounds: run-to-run noise on this machine is larger than
+    /// most changes worth comparing.
     pub candidate: Option<PathBuf>,
     /// Instead of the arms: the control plane on PostgreSQL against this
     /// many simulated proxies, one size after the other ([`fleet`]).
@@ -338,6 +339,10 @@ fn run_bench(options: &Options) -> Result {
     until_admits(lean, &per_envoy_key, Duration::from_secs(30))?;
     setup.exhaust(tollgate)?;
     let ordinary_key = keys.first().map(|k| k.key.clone()).ok_or("no fleet key")?;
+    if let Some(candidate) = &candidate {
+        candidate.wait_for_version(cp.version()?, Duration::from_secs(60))?;
+        until_admits(candidate, &per_envoy_key, Duration::from_secs(30))?;
+    }
     rls.prove_limits(envoy_of(&envoys, Arm::RlsLimitador)?, &ordinary_key)?;
 
     let mut results = report::Results::new(options, &filter_wasm)?;
@@ -1093,8 +1098,11 @@ impl<'a> ArmLoads<'a> {
                 429,
             )?,
         ];
+        // On the per-Envoy keys, like tollgate-per-envoy, which it is compared
+        // with: on the fleet-wide keys the two Envoys would take shares from
+        // each other.
         if let Some(envoy) = candidate {
-            let requests = Requests::new(envoy.listener, "/", &plaintexts, 200);
+            let requests = Requests::new(envoy.listener, "/", &per_envoy, 200);
             loads.push((CANDIDATE, envoy, requests));
         }
         Ok(Self(loads))
