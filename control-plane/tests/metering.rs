@@ -685,7 +685,7 @@ async fn receipts_carry_what_other_envoys_used_and_retries_count_once(backend: B
     let plan_id = plan(&app, json!({})).await;
     let tenant_id = tenant(&app, &plan_id, None).await;
     let (k1, h1) = key(&app, &tenant_id).await;
-    let (k2, h2) = key(&app, &tenant_id).await;
+    let (k2, _) = key(&app, &tenant_id).await;
     let now = now_ms();
     let period = quota_period(now, None).start_ms;
 
@@ -710,13 +710,10 @@ async fn receipts_carry_what_other_envoys_used_and_retries_count_once(backend: B
     let b_cursor = receipt.cursor;
     assert!(b_cursor > a_cursor);
 
-    // A hears of B's, from its cursor on.
+    // A hears of B's, from its cursor on, for the key it uses too: not of
+    // k2, which it never counted.
     let receipt = heartbeat(&app, "envoy-a", a_cursor).await;
-    let mut got = standings(&receipt, period);
-    got.sort();
-    let mut want = vec![(h1.clone(), 7), (h2.clone(), 2)];
-    want.sort();
-    assert_eq!(got, want);
+    assert_eq!(standings(&receipt, period), [(h1.clone(), 7)]);
     assert_eq!(receipt.cursor, b_cursor);
     assert!(!receipt.more);
     // Nothing new since: nothing to say, same cursor.
@@ -757,15 +754,24 @@ async fn receipts_carry_what_other_envoys_used_and_retries_count_once(backend: B
     assert!(receipt.standings.is_empty(), "{receipt:?}");
     let receipt = heartbeat(&app, "envoy-b", b_cursor).await;
     assert_eq!(standings(&receipt, period), [(h1.clone(), 8)]);
-    // A third Envoy hears everyone's.
+    // A third Envoy hears of no key it has not counted itself, however
+    // far behind it is...
     let receipt = heartbeat(&app, "envoy-c", 0).await;
-    let mut got = standings(&receipt, period);
-    got.sort();
-    let mut want = vec![(h1.clone(), 15), (h2.clone(), 2)];
-    want.sort();
-    assert_eq!(got, want);
+    assert!(receipt.standings.is_empty(), "{receipt:?}");
+    let c_cursor = receipt.cursor;
+    // ...and, with the receipt of its first use of a key, of everything
+    // the others used of it, however long ago: again if that answer was
+    // lost and the batch is sent again, and then not until it changes.
+    let c1 = json!({"batch_id": "c-1", "reporter_id": "envoy-c", "standings_since": c_cursor,
+                    "keys": [{"key_id": k1, "allowed": 1, "cost": 1, "last_used_ms": now}]});
+    let receipt = report(&app, c1.clone()).await;
+    assert_eq!(standings(&receipt, period), [(h1.clone(), 15)]);
+    let receipt = report(&app, c1).await;
+    assert_eq!(standings(&receipt, period), [(h1.clone(), 15)]);
+    let receipt = heartbeat(&app, "envoy-c", receipt.cursor).await;
+    assert!(receipt.standings.is_empty(), "{receipt:?}");
     let usage = admin(&app, Method::GET, &format!("/v1/keys/{k1}/usage"), None).await;
-    assert_eq!(usage.body["used"], 15);
+    assert_eq!(usage.body["used"], 16);
     // Keys that are unknown or cost nothing stay out of the ledger.
     let receipt = report(
         &app,
@@ -778,7 +784,7 @@ async fn receipts_carry_what_other_envoys_used_and_retries_count_once(backend: B
         .fetch_one(&state.db)
         .await
         .unwrap();
-    assert_eq!(rows, 3);
+    assert_eq!(rows, 4);
 }
 
 async fn receipts_page_through_many_keys(backend: Backend) {
@@ -802,12 +808,17 @@ async fn receipts_page_through_many_keys(backend: Backend) {
     )
     .await;
 
-    // Pages of 2, 2 and 1 keys; each cursor picks up where the page ended.
+    // A first counts the same keys: what B used of them comes in pages of
+    // 2, 2 and 1 keys, each cursor picking up where the page ended.
     let mut since = 0;
     let mut seen = Vec::new();
     let mut pages = Vec::new();
+    let mut receipt = report(
+        &app,
+        json!({"batch_id": "a-1", "reporter_id": "envoy-a", "keys": usages}),
+    )
+    .await;
     loop {
-        let receipt = heartbeat(&app, "envoy-a", since).await;
         assert!(receipt.cursor > since, "{receipt:?}");
         pages.push(receipt.standings.len());
         seen.extend(standings(&receipt, period));
@@ -815,6 +826,7 @@ async fn receipts_page_through_many_keys(backend: Backend) {
         if !receipt.more {
             break;
         }
+        receipt = heartbeat(&app, "envoy-a", since).await;
     }
     assert_eq!(pages, [2, 2, 1]);
     let hashes: BTreeSet<String> = seen.iter().map(|(h, _)| h.clone()).collect();
@@ -837,8 +849,9 @@ async fn receipts_page_through_many_keys(backend: Backend) {
     want.sort();
     assert_eq!(got, want);
     assert!(!receipt.more);
-    // B itself has nothing to hear, however far behind it is.
-    let receipt = heartbeat(&app, "envoy-b", 0).await;
+    // An Envoy that counted none of them has nothing to hear, however far
+    // behind it is.
+    let receipt = heartbeat(&app, "envoy-c", 0).await;
     assert!(receipt.standings.is_empty());
     assert!(!receipt.more);
     assert_eq!(
@@ -851,7 +864,7 @@ async fn empty_batches_write_nothing(backend: Backend) {
     let (app, state) = test_app(backend).await;
     let plan_id = plan(&app, json!({})).await;
     let tenant_id = tenant(&app, &plan_id, None).await;
-    let (key_id, hash) = key(&app, &tenant_id).await;
+    let (key_id, _) = key(&app, &tenant_id).await;
     report(
         &app,
         json!({"batch_id": "b-1", "reporter_id": "envoy-b",
@@ -861,12 +874,13 @@ async fn empty_batches_write_nothing(backend: Backend) {
     let written = row_counts(&state).await;
     for i in 0..3 {
         let receipt = heartbeat(&app, &format!("envoy-a-{i}"), 0).await;
-        assert_eq!(receipt.standings.len(), 1, "{receipt:?}");
-        assert_eq!(receipt.standings[0].key_hash, hash);
+        assert!(receipt.cursor > 0, "{receipt:?}");
     }
     let receipt = report(&app, json!({"batch_id": "x"})).await;
-    assert_eq!(receipt.standings.len(), 1);
+    assert!(receipt.cursor > 0, "{receipt:?}");
     assert_eq!(row_counts(&state).await, written);
+    // B, which counted the key, hears nothing of its own use.
+    assert!(heartbeat(&app, "envoy-b", 0).await.standings.is_empty());
     // A batch that only reports drops is not empty.
     report(
         &app,
@@ -899,6 +913,30 @@ async fn empty_batches_write_nothing(backend: Backend) {
             r.body
         );
     }
+}
+
+async fn a_used_up_quota_is_told_to_every_envoy(backend: Backend) {
+    let (app, _) = test_app(backend).await;
+    let plan_id = plan(&app, json!({"monthly_quota": 10})).await;
+    let tenant_id = tenant(&app, &plan_id, None).await;
+    let (spent, spent_hash) = key(&app, &tenant_id).await;
+    let (nearly, nearly_hash) = key(&app, &tenant_id).await;
+    let now = now_ms();
+    let period = quota_period(now, None).start_ms;
+    let use_ = |batch: &str, key_id: &str, cost: u64| {
+        json!({"batch_id": batch, "reporter_id": "envoy-b",
+               "keys": [{"key_id": key_id, "allowed": cost, "cost": cost, "last_used_ms": now}]})
+    };
+    report(&app, use_("b-1", &spent, 10)).await;
+    report(&app, use_("b-2", &nearly, 9)).await;
+    // An Envoy that never counted either hears of the one used up, so it
+    // refuses that key from its first request; of the other, nothing.
+    let receipt = heartbeat(&app, "envoy-c", 0).await;
+    assert_eq!(standings(&receipt, period), [(spent_hash, 10)]);
+    let cursor = receipt.cursor;
+    report(&app, use_("b-3", &nearly, 1)).await;
+    let receipt = heartbeat(&app, "envoy-c", cursor).await;
+    assert_eq!(standings(&receipt, period), [(nearly_hash, 10)]);
 }
 
 async fn quota_periods_follow_the_billing_anchor(backend: Backend) {
@@ -938,8 +976,14 @@ async fn quota_periods_follow_the_billing_anchor(backend: Backend) {
         ledger,
         [(ms(previous.start_ms), 4), (ms(current.start_ms), 6)]
     );
-    // Standings are for the current period only.
-    let receipt = heartbeat(&app, "envoy-a", 0).await;
+    // Standings are for the current period only: an Envoy using the key
+    // hears of this period's 6, not of the 4 before it.
+    let receipt = report(
+        &app,
+        json!({"batch_id": "a-1", "reporter_id": "envoy-a",
+               "keys": [{"key_id": reported, "allowed": 1, "cost": 1, "last_used_ms": now}]}),
+    )
+    .await;
     assert_eq!(standings(&receipt, current.start_ms), [(hash.clone(), 6)]);
 
     // Usage read back counts the anchored period's hours, not the month's.
@@ -1013,4 +1057,5 @@ on_both_databases!(
     receipts_page_through_many_keys,
     empty_batches_write_nothing,
     quota_periods_follow_the_billing_anchor,
+    a_used_up_quota_is_told_to_every_envoy,
 );

@@ -971,7 +971,16 @@ async fn answers_match_the_documented_responses(backend: Backend) {
     w.call(s, "POST", "/v1/usage", Some(batch.clone()), S::OK)
         .await;
     w.call(s, "POST", "/v1/usage", Some(batch), S::OK).await;
-    let other = json!({"batch_id": "b-9", "reporter_id": "envoy-b"});
+    // This period's use through envoy-a, then envoy-b's first use of the
+    // key: its receipt tells what envoy-a used.
+    let now = common::now_ms();
+    let uses = |batch: &str, reporter: &str| {
+        json!({"batch_id": batch, "reporter_id": reporter,
+               "keys": [{"key_id": key_id, "allowed": 1, "cost": 1, "last_used_ms": now}]})
+    };
+    w.call(s, "POST", "/v1/usage", Some(uses("b-8", "envoy-a")), S::OK)
+        .await;
+    let other = uses("b-9", "envoy-b");
     let receipt = w.call(s, "POST", "/v1/usage", Some(other), S::OK).await;
     assert_eq!(receipt["standings"].as_array().unwrap().len(), 1);
     let unnamed = json!({"batch_id": ""});

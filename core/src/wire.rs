@@ -220,7 +220,8 @@ pub struct KeyUsage {
 
 /// The control plane's answer to a [`UsageBatch`]: how much of their quota
 /// keys have used through *other* Envoys, for keys whose figure changed
-/// after `standings_since`. The reporter applies them and sends `cursor`
+/// after `standings_since`: the keys the reporter counts itself (from its
+/// first use of each in a period) and those whose quota is used up. The reporter applies them and sends `cursor`
 /// back as its next `standings_since`; `more` says another page is waiting.
 /// With them, the reporter's shares of fleet-wide limits (`leases`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

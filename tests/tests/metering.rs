@@ -291,6 +291,44 @@ async fn anonymous_routes_admit_without_a_key_per_client_address() {
     assert_eq!(private.body["code"], "missing_api_key");
 }
 
+/// Each Envoy hears what the others used of the keys it uses only (see
+/// `store::usage` in the control plane), but a quota used up is told to
+/// every Envoy: one that starts after a key's quota was used up elsewhere
+/// refuses the key at its first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_envoy_that_never_saw_a_used_up_key_refuses_it_at_once() {
+    let mut stack = Stack::start().await;
+    let (_, tenant_id, key_id, key) =
+        key_on_plan(&stack, json!({"limits": [], "monthly_quota": 3})).await;
+    stack.until_status(&key, 200, BOUND).await;
+    for _ in 0..2 {
+        let r = send(&stack, Method::GET, "/anything", &key).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    until_used(&stack, &key_id, 3).await;
+    let (_, other_key) = stack.new_key(&tenant_id).await;
+    let second_port = stack.start_another_envoy().await;
+    let via = |port: u16, key: &str| {
+        let request = stack
+            .client
+            .get(format!("http://127.0.0.1:{port}/anything"))
+            .header("x-api-key", key);
+        async move { Reply::read(request.send().await.expect("Envoy answers")).await }
+    };
+    // The new Envoy has its config (another key of the tenant is let
+    // through) and, after longer than a report plus a receipt, its
+    // standings.
+    eventually(BOUND, "the second Envoy's config", || async {
+        (via(second_port, &other_key).await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let r = via(second_port, &key).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
+    assert_eq!(r.body["code"], "quota_exceeded", "{:?}", r.body);
+    until_used(&stack, &key_id, 3).await;
+}
+
 /// Two Envoys, one key with a quota: each Envoy learns what the other used
 /// from its usage receipts, so alternating between them with pauses longer
 /// than the reporting interval admits exactly the quota.

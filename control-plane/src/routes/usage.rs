@@ -130,7 +130,9 @@ fn is_empty(batch: &UsageBatch) -> bool {
 /// What one Envoy counted since its last report. A batch is counted once
 /// however often it arrives (by `batch_id`); every answer, a retry's too,
 /// carries the quota standings of the other Envoys after `standings_since`
-/// and, to a batch that names its `reporter_id`, the Envoy's shares of
+/// (for the keys this reporter counts: once at its first use of a key in a
+/// period, then as the others' use changes; and for any key whose quota is
+/// used up) and, to a batch that names its `reporter_id`, the Envoy's shares of
 /// fleet-wide limits (`leases`; acknowledge them with `leases_applied`).
 /// An empty batch (an idle Envoy's heartbeat) writes no usage; the
 /// `Tollgate-Proxy-*` headers name the Envoy in the proxy registry
@@ -143,7 +145,8 @@ fn is_empty(batch: &UsageBatch) -> bool {
     request_body = UsageBatch,
     responses(
         (status = 200, description = "Applied, or recognised as a duplicate and not counted again: \
-            what the other Envoys used of each key's quota whose figure changed after `standings_since`.",
+            what the other Envoys used of each key's quota whose figure changed after `standings_since`, \
+            for the keys this reporter counts and any whose quota is used up.",
             body = UsageReceipt),
         (status = 400, description = "`malformed_json`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, response = Unauthorized),

@@ -339,7 +339,9 @@ type FoldedRows = BTreeMap<(String, i64), (String, i64, i64)>;
 /// `silent_before_ms` into one [`GONE_REPORTER`] row per key and period.
 ///
 /// Why a receipt to any other reporter `L` stays what it was: it names a
-/// key when one of the key's rows not `L`'s has a `seq` in its window, and
+/// key when one of the key's rows not `L`'s has a `seq` in its window (and
+/// `L` counts the key too, or its quota is used up, or `L`'s own row was
+/// first written in the window: the fold changes none of these), and
 /// tells the sum of those rows in the current period. The rows folded and
 /// the `GONE_REPORTER` row become one row holding their sum and their
 /// largest `seq`: the sums are the same, and so is each key's newest `seq`

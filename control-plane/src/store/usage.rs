@@ -19,6 +19,22 @@
 //! reporter's `standings_since`, one page at a time. Envoys report every
 //! second even when idle, to hear the standings: an empty batch writes
 //! nothing and costs one or two indexed reads.
+//!
+//! **Whose standings.** A reporter hears only of the keys it uses, so what
+//! an Envoy writes into its shared data grows with its own traffic, not
+//! with the fleet's (with every Envoy told of every key, each of N Envoys
+//! wrote every key the others used: N² work, and a 100k-key burst on an
+//! idle Envoy's main thread). It hears of a key when another reporter's
+//! row changed and it has a row of its own for the key in a current
+//! period, and once when it first counts the key in a period (its row's
+//! `first_seq`): the receipt after an Envoy's first use of a key tells it
+//! what the others used, however long ago. Until then the Envoy counts
+//! the others' use as none, which is what the quota's exactness already
+//! allows for: near its end a quota with a fleet-wide rate limit is
+//! sliced, and a slice (sent to every Envoy) does not depend on standings;
+//! far from it, a second of one Envoy's own use cannot reach the end. A
+//! key whose quota is used up is told to every reporter, so an Envoy that
+//! never used it refuses it from its first request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
@@ -265,12 +281,14 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
         .collect();
     for part in ledger.chunks(rows_per_statement(postgres, 4)) {
         let sql = format!(
-            "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, used, reporter_id, seq)
+            "INSERT INTO quota_counts
+               (key_id, key_hash, period_start_ms, used, reporter_id, seq, first_seq)
              VALUES {}
              ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
              SET used = quota_counts.used + excluded.used, seq = excluded.seq",
-            // Every row `($n … $n+3, $1, $2)`: the reporter and UNSTAMPED.
-            placeholders(part.len(), 4, 3).replace(')', ", $1, $2)")
+            // Every row `($n … $n+3, $1, $2, $2)`: the reporter, and
+            // UNSTAMPED twice (a new row's first write is this one).
+            placeholders(part.len(), 4, 3).replace(')', ", $1, $2, $2)")
         );
         let mut insert = sqlx::query(&sql).bind(&batch.reporter_id).bind(UNSTAMPED);
         for entry in part {
@@ -314,7 +332,9 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
         let mut seqs = last - rows + 1..;
         for part in ledger.chunks(rows_per_statement(postgres, 3)) {
             let sql = format!(
-                "UPDATE quota_counts SET seq = v.column3
+                "UPDATE quota_counts
+                 SET seq = v.column3,
+                     first_seq = CASE WHEN first_seq = $2 THEN v.column3 ELSE first_seq END
                  FROM (VALUES {}) AS v
                  WHERE quota_counts.reporter_id = $1 AND quota_counts.seq = $2
                    AND quota_counts.key_id = v.column1
@@ -361,7 +381,8 @@ struct StandingRow {
 }
 
 /// What reporters other than `reporter_id` used of each key's quota in its
-/// current period, for keys whose ledger rows changed after `since`.
+/// current period, for the keys `reporter_id` should hear of (see the
+/// module docs) whose ledger rows changed after `since`.
 pub async fn receipt(
     db: &Db,
     page: usize,
@@ -385,11 +406,27 @@ pub async fn receipt(
         });
     }
     let page = page.max(1);
+    // `$5`, the earliest start of any current period, stands for "this
+    // period" where the key's own is not at hand: a row of an earlier
+    // period it lets in costs a standing more, never a wrong one (each
+    // figure below is summed over the key's own current period).
     let rows = sqlx::query_as::<_, StandingRow>(
         "SELECT p.key_id, p.key_hash, p.last_seq, c.period_start_ms, c.used, t.billing_anchor_day
          FROM (SELECT key_id, MAX(key_hash) AS key_hash, MAX(seq) AS last_seq
-               FROM quota_counts
-               WHERE seq > $1 AND seq <= $2 AND reporter_id <> $3
+               FROM (SELECT o.key_id, o.key_hash, o.seq FROM quota_counts o
+                     WHERE o.seq > $1 AND o.seq <= $2 AND o.reporter_id <> $3
+                       AND (EXISTS (SELECT 1 FROM quota_counts m
+                                    WHERE m.key_id = o.key_id AND m.reporter_id = $3
+                                      AND m.period_start_ms >= $5)
+                            OR (SELECT SUM(a.used) FROM quota_counts a
+                                WHERE a.key_id = o.key_id AND a.period_start_ms >= $5)
+                               >= (SELECT COALESCE(qk.monthly_quota, qp.monthly_quota)
+                                   FROM api_keys qk JOIN tenants qt ON qt.id = qk.tenant_id
+                                   LEFT JOIN plans qp ON qp.id = qt.plan_id
+                                   WHERE qk.id = o.key_id))
+                     UNION ALL
+                     SELECT key_id, key_hash, first_seq FROM quota_counts
+                     WHERE reporter_id = $3 AND first_seq > $1 AND first_seq <= $2) changed
                GROUP BY key_id ORDER BY MAX(seq) LIMIT $4) p
          LEFT JOIN quota_counts c
                 ON c.key_id = p.key_id AND c.reporter_id <> $3 AND c.period_start_ms >= $5
@@ -441,7 +478,14 @@ pub async fn receipt(
         _ => cursor,
     };
     Ok(UsageReceipt {
-        standings: standings.into_iter().map(|s| s.standing).collect(),
+        // None used by the others this period: the reporter already counts
+        // it so (a first use of a key nobody else used, or another
+        // period's change).
+        standings: standings
+            .into_iter()
+            .map(|s| s.standing)
+            .filter(|s| s.others_used > 0)
+            .collect(),
         cursor,
         more,
         leases: None,

@@ -548,12 +548,13 @@ async fn merging_the_ledger_of_gone_envoys_changes_no_standing(backend: Backend)
 
     // What the merged rows hold still counts as the others' use.
     let head = u64::try_from(scalar(&state, "SELECT seq FROM quota_seq").await).unwrap();
-    report("live-a", "2026-11-12T10:01:00Z", &[(k1, 1)]).await;
+    // (live-b hears of k2, the key it uses: gone-1's 4, merged, and live-a's 1.)
+    report("live-a", "2026-11-12T10:01:00Z", &[(k2, 1)]).await;
     let r = usage::receipt(&state.db, 10, "live-b", head, later.unix_ms())
         .await
         .unwrap();
     assert_eq!(r.standings.len(), 1, "{r:?}");
-    assert_eq!(r.standings[0].others_used, 8 + 1 + 2 + 1);
+    assert_eq!(r.standings[0].others_used, 4 + 1);
     // No Envoy may report as the merged rows.
     let batch = json!({"batch_id": "x-1", "reporter_id": GONE_REPORTER, "keys": []});
     let r = report_usage(&app, &batch).await;
