@@ -32,9 +32,13 @@
 //! the others' use as none, which is what the quota's exactness already
 //! allows for: near its end a quota with a fleet-wide rate limit is
 //! sliced, and a slice (sent to every Envoy) does not depend on standings;
-//! far from it, a second of one Envoy's own use cannot reach the end. A
-//! key whose quota is used up is told to every reporter, so an Envoy that
-//! never used it refuses it from its first request.
+//! far from it, a second of one Envoy's own use cannot reach the end, as
+//! slicing starts five seconds of the whole fleet's rate before it. (A
+//! quota without a fleet-wide rate limit is shared by standings alone and
+//! may overshoot by what an Envoy admits before its next receipt, this
+//! first one as any other.) A key whose quota is used up is told to every
+//! reporter, so an Envoy that never used it refuses it from its first
+//! request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
