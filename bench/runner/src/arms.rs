@@ -5,6 +5,11 @@
 //! with its route swapped for the same `direct_response`, so what is measured
 //! is what ships.
 //!
+//! The `tollgate-istio` arm is the same filter delivered as Istio delivers
+//! it ([`istio`]): over ECDS from the `WasmPlugin` users copy, in a
+//! bootstrap shaped like a sidecar's, both rendered by the end-to-end
+//! harness's Istio emulation (`tollgate_e2e::istio`), with the same route.
+//!
 //! The `rls-limitador` arm is Envoy's own global rate limit filter asking
 //! `bench-rls` (`bench/rls`) over gRPC. That filter does nothing on a
 //! `direct_response` route (it needs a route to a cluster), so its route
@@ -12,6 +17,12 @@
 //! after the rate limit filter, answers 200 itself: a local reply, as a
 //! `direct_response` is, with an empty body instead of "ok".
 
+use std::path::Path;
+
+use tollgate_e2e::istio::{
+    ecds_resource_name, ecds_response, render_manifest, sidecar_bootstrap, wasm_plugin,
+    write_atomically, ManifestValues, SidecarValues,
+};
 use tollgate_launch::{render_envoy_config, EnvoyValues};
 
 use crate::{root, Result};
@@ -35,6 +46,8 @@ pub enum Arm {
     /// Tollgate with the fewest headers an operator may choose: the IETF
     /// rate-limit headers only, and the key id as the one identity header.
     TollgateLean,
+    /// Tollgate loaded the Istio way: see [`istio`].
+    TollgateIstio,
     /// Envoy's global `ratelimit` filter and a rate limit service on the
     /// `limitador` crate: the design Envoy recommends for global limits.
     RlsLimitador,
@@ -49,6 +62,7 @@ impl Arm {
             Self::MinimalLimiter => "minimal-limiter",
             Self::Tollgate => "tollgate",
             Self::TollgateLean => "tollgate-lean",
+            Self::TollgateIstio => "tollgate-istio",
             Self::RlsLimitador => "rls-limitador",
         }
     }
@@ -78,12 +92,17 @@ pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<Stri
     match arm {
         Arm::Tollgate => return tollgate(ports, inputs),
         Arm::TollgateLean => return lean(&tollgate(ports, inputs)?, inputs),
+        Arm::TollgateIstio => {
+            return Err(
+                "the tollgate-istio arm's config comes with its ECDS file: arms::istio".into(),
+            )
+        }
         _ => {}
     }
     let mut route = DIRECT_RESPONSE.to_owned();
     let mut clusters = String::new();
     let filters = match arm {
-        Arm::Plain | Arm::Tollgate | Arm::TollgateLean => String::new(),
+        Arm::Plain | Arm::Tollgate | Arm::TollgateLean | Arm::TollgateIstio => String::new(),
         Arm::Native => format!(
             r#"
           - name: envoy.filters.http.api_key_auth
@@ -237,6 +256,49 @@ fn lean(rendered: &str, inputs: &Inputs<'_>) -> Result<String> {
     ))
 }
 
+/// The environment variable the shipped `WasmPlugin` has the VM read the
+/// sync token from (`valueFrom: HOST`): set in the Istio arm's Envoy.
+pub const ISTIO_SYNC_TOKEN_ENV: &str = "TOLLGATE_SYNC_TOKEN";
+
+/// The Istio arm: `envoy/istio/wasmplugin.yaml` rendered, the ECDS answer
+/// pilot and Istio's agent would give a sidecar for it written to `ecds`
+/// (the module being `inputs.filter_wasm`, as if the agent had pulled it),
+/// and the sidecar-shaped bootstrap that reads it, with its route swapped
+/// for the same `direct_response` as every arm. The control plane is
+/// reached over plain HTTP on loopback under Istio's cluster name.
+pub fn istio(ports: &Ports, inputs: &Inputs<'_>, ecds: &Path) -> Result<String> {
+    let template = std::fs::read_to_string(root().join("envoy/istio/wasmplugin.yaml"))
+        .map_err(|e| format!("read envoy/istio/wasmplugin.yaml: {e}"))?;
+    let wasm = std::fs::read(inputs.filter_wasm)
+        .map_err(|e| format!("read {}: {e}", inputs.filter_wasm))?;
+    let digest = tollgate_e2e::registry::digest(&wasm);
+    let hex = digest.trim_start_matches("sha256:");
+    let plugin = wasm_plugin(&render_manifest(&template, &ManifestValues::example(hex))?)?;
+    write_atomically(
+        ecds,
+        &ecds_response(&plugin, Path::new(inputs.filter_wasm), None),
+    )?;
+    // Never reached: the route answers itself.
+    let upstream_port = 9;
+    let bootstrap = sidecar_bootstrap(&SidecarValues {
+        admin_port: ports.admin,
+        listener_port: ports.listener,
+        upstream_port,
+        control_plane_port: inputs.control_plane_port,
+        ecds_path: ecds.to_owned(),
+        filter_name: ecds_resource_name(&plugin),
+        extra_filters: Vec::new(),
+        control_plane_tls: None,
+    });
+    let route = format!(r#"route: {{ cluster: "inbound|{upstream_port}||" }}"#);
+    if bootstrap.matches(&route).count() != 1 {
+        return Err(format!(
+            "the sidecar bootstrap no longer has exactly one `{route}` for the benchmark to replace"
+        ));
+    }
+    Ok(bootstrap.replace(&route, DIRECT_RESPONSE))
+}
+
 fn tollgate(ports: &Ports, inputs: &Inputs<'_>) -> Result<String> {
     let template = std::fs::read_to_string(root().join("envoy/tollgate.yaml"))
         .map_err(|e| format!("read envoy/tollgate.yaml: {e}"))?;
@@ -357,5 +419,46 @@ mod tests {
                 .collect()
         }
         assert_eq!(from_router(&plain), from_router(&rls));
+    }
+
+    #[test]
+    fn the_istio_arm_is_the_shipped_wasm_plugin_over_ecds_on_the_same_route() {
+        let dir = std::env::temp_dir().join(format!("tollgate-bench-arms-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wasm = dir.join("filter.wasm");
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        let ecds = dir.join("ecds.yaml");
+        let inputs = Inputs {
+            filter_wasm: wasm.to_str().unwrap(),
+            ..inputs()
+        };
+        let bootstrap = istio(&PORTS, &inputs, &ecds).unwrap();
+        let answer = std::fs::read_to_string(&ecds).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // No bootstrap extension: the filter arrives over ECDS, from the file.
+        assert!(!bootstrap.contains("bootstrap_extensions"));
+        assert!(bootstrap.contains("config_discovery"));
+        assert!(bootstrap.contains(&ecds.display().to_string()));
+        assert_eq!(bootstrap.matches(DIRECT_RESPONSE).count(), 1);
+        assert!(bootstrap.contains("port_value: 10000") && bootstrap.contains("port_value: 9901"));
+        assert!(bootstrap.contains("port_value: 8080"), "the control plane");
+        // pilot's filter: the empty vm_id, the configuration as JSON in a
+        // StringValue, the token from the environment, the module the file.
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let config = &answer["resources"][0]["typed_config"]["config"];
+        assert!(config["vm_config"].get("vm_id").is_none(), "{config}");
+        assert_eq!(
+            config["vm_config"]["code"]["local"]["filename"],
+            inputs.filter_wasm
+        );
+        assert_eq!(
+            config["vm_config"]["environment_variables"]["host_env_keys"][0],
+            ISTIO_SYNC_TOKEN_ENV
+        );
+        assert_eq!(
+            config["configuration"]["@type"],
+            "type.googleapis.com/google.protobuf.StringValue"
+        );
+        assert!(envoy_config(Arm::TollgateIstio, &PORTS, &inputs).is_err());
     }
 }

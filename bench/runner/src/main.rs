@@ -302,6 +302,7 @@ fn run_bench(options: &Options) -> Result {
         Arm::MinimalLimiter,
         Arm::Tollgate,
         Arm::TollgateLean,
+        Arm::TollgateIstio,
         Arm::RlsLimitador,
     ] {
         let mut started = Envoy::start(envoy, arm, &inputs, &work, arm.name())?;
@@ -329,14 +330,17 @@ fn run_bench(options: &Options) -> Result {
     let tollgate = envoy_of(&envoys, Arm::Tollgate)?;
     let mut keys = setup.allowed_keys.clone();
     tollgate.wait_for_version(cp.version()?, Duration::from_secs(60))?;
-    let lean = envoy_of(&envoys, Arm::TollgateLean)?;
     let per_envoy_key = setup
         .per_envoy_keys
         .first()
         .map(|k| k.key.clone())
         .ok_or("no per-Envoy key")?;
-    lean.wait_for_version(cp.version()?, Duration::from_secs(60))?;
-    until_admits(lean, &per_envoy_key, Duration::from_secs(30))?;
+    // The arms on the per-Envoy keys, from their first admitted request.
+    for arm in [Arm::TollgateLean, Arm::TollgateIstio] {
+        let envoy = envoy_of(&envoys, arm)?;
+        envoy.wait_for_version(cp.version()?, Duration::from_secs(60))?;
+        until_admits(envoy, &per_envoy_key, Duration::from_secs(30))?;
+    }
     setup.exhaust(tollgate)?;
     let ordinary_key = keys.first().map(|k| k.key.clone()).ok_or("no fleet key")?;
     if let Some(candidate) = &candidate {
@@ -357,8 +361,9 @@ fn run_bench(options: &Options) -> Result {
         let version = cp.version()?;
         let started = Instant::now();
         tollgate.wait_for_version(version, Duration::from_secs(120))?;
-        envoy_of(&envoys, Arm::TollgateLean)?
-            .wait_for_version(version, Duration::from_secs(120))?;
+        for arm in [Arm::TollgateLean, Arm::TollgateIstio] {
+            envoy_of(&envoys, arm)?.wait_for_version(version, Duration::from_secs(120))?;
+        }
         if let Some(candidate) = &candidate {
             candidate.wait_for_version(version, Duration::from_secs(120))?;
         }
@@ -896,7 +901,12 @@ impl Envoy {
             listener: free_port()?,
             admin: free_port()?,
         };
-        let config = arms::envoy_config(arm, &ports, inputs)?;
+        let config = match arm {
+            Arm::TollgateIstio => {
+                arms::istio(&ports, inputs, &work.join(format!("{name}-ecds.yaml")))?
+            }
+            _ => arms::envoy_config(arm, &ports, inputs)?,
+        };
         let path = work.join(format!("{name}.yaml"));
         std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut command = Command::new("taskset");
@@ -912,6 +922,9 @@ impl Envoy {
                 "--log-level",
                 "warn",
             ]);
+        if arm == Arm::TollgateIstio {
+            command.env(arms::ISTIO_SYNC_TOKEN_ENV, inputs.sync_token);
+        }
         let log = Output::File(work.join(format!("{name}.log")));
         let mut process = Process::spawn_owned(&format!("Envoy ({name})"), command, log)?;
         let admin = loopback(ports.admin);
@@ -1035,7 +1048,7 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
 }
 
 /// The names of [`ArmLoads`], in order.
-const ARM_LOADS: [&str; 10] = [
+const ARM_LOADS: [&str; 11] = [
     "plain",
     "native",
     "empty-wasm",
@@ -1044,6 +1057,7 @@ const ARM_LOADS: [&str; 10] = [
     "rls-limitador",
     "tollgate-lean",
     "tollgate-per-envoy",
+    "tollgate-istio",
     "tollgate-401-unknown",
     "tollgate-429-exhausted",
 ];
@@ -1085,6 +1099,9 @@ impl<'a> ArmLoads<'a> {
             // tollgate arm. Compare it with tollgate-per-envoy.
             arm("tollgate-lean", Arm::TollgateLean, &per_envoy, 200)?,
             arm("tollgate-per-envoy", Arm::Tollgate, &per_envoy, 200)?,
+            // Loaded the Istio way; on the per-Envoy keys, so compare it
+            // with tollgate-per-envoy.
+            arm("tollgate-istio", Arm::TollgateIstio, &per_envoy, 200)?,
             arm(
                 "tollgate-401-unknown",
                 Arm::Tollgate,

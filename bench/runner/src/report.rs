@@ -309,6 +309,18 @@ struct Target {
 }
 
 /// A ratio of two medians, meaningful only when both are above zero.
+/// Two arms of one scale side by side: CPU per request (`note` after it)
+/// and p99 at the fixed `rate`.
+fn side_by_side(scale: &Scale, rate: u32, [a, b]: [&str; 2], note: &str) -> String {
+    format!(
+        "{} vs {} µs{note}; p99 at {rate} req/s {:.0} vs {:.0} µs",
+        fmt_spread(scale.spread(a, |s| s.cpu_us), 1),
+        fmt_spread(scale.spread(b, |s| s.cpu_us), 1),
+        scale.spread(a, |s| s.p99_us).median,
+        scale.spread(b, |s| s.p99_us).median,
+    )
+}
+
 fn ratio(a: f64, b: f64) -> Option<f64> {
     (a > 0.0 && b > 0.0)
         .then_some(a / b)
@@ -421,20 +433,32 @@ fn targets(results: &Results) -> Vec<Target> {
         let rls = scale.spread("rls-limitador", |s| s.cpu_us);
         if rls.median.is_finite() {
             let service = scale.service_spread("rls-limitador", |s| s.service_cpu_us);
-            let allowed = scale.spread("tollgate", |s| s.cpu_us);
             out.push(Target {
                 what: format!(
                     "CPU per allowed request: Tollgate vs Envoy's ratelimit filter + a limitador RLS, {keys} keys"
                 ),
                 bound: "reported".into(),
-                measured: format!(
-                    "{} vs {} µs (the service's part {} µs); p99 at {} req/s {:.0} vs {:.0} µs",
-                    us(allowed),
-                    us(rls),
-                    us(service),
+                measured: side_by_side(
+                    scale,
                     results.options.rate,
-                    scale.spread("tollgate", |s| s.p99_us).median,
-                    scale.spread("rls-limitador", |s| s.p99_us).median,
+                    ["tollgate", "rls-limitador"],
+                    &format!(" (the service's part {} µs)", us(service)),
+                ),
+                met: None,
+            });
+        }
+        let istio = scale.spread("tollgate-istio", |s| s.cpu_us);
+        if istio.median.is_finite() {
+            out.push(Target {
+                what: format!(
+                    "CPU per allowed request: Tollgate loaded the Istio way (ECDS) vs from the bootstrap, per-Envoy keys, {keys} keys"
+                ),
+                bound: "reported".into(),
+                measured: side_by_side(
+                    scale,
+                    results.options.rate,
+                    ["tollgate-istio", "tollgate-per-envoy"],
+                    "",
                 ),
                 met: None,
             });
