@@ -112,12 +112,13 @@ impl ConfigCache {
             // growth either. What an even earlier version left goes now.
             let room = self.keys.capacity();
             let hasher = self.keys.hasher().clone();
+            let order_room = self.key_order.capacity();
             self.retired = Retired {
                 keys: std::mem::replace(
                     &mut self.keys,
                     HashMap::with_capacity_and_hasher(room, hasher),
                 ),
-                order: std::mem::replace(&mut self.key_order, VecDeque::with_capacity(room)),
+                order: std::mem::replace(&mut self.key_order, VecDeque::with_capacity(order_room)),
             };
             self.plans.clear();
             self.anonymous = None;
