@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -331,9 +331,14 @@ fn report(
     while !shared.stop.load(Ordering::Relaxed) {
         let next = Instant::now() + Duration::from_secs(1);
         batch += 1;
+        // Used now, as the filter reports it: in the quota period the
+        // control plane's standings are of, so receipts carry what they would.
+        let used_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let keys: Vec<Value> = (0..keys_per_report)
             .filter_map(|_| ids.get(rng.below(ids.len())))
-            .map(|id| json!({"key_id": id, "allowed": 3, "cost": 3, "last_used_ms": 1_800_000_000_000u64}))
+            .map(|id| json!({"key_id": id, "allowed": 3, "cost": 3, "last_used_ms": used_at}))
             .collect();
         let body = json!({
             "batch_id": format!("{name}-{batch}"),
