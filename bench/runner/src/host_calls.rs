@@ -87,6 +87,15 @@ pub fn describe(calls: &BTreeMap<u64, u64>) -> String {
         .join(", ")
 }
 
+/// `allowed 14 ×3, 16 ×1; invalid_api_key 4 ×3`: [`describe`] per outcome.
+pub fn describe_outcomes(counts: &Counts) -> String {
+    counts
+        .iter()
+        .map(|(outcome, calls)| format!("{outcome} {}", describe(calls)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

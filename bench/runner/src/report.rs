@@ -308,7 +308,6 @@ struct Target {
     met: Option<bool>,
 }
 
-/// A ratio of two medians, meaningful only when both are above zero.
 /// Two arms of one scale side by side: CPU per request (`note` after it)
 /// and p99 at the fixed `rate`.
 fn side_by_side(scale: &Scale, rate: u32, [a, b]: [&str; 2], note: &str) -> String {
@@ -321,6 +320,7 @@ fn side_by_side(scale: &Scale, rate: u32, [a, b]: [&str; 2], note: &str) -> Stri
     )
 }
 
+/// A ratio of two medians, meaningful only when both are above zero.
 fn ratio(a: f64, b: f64) -> Option<f64> {
     (a > 0.0 && b > 0.0)
         .then_some(a / b)
@@ -388,17 +388,12 @@ fn targets(results: &Results) -> Vec<Target> {
             .iter()
             .all(|s| !s.host_calls.is_empty() && s.host_calls == first.host_calls);
         let keys: Vec<String> = results.scales.iter().map(|s| s.keys.to_string()).collect();
-        let counts: Vec<String> = first
-            .host_calls
-            .iter()
-            .map(|(outcome, calls)| format!("{outcome} {}", host_calls::describe(calls)))
-            .collect();
         out.push(Target {
             what: "host calls per request, the same at every scale (the counting build)".into(),
             bound: "equal".into(),
             measured: format!(
                 "{} at {} keys{}",
-                counts.join("; "),
+                host_calls::describe_outcomes(&first.host_calls),
                 keys.join(", "),
                 if same {
                     ""
@@ -636,15 +631,10 @@ fn markdown(
             scale.control_plane_cpu_per_request()
         );
         if !scale.host_calls.is_empty() {
-            let counts: Vec<String> = scale
-                .host_calls
-                .iter()
-                .map(|(outcome, calls)| format!("{outcome} {}", host_calls::describe(calls)))
-                .collect();
             let _ = writeln!(
                 md,
                 "Host calls per request (calls ×requests, the counting build): {}.\n",
-                counts.join("; ")
+                host_calls::describe_outcomes(&scale.host_calls)
             );
         }
         let _ = writeln!(
