@@ -11,7 +11,9 @@
 //! dropped and the drop is itself counted, so the loss is visible rather
 //! than silent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::FixedState;
 
 use crate::wire::{KeyUsage, UsageBatch};
 
@@ -23,7 +25,13 @@ pub const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
-    keys: BTreeMap<String, KeyUsage>,
+    /// By key id: hashed, as every admitted request looks its key up here.
+    /// A fixed seed will do: the ids are the control plane's, never a
+    /// client's, and foldhash is what the VM's memo already carries
+    /// (`crate::cache`), so `filter.wasm` gains no second hasher. A batch
+    /// lists its keys in this map's order; the control plane orders them
+    /// itself before it writes.
+    keys: HashMap<String, KeyUsage, FixedState>,
     unattributed: BTreeMap<String, u64>,
     dropped: u64,
 }
@@ -34,35 +42,40 @@ impl Tally {
     }
 
     fn entry(&mut self, key_id: &str) -> Option<&mut KeyUsage> {
-        if !self.keys.contains_key(key_id) && self.keys.len() >= MAX_KEYS {
-            return None;
+        if !self.keys.contains_key(key_id) {
+            if self.keys.len() >= MAX_KEYS {
+                return None;
+            }
+            let usage = KeyUsage {
+                key_id: key_id.to_owned(),
+                ..KeyUsage::default()
+            };
+            self.keys.insert(key_id.to_owned(), usage);
         }
-        Some(
-            self.keys
-                .entry(key_id.to_owned())
-                .or_insert_with(|| KeyUsage {
-                    key_id: key_id.to_owned(),
-                    ..KeyUsage::default()
-                }),
-        )
+        self.keys.get_mut(key_id)
     }
 
     /// An admitted request that cost `cost`.
     pub fn allowed(&mut self, key_id: &str, cost: u64, now_ms: u64) {
+        let count = |usage: &mut KeyUsage| {
+            usage.allowed = usage.allowed.saturating_add(1);
+            usage.cost = usage.cost.saturating_add(cost);
+            usage.last_used_ms = usage.last_used_ms.max(Some(now_ms));
+        };
+        // Every admitted request comes here, nearly always for a key
+        // already counted: one lookup, no allocation.
+        if let Some(usage) = self.keys.get_mut(key_id) {
+            return count(usage);
+        }
         match self.entry(key_id) {
-            Some(usage) => {
-                usage.allowed = usage.allowed.saturating_add(1);
-                usage.cost = usage.cost.saturating_add(cost);
-                usage.last_used_ms = usage.last_used_ms.max(Some(now_ms));
-            }
+            Some(usage) => count(usage),
             None => self.dropped = self.dropped.saturating_add(1),
         }
     }
 
     /// An anonymous request admitted: counted with the keyless outcomes.
     pub fn anonymous(&mut self) {
-        let n = self.unattributed.entry(ANONYMOUS.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
+        add_count(&mut self.unattributed, ANONYMOUS, 1);
     }
 
     /// A refusal, by its `code`, charged to the key when one was identified.
@@ -77,8 +90,7 @@ impl Tally {
             },
             None => &mut self.unattributed,
         };
-        let n = counts.entry(code.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
+        add_count(counts, code, 1);
     }
 
     /// Adds `other`'s counts to these.
@@ -345,7 +357,8 @@ impl ReportState {
     }
 }
 
-/// Adds `n` to `code`'s count; allocates only for a code not there yet.
+/// Adds `n` to `code`'s count; allocates only for a code not there yet
+/// (it runs for every refusal).
 fn add_count(into: &mut BTreeMap<String, u64>, code: &str, n: u64) {
     match into.get_mut(code) {
         Some(mine) => *mine = mine.saturating_add(n),

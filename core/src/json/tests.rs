@@ -611,12 +611,26 @@ fn decimals_are_written_as_format_writes_them() {
         10,
         99,
         100,
+        // Around the base-10⁸ chunks: leading zeros inside, none in front.
+        99_999_999,
+        100_000_000,
+        100_000_001,
         1_000_000_007,
         u64::from(u32::MAX),
+        10_000_000_000_000_000,
+        u64::MAX - 1,
         u64::MAX,
     ] {
         let mut text = String::from("x");
         push_decimal(&mut text, n);
         assert_eq!(text, format!("x{n}"));
+    }
+    // Every digit count, at its edges.
+    for p in (0..20).map(|e| 10u64.pow(e)) {
+        for n in [p - 1, p, p + 1, p.saturating_mul(5) - 1] {
+            let mut text = String::new();
+            push_decimal(&mut text, n);
+            assert_eq!(text, n.to_string());
+        }
     }
 }

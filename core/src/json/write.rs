@@ -106,26 +106,45 @@ impl<T: ToJson> ToJson for BTreeMap<String, T> {
 
 /// Appends `n` in decimal, as JSON and the rate-limit headers write it.
 /// `core::fmt` costs several times as much on wasm32, and the headers are
-/// written on every admitted request.
+/// written on every admitted request (some fifteen numbers). A `u64`
+/// division is a real division there, so `n` is cut into base-10⁸ chunks
+/// with `u64` arithmetic (at most two divisions) and each chunk's digits
+/// are taken off by multiplying ([`div10`]).
 pub(crate) fn push_decimal(text: &mut String, n: u64) {
-    let mut digits = [b'0'; 20];
-    let mut rest = n;
+    const CHUNK: u64 = 100_000_000;
+    let mut digits = [0u8; 20];
+    let mut slots = digits.iter_mut().rev();
     let mut used = 0;
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        used += 1;
-        rest /= 10;
-        if rest == 0 {
+    let mut rest = n;
+    loop {
+        let last = rest < CHUNK;
+        let mut chunk = u32::try_from(rest % CHUNK).unwrap_or(0);
+        rest /= CHUNK;
+        // A chunk below the first is written whole, leading zeros and all.
+        let mut width = if last { 1 } else { 8 };
+        while width > 0 || (last && chunk > 0) {
+            let tenth = div10(chunk);
+            if let Some(slot) = slots.next() {
+                *slot = u8::try_from(chunk - tenth * 10).unwrap_or(0);
+            }
+            chunk = tenth;
+            used += 1;
+            width -= usize::from(width > 0);
+        }
+        if last {
             break;
         }
     }
-    let start = digits.len() - used;
-    if let Some(digits) = digits
-        .get(start..)
-        .and_then(|d| core::str::from_utf8(d).ok())
-    {
-        text.push_str(digits);
+    let start = digits.len().saturating_sub(used);
+    for &digit in digits.get(start..).unwrap_or_default() {
+        text.push(char::from(b'0' + digit));
     }
+}
+
+/// `x / 10` for any `u32`, by a multiplication and a shift (exact: the
+/// multiplier is ⌈2³⁵ / 10⌉ and `x < 2³²`).
+fn div10(x: u32) -> u32 {
+    u32::try_from((u64::from(x) * 0xCCCC_CCCD) >> 35).unwrap_or(0)
 }
 
 /// Appends `text` as a JSON string, escaped as serde_json escapes.
