@@ -41,6 +41,10 @@ pub enum Arm {
     /// A proxy-wasm filter making only the host calls a shared-data rate
     /// limiter with rate-limit headers must make: the floor for any limiter.
     MinimalLimiter,
+    /// The minimal limiter also removing the key from an admitted request,
+    /// as any API-key filter must: what that one request-header write
+    /// costs in Envoy.
+    MinimalLimiterStrip,
     /// Tollgate.
     Tollgate,
     /// Tollgate with the fewest headers an operator may choose: the IETF
@@ -60,6 +64,7 @@ impl Arm {
             Self::Native => "native",
             Self::EmptyWasm => "empty-wasm",
             Self::MinimalLimiter => "minimal-limiter",
+            Self::MinimalLimiterStrip => "minimal-limiter-strip",
             Self::Tollgate => "tollgate",
             Self::TollgateLean => "tollgate-lean",
             Self::TollgateIstio => "tollgate-istio",
@@ -122,6 +127,13 @@ pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<Stri
         ),
         Arm::EmptyWasm => wasm_filter("empty", inputs.empty_wasm),
         Arm::MinimalLimiter => wasm_filter("minimal", inputs.minimal_limiter_wasm),
+        Arm::MinimalLimiterStrip => format!(
+            r#"{filter}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: strip-key"#,
+            filter = wasm_filter("minimal", inputs.minimal_limiter_wasm)
+        ),
         Arm::RlsLimitador => {
             route = RLS_ROUTE.to_owned();
             clusters = rls_clusters(inputs.rls_port);
@@ -374,6 +386,35 @@ mod tests {
             .filter(|(a, b)| a != b)
             .count();
         assert_eq!(differing, 1);
+    }
+
+    #[test]
+    fn the_strip_arm_is_the_minimal_limiter_told_to_remove_the_key() {
+        let minimal = envoy_config(Arm::MinimalLimiter, &PORTS, &inputs()).unwrap();
+        let strip = envoy_config(Arm::MinimalLimiterStrip, &PORTS, &inputs()).unwrap();
+        let added: Vec<&str> = strip
+            .lines()
+            .filter(|l| !minimal.lines().any(|m| m == *l))
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            added,
+            [
+                "configuration:",
+                "\"@type\": type.googleapis.com/google.protobuf.StringValue",
+                "value: strip-key",
+            ]
+        );
+        // Under the plugin's `config`, beside its `vm_config`.
+        let indent = |text: &str, key: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(key))
+                .map(|l| l.len() - l.trim_start().len())
+        };
+        assert_eq!(
+            indent(&strip, "configuration:"),
+            indent(&strip, "vm_config:")
+        );
     }
 
     #[test]

@@ -300,6 +300,7 @@ fn run_bench(options: &Options) -> Result {
         Arm::Native,
         Arm::EmptyWasm,
         Arm::MinimalLimiter,
+        Arm::MinimalLimiterStrip,
         Arm::Tollgate,
         Arm::TollgateLean,
         Arm::TollgateIstio,
@@ -1048,11 +1049,12 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
 }
 
 /// The names of [`ArmLoads`], in order.
-const ARM_LOADS: [&str; 11] = [
+const ARM_LOADS: [&str; 12] = [
     "plain",
     "native",
     "empty-wasm",
     "minimal-limiter",
+    "minimal-limiter-strip",
     "tollgate",
     "rls-limitador",
     "tollgate-lean",
@@ -1091,6 +1093,12 @@ impl<'a> ArmLoads<'a> {
             arm("native", Arm::Native, native, 200)?,
             arm("empty-wasm", Arm::EmptyWasm, native, 200)?,
             arm("minimal-limiter", Arm::MinimalLimiter, &plaintexts, 200)?,
+            arm(
+                "minimal-limiter-strip",
+                Arm::MinimalLimiterStrip,
+                &plaintexts,
+                200,
+            )?,
             arm("tollgate", Arm::Tollgate, &plaintexts, 200)?,
             // Every fleet key has the service's per-second limit of its own.
             arm("rls-limitador", Arm::RlsLimitador, &plaintexts, 200)?,

@@ -442,6 +442,27 @@ fn targets(results: &Results) -> Vec<Target> {
                 met: None,
             });
         }
+        // Context for the floor: any API-key filter removes the key before
+        // the request goes upstream, which the minimal limiter does not.
+        let strip = scale.added_cpu("minimal-limiter-strip");
+        if let Some(r) = ratio(strip.median, minimal) {
+            let lean = scale.added_cpu("tollgate-lean").median;
+            let versus =
+                |a: f64| ratio(a, strip.median).map_or("—".into(), |r| format!("{r:.2}"));
+            out.push(Target {
+                what: format!(
+                    "the minimal limiter that also removes the key: added CPU, {keys} keys"
+                ),
+                bound: "reported".into(),
+                measured: format!(
+                    "{} µs, {r:.2} × the minimal limiter's; against it Tollgate {}, tollgate-lean {}",
+                    us(strip),
+                    versus(ours),
+                    versus(lean)
+                ),
+                met: None,
+            });
+        }
         let istio = scale.spread("tollgate-istio", |s| s.cpu_us);
         if istio.median.is_finite() {
             out.push(Target {
