@@ -19,8 +19,39 @@ use crate::{
 
 pub fn bench(args: &[String]) -> Result {
     install::rust_bits()?;
+    if args.iter().any(|a| a == "--vm") {
+        return vm(args);
+    }
     let envoy = install::envoy()?;
     run_bench(args, &envoy)
+}
+
+/// `cargo xtask bench --vm [--smoke]`: Tollgate's own work per request in
+/// V8 without Envoy (`bench/vm`), run in
+/// Node.js; nothing else of the benchmark.
+pub fn vm(args: &[String]) -> Result {
+    let smoke = match args {
+        [vm] if vm == "--vm" => false,
+        [a, b] if [a, b].iter().all(|x| *x == "--vm" || *x == "--smoke") && a != b => true,
+        _ => {
+            return Err(format!(
+                "--vm takes no other argument but --smoke, not {args:?} (cargo xtask bench --vm [--smoke])"
+            ))
+        }
+    };
+    install::node()?;
+    run(
+        "build bench/vm for wasm32-wasip1",
+        &mut wasm_release_build(&["tollgate-bench-vm"]),
+    )?;
+    let mut node = Command::new("node");
+    node.arg("--no-warnings")
+        .arg(root().join("bench/vm/run.mjs"))
+        .arg(root().join("target/wasm32-wasip1/release/vm-work.wasm"));
+    if smoke {
+        node.arg("--smoke");
+    }
+    run("Tollgate's work per request in V8 (bench/vm)", &mut node)
 }
 
 /// `cargo xtask soak [--minutes N] [--smoke]`: the benchmark runner's

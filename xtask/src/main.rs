@@ -171,6 +171,8 @@ pub fn build_test_filters() -> Result {
             "--release",
             "-p",
             "tollgate-neighbour-filter",
+            "-p",
+            "tollgate-bench-vm",
             "--target",
             "wasm32-wasip1",
         ]),
@@ -375,6 +377,8 @@ fn test(args: &[String]) -> Result {
     bench::run_built_bench(&["--smoke".to_owned()], &envoy)?;
     step("soak smoke run (cargo xtask soak --smoke)");
     bench::run_built_bench(&bench::soak_args(&["--smoke".to_owned()])?, &envoy)?;
+    step("the filter's own work in V8, smoke run (cargo xtask bench --vm --smoke)");
+    bench::vm(&["--vm".to_owned(), "--smoke".to_owned()])?;
     println!("\nall checks passed");
     Ok(())
 }
@@ -441,7 +445,7 @@ fn main() -> ExitCode {
         Some("deps") => deps::check(),
         _ => Err(
             "usage: cargo xtask up [flags] | cargo xtask test [--quick] | cargo xtask build | \
-             cargo xtask bench [--smoke] | cargo xtask postgres | \
+             cargo xtask bench [--smoke] | cargo xtask bench --vm [--smoke] | cargo xtask postgres | \
              cargo xtask image [--control-plane] [--wasm <file> | --binary <file>] [--out <dir>] \
              [--push <host:port>/<repository>:<tag>] | \
              cargo xtask fuzz [--minutes N] [--target NAME] [--smoke] | \

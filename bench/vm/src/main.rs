@@ -1,0 +1,210 @@
+//! Tollgate's own work per request, in V8 but without Envoy:
+//! `cargo xtask bench --vm` builds this for `wasm32-wasip1` and runs it in
+//! Node.js, whose WebAssembly engine is V8, as Envoy's is.
+//!
+//! The Envoy benchmark measures what a request costs Envoy, host calls and
+//! all, and on this machine its rounds move by several microseconds: less
+//! than that, it cannot tell apart. What the filter's own Rust costs per
+//! request is well under that, so it is measured here alone, the way the
+//! filter runs it on an allowed request (`decide_cached` with the VM's memo,
+//! the rate-limit headers, the usage tally and its hand-over), with
+//! core's in-memory store standing in for Envoy's shared data: the host
+//! calls themselves are the Envoy benchmark's to measure, and the store's
+//! map lookups are counted in here.
+//!
+//! Each figure is the median of [`REPEATS`] timings of `requests` requests,
+//! in nanoseconds per request, with the spread.
+
+use std::time::Instant;
+
+use tollgate_core::cache::ConfigCache;
+use tollgate_core::decide::{decide_cached, ClientIp, Decision, RequestFacts};
+use tollgate_core::fleet::FULL_SHARE;
+use tollgate_core::key::ApiKey;
+use tollgate_core::layout::{apply_leases, apply_sync};
+use tollgate_core::response::RateLimitHeaders;
+use tollgate_core::store::MemoryStore;
+use tollgate_core::usage::Tally;
+use tollgate_core::wire::{FleetLeases, LimitScope, SyncResponse, WireKey, WireLimit, WirePlan};
+
+const REPEATS: usize = 5;
+/// Requests between two hand-overs of the tally: a worker at 20k requests
+/// a second hands over every 50 ms tick.
+const HAND_OVER_EVERY: u64 = 1_000;
+/// A Unix time in ms in the middle of a month.
+const T0: u64 = 1_800_000_000_000;
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let (requests, scales): (u64, &[u32]) = if smoke {
+        (2_000, &[10, 1_000])
+    } else {
+        (500_000, &[1_000, 100_000])
+    };
+    println!("| what | keys | ns per request, median [min–max] of {REPEATS} |");
+    println!("|---|---|---|");
+    for &keys in scales {
+        let bench = Bench::new(keys);
+        let allowed = bench.time(requests, Bench::allowed);
+        println!(
+            "| an allowed request: decision, headers, tally | {keys} | {} |",
+            spread(allowed)
+        );
+        let unknown = bench.time(requests, Bench::unknown);
+        println!(
+            "| a key never issued (401) | {keys} | {} |",
+            spread(unknown)
+        );
+    }
+}
+
+/// A store loaded with `keys` keys on the benchmark's plan, and what a VM
+/// keeps between requests.
+struct Bench {
+    store: MemoryStore,
+    keys: Vec<String>,
+    never_issued: Vec<String>,
+}
+
+struct Vm {
+    cache: ConfigCache,
+    tally: Tally,
+    /// Keeps the optimiser from dropping the work.
+    sink: usize,
+}
+
+impl Bench {
+    fn new(keys: u32) -> Self {
+        let key = |i: u32| ApiKey::from_body(&format!("{i:0>32}")).unwrap_or_else(|e| fail(&e));
+        let issued: Vec<ApiKey> = (0..keys).map(key).collect();
+        // The Envoy benchmark's plan: two windows and a quota, none reached.
+        let limit = |name: &str, max: u64, window_seconds: u64| WireLimit {
+            name: name.into(),
+            max,
+            window_seconds,
+            burst: None,
+            scope: LimitScope::Key,
+            per_envoy: false,
+        };
+        let plan = WirePlan {
+            id: "pln_bench".into(),
+            name: "Bench".into(),
+            limits: vec![
+                limit("per-second", 1_000_000_000, 1),
+                limit("per-hour", 1_000_000_000_000, 3_600),
+            ],
+            monthly_quota: Some(1_000_000_000_000),
+            route_costs: Vec::new(),
+        };
+        let wire_keys = issued
+            .iter()
+            .enumerate()
+            .map(|(i, k)| WireKey {
+                hash: k.hash().to_hex(),
+                id: format!("key_{i:0>20}"),
+                tenant_id: "tnt_00000000000000000001".into(),
+                plan_id: plan.id.clone(),
+                active: true,
+                ..WireKey::default()
+            })
+            .collect();
+        let store = MemoryStore::new();
+        let sync = SyncResponse {
+            version: 1,
+            plans: vec![plan],
+            keys: wire_keys,
+            ..SyncResponse::default()
+        };
+        apply_sync(&store, &sync).unwrap_or_else(|e| fail(&e));
+        // This Envoy alone in its fleet: every fleet-wide limit is its own.
+        let leases = FleetLeases {
+            generation: 1,
+            seq: 1,
+            valid_ms: u64::MAX / 2,
+            default_share: u64::from(FULL_SHARE),
+            grants: Vec::new(),
+            slices: Vec::new(),
+        };
+        apply_leases(&store, &leases, T0).unwrap_or_else(|e| fail(&e));
+        Self {
+            store,
+            keys: issued.iter().map(|k| k.expose().to_owned()).collect(),
+            never_issued: (keys..keys + 1_000)
+                .map(|i| key(i).expose().to_owned())
+                .collect(),
+        }
+    }
+
+    /// `requests` requests in a fresh VM, `REPEATS` times: ns per request.
+    /// A first, untimed pass lets V8 compile the hot code with its
+    /// optimising tier, as a long-running Envoy has.
+    fn time(&self, requests: u64, each: fn(&Self, &mut Vm, u64)) -> Vec<f64> {
+        (0..=REPEATS)
+            .map(|_| {
+                let mut vm = Vm {
+                    cache: ConfigCache::with_seed(0x5eed),
+                    tally: Tally::default(),
+                    sink: 0,
+                };
+                let started = Instant::now();
+                for i in 0..requests {
+                    each(self, &mut vm, i);
+                }
+                let ns = started.elapsed().as_nanos() as f64 / requests as f64;
+                if vm.sink == usize::MAX {
+                    println!("(never)");
+                }
+                ns
+            })
+            .skip(1)
+            .collect()
+    }
+
+    fn facts<'a>(key: &'a str) -> RequestFacts<'a> {
+        RequestFacts {
+            api_key: Some(key),
+            method: "GET",
+            path: "/",
+            client_ip: ClientIp::from(None),
+        }
+    }
+
+    /// What the filter does for an admitted request, keys in turn.
+    fn allowed(&self, vm: &mut Vm, i: u64) {
+        let key = &self.keys[i as usize % self.keys.len()];
+        // 20 requests a millisecond, as at the Envoy benchmark's rate.
+        let now = T0 + i / 20;
+        let decision = decide_cached(&Self::facts(key), &self.store, &mut vm.cache, now);
+        let Decision::Allow(allowed) = decision else {
+            fail(&format!("request {i} was refused: {decision:?}"));
+        };
+        let headers = RateLimitHeaders::of(&allowed.policies);
+        vm.sink += headers.iter().map(|(_, value)| value.len()).sum::<usize>();
+        if let Some(key_id) = &allowed.key_id {
+            vm.tally.allowed(key_id, allowed.cost, now);
+        }
+        if i % HAND_OVER_EVERY == HAND_OVER_EVERY - 1 {
+            vm.sink += vm.tally.to_bytes().len();
+            vm.tally = Tally::default();
+        }
+    }
+
+    /// A well-formed key the store does not know.
+    fn unknown(&self, vm: &mut Vm, i: u64) {
+        let key = &self.never_issued[i as usize % self.never_issued.len()];
+        let decision = decide_cached(&Self::facts(key), &self.store, &mut vm.cache, T0 + i / 20);
+        vm.sink += usize::from(matches!(decision, Decision::Deny(_)));
+    }
+}
+
+/// `median [min–max]`, to one decimal.
+fn spread(mut ns: Vec<f64>) -> String {
+    ns.sort_by(f64::total_cmp);
+    let (min, max) = (ns[0], ns[ns.len() - 1]);
+    format!("{:.0} [{min:.0}–{max:.0}]", ns[ns.len() / 2])
+}
+
+fn fail(why: &dyn std::fmt::Display) -> ! {
+    eprintln!("vm-work: {why}");
+    std::process::exit(1)
+}
