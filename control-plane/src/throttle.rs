@@ -63,7 +63,7 @@ impl Rate {
 
     fn limit(self, name: &str) -> Limit {
         Limit {
-            name: name.to_owned(),
+            name: name.into(),
             max: self.per_minute,
             window_seconds: 60,
             max_tokens: self.burst,

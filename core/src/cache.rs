@@ -210,7 +210,7 @@ mod tests {
         cache.at_version(1);
         assert!(cache.key(&store, &hash).unwrap().active);
         assert!(cache.key(&store, &unknown).is_none());
-        assert_eq!(cache.plan(&store, "plan_1").unwrap().name, "Free");
+        assert_eq!(&*cache.plan(&store, "plan_1").unwrap().name, "Free");
 
         // Revoked in version 2: the old version's memo still answers...
         apply_sync(&store, &sync(2, &hash, false)).unwrap();

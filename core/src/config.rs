@@ -6,6 +6,7 @@
 //! accepts is a plan every filter accepts.
 
 use core::fmt;
+use std::sync::Arc;
 
 use crate::access::{Cidr, Scope};
 use crate::key::KeyHash;
@@ -40,7 +41,7 @@ fn invalid(msg: impl Into<String>) -> InvalidConfig {
 /// `max` tokens per `window_seconds`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
-    pub name: String,
+    pub name: Arc<str>,
     pub max: u64,
     pub window_seconds: u64,
     pub max_tokens: u64,
@@ -100,7 +101,7 @@ impl TryFrom<&WireLimit> for Limit {
             )));
         }
         Ok(Self {
-            name: wire.name.clone(),
+            name: wire.name.as_str().into(),
             max: wire.max,
             window_seconds: wire.window_seconds,
             max_tokens,
@@ -145,7 +146,8 @@ impl TryFrom<&WireRouteCost> for RouteCost {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub id: String,
-    pub name: String,
+    /// Shared, not copied, by every decision that names it (`x-plan`).
+    pub name: Arc<str>,
     pub limits: Vec<Limit>,
     pub monthly_quota: Option<u64>,
     pub route_costs: Vec<RouteCost>,
@@ -206,7 +208,7 @@ impl TryFrom<&WirePlan> for Plan {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             id: wire.id.clone(),
-            name: wire.name.clone(),
+            name: wire.name.as_str().into(),
             limits,
             monthly_quota: wire.monthly_quota,
             route_costs,
@@ -221,8 +223,10 @@ pub const MAX_KEY_RULES: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     pub hash: KeyHash,
-    pub id: String,
-    pub tenant_id: String,
+    /// Shared, not copied, by every decision for the key (its identity
+    /// headers and its usage count).
+    pub id: Arc<str>,
+    pub tenant_id: Arc<str>,
     pub plan_id: String,
     pub active: bool,
     pub expires_at_ms: Option<u64>,
@@ -359,8 +363,8 @@ impl KeyRecord {
         }
         Ok(Self {
             hash,
-            id: wire.id.clone(),
-            tenant_id: wire.tenant_id.clone(),
+            id: wire.id.as_str().into(),
+            tenant_id: wire.tenant_id.as_str().into(),
             plan_id: wire.plan_id.clone(),
             active: wire.active,
             expires_at_ms: wire.expires_at_ms,
@@ -518,7 +522,7 @@ mod override_tests {
         let names: Vec<(String, u64)> = key
             .effective_limits(&plan)
             .into_iter()
-            .map(|l| (l.name.clone(), l.max))
+            .map(|l| (l.name.to_string(), l.max))
             .collect();
         assert_eq!(
             names,

@@ -27,12 +27,12 @@ pub const STRIPPED_REQUEST_HEADERS: [&str; 3] = [UPSTREAM_TENANT, UPSTREAM_KEY_I
 pub fn upstream_headers(allowed: &Allowed) -> Vec<(&'static str, &str)> {
     let mut out = Vec::with_capacity(3);
     if let Some(tenant) = &allowed.tenant_id {
-        out.push((UPSTREAM_TENANT, tenant.as_str()));
+        out.push((UPSTREAM_TENANT, &**tenant));
     }
     if let Some(key) = &allowed.key_id {
-        out.push((UPSTREAM_KEY_ID, key.as_str()));
+        out.push((UPSTREAM_KEY_ID, &**key));
     }
-    out.push((UPSTREAM_PLAN, allowed.plan_name.as_str()));
+    out.push((UPSTREAM_PLAN, &*allowed.plan_name));
     out
 }
 

@@ -92,7 +92,7 @@ fn checked_limit(wire: &WireLimit) -> Option<Limit> {
     let limit = result.ok()?;
     validated::limit(&limit);
     let expected = Limit {
-        name: wire.name.clone(),
+        name: wire.name.as_str().into(),
         max: wire.max,
         window_seconds: wire.window_seconds,
         max_tokens: wire.burst.unwrap_or(wire.max),
@@ -170,7 +170,7 @@ fn checked_plan(wire: &WirePlan) -> Option<Plan> {
     // Whole: every part as it validates alone, none dropped.
     let expected = Plan {
         id: wire.id.clone(),
-        name: wire.name.clone(),
+        name: wire.name.as_str().into(),
         limits: limits.unwrap_or_default(),
         monthly_quota: wire.monthly_quota,
         route_costs: route_costs.unwrap_or_default(),
@@ -230,8 +230,8 @@ fn checked_key(wire: &WireKey) -> Option<KeyRecord> {
     validated::key(&record);
     let expected = KeyRecord {
         hash: hash.expect("checked above"),
-        id: wire.id.clone(),
-        tenant_id: wire.tenant_id.clone(),
+        id: wire.id.as_str().into(),
+        tenant_id: wire.tenant_id.as_str().into(),
         plan_id: wire.plan_id.clone(),
         active: wire.active,
         expires_at_ms: wire.expires_at_ms,

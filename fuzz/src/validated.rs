@@ -24,7 +24,7 @@ fn tokens(n: u64) -> bool {
 
 pub(crate) fn limit(limit: &Limit) {
     assert!(is_policy_name(&limit.name), "{limit:?}");
-    assert_ne!(limit.name, QUOTA_POLICY);
+    assert_ne!(&*limit.name, QUOTA_POLICY);
     assert!(tokens(limit.max) && tokens(limit.max_tokens), "{limit:?}");
     assert!((1..=MAX_WINDOW_SECONDS).contains(&limit.window_seconds));
     assert_eq!(limit.window_ms(), limit.window_seconds * 1000);
@@ -64,7 +64,7 @@ pub(crate) fn plan(plan: &Plan) {
     assert!(!plan.name.trim().is_empty() && plan.name.len() <= 200);
     assert!(plan.limits.len() <= MAX_LIMITS);
     plan.limits.iter().for_each(limit);
-    names_unique(plan.limits.iter().map(|l| l.name.as_str()));
+    names_unique(plan.limits.iter().map(|l| &*l.name));
     quota(plan.monthly_quota);
     assert!(plan.route_costs.len() <= MAX_ROUTE_COSTS);
     plan.route_costs.iter().for_each(route_cost);
@@ -76,7 +76,7 @@ fn header_safe(id: &str) -> bool {
 }
 
 pub(crate) fn key(record: &KeyRecord) {
-    for id in [&record.id, &record.tenant_id, &record.plan_id] {
+    for id in [&*record.id, &*record.tenant_id, record.plan_id.as_str()] {
         assert!(header_safe(id), "{id:?}");
     }
     if let Some(scopes) = &record.scopes {
@@ -88,7 +88,7 @@ pub(crate) fn key(record: &KeyRecord) {
     }
     assert!(record.limit_overrides.len() <= MAX_LIMITS);
     record.limit_overrides.iter().for_each(limit);
-    names_unique(record.limit_overrides.iter().map(|l| l.name.as_str()));
+    names_unique(record.limit_overrides.iter().map(|l| &*l.name));
     quota(record.monthly_quota);
     assert!(record
         .billing_anchor_day
@@ -100,7 +100,7 @@ pub(crate) fn key_on_plan(record: &KeyRecord, plan: &Plan) {
     let limits = record.effective_limits(plan);
     assert!(limits.len() <= 2 * MAX_LIMITS);
     limits.iter().copied().for_each(limit);
-    names_unique(limits.iter().map(|l| l.name.as_str()));
+    names_unique(limits.iter().map(|l| &*l.name));
     quota(record.quota(plan));
 }
 

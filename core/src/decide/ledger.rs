@@ -7,6 +7,8 @@
 //! later refusal refunds the earlier entries) is easier to judge when it is
 //! all in one place and nothing else is.
 
+use std::sync::{Arc, LazyLock};
+
 use crate::bucket::{ceil_seconds, Bucket, Check, Meter};
 use crate::config::{Limit, QUOTA_POLICY};
 use crate::fleet::{self, Lease, QuotaView, Slice, Terms, FULL_SHARE};
@@ -33,6 +35,13 @@ pub(super) struct Quota {
 /// a fleet-wide limit, is told to wait: about a report's round trip, when
 /// more may have come.
 pub const SLICE_WAIT_MS: u64 = 1_000;
+
+/// [`QUOTA_POLICY`] as a policy's name: made once, then shared by every
+/// request's quota status.
+fn quota_name() -> Arc<str> {
+    static NAME: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(QUOTA_POLICY));
+    Arc::clone(&NAME)
+}
 
 /// One shared-data entry that a request consumes from: its limits' buckets
 /// and, for a key, the key's own quota count.
@@ -148,7 +157,7 @@ impl Ledger<'_> {
                     last_fill_ms: bucket.last_fill_ms,
                 }),
                 Check::Deny { wait_ms } => violated.push(Violation {
-                    policy: limit.name.clone(),
+                    policy: Arc::clone(&limit.name),
                     // Without a share (before the first terms, or all of it
                     // with other Envoys) the window's refill frees nothing:
                     // the next receipt may, so an hourly limit does not say
@@ -167,13 +176,13 @@ impl Ledger<'_> {
             let own_after = look.own_used.saturating_add(cost);
             if cost > 0 && used.saturating_add(cost) > quota.max {
                 violated.push(Violation {
-                    policy: QUOTA_POLICY.to_owned(),
+                    policy: quota_name(),
                     wait_ms: quota.period.ms_left(now_ms),
                     pending: false,
                 });
             } else if cost > 0 && look.cap.is_some_and(|cap| own_after > cap) {
                 violated.push(Violation {
-                    policy: QUOTA_POLICY.to_owned(),
+                    policy: quota_name(),
                     wait_ms: SLICE_WAIT_MS.min(quota.period.ms_left(now_ms)),
                     pending: true,
                 });
@@ -204,7 +213,7 @@ impl Ledger<'_> {
         if let Some(quota) = &self.quota {
             let used = own_used.saturating_add(others_used);
             out.push(PolicyStatus {
-                name: QUOTA_POLICY.to_owned(),
+                name: quota_name(),
                 quota: quota.max,
                 window_seconds: quota.period.seconds(),
                 remaining: quota.max.saturating_sub(used),
@@ -226,7 +235,7 @@ impl Ledger<'_> {
             buckets: self
                 .limits
                 .iter()
-                .map(|l| l.name.as_str())
+                .map(|l| &*l.name)
                 .zip(buckets.iter().copied())
                 .collect(),
             quota: self
@@ -278,7 +287,7 @@ pub(super) enum Consumed {
 
 /// A policy that refuses a request, and the milliseconds until it would admit it.
 struct Violation {
-    policy: String,
+    policy: Arc<str>,
     wait_ms: u64,
     /// A quota with some left, refused for want of a slice of it.
     pending: bool,
@@ -308,7 +317,7 @@ fn refused(ledgers: &[Ledger], looks: &[Look], violated: Vec<Violation>, now_ms:
     let pending = violated.iter().any(|v| v.pending);
     Consumed::Refused {
         policies,
-        violated: violated.into_iter().map(|v| v.policy).collect(),
+        violated: violated.into_iter().map(|v| v.policy.to_string()).collect(),
         wait_ms,
         pending,
     }

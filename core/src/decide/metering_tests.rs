@@ -57,7 +57,7 @@ fn denied(d: &Decision) -> &Denied {
 }
 
 fn policy<'a>(policies: &'a [PolicyStatus], name: &str) -> &'a PolicyStatus {
-    policies.iter().find(|p| p.name == name).unwrap()
+    policies.iter().find(|p| &*p.name == name).unwrap()
 }
 
 #[test]
@@ -357,7 +357,7 @@ fn anonymous_routes_admit_without_a_key_with_limits_per_client_address() {
     let a = anon(&s, "10.0.0.1", "/demo/x", T0);
     let a = allowed(&a);
     assert_eq!((a.tenant_id.as_deref(), a.key_id.as_deref()), (None, None));
-    assert_eq!(a.plan_name, "DEMO");
+    assert_eq!(&*a.plan_name, "DEMO");
     allowed(&anon(&s, "10.0.0.1", "/demo", T0));
     let d = anon(&s, "10.0.0.1", "/demo", T0);
     assert_eq!(denied(&d).reason, DenyReason::RateLimited);

@@ -9,6 +9,7 @@
 //! one that writes; it is the ledger engine's, in the `ledger` submodule.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::bucket::ceil_seconds;
 use crate::cache::ConfigCache;
@@ -177,7 +178,8 @@ impl DenyReason {
 /// `quota` and `reset_seconds` never exceeds `window_seconds`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyStatus {
-    pub name: String,
+    /// The limit's own name, shared: a request copies no policy name.
+    pub name: Arc<str>,
     /// `q`: the most the policy holds at once (a bucket's burst, the quota's size).
     pub quota: u64,
     /// `w`: the seconds a bucket takes to refill from empty, or the quota's period.
@@ -191,10 +193,11 @@ pub struct PolicyStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
-    /// `None` for an anonymous request, as is `key_id`.
-    pub tenant_id: Option<String>,
-    pub key_id: Option<String>,
-    pub plan_name: String,
+    /// `None` for an anonymous request, as is `key_id`. Shared with the
+    /// key record and the plan: an admitted request copies no name.
+    pub tenant_id: Option<Arc<str>>,
+    pub key_id: Option<Arc<str>>,
+    pub plan_name: Arc<str>,
     pub policies: Vec<PolicyStatus>,
     /// What the request cost (see [`crate::config::Plan::cost_of`]).
     pub cost: u64,
@@ -210,7 +213,7 @@ pub struct Denied {
     /// Names of the policies that refused the request.
     pub violated: Vec<String>,
     /// The key the refusal is charged to, once the key is identified.
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,10 +241,10 @@ fn deny(reason: DenyReason, detail: impl Into<String>) -> Decision {
 }
 
 /// [`deny`], charged to a known key.
-fn deny_key(key_id: &str, reason: DenyReason, detail: impl Into<String>) -> Decision {
+fn deny_key(key_id: &Arc<str>, reason: DenyReason, detail: impl Into<String>) -> Decision {
     match deny(reason, detail) {
         Decision::Deny(denied) => Decision::Deny(Denied {
-            key_id: Some(key_id.to_owned()),
+            key_id: Some(Arc::clone(key_id)),
             ..denied
         }),
         allowed => allowed,
@@ -435,9 +438,9 @@ fn decide_anonymous(
 
 fn verdict(
     consumed: Consumed,
-    tenant_id: Option<String>,
-    key_id: Option<String>,
-    plan_name: String,
+    tenant_id: Option<Arc<str>>,
+    key_id: Option<Arc<str>>,
+    plan_name: Arc<str>,
 ) -> Decision {
     match consumed {
         Consumed::Admitted { policies, cost } => Decision::Allow(Allowed {

@@ -107,7 +107,7 @@ fn allowed_carries_identity_and_policies() {
         (
             a.tenant_id.as_deref(),
             a.key_id.as_deref(),
-            Some(a.plan_name.as_str())
+            Some(&*a.plan_name)
         ),
         (Some("tnt_1"), Some("key_1"), Some("Pro"))
     );

@@ -423,8 +423,8 @@ mod tests {
         assert_eq!(applied_version(&store), None);
         assert_eq!(apply_sync(&store, &sync_with_key(3, &hash)), Ok(3));
         assert_eq!(applied_version(&store), Some(3));
-        assert_eq!(read_key(&store, &hash).unwrap().id, "key_1");
-        assert_eq!(read_plan(&store, "plan_1").unwrap().name, "Free");
+        assert_eq!(&*read_key(&store, &hash).unwrap().id, "key_1");
+        assert_eq!(&*read_plan(&store, "plan_1").unwrap().name, "Free");
         // Created on the key's first request, not for every key synced.
         assert!(store.get(&buckets_key(&hash)).is_none());
     }
