@@ -44,9 +44,9 @@ pub fn vm(args: &[String]) -> Result {
         "build bench/vm for wasm32-wasip1",
         &mut wasm_release_build(&["tollgate-bench-vm"]),
     )?;
+    // The same WASI runner as core's wasm32 unit tests.
     let mut node = Command::new("node");
-    node.arg("--no-warnings")
-        .arg(root().join("bench/vm/run.mjs"))
+    node.arg(root().join("xtask/wasi/run.mjs"))
         .arg(root().join("target/wasm32-wasip1/release/vm-work.wasm"));
     if smoke {
         node.arg("--smoke");
