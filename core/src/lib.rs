@@ -44,5 +44,7 @@ pub mod store;
 pub mod usage;
 pub mod wire;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixtures;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -15,25 +15,15 @@ use crate::json::{from_slice, to_vec, FromJson, ToJson};
 use crate::key::{ApiKey, KeyHash};
 use crate::layout::apply_sync;
 use crate::store::MemoryStore;
-use crate::wire::{FleetLeases, LimitScope, SyncResponse, WireKey, WireLimit, WirePlan};
+use crate::wire::{LimitScope, SyncResponse, WireKey, WireLimit, WirePlan};
+
+pub use crate::fixtures::limit;
 
 /// Key number `n`: its body is 32 times the `n`th letter, so keys differ
 /// and a test can name them by number.
 pub fn key(n: u8) -> ApiKey {
     let body: String = core::iter::repeat_n((b'a' + n) as char, 32).collect();
     ApiKey::from_body(&body).unwrap()
-}
-
-/// A limit per key whose burst is its max.
-pub fn limit(name: &str, max: u64, window_seconds: u64) -> WireLimit {
-    WireLimit {
-        name: name.into(),
-        max,
-        window_seconds,
-        burst: None,
-        scope: LimitScope::Key,
-        per_envoy: false,
-    }
 }
 
 /// A limit as the filter enforces it, named "l", for the bucket arithmetic.
@@ -134,18 +124,10 @@ pub fn store(plans: Vec<WirePlan>, keys: Vec<WireKey>) -> MemoryStore {
     store
 }
 
-/// Leases the whole of every fleet-wide limit to this Envoy, for good: what
-/// the control plane grants an Envoy with no other in its fleet.
+/// Leases the whole of every fleet-wide limit to this Envoy, for good
+/// ([`crate::fixtures::alone`]).
 pub fn alone(store: &MemoryStore) {
-    let leases = FleetLeases {
-        generation: 1,
-        seq: 1,
-        valid_ms: u64::MAX / 2,
-        default_share: u64::from(crate::fleet::FULL_SHARE),
-        grants: Vec::new(),
-        slices: Vec::new(),
-    };
-    crate::layout::apply_leases(store, &leases, 0).unwrap();
+    crate::fixtures::alone(store).unwrap();
 }
 
 /// Whether we accept `input` as a `T`, asserting that serde_json says the

@@ -19,13 +19,13 @@ use std::time::Instant;
 
 use tollgate_core::cache::ConfigCache;
 use tollgate_core::decide::{decide_cached, ClientIp, Decision, RequestFacts};
-use tollgate_core::fleet::FULL_SHARE;
+use tollgate_core::fixtures::{alone, limit};
 use tollgate_core::key::ApiKey;
-use tollgate_core::layout::{apply_leases, apply_sync};
+use tollgate_core::layout::apply_sync;
 use tollgate_core::response::RateLimitHeaders;
 use tollgate_core::store::MemoryStore;
 use tollgate_core::usage::Tally;
-use tollgate_core::wire::{FleetLeases, LimitScope, SyncResponse, WireKey, WireLimit, WirePlan};
+use tollgate_core::wire::{SyncResponse, WireKey, WirePlan};
 
 const REPEATS: usize = 5;
 /// Requests between two hand-overs of the tally: a worker at 20k requests
@@ -78,14 +78,6 @@ impl Bench {
         let key = |i: u32| ApiKey::from_body(&format!("{i:0>32}")).unwrap_or_else(|e| fail(&e));
         let issued: Vec<ApiKey> = (0..keys).map(key).collect();
         // The Envoy benchmark's plan: two windows and a quota, none reached.
-        let limit = |name: &str, max: u64, window_seconds: u64| WireLimit {
-            name: name.into(),
-            max,
-            window_seconds,
-            burst: None,
-            scope: LimitScope::Key,
-            per_envoy: false,
-        };
         let plan = WirePlan {
             id: "pln_bench".into(),
             name: "Bench".into(),
@@ -117,15 +109,7 @@ impl Bench {
         };
         apply_sync(&store, &sync).unwrap_or_else(|e| fail(&e));
         // This Envoy alone in its fleet: every fleet-wide limit is its own.
-        let leases = FleetLeases {
-            generation: 1,
-            seq: 1,
-            valid_ms: u64::MAX / 2,
-            default_share: u64::from(FULL_SHARE),
-            grants: Vec::new(),
-            slices: Vec::new(),
-        };
-        apply_leases(&store, &leases, T0).unwrap_or_else(|e| fail(&e));
+        alone(&store).unwrap_or_else(|e| fail(&format!("{e:?}")));
         Self {
             store,
             keys: issued.iter().map(|k| k.expose().to_owned()).collect(),
