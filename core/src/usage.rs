@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use foldhash::fast::FixedState;
 
+use crate::json::BatchJson;
 use crate::wire::{KeyUsage, UsageBatch};
 
 /// The keyless outcome counted for admitted anonymous requests.
@@ -42,17 +43,24 @@ impl Tally {
     }
 
     fn entry(&mut self, key_id: &str) -> Option<&mut KeyUsage> {
-        if !self.keys.contains_key(key_id) {
-            if self.keys.len() >= MAX_KEYS {
-                return None;
-            }
-            let usage = KeyUsage {
-                key_id: key_id.to_owned(),
-                ..KeyUsage::default()
-            };
-            self.keys.insert(key_id.to_owned(), usage);
+        if self.keys.contains_key(key_id) {
+            return self.keys.get_mut(key_id);
         }
-        self.keys.get_mut(key_id)
+        self.insert(key_id)
+    }
+
+    /// A new entry for `key_id`, which is not counted yet: hashed once.
+    /// With many distinct keys, most requests and every key the leader
+    /// drains come here.
+    fn insert(&mut self, key_id: &str) -> Option<&mut KeyUsage> {
+        if self.keys.len() >= MAX_KEYS {
+            return None;
+        }
+        let usage = KeyUsage {
+            key_id: key_id.to_owned(),
+            ..KeyUsage::default()
+        };
+        Some(self.keys.entry(key_id.to_owned()).or_insert(usage))
     }
 
     /// An admitted request that cost `cost`.
@@ -67,7 +75,7 @@ impl Tally {
         if let Some(usage) = self.keys.get_mut(key_id) {
             return count(usage);
         }
-        match self.entry(key_id) {
+        match self.insert(key_id) {
             Some(usage) => count(usage),
             None => self.dropped = self.dropped.saturating_add(1),
         }
@@ -170,17 +178,6 @@ impl Tally {
         Reader(rest).add_to(Some(self)).is_some()
     }
 
-    /// The batch these counts make, named `batch_id`, leaving them in place.
-    pub fn to_batch(&self, batch_id: &str) -> UsageBatch {
-        UsageBatch {
-            batch_id: batch_id.to_owned(),
-            keys: self.keys.values().cloned().collect(),
-            unattributed: self.unattributed.clone(),
-            dropped: self.dropped,
-            ..UsageBatch::default()
-        }
-    }
-
     /// Distinct keys counted.
     pub fn keys(&self) -> usize {
         self.keys.len()
@@ -265,22 +262,29 @@ impl ReportState {
             self.keep(counts);
             return None;
         }
-        let mut all = self.take_open();
-        if all.is_empty() {
-            all = counts.clone();
+        // Written straight from the tally: with thousands of keys, copying
+        // them into a `UsageBatch` first would double the leader's work.
+        let merged;
+        let all = if self.open.is_empty() {
+            counts
         } else {
-            all.merge(counts.clone());
-        }
+            let mut open = self.take_open();
+            open.merge(counts.clone());
+            merged = open;
+            &merged
+        };
         self.sequence = self.sequence.saturating_add(1);
         let batch_id = format!("{}-{}", self.instance, self.sequence);
-        let mut batch = all.to_batch(&batch_id);
-        batch.reporter_id.clone_from(&self.instance);
-        batch.standings_since = self.standings_since;
-        batch.leases_applied = leases_applied;
-        self.pending = Some(Sealed {
-            batch_id,
-            body: crate::json::to_vec(&batch),
+        let body = crate::json::to_vec(&BatchJson {
+            batch_id: &batch_id,
+            reporter_id: &self.instance,
+            standings_since: self.standings_since,
+            keys: all.keys.values(),
+            unattributed: &all.unattributed,
+            dropped: all.dropped,
+            leases_applied,
         });
+        self.pending = Some(Sealed { batch_id, body });
         Some(all.dropped())
     }
 

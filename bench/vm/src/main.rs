@@ -13,7 +13,10 @@
 //! map lookups are counted in here.
 //!
 //! Each figure is the median of [`REPEATS`] timings of `requests` requests,
-//! in nanoseconds per request, with the spread.
+//! in nanoseconds per request, with the spread. One more row times the
+//! leader's side of usage reporting per key counted: it runs on Envoy's
+//! main thread, which a worker may share a CPU with, so its length is
+//! latency for the requests that wait behind it.
 
 use std::time::Instant;
 
@@ -24,7 +27,7 @@ use tollgate_core::key::ApiKey;
 use tollgate_core::layout::apply_sync;
 use tollgate_core::response::RateLimitHeaders;
 use tollgate_core::store::MemoryStore;
-use tollgate_core::usage::Tally;
+use tollgate_core::usage::{ReportState, Tally};
 use tollgate_core::wire::{SyncResponse, WireKey, WirePlan};
 
 const REPEATS: usize = 5;
@@ -56,6 +59,60 @@ fn main() {
             spread(unknown)
         );
     }
+    let reported = if smoke { 1_000 } else { 20_000 };
+    println!(
+        "| the leader's report, per key counted: drain, seal, store, settle | {reported} | {} |",
+        spread(time_report(reported))
+    );
+}
+
+/// The leader's work for one report of `keys` distinct keys, each used
+/// once, handed over by a worker in 20 ticks' worth: ns per key, median of
+/// [`REPEATS`] after one untimed pass. It runs on Envoy's main thread,
+/// which a worker may share a CPU with; at the Envoy benchmark's closed
+/// loop over 100k keys a report holds some 20k keys.
+fn time_report(keys: u32) -> Vec<f64> {
+    let per_hand_over = (keys / 20).max(1);
+    let hand_overs: Vec<Vec<u8>> = (0..keys)
+        .collect::<Vec<_>>()
+        .chunks(per_hand_over as usize)
+        .map(|part| {
+            let mut tally = Tally::default();
+            for i in part {
+                tally.allowed(&format!("key_{i:0>20}"), 1, T0 + u64::from(*i));
+            }
+            tally.to_bytes()
+        })
+        .collect();
+    let empty = ReportState::new("rpt_0123456789abcdef".into()).to_bytes();
+    (0..=REPEATS)
+        .map(|_| {
+            let started = Instant::now();
+            // on_tick: drain, seal, store.
+            let mut drained = Tally::default();
+            for bytes in &hand_overs {
+                if !drained.merge_bytes(bytes) {
+                    fail(&"a hand-over did not read back");
+                }
+            }
+            let mut state = ReportState::from_bytes(&empty).unwrap_or_else(|| fail(&"state"));
+            state.seal(&drained, 0);
+            let stored = state.to_bytes();
+            // The receipt: read, settle, store.
+            let mut state = ReportState::from_bytes(&stored).unwrap_or_else(|| fail(&"state"));
+            let batch_id = state.pending.as_ref().map(|p| p.batch_id.clone());
+            if !state.settle(&batch_id.unwrap_or_default()) {
+                fail(&"the batch did not settle");
+            }
+            let stored = state.to_bytes();
+            let ns = started.elapsed().as_nanos() as f64 / f64::from(keys);
+            if stored.is_empty() {
+                println!("(never)");
+            }
+            ns
+        })
+        .skip(1)
+        .collect()
 }
 
 /// A store loaded with `keys` keys on the benchmark's plan, and what a VM

@@ -30,6 +30,7 @@ pub mod read;
 pub mod write;
 
 mod wire;
+pub use wire::BatchJson;
 
 #[cfg(test)]
 mod tests;

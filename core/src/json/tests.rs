@@ -202,6 +202,8 @@ fn strings_are_escaped_and_unescaped_as_serde_json_does() {
         "astral 😀 𝄞 \u{10ffff}".into(),
         "\u{ffff}\u{fffe}\u{d7ff}\u{e000}".into(),
         "\0".into(),
+        // Escapes between multi-byte characters: runs are copied whole.
+        "é\"中\n😀\\x\u{1}ü".into(),
     ];
     for text in &strings {
         round_trip(text);
