@@ -43,14 +43,17 @@ const TIMEOUT_MS: u64 = 5_000;
 const STATE_ATTEMPTS: usize = 8;
 /// A write token no present entry has: "create only" in Envoy's terms.
 const CREATE_ONLY: u32 = u32::MAX;
-/// Most distinct keys one batch carries, and most hand-over bytes one
-/// tick drains. The leader drains, seals and stores a batch in one callback
-/// on Envoy's main thread, which requests may share a CPU with: in Envoy
-/// that costs about 0.8 µs a key, and a batch of every key of a burst over
-/// 100k keys (20k keys, 18 ms in one callback, measured 2026-12-06) held
-/// up the requests behind it. What is left waits in the queue for the next
-/// batch, sent at the first tick after this one's answer.
+/// A batch takes no more hand-overs once it holds this many distinct keys
+/// (so it carries at most these and one hand-over's). The leader drains,
+/// seals and stores a batch in one callback on Envoy's main thread, which
+/// requests may share a CPU with: in Envoy that costs about 0.8 µs a key,
+/// and a batch of every key of a burst over 100k keys (20k keys, 18 ms in
+/// one callback, measured 2026-12-06) held up the requests behind it. What
+/// is left waits in the queue for the next batch, sent at the first tick
+/// after this one's answer.
 pub const BATCH_KEYS: usize = 2_000;
+/// Nor once it has read this many bytes of hand-overs: with few distinct
+/// keys, merging many hand-overs costs a callback as much.
 pub const BATCH_BYTES: usize = 256 * 1024;
 
 /// A VM's tally, shared by its root contexts and its HTTP contexts.
