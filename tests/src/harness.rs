@@ -69,19 +69,27 @@ pub(crate) async fn until_ready(process: Process, port: u16, path: &str) -> Proc
 
 /// [`until_ready`] with `ready` as the probe.
 async fn until(
-    mut process: Process,
+    process: Process,
     ready: impl FnMut() -> Result<bool, String> + Send + 'static,
 ) -> Process {
-    let (process, ready) = tokio::task::spawn_blocking(move || {
-        let ready = process.wait_until(START_LIMIT, ready);
-        (process, ready)
-    })
-    .await
-    .expect("the wait for readiness");
+    let (process, ready) = try_until(process, ready).await;
     if let Err(e) = ready {
         panic!("{e}");
     }
     process
+}
+
+/// [`until`], handing back why the process did not become ready.
+async fn try_until(
+    mut process: Process,
+    ready: impl FnMut() -> Result<bool, String> + Send + 'static,
+) -> (Process, Result<(), String>) {
+    tokio::task::spawn_blocking(move || {
+        let ready = process.wait_until(START_LIMIT, ready);
+        (process, ready)
+    })
+    .await
+    .expect("the wait for readiness")
 }
 
 /// Runs `$TOLLGATE_XTASK image <args>` (the running `cargo xtask`'s own
@@ -337,11 +345,28 @@ impl Stack {
         spawn(name, command, self.dir.path().join(log))
     }
 
+    /// Before anything is configured with its port. A port free when
+    /// [`free_port`] chose it can be taken by another process's outgoing
+    /// connection before the upstream binds it (seen once in a full
+    /// `cargo xtask test`); then the upstream starts again on another.
     async fn start_upstream(&mut self) {
-        let mut command = Command::new(env_path("TOLLGATE_DEMO_UPSTREAM"));
-        command.args(["--addr", &format!("127.0.0.1:{}", self.upstream_port)]);
-        let process = self.spawn("the demo upstream", command, "upstream.log");
-        self.upstream = Some(until_ready(process, self.upstream_port, "/").await);
+        for attempt in 1..=3 {
+            let mut command = Command::new(env_path("TOLLGATE_DEMO_UPSTREAM"));
+            command.args(["--addr", &format!("127.0.0.1:{}", self.upstream_port)]);
+            let process = self.spawn("the demo upstream", command, "upstream.log");
+            let addr = SocketAddr::from(([127, 0, 0, 1], self.upstream_port));
+            let probe = move || Ok(tollgate_launch::http_ok(addr, "/"));
+            match try_until(process, probe).await {
+                (process, Ok(())) => {
+                    self.upstream = Some(process);
+                    return;
+                }
+                (_, Err(e)) if attempt < 3 && e.contains("Address already in use") => {
+                    self.upstream_port = free_port();
+                }
+                (_, Err(e)) => panic!("{e}"),
+            }
+        }
     }
 
     async fn start_envoy(&mut self) {
