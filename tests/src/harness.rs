@@ -62,9 +62,14 @@ pub(crate) fn spawn(name: &str, command: Command, log: PathBuf) -> Process {
 /// with its last output, if the process exits first. On a blocking thread:
 /// the probe blocks, and a test's runtime may have only the one.
 pub(crate) async fn until_ready(process: Process, port: u16, path: &str) -> Process {
+    until(process, answers(port, path)).await
+}
+
+/// The probe of [`until_ready`]: whether `GET path` on loopback `port` answers 2xx.
+fn answers(port: u16, path: &str) -> impl FnMut() -> Result<bool, String> + Send + 'static {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let path = path.to_owned();
-    until(process, move || Ok(tollgate_launch::http_ok(addr, &path))).await
+    move || Ok(tollgate_launch::http_ok(addr, &path))
 }
 
 /// [`until_ready`] with `ready` as the probe.
@@ -354,9 +359,7 @@ impl Stack {
             let mut command = Command::new(env_path("TOLLGATE_DEMO_UPSTREAM"));
             command.args(["--addr", &format!("127.0.0.1:{}", self.upstream_port)]);
             let process = self.spawn("the demo upstream", command, "upstream.log");
-            let addr = SocketAddr::from(([127, 0, 0, 1], self.upstream_port));
-            let probe = move || Ok(tollgate_launch::http_ok(addr, "/"));
-            match try_until(process, probe).await {
+            match try_until(process, answers(self.upstream_port, "/")).await {
                 (process, Ok(())) => {
                     self.upstream = Some(process);
                     return;
