@@ -11,9 +11,12 @@
 //! dropped and the drop is itself counted, so the loss is visible rather
 //! than silent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
 use foldhash::fast::FixedState;
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 
 use crate::json::BatchJson;
 use crate::wire::{KeyUsage, UsageBatch};
@@ -24,17 +27,40 @@ pub const ANONYMOUS: &str = "anonymous";
 /// Most distinct keys one tally holds.
 pub const MAX_KEYS: usize = 100_000;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Tally {
-    /// By key id: hashed, as every admitted request looks its key up here.
-    /// A fixed seed will do: the ids are the control plane's, never a
-    /// client's, and foldhash is what the VM's memo already carries
+    /// By key id, which each entry holds (a table, not a map, so a key new
+    /// here is copied once): hashed, as every admitted request looks its key
+    /// up here. A fixed seed will do: the ids are the control plane's, never
+    /// a client's, and foldhash is what the VM's memo already carries
     /// (`crate::cache`), so `filter.wasm` gains no second hasher. A batch
-    /// lists its keys in this map's order; the control plane orders them
+    /// lists its keys in this table's order; the control plane orders them
     /// itself before it writes.
-    keys: HashMap<String, KeyUsage, FixedState>,
+    keys: HashTable<KeyUsage>,
     unattributed: BTreeMap<String, u64>,
     dropped: u64,
+}
+
+/// The same counts, in whatever order each table holds them.
+impl PartialEq for Tally {
+    fn eq(&self, other: &Self) -> bool {
+        self.dropped == other.dropped
+            && self.unattributed == other.unattributed
+            && self.keys.len() == other.keys.len()
+            && self.keys.iter().all(|usage| {
+                other
+                    .keys
+                    .find(hash_of(&usage.key_id), |u| u.key_id == usage.key_id)
+                    .is_some_and(|theirs| theirs == usage)
+            })
+    }
+}
+
+impl Eq for Tally {}
+
+/// A key id's place in [`Tally::keys`].
+fn hash_of(key_id: &str) -> u64 {
+    FixedState::default().hash_one(key_id)
 }
 
 impl Tally {
@@ -42,41 +68,38 @@ impl Tally {
         self.keys.is_empty() && self.unattributed.is_empty() && self.dropped == 0
     }
 
+    /// The entry of `key_id`, new if it is not counted yet; `None` when the
+    /// tally is full. Hashed once: with many distinct keys, most requests
+    /// and every key the leader drains are new here.
     fn entry(&mut self, key_id: &str) -> Option<&mut KeyUsage> {
-        if self.keys.contains_key(key_id) {
-            return self.keys.get_mut(key_id);
+        let full = self.keys.len() >= MAX_KEYS;
+        let found = self.keys.entry(
+            hash_of(key_id),
+            |u| u.key_id == key_id,
+            |u| hash_of(&u.key_id),
+        );
+        match found {
+            Entry::Occupied(found) => Some(found.into_mut()),
+            Entry::Vacant(_) if full => None,
+            Entry::Vacant(slot) => {
+                let usage = KeyUsage {
+                    key_id: key_id.to_owned(),
+                    ..KeyUsage::default()
+                };
+                Some(slot.insert(usage).into_mut())
+            }
         }
-        self.insert(key_id)
     }
 
-    /// A new entry for `key_id`, which is not counted yet: hashed once.
-    /// With many distinct keys, most requests and every key the leader
-    /// drains come here.
-    fn insert(&mut self, key_id: &str) -> Option<&mut KeyUsage> {
-        if self.keys.len() >= MAX_KEYS {
-            return None;
-        }
-        let usage = KeyUsage {
-            key_id: key_id.to_owned(),
-            ..KeyUsage::default()
-        };
-        Some(self.keys.entry(key_id.to_owned()).or_insert(usage))
-    }
-
-    /// An admitted request that cost `cost`.
+    /// An admitted request that cost `cost`. Every admitted request comes
+    /// here: one lookup, and no allocation for a key already counted.
     pub fn allowed(&mut self, key_id: &str, cost: u64, now_ms: u64) {
-        let count = |usage: &mut KeyUsage| {
-            usage.allowed = usage.allowed.saturating_add(1);
-            usage.cost = usage.cost.saturating_add(cost);
-            usage.last_used_ms = usage.last_used_ms.max(Some(now_ms));
-        };
-        // Every admitted request comes here, nearly always for a key
-        // already counted: one lookup, no allocation.
-        if let Some(usage) = self.keys.get_mut(key_id) {
-            return count(usage);
-        }
-        match self.insert(key_id) {
-            Some(usage) => count(usage),
+        match self.entry(key_id) {
+            Some(usage) => {
+                usage.allowed = usage.allowed.saturating_add(1);
+                usage.cost = usage.cost.saturating_add(cost);
+                usage.last_used_ms = usage.last_used_ms.max(Some(now_ms));
+            }
             None => self.dropped = self.dropped.saturating_add(1),
         }
     }
@@ -105,18 +128,30 @@ impl Tally {
     pub fn merge(&mut self, other: Tally) {
         self.dropped = self.dropped.saturating_add(other.dropped);
         add_counts(&mut self.unattributed, other.unattributed);
-        for (key_id, usage) in other.keys {
-            let weight = usage
-                .allowed
-                .saturating_add(usage.denied.values().sum::<u64>());
-            match self.entry(&key_id) {
-                Some(mine) => {
+        for usage in other.keys {
+            let hash = hash_of(&usage.key_id);
+            let full = self.keys.len() >= MAX_KEYS;
+            let found = self
+                .keys
+                .entry(hash, |u| u.key_id == usage.key_id, |u| hash_of(&u.key_id));
+            match found {
+                Entry::Occupied(mine) => {
+                    let mine = mine.into_mut();
                     mine.allowed = mine.allowed.saturating_add(usage.allowed);
                     mine.cost = mine.cost.saturating_add(usage.cost);
                     mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
                     add_counts(&mut mine.denied, usage.denied);
                 }
-                None => self.dropped = self.dropped.saturating_add(weight),
+                Entry::Vacant(_) if full => {
+                    let weight = usage
+                        .allowed
+                        .saturating_add(usage.denied.values().sum::<u64>());
+                    self.dropped = self.dropped.saturating_add(weight);
+                }
+                // New here: the entry moves over as it is.
+                Entry::Vacant(slot) => {
+                    slot.insert(usage);
+                }
             }
         }
     }
@@ -126,7 +161,7 @@ impl Tally {
         let taken = std::mem::take(self);
         UsageBatch {
             batch_id,
-            keys: taken.keys.into_values().collect(),
+            keys: taken.keys.into_iter().collect(),
             unattributed: taken.unattributed,
             dropped: taken.dropped,
             ..UsageBatch::default()
@@ -143,7 +178,7 @@ impl Tally {
         push_u64(&mut out, self.dropped);
         push_counts(&mut out, &self.unattributed);
         push_len(&mut out, self.keys.len());
-        for usage in self.keys.values() {
+        for usage in &self.keys {
             push_text(&mut out, &usage.key_id);
             push_u64(&mut out, usage.allowed);
             push_u64(&mut out, usage.cost);
@@ -279,7 +314,7 @@ impl ReportState {
             batch_id: &batch_id,
             reporter_id: &self.instance,
             standings_since: self.standings_since,
-            keys: all.keys.values(),
+            keys: all.keys.iter(),
             unattributed: &all.unattributed,
             dropped: all.dropped,
             leases_applied,

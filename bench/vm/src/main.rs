@@ -18,6 +18,8 @@
 //! main thread, which a worker may share a CPU with, so its length is
 //! latency for the requests that wait behind it.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tollgate_core::cache::ConfigCache;
@@ -37,6 +39,36 @@ const HAND_OVER_EVERY: u64 = 1_000;
 /// A Unix time in ms in the middle of a month.
 const T0: u64 = 1_800_000_000_000;
 
+/// The system allocator, counting what it hands out: a heap allocation is
+/// work in the VM (and `dlmalloc`'s code and data, cold in Envoy between
+/// requests), so how many a request makes is reported beside its time.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on to `System` unchanged; the counter is
+// all that is added.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let (requests, scales): (u64, &[u32]) = if smoke {
@@ -52,6 +84,10 @@ fn main() {
         println!(
             "| an allowed request: decision, headers, tally | {keys} | {} |",
             spread(allowed)
+        );
+        println!(
+            "| heap allocations per allowed request (and reallocations) | {keys} | {:.2} |",
+            bench.allocations(Bench::allowed)
         );
         let unknown = bench.time(requests, Bench::unknown);
         println!(
@@ -199,6 +235,26 @@ impl Bench {
             })
             .skip(1)
             .collect()
+    }
+
+    /// Heap allocations per request, counted over requests after a first
+    /// pass over every key has filled the memo.
+    fn allocations(&self, each: fn(&Self, &mut Vm, u64)) -> f64 {
+        let mut vm = Vm {
+            cache: ConfigCache::with_seed(0x5eed),
+            tally: Tally::default(),
+            sink: 0,
+        };
+        let warm = self.keys.len() as u64;
+        for i in 0..warm {
+            each(self, &mut vm, i);
+        }
+        let counted = 10 * HAND_OVER_EVERY;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for i in warm..warm + counted {
+            each(self, &mut vm, i);
+        }
+        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / counted as f64
     }
 
     fn facts<'a>(key: &'a str) -> RequestFacts<'a> {

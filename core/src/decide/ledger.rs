@@ -9,8 +9,10 @@
 
 use std::sync::{Arc, LazyLock};
 
+use smallvec::SmallVec;
+
 use crate::bucket::{ceil_seconds, Bucket, Check, Meter};
-use crate::config::{Limit, QUOTA_POLICY};
+use crate::config::{Limit, PerLimit, QUOTA_POLICY};
 use crate::fleet::{self, Lease, QuotaView, Slice, Terms, FULL_SHARE};
 use crate::layout::{read_for_update, BucketEntry, QuotaCount};
 use crate::period::Period;
@@ -48,7 +50,7 @@ fn quota_name() -> Arc<str> {
 pub(super) struct Ledger<'a> {
     pub(super) entry: String,
     /// Borrowed from the key record and plan: a request copies no limit.
-    pub(super) limits: Vec<&'a Limit>,
+    pub(super) limits: PerLimit<&'a Limit>,
     pub(super) quota: Option<Quota>,
     /// For an anonymous slot: the client address consuming from it.
     pub(super) owner: Option<u128>,
@@ -58,14 +60,18 @@ pub(super) struct Ledger<'a> {
     pub(super) fleet_wide: bool,
 }
 
+/// A request's ledgers: its key's and, with tenant limits, its tenant's;
+/// inline, as are their looks.
+pub(super) type Ledgers<'a> = SmallVec<[Ledger<'a>; 2]>;
+
 /// A ledger as read at one instant: refilled buckets, this Envoy's quota
 /// count and the other Envoys' use as last reported.
 struct Look {
     /// The CAS token to write the entry with ([`read_for_update`]).
     cas: u32,
     /// Each limit as this Envoy meters it now, at its share.
-    meters: Vec<Meter>,
-    buckets: Vec<Bucket>,
+    meters: PerLimit<Meter>,
+    buckets: PerLimit<Bucket>,
     own_used: u64,
     others_used: u64,
     /// The other Envoys' count as stored, written back unchanged.
@@ -87,12 +93,12 @@ impl Ledger<'_> {
         } else {
             FULL_SHARE
         };
-        let meters: Vec<Meter> = self
+        let meters: PerLimit<Meter> = self
             .limits
             .iter()
             .map(|limit| Meter::new(limit, if limit.per_envoy { FULL_SHARE } else { share }))
             .collect();
-        let mut buckets: Vec<Bucket> = self
+        let mut buckets: PerLimit<Bucket> = self
             .limits
             .iter()
             .zip(&meters)
@@ -147,8 +153,13 @@ impl Ledger<'_> {
 
     /// The buckets after consuming `cost`, or which policies refuse, each
     /// with how long until it would not.
-    fn judge(&self, look: &Look, cost: u64, now_ms: u64) -> Result<Vec<Bucket>, Vec<Violation>> {
-        let mut after = Vec::with_capacity(look.buckets.len());
+    fn judge(
+        &self,
+        look: &Look,
+        cost: u64,
+        now_ms: u64,
+    ) -> Result<PerLimit<Bucket>, Vec<Violation>> {
+        let mut after = PerLimit::new();
         let mut violated = Vec::new();
         for ((limit, meter), bucket) in self.limits.iter().zip(&look.meters).zip(&look.buckets) {
             match bucket.check(meter, cost) {
@@ -195,21 +206,28 @@ impl Ledger<'_> {
         }
     }
 
+    /// How many policies [`policies`](Self::policies) adds.
+    fn policy_count(&self) -> usize {
+        self.limits.len() + usize::from(self.quota.is_some())
+    }
+
+    /// Adds the ledger's policies as they stand to `out`.
     fn policies(
         &self,
         look: &Look,
         buckets: &[Bucket],
         own_used: u64,
         now_ms: u64,
-    ) -> Vec<PolicyStatus> {
+        out: &mut Vec<PolicyStatus>,
+    ) {
         let others_used = look.others_used;
-        let mut out: Vec<PolicyStatus> = self
-            .limits
-            .iter()
-            .zip(&look.meters)
-            .zip(buckets)
-            .map(|((l, m), b)| bucket_status(l, m, b))
-            .collect();
+        out.extend(
+            self.limits
+                .iter()
+                .zip(&look.meters)
+                .zip(buckets)
+                .map(|((l, m), b)| bucket_status(l, m, b)),
+        );
         if let Some(quota) = &self.quota {
             let used = own_used.saturating_add(others_used);
             out.push(PolicyStatus {
@@ -220,7 +238,6 @@ impl Ledger<'_> {
                 reset_seconds: ceil_seconds(quota.period.ms_left(now_ms)),
             });
         }
-        out
     }
 
     /// Writes `buckets` and the quota count `own_used`, guarded by the look's CAS token.
@@ -253,7 +270,7 @@ impl Ledger<'_> {
     fn refund(&self, store: &impl SharedStore, terms: Option<Terms>, cost: u64, now_ms: u64) {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let look = self.look(store, terms, now_ms);
-            let buckets: Vec<Bucket> = look
+            let buckets: PerLimit<Bucket> = look
                 .meters
                 .iter()
                 .zip(&look.buckets)
@@ -298,11 +315,10 @@ struct Violation {
 /// `Retry-After` says), but giving that to every refusing policy would
 /// tell a per-second limit's `t` in days, past its `w`.
 fn refused(ledgers: &[Ledger], looks: &[Look], violated: Vec<Violation>, now_ms: u64) -> Consumed {
-    let mut policies: Vec<PolicyStatus> = ledgers
-        .iter()
-        .zip(looks)
-        .flat_map(|(ledger, look)| ledger.policies(look, &look.buckets, look.own_used, now_ms))
-        .collect();
+    let mut policies = Vec::with_capacity(ledgers.iter().map(Ledger::policy_count).sum());
+    for (ledger, look) in ledgers.iter().zip(looks) {
+        ledger.policies(look, &look.buckets, look.own_used, now_ms, &mut policies);
+    }
     for p in &mut policies {
         let wait = violated
             .iter()
@@ -343,38 +359,45 @@ pub(super) fn consume(
         };
     }
     'attempt: for _ in 0..MAX_CAS_ATTEMPTS {
-        let looks: Vec<Look> = ledgers
+        let looks: SmallVec<[Look; 2]> = ledgers
             .iter()
             .map(|l| l.look(store, terms, now_ms))
             .collect();
         let mut violated = Vec::new();
+        let mut judged: SmallVec<[PerLimit<Bucket>; 2]> = SmallVec::new();
         for (ledger, look) in ledgers.iter().zip(&looks) {
-            if let Err(refusing) = ledger.judge(look, cost, now_ms) {
-                violated.extend(refusing);
+            match ledger.judge(look, cost, now_ms) {
+                Ok(after) => judged.push(after),
+                Err(refusing) => violated.extend(refusing),
             }
         }
         if !violated.is_empty() {
             // Nothing is written: a refused request consumes from no window.
             return refused(ledgers, &looks, violated, now_ms);
         }
-        let mut policies = Vec::new();
+        let mut policies = Vec::with_capacity(ledgers.iter().map(Ledger::policy_count).sum());
         // Each write is guarded by its look's CAS token, so the looks just
-        // judged are used as they are; only a lost race reads again.
-        let mut looks = looks.into_iter();
+        // judged are used as they are, with what they were judged to leave;
+        // only a lost race reads again.
+        let mut first = looks.into_iter().zip(judged);
         for (i, ledger) in ledgers.iter().enumerate() {
-            let mut look = match looks.next() {
-                Some(look) => look,
-                None => ledger.look(store, terms, now_ms),
+            let (mut look, mut judged) = match first.next() {
+                Some((look, after)) => (look, Some(after)),
+                None => (ledger.look(store, terms, now_ms), None),
             };
             let mut tries = 0;
             loop {
-                let after = match ledger.judge(&look, cost, now_ms) {
+                let judgement = match judged.take() {
+                    Some(after) => Ok(after),
+                    None => ledger.judge(&look, cost, now_ms),
+                };
+                let after = match judgement {
                     Ok(after) => after,
                     Err(refusing) => {
                         for earlier in ledgers.iter().take(i) {
                             earlier.refund(store, terms, cost, now_ms);
                         }
-                        let looks: Vec<Look> = ledgers
+                        let looks: SmallVec<[Look; 2]> = ledgers
                             .iter()
                             .map(|l| l.look(store, terms, now_ms))
                             .collect();
@@ -384,7 +407,7 @@ pub(super) fn consume(
                 let own_used = look.own_used.saturating_add(cost);
                 match ledger.write(store, &look, &after, own_used) {
                     Ok(()) => {
-                        policies.extend(ledger.policies(&look, &after, own_used, now_ms));
+                        ledger.policies(&look, &after, own_used, now_ms, &mut policies);
                         break;
                     }
                     Err(SetError::CasMismatch) if i == 0 => continue 'attempt,

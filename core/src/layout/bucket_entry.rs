@@ -10,7 +10,10 @@
 //! their two numbers mean, so the ledger and the standings deal in counts
 //! and owners rather than in buckets that are not buckets.
 
+use smallvec::SmallVec;
+
 use crate::bucket::Bucket;
+use crate::config::PerLimit;
 use crate::fleet::{Lease, Slice};
 use crate::store::SharedStore;
 
@@ -89,10 +92,10 @@ impl QuotaCount {
 }
 
 /// One bucket entry, its limits' buckets named by the bytes it was read from.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct BucketEntry<'a> {
     /// The limits' buckets by limit name, in the order stored.
-    pub buckets: Vec<(&'a str, Bucket)>,
+    pub buckets: PerLimit<(&'a str, Bucket)>,
     /// The key's own quota count.
     pub quota: Option<QuotaCount>,
     /// The key's quota use through other Envoys, written by the leader from
@@ -108,13 +111,26 @@ pub struct BucketEntry<'a> {
     pub slice: Option<Slice>,
 }
 
+/// Entries read from different bytes compare too: the inline buckets make
+/// the lifetime invariant, so a derived comparison would need the same one.
+impl<'b> PartialEq<BucketEntry<'b>> for BucketEntry<'_> {
+    fn eq(&self, other: &BucketEntry<'b>) -> bool {
+        self.buckets[..] == other.buckets[..]
+            && self.quota == other.quota
+            && self.others == other.others
+            && self.owner == other.owner
+            && self.lease == other.lease
+            && self.slice == other.slice
+    }
+}
+
 impl<'a> BucketEntry<'a> {
     /// What [`encode`](Self::encode) wrote. Bytes of another format read as
     /// an empty entry and a cut entry as what precedes the cut: a limit whose
     /// bucket does not read starts full, a count that does not read at 0.
     pub fn decode(bytes: &'a [u8]) -> Self {
         let mut entry = Self::default();
-        for (name, bucket) in decode_buckets(bytes) {
+        for (name, bucket) in BucketsIn(stored_buckets(bytes)) {
             // The first of a name is the one read, as for a limit's bucket.
             match name {
                 QUOTA_ENTRY => entry.quota = entry.quota.or(Some(QuotaCount::stored(bucket))),
@@ -149,7 +165,7 @@ impl<'a> BucketEntry<'a> {
 
     /// The entry's bytes: the limits' buckets, then the quota count, the
     /// other Envoys' count and the owner, each only if set.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> EntryBytes {
         let owner = |level| Bucket {
             level,
             last_fill_ms: 0,
@@ -178,43 +194,52 @@ impl<'a> BucketEntry<'a> {
     }
 }
 
-/// Buckets of one key, by limit name, borrowed from the entry's bytes.
-fn decode_buckets(bytes: &[u8]) -> Vec<(&str, Bucket)> {
-    let mut out = Vec::new();
-    let mut rest = match bytes.split_first() {
+/// What follows the format byte of an entry's bytes; nothing for bytes of
+/// another format.
+fn stored_buckets(bytes: &[u8]) -> &[u8] {
+    match bytes.split_first() {
         Some((&BUCKETS_FORMAT, rest)) => rest,
-        _ => return out,
-    };
-    while let Some((&len, tail)) = rest.split_first() {
-        let len = usize::from(len);
-        let (Some(name), Some(level), Some(last)) = (
-            tail.get(..len),
-            tail.get(len..len + 16),
-            tail.get(len + 16..len + 24),
-        ) else {
-            break;
-        };
-        let (Ok(name), Ok(level), Ok(last)) = (
-            core::str::from_utf8(name),
-            <[u8; 16]>::try_from(level),
-            <[u8; 8]>::try_from(last),
-        ) else {
-            break;
-        };
-        out.push((
-            name,
-            Bucket {
-                level: u128::from_le_bytes(level),
-                last_fill_ms: u64::from_le_bytes(last),
-            },
-        ));
-        rest = tail.get(len + 24..).unwrap_or(&[]);
+        _ => &[],
     }
-    out
 }
 
-fn encode_buckets<'a>(buckets: impl IntoIterator<Item = (&'a str, Bucket)>) -> Vec<u8> {
-    let mut out = vec![BUCKETS_FORMAT];
+/// The buckets of an entry's bytes, by name, borrowed from them, up to the
+/// first that does not read.
+struct BucketsIn<'a>(&'a [u8]);
+
+impl<'a> Iterator for BucketsIn<'a> {
+    type Item = (&'a str, Bucket);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&len, tail) = self.0.split_first()?;
+        let len = usize::from(len);
+        let read = (|| {
+            let name = core::str::from_utf8(tail.get(..len)?).ok()?;
+            let level = <[u8; 16]>::try_from(tail.get(len..len + 16)?).ok()?;
+            let last = <[u8; 8]>::try_from(tail.get(len + 16..len + 24)?).ok()?;
+            Some((
+                name,
+                Bucket {
+                    level: u128::from_le_bytes(level),
+                    last_fill_ms: u64::from_le_bytes(last),
+                },
+            ))
+        })();
+        self.0 = match read {
+            Some(_) => tail.get(len + 24..).unwrap_or(&[]),
+            None => &[],
+        };
+        read
+    }
+}
+
+/// An entry's bytes, inline up to the size of a plan's few limits, its
+/// quota counts and lease: a request's write allocates nothing.
+pub type EntryBytes = SmallVec<[u8; 256]>;
+
+fn encode_buckets<'a>(buckets: impl IntoIterator<Item = (&'a str, Bucket)>) -> EntryBytes {
+    let mut out = EntryBytes::new();
+    out.push(BUCKETS_FORMAT);
     for (name, bucket) in buckets {
         let name = name.as_bytes();
         let Ok(len) = u8::try_from(name.len()) else {
@@ -231,6 +256,10 @@ fn encode_buckets<'a>(buckets: impl IntoIterator<Item = (&'a str, Bucket)>) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_buckets(bytes: &[u8]) -> Vec<(&str, Bucket)> {
+        BucketsIn(stored_buckets(bytes)).collect()
+    }
 
     #[test]
     fn buckets_round_trip_and_garbage_decodes_to_nothing() {
@@ -255,7 +284,7 @@ mod tests {
             last_fill_ms: 42,
         };
         let entry = BucketEntry {
-            buckets: vec![("per-second", b)],
+            buckets: [("per-second", b)].into_iter().collect(),
             quota: Some(QuotaCount::new(3, 1_000)),
             others: Some(QuotaCount::new(5, 1_000)),
             owner: Some(9),
