@@ -23,11 +23,6 @@ pub const QUOTA_POLICY: &str = "monthly";
 /// Most limits one plan may have.
 pub const MAX_LIMITS: usize = 16;
 
-/// What a request keeps per limit it meets (the limits themselves, their
-/// meters and buckets): inline up to four, as nearly every plan has, so an
-/// allowed request allocates none of it. More spill to the heap.
-pub type PerLimit<T> = smallvec::SmallVec<[T; 4]>;
-
 /// Why a plan, limit or key record was refused. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidConfig(pub String);
@@ -252,8 +247,8 @@ impl KeyRecord {
 
     /// The plan's limits with this key's overrides applied: an override
     /// replaces the plan's limit of the same name, other overrides are added.
-    pub fn effective_limits<'a>(&'a self, plan: &'a Plan) -> PerLimit<&'a Limit> {
-        let mut limits: PerLimit<&Limit> = plan
+    pub fn effective_limits<'a>(&'a self, plan: &'a Plan) -> Vec<&'a Limit> {
+        let mut limits: Vec<&Limit> = plan
             .limits
             .iter()
             .map(|l| {

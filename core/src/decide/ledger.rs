@@ -9,10 +9,8 @@
 
 use std::sync::{Arc, LazyLock};
 
-use smallvec::SmallVec;
-
 use crate::bucket::{ceil_seconds, Bucket, Check, Meter};
-use crate::config::{Limit, PerLimit, QUOTA_POLICY};
+use crate::config::{Limit, QUOTA_POLICY};
 use crate::fleet::{self, Lease, QuotaView, Slice, Terms, FULL_SHARE};
 use crate::layout::{read_for_update, BucketEntry, QuotaCount};
 use crate::period::Period;
@@ -50,7 +48,7 @@ fn quota_name() -> Arc<str> {
 pub(super) struct Ledger<'a> {
     pub(super) entry: String,
     /// Borrowed from the key record and plan: a request copies no limit.
-    pub(super) limits: PerLimit<&'a Limit>,
+    pub(super) limits: Vec<&'a Limit>,
     pub(super) quota: Option<Quota>,
     /// For an anonymous slot: the client address consuming from it.
     pub(super) owner: Option<u128>,
@@ -60,18 +58,14 @@ pub(super) struct Ledger<'a> {
     pub(super) fleet_wide: bool,
 }
 
-/// A request's ledgers: its key's and, with tenant limits, its tenant's;
-/// inline, as are their looks.
-pub(super) type Ledgers<'a> = SmallVec<[Ledger<'a>; 2]>;
-
 /// A ledger as read at one instant: refilled buckets, this Envoy's quota
 /// count and the other Envoys' use as last reported.
 struct Look {
     /// The CAS token to write the entry with ([`read_for_update`]).
     cas: u32,
     /// Each limit as this Envoy meters it now, at its share.
-    meters: PerLimit<Meter>,
-    buckets: PerLimit<Bucket>,
+    meters: Vec<Meter>,
+    buckets: Vec<Bucket>,
     own_used: u64,
     others_used: u64,
     /// The other Envoys' count as stored, written back unchanged.
@@ -93,12 +87,12 @@ impl Ledger<'_> {
         } else {
             FULL_SHARE
         };
-        let meters: PerLimit<Meter> = self
+        let meters: Vec<Meter> = self
             .limits
             .iter()
             .map(|limit| Meter::new(limit, if limit.per_envoy { FULL_SHARE } else { share }))
             .collect();
-        let mut buckets: PerLimit<Bucket> = self
+        let mut buckets: Vec<Bucket> = self
             .limits
             .iter()
             .zip(&meters)
@@ -153,13 +147,8 @@ impl Ledger<'_> {
 
     /// The buckets after consuming `cost`, or which policies refuse, each
     /// with how long until it would not.
-    fn judge(
-        &self,
-        look: &Look,
-        cost: u64,
-        now_ms: u64,
-    ) -> Result<PerLimit<Bucket>, Vec<Violation>> {
-        let mut after = PerLimit::new();
+    fn judge(&self, look: &Look, cost: u64, now_ms: u64) -> Result<Vec<Bucket>, Vec<Violation>> {
+        let mut after = Vec::with_capacity(look.buckets.len());
         let mut violated = Vec::new();
         for ((limit, meter), bucket) in self.limits.iter().zip(&look.meters).zip(&look.buckets) {
             match bucket.check(meter, cost) {
@@ -270,7 +259,7 @@ impl Ledger<'_> {
     fn refund(&self, store: &impl SharedStore, terms: Option<Terms>, cost: u64, now_ms: u64) {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let look = self.look(store, terms, now_ms);
-            let buckets: PerLimit<Bucket> = look
+            let buckets: Vec<Bucket> = look
                 .meters
                 .iter()
                 .zip(&look.buckets)
@@ -359,12 +348,12 @@ pub(super) fn consume(
         };
     }
     'attempt: for _ in 0..MAX_CAS_ATTEMPTS {
-        let looks: SmallVec<[Look; 2]> = ledgers
+        let looks: Vec<Look> = ledgers
             .iter()
             .map(|l| l.look(store, terms, now_ms))
             .collect();
         let mut violated = Vec::new();
-        let mut judged: SmallVec<[PerLimit<Bucket>; 2]> = SmallVec::new();
+        let mut judged: Vec<Vec<Bucket>> = Vec::with_capacity(ledgers.len());
         for (ledger, look) in ledgers.iter().zip(&looks) {
             match ledger.judge(look, cost, now_ms) {
                 Ok(after) => judged.push(after),
@@ -397,7 +386,7 @@ pub(super) fn consume(
                         for earlier in ledgers.iter().take(i) {
                             earlier.refund(store, terms, cost, now_ms);
                         }
-                        let looks: SmallVec<[Look; 2]> = ledgers
+                        let looks: Vec<Look> = ledgers
                             .iter()
                             .map(|l| l.look(store, terms, now_ms))
                             .collect();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::bucket::ceil_seconds;
 use crate::cache::ConfigCache;
-use crate::config::{Limit, PerLimit, QUOTA_POLICY};
+use crate::config::{Limit, QUOTA_POLICY};
 use crate::fleet::slicing_horizon;
 use crate::json::write::push_decimal;
 use crate::key::ApiKey;
@@ -25,7 +25,7 @@ use crate::wire::LimitScope;
 mod ledger;
 
 pub use ledger::MAX_CAS_ATTEMPTS;
-use ledger::{consume, Consumed, Ledger, Ledgers, Quota};
+use ledger::{consume, Consumed, Ledger, Quota};
 
 /// What the filter knows about the request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -356,7 +356,7 @@ pub fn decide_cached(
 
     let limits = record.effective_limits(&plan);
     let cost = plan.cost_of(facts.method, facts.path);
-    let (tenant_limits, key_limits): (PerLimit<&Limit>, PerLimit<&Limit>) = limits
+    let (tenant_limits, key_limits): (Vec<&Limit>, Vec<&Limit>) = limits
         .into_iter()
         .partition(|l| l.scope == LimitScope::Tenant);
     let quota = record.quota(&plan).map(|max| Quota {
@@ -364,7 +364,7 @@ pub fn decide_cached(
         period: quota_period(now_ms, record.billing_anchor_day),
         horizon: slicing_horizon(key_limits.iter().copied()),
     });
-    let mut ledgers: Ledgers = smallvec::smallvec![Ledger {
+    let mut ledgers = vec![Ledger {
         entry: buckets_key(&hash),
         limits: key_limits,
         quota,
@@ -428,8 +428,12 @@ fn decide_anonymous(
         // Per client address, where addresses are seen: per Envoy.
         fleet_wide: false,
     };
-    let consumed = consume(store, &[ledger], cache.fleet(), cost, now_ms);
-    verdict(consumed, None, None, plan.name.clone())
+    verdict(
+        consume(store, &[ledger], cache.fleet(), cost, now_ms),
+        None,
+        None,
+        plan.name.clone(),
+    )
 }
 
 fn verdict(

@@ -500,15 +500,13 @@ mod tests {
         let hash = KeyHash::of(b"k");
         apply_sync(&store, &sync_with_key(1, &hash)).unwrap();
         let state = BucketEntry {
-            buckets: [(
+            buckets: vec![(
                 "per-second",
                 Bucket {
                     level: 0,
                     last_fill_ms: 9,
                 },
-            )]
-            .into_iter()
-            .collect(),
+            )],
             ..Default::default()
         }
         .encode();
@@ -516,7 +514,7 @@ mod tests {
         let mut update = sync_with_key(2, &hash);
         update.keys[0].active = false;
         apply_sync(&store, &update).unwrap();
-        assert_eq!(store.get(&buckets_key(&hash)).unwrap().0, &state[..]);
+        assert_eq!(store.get(&buckets_key(&hash)).unwrap().0, state);
         assert!(!read_key(&store, &hash).unwrap().active);
     }
 }

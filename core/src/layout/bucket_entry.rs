@@ -10,10 +10,7 @@
 //! their two numbers mean, so the ledger and the standings deal in counts
 //! and owners rather than in buckets that are not buckets.
 
-use smallvec::SmallVec;
-
 use crate::bucket::Bucket;
-use crate::config::PerLimit;
 use crate::fleet::{Lease, Slice};
 use crate::store::SharedStore;
 
@@ -92,10 +89,10 @@ impl QuotaCount {
 }
 
 /// One bucket entry, its limits' buckets named by the bytes it was read from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BucketEntry<'a> {
     /// The limits' buckets by limit name, in the order stored.
-    pub buckets: PerLimit<(&'a str, Bucket)>,
+    pub buckets: Vec<(&'a str, Bucket)>,
     /// The key's own quota count.
     pub quota: Option<QuotaCount>,
     /// The key's quota use through other Envoys, written by the leader from
@@ -109,19 +106,6 @@ pub struct BucketEntry<'a> {
     /// This Envoy's slice of the key's quota, written by the leader from
     /// usage receipts.
     pub slice: Option<Slice>,
-}
-
-/// Entries read from different bytes compare too: the inline buckets make
-/// the lifetime invariant, so a derived comparison would need the same one.
-impl<'b> PartialEq<BucketEntry<'b>> for BucketEntry<'_> {
-    fn eq(&self, other: &BucketEntry<'b>) -> bool {
-        self.buckets[..] == other.buckets[..]
-            && self.quota == other.quota
-            && self.others == other.others
-            && self.owner == other.owner
-            && self.lease == other.lease
-            && self.slice == other.slice
-    }
 }
 
 impl<'a> BucketEntry<'a> {
@@ -165,7 +149,7 @@ impl<'a> BucketEntry<'a> {
 
     /// The entry's bytes: the limits' buckets, then the quota count, the
     /// other Envoys' count and the owner, each only if set.
-    pub fn encode(&self) -> EntryBytes {
+    pub fn encode(&self) -> Vec<u8> {
         let owner = |level| Bucket {
             level,
             last_fill_ms: 0,
@@ -233,12 +217,11 @@ impl<'a> Iterator for BucketsIn<'a> {
     }
 }
 
-/// An entry's bytes, inline up to the size of a plan's few limits, its
-/// quota counts and lease: a request's write allocates nothing.
-pub type EntryBytes = SmallVec<[u8; 256]>;
-
-fn encode_buckets<'a>(buckets: impl IntoIterator<Item = (&'a str, Bucket)>) -> EntryBytes {
-    let mut out = EntryBytes::new();
+fn encode_buckets<'a>(buckets: impl IntoIterator<Item = (&'a str, Bucket)>) -> Vec<u8> {
+    // Room for the buckets of a few limits and every pseudo-bucket (25
+    // bytes and a name each): a request's write allocates once, not once
+    // per doubling.
+    let mut out = Vec::with_capacity(256);
     out.push(BUCKETS_FORMAT);
     for (name, bucket) in buckets {
         let name = name.as_bytes();
@@ -284,7 +267,7 @@ mod tests {
             last_fill_ms: 42,
         };
         let entry = BucketEntry {
-            buckets: [("per-second", b)].into_iter().collect(),
+            buckets: vec![("per-second", b)],
             quota: Some(QuotaCount::new(3, 1_000)),
             others: Some(QuotaCount::new(5, 1_000)),
             owner: Some(9),
