@@ -1,15 +1,21 @@
 //! Counting what the filter decided, until the counts reach the control plane.
 //!
 //! Each VM tallies its decisions in memory (no host call per request) and
-//! hands the tally over through a shared queue now and then; the root
-//! context that leads the Envoy drains the queue into a [`ReportState`] kept
-//! in shared data, seals it into the next [`UsageBatch`] and reports it.
-//! Because that state lives in shared data and not in the leader's VM, a new
-//! leader resends an unacknowledged batch under its id (the control plane
-//! counts a batch once) and carries on with the counts not yet sealed.
-//! Memory is bounded: past [`MAX_KEYS`] distinct keys, further counts are
-//! dropped and the drop is itself counted, so the loss is visible rather
-//! than silent.
+//! hands the tally over through a shared queue now and then, its keys
+//! already written as the JSON entries of a batch's `keys`. The root context
+//! that leads the Envoy drains the queue into [`HandOvers`], which splice
+//! those entries together without reading a count, seals them into the
+//! next batch in a [`ReportState`] kept in shared data, and reports it. A key
+//! counted by several hand-overs is named once per hand-over in the batch;
+//! the control plane sums them. So the leader's work, on Envoy's main thread
+//! that requests may share a CPU with, is copying bytes, however many keys
+//! there are (reading and re-writing every key's counts took about 0.8 µs a
+//! key there, milliseconds a batch). Because that state lives in shared data
+//! and not in the leader's VM, a new leader resends an unacknowledged batch
+//! under its id (the control plane counts a batch once) and carries on with
+//! the counts not yet sealed. Memory is bounded: past [`MAX_KEYS`] distinct
+//! keys, further counts are dropped and the drop is itself counted, so the
+//! loss is visible rather than silent.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -18,7 +24,8 @@ use foldhash::fast::FixedState;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
-use crate::json::BatchJson;
+use crate::json::write::Text;
+use crate::json::{Object, ToJson};
 use crate::wire::{KeyUsage, UsageBatch};
 
 /// The keyless outcome counted for admitted anonymous requests.
@@ -168,49 +175,25 @@ impl Tally {
         }
     }
 
-    /// The tally a worker hands over, as bytes for a shared queue: a
-    /// compact binary form written straight from the tally. With many
-    /// distinct keys each request adds an entry, so its cost per entry is a
-    /// cost per request.
+    /// The tally a worker hands over, as bytes for a shared queue: its keys
+    /// as the JSON entries of a batch's `keys` (so the leader copies them
+    /// and reads no count), its other counts in a compact binary form. With
+    /// many distinct keys each request adds an entry, so its cost per entry
+    /// is a cost per request, on the worker's thread.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + 64 * self.keys.len());
-        out.push(TALLY_FORMAT);
-        push_u64(&mut out, self.dropped);
-        push_counts(&mut out, &self.unattributed);
-        push_len(&mut out, self.keys.len());
-        for usage in &self.keys {
-            push_text(&mut out, &usage.key_id);
-            push_u64(&mut out, usage.allowed);
-            push_u64(&mut out, usage.cost);
-            match usage.last_used_ms {
-                Some(ms) => {
-                    out.push(1);
-                    push_u64(&mut out, ms);
-                }
-                None => out.push(0),
+        let mut entries = String::with_capacity(96 * self.keys.len());
+        for (i, usage) in self.keys.iter().enumerate() {
+            if i > 0 {
+                entries.push(',');
             }
-            push_counts(&mut out, &usage.denied);
+            usage.write_json(&mut entries);
         }
-        out
-    }
-
-    /// Reads what [`Tally::to_bytes`] wrote; `None` if it is not that.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let mut tally = Self::default();
-        tally.merge_bytes(bytes).then_some(tally)
-    }
-
-    /// Adds a hand-over ([`Tally::to_bytes`]) to these counts without
-    /// building a tally of it first: only keys new here allocate. False, and
-    /// nothing added, if the bytes are not a tally.
-    pub fn merge_bytes(&mut self, bytes: &[u8]) -> bool {
-        let Some((&TALLY_FORMAT, rest)) = bytes.split_first() else {
-            return false;
-        };
-        if Reader(rest).add_to(None).is_none() {
-            return false;
-        }
-        Reader(rest).add_to(Some(self)).is_some()
+        hand_over_bytes(
+            self.dropped,
+            &self.unattributed,
+            self.keys.len(),
+            entries.as_bytes(),
+        )
     }
 
     /// Distinct keys counted.
@@ -225,7 +208,161 @@ impl Tally {
 }
 
 /// The first byte of [`Tally::to_bytes`].
-const TALLY_FORMAT: u8 = 1;
+const HAND_OVER_FORMAT: u8 = 2;
+/// The first byte of a hand-over as the filter wrote it before 2026-12-07
+/// (every key's counts in binary), still read: what a VM of the older
+/// filter handed over just before an upgrade is counted too.
+const TALLY_FORMAT_V1: u8 = 1;
+
+/// A hand-over's bytes: `HAND_OVER_FORMAT`, the drops, the keyless counts,
+/// how many key entries, then the entries themselves.
+fn hand_over_bytes(
+    dropped: u64,
+    unattributed: &BTreeMap<String, u64>,
+    entries: usize,
+    json: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + 32 * unattributed.len() + json.len());
+    out.push(HAND_OVER_FORMAT);
+    push_u64(&mut out, dropped);
+    push_counts(&mut out, unattributed);
+    push_len(&mut out, entries);
+    push_len(&mut out, json.len());
+    out.extend_from_slice(json);
+    out
+}
+
+/// Hand-overs as the leader drains them into a batch: their key entries
+/// spliced together as the JSON the batch carries, their drops and keyless
+/// counts summed. No key is looked up and no count read, so draining costs
+/// a copy of the bytes however many keys they name.
+///
+/// The entries are trusted as JSON: only this filter writes the usage
+/// queue, and each hand-over's format byte and lengths are checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandOvers {
+    /// Key entries, JSON objects separated by commas.
+    json: Vec<u8>,
+    /// How many entries `json` holds.
+    entries: usize,
+    unattributed: BTreeMap<String, u64>,
+    dropped: u64,
+}
+
+impl HandOvers {
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0 && self.unattributed.is_empty() && self.dropped == 0
+    }
+
+    /// Key entries so far; a key counted in several hand-overs has several.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Counts dropped because a worker's tally was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Adds a hand-over ([`Tally::to_bytes`], or the older binary form).
+    /// False, and nothing added, if the bytes are neither.
+    pub fn add_bytes(&mut self, bytes: &[u8]) -> bool {
+        match bytes.split_first() {
+            Some((&HAND_OVER_FORMAT, rest)) => match Reader(rest).hand_over() {
+                Some(part) => {
+                    self.add(part);
+                    true
+                }
+                None => false,
+            },
+            Some((&TALLY_FORMAT_V1, rest)) => {
+                let mut tally = Tally::default();
+                if Reader(rest).add_to(None).is_none()
+                    || Reader(rest).add_to(Some(&mut tally)).is_none()
+                {
+                    return false;
+                }
+                self.add_bytes(&tally.to_bytes())
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads what [`HandOvers::to_bytes`] (or a hand-over) wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let mut all = Self::default();
+        all.add_bytes(bytes).then_some(all)
+    }
+
+    /// All of them as one hand-over: to go back into the queue, or to wait
+    /// in the reporter state for the next batch.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        hand_over_bytes(self.dropped, &self.unattributed, self.entries, &self.json)
+    }
+
+    /// Adds `other`'s entries and counts.
+    pub fn append(&mut self, other: &HandOvers) {
+        self.add(Part {
+            dropped: other.dropped,
+            unattributed: other
+                .unattributed
+                .iter()
+                .map(|(c, n)| (c.as_str(), *n))
+                .collect(),
+            entries: other.entries,
+            json: &other.json,
+        });
+    }
+
+    fn add(&mut self, part: Part<'_>) {
+        self.dropped = self.dropped.saturating_add(part.dropped);
+        for (code, n) in part.unattributed {
+            add_count(&mut self.unattributed, code, n);
+        }
+        if part.entries > 0 {
+            if self.entries > 0 {
+                self.json.push(b',');
+            }
+            self.json.extend_from_slice(part.json);
+            self.entries = self.entries.saturating_add(part.entries);
+        }
+    }
+
+    /// The request body of batch `batch_id`: its fields written as any
+    /// batch's, and its `keys` the entries, spliced in as they are.
+    fn body(
+        &self,
+        batch_id: &str,
+        reporter_id: &str,
+        standings_since: u64,
+        leases_applied: u64,
+    ) -> Vec<u8> {
+        let mut head = String::with_capacity(160 + 32 * self.unattributed.len());
+        Object::new(&mut head)
+            .field("batch_id", &Text(batch_id))
+            .field("reporter_id", &Text(reporter_id))
+            .field("standings_since", &standings_since)
+            .field("unattributed", &self.unattributed)
+            .field("dropped", &self.dropped)
+            .field("leases_applied", &leases_applied);
+        // Left open for the last field, `keys`: the control plane reads
+        // the fields in any order.
+        head.push_str(",\"keys\":[");
+        let mut body = Vec::with_capacity(head.len() + self.json.len() + 2);
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(&self.json);
+        body.extend_from_slice(b"]}");
+        body
+    }
+}
+
+/// One hand-over as read, borrowing its entries.
+struct Part<'a> {
+    dropped: u64,
+    unattributed: Vec<(&'a str, u64)>,
+    entries: usize,
+    json: &'a [u8],
+}
 
 /// A batch sealed and sent, not yet acknowledged: resent under the same id,
 /// byte for byte, until the control plane answers for it.
@@ -255,7 +392,7 @@ pub struct ReportState {
     pub standings_since: u64,
     /// The batch in flight, if one is.
     pub pending: Option<Sealed>,
-    /// Counts handed over while a batch was pending ([`Tally::to_bytes`];
+    /// Counts handed over while a batch was pending ([`HandOvers::to_bytes`];
     /// empty when there are none), sealed into the next batch.
     open: Vec<u8>,
 }
@@ -272,18 +409,18 @@ impl ReportState {
     }
 
     /// Keeps `counts` for the next batch while one is pending.
-    pub fn keep(&mut self, counts: &Tally) {
+    pub fn keep(&mut self, counts: &HandOvers) {
         if counts.is_empty() {
             return;
         }
         let mut open = self.take_open();
-        open.merge(counts.clone());
+        open.append(counts);
         self.open = open.to_bytes();
     }
 
-    fn take_open(&mut self) -> Tally {
+    fn take_open(&mut self) -> HandOvers {
         let open = std::mem::take(&mut self.open);
-        Tally::from_bytes(&open).unwrap_or_default()
+        HandOvers::from_bytes(&open).unwrap_or_default()
     }
 
     /// Seals the counts kept so far and `counts` into the next batch, as
@@ -292,33 +429,28 @@ impl ReportState {
     /// Envoys' quota use and this Envoy's fleet leases; `leases_applied`
     /// acknowledges the last of those applied. Returns the counts it
     /// dropped for being full.
-    pub fn seal(&mut self, counts: &Tally, leases_applied: u64) -> Option<u64> {
+    pub fn seal(&mut self, counts: &HandOvers, leases_applied: u64) -> Option<u64> {
         if self.pending.is_some() {
             self.keep(counts);
             return None;
         }
-        // Written straight from the tally: with thousands of keys, copying
-        // them into a `UsageBatch` first would double the leader's work.
         let merged;
         let all = if self.open.is_empty() {
             counts
         } else {
             let mut open = self.take_open();
-            open.merge(counts.clone());
+            open.append(counts);
             merged = open;
             &merged
         };
         self.sequence = self.sequence.saturating_add(1);
         let batch_id = format!("{}-{}", self.instance, self.sequence);
-        let body = crate::json::to_vec(&BatchJson {
-            batch_id: &batch_id,
-            reporter_id: &self.instance,
-            standings_since: self.standings_since,
-            keys: all.keys.iter(),
-            unattributed: &all.unattributed,
-            dropped: all.dropped,
+        let body = all.body(
+            &batch_id,
+            &self.instance,
+            self.standings_since,
             leases_applied,
-        });
+        );
         self.pending = Some(Sealed { batch_id, body });
         Some(all.dropped())
     }
@@ -383,7 +515,7 @@ impl ReportState {
             _ => return None,
         };
         let open = r.0;
-        if !open.is_empty() && Tally::from_bytes(open).is_none() {
+        if !open.is_empty() && HandOvers::from_bytes(open).is_none() {
             return None;
         }
         Some(Self {
@@ -457,8 +589,30 @@ impl<'a> Reader<'a> {
         core::str::from_utf8(text).ok()
     }
 
-    /// Reads a whole tally and adds it to `into`; with `None`, only checks
-    /// that it reads.
+    /// Reads a whole hand-over ([`hand_over_bytes`], after its format byte).
+    fn hand_over(mut self) -> Option<Part<'a>> {
+        let dropped = self.u64()?;
+        let mut unattributed = Vec::new();
+        for _ in 0..self.len()? {
+            unattributed.push((self.str()?, self.u64()?));
+        }
+        let entries = self.len()?;
+        let len = self.len()?;
+        let (json, rest) = self.0.split_at_checked(len)?;
+        // Every entry takes bytes, and there are none without entries.
+        if !rest.is_empty() || entries > json.len() || (entries == 0) != json.is_empty() {
+            return None;
+        }
+        Some(Part {
+            dropped,
+            unattributed,
+            entries,
+            json,
+        })
+    }
+
+    /// Reads a whole tally in the older binary form and adds it to `into`;
+    /// with `None`, only checks that it reads.
     fn add_to(mut self, mut into: Option<&mut Tally>) -> Option<()> {
         let dropped = self.u64()?;
         if let Some(t) = into.as_deref_mut() {
@@ -518,6 +672,61 @@ fn add_counts(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
 mod tests {
     use super::*;
 
+    /// A batch's counts per key as the control plane reads them: the
+    /// entries of a key named more than once summed.
+    fn summed(batch: &UsageBatch) -> BTreeMap<String, KeyUsage> {
+        let mut out: BTreeMap<String, KeyUsage> = BTreeMap::new();
+        for k in &batch.keys {
+            let mine = out.entry(k.key_id.clone()).or_insert_with(|| KeyUsage {
+                key_id: k.key_id.clone(),
+                ..KeyUsage::default()
+            });
+            mine.allowed += k.allowed;
+            mine.cost += k.cost;
+            mine.last_used_ms = mine.last_used_ms.max(k.last_used_ms);
+            add_counts(&mut mine.denied, k.denied.clone());
+        }
+        out
+    }
+
+    /// `tally` as the leader drains it.
+    fn drained(tally: &Tally) -> HandOvers {
+        HandOvers::from_bytes(&tally.to_bytes()).unwrap()
+    }
+
+    /// A tally in the binary form hand-overs had before 2026-12-07.
+    fn v1_bytes(t: &Tally) -> Vec<u8> {
+        let mut out = vec![TALLY_FORMAT_V1];
+        push_u64(&mut out, t.dropped);
+        push_counts(&mut out, &t.unattributed);
+        push_len(&mut out, t.keys.len());
+        for usage in &t.keys {
+            push_text(&mut out, &usage.key_id);
+            push_u64(&mut out, usage.allowed);
+            push_u64(&mut out, usage.cost);
+            match usage.last_used_ms {
+                Some(ms) => {
+                    out.push(1);
+                    push_u64(&mut out, ms);
+                }
+                None => out.push(0),
+            }
+            push_counts(&mut out, &usage.denied);
+        }
+        out
+    }
+
+    fn sent(s: &ReportState) -> UsageBatch {
+        serde_json::from_slice(&s.pending.as_ref().unwrap().body).unwrap()
+    }
+
+    /// `tally`'s counts sealed into a batch by a new reporter.
+    fn sealed(tally: &Tally) -> UsageBatch {
+        let mut s = ReportState::new("env".into());
+        s.seal(&drained(tally), 0);
+        sent(&s)
+    }
+
     #[test]
     fn counts_allowed_and_denied_per_key_and_unattributed() {
         let mut t = Tally::default();
@@ -528,6 +737,7 @@ mod tests {
         t.denied(Some("key_a"), "rate_limited");
         t.denied(None, "invalid_api_key");
         t.denied(None, "invalid_api_key");
+        let from_bytes = sealed(&t);
         let batch = t.seal("b1".into());
         assert!(t.is_empty());
         assert_eq!(batch.batch_id, "b1");
@@ -537,24 +747,45 @@ mod tests {
         assert_eq!(batch.unattributed.get(ANONYMOUS), Some(&1));
         assert_eq!(a.denied.get("rate_limited"), Some(&1));
         assert_eq!(batch.unattributed.get("invalid_api_key"), Some(&2));
+        // Handed over and sealed by the leader: the same counts.
+        assert_eq!(from_bytes.keys, batch.keys);
+        assert_eq!(from_bytes.unattributed, batch.unattributed);
     }
 
     #[test]
-    fn merging_adds_and_round_trips_through_bytes() {
+    fn hand_overs_are_spliced_and_the_sum_is_what_was_counted() {
         let mut worker = Tally::default();
         worker.allowed("key_a", 2, 5);
         worker.denied(Some("key_b"), "forbidden");
-        let mut service = Tally::default();
-        service.allowed("key_a", 1, 7);
-        service.merge(Tally::from_bytes(&worker.to_bytes()).unwrap());
-        service.merge(Tally::from_bytes(&worker.to_bytes()).unwrap());
-        let batch = service.seal("b".into());
-        let a = batch.keys.iter().find(|k| k.key_id == "key_a").unwrap();
+        worker.denied(None, "invalid_api_key");
+        worker.dropped = 2;
+        let mut other = Tally::default();
+        other.allowed("key_a", 1, 7);
+        other.allowed("key_\"é\"", 1, 7);
+        let mut all = HandOvers::default();
+        for bytes in [worker.to_bytes(), other.to_bytes(), worker.to_bytes()] {
+            assert!(all.add_bytes(&bytes));
+        }
+        // One entry per key per hand-over: key_a three times, key_b twice.
+        assert_eq!(all.entries(), 6);
+        let mut s = ReportState::new("env".into());
+        assert_eq!(s.seal(&all, 9), Some(4));
+        let batch = sent(&s);
+        assert_eq!((batch.keys.len(), batch.dropped), (6, 4));
+        assert_eq!(
+            (batch.leases_applied, batch.reporter_id.as_str()),
+            (9, "env")
+        );
+        assert_eq!(batch.unattributed.get("invalid_api_key"), Some(&2));
+        let keys = summed(&batch);
+        let a = &keys["key_a"];
         assert_eq!((a.allowed, a.cost, a.last_used_ms), (3, 5, Some(7)));
-        let b = batch.keys.iter().find(|k| k.key_id == "key_b").unwrap();
+        let b = &keys["key_b"];
         assert_eq!((b.allowed, b.last_used_ms), (0, None));
         assert_eq!(b.denied.get("forbidden"), Some(&2));
-        assert!(Tally::from_bytes(b"not a tally").is_none());
+        assert_eq!(keys["key_\"é\""].allowed, 1);
+        assert!(!all.add_bytes(b"not a hand-over"));
+        assert!(HandOvers::from_bytes(b"").is_none());
     }
 
     #[test]
@@ -567,23 +798,52 @@ mod tests {
         t.anonymous();
         t.dropped = 7;
         let bytes = t.to_bytes();
-        assert_eq!(Tally::from_bytes(&bytes), Some(t.clone()));
+        let read = HandOvers::from_bytes(&bytes).unwrap();
+        assert_eq!(read.to_bytes(), bytes);
+        assert_eq!((read.entries(), read.dropped()), (2, 7));
         assert_eq!(
-            Tally::from_bytes(&Tally::default().to_bytes()),
-            Some(Tally::default())
+            HandOvers::from_bytes(&Tally::default().to_bytes()),
+            Some(HandOvers::default())
         );
-
         for cut in 0..bytes.len() {
-            assert_eq!(Tally::from_bytes(&bytes[..cut]), None, "{cut} bytes");
+            assert_eq!(HandOvers::from_bytes(&bytes[..cut]), None, "{cut} bytes");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(Tally::from_bytes(&longer), None);
+        assert_eq!(HandOvers::from_bytes(&longer), None);
         // A length past the end is refused before anything is allocated.
-        let mut huge = vec![TALLY_FORMAT];
+        let mut huge = vec![HAND_OVER_FORMAT];
         huge.extend_from_slice(&0u64.to_le_bytes());
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert_eq!(Tally::from_bytes(&huge), None);
+        assert_eq!(HandOvers::from_bytes(&huge), None);
+    }
+
+    #[test]
+    fn a_hand_over_of_the_older_binary_form_counts_the_same() {
+        let mut t = Tally::default();
+        t.allowed("key_a", 2, 5);
+        t.denied(Some("key_a"), "rate_limited");
+        t.denied(Some("key_b"), "forbidden");
+        t.denied(None, "invalid_api_key");
+        t.anonymous();
+        t.dropped = 3;
+        let old = HandOvers::from_bytes(&v1_bytes(&t)).unwrap();
+        assert_eq!(old, drained(&t));
+        // A cut or altered one adds nothing at all.
+        let bytes = v1_bytes(&t);
+        for cut in 0..bytes.len() {
+            let mut all = drained(&t);
+            assert!(!all.add_bytes(&bytes[..cut]), "{cut} bytes");
+            assert_eq!(all, drained(&t));
+        }
+        // And a reporter state whose waiting counts are in that form reads.
+        let mut s = ReportState::new("env".into());
+        s.open = v1_bytes(&t);
+        let s = ReportState::from_bytes(&s.to_bytes()).unwrap();
+        let mut s2 = s.clone();
+        s2.seal(&HandOvers::default(), 0);
+        let a = &summed(&sent(&s2))["key_a"];
+        assert_eq!((a.allowed, a.cost), (1, 2));
     }
 
     #[test]
@@ -613,16 +873,12 @@ mod tests {
         );
     }
 
-    fn counted(n: u64) -> Tally {
+    fn counted(n: u64) -> HandOvers {
         let mut t = Tally::default();
         for _ in 0..n {
             t.allowed("key_a", 1, 10);
         }
-        t
-    }
-
-    fn sent(s: &ReportState) -> UsageBatch {
-        serde_json::from_slice(&s.pending.as_ref().unwrap().body).unwrap()
+        drained(&t)
     }
 
     #[test]
@@ -644,10 +900,10 @@ mod tests {
         assert!(!s.settle("env1-1"), "a second answer settles nothing");
         s.seal(&counted(0), 0);
         assert_eq!(s.pending.as_ref().unwrap().batch_id, "env1-2");
-        assert_eq!(sent(&s).keys[0].allowed, 4);
+        assert_eq!(summed(&sent(&s))["key_a"].allowed, 4);
         assert!(s.settle("env1-2"));
         // Nothing counted: an empty heartbeat batch, still numbered.
-        s.seal(&Tally::default(), 0);
+        s.seal(&HandOvers::default(), 0);
         assert_eq!(s.pending.as_ref().unwrap().batch_id, "env1-3");
         assert!(sent(&s).keys.is_empty());
     }
@@ -657,9 +913,10 @@ mod tests {
         let mut s = ReportState::new("18c-7".into());
         s.standings_since = 42;
         s.seal(&counted(2), 0);
-        let mut more = counted(5);
+        let mut more = Tally::default();
+        more.allowed("key_a", 1, 10);
         more.denied(None, "invalid_api_key");
-        s.keep(&more);
+        s.keep(&drained(&more));
         let bytes = s.to_bytes();
         assert_eq!(ReportState::from_bytes(&bytes), Some(s.clone()));
         s.settle("18c-7-1");
@@ -674,36 +931,5 @@ mod tests {
         longer.push(0);
         assert_eq!(ReportState::from_bytes(&longer), None);
         assert_eq!(ReportState::from_bytes(b"\x01"), None);
-    }
-
-    #[test]
-    fn merging_bytes_adds_what_merging_a_tally_adds() {
-        let mut a = Tally::default();
-        a.allowed("key_a", 2, 5);
-        a.denied(Some("key_a"), "rate_limited");
-        a.denied(Some("key_b"), "forbidden");
-        a.denied(None, "invalid_api_key");
-        a.anonymous();
-        a.dropped = 3;
-        let mut by_tally = counted(4);
-        let mut by_bytes = counted(4);
-        by_tally.merge(a.clone());
-        assert!(by_bytes.merge_bytes(&a.to_bytes()));
-        assert_eq!(by_bytes, by_tally);
-        // A cut or altered hand-over adds nothing at all.
-        let bytes = a.to_bytes();
-        for cut in 0..bytes.len() {
-            let mut t = counted(1);
-            assert!(!t.merge_bytes(&bytes[..cut]), "{cut} bytes");
-            assert_eq!(t, counted(1));
-        }
-        // Past MAX_KEYS the counts are dropped, and counted as dropped.
-        let mut full = Tally::default();
-        for i in 0..MAX_KEYS {
-            full.allowed(&format!("k{i}"), 1, 1);
-        }
-        assert!(full.merge_bytes(&a.to_bytes()));
-        assert_eq!(full.keys(), MAX_KEYS);
-        assert_eq!(full.dropped(), 3 + 2 + 1, "its own drops, key_a and key_b");
     }
 }

@@ -6,11 +6,12 @@
 //! grows with its request rate, never with the number of keys counted.
 //!
 //! The leader ([`Reporter`]) drains the queue every second, or at the next
-//! tick while hand-overs wait beyond one batch's bound ([`BATCH_KEYS`]), seals
-//! the next batch into the reporter state in shared data ([`REPORT_KEY`],
-//! `tollgate_core::usage::ReportState`) as the very body it sends to
-//! `POST /v1/usage` through the control-plane cluster, so that neither
-//! reading nor writing that state parses a count. Nothing it needs lives only in its VM: a batch
+//! tick while hand-overs wait beyond one batch's bound ([`BATCH_BYTES`]),
+//! and seals the next batch into the reporter state in shared data
+//! ([`REPORT_KEY`], `tollgate_core::usage::ReportState`) as the very body it
+//! sends to `POST /v1/usage` through the control-plane cluster. A hand-over
+//! carries its keys as the batch's JSON entries already, so neither draining
+//! nor sealing nor storing reads a count: the leader copies bytes. Nothing it needs lives only in its VM: a batch
 //! keeps its id until the control plane acknowledges it (the control plane
 //! counts a batch once, however often it arrives), and counts drained but
 //! not yet sealed wait in the same entry. So when the leader goes away, the
@@ -23,7 +24,7 @@ use std::rc::Rc;
 use proxy_wasm::types::LogLevel;
 use tollgate_core::layout::{apply_leases, apply_standings, read_leases, REPORT_KEY};
 use tollgate_core::store::SetError;
-use tollgate_core::usage::{ReportState, Tally};
+use tollgate_core::usage::{HandOvers, ReportState, Tally, MAX_KEYS};
 use tollgate_core::wire::UsageReceipt;
 
 use crate::call::Pacing;
@@ -43,18 +44,17 @@ const TIMEOUT_MS: u64 = 5_000;
 const STATE_ATTEMPTS: usize = 8;
 /// A write token no present entry has: "create only" in Envoy's terms.
 const CREATE_ONLY: u32 = u32::MAX;
-/// A batch takes no more hand-overs once it holds this many distinct keys
-/// (so it carries at most these and one hand-over's). The leader drains,
-/// seals and stores a batch in one callback on Envoy's main thread, which
-/// requests may share a CPU with: in Envoy that costs about 0.8 µs a key,
-/// and a batch of every key of a burst over 100k keys (20k keys, 18 ms in
-/// one callback, measured 2026-12-06) held up the requests behind it. What
-/// is left waits in the queue for the next batch, sent at the first tick
-/// after this one's answer.
-pub const BATCH_KEYS: usize = 2_000;
-/// Nor once it has read this many bytes of hand-overs: with few distinct
-/// keys, merging many hand-overs costs a callback as much.
-pub const BATCH_BYTES: usize = 256 * 1024;
+/// A batch takes no more hand-overs once it has read this many bytes of
+/// them (so it carries at most these and one hand-over's), about 5,000 key
+/// entries. The leader drains, seals and stores a batch in one callback on
+/// Envoy's main thread, which requests may share a CPU with; that is a few
+/// copies of these bytes now, where reading and re-writing every key's
+/// counts took about 0.8 µs a key (20k keys, 18 ms in one callback,
+/// measured 2026-12-06). What is left waits in the queue for the next
+/// batch, sent at the first tick after this one's answer.
+pub const BATCH_BYTES: usize = 512 * 1024;
+/// Nor once it holds this many key entries.
+pub const BATCH_KEYS: usize = 10_000;
 
 /// A VM's tally, shared by its root contexts and its HTTP contexts.
 pub type SharedTally = Rc<RefCell<Tally>>;
@@ -107,7 +107,7 @@ pub struct Reporter {
     in_flight: Option<String>,
     /// When that call left: the leases its answer carries run from then.
     sent_at_ms: u64,
-    /// Whether the last drain stopped at [`BATCH_KEYS`] or [`BATCH_BYTES`]:
+    /// Whether the last drain stopped at [`BATCH_BYTES`] or [`BATCH_KEYS`]:
     /// hand-overs may be waiting, so the next batch goes without waiting
     /// for [`REPORT_EVERY_MS`].
     backlog: bool,
@@ -124,15 +124,24 @@ impl Reporter {
         if !self.pacing.due(now, TIMEOUT_MS) {
             return;
         }
-        let mut drained = Tally::default();
+        let mut drained = HandOvers::default();
         let mut read = 0;
         self.backlog = false;
         while let Some(bytes) = host.dequeue(queue) {
-            read += bytes.len();
-            if !drained.merge_bytes(&bytes) {
+            let Some(next) = HandOvers::from_bytes(&bytes) else {
                 host.log(LogLevel::Error, "tollgate: unreadable usage tally dropped");
+                continue;
+            };
+            // The control plane takes at most MAX_KEYS entries a batch; one
+            // hand-over never holds more (a tally's own bound).
+            if !drained.is_empty() && drained.entries() + next.entries() > MAX_KEYS {
+                self.requeue(host, queue, &bytes);
+                self.backlog = true;
+                break;
             }
-            if drained.keys() >= BATCH_KEYS || read >= BATCH_BYTES {
+            read += bytes.len();
+            drained.append(&next);
+            if drained.entries() >= BATCH_KEYS || read >= BATCH_BYTES {
                 self.backlog = true;
                 break;
             }
@@ -152,11 +161,8 @@ impl Reporter {
         }
         let Some(batch) = sent else {
             // The counts must not be lost: back into the queue for next time.
-            if !drained.is_empty() && !host.enqueue(queue, &drained.to_bytes()) {
-                host.log(
-                    LogLevel::Error,
-                    "tollgate: cannot keep usage counts: the usage queue is gone",
-                );
+            if !drained.is_empty() {
+                self.requeue(host, queue, &drained.to_bytes());
             }
             host.log(
                 LogLevel::Warn,
@@ -189,6 +195,16 @@ impl Reporter {
                 );
                 self.back_off(host, config, now);
             }
+        }
+    }
+
+    /// Puts hand-over bytes back into the queue, for a later batch.
+    fn requeue(&self, host: &impl Host, queue: u32, bytes: &[u8]) {
+        if !host.enqueue(queue, bytes) {
+            host.log(
+                LogLevel::Error,
+                "tollgate: cannot keep usage counts: the usage queue is gone",
+            );
         }
     }
 
@@ -378,7 +394,9 @@ mod tests {
         r.on_tick(&host, &c, QUEUE, T0);
         let sent = host.take_sent();
         let b = batch(&sent[0]);
-        assert_eq!(b.keys[0].allowed, 5);
+        // One entry per hand-over; the control plane sums them.
+        assert_eq!(b.keys.iter().map(|k| k.allowed).collect::<Vec<_>>(), [3, 2]);
+        assert!(b.keys.iter().all(|k| k.key_id == "key_a"));
         assert_eq!(b.reporter_id, "18bcfe56800-feedbeef");
         assert_eq!(b.batch_id, format!("{}-1", b.reporter_id));
         assert!(r.on_answer(&host, &c, sent[0].token, &ok(), T0 + 5));
@@ -397,13 +415,15 @@ mod tests {
         let c = config();
         let mut r = Reporter::default();
         let mut ledger = Ledger::default();
-        // Five hand-overs of 1,000 new keys each: 5,000 keys.
+        // Twenty hand-overs of 1,000 new keys each: 20,000 keys.
         let key = |i: usize| format!("key_{i:0>5}");
-        for part in 0..5 {
+        let mut hand_over_bytes = 0;
+        for part in 0..20 {
             let tally = SharedTally::default();
             for i in part * 1_000..(part + 1) * 1_000 {
                 tally.borrow_mut().allowed(&key(i), 1, T0);
             }
+            hand_over_bytes = tally.borrow().to_bytes().len();
             hand_over(&host, QUEUE, &tally);
         }
         let mut now = T0;
@@ -420,11 +440,20 @@ mod tests {
             }
             now += 50;
         }
-        // Drained up to the hand-over that reaches the bound, each batch
-        // at the tick after the last one's answer; the queue empty, the
-        // usual second's wait.
-        assert_eq!(sizes, [2_000, 2_000, 1_000]);
-        assert!((0..5_000).all(|i| ledger.allowed(&key(i)) == 1));
+        // Drained up to the hand-over that reaches a bound, each batch at
+        // the tick after the last one's answer; the queue empty, the usual
+        // second's wait.
+        let per_batch = BATCH_BYTES
+            .div_ceil(hand_over_bytes)
+            .min(BATCH_KEYS.div_ceil(1_000));
+        assert!(per_batch < 20, "the bounds are met: {per_batch}");
+        let expected: Vec<usize> = (0..20)
+            .collect::<Vec<_>>()
+            .chunks(per_batch)
+            .map(|c| c.len() * 1_000)
+            .collect();
+        assert_eq!(sizes, expected);
+        assert!((0..20_000).all(|i| ledger.allowed(&key(i)) == 1));
         r.on_tick(&host, &c, QUEUE, answered + REPORT_EVERY_MS - 1);
         assert!(host.take_sent().is_empty());
         r.on_tick(&host, &c, QUEUE, answered + REPORT_EVERY_MS);

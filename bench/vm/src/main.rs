@@ -29,7 +29,7 @@ use tollgate_core::key::ApiKey;
 use tollgate_core::layout::apply_sync;
 use tollgate_core::response::RateLimitHeaders;
 use tollgate_core::store::MemoryStore;
-use tollgate_core::usage::{ReportState, Tally};
+use tollgate_core::usage::{HandOvers, ReportState, Tally};
 use tollgate_core::wire::{SyncResponse, WireKey, WirePlan};
 
 const REPEATS: usize = 5;
@@ -125,11 +125,12 @@ fn time_report(keys: u32) -> Vec<f64> {
         .map(|_| {
             let started = Instant::now();
             // on_tick: drain, seal, store.
-            let mut drained = Tally::default();
+            let mut drained = HandOvers::default();
             for bytes in &hand_overs {
-                if !drained.merge_bytes(bytes) {
+                let Some(next) = HandOvers::from_bytes(bytes) else {
                     fail(&"a hand-over did not read back");
-                }
+                };
+                drained.append(&next);
             }
             let mut state = ReportState::from_bytes(&empty).unwrap_or_else(|| fail(&"state"));
             state.seal(&drained, 0);

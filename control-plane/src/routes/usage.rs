@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tollgate_core::period::quota_period;
 use tollgate_core::usage::MAX_KEYS;
-use tollgate_core::wire::{FleetLeases, UsageBatch, UsageReceipt};
+use tollgate_core::wire::{FleetLeases, KeyUsage, UsageBatch, UsageReceipt};
 
 use crate::allocation::{self, Allocated};
 use crate::auth::{Principal, SyncCaller};
@@ -70,6 +70,36 @@ pub const MAX_BATCH_ID: usize = 128;
 
 /// Longest refusal code: lower-case words joined by `_`.
 pub const MAX_CODE_LEN: usize = 64;
+
+/// The batch with one entry per key. An Envoy's leader splices its workers'
+/// hand-overs into a batch as they are (see `tollgate_core::usage`), so a
+/// key counted by several names itself once per hand-over: those entries
+/// are summed here, before anything reads the batch, in the order each key
+/// first appears.
+fn one_entry_per_key(mut batch: UsageBatch) -> UsageBatch {
+    let mut at: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(batch.keys.len());
+    let mut keys: Vec<KeyUsage> = Vec::with_capacity(batch.keys.len());
+    for usage in std::mem::take(&mut batch.keys) {
+        match at.get(&usage.key_id).and_then(|&i| keys.get_mut(i)) {
+            Some(mine) => {
+                mine.allowed = mine.allowed.saturating_add(usage.allowed);
+                mine.cost = mine.cost.saturating_add(usage.cost);
+                mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
+                for (code, n) in usage.denied {
+                    let count = mine.denied.entry(code).or_insert(0);
+                    *count = count.saturating_add(n);
+                }
+            }
+            None => {
+                at.insert(usage.key_id.clone(), keys.len());
+                keys.push(usage);
+            }
+        }
+    }
+    batch.keys = keys;
+    batch
+}
 
 fn validate(batch: &UsageBatch) -> ApiResult<()> {
     let bad = |detail: &str| Err(ApiError::invalid("invalid_usage", detail.to_owned()));
@@ -163,6 +193,9 @@ async fn usage_ingest(
     headers: HeaderMap,
     ApiJson(batch): ApiJson<UsageBatch>,
 ) -> ApiResult<Json<UsageReceipt>> {
+    validate(&batch)?;
+    // Again for the sums: entries within bounds may add up past them.
+    let batch = one_entry_per_key(batch);
     validate(&batch)?;
     state.fleet.record(&state.db, &headers, state.now()).await;
     state

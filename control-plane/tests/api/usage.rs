@@ -500,6 +500,72 @@ async fn concurrent_batches_naming_keys_in_any_order_are_all_counted(backend: Ba
     assert_eq!(allowed, 2 * 10 * 8);
 }
 
+async fn a_key_named_once_per_hand_over_is_counted_as_their_sum(backend: Backend) {
+    let (app, state) = test_app(backend).await;
+    let plan_id = plan(&app, None).await;
+    let tenant_id = tenant(&app, &plan_id).await;
+    let (a, _) = key(&app, &tenant_id).await;
+    let (b, _) = key(&app, &tenant_id).await;
+    sqlx::query("UPDATE api_keys SET created_at = '2026-11-18T09:00:00Z'")
+        .execute(&state.db)
+        .await
+        .unwrap();
+    let used_ms: u64 = 1_795_000_000_000; // 2026-11-18T11:06:40Z
+                                          // As an Envoy's leader splices its workers' hand-overs: key `a` in
+                                          // three of them, `b` in one.
+    let r = report(
+        &app,
+        json!({"batch_id": "spliced-1", "reporter_id": "envoy-s", "keys": [
+            {"key_id": a, "allowed": 2, "cost": 3, "denied": {"rate_limited": 1}, "last_used_ms": used_ms - 60_000},
+            {"key_id": b, "allowed": 1, "cost": 1, "last_used_ms": used_ms},
+            {"key_id": a, "allowed": 4, "cost": 4, "denied": {"rate_limited": 2, "forbidden": 1}, "last_used_ms": used_ms},
+            {"key_id": a, "denied": {"forbidden": 1}}
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT key_id, outcome, count, cost FROM usage_hourly ORDER BY key_id, outcome",
+    )
+    .fetch_all(&state.db)
+    .await
+    .unwrap();
+    let mut expected = vec![
+        (a.clone(), "allowed".to_owned(), 6, 7),
+        (a.clone(), "forbidden".to_owned(), 2, 0),
+        (a.clone(), "rate_limited".to_owned(), 3, 0),
+        (b.clone(), "allowed".to_owned(), 1, 1),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    let used: i64 =
+        sqlx::query_scalar("SELECT CAST(SUM(used) AS BIGINT) FROM quota_counts WHERE key_id = $1")
+            .bind(&a)
+            .fetch_one(&state.db)
+            .await
+            .unwrap();
+    assert_eq!(used, 7);
+    let shown = admin(&app, Method::GET, &format!("/v1/keys/{a}"), None).await;
+    assert_eq!(shown.body["last_used_at"], "2026-11-18T11:06:00Z");
+
+    // Entries each within bounds whose sum is not: refused whole.
+    let big = i64::MAX as u64;
+    let r = report(
+        &app,
+        json!({"batch_id": "spliced-2", "keys": [
+            {"key_id": a, "allowed": big, "cost": 1},
+            {"key_id": a, "allowed": big, "cost": 1}
+        ]}),
+    )
+    .await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_usage");
+    let after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_hourly")
+        .fetch_one(&state.db)
+        .await
+        .unwrap();
+    assert_eq!(after, 4);
+}
+
 /// The slices a receipt carries: (key hash, period start, cap).
 fn sliced(receipt: &Value) -> Vec<(String, u64, u64)> {
     receipt["leases"]["slices"]
@@ -700,4 +766,5 @@ on_both_databases!(
     usage_reports_are_counted_once_and_move_last_used_at,
     usage_reads_back_per_key_and_per_tenant,
     the_quota_period_turns_over_at_the_anchor_to_the_millisecond,
+    a_key_named_once_per_hand_over_is_counted_as_their_sum,
 );

@@ -30,7 +30,6 @@ pub mod read;
 pub mod write;
 
 mod wire;
-pub use wire::BatchJson;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@
 //! writes. Field lists follow the declarations and serde attributes in
 //! [`crate::wire`]; the tests compare every type with serde_json.
 
-use super::write::{Each, Text};
+use super::write::{push_decimal, push_json_string};
 use super::{Error, Field, Fields, FromJson, Object, Reader, ToJson};
 use crate::wire::{
     FleetLeases, KeyUsage, LimitScope, QuotaSlice, QuotaStanding, ShareGrant, SyncResponse,
@@ -295,41 +295,12 @@ impl FromJson for UsageBatch {
 
 impl ToJson for UsageBatch {
     fn write_json(&self, out: &mut String) {
-        BatchJson {
-            batch_id: &self.batch_id,
-            reporter_id: &self.reporter_id,
-            standings_since: self.standings_since,
-            keys: self.keys.iter(),
-            unattributed: &self.unattributed,
-            dropped: self.dropped,
-            leases_applied: self.leases_applied,
-        }
-        .write_json(out);
-    }
-}
-
-/// A [`UsageBatch`] written from borrowed parts: the leader seals a tally
-/// of thousands of keys into a body on Envoy's main thread, and copying
-/// every key's counts into a `UsageBatch` first would double that work.
-pub struct BatchJson<'a, K> {
-    pub batch_id: &'a str,
-    pub reporter_id: &'a str,
-    pub standings_since: u64,
-    /// Iterated once per write.
-    pub keys: K,
-    pub unattributed: &'a std::collections::BTreeMap<String, u64>,
-    pub dropped: u64,
-    pub leases_applied: u64,
-}
-
-impl<'a, K: Iterator<Item = &'a KeyUsage> + Clone> ToJson for BatchJson<'a, K> {
-    fn write_json(&self, out: &mut String) {
         Object::new(out)
-            .field("batch_id", &Text(self.batch_id))
-            .field("reporter_id", &Text(self.reporter_id))
+            .field("batch_id", &self.batch_id)
+            .field("reporter_id", &self.reporter_id)
             .field("standings_since", &self.standings_since)
-            .field("keys", &Each(self.keys.clone()))
-            .field("unattributed", self.unattributed)
+            .field("keys", &self.keys)
+            .field("unattributed", &self.unattributed)
             .field("dropped", &self.dropped)
             .field("leases_applied", &self.leases_applied)
             .end();
@@ -359,15 +330,28 @@ impl FromJson for KeyUsage {
     }
 }
 
+/// Written field by field without [`Object`]: a worker writes one of these
+/// for every key it counted in a tick, on the thread its requests wait on
+/// (see `crate::usage`), and the field names need no escaping.
 impl ToJson for KeyUsage {
     fn write_json(&self, out: &mut String) {
-        Object::new(out)
-            .field("key_id", &self.key_id)
-            .field("allowed", &self.allowed)
-            .field("cost", &self.cost)
-            .field("denied", &self.denied)
-            .option("last_used_ms", &self.last_used_ms)
-            .end();
+        out.push_str("{\"key_id\":");
+        push_json_string(out, &self.key_id);
+        out.push_str(",\"allowed\":");
+        push_decimal(out, self.allowed);
+        out.push_str(",\"cost\":");
+        push_decimal(out, self.cost);
+        out.push_str(",\"denied\":");
+        if self.denied.is_empty() {
+            out.push_str("{}");
+        } else {
+            self.denied.write_json(out);
+        }
+        if let Some(ms) = self.last_used_ms {
+            out.push_str(",\"last_used_ms\":");
+            push_decimal(out, ms);
+        }
+        out.push('}');
     }
 }
 
