@@ -183,6 +183,9 @@ pub struct UsageBatch {
     /// The `cursor` of the last [`UsageReceipt`] this reporter applied.
     #[serde(default)]
     pub standings_since: u64,
+    /// What each key counted. A key may be named more than once (an Envoy
+    /// sends its workers' counts as they were handed over); its entries are
+    /// summed.
     #[serde(default)]
     pub keys: Vec<KeyUsage>,
     /// Outcomes that name no known key, by `code`: refusals (no key, a
