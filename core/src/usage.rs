@@ -26,13 +26,17 @@ use hashbrown::HashTable;
 
 use crate::json::write::Text;
 use crate::json::{Object, ToJson};
-use crate::wire::{KeyUsage, UsageBatch};
+use crate::wire::KeyUsage;
 
 /// The keyless outcome counted for admitted anonymous requests.
 pub const ANONYMOUS: &str = "anonymous";
 
 /// Most distinct keys one tally holds.
 pub const MAX_KEYS: usize = 100_000;
+
+/// Most keys a cleared tally keeps room for: a tick's keys at some 80,000
+/// requests a second on one worker, about 300 KiB.
+pub const KEPT_ROOM: usize = 4_096;
 
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
@@ -77,7 +81,7 @@ impl Tally {
 
     /// The entry of `key_id`, new if it is not counted yet; `None` when the
     /// tally is full. Hashed once: with many distinct keys, most requests
-    /// and every key the leader drains are new here.
+    /// are for a key new here.
     fn entry(&mut self, key_id: &str) -> Option<&mut KeyUsage> {
         let full = self.keys.len() >= MAX_KEYS;
         let found = self.keys.entry(
@@ -131,8 +135,10 @@ impl Tally {
         add_count(counts, code, 1);
     }
 
-    /// Adds `other`'s counts to these.
-    pub fn merge(&mut self, other: Tally) {
+    /// Adds `other`'s counts to these (the tests' reference for what the
+    /// leader's spliced batch must add up to).
+    #[cfg(test)]
+    fn merge(&mut self, other: Tally) {
         self.dropped = self.dropped.saturating_add(other.dropped);
         add_counts(&mut self.unattributed, other.unattributed);
         for usage in other.keys {
@@ -163,15 +169,17 @@ impl Tally {
         }
     }
 
-    /// Empties the tally into a batch named `batch_id`.
-    pub fn seal(&mut self, batch_id: String) -> UsageBatch {
+    /// Empties the tally into a batch named `batch_id` (the tests'
+    /// reference, as `merge`).
+    #[cfg(test)]
+    fn seal(&mut self, batch_id: String) -> crate::wire::UsageBatch {
         let taken = std::mem::take(self);
-        UsageBatch {
+        crate::wire::UsageBatch {
             batch_id,
             keys: taken.keys.into_iter().collect(),
             unattributed: taken.unattributed,
             dropped: taken.dropped,
-            ..UsageBatch::default()
+            ..crate::wire::UsageBatch::default()
         }
     }
 
@@ -194,6 +202,16 @@ impl Tally {
             self.keys.len(),
             entries.as_bytes(),
         )
+    }
+
+    /// Empties the tally after a hand-over, keeping the room its table
+    /// grew to (up to [`KEPT_ROOM`] keys): the next tick's keys fill it
+    /// again without growing it step by step, each step moving every key.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.keys.shrink_to(KEPT_ROOM, |u| hash_of(&u.key_id));
+        self.unattributed.clear();
+        self.dropped = 0;
     }
 
     /// Distinct keys counted.
@@ -661,6 +679,7 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[cfg(test)]
 fn add_counts(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
     for (code, n) in from {
         let mine = into.entry(code).or_insert(0);
@@ -671,6 +690,7 @@ fn add_counts(into: &mut BTreeMap<String, u64>, from: BTreeMap<String, u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::UsageBatch;
 
     /// A batch's counts per key as the control plane reads them: the
     /// entries of a key named more than once summed.
@@ -844,6 +864,23 @@ mod tests {
         s2.seal(&HandOvers::default(), 0);
         let a = &summed(&sent(&s2))["key_a"];
         assert_eq!((a.allowed, a.cost), (1, 2));
+    }
+
+    #[test]
+    fn a_cleared_tally_counts_afresh_and_keeps_bounded_room() {
+        let mut t = Tally::default();
+        for i in 0..10_000 {
+            t.allowed(&format!("k{i}"), 1, 1);
+        }
+        t.denied(None, "invalid_api_key");
+        t.dropped = 2;
+        t.clear();
+        assert!(t.is_empty());
+        assert_eq!(t, Tally::default());
+        assert!(t.keys.capacity() >= KEPT_ROOM.min(10_000) / 2);
+        assert!(t.keys.capacity() < 10_000, "{}", t.keys.capacity());
+        t.allowed("k1", 1, 3);
+        assert_eq!(drained(&t).entries(), 1);
     }
 
     #[test]

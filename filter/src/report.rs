@@ -68,7 +68,7 @@ pub fn hand_over(host: &impl Host, queue: u32, tally: &SharedTally) {
         return;
     }
     if host.enqueue(queue, &tally.to_bytes()) {
-        *tally = Tally::default();
+        tally.clear();
     }
 }
 
