@@ -142,29 +142,38 @@ impl Tally {
         self.dropped = self.dropped.saturating_add(other.dropped);
         add_counts(&mut self.unattributed, other.unattributed);
         for usage in other.keys {
-            let hash = hash_of(&usage.key_id);
-            let full = self.keys.len() >= MAX_KEYS;
-            let found = self
-                .keys
-                .entry(hash, |u| u.key_id == usage.key_id, |u| hash_of(&u.key_id));
-            match found {
-                Entry::Occupied(mine) => {
-                    let mine = mine.into_mut();
-                    mine.allowed = mine.allowed.saturating_add(usage.allowed);
-                    mine.cost = mine.cost.saturating_add(usage.cost);
-                    mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
-                    add_counts(&mut mine.denied, usage.denied);
+            self.add_usage(usage);
+        }
+    }
+
+    /// Adds one key's counts; past [`MAX_KEYS`] they are dropped, and
+    /// counted as dropped.
+    fn add_usage(&mut self, usage: KeyUsage) {
+        let full = self.keys.len() >= MAX_KEYS;
+        let found = self.keys.entry(
+            hash_of(&usage.key_id),
+            |u| u.key_id == usage.key_id,
+            |u| hash_of(&u.key_id),
+        );
+        match found {
+            Entry::Occupied(mine) => {
+                let mine = mine.into_mut();
+                mine.allowed = mine.allowed.saturating_add(usage.allowed);
+                mine.cost = mine.cost.saturating_add(usage.cost);
+                mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
+                for (code, n) in &usage.denied {
+                    add_count(&mut mine.denied, code, *n);
                 }
-                Entry::Vacant(_) if full => {
-                    let weight = usage
-                        .allowed
-                        .saturating_add(usage.denied.values().sum::<u64>());
-                    self.dropped = self.dropped.saturating_add(weight);
-                }
-                // New here: the entry moves over as it is.
-                Entry::Vacant(slot) => {
-                    slot.insert(usage);
-                }
+            }
+            Entry::Vacant(_) if full => {
+                let weight = usage
+                    .allowed
+                    .saturating_add(usage.denied.values().sum::<u64>());
+                self.dropped = self.dropped.saturating_add(weight);
+            }
+            // New here: the entry moves over as it is.
+            Entry::Vacant(slot) => {
+                slot.insert(usage);
             }
         }
     }
@@ -318,6 +327,31 @@ impl HandOvers {
         hand_over_bytes(self.dropped, &self.unattributed, self.entries, &self.json)
     }
 
+    /// The same counts with each key named once: the entries read back and
+    /// summed (past [`MAX_KEYS`] keys dropped, and counted as dropped). It
+    /// reads every count, so it is for counts piling up while the control
+    /// plane does not answer, and for a batch that would otherwise name
+    /// more than [`MAX_KEYS`] entries. Entries that do not read are kept as
+    /// they are: the control plane judges them.
+    pub fn compacted(&self) -> HandOvers {
+        let mut listed = Vec::with_capacity(self.json.len() + 2);
+        listed.push(b'[');
+        listed.extend_from_slice(&self.json);
+        listed.push(b']');
+        let Ok(keys) = crate::json::from_slice::<Vec<KeyUsage>>(&listed) else {
+            return self.clone();
+        };
+        let mut tally = Tally {
+            unattributed: self.unattributed.clone(),
+            dropped: self.dropped,
+            ..Tally::default()
+        };
+        for usage in keys {
+            tally.add_usage(usage);
+        }
+        HandOvers::from_bytes(&tally.to_bytes()).unwrap_or_else(|| self.clone())
+    }
+
     /// Adds `other`'s entries and counts.
     pub fn append(&mut self, other: &HandOvers) {
         self.add(Part {
@@ -426,13 +460,19 @@ impl ReportState {
         }
     }
 
-    /// Keeps `counts` for the next batch while one is pending.
+    /// Keeps `counts` for the next batch while one is pending. Kept counts
+    /// are summed per key once they name more than [`MAX_KEYS`] entries, so
+    /// however long the control plane stays away they take the room of
+    /// the keys counted, not of the hand-overs.
     pub fn keep(&mut self, counts: &HandOvers) {
         if counts.is_empty() {
             return;
         }
         let mut open = self.take_open();
         open.append(counts);
+        if open.entries() > MAX_KEYS {
+            open = open.compacted();
+        }
         self.open = open.to_bytes();
     }
 
@@ -460,6 +500,14 @@ impl ReportState {
             open.append(counts);
             merged = open;
             &merged
+        };
+        // The control plane takes at most MAX_KEYS entries a batch.
+        let compact;
+        let all = if all.entries() > MAX_KEYS {
+            compact = all.compacted();
+            &compact
+        } else {
+            all
         };
         self.sequence = self.sequence.saturating_add(1);
         let batch_id = format!("{}-{}", self.instance, self.sequence);
@@ -864,6 +912,49 @@ mod tests {
         s2.seal(&HandOvers::default(), 0);
         let a = &summed(&sent(&s2))["key_a"];
         assert_eq!((a.allowed, a.cost), (1, 2));
+    }
+
+    #[test]
+    fn counts_that_pile_up_are_summed_per_key_and_a_batch_never_passes_max_keys() {
+        let mut ten = Tally::default();
+        for i in 0..10 {
+            ten.allowed(&format!("k{i}"), 1, 5);
+            ten.denied(Some(&format!("k{i}")), "rate_limited");
+        }
+        ten.denied(None, "invalid_api_key");
+        let one = drained(&ten);
+        let mut piled = HandOvers::default();
+        let times = MAX_KEYS / 10 + 1;
+        for _ in 0..times {
+            piled.append(&one);
+        }
+        assert!(piled.entries() > MAX_KEYS);
+        let compact = piled.compacted();
+        assert_eq!(compact.entries(), 10);
+        // Kept while a batch is pending: summed once past MAX_KEYS entries.
+        let mut s = ReportState::new("env".into());
+        s.seal(&HandOvers::default(), 0);
+        s.keep(&piled);
+        assert_eq!(HandOvers::from_bytes(&s.open).unwrap().entries(), 10);
+        s.settle("env-1");
+        s.seal(&one, 0);
+        let batch = sent(&s);
+        assert_eq!(batch.keys.len(), 20);
+        let k0 = &summed(&batch)["k0"];
+        let n = times as u64 + 1;
+        assert_eq!((k0.allowed, k0.denied["rate_limited"]), (n, n));
+        assert_eq!(batch.unattributed["invalid_api_key"], n);
+        // Sealed at once, without a pending batch: summed too.
+        let mut fresh = ReportState::new("env".into());
+        fresh.seal(&piled, 0);
+        assert_eq!(sent(&fresh).keys.len(), 10);
+        // Entries that do not read are kept as they are.
+        let odd = HandOvers {
+            json: b"{\"key_id\":".to_vec(),
+            entries: 1,
+            ..HandOvers::default()
+        };
+        assert_eq!(odd.compacted(), odd);
     }
 
     #[test]

@@ -11,12 +11,16 @@
 //! ([`REPORT_KEY`], `tollgate_core::usage::ReportState`) as the very body it
 //! sends to `POST /v1/usage` through the control-plane cluster. A hand-over
 //! carries its keys as the batch's JSON entries already, so neither draining
-//! nor sealing nor storing reads a count: the leader copies bytes. Nothing it needs lives only in its VM: a batch
-//! keeps its id until the control plane acknowledges it (the control plane
-//! counts a batch once, however often it arrives), and counts drained but
-//! not yet sealed wait in the same entry. So when the leader goes away, the
-//! next one resends the pending batch and carries on. What a VM loses when
-//! it dies is the tally it had not handed over yet: one tick of its requests.
+//! nor sealing nor storing reads a count: the leader copies bytes. While the
+//! control plane does not answer, the leader still drains the queue at every
+//! tick into the reporter state, where the counts are summed per key once
+//! they pile up, so they take the room of the keys counted however long the
+//! wait. Nothing it needs lives only in its VM: a batch keeps its id until
+//! the control plane acknowledges it (the control plane counts a batch
+//! once, however often it arrives), and counts drained but not yet sealed
+//! wait in the same entry. So when the leader goes away, the next one
+//! resends the pending batch and carries on. What a VM loses when it dies
+//! is the tally it had not handed over yet: one tick of its requests.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -122,30 +126,12 @@ impl Reporter {
 
     pub fn on_tick(&mut self, host: &impl Host, config: &SyncConfig, queue: u32, now: u64) {
         if !self.pacing.due(now, TIMEOUT_MS) {
+            if self.pacing.failures() > 0 {
+                self.keep_waiting(host, queue, now);
+            }
             return;
         }
-        let mut drained = HandOvers::default();
-        let mut read = 0;
-        self.backlog = false;
-        while let Some(bytes) = host.dequeue(queue) {
-            let Some(next) = HandOvers::from_bytes(&bytes) else {
-                host.log(LogLevel::Error, "tollgate: unreadable usage tally dropped");
-                continue;
-            };
-            // The control plane takes at most MAX_KEYS entries a batch; one
-            // hand-over never holds more (a tally's own bound).
-            if !drained.is_empty() && drained.entries() + next.entries() > MAX_KEYS {
-                self.requeue(host, queue, &bytes);
-                self.backlog = true;
-                break;
-            }
-            read += bytes.len();
-            drained.append(&next);
-            if drained.entries() >= BATCH_KEYS || read >= BATCH_BYTES {
-                self.backlog = true;
-                break;
-            }
-        }
+        let drained = self.drain(host, queue);
         let mut sent = None;
         let leases_applied = read_leases(host).map_or(0, |f| f.seq);
         for _ in 0..STATE_ATTEMPTS {
@@ -196,6 +182,53 @@ impl Reporter {
                 self.back_off(host, config, now);
             }
         }
+    }
+
+    /// Takes hand-overs off the queue, up to one batch's bound.
+    fn drain(&mut self, host: &impl Host, queue: u32) -> HandOvers {
+        let mut drained = HandOvers::default();
+        let mut read = 0;
+        self.backlog = false;
+        while let Some(bytes) = host.dequeue(queue) {
+            let Some(next) = HandOvers::from_bytes(&bytes) else {
+                host.log(LogLevel::Error, "tollgate: unreadable usage tally dropped");
+                continue;
+            };
+            // The control plane takes at most MAX_KEYS entries a batch; one
+            // hand-over never holds more (a tally's own bound).
+            if !drained.is_empty() && drained.entries() + next.entries() > MAX_KEYS {
+                self.requeue(host, queue, &bytes);
+                self.backlog = true;
+                break;
+            }
+            read += bytes.len();
+            drained.append(&next);
+            if drained.entries() >= BATCH_KEYS || read >= BATCH_BYTES {
+                self.backlog = true;
+                break;
+            }
+        }
+        drained
+    }
+
+    /// While the control plane does not answer, moves the workers' counts
+    /// from the queue into the reporter state at every tick, where they
+    /// are summed per key once they name more than `MAX_KEYS` entries
+    /// (`ReportState::keep`): in the queue they would only pile up, a
+    /// hand-over a tick from every worker.
+    fn keep_waiting(&mut self, host: &impl Host, queue: u32, now: u64) {
+        let drained = self.drain(host, queue);
+        if drained.is_empty() {
+            return;
+        }
+        for _ in 0..STATE_ATTEMPTS {
+            let (mut state, cas) = read_state(host, now);
+            state.keep(&drained);
+            if write_state(host, &state, cas).is_ok() {
+                return;
+            }
+        }
+        self.requeue(host, queue, &drained.to_bytes());
     }
 
     /// Puts hand-over bytes back into the queue, for a later batch.
@@ -535,6 +568,48 @@ mod tests {
         }
         assert_eq!(ledger.allowed("key_a"), 10);
         assert!(host.queues.borrow()[&QUEUE].is_empty());
+    }
+
+    #[test]
+    fn while_the_control_plane_does_not_answer_counts_leave_the_queue_every_tick_and_add_up() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        let mut ledger = Ledger::default();
+        let failed = Answer {
+            status: Some(503),
+            body: vec![],
+        };
+        counted(&host, "key_a", 1);
+        r.on_tick(&host, &c, QUEUE, T0);
+        let first = host.take_sent().remove(0);
+        r.on_answer(&host, &c, first.token, &failed, T0 + 1);
+        // Ten seconds of ticks, each with a worker's hand-over and every
+        // attempt refused: nothing piles up in the queue.
+        let mut now = T0 + 1;
+        for _ in 0..200 {
+            now += 50;
+            counted(&host, "key_a", 1);
+            counted(&host, "key_b", 2);
+            r.on_tick(&host, &c, QUEUE, now);
+            assert!(host.queues.borrow()[&QUEUE].is_empty());
+            for s in host.take_sent() {
+                r.on_answer(&host, &c, s.token, &failed, now);
+            }
+        }
+        // Back: everything arrives, once.
+        for _ in 0..400 {
+            now += 50;
+            r.on_tick(&host, &c, QUEUE, now);
+            for s in host.take_sent() {
+                ledger.receive(batch(&s));
+                r.on_answer(&host, &c, s.token, &ok(), now);
+            }
+        }
+        assert_eq!(
+            (ledger.allowed("key_a"), ledger.allowed("key_b")),
+            (201, 400)
+        );
     }
 
     #[test]
