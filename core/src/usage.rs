@@ -156,15 +156,7 @@ impl Tally {
             |u| hash_of(&u.key_id),
         );
         match found {
-            Entry::Occupied(mine) => {
-                let mine = mine.into_mut();
-                mine.allowed = mine.allowed.saturating_add(usage.allowed);
-                mine.cost = mine.cost.saturating_add(usage.cost);
-                mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
-                for (code, n) in &usage.denied {
-                    add_count(&mut mine.denied, code, *n);
-                }
-            }
+            Entry::Occupied(mine) => mine.into_mut().add(usage),
             Entry::Vacant(_) if full => {
                 let weight = usage
                     .allowed

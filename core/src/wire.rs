@@ -221,6 +221,20 @@ pub struct KeyUsage {
     pub last_used_ms: Option<u64>,
 }
 
+impl KeyUsage {
+    /// Adds `other`'s counts (of the same key) to these, saturating: one
+    /// key's entries from several hand-overs summed.
+    pub fn add(&mut self, other: KeyUsage) {
+        self.allowed = self.allowed.saturating_add(other.allowed);
+        self.cost = self.cost.saturating_add(other.cost);
+        self.last_used_ms = self.last_used_ms.max(other.last_used_ms);
+        for (code, n) in other.denied {
+            let count = self.denied.entry(code).or_insert(0);
+            *count = count.saturating_add(n);
+        }
+    }
+}
+
 /// The control plane's answer to a [`UsageBatch`]: how much of their quota
 /// keys have used through *other* Envoys, for keys whose figure changed
 /// after `standings_since`: the keys the reporter counts itself (from its

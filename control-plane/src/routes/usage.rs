@@ -82,15 +82,7 @@ fn one_entry_per_key(mut batch: UsageBatch) -> UsageBatch {
     let mut keys: Vec<KeyUsage> = Vec::with_capacity(batch.keys.len());
     for usage in std::mem::take(&mut batch.keys) {
         match at.get(&usage.key_id).and_then(|&i| keys.get_mut(i)) {
-            Some(mine) => {
-                mine.allowed = mine.allowed.saturating_add(usage.allowed);
-                mine.cost = mine.cost.saturating_add(usage.cost);
-                mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
-                for (code, n) in usage.denied {
-                    let count = mine.denied.entry(code).or_insert(0);
-                    *count = count.saturating_add(n);
-                }
-            }
+            Some(mine) => mine.add(usage),
             None => {
                 at.insert(usage.key_id.clone(), keys.len());
                 keys.push(usage);
