@@ -3,7 +3,8 @@
 //! One code path for both stores, through sqlx's `Any` driver: SQLite is the
 //! embedded default, PostgreSQL (`postgres://…`) serves several replicas.
 //! The SQL is written once for both: `$n` placeholders (SQLite reads them as
-//! numbered parameters), text timestamps, and booleans read back through
+//! numbered parameters; statements of many parameters write theirs with
+//! `store::Params`, anonymous for SQLite), text timestamps, and booleans read back through
 //! `CAST(… AS INTEGER)` because the `Any` driver cannot decode SQLite's
 //! `BOOLEAN` columns.
 //!

@@ -267,7 +267,8 @@ async fn deactivate(
     let mut change = Change::begin(state, reporter.label(), now).await?;
     let version = change.version();
     let mut deactivated = 0usize;
-    for found in keys::live_by_hashes(change.tx(), active).await? {
+    let postgres = crate::db::is_postgres(&state.db);
+    for found in keys::live_by_hashes(change.tx(), active, postgres).await? {
         let current = found.key;
         if current.active == 0 {
             continue;

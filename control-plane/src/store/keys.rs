@@ -6,10 +6,10 @@ use serde::Serialize;
 use tollgate_core::key::ApiKey;
 use tollgate_core::wire::{WireLimit, WireScope};
 
-use crate::db::{Db, Tx};
+use crate::db::{self, Db, Tx};
 use crate::error::{ApiError, ApiResult};
 use crate::paging::Cursor;
-use crate::store::{cursor_binds, cursor_clause, Order};
+use crate::store::{cursor_binds, cursor_clause, Order, Params};
 
 /// The settings a key carries besides its name; copied as they are on rotation.
 #[derive(Debug, Clone, Default)]
@@ -245,16 +245,6 @@ pub struct HashedKey {
     pub key: KeyRow,
 }
 
-/// `$1, $2, …, $count`: one parameter per hash of an `IN (…)` list. Leak
-/// reports bound their hashes (at most 1000), far below either database's
-/// limit on parameters.
-fn hash_params(count: usize) -> String {
-    (1..=count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `(key_hash, active)` of each key ever issued whose hash is among
 /// `hashes`, deleted ones included (they are inactive).
 pub async fn activity_by_hashes(
@@ -266,7 +256,9 @@ pub async fn activity_by_hashes(
     }
     let sql = format!(
         "SELECT key_hash, CAST(active AS INTEGER) FROM api_keys WHERE key_hash IN ({})",
-        hash_params(hashes.len())
+        // Leak reports bound their hashes (at most 1000), far below either
+        // database's limit on parameters.
+        Params::new(db::is_postgres(db)).list(hashes.len())
     );
     let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
     for hash in hashes {
@@ -277,14 +269,18 @@ pub async fn activity_by_hashes(
 
 /// The live (not deleted) keys whose hash is among `hashes`, read in the
 /// change's transaction.
-pub async fn live_by_hashes(tx: &mut Tx, hashes: &[String]) -> Result<Vec<HashedKey>, sqlx::Error> {
+pub async fn live_by_hashes(
+    tx: &mut Tx,
+    hashes: &[String],
+    postgres: bool,
+) -> Result<Vec<HashedKey>, sqlx::Error> {
     if hashes.is_empty() {
         return Ok(Vec::new());
     }
     let sql = format!(
         "SELECT key_hash, {KEY_COLUMNS} FROM api_keys
          WHERE key_hash IN ({}) AND deleted_at IS NULL ORDER BY created_at, id",
-        hash_params(hashes.len())
+        Params::new(postgres).list(hashes.len())
     );
     let mut query = sqlx::query_as::<_, HashedKey>(&sql);
     for hash in hashes {

@@ -40,13 +40,13 @@ use std::time::Duration;
 use crate::clock::{rfc3339_ms, Now};
 use crate::db::{self, Db};
 use crate::store::usage::{day_of, earliest_current_start, truncated, DAY};
-use crate::store::{db_int, placeholders};
+use crate::store::{db_int, Params};
 
 /// Rows deleted, rolled up or folded per statement.
 pub const CHUNK: i64 = 1_000;
 
 /// Rows one `INSERT` writes: six parameters each, well within SQLite's and
-/// PostgreSQL's limits.
+/// PostgreSQL's limits (and a pass writes them a chunk at a time anyway).
 const ROWS_PER_INSERT: usize = 100;
 
 /// Attempts at a chunk whose transaction PostgreSQL rolled back (a deadlock
@@ -314,7 +314,7 @@ async fn roll_up_chunk(db: &Db, before: &str) -> Result<u64, sqlx::Error> {
              SET count = usage_daily.count + excluded.count,
                  cost = usage_daily.cost + excluded.cost,
                  tenant_id = COALESCE(usage_daily.tenant_id, excluded.tenant_id)",
-            placeholders(part.len(), 6, 1)
+            Params::new(db::is_postgres(db)).rows(part.len(), 6, "")
         );
         let mut insert = sqlx::query(&sql);
         for ((key_id, day, outcome), (tenant_id, count, cost)) in part {
@@ -375,20 +375,7 @@ async fn fold_chunk(db: &Db, silent_before_ms: i64) -> Result<u64, sqlx::Error> 
     }
     let folded: Vec<_> = folded.into_iter().collect();
     for part in folded.chunks(ROWS_PER_INSERT) {
-        // `$1` is the reporter; each row's own five follow.
-        let values = (0..part.len())
-            .map(|row| {
-                let at = 2 + row * 5;
-                format!(
-                    "(${at}, ${}, ${}, $1, ${}, ${})",
-                    at + 1,
-                    at + 2,
-                    at + 3,
-                    at + 4
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = Params::new(db::is_postgres(db)).rows(part.len(), 6, "");
         let sql = format!(
             "INSERT INTO quota_counts (key_id, key_hash, period_start_ms, reporter_id, used, seq)
              VALUES {values}
@@ -397,12 +384,13 @@ async fn fold_chunk(db: &Db, silent_before_ms: i64) -> Result<u64, sqlx::Error> 
                  seq = CASE WHEN excluded.seq > quota_counts.seq
                             THEN excluded.seq ELSE quota_counts.seq END"
         );
-        let mut insert = sqlx::query(&sql).bind(GONE_REPORTER);
+        let mut insert = sqlx::query(&sql);
         for ((key_id, period_start_ms), (key_hash, used, seq)) in part {
             insert = insert
                 .bind(key_id)
                 .bind(key_hash)
                 .bind(*period_start_ms)
+                .bind(GONE_REPORTER)
                 .bind(*used)
                 .bind(*seq);
         }

@@ -50,7 +50,7 @@ use crate::clock::Now;
 use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
 use crate::shares::QuotaFacts;
-use crate::store::{db_int, placeholders, rows_per_statement, webhooks};
+use crate::store::{db_int, rows_per_statement, webhooks, Params};
 
 /// Most keys one [`UsageReceipt`] carries standings for; `more` says another page waits.
 pub const MAX_STANDINGS: usize = 10_000;
@@ -135,10 +135,7 @@ async fn key_facts(
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
              LEFT JOIN plans p ON p.id = t.plan_id
              WHERE k.id IN ({}) {lock}",
-            (1..=part.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            Params::new(postgres).list(part.len())
         );
         let mut select = sqlx::query_as::<_, KeyFacts>(&sql);
         for id in part {
@@ -222,7 +219,7 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
             "INSERT INTO usage_hourly (key_id, tenant_id, hour, outcome, count, cost) VALUES {}
              ON CONFLICT (key_id, hour, outcome) DO UPDATE
              SET count = usage_hourly.count + excluded.count, cost = usage_hourly.cost + excluded.cost",
-            placeholders(part.len(), 6, 1)
+            Params::new(postgres).rows(part.len(), 6, "")
         );
         let mut insert = sqlx::query(&sql);
         for (key_id, tenant_id, outcome, count, cost) in part {
@@ -253,7 +250,7 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
              FROM (VALUES {}) AS v
              WHERE api_keys.id = v.column1
                AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column2)",
-            placeholders(part.len(), 2, 1)
+            Params::new(postgres).rows(part.len(), 2, "")
         );
         let mut update = sqlx::query(&sql);
         for (key_id, at) in part {
@@ -283,24 +280,26 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
             })
         })
         .collect();
-    for part in ledger.chunks(rows_per_statement(postgres, 4)) {
+    for part in ledger.chunks(rows_per_statement(postgres, 7)) {
         let sql = format!(
             "INSERT INTO quota_counts
                (key_id, key_hash, period_start_ms, used, reporter_id, seq, first_seq)
              VALUES {}
              ON CONFLICT (key_id, period_start_ms, reporter_id) DO UPDATE
              SET used = quota_counts.used + excluded.used, seq = excluded.seq",
-            // Every row `($n … $n+3, $1, $2, $2)`: the reporter, and
-            // UNSTAMPED twice (a new row's first write is this one).
-            placeholders(part.len(), 4, 3).replace(')', ", $1, $2, $2)")
+            Params::new(postgres).rows(part.len(), 7, "")
         );
-        let mut insert = sqlx::query(&sql).bind(&batch.reporter_id).bind(UNSTAMPED);
+        let mut insert = sqlx::query(&sql);
         for entry in part {
+            // The reporter, and UNSTAMPED twice: a new row's first write is this one.
             insert = insert
                 .bind(&entry.key_id)
                 .bind(&entry.key_hash)
                 .bind(entry.period_start_ms)
-                .bind(entry.cost);
+                .bind(entry.cost)
+                .bind(&batch.reporter_id)
+                .bind(UNSTAMPED)
+                .bind(UNSTAMPED);
         }
         insert.execute(&mut *tx).await?;
     }
@@ -335,23 +334,26 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
                 .await?;
         let mut seqs = last - rows + 1..;
         for part in ledger.chunks(rows_per_statement(postgres, 3)) {
+            let mut params = Params::new(postgres);
+            let (first_unstamped, values) = (params.next(), params.rows(part.len(), 3, ""));
+            let (reporter, unstamped) = (params.next(), params.next());
             let sql = format!(
                 "UPDATE quota_counts
                  SET seq = v.column3,
-                     first_seq = CASE WHEN first_seq = $2 THEN v.column3 ELSE first_seq END
-                 FROM (VALUES {}) AS v
-                 WHERE quota_counts.reporter_id = $1 AND quota_counts.seq = $2
+                     first_seq = CASE WHEN first_seq = {first_unstamped} THEN v.column3 ELSE first_seq END
+                 FROM (VALUES {values}) AS v
+                 WHERE quota_counts.reporter_id = {reporter} AND quota_counts.seq = {unstamped}
                    AND quota_counts.key_id = v.column1
-                   AND quota_counts.period_start_ms = v.column2",
-                placeholders(part.len(), 3, 3)
+                   AND quota_counts.period_start_ms = v.column2"
             );
-            let mut stamp = sqlx::query(&sql).bind(&batch.reporter_id).bind(UNSTAMPED);
+            let mut stamp = sqlx::query(&sql).bind(UNSTAMPED);
             for (entry, seq) in part.iter().zip(seqs.by_ref()) {
                 stamp = stamp
                     .bind(&entry.key_id)
                     .bind(entry.period_start_ms)
                     .bind(seq);
             }
+            stamp = stamp.bind(&batch.reporter_id).bind(UNSTAMPED);
             stamp.execute(&mut *tx).await?;
         }
     }
@@ -413,7 +415,11 @@ pub async fn receipt(
     // `$5`, the earliest start of any current period, stands for "this
     // period" where the key's own is not at hand: a row of an earlier
     // period it lets in costs a standing more, never a wrong one (each
-    // figure below is summed over the key's own current period).
+    // figure below is summed over the key's own current period). A first
+    // use no other reporter shares would be a standing of none, which is
+    // left out below anyway: it is left out here, where it costs an index
+    // probe instead of its joins (most of a receipt's cost when an Envoy
+    // first uses thousands of keys a second that no other Envoy uses).
     let rows = sqlx::query_as::<_, StandingRow>(
         "SELECT p.key_id, p.key_hash, p.last_seq, c.period_start_ms, c.used, t.billing_anchor_day
          FROM (SELECT key_id, MAX(key_hash) AS key_hash, MAX(seq) AS last_seq
@@ -429,8 +435,11 @@ pub async fn receipt(
                                    LEFT JOIN plans qp ON qp.id = qt.plan_id
                                    WHERE qk.id = o.key_id))
                      UNION ALL
-                     SELECT key_id, key_hash, first_seq FROM quota_counts
-                     WHERE reporter_id = $3 AND first_seq > $1 AND first_seq <= $2) changed
+                     SELECT f.key_id, f.key_hash, f.first_seq FROM quota_counts f
+                     WHERE f.reporter_id = $3 AND f.first_seq > $1 AND f.first_seq <= $2
+                       AND EXISTS (SELECT 1 FROM quota_counts x
+                                   WHERE x.key_id = f.key_id AND x.reporter_id <> $3
+                                     AND x.period_start_ms >= $5)) changed
                GROUP BY key_id ORDER BY MAX(seq) LIMIT $4) p
          LEFT JOIN quota_counts c
                 ON c.key_id = p.key_id AND c.reporter_id <> $3 AND c.period_start_ms >= $5

@@ -17,7 +17,7 @@ use crate::db::{self, Db, Tx};
 use crate::error::ApiResult;
 use crate::paging::Cursor;
 use crate::sealing::Sealer;
-use crate::store::{cursor_binds, cursor_clause, placeholders, rows_per_statement, Order};
+use crate::store::{cursor_binds, cursor_clause, rows_per_statement, Order, Params};
 
 pub const EVENT_TYPE: &str = "quota.threshold";
 /// Percentages of the quota that raise an event.
@@ -115,7 +115,7 @@ pub async fn enqueue_quota_alerts(
              FROM quota_counts c JOIN (VALUES {}) AS v
                ON c.key_id = v.column1 AND c.period_start_ms = v.column2
              GROUP BY c.key_id, c.period_start_ms",
-            placeholders(part.len(), 2, 1)
+            Params::new(postgres).rows(part.len(), 2, "")
         );
         let mut select = sqlx::query_as::<_, (String, i64, i64)>(&sql);
         for key in part {
@@ -166,8 +166,7 @@ pub async fn enqueue_quota_alerts(
                  period_start_ms, payload, next_attempt_at_ms, created_at, status, attempts)
              VALUES {}
              ON CONFLICT (key_id, period_start_ms, event_type, threshold) DO NOTHING",
-            // Every row `($n … $n+8, 'pending', 0)`.
-            placeholders(part.len(), 9, 1).replace(')', ", 'pending', 0)")
+            Params::new(postgres).rows(part.len(), 9, ", 'pending', 0")
         );
         let mut insert = sqlx::query(&sql);
         for (id, key, threshold, payload) in part {
