@@ -1046,96 +1046,6 @@ async fn quota_periods_follow_the_billing_anchor(backend: Backend) {
     assert_eq!(usage.body["period_start"], rfc3339(month.start_ms));
 }
 
-/// More keys than any one statement of a batch writes (SQLite takes up
-/// to 4,096 parameters a statement, PostgreSQL 500 rows): every key is
-/// counted once, in every table, and stamped for the standings.
-async fn a_batch_of_many_keys_spans_several_statements(backend: Backend) {
-    const KEYS: usize = 4_200;
-    let (app, state) = test_app(backend).await;
-    let plan_id = plan(&app, json!({})).await;
-    let tenant_id = tenant(&app, &plan_id, None).await;
-    let issued = create(
-        &app,
-        &format!("/v1/tenants/{tenant_id}/keys/batch"),
-        json!({"count": KEYS}),
-    )
-    .await;
-    let keys: Vec<(String, String)> = issued["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            let plaintext = k["key"].as_str().unwrap();
-            (
-                k["id"].as_str().unwrap().to_owned(),
-                KeyHash::of(plaintext.as_bytes()).to_hex(),
-            )
-        })
-        .collect();
-    assert_eq!(keys.len(), KEYS);
-    let now = now_ms();
-    let period = quota_period(now, None).start_ms;
-    // Key i is used i % 7 + 1 times, each costing 2.
-    let used = |i: usize| u64::try_from(i % 7 + 1).unwrap();
-    let usages: Vec<Value> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _))| {
-            json!({"key_id": id, "allowed": used(i), "cost": 2 * used(i), "last_used_ms": now})
-        })
-        .collect();
-    report(
-        &app,
-        json!({"batch_id": "a-1", "reporter_id": "envoy-a", "keys": usages}),
-    )
-    .await;
-
-    let ledger: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT key_id, used FROM quota_counts WHERE reporter_id = 'envoy-a' AND seq > 0",
-    )
-    .fetch_all(&state.db)
-    .await
-    .unwrap();
-    let ledger: std::collections::BTreeMap<String, i64> = ledger.into_iter().collect();
-    let hourly: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT key_id, count, cost FROM usage_hourly WHERE outcome = 'allowed'")
-            .fetch_all(&state.db)
-            .await
-            .unwrap();
-    let hourly: std::collections::BTreeMap<String, (i64, i64)> = hourly
-        .into_iter()
-        .map(|(id, count, cost)| (id, (count, cost)))
-        .collect();
-    let last_used: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE last_used_at IS NOT NULL")
-            .fetch_one(&state.db)
-            .await
-            .unwrap();
-    assert_eq!((ledger.len(), hourly.len()), (KEYS, KEYS));
-    assert_eq!(last_used, i64::try_from(KEYS).unwrap());
-    for (i, (id, _)) in keys.iter().enumerate() {
-        let n = i64::try_from(used(i)).unwrap();
-        assert_eq!(ledger.get(id), Some(&(2 * n)), "{id}");
-        assert_eq!(hourly.get(id), Some(&(n, 2 * n)), "{id}");
-    }
-
-    // Another Envoy's first use of every key hears all of them, each as
-    // what the first one used.
-    let app = tollgate_control_plane::app(state.with_standings_page(KEYS));
-    let receipt = report(
-        &app,
-        json!({"batch_id": "b-1", "reporter_id": "envoy-b", "keys": usages}),
-    )
-    .await;
-    assert!(!receipt.more);
-    let heard: std::collections::BTreeMap<String, u64> =
-        standings(&receipt, period).into_iter().collect();
-    assert_eq!(heard.len(), KEYS);
-    for (i, (_, hash)) in keys.iter().enumerate() {
-        assert_eq!(heard.get(hash), Some(&(2 * used(i))), "{hash}");
-    }
-}
-
 /// A first use that no other Envoy shares has nothing to tell: it takes
 /// no place in a page of standings, so the ones that do come at once.
 async fn first_uses_nobody_shares_take_no_place_in_a_page(backend: Backend) {
@@ -1182,6 +1092,5 @@ on_both_databases!(
     empty_batches_write_nothing,
     quota_periods_follow_the_billing_anchor,
     a_used_up_quota_is_told_to_every_envoy,
-    a_batch_of_many_keys_spans_several_statements,
     first_uses_nobody_shares_take_no_place_in_a_page,
 );

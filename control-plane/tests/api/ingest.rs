@@ -10,8 +10,10 @@ use axum::Router;
 use serde_json::{json, Value};
 use tollgate_control_plane::db;
 
-/// Keys of the tenant with a webhook: more than two statements' worth.
-const WATCHED_KEYS: u64 = 1_100;
+/// Keys of the tenant with a webhook: more than one statement's worth of
+/// every kind the batch writes or reads (on SQLite a statement takes up to
+/// 4,096 parameters, the keys' lookup one a key; on PostgreSQL 500 rows).
+const WATCHED_KEYS: u64 = 4_200;
 /// Keys of the tenant without one, whose periods start on the 15th.
 const QUIET_KEYS: u64 = 60;
 const QUOTA: i64 = 100;
