@@ -20,6 +20,8 @@ pub mod tokens;
 pub mod usage;
 pub mod webhooks;
 
+use std::fmt::Write as _;
+
 /// The direction a list walks (created_at, id).
 #[derive(Clone, Copy)]
 pub(crate) enum Order {
@@ -105,29 +107,54 @@ impl Params {
 
     /// The next parameter.
     pub(crate) fn next(&mut self) -> String {
-        if self.postgres {
-            self.named += 1;
-            format!("${}", self.named)
-        } else {
-            "?".to_owned()
-        }
+        let mut out = String::new();
+        self.push_next(&mut out);
+        out
     }
 
     /// `a, b, …`: `count` parameters, for `IN (…)`.
     pub(crate) fn list(&mut self, count: usize) -> String {
-        (0..count)
-            .map(|_| self.next())
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut out = String::with_capacity(count * 8);
+        self.push_list(&mut out, count);
+        out
     }
 
     /// `(…), (…)`: `rows` groups of `per_row` parameters, each group's
     /// parameters followed by `tail` (constants every row has, or empty).
+    /// Written into one string: a batch's statements name tens of
+    /// thousands of parameters, and a string for each was 3.6 % of the
+    /// control plane's CPU in a profile of usage ingest (`perf`, 2026-12-07).
     pub(crate) fn rows(&mut self, rows: usize, per_row: usize, tail: &str) -> String {
-        (0..rows)
-            .map(|_| format!("({}{tail})", self.list(per_row)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut out = String::with_capacity(rows * (per_row * 8 + tail.len() + 4));
+        for row in 0..rows {
+            if row > 0 {
+                out.push_str(", ");
+            }
+            out.push('(');
+            self.push_list(&mut out, per_row);
+            out.push_str(tail);
+            out.push(')');
+        }
+        out
+    }
+
+    fn push_list(&mut self, out: &mut String, count: usize) {
+        for i in 0..count {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.push_next(out);
+        }
+    }
+
+    fn push_next(&mut self, out: &mut String) {
+        if self.postgres {
+            self.named += 1;
+            // Writing into a `String` cannot fail.
+            let _ = write!(out, "${}", self.named);
+        } else {
+            out.push('?');
+        }
     }
 }
 
