@@ -4,9 +4,9 @@
 //! embedded default, PostgreSQL (`postgres://…`) serves several replicas.
 //! The SQL is written once for both: `$n` placeholders (SQLite reads them as
 //! numbered parameters; statements of many parameters write theirs with
-//! `store::Params`, anonymous for SQLite), text timestamps, and booleans read back through
-//! `CAST(… AS INTEGER)` because the `Any` driver cannot decode SQLite's
-//! `BOOLEAN` columns.
+//! `store::Params`, anonymous for SQLite), text timestamps, and booleans
+//! read back through `CAST(… AS INTEGER)` because the `Any` driver cannot
+//! decode SQLite's `BOOLEAN` columns.
 //!
 //! The SQL itself lives in `store`, one module per resource.
 

@@ -46,7 +46,7 @@ use crate::store::{db_int, Params};
 pub const CHUNK: i64 = 1_000;
 
 /// Rows one `INSERT` writes: six parameters each, well within SQLite's and
-/// PostgreSQL's limits (and a pass writes them a chunk at a time anyway).
+/// PostgreSQL's limits.
 const ROWS_PER_INSERT: usize = 100;
 
 /// Attempts at a chunk whose transaction PostgreSQL rolled back (a deadlock
