@@ -1049,8 +1049,7 @@ async fn quota_periods_follow_the_billing_anchor(backend: Backend) {
 /// A first use that no other Envoy shares has nothing to tell: it takes
 /// no place in a page of standings, so the ones that do come at once.
 async fn first_uses_nobody_shares_take_no_place_in_a_page(backend: Backend) {
-    let state = test_state(backend).await.with_standings_page(2);
-    let app = app(state.clone());
+    let app = app(test_state(backend).await.with_standings_page(2));
     let plan_id = plan(&app, json!({})).await;
     let tenant_id = tenant(&app, &plan_id, None).await;
     let mut keys = Vec::new();
@@ -1066,7 +1065,8 @@ async fn first_uses_nobody_shares_take_no_place_in_a_page(backend: Backend) {
         json!({"batch_id": "b-1", "reporter_id": "envoy-b", "keys": [usage(&keys[5])]}),
     )
     .await;
-    // A first uses all six, the shared one last: one page says it all.
+    // A first uses all six: one page of two says it all, wherever the
+    // shared one falls among them.
     let usages: Vec<Value> = keys.iter().map(usage).collect();
     let receipt = report(
         &app,
