@@ -71,9 +71,12 @@ pub struct KeyRow {
     pub updated_at: String,
 }
 
+/// A key's columns, selected `FROM api_keys` (unaliased); its last use is kept apart (see `store::usage`).
 const KEY_COLUMNS: &str =
     "id, tenant_id, name, prefix, CAST(active AS INTEGER) AS active, expires_at, expires_at_ms, \
-     scopes, allowed_cidrs, limits, monthly_quota, rotated_from, last_used_at, created_at, updated_at";
+     scopes, allowed_cidrs, limits, monthly_quota, rotated_from, \
+     (SELECT u.last_used_at FROM key_last_used u WHERE u.key_id = api_keys.id) AS last_used_at, \
+     created_at, updated_at";
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &Option<String>) -> ApiResult<Option<T>> {
     text.as_deref()

@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use crate::common::{
-    admin, assert_problem, create, key, plan, send, tenant, tenant_token, test_app, test_app_at,
-    Backend, Reply, ADMIN, SYNC,
+    admin, assert_problem, create, empty_database, key, plan, send, state_over, tenant,
+    tenant_token, test_app, test_app_at, Backend, Reply, ADMIN, NOW, SYNC,
 };
 use axum::http::{Method, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
-use tollgate_control_plane::clock::Clock;
+use std::sync::Arc;
+use tollgate_control_plane::clock::{Clock, SetClock};
+use tollgate_control_plane::{app, db};
 
 async fn report(app: &Router, batch: Value) -> Reply {
     let body = batch.to_string();
@@ -757,7 +759,72 @@ async fn forwarded_reports_are_answered_only_where_shares_are_allocated(backend:
     assert_eq!(r.body["sliced"], json!([]), "{:?}", r.body);
 }
 
+/// A store from before a key's last use had a table of its own
+/// (`0013_key_last_used.sql`) keeps every key's last use through the upgrade.
+async fn an_upgrade_keeps_every_key_s_last_use(backend: Backend) {
+    let db = empty_database(backend).await;
+    // The migrations before it, as an older control plane ran them.
+    let before = std::env::temp_dir().join(format!("tollgate-migrations-{}", db::new_id("m")));
+    std::fs::create_dir(&before).unwrap();
+    let mut copied = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0013" {
+            std::fs::copy(&path, before.join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, 12);
+    let older = sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap();
+    older.run(&db).await.unwrap();
+    std::fs::remove_dir_all(&before).unwrap();
+    for sql in [
+        "INSERT INTO plans (id, name, limits, metadata, public, created_at, updated_at, version)
+         VALUES ('plan_old', 'Old', '[]', '{}', FALSE, '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 1)",
+        "INSERT INTO tenants (id, name, plan_id, created_at, updated_at)
+         VALUES ('tenant_old', 'Old', 'plan_old', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z')",
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, active, created_at, updated_at,
+                               version, last_used_at)
+         VALUES ('key_used', 'tenant_old', 'used', 'tg_a', 'hash-a', TRUE,
+                 '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 1, '2026-11-17T08:15:00Z'),
+                ('key_unused', 'tenant_old', 'unused', 'tg_b', 'hash-b', TRUE,
+                 '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 1, NULL)",
+    ] {
+        sqlx::query(sql).execute(&db).await.unwrap();
+    }
+
+    db::migrate(&db).await.unwrap();
+    let app = app(state_over(db, Arc::new(SetClock::at_rfc3339(NOW))));
+    let used = admin(&app, Method::GET, "/v1/keys/key_used", None).await;
+    assert_eq!(
+        used.body["last_used_at"], "2026-11-17T08:15:00Z",
+        "{:?}",
+        used.body
+    );
+    let unused = admin(&app, Method::GET, "/v1/keys/key_unused", None).await;
+    assert!(unused.body["last_used_at"].is_null(), "{:?}", unused.body);
+    // And it goes on moving from there.
+    let r = report(
+        &app,
+        json!({"batch_id": "after-upgrade", "keys": [
+            {"key_id": "key_used", "allowed": 1, "cost": 1, "last_used_ms": 1_795_000_000_000_u64}
+        ]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let used = admin(&app, Method::GET, "/v1/keys/key_used", None).await;
+    assert_eq!(
+        used.body["last_used_at"], "2026-11-18T11:06:00Z",
+        "{:?}",
+        used.body
+    );
+}
+
 on_both_databases!(
+    an_upgrade_keeps_every_key_s_last_use,
     a_quota_near_its_end_is_sliced_out_of_what_no_envoy_holds,
     forwarded_reports_are_answered_only_where_shares_are_allocated,
     rows_nothing_needs_any_more_are_pruned_and_totals_stay,

@@ -87,11 +87,21 @@ pub async fn test_state(backend: Backend) -> AppState {
 
 /// The same, reading time from `clock`, which the test moves.
 pub async fn test_state_at(backend: Backend, clock: Arc<SetClock>) -> AppState {
-    let pool = match backend {
+    let pool = empty_database(backend).await;
+    db::migrate(&pool).await.unwrap();
+    state_over(pool, clock)
+}
+
+/// A database with nothing in it, not even the schema (SQLite: private and in memory).
+pub async fn empty_database(backend: Backend) -> db::Db {
+    match backend {
         Backend::Sqlite => db::connect_memory().await.unwrap(),
         Backend::Postgres => fresh_postgres().await,
-    };
-    db::migrate(&pool).await.unwrap();
+    }
+}
+
+/// The state every test's control plane has, over a migrated `pool`.
+pub fn state_over(pool: db::Db, clock: Arc<SetClock>) -> AppState {
     AppState::new(pool, ADMIN, SYNC, 0)
         .with_clock(clock)
         .with_leak_report_token(Some(LEAK_REPORTER))
