@@ -22,6 +22,7 @@ pub const GROWING: &[&str] = &[
     "quota_reporters",
     "audit_log",
     "api_keys",
+    "key_last_used",
 ];
 
 /// The database at one moment of the run.
