@@ -141,32 +141,28 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.dropped = self.dropped.saturating_add(other.dropped);
         add_counts(&mut self.unattributed, other.unattributed);
-        for usage in other.keys {
+        for usage in &other.keys {
             self.add_usage(usage);
         }
     }
 
     /// Adds one key's counts; past [`MAX_KEYS`] they are dropped, and
-    /// counted as dropped.
-    fn add_usage(&mut self, usage: KeyUsage) {
-        let full = self.keys.len() >= MAX_KEYS;
-        let found = self.keys.entry(
-            hash_of(&usage.key_id),
-            |u| u.key_id == usage.key_id,
-            |u| hash_of(&u.key_id),
-        );
-        match found {
-            Entry::Occupied(mine) => mine.into_mut().add(usage),
-            Entry::Vacant(_) if full => {
-                let weight = usage
-                    .allowed
-                    .saturating_add(usage.denied.values().sum::<u64>());
-                self.dropped = self.dropped.saturating_add(weight);
-            }
-            // New here: the entry moves over as it is.
-            Entry::Vacant(slot) => {
-                slot.insert(usage);
-            }
+    /// counted as dropped. Through [`Tally::entry`] and [`add_count`], as
+    /// every request's count, so `filter.wasm` holds one copy of the
+    /// table's code: it runs only when counts are compacted.
+    fn add_usage(&mut self, usage: &KeyUsage) {
+        let Some(mine) = self.entry(&usage.key_id) else {
+            let weight = usage
+                .allowed
+                .saturating_add(usage.denied.values().sum::<u64>());
+            self.dropped = self.dropped.saturating_add(weight);
+            return;
+        };
+        mine.allowed = mine.allowed.saturating_add(usage.allowed);
+        mine.cost = mine.cost.saturating_add(usage.cost);
+        mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
+        for (code, n) in &usage.denied {
+            add_count(&mut mine.denied, code, *n);
         }
     }
 
@@ -330,16 +326,19 @@ impl HandOvers {
         listed.push(b'[');
         listed.extend_from_slice(&self.json);
         listed.push(b']');
-        let Ok(keys) = crate::json::from_slice::<Vec<KeyUsage>>(&listed) else {
-            return self.clone();
-        };
         let mut tally = Tally {
             unattributed: self.unattributed.clone(),
             dropped: self.dropped,
             ..Tally::default()
         };
-        for usage in keys {
-            tally.add_usage(usage);
+        // Each entry summed as it is read: no list of them all.
+        let mut reader = crate::json::Reader::new(&listed);
+        let read = reader.array(&mut |entry| {
+            tally.add_usage(&entry.read::<KeyUsage>()?);
+            Ok(())
+        });
+        if read.and_then(|()| reader.end()).is_err() {
+            return self.clone();
         }
         HandOvers::from_bytes(&tally.to_bytes()).unwrap_or_else(|| self.clone())
     }
@@ -940,13 +939,46 @@ mod tests {
         let mut fresh = ReportState::new("env".into());
         fresh.seal(&piled, 0);
         assert_eq!(sent(&fresh).keys.len(), 10);
-        // Entries that do not read are kept as they are.
-        let odd = HandOvers {
-            json: b"{\"key_id\":".to_vec(),
-            entries: 1,
-            ..HandOvers::default()
-        };
-        assert_eq!(odd.compacted(), odd);
+        // Entries that do not read are kept as they are, with those before
+        // them that did (each is summed as it is read).
+        for (json, entries) in [
+            (&b"{\"key_id\":"[..], 1),
+            (b"{\"key_id\":\"k0\",\"allowed\":1},{\"key_id\":\"k0\"", 2),
+            (b"{\"key_id\":\"k0\",\"allowed\":1}]", 1),
+        ] {
+            let odd = HandOvers {
+                json: json.to_vec(),
+                entries,
+                ..HandOvers::default()
+            };
+            assert_eq!(odd.compacted(), odd);
+        }
+    }
+
+    #[test]
+    fn compacting_more_than_max_keys_keys_drops_the_rest_and_counts_them() {
+        let mut full = Tally::default();
+        for i in 0..MAX_KEYS {
+            full.allowed(&format!("k{i}"), 1, 5);
+        }
+        let mut more = Tally::default();
+        for i in 0..3 {
+            let key = format!("new{i}");
+            more.allowed(&key, 4, 5);
+            more.denied(Some(&key), "rate_limited");
+        }
+        let mut piled = drained(&full);
+        piled.append(&drained(&full));
+        piled.append(&drained(&more));
+        let compact = piled.compacted();
+        assert_eq!(compact.entries(), MAX_KEYS);
+        // Each dropped key's requests, allowed and refused.
+        assert_eq!(compact.dropped(), 3 * 2);
+        let mut s = ReportState::new("env".into());
+        s.seal(&compact, 0);
+        let batch = summed(&sent(&s));
+        assert_eq!(batch.len(), MAX_KEYS);
+        assert!(batch.values().all(|k| (k.allowed, k.cost) == (2, 2)));
     }
 
     #[test]

@@ -337,6 +337,7 @@ fn test(args: &[String]) -> Result {
     let xtask = std::env::current_exe().map_err(|e| format!("the xtask binary's path: {e}"))?;
     step("build the filters and the workspace");
     build_filter()?;
+    wasm::check_size(&filter_wasm())?;
     build_test_filters()?;
     build_workspace()?;
     step("unit, API and end-to-end tests (end-to-end in real Envoy)");
