@@ -277,19 +277,40 @@ impl TryFrom<&WireKey> for KeyRecord {
     }
 }
 
+/// A key's ids as its record holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIds {
+    pub id: Arc<str>,
+    pub tenant_id: Arc<str>,
+    pub plan_id: String,
+}
+
 impl KeyRecord {
     /// Validates `wire` as the record of `hash`, whatever `wire.hash` says:
     /// a record read from shared data is named by its hash, not holding it.
     pub fn with_hash(wire: &WireKey, hash: KeyHash) -> Result<Self, InvalidConfig> {
+        let ids = KeyIds {
+            id: wire.id.as_str().into(),
+            tenant_id: wire.tenant_id.as_str().into(),
+            plan_id: wire.plan_id.clone(),
+        };
+        Self::with_ids(ids, wire, hash)
+    }
+
+    /// [`KeyRecord::with_hash`] with the ids given apart: `wire`'s own are
+    /// not read. A record read from shared data holds its ids apart from
+    /// its rules, and each is made once, into what the record keeps (a
+    /// worker that sees many keys reads a record on most requests).
+    pub fn with_ids(ids: KeyIds, wire: &WireKey, hash: KeyHash) -> Result<Self, InvalidConfig> {
         for (field, value) in [
-            ("id", &wire.id),
-            ("tenant_id", &wire.tenant_id),
-            ("plan_id", &wire.plan_id),
+            ("id", &*ids.id),
+            ("tenant_id", &*ids.tenant_id),
+            ("plan_id", ids.plan_id.as_str()),
         ] {
             if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(invalid(format!(
                     "key {}: {field} must be non-empty visible ASCII (it becomes a header)",
-                    wire.id
+                    ids.id
                 )));
             }
         }
@@ -361,11 +382,16 @@ impl KeyRecord {
                 return Err(invalid("billing_anchor_day must be between 1 and 31"));
             }
         }
+        let KeyIds {
+            id,
+            tenant_id,
+            plan_id,
+        } = ids;
         Ok(Self {
             hash,
-            id: wire.id.as_str().into(),
-            tenant_id: wire.tenant_id.as_str().into(),
-            plan_id: wire.plan_id.clone(),
+            id,
+            tenant_id,
+            plan_id,
             active: wire.active,
             expires_at_ms: wire.expires_at_ms,
             scopes,

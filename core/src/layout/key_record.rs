@@ -5,7 +5,9 @@
 //! packed into 15 bytes; anything else is kept as text, so the codec never
 //! refuses an id the control plane accepted.
 
-use crate::config::{InvalidConfig, KeyRecord};
+use std::sync::Arc;
+
+use crate::config::{InvalidConfig, KeyIds, KeyRecord};
 use crate::json::{self, Field, Fields, FromJson, Object, Reader, ToJson};
 use crate::key::KeyHash;
 use crate::store::SharedStore;
@@ -134,19 +136,11 @@ pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<KeyRecord> {
     if format != KEY_FORMAT {
         return None;
     }
-    let mut text = |(bit, kind): (u8, &str)| -> Option<String> {
-        if flags & bit != 0 {
-            let (packed, tail) = rest.split_first_chunk::<PACKED_ID_LEN>()?;
-            rest = tail;
-            return unpack_id(packed, kind);
-        }
-        let (&len, tail) = rest.split_first()?;
-        let (value, tail) = tail.split_at_checked(usize::from(len))?;
-        rest = tail;
-        String::from_utf8(value.to_vec()).ok()
-    };
+    let mut unpacked = [0u8; UNPACKED_ID_LEN];
     let [id, tenant, plan] = KEY_ID_FIELDS;
-    let (id, tenant_id, plan_id) = (text(id)?, text(tenant)?, text(plan)?);
+    let id: Arc<str> = next_id(&mut rest, flags, id, &mut unpacked)?.into();
+    let tenant_id: Arc<str> = next_id(&mut rest, flags, tenant, &mut unpacked)?.into();
+    let plan_id = next_id(&mut rest, flags, plan, &mut unpacked)?.to_owned();
     let mut number = |bit: u8| -> Option<Option<u64>> {
         if flags & bit == 0 {
             return Some(None);
@@ -172,11 +166,8 @@ pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<KeyRecord> {
     } else {
         json::from_slice(rest).ok()?
     };
+    // The ids go into the record as they are; these stay empty.
     let wire = WireKey {
-        hash: String::new(),
-        id,
-        tenant_id,
-        plan_id,
         active: flags & KEY_ACTIVE != 0,
         expires_at_ms,
         scopes: extras.scopes,
@@ -184,8 +175,34 @@ pub fn decode_key_record(bytes: &[u8], hash: &KeyHash) -> Option<KeyRecord> {
         limits: extras.limits,
         monthly_quota,
         billing_anchor_day,
+        ..WireKey::default()
     };
-    KeyRecord::with_hash(&wire, *hash).ok()
+    let ids = KeyIds {
+        id,
+        tenant_id,
+        plan_id,
+    };
+    KeyRecord::with_ids(ids, &wire, *hash).ok()
+}
+
+/// The next of a record's ids, of `kind`: packed, if `bit` is set in
+/// `flags` (unpacked into `unpacked`), else its text. Borrowed, so that
+/// each is copied once, into the record.
+fn next_id<'r: 'o, 'o>(
+    rest: &mut &'r [u8],
+    flags: u8,
+    (bit, kind): (u8, &str),
+    unpacked: &'o mut [u8; UNPACKED_ID_LEN],
+) -> Option<&'o str> {
+    if flags & bit != 0 {
+        let (packed, tail) = rest.split_first_chunk::<PACKED_ID_LEN>()?;
+        *rest = tail;
+        return unpack_id(packed, kind, unpacked);
+    }
+    let (&len, tail) = rest.split_first()?;
+    let (value, tail) = tail.split_at_checked(usize::from(len))?;
+    *rest = tail;
+    core::str::from_utf8(value).ok()
 }
 
 /// The record of `hash` as the last sync wrote it; `None` if there is none
@@ -199,6 +216,8 @@ pub fn read_key(store: &impl SharedStore, hash: &KeyHash) -> Option<KeyRecord> {
 /// (`key_4fZ...`): two halves of ten base-62 digits, each below 2^60.
 const ID_DIGITS: usize = 20;
 const PACKED_ID_LEN: usize = 15;
+/// The longest kind (`plan_`) and its digits.
+const UNPACKED_ID_LEN: usize = 5 + ID_DIGITS;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// 62^10: one half's digits as a number are below this.
 const HALF_LIMIT: u64 = 839_299_365_868_340_224;
@@ -227,7 +246,11 @@ fn pack_id(id: &str, kind: &str) -> Option<[u8; PACKED_ID_LEN]> {
 }
 
 /// What [`pack_id`] packed; `None` for bytes it cannot have written.
-fn unpack_id(packed: &[u8; PACKED_ID_LEN], kind: &str) -> Option<String> {
+fn unpack_id<'o>(
+    packed: &[u8; PACKED_ID_LEN],
+    kind: &str,
+    out: &'o mut [u8; UNPACKED_ID_LEN],
+) -> Option<&'o str> {
     let mut wide = [0u8; 16];
     for (to, from) in wide.iter_mut().zip(packed) {
         *to = *from;
@@ -246,10 +269,11 @@ fn unpack_id(packed: &[u8; PACKED_ID_LEN], kind: &str) -> Option<String> {
             n /= 62;
         }
     }
-    let mut id = String::with_capacity(kind.len() + ID_DIGITS);
-    id.push_str(kind);
-    id.push_str(core::str::from_utf8(&digits).ok()?);
-    Some(id)
+    let id = out.get_mut(..kind.len() + ID_DIGITS)?;
+    let (head, tail) = id.split_at_mut(kind.len());
+    head.copy_from_slice(kind.as_bytes());
+    tail.copy_from_slice(&digits);
+    core::str::from_utf8(id).ok()
 }
 
 #[cfg(test)]
@@ -413,7 +437,8 @@ mod tests {
             "key_Az09aZ90zA8y7X6w5V4u",
         ] {
             let packed = pack_id(id, "key_").unwrap();
-            assert_eq!(unpack_id(&packed, "key_").as_deref(), Some(id));
+            let mut out = [0; UNPACKED_ID_LEN];
+            assert_eq!(unpack_id(&packed, "key_", &mut out), Some(id));
         }
         for id in [
             "key_0000000000000000000",
@@ -430,8 +455,9 @@ mod tests {
         for over in [n + 1, n + (1 << HALF_BITS)] {
             let bytes: [u8; PACKED_ID_LEN] =
                 over.to_le_bytes()[..PACKED_ID_LEN].try_into().unwrap();
-            assert_eq!(unpack_id(&bytes, "key_"), None);
+            assert_eq!(unpack_id(&bytes, "key_", &mut [0; UNPACKED_ID_LEN]), None);
         }
-        assert_eq!(unpack_id(&[0xff; PACKED_ID_LEN], "key_"), None);
+        let mut out = [0; UNPACKED_ID_LEN];
+        assert_eq!(unpack_id(&[0xff; PACKED_ID_LEN], "key_", &mut out), None);
     }
 }
