@@ -19,13 +19,14 @@
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 use crate::json::write::Text;
-use crate::json::{Object, ToJson};
+use crate::json::{write_key_usage, Object};
 use crate::wire::KeyUsage;
 
 /// The keyless outcome counted for admitted anonymous requests.
@@ -41,15 +42,39 @@ pub const KEPT_ROOM: usize = 4_096;
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     /// By key id, which each entry holds (a table, not a map, so a key new
-    /// here is copied once): hashed, as every admitted request looks its key
-    /// up here. A fixed seed will do: the ids are the control plane's, never
+    /// here is not copied: its entry shares the key record's id): hashed,
+    /// as every admitted request looks its key up here. A fixed seed will do: the ids are the control plane's, never
     /// a client's, and foldhash is what the VM's memo already carries
     /// (`crate::cache`), so `filter.wasm` gains no second hasher. A batch
     /// lists its keys in this table's order; the control plane orders them
     /// itself before it writes.
-    keys: HashTable<KeyUsage>,
+    keys: HashTable<Counted>,
     unattributed: BTreeMap<String, u64>,
     dropped: u64,
+}
+
+/// One key's counts in a [`Tally`]: a [`KeyUsage`] whose id is shared, not
+/// owned. With many distinct keys most requests start an entry, and the
+/// id they bring is their key record's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Counted {
+    key_id: Arc<str>,
+    allowed: u64,
+    cost: u64,
+    denied: BTreeMap<String, u64>,
+    last_used_ms: Option<u64>,
+}
+
+impl From<KeyUsage> for Counted {
+    fn from(usage: KeyUsage) -> Self {
+        Self {
+            key_id: usage.key_id.into(),
+            allowed: usage.allowed,
+            cost: usage.cost,
+            denied: usage.denied,
+            last_used_ms: usage.last_used_ms,
+        }
+    }
 }
 
 /// The same counts, in whatever order each table holds them.
@@ -79,23 +104,24 @@ impl Tally {
         self.keys.is_empty() && self.unattributed.is_empty() && self.dropped == 0
     }
 
-    /// The entry of `key_id`, new if it is not counted yet; `None` when the
-    /// tally is full. Hashed once: with many distinct keys, most requests
-    /// are for a key new here.
-    fn entry(&mut self, key_id: &str) -> Option<&mut KeyUsage> {
+    /// The entry of `key_id`, new if it is not counted yet (holding
+    /// `shared`, if given, else a copy); `None` when the tally is full.
+    /// Hashed once: with many distinct keys, most requests are for a key
+    /// new here.
+    fn entry(&mut self, key_id: &str, shared: Option<&Arc<str>>) -> Option<&mut Counted> {
         let full = self.keys.len() >= MAX_KEYS;
         let found = self.keys.entry(
             hash_of(key_id),
-            |u| u.key_id == key_id,
+            |u| *u.key_id == *key_id,
             |u| hash_of(&u.key_id),
         );
         match found {
             Entry::Occupied(found) => Some(found.into_mut()),
             Entry::Vacant(_) if full => None,
             Entry::Vacant(slot) => {
-                let usage = KeyUsage {
-                    key_id: key_id.to_owned(),
-                    ..KeyUsage::default()
+                let usage = Counted {
+                    key_id: shared.cloned().unwrap_or_else(|| key_id.into()),
+                    ..Counted::default()
                 };
                 Some(slot.insert(usage).into_mut())
             }
@@ -104,8 +130,8 @@ impl Tally {
 
     /// An admitted request that cost `cost`. Every admitted request comes
     /// here: one lookup, and no allocation for a key already counted.
-    pub fn allowed(&mut self, key_id: &str, cost: u64, now_ms: u64) {
-        match self.entry(key_id) {
+    pub fn allowed(&mut self, key_id: &Arc<str>, cost: u64, now_ms: u64) {
+        match self.entry(key_id, Some(key_id)) {
             Some(usage) => {
                 usage.allowed = usage.allowed.saturating_add(1);
                 usage.cost = usage.cost.saturating_add(cost);
@@ -121,9 +147,9 @@ impl Tally {
     }
 
     /// A refusal, by its `code`, charged to the key when one was identified.
-    pub fn denied(&mut self, key_id: Option<&str>, code: &str) {
+    pub fn denied(&mut self, key_id: Option<&Arc<str>>, code: &str) {
         let counts = match key_id {
-            Some(key_id) => match self.entry(key_id) {
+            Some(key_id) => match self.entry(key_id, Some(key_id)) {
                 Some(usage) => &mut usage.denied,
                 None => {
                     self.dropped = self.dropped.saturating_add(1);
@@ -141,7 +167,7 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.dropped = self.dropped.saturating_add(other.dropped);
         add_counts(&mut self.unattributed, other.unattributed);
-        for usage in &other.keys {
+        for usage in other.keys {
             self.add_usage(usage);
         }
     }
@@ -150,8 +176,8 @@ impl Tally {
     /// counted as dropped. Through [`Tally::entry`] and [`add_count`], as
     /// every request's count, so `filter.wasm` holds one copy of the
     /// table's code: it runs only when counts are compacted.
-    fn add_usage(&mut self, usage: &KeyUsage) {
-        let Some(mine) = self.entry(&usage.key_id) else {
+    fn add_usage(&mut self, usage: Counted) {
+        let Some(mine) = self.entry(&usage.key_id, Some(&usage.key_id)) else {
             let weight = usage
                 .allowed
                 .saturating_add(usage.denied.values().sum::<u64>());
@@ -161,8 +187,8 @@ impl Tally {
         mine.allowed = mine.allowed.saturating_add(usage.allowed);
         mine.cost = mine.cost.saturating_add(usage.cost);
         mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
-        for (code, n) in &usage.denied {
-            add_count(&mut mine.denied, code, *n);
+        for (code, n) in usage.denied {
+            add_count(&mut mine.denied, &code, n);
         }
     }
 
@@ -173,7 +199,17 @@ impl Tally {
         let taken = std::mem::take(self);
         crate::wire::UsageBatch {
             batch_id,
-            keys: taken.keys.into_iter().collect(),
+            keys: taken
+                .keys
+                .into_iter()
+                .map(|c| KeyUsage {
+                    key_id: c.key_id.to_string(),
+                    allowed: c.allowed,
+                    cost: c.cost,
+                    denied: c.denied,
+                    last_used_ms: c.last_used_ms,
+                })
+                .collect(),
             unattributed: taken.unattributed,
             dropped: taken.dropped,
             ..crate::wire::UsageBatch::default()
@@ -191,7 +227,14 @@ impl Tally {
             if i > 0 {
                 entries.push(',');
             }
-            usage.write_json(&mut entries);
+            write_key_usage(
+                &mut entries,
+                &usage.key_id,
+                usage.allowed,
+                usage.cost,
+                &usage.denied,
+                usage.last_used_ms,
+            );
         }
         hand_over_bytes(
             self.dropped,
@@ -334,7 +377,7 @@ impl HandOvers {
         // Each entry summed as it is read: no list of them all.
         let mut reader = crate::json::Reader::new(&listed);
         let read = reader.array(&mut |entry| {
-            tally.add_usage(&entry.read::<KeyUsage>()?);
+            tally.add_usage(entry.read::<KeyUsage>()?.into());
             Ok(())
         });
         if read.and_then(|()| reader.end()).is_err() {
@@ -701,7 +744,7 @@ impl<'a> Reader<'a> {
             let Some(t) = into.as_deref_mut() else {
                 continue;
             };
-            let Some(usage) = t.entry(key_id) else {
+            let Some(usage) = t.entry(key_id, None) else {
                 t.dropped = t.dropped.saturating_add(weight);
                 continue;
             };
@@ -790,10 +833,10 @@ mod tests {
     fn counts_allowed_and_denied_per_key_and_unattributed() {
         let mut t = Tally::default();
         assert!(t.is_empty());
-        t.allowed("key_a", 1, 1_000);
-        t.allowed("key_a", 3, 900);
+        t.allowed(&"key_a".into(), 1, 1_000);
+        t.allowed(&"key_a".into(), 3, 900);
         t.anonymous();
-        t.denied(Some("key_a"), "rate_limited");
+        t.denied(Some(&"key_a".into()), "rate_limited");
         t.denied(None, "invalid_api_key");
         t.denied(None, "invalid_api_key");
         let from_bytes = sealed(&t);
@@ -814,13 +857,13 @@ mod tests {
     #[test]
     fn hand_overs_are_spliced_and_the_sum_is_what_was_counted() {
         let mut worker = Tally::default();
-        worker.allowed("key_a", 2, 5);
-        worker.denied(Some("key_b"), "forbidden");
+        worker.allowed(&"key_a".into(), 2, 5);
+        worker.denied(Some(&"key_b".into()), "forbidden");
         worker.denied(None, "invalid_api_key");
         worker.dropped = 2;
         let mut other = Tally::default();
-        other.allowed("key_a", 1, 7);
-        other.allowed("key_\"é\"", 1, 7);
+        other.allowed(&"key_a".into(), 1, 7);
+        other.allowed(&"key_\"é\"".into(), 1, 7);
         let mut all = HandOvers::default();
         for bytes in [worker.to_bytes(), other.to_bytes(), worker.to_bytes()] {
             assert!(all.add_bytes(&bytes));
@@ -850,9 +893,9 @@ mod tests {
     #[test]
     fn handed_over_bytes_keep_everything_and_garbage_reads_as_nothing() {
         let mut t = Tally::default();
-        t.allowed("key_a", 3, 1_700_000_000_000);
-        t.denied(Some("key_a"), "rate_limited");
-        t.denied(Some("key_é"), "quota_exceeded");
+        t.allowed(&"key_a".into(), 3, 1_700_000_000_000);
+        t.denied(Some(&"key_a".into()), "rate_limited");
+        t.denied(Some(&"key_é".into()), "quota_exceeded");
         t.denied(None, "invalid_api_key");
         t.anonymous();
         t.dropped = 7;
@@ -880,9 +923,9 @@ mod tests {
     #[test]
     fn a_hand_over_of_the_older_binary_form_counts_the_same() {
         let mut t = Tally::default();
-        t.allowed("key_a", 2, 5);
-        t.denied(Some("key_a"), "rate_limited");
-        t.denied(Some("key_b"), "forbidden");
+        t.allowed(&"key_a".into(), 2, 5);
+        t.denied(Some(&"key_a".into()), "rate_limited");
+        t.denied(Some(&"key_b".into()), "forbidden");
         t.denied(None, "invalid_api_key");
         t.anonymous();
         t.dropped = 3;
@@ -909,8 +952,8 @@ mod tests {
     fn counts_that_pile_up_are_summed_per_key_and_a_batch_never_passes_max_keys() {
         let mut ten = Tally::default();
         for i in 0..10 {
-            ten.allowed(&format!("k{i}"), 1, 5);
-            ten.denied(Some(&format!("k{i}")), "rate_limited");
+            ten.allowed(&format!("k{i}").into(), 1, 5);
+            ten.denied(Some(&format!("k{i}").into()), "rate_limited");
         }
         ten.denied(None, "invalid_api_key");
         let one = drained(&ten);
@@ -959,13 +1002,13 @@ mod tests {
     fn compacting_more_than_max_keys_keys_drops_the_rest_and_counts_them() {
         let mut full = Tally::default();
         for i in 0..MAX_KEYS {
-            full.allowed(&format!("k{i}"), 1, 5);
+            full.allowed(&format!("k{i}").into(), 1, 5);
         }
         let mut more = Tally::default();
         for i in 0..3 {
             let key = format!("new{i}");
-            more.allowed(&key, 4, 5);
-            more.denied(Some(&key), "rate_limited");
+            more.allowed(&key.as_str().into(), 4, 5);
+            more.denied(Some(&key.as_str().into()), "rate_limited");
         }
         let mut piled = drained(&full);
         piled.append(&drained(&full));
@@ -985,7 +1028,7 @@ mod tests {
     fn a_cleared_tally_counts_afresh_and_keeps_bounded_room() {
         let mut t = Tally::default();
         for i in 0..10_000 {
-            t.allowed(&format!("k{i}"), 1, 1);
+            t.allowed(&format!("k{i}").into(), 1, 1);
         }
         t.denied(None, "invalid_api_key");
         t.dropped = 2;
@@ -994,7 +1037,7 @@ mod tests {
         assert_eq!(t, Tally::default());
         assert!(t.keys.capacity() >= KEPT_ROOM.min(10_000) / 2);
         assert!(t.keys.capacity() < 10_000, "{}", t.keys.capacity());
-        t.allowed("k1", 1, 3);
+        t.allowed(&"k1".into(), 1, 3);
         assert_eq!(drained(&t).entries(), 1);
     }
 
@@ -1002,14 +1045,14 @@ mod tests {
     fn past_max_keys_counts_are_dropped_and_the_drop_is_counted() {
         let mut t = Tally::default();
         for i in 0..MAX_KEYS {
-            t.allowed(&format!("k{i}"), 1, 1);
+            t.allowed(&format!("k{i}").into(), 1, 1);
         }
-        t.allowed("k0", 1, 2);
-        t.allowed("one-too-many", 1, 2);
-        t.denied(Some("another"), "rate_limited");
+        t.allowed(&"k0".into(), 1, 2);
+        t.allowed(&"one-too-many".into(), 1, 2);
+        t.denied(Some(&"another".into()), "rate_limited");
         let mut other = Tally::default();
-        other.allowed("third", 1, 1);
-        other.allowed("third", 1, 1);
+        other.allowed(&"third".into(), 1, 1);
+        other.allowed(&"third".into(), 1, 1);
         t.merge(other);
         let batch = t.seal(String::new());
         assert_eq!(batch.keys.len(), MAX_KEYS);
@@ -1028,7 +1071,7 @@ mod tests {
     fn counted(n: u64) -> HandOvers {
         let mut t = Tally::default();
         for _ in 0..n {
-            t.allowed("key_a", 1, 10);
+            t.allowed(&"key_a".into(), 1, 10);
         }
         drained(&t)
     }
@@ -1066,7 +1109,7 @@ mod tests {
         s.standings_since = 42;
         s.seal(&counted(2), 0);
         let mut more = Tally::default();
-        more.allowed("key_a", 1, 10);
+        more.allowed(&"key_a".into(), 1, 10);
         more.denied(None, "invalid_api_key");
         s.keep(&drained(&more));
         let bytes = s.to_bytes();

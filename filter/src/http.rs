@@ -198,7 +198,7 @@ impl TollgateHttp {
                     None => tally.anonymous(),
                 },
                 Decision::Deny(denied) => {
-                    tally.denied(denied.key_id.as_deref(), denied.reason.code())
+                    tally.denied(denied.key_id.as_ref(), denied.reason.code())
                 }
             }
         }

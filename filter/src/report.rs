@@ -390,7 +390,7 @@ mod tests {
     fn counted(host: &FakeHost, key: &str, n: u64) {
         let tally = SharedTally::default();
         for _ in 0..n {
-            tally.borrow_mut().allowed(key, 1, T0);
+            tally.borrow_mut().allowed(&key.into(), 1, T0);
         }
         hand_over(host, QUEUE, &tally);
         assert!(tally.borrow().is_empty());
@@ -454,7 +454,7 @@ mod tests {
         for part in 0..20 {
             let tally = SharedTally::default();
             for i in part * 1_000..(part + 1) * 1_000 {
-                tally.borrow_mut().allowed(&key(i), 1, T0);
+                tally.borrow_mut().allowed(&key(i).into(), 1, T0);
             }
             hand_over_bytes = tally.borrow().to_bytes().len();
             hand_over(&host, QUEUE, &tally);

@@ -115,7 +115,7 @@ fn time_report(keys: u32) -> Vec<f64> {
         .map(|part| {
             let mut tally = Tally::default();
             for i in part {
-                tally.allowed(&format!("key_{i:0>20}"), 1, T0 + u64::from(*i));
+                tally.allowed(&format!("key_{i:0>20}").into(), 1, T0 + u64::from(*i));
             }
             tally.to_bytes()
         })

@@ -35,6 +35,7 @@ mod wire;
 mod tests;
 
 pub use read::{Field, Fields, FromJson, Reader};
+pub(crate) use wire::write_key_usage;
 pub use write::{Object, ToJson};
 
 /// Why bytes are not the JSON of the type asked for.

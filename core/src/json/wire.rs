@@ -2,6 +2,8 @@
 //! writes. Field lists follow the declarations and serde attributes in
 //! [`crate::wire`]; the tests compare every type with serde_json.
 
+use std::collections::BTreeMap;
+
 use super::write::{push_decimal, push_json_string};
 use super::{Error, Field, Fields, FromJson, Object, Reader, ToJson};
 use crate::wire::{
@@ -330,29 +332,49 @@ impl FromJson for KeyUsage {
     }
 }
 
-/// Written field by field without [`Object`]: a worker writes one of these
-/// for every key it counted in a tick, on the thread its requests wait on
-/// (see `crate::usage`), and the field names need no escaping.
 impl ToJson for KeyUsage {
     fn write_json(&self, out: &mut String) {
-        out.push_str("{\"key_id\":");
-        push_json_string(out, &self.key_id);
-        out.push_str(",\"allowed\":");
-        push_decimal(out, self.allowed);
-        out.push_str(",\"cost\":");
-        push_decimal(out, self.cost);
-        out.push_str(",\"denied\":");
-        if self.denied.is_empty() {
-            out.push_str("{}");
-        } else {
-            self.denied.write_json(out);
-        }
-        if let Some(ms) = self.last_used_ms {
-            out.push_str(",\"last_used_ms\":");
-            push_decimal(out, ms);
-        }
-        out.push('}');
+        write_key_usage(
+            out,
+            &self.key_id,
+            self.allowed,
+            self.cost,
+            &self.denied,
+            self.last_used_ms,
+        );
     }
+}
+
+/// A [`KeyUsage`] from its fields: a worker's tally holds them with the
+/// key's id shared (`crate::usage`). Written field by field without
+/// [`Object`]: a worker writes one of these for every key it counted in a
+/// tick, on the thread its requests wait on, and the field names need no
+/// escaping.
+pub(crate) fn write_key_usage(
+    out: &mut String,
+    key_id: &str,
+    allowed: u64,
+    cost: u64,
+    denied: &BTreeMap<String, u64>,
+    last_used_ms: Option<u64>,
+) {
+    out.push_str("{\"key_id\":");
+    push_json_string(out, key_id);
+    out.push_str(",\"allowed\":");
+    push_decimal(out, allowed);
+    out.push_str(",\"cost\":");
+    push_decimal(out, cost);
+    out.push_str(",\"denied\":");
+    if denied.is_empty() {
+        out.push_str("{}");
+    } else {
+        denied.write_json(out);
+    }
+    if let Some(ms) = last_used_ms {
+        out.push_str(",\"last_used_ms\":");
+        push_decimal(out, ms);
+    }
+    out.push('}');
 }
 
 const RECEIPT: Fields = Fields::closed(&[
