@@ -76,6 +76,14 @@ impl ApiKey {
 
     /// Checks prefix, length, alphabet and checksum. Does no lookup.
     pub fn parse(presented: &str) -> Result<Self, MalformedKey> {
+        Self::check(presented)?;
+        Ok(Self(presented.to_owned()))
+    }
+
+    /// [`ApiKey::parse`]'s checks without keeping a copy of the key: a
+    /// request needs only its hash ([`KeyHash::of`] its bytes), and the key
+    /// stays where the request brought it.
+    pub fn check(presented: &str) -> Result<(), MalformedKey> {
         if presented.len() != KEY_LEN {
             return Err(MalformedKey::WrongLength);
         }
@@ -99,7 +107,7 @@ impl ApiKey {
         if checksum(signed.as_bytes()) != sum.as_bytes() {
             return Err(MalformedKey::BadChecksum);
         }
-        Ok(Self(presented.to_owned()))
+        Ok(())
     }
 
     /// The plaintext, for the one response that shows it.

@@ -16,7 +16,7 @@ use crate::cache::ConfigCache;
 use crate::config::{Limit, QUOTA_POLICY};
 use crate::fleet::slicing_horizon;
 use crate::json::write::push_decimal;
-use crate::key::ApiKey;
+use crate::key::{ApiKey, KeyHash};
 use crate::layout::{anonymous_buckets_key, buckets_key, client_identity, tenant_buckets_key};
 use crate::period::quota_period;
 use crate::store::SharedStore;
@@ -291,22 +291,19 @@ pub fn decide_cached(
     let Some(presented) = facts.api_key else {
         return decide_anonymous(facts, store, cache, now_ms);
     };
-    let key = match ApiKey::parse(presented) {
-        Ok(key) => key,
-        Err(why) => {
-            return deny(
-                DenyReason::InvalidApiKey,
-                format!("The API key is malformed: {why}."),
-            )
-        }
-    };
+    if let Err(why) = ApiKey::check(presented) {
+        return deny(
+            DenyReason::InvalidApiKey,
+            format!("The API key is malformed: {why}."),
+        );
+    }
     if cache.version(store, now_ms).is_none() {
         return deny(
             DenyReason::ConfigUnavailable,
             "The gateway has not received its configuration yet; retry shortly.",
         );
     }
-    let hash = key.hash();
+    let hash = KeyHash::of(presented.as_bytes());
     let Some(record) = cache.key(store, &hash) else {
         return deny(DenyReason::InvalidApiKey, "The API key is not known.");
     };
