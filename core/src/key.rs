@@ -199,24 +199,28 @@ impl KeyHash {
     /// library keeps inline without a heap block: with a million keys, a
     /// longer name would cost a heap block per key.
     pub fn lookup_id(&self) -> String {
-        let mut out = String::with_capacity(16);
-        self.push_lookup_id(&mut out);
-        out
+        let id = self.lookup_id_bytes();
+        core::str::from_utf8(&id).unwrap_or_default().to_owned()
     }
 
-    /// Appends [`lookup_id`](Self::lookup_id) to `out`.
-    pub fn push_lookup_id(&self, out: &mut String) {
+    /// [`lookup_id`](Self::lookup_id) as bytes, without a heap block.
+    pub fn lookup_id_bytes(&self) -> [u8; 16] {
         const ALPHABET: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = [b'A'; 16];
+        let mut slots = out.iter_mut();
         for group in self.0.chunks_exact(3).take(4) {
             let n = group
                 .iter()
                 .fold(0u32, |n, &byte| (n << 8) | u32::from(byte));
             for shift in [18, 12, 6, 0] {
                 let six = usize::try_from((n >> shift) & 63).unwrap_or(0);
-                out.push(char::from(ALPHABET.get(six).copied().unwrap_or(b'A')));
+                if let (Some(slot), Some(&c)) = (slots.next(), ALPHABET.get(six)) {
+                    *slot = c;
+                }
             }
         }
+        out
     }
 
     /// The first four bytes, as a number.

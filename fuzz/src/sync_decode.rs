@@ -174,12 +174,12 @@ fn reads_back(store: &MemoryStore, sync: &SyncResponse) {
     let mut keys: BTreeMap<String, (KeyHash, Option<&WireKey>)> = BTreeMap::new();
     for key in before.keys.iter().chain(&sync.keys) {
         let hash = KeyHash::from_hex(&key.hash).expect("applied hashes are hex");
-        keys.insert(key_record_key(&hash), (hash, Some(key)));
+        keys.insert(key_record_key(&hash).to_string(), (hash, Some(key)));
     }
     for hex in &sync.deleted_keys {
         let hash = KeyHash::from_hex(hex).expect("applied deletions are hex");
         assert!(store.get(&buckets_key(&hash)).is_none());
-        keys.insert(key_record_key(&hash), (hash, None));
+        keys.insert(key_record_key(&hash).to_string(), (hash, None));
     }
     for (hash, wire) in keys.into_values() {
         let expected = wire.map(|w| KeyRecord::try_from(w).expect("applied keys validate"));
@@ -215,7 +215,10 @@ fn usage_receipt(receipt: &UsageReceipt) {
         };
         valid += 1;
         let count = QuotaCount::new(standing.others_used, standing.period_start_ms);
-        expected.entry(buckets_key(&hash)).or_default().others = Some(count);
+        expected
+            .entry(buckets_key(&hash).to_string())
+            .or_default()
+            .others = Some(count);
     }
     assert_eq!(written, valid, "bad hashes are skipped, the rest written");
     if let Some(leases) = &receipt.leases {
@@ -230,7 +233,7 @@ fn usage_receipt(receipt: &UsageReceipt) {
                 (None, Some(tenant)) => tenant_buckets_key(tenant),
                 (None, None) => continue,
             };
-            expected.entry(entry).or_default().lease = Some(Lease {
+            expected.entry(entry.to_string()).or_default().lease = Some(Lease {
                 share: share(grant.share),
                 generation: leases.generation,
             });
@@ -239,7 +242,10 @@ fn usage_receipt(receipt: &UsageReceipt) {
             let Some(hash) = KeyHash::from_hex(&slice.key_hash) else {
                 continue;
             };
-            expected.entry(buckets_key(&hash)).or_default().slice = Some(Slice {
+            expected
+                .entry(buckets_key(&hash).to_string())
+                .or_default()
+                .slice = Some(Slice {
                 cap: slice.cap,
                 generation: leases.generation,
                 period_start_ms: slice.period_start_ms,

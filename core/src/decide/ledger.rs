@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock};
 use crate::bucket::{ceil_seconds, Bucket, Check, Meter};
 use crate::config::{Limit, QUOTA_POLICY};
 use crate::fleet::{self, Lease, QuotaView, Slice, Terms, FULL_SHARE};
-use crate::layout::{read_for_update, BucketEntry, QuotaCount};
+use crate::layout::{read_for_update, BucketEntry, EntryName, QuotaCount};
 use crate::period::Period;
 use crate::response::bucket_status;
 use crate::store::{SetError, SharedStore};
@@ -46,7 +46,7 @@ fn quota_name() -> Arc<str> {
 /// One shared-data entry that a request consumes from: its limits' buckets
 /// and, for a key, the key's own quota count.
 pub(super) struct Ledger<'a> {
-    pub(super) entry: String,
+    pub(super) entry: EntryName,
     /// Borrowed from the key record and plan: a request copies no limit.
     pub(super) limits: Vec<&'a Limit>,
     pub(super) quota: Option<Quota>,

@@ -353,9 +353,14 @@ pub fn decide_cached(
 
     let limits = record.effective_limits(&plan);
     let cost = plan.cost_of(facts.method, facts.path);
-    let (tenant_limits, key_limits): (Vec<&Limit>, Vec<&Limit>) = limits
-        .into_iter()
-        .partition(|l| l.scope == LimitScope::Tenant);
+    let tenant_wide = |l: &&Limit| l.scope == LimitScope::Tenant;
+    // Most plans have no tenant limits: then the list is the key's as it is.
+    let (tenant_limits, key_limits): (Vec<&Limit>, Vec<&Limit>) = if limits.iter().any(tenant_wide)
+    {
+        limits.into_iter().partition(tenant_wide)
+    } else {
+        (Vec::new(), limits)
+    };
     let quota = record.quota(&plan).map(|max| Quota {
         max,
         period: quota_period(now_ms, record.billing_anchor_day),

@@ -57,6 +57,6 @@ pub use bucket_entry::{read_for_update, BucketEntry, QuotaCount};
 pub use key_record::{decode_key_record, encode_key_record, read_key};
 pub use names::{
     anonymous_buckets_key, buckets_key, client_identity, key_record_key, plan_key,
-    tenant_buckets_key, ANONYMOUS_KEY, ANONYMOUS_SLOTS, FLEET_KEY, INSTANCE_KEY, LEASE_KEY,
-    NAMESPACE, REPORT_KEY, ROOTS_KEY, USAGE_QUEUE, VERSION_KEY,
+    tenant_buckets_key, EntryName, ANONYMOUS_KEY, ANONYMOUS_SLOTS, FLEET_KEY, INSTANCE_KEY,
+    LEASE_KEY, NAMESPACE, REPORT_KEY, ROOTS_KEY, USAGE_QUEUE, VERSION_KEY,
 };

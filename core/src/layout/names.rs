@@ -10,7 +10,7 @@ use crate::key::KeyHash;
 /// The start of every shared-data and queue name: `tg` and the layout
 /// version. Six bytes with the kind (`tg3/k/`), so a key's entry name is
 /// 22 bytes, the longest string Envoy's C++ library keeps without a heap
-/// block (see [`KeyHash::push_lookup_id`]).
+/// block (see [`KeyHash::lookup_id`]).
 pub const NAMESPACE: &str = "tg3/";
 pub const VERSION_KEY: &str = "tg3/version";
 pub const ANONYMOUS_KEY: &str = "tg3/anonymous";
@@ -38,16 +38,16 @@ pub fn plan_key(plan_id: &str) -> String {
     format!("tg3/p/{plan_id}")
 }
 
-pub fn key_record_key(hash: &KeyHash) -> String {
-    entry_name("tg3/k/", hash)
+pub fn key_record_key(hash: &KeyHash) -> EntryName {
+    key_entry(b"tg3/k/", hash)
 }
 
-pub fn buckets_key(hash: &KeyHash) -> String {
-    entry_name("tg3/b/", hash)
+pub fn buckets_key(hash: &KeyHash) -> EntryName {
+    key_entry(b"tg3/b/", hash)
 }
 
-pub fn tenant_buckets_key(tenant_id: &str) -> String {
-    format!("tg3/bt/{tenant_id}")
+pub fn tenant_buckets_key(tenant_id: &str) -> EntryName {
+    EntryName::Other(format!("tg3/bt/{tenant_id}"))
 }
 
 /// An anonymous client's identity: its IPv4 address, or its IPv6 /64 (one
@@ -64,15 +64,48 @@ pub fn client_identity(ip: std::net::IpAddr) -> u128 {
     }
 }
 
-pub fn anonymous_buckets_key(identity: u128) -> String {
+pub fn anonymous_buckets_key(identity: u128) -> EntryName {
     let slot = KeyHash::of(&identity.to_le_bytes()).prefix_u32();
-    format!("tg3/ba/{}", slot % ANONYMOUS_SLOTS)
+    EntryName::Other(format!("tg3/ba/{}", slot % ANONYMOUS_SLOTS))
 }
 
-/// `prefix` and the key's lookup id: 22 bytes for the six-byte prefixes.
-fn entry_name(prefix: &str, hash: &KeyHash) -> String {
-    let mut name = String::with_capacity(prefix.len() + 16);
-    name.push_str(prefix);
-    hash.push_lookup_id(&mut name);
-    name
+/// A key's entry name: a six-byte prefix and its lookup id, 22 bytes.
+const KEY_ENTRY_LEN: usize = 22;
+
+/// The name of an entry a request reads: a key's ([`key_record_key`],
+/// [`buckets_key`]) kept without a heap block, as every request with a key
+/// names its bucket entry, and with many keys most name their record's
+/// too; a tenant's or an anonymous client's as text. Read as a `str`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum EntryName {
+    Key([u8; KEY_ENTRY_LEN]),
+    Other(String),
+}
+
+impl core::ops::Deref for EntryName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Self::Key(name) => core::str::from_utf8(name).unwrap_or_default(),
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl core::fmt::Debug for EntryName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// `prefix` and `hash`'s lookup id. Not inlined: the filter makes these
+/// names in several places, and one copy of the code will do.
+#[inline(never)]
+fn key_entry(prefix: &[u8; KEY_ENTRY_LEN - 16], hash: &KeyHash) -> EntryName {
+    let mut name = [0; KEY_ENTRY_LEN];
+    let (head, tail) = name.split_at_mut(prefix.len());
+    head.copy_from_slice(prefix);
+    tail.copy_from_slice(&hash.lookup_id_bytes());
+    EntryName::Key(name)
 }
