@@ -3,6 +3,8 @@
 use core::fmt;
 use std::net::IpAddr;
 
+use crate::json::write::Quoted;
+
 /// An IPv4 or IPv6 network, `addr/len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -18,7 +20,7 @@ impl Cidr {
         };
         let network: IpAddr = addr
             .parse()
-            .map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
+            .map_err(|_| format!("{} is not an IP address or CIDR", Quoted(text)))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix_len = match len {
             None => max,
@@ -26,7 +28,7 @@ impl Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|l| *l <= max)
-                .ok_or_else(|| format!("{text:?}: prefix length must be 0 to {max}"))?,
+                .ok_or_else(|| format!("{}: prefix length must be 0 to {max}", Quoted(text)))?,
         };
         Ok(Self {
             network,
@@ -87,14 +89,15 @@ impl Scope {
         let mut upper = Vec::with_capacity(methods.len());
         for m in methods {
             if m.is_empty() || m.len() > 20 || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                return Err(format!("scope method {m:?} is not an HTTP method"));
+                return Err(format!("scope method {} is not an HTTP method", Quoted(m)));
             }
             upper.push(m.to_ascii_uppercase());
         }
         if let Some(prefix) = path_prefix {
             if !prefix.starts_with('/') || prefix.len() > 1024 || prefix.contains(['?', '#']) {
                 return Err(format!(
-                    "scope path_prefix {prefix:?} must start with '/' and hold no query"
+                    "scope path_prefix {} must start with '/' and hold no query",
+                    Quoted(prefix)
                 ));
             }
         }

@@ -9,6 +9,7 @@ use core::fmt;
 use std::sync::Arc;
 
 use crate::access::{Cidr, Scope};
+use crate::json::write::Quoted;
 use crate::key::KeyHash;
 use crate::wire::{LimitScope, WireAnonymous, WireKey, WireLimit, WirePlan, WireRouteCost};
 
@@ -72,32 +73,33 @@ impl TryFrom<&WireLimit> for Limit {
     fn try_from(wire: &WireLimit) -> Result<Self, InvalidConfig> {
         if !valid_policy_name(&wire.name) {
             return Err(invalid(format!(
-                "limit name {:?} must be 1 to {MAX_NAME_LEN} characters of A-Z, a-z, 0-9, '-', '_' or '.'",
-                wire.name
+                "limit name {} must be 1 to {MAX_NAME_LEN} characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+                Quoted(&wire.name)
             )));
         }
         if wire.name == QUOTA_POLICY {
             return Err(invalid(format!(
-                "limit name {QUOTA_POLICY:?} is reserved for the monthly quota"
+                "limit name {} is reserved for the monthly quota",
+                Quoted(QUOTA_POLICY)
             )));
         }
         if wire.max == 0 || wire.max > MAX_TOKENS {
             return Err(invalid(format!(
-                "limit {:?}: max must be between 1 and {MAX_TOKENS}",
-                wire.name
+                "limit {}: max must be between 1 and {MAX_TOKENS}",
+                Quoted(&wire.name)
             )));
         }
         if wire.window_seconds == 0 || wire.window_seconds > MAX_WINDOW_SECONDS {
             return Err(invalid(format!(
-                "limit {:?}: window_seconds must be between 1 and {MAX_WINDOW_SECONDS}",
-                wire.name
+                "limit {}: window_seconds must be between 1 and {MAX_WINDOW_SECONDS}",
+                Quoted(&wire.name)
             )));
         }
         let max_tokens = wire.burst.unwrap_or(wire.max);
         if max_tokens == 0 || max_tokens > MAX_TOKENS {
             return Err(invalid(format!(
-                "limit {:?}: burst must be between 1 and {MAX_TOKENS}",
-                wire.name
+                "limit {}: burst must be between 1 and {MAX_TOKENS}",
+                Quoted(&wire.name)
             )));
         }
         Ok(Self {
@@ -186,8 +188,8 @@ impl TryFrom<&WirePlan> for Plan {
         for (i, limit) in limits.iter().enumerate() {
             if limits.iter().skip(i + 1).any(|l| l.name == limit.name) {
                 return Err(invalid(format!(
-                    "limit name {:?} is used twice",
-                    limit.name
+                    "limit name {} is used twice",
+                    Quoted(&limit.name)
                 )));
             }
         }
@@ -362,8 +364,8 @@ impl KeyRecord {
                 .any(|l| l.name == limit.name)
             {
                 return Err(invalid(format!(
-                    "limit name {:?} is used twice",
-                    limit.name
+                    "limit name {} is used twice",
+                    Quoted(&limit.name)
                 )));
             }
         }

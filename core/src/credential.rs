@@ -11,6 +11,8 @@
 //! `:path` ([`KeySources::upstream_path`]), the headers and the cookie out
 //! of `Cookie` ([`KeySources::removals`]).
 
+use crate::json::write::Quoted;
+
 /// The places a key may be, as configured; `Default` is `x-api-key`, then
 /// `Authorization: Bearer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,14 +77,16 @@ impl KeySources {
         for (i, name) in self.headers.iter().enumerate() {
             if !is_token(name) || name.bytes().any(|b| b.is_ascii_uppercase()) {
                 return bad(format!(
-                    "api_key.headers: {name:?} is not a lower-case header name (1 to {MAX_NAME_LEN} token characters)"
+                    "api_key.headers: {} is not a lower-case header name (1 to {MAX_NAME_LEN} token characters)",
+                    Quoted(name)
                 ));
             }
             if matches!(name.as_str(), "authorization" | "cookie" | "host")
                 || crate::response::STRIPPED_REQUEST_HEADERS.contains(&name.as_str())
             {
                 return bad(format!(
-                    "api_key.headers: {name:?} cannot carry a key (use \"bearer\" or \"cookie\" for those)"
+                    "api_key.headers: {} cannot carry a key (use \"bearer\" or \"cookie\" for those)",
+                    Quoted(name)
                 ));
             }
             if self
@@ -90,7 +94,7 @@ impl KeySources {
                 .get(..i)
                 .is_some_and(|seen| seen.contains(name))
             {
-                return bad(format!("api_key.headers lists {name:?} twice"));
+                return bad(format!("api_key.headers lists {} twice", Quoted(name)));
             }
         }
         if let Some(query) = &self.query {
@@ -101,14 +105,16 @@ impl KeySources {
                     .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
             if !ok {
                 return bad(format!(
-                    "api_key.query: {query:?} is not a query parameter name (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 - . _ ~)"
+                    "api_key.query: {} is not a query parameter name (1 to {MAX_NAME_LEN} of A-Z a-z 0-9 - . _ ~)",
+                    Quoted(query)
                 ));
             }
         }
         if let Some(cookie) = &self.cookie {
             if !is_token(cookie) {
                 return bad(format!(
-                    "api_key.cookie: {cookie:?} is not a cookie name (1 to {MAX_NAME_LEN} token characters)"
+                    "api_key.cookie: {} is not a cookie name (1 to {MAX_NAME_LEN} token characters)",
+                    Quoted(cookie)
                 ));
             }
         }

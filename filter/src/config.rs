@@ -19,6 +19,7 @@
 use tollgate_core::access::Scope;
 use tollgate_core::credential::{is_token, KeySources};
 use tollgate_core::decide::Allowed;
+use tollgate_core::json::write::Quoted;
 use tollgate_core::json::{self, Field, Fields, FromJson, Reader};
 use tollgate_core::response::{
     upstream_headers, STRIPPED_REQUEST_HEADERS, UPSTREAM_KEY_ID, UPSTREAM_PLAN, UPSTREAM_TENANT,
@@ -493,9 +494,10 @@ impl PluginConfig {
                 Some(token) => token,
                 None => {
                     return Err(ConfigError(format!(
-                    "sync.token_env names {name:?}, which is not set in the Wasm VM's environment \
-                         (Envoy: vm_config.environment_variables; Istio: vmConfig.env)"
-                )))
+                        "sync.token_env names {}, which is not set in the Wasm VM's environment \
+                         (Envoy: vm_config.environment_variables; Istio: vmConfig.env)",
+                        Quoted(&name)
+                    )))
                 }
             },
             (Some(_), Some(_)) => return bad("sync has both token and token_env: give one"),
@@ -541,7 +543,8 @@ impl PluginConfig {
             Some("refuse") => WhenStale::Refuse,
             Some(other) => {
                 return Err(ConfigError(format!(
-                    "sync.when_stale is {other:?}: \"enforce\" or \"refuse\""
+                    "sync.when_stale is {}: \"enforce\" or \"refuse\"",
+                    Quoted(other)
                 )))
             }
         };

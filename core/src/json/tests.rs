@@ -5,7 +5,7 @@ use std::fmt::Debug;
 
 use serde::de::DeserializeOwned;
 
-use super::write::push_decimal;
+use super::write::{push_decimal, Quoted};
 use super::*;
 use crate::testing::{agree, limit, mutations_agree, plan, reads_back, round_trip};
 use crate::wire::*;
@@ -635,4 +635,12 @@ fn decimals_are_written_as_format_writes_them() {
             assert_eq!(text, n.to_string());
         }
     }
+}
+
+#[test]
+fn quoted_text_reads_as_the_debug_form_but_for_control_characters() {
+    for text in ["", "per-second", "a \"b\" \\ c", "é ✓", "x'y"] {
+        assert_eq!(Quoted(text).to_string(), format!("{text:?}"));
+    }
+    assert_eq!(Quoted("a\tb\u{1}").to_string(), r#""a\tb\u0001""#);
 }

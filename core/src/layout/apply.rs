@@ -20,6 +20,7 @@ use super::names::{
     buckets_key, key_record_key, plan_key, tenant_buckets_key, ANONYMOUS_KEY, FLEET_KEY,
     VERSION_KEY,
 };
+use crate::json::write::Quoted;
 
 /// The config version this Envoy has applied, if any.
 pub fn applied_version(store: &impl SharedStore) -> Option<u64> {
@@ -195,7 +196,8 @@ pub fn apply_sync_at(
     for hex in &sync.deleted_keys {
         deleted.push(KeyHash::from_hex(hex).ok_or_else(|| {
             ApplyError::Invalid(InvalidConfig(format!(
-                "deleted key hash {hex:?} is not 64 hex digits"
+                "deleted key hash {} is not 64 hex digits",
+                Quoted(hex)
             )))
         })?);
     }
