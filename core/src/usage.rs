@@ -43,11 +43,11 @@ pub const KEPT_ROOM: usize = 4_096;
 pub struct Tally {
     /// By key id, which each entry holds (a table, not a map, so a key new
     /// here is not copied: its entry shares the key record's id): hashed,
-    /// as every admitted request looks its key up here. A fixed seed will do: the ids are the control plane's, never
-    /// a client's, and foldhash is what the VM's memo already carries
-    /// (`crate::cache`), so `filter.wasm` gains no second hasher. A batch
-    /// lists its keys in this table's order; the control plane orders them
-    /// itself before it writes.
+    /// as every admitted request looks its key up here. A fixed seed will
+    /// do: the ids are the control plane's, never a client's, and foldhash
+    /// is what the VM's memo already carries (`crate::cache`), so
+    /// `filter.wasm` gains no second hasher. A batch lists its keys in this
+    /// table's order; the control plane orders them itself before it writes.
     keys: HashTable<Counted>,
     unattributed: BTreeMap<String, u64>,
     dropped: u64,
