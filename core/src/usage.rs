@@ -65,6 +65,15 @@ struct Counted {
     last_used_ms: Option<u64>,
 }
 
+impl Counted {
+    /// Adds requests let through, their cost and the last one's time, saturating.
+    fn count(&mut self, allowed: u64, cost: u64, last_used_ms: Option<u64>) {
+        self.allowed = self.allowed.saturating_add(allowed);
+        self.cost = self.cost.saturating_add(cost);
+        self.last_used_ms = self.last_used_ms.max(last_used_ms);
+    }
+}
+
 impl From<KeyUsage> for Counted {
     fn from(usage: KeyUsage) -> Self {
         Self {
@@ -132,11 +141,7 @@ impl Tally {
     /// here: one lookup, and no allocation for a key already counted.
     pub fn allowed(&mut self, key_id: &Arc<str>, cost: u64, now_ms: u64) {
         match self.entry(key_id, Some(key_id)) {
-            Some(usage) => {
-                usage.allowed = usage.allowed.saturating_add(1);
-                usage.cost = usage.cost.saturating_add(cost);
-                usage.last_used_ms = usage.last_used_ms.max(Some(now_ms));
-            }
+            Some(usage) => usage.count(1, cost, Some(now_ms)),
             None => self.dropped = self.dropped.saturating_add(1),
         }
     }
@@ -184,9 +189,7 @@ impl Tally {
             self.dropped = self.dropped.saturating_add(weight);
             return;
         };
-        mine.allowed = mine.allowed.saturating_add(usage.allowed);
-        mine.cost = mine.cost.saturating_add(usage.cost);
-        mine.last_used_ms = mine.last_used_ms.max(usage.last_used_ms);
+        mine.count(usage.allowed, usage.cost, usage.last_used_ms);
         for (code, n) in usage.denied {
             add_count(&mut mine.denied, &code, n);
         }
@@ -748,9 +751,7 @@ impl<'a> Reader<'a> {
                 t.dropped = t.dropped.saturating_add(weight);
                 continue;
             };
-            usage.allowed = usage.allowed.saturating_add(allowed);
-            usage.cost = usage.cost.saturating_add(cost);
-            usage.last_used_ms = usage.last_used_ms.max(last_used_ms);
+            usage.count(allowed, cost, last_used_ms);
             let mut denied = Reader(denied_at);
             for _ in 0..denied.len()? {
                 let (code, n) = (denied.str()?, denied.u64()?);

@@ -283,10 +283,10 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
     // UNSTAMPED: only this transaction sees them, and a reporter has one
     // batch counted at a time, its batch id being unique), then stamped.
     let stamp_last = postgres;
-    let mut seqs = if stamp_last || ledger.is_empty() {
-        0..
+    let mut numbered = if stamp_last || ledger.is_empty() {
+        None
     } else {
-        claim(&mut tx, ledger.len()).await?
+        Some(claim(&mut tx, ledger.len()).await?)
     };
     for part in ledger.chunks(rows_per_statement(postgres, 7)) {
         let sql = format!(
@@ -300,11 +300,10 @@ async fn apply_once(db: &Db, batch: &UsageBatch, at: Now) -> ApiResult<bool> {
         let mut insert = sqlx::query(&sql);
         for entry in part {
             // The reporter, and the `seq` twice: a new row's first write is this one.
-            let seq = if stamp_last {
-                UNSTAMPED
-            } else {
-                seqs.next().unwrap_or(UNSTAMPED)
-            };
+            let seq = numbered
+                .as_mut()
+                .and_then(Iterator::next)
+                .unwrap_or(UNSTAMPED);
             insert = insert
                 .bind(&entry.key_id)
                 .bind(&entry.key_hash)
