@@ -15,6 +15,15 @@
 //! goes upstream: a seventh call, and Envoy then matches the route again
 //! (a request header changed). The `minimal-limiter-strip` arm measures what
 //! that one write costs, a floor's part Tollgate cannot leave out.
+//!
+//! With `tollgate-headers` it also writes every other header Tollgate's
+//! shipped configuration sends, with values as long as Tollgate's: the
+//! three identity headers upstream and the three `X-RateLimit-*` headers
+//! downstream. Thirteen calls, as many as Tollgate makes for a key it has
+//! seen (Tollgate's fourteenth, the config version, is read once a
+//! millisecond). The `minimal-limiter-headers` arm is then what Tollgate's
+//! defaults cost in host calls alone; what Tollgate costs beyond it is its
+//! own work in the VM.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -22,16 +31,27 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { strip_key: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { headers: Headers::Minimal }) });
 }}
 
 /// The one window: large enough that the benchmark never hits it.
 const MAX_TOKENS: u64 = 1_000_000_000;
 const WINDOW_SECONDS: u64 = 60;
 
+/// Which headers an admitted request gets, by the plugin configuration.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Headers {
+    /// The two IETF rate-limit headers on the response (none given).
+    Minimal,
+    /// Those, and the key removed from the request (`strip-key`).
+    StripKey,
+    /// Those, and Tollgate's identity and `X-RateLimit-*` headers
+    /// (`tollgate-headers`).
+    Tollgate,
+}
+
 struct Root {
-    /// Whether an admitted request's key is removed (`strip-key`).
-    strip_key: bool,
+    headers: Headers,
 }
 
 impl Context for Root {}
@@ -42,14 +62,18 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        self.strip_key = config == b"strip-key";
+        self.headers = match config.as_slice() {
+            b"strip-key" => Headers::StripKey,
+            b"tollgate-headers" => Headers::Tollgate,
+            _ => Headers::Minimal,
+        };
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Limiter {
             remaining: None,
-            strip_key: self.strip_key,
+            headers: self.headers,
         }))
     }
 
@@ -60,8 +84,15 @@ impl RootContext for Root {
 
 struct Limiter {
     remaining: Option<u64>,
-    strip_key: bool,
+    headers: Headers,
 }
+
+/// Tollgate's identity headers, with values as long as its ids.
+const IDENTITY: [(&str, &str); 3] = [
+    ("x-tenant-id", "tnt_00000000000000000001"),
+    ("x-api-key-id", "key_00000000000000000001"),
+    ("x-plan", "pln_00000000000000000001"),
+];
 
 impl Context for Limiter {}
 
@@ -117,9 +148,18 @@ impl HttpContext for Limiter {
         match consume(&key, now_ms) {
             Some(remaining) => {
                 self.remaining = Some(remaining);
-                if self.strip_key {
+                if self.headers != Headers::Minimal {
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-api-key", None);
+                }
+                if self.headers == Headers::Tollgate {
+                    for (name, value) in IDENTITY {
+                        let _ = hostcalls::set_map_value(
+                            MapType::HttpRequestHeaders,
+                            name,
+                            Some(value),
+                        );
+                    }
                 }
                 Action::Continue
             }
@@ -141,6 +181,17 @@ impl HttpContext for Limiter {
             );
             let _ =
                 hostcalls::set_map_value(MapType::HttpResponseHeaders, "ratelimit", Some(&state));
+            if self.headers == Headers::Tollgate {
+                let trio = [
+                    ("x-ratelimit-limit", MAX_TOKENS.to_string()),
+                    ("x-ratelimit-remaining", remaining.to_string()),
+                    ("x-ratelimit-reset", WINDOW_SECONDS.to_string()),
+                ];
+                for (name, value) in &trio {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+                }
+            }
         }
         Action::Continue
     }

@@ -45,6 +45,10 @@ pub enum Arm {
     /// as any API-key filter must: what that one request-header write
     /// costs in Envoy.
     MinimalLimiterStrip,
+    /// The minimal limiter also writing every other header Tollgate's
+    /// shipped configuration sends: what those defaults cost in host calls
+    /// alone, before any work of Tollgate's own.
+    MinimalLimiterHeaders,
     /// Tollgate.
     Tollgate,
     /// Tollgate with the fewest headers an operator may choose: the IETF
@@ -65,6 +69,7 @@ impl Arm {
             Self::EmptyWasm => "empty-wasm",
             Self::MinimalLimiter => "minimal-limiter",
             Self::MinimalLimiterStrip => "minimal-limiter-strip",
+            Self::MinimalLimiterHeaders => "minimal-limiter-headers",
             Self::Tollgate => "tollgate",
             Self::TollgateLean => "tollgate-lean",
             Self::TollgateIstio => "tollgate-istio",
@@ -127,13 +132,8 @@ pub fn envoy_config(arm: Arm, ports: &Ports, inputs: &Inputs<'_>) -> Result<Stri
         ),
         Arm::EmptyWasm => wasm_filter("empty", inputs.empty_wasm),
         Arm::MinimalLimiter => wasm_filter("minimal", inputs.minimal_limiter_wasm),
-        Arm::MinimalLimiterStrip => format!(
-            r#"{filter}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: strip-key"#,
-            filter = wasm_filter("minimal", inputs.minimal_limiter_wasm)
-        ),
+        Arm::MinimalLimiterStrip => minimal_limiter_told("strip-key", inputs),
+        Arm::MinimalLimiterHeaders => minimal_limiter_told("tollgate-headers", inputs),
         Arm::RlsLimitador => {
             route = RLS_ROUTE.to_owned();
             clusters = rls_clusters(inputs.rls_port);
@@ -247,6 +247,17 @@ fn rls_clusters(rls_port: u16) -> String {
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 9 }} }} }}
 "#
+    )
+}
+
+/// The minimal limiter with `value` as its plugin configuration.
+fn minimal_limiter_told(value: &str, inputs: &Inputs<'_>) -> String {
+    format!(
+        r#"{filter}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {value}"#,
+        filter = wasm_filter("minimal", inputs.minimal_limiter_wasm)
     )
 }
 
@@ -389,32 +400,34 @@ mod tests {
     }
 
     #[test]
-    fn the_strip_arm_is_the_minimal_limiter_told_to_remove_the_key() {
+    fn the_strip_and_headers_arms_are_the_minimal_limiter_told_so() {
         let minimal = envoy_config(Arm::MinimalLimiter, &PORTS, &inputs()).unwrap();
-        let strip = envoy_config(Arm::MinimalLimiterStrip, &PORTS, &inputs()).unwrap();
-        let added: Vec<&str> = strip
-            .lines()
-            .filter(|l| !minimal.lines().any(|m| m == *l))
-            .map(str::trim)
-            .collect();
-        assert_eq!(
-            added,
-            [
-                "configuration:",
-                "\"@type\": type.googleapis.com/google.protobuf.StringValue",
-                "value: strip-key",
-            ]
-        );
-        // Under the plugin's `config`, beside its `vm_config`.
-        let indent = |text: &str, key: &str| {
-            text.lines()
-                .find(|l| l.trim_start().starts_with(key))
-                .map(|l| l.len() - l.trim_start().len())
-        };
-        assert_eq!(
-            indent(&strip, "configuration:"),
-            indent(&strip, "vm_config:")
-        );
+        for (arm, value) in [
+            (Arm::MinimalLimiterStrip, "value: strip-key"),
+            (Arm::MinimalLimiterHeaders, "value: tollgate-headers"),
+        ] {
+            let told = envoy_config(arm, &PORTS, &inputs()).unwrap();
+            let added: Vec<&str> = told
+                .lines()
+                .filter(|l| !minimal.lines().any(|m| m == *l))
+                .map(str::trim)
+                .collect();
+            assert_eq!(
+                added,
+                [
+                    "configuration:",
+                    "\"@type\": type.googleapis.com/google.protobuf.StringValue",
+                    value,
+                ]
+            );
+            // Under the plugin's `config`, beside its `vm_config`.
+            let indent = |text: &str, key: &str| {
+                text.lines()
+                    .find(|l| l.trim_start().starts_with(key))
+                    .map(|l| l.len() - l.trim_start().len())
+            };
+            assert_eq!(indent(&told, "configuration:"), indent(&told, "vm_config:"));
+        }
     }
 
     #[test]

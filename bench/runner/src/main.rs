@@ -301,6 +301,7 @@ fn run_bench(options: &Options) -> Result {
         Arm::EmptyWasm,
         Arm::MinimalLimiter,
         Arm::MinimalLimiterStrip,
+        Arm::MinimalLimiterHeaders,
         Arm::Tollgate,
         Arm::TollgateLean,
         Arm::TollgateIstio,
@@ -1049,12 +1050,13 @@ fn cold_sync(binary: &Path, inputs: &Inputs<'_>, work: &Path, version: u64) -> R
 }
 
 /// The names of [`ArmLoads`], in order.
-const ARM_LOADS: [&str; 12] = [
+const ARM_LOADS: [&str; 13] = [
     "plain",
     "native",
     "empty-wasm",
     "minimal-limiter",
     "minimal-limiter-strip",
+    "minimal-limiter-headers",
     "tollgate",
     "rls-limitador",
     "tollgate-lean",
@@ -1096,6 +1098,12 @@ impl<'a> ArmLoads<'a> {
             arm(
                 "minimal-limiter-strip",
                 Arm::MinimalLimiterStrip,
+                &plaintexts,
+                200,
+            )?,
+            arm(
+                "minimal-limiter-headers",
+                Arm::MinimalLimiterHeaders,
                 &plaintexts,
                 200,
             )?,

@@ -463,6 +463,23 @@ fn targets(results: &Results) -> Vec<Target> {
                 met: None,
             });
         }
+        // Context for the floor: Tollgate's shipped headers cost host calls
+        // whoever writes them; what Tollgate costs beyond that is its own.
+        let headers = scale.added_cpu("minimal-limiter-headers");
+        if let Some(r) = ratio(headers.median, minimal) {
+            let versus = ratio(ours, headers.median).map_or("—".into(), |r| format!("{r:.2}"));
+            out.push(Target {
+                what: format!(
+                    "the minimal limiter writing every header Tollgate sends by default (13 host calls): added CPU, {keys} keys"
+                ),
+                bound: "reported".into(),
+                measured: format!(
+                    "{} µs, {r:.2} × the minimal limiter's; Tollgate {versus} × it",
+                    us(headers)
+                ),
+                met: None,
+            });
+        }
         let istio = scale.spread("tollgate-istio", |s| s.cpu_us);
         if istio.median.is_finite() {
             out.push(Target {
