@@ -397,7 +397,7 @@ fn run_bench(options: &Options) -> Result {
                     .map(|s| format!("  (service {s:.1} µs of it)"))
                     .unwrap_or_default();
                 println!(
-                    "round {} {name:<18} {:6.1} µs CPU/req  {:8.0} req/s  p50 {:5.0} µs  p99 {:6.0} µs{service}",
+                    "round {} {name:<23} {:6.1} µs CPU/req  {:8.0} req/s  p50 {:5.0} µs  p99 {:6.0} µs{service}",
                     round + 1,
                     sample.cpu_us,
                     sample.rps,
