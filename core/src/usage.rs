@@ -502,15 +502,26 @@ impl ReportState {
     /// however long the control plane stays away they take the room of
     /// the keys counted, not of the hand-overs.
     pub fn keep(&mut self, counts: &HandOvers) {
+        self.keep_summing_above(counts, MAX_KEYS);
+    }
+
+    /// [`ReportState::keep`], summing once the kept counts name more than
+    /// `entries` (at most [`MAX_KEYS`]); how many entries the sum left, if
+    /// it summed. Every move of counts into the state copies all it holds,
+    /// so a leader moving them while the control plane is away keeps them
+    /// near the number of keys counted (see `filter::report`).
+    pub fn keep_summing_above(&mut self, counts: &HandOvers, entries: usize) -> Option<usize> {
         if counts.is_empty() {
-            return;
+            return None;
         }
         let mut open = self.take_open();
         open.append(counts);
-        if open.entries() > MAX_KEYS {
+        let summed = (open.entries() > entries.min(MAX_KEYS)).then(|| {
             open = open.compacted();
-        }
+            open.entries()
+        });
         self.open = open.to_bytes();
+        summed
     }
 
     fn take_open(&mut self) -> HandOvers {
@@ -1075,6 +1086,20 @@ mod tests {
             t.allowed(&"key_a".into(), 1, 10);
         }
         drained(&t)
+    }
+
+    #[test]
+    fn kept_counts_are_summed_past_the_entries_asked_and_say_what_the_sum_left() {
+        let mut s = ReportState::new("env".into());
+        s.seal(&HandOvers::default(), 0);
+        assert_eq!(s.keep_summing_above(&counted(2), 2), None);
+        assert_eq!(s.keep_summing_above(&counted(3), 2), None);
+        assert_eq!(HandOvers::from_bytes(&s.open).unwrap().entries(), 2);
+        assert_eq!(s.keep_summing_above(&counted(1), 2), Some(1));
+        assert_eq!(s.keep_summing_above(&HandOvers::default(), 0), None);
+        s.settle("env-1");
+        s.seal(&HandOvers::default(), 0);
+        assert_eq!(summed(&sent(&s))["key_a"].allowed, 6);
     }
 
     #[test]

@@ -115,7 +115,20 @@ pub struct Reporter {
     /// hand-overs may be waiting, so the next batch goes without waiting
     /// for [`REPORT_EVERY_MS`].
     backlog: bool,
+    /// When counts last moved from the queue into the reporter state while
+    /// the control plane did not answer ([`Reporter::keep_waiting`]).
+    kept_at_ms: u64,
+    /// What the counts so moved are summed per key beyond: twice the
+    /// entries the last sum left, and at least [`KEPT_SUMMED_ABOVE`].
+    kept_summed_above: usize,
 }
+
+/// Counts moved into the reporter state while the control plane does not
+/// answer are summed per key once they name more than this many entries
+/// (about 350 KB), or more than twice what the last sum left: so the state
+/// each move copies stays within about twice the keys counted, and summing
+/// (which reads every count) costs each entry about one reading.
+const KEPT_SUMMED_ABOVE: usize = 4_096;
 
 impl Reporter {
     /// Forgets the call in flight: this root context no longer leads. The
@@ -126,7 +139,14 @@ impl Reporter {
 
     pub fn on_tick(&mut self, host: &impl Host, config: &SyncConfig, queue: u32, now: u64) {
         if !self.pacing.due(now, TIMEOUT_MS) {
-            if self.pacing.failures() > 0 {
+            // Once a second, as reports go, or at the next tick while the
+            // last move left hand-overs beyond a batch's bound: each move
+            // copies the whole reporter state, on a thread requests may
+            // share a CPU with. At every tick (until 2026-12-07) that was 20
+            // copies a second of a state growing all through the outage.
+            let due = self.backlog || now >= self.kept_at_ms.saturating_add(REPORT_EVERY_MS);
+            if self.pacing.failures() > 0 && due {
+                self.kept_at_ms = now;
                 self.keep_waiting(host, queue, now);
             }
             return;
@@ -212,19 +232,23 @@ impl Reporter {
     }
 
     /// While the control plane does not answer, moves the workers' counts
-    /// from the queue into the reporter state at every tick, where they
-    /// are summed per key once they name more than `MAX_KEYS` entries
-    /// (`ReportState::keep`): in the queue they would only pile up, a
-    /// hand-over a tick from every worker.
+    /// from the queue into the reporter state once a second (at every tick
+    /// while more than a batch's bound waits), where they are summed per
+    /// key (`ReportState::keep_summing_above`): in the queue they would
+    /// only pile up, a hand-over a tick from every worker.
     fn keep_waiting(&mut self, host: &impl Host, queue: u32, now: u64) {
         let drained = self.drain(host, queue);
         if drained.is_empty() {
             return;
         }
+        let above = self.kept_summed_above.max(KEPT_SUMMED_ABOVE);
         for _ in 0..STATE_ATTEMPTS {
             let (mut state, cas) = read_state(host, now);
-            state.keep(&drained);
+            let summed = state.keep_summing_above(&drained, above);
             if write_state(host, &state, cas).is_ok() {
+                if let Some(entries) = summed {
+                    self.kept_summed_above = entries.saturating_mul(2);
+                }
                 return;
             }
         }
@@ -570,46 +594,100 @@ mod tests {
         assert!(host.queues.borrow()[&QUEUE].is_empty());
     }
 
+    /// The control plane refusing the first report: the reporter waits. Returns the time.
+    fn away(host: &FakeHost, c: &SyncConfig, r: &mut Reporter) -> u64 {
+        r.on_tick(host, c, QUEUE, T0);
+        let first = host.take_sent().remove(0);
+        r.on_answer(host, c, first.token, &refused(), T0 + 1);
+        T0 + 1
+    }
+
+    fn refused() -> Answer {
+        Answer {
+            status: Some(503),
+            body: vec![],
+        }
+    }
+
+    /// A tick at `now`, every report it sends refused.
+    fn tick_refused(host: &FakeHost, c: &SyncConfig, r: &mut Reporter, now: u64) {
+        r.on_tick(host, c, QUEUE, now);
+        for s in host.take_sent() {
+            r.on_answer(host, c, s.token, &refused(), now);
+        }
+    }
+
+    /// The control plane back from `now`: 20 s of ticks, every report counted.
+    fn back(host: &FakeHost, c: &SyncConfig, r: &mut Reporter, ledger: &mut Ledger, mut now: u64) {
+        for _ in 0..400 {
+            now += 50;
+            r.on_tick(host, c, QUEUE, now);
+            for s in host.take_sent() {
+                ledger.receive(batch(&s));
+                r.on_answer(host, c, s.token, &ok(), now);
+            }
+        }
+    }
+
     #[test]
-    fn while_the_control_plane_does_not_answer_counts_leave_the_queue_every_tick_and_add_up() {
+    fn while_the_control_plane_does_not_answer_counts_leave_the_queue_once_a_second_and_add_up() {
         let host = FakeHost::new();
         let c = config();
         let mut r = Reporter::default();
         let mut ledger = Ledger::default();
-        let failed = Answer {
-            status: Some(503),
-            body: vec![],
-        };
         counted(&host, "key_a", 1);
-        r.on_tick(&host, &c, QUEUE, T0);
-        let first = host.take_sent().remove(0);
-        r.on_answer(&host, &c, first.token, &failed, T0 + 1);
-        // Ten seconds of ticks, each with a worker's hand-over and every
-        // attempt refused: nothing piles up in the queue.
-        let mut now = T0 + 1;
+        let mut now = away(&host, &c, &mut r);
+        // Ten seconds of ticks, each with two hand-overs and every attempt
+        // refused: no more than a second's hand-overs wait in the queue,
+        // and the reporter state is written once a second and at each
+        // attempt (at 250 ms, doubling to 5 s), not at every tick.
+        let writes = || host.get(REPORT_KEY).map_or(0, |(_, cas)| cas);
+        let written_before = writes();
         for _ in 0..200 {
             now += 50;
             counted(&host, "key_a", 1);
             counted(&host, "key_b", 2);
-            r.on_tick(&host, &c, QUEUE, now);
-            assert!(host.queues.borrow()[&QUEUE].is_empty());
-            for s in host.take_sent() {
-                r.on_answer(&host, &c, s.token, &failed, now);
-            }
+            tick_refused(&host, &c, &mut r, now);
+            assert!(host.queues.borrow()[&QUEUE].len() <= 2 * 20);
         }
+        let written = writes() - written_before;
+        assert!((10..=20).contains(&written), "{written} writes in 10 s");
         // Back: everything arrives, once.
-        for _ in 0..400 {
-            now += 50;
-            r.on_tick(&host, &c, QUEUE, now);
-            for s in host.take_sent() {
-                ledger.receive(batch(&s));
-                r.on_answer(&host, &c, s.token, &ok(), now);
-            }
-        }
+        back(&host, &c, &mut r, &mut ledger, now);
         assert_eq!(
             (ledger.allowed("key_a"), ledger.allowed("key_b")),
             (201, 400)
         );
+    }
+
+    #[test]
+    fn a_long_wait_keeps_the_reporter_state_near_the_keys_counted() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        let mut ledger = Ledger::default();
+        let mut now = away(&host, &c, &mut r);
+        // A minute away, each tick a hand-over naming 50 keys: 60,000
+        // entries, which unsummed would make every move copy megabytes.
+        let keys: Vec<String> = (0..50).map(|i| format!("key_{i:02}")).collect();
+        let tally = SharedTally::default();
+        let mut largest = 0;
+        for _ in 0..1_200 {
+            now += 50;
+            for key in &keys {
+                tally.borrow_mut().allowed(&key.as_str().into(), 1, T0);
+            }
+            hand_over(&host, QUEUE, &tally);
+            tick_refused(&host, &c, &mut r, now);
+            largest = largest.max(host.get(REPORT_KEY).map_or(0, |(b, _)| b.len()));
+        }
+        // Each entry is about 40 bytes: the state held at most about twice
+        // the floor's entries and a second's hand-overs, never the minute's.
+        assert!(largest < 400_000, "the state reached {largest} bytes");
+        back(&host, &c, &mut r, &mut ledger, now);
+        for key in &keys {
+            assert_eq!(ledger.allowed(key), 1_200, "{key}");
+        }
     }
 
     #[test]
