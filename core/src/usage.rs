@@ -284,13 +284,23 @@ fn hand_over_bytes(
     json: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + 32 * unattributed.len() + json.len());
-    out.push(HAND_OVER_FORMAT);
-    push_u64(&mut out, dropped);
-    push_counts(&mut out, unattributed);
-    push_len(&mut out, entries);
-    push_len(&mut out, json.len());
-    out.extend_from_slice(json);
+    push_hand_over(&mut out, dropped, unattributed, entries, json);
     out
+}
+
+fn push_hand_over(
+    out: &mut Vec<u8>,
+    dropped: u64,
+    unattributed: &BTreeMap<String, u64>,
+    entries: usize,
+    json: &[u8],
+) {
+    out.push(HAND_OVER_FORMAT);
+    push_u64(out, dropped);
+    push_counts(out, unattributed);
+    push_len(out, entries);
+    push_len(out, json.len());
+    out.extend_from_slice(json);
 }
 
 /// Hand-overs as the leader drains them into a batch: their key entries
@@ -359,6 +369,17 @@ impl HandOvers {
     /// in the reporter state for the next batch.
     pub fn to_bytes(&self) -> Vec<u8> {
         hand_over_bytes(self.dropped, &self.unattributed, self.entries, &self.json)
+    }
+
+    /// [`HandOvers::to_bytes`] at the end of `out`.
+    fn push_to(&self, out: &mut Vec<u8>) {
+        push_hand_over(
+            out,
+            self.dropped,
+            &self.unattributed,
+            self.entries,
+            &self.json,
+        );
     }
 
     /// The same counts with each key named once: the entries read back and
@@ -481,9 +502,10 @@ pub struct ReportState {
     pub standings_since: u64,
     /// The batch in flight, if one is.
     pub pending: Option<Sealed>,
-    /// Counts handed over while a batch was pending ([`HandOvers::to_bytes`];
-    /// empty when there are none), sealed into the next batch.
-    open: Vec<u8>,
+    /// Counts handed over while a batch was pending, sealed into the next
+    /// batch: read once with the state and added to in place, so a move of
+    /// counts into the state copies what it holds once in, once out.
+    open: HandOvers,
 }
 
 /// The first byte of [`ReportState::to_bytes`].
@@ -497,54 +519,44 @@ impl ReportState {
         }
     }
 
-    /// Keeps `counts` for the next batch while one is pending. Kept counts
-    /// are summed per key once they name more than [`MAX_KEYS`] entries, so
-    /// however long the control plane stays away they take the room of
-    /// the keys counted, not of the hand-overs.
-    pub fn keep(&mut self, counts: &HandOvers) {
-        self.keep_summing_above(counts, MAX_KEYS);
-    }
-
-    /// [`ReportState::keep`], summing once the kept counts name more than
-    /// `entries` (at most [`MAX_KEYS`]); how many entries the sum left, if
-    /// it summed. Every move of counts into the state copies all it holds,
-    /// so a leader moving them while the control plane is away keeps them
-    /// near the number of keys counted (see `filter::report`).
+    /// Keeps `counts` for the next batch while one is pending, and sums
+    /// the kept counts per key once they name more than `entries`: how many
+    /// entries the sum left, if it summed (at most [`MAX_KEYS`] keys, the
+    /// rest dropped and counted as dropped). So however long the control
+    /// plane stays away they take the room of the keys counted, not of the
+    /// hand-overs: the leader asks for a sum past twice what the last one
+    /// left (see `filter::report`), so summing reads each entry about
+    /// twice, and a move, which copies all the state holds, copies at most
+    /// about twice the keys counted.
     pub fn keep_summing_above(&mut self, counts: &HandOvers, entries: usize) -> Option<usize> {
         if counts.is_empty() {
             return None;
         }
-        let mut open = self.take_open();
-        open.append(counts);
-        let summed = (open.entries() > entries.min(MAX_KEYS)).then(|| {
-            open = open.compacted();
-            open.entries()
-        });
-        self.open = open.to_bytes();
-        summed
-    }
-
-    fn take_open(&mut self) -> HandOvers {
-        let open = std::mem::take(&mut self.open);
-        HandOvers::from_bytes(&open).unwrap_or_default()
+        self.open.append(counts);
+        (self.open.entries() > entries).then(|| {
+            self.open = self.open.compacted();
+            self.open.entries()
+        })
     }
 
     /// Seals the counts kept so far and `counts` into the next batch, as
-    /// the body to send, unless a batch is still pending. An empty batch is
+    /// the body to send, unless a batch is still pending (then `counts` are
+    /// kept as they are, for [`ReportState::keep_summing_above`] to sum
+    /// with the rest). An empty batch is
     /// sealed too: it is the heartbeat whose answer carries the other
     /// Envoys' quota use and this Envoy's fleet leases; `leases_applied`
     /// acknowledges the last of those applied. Returns the counts it
     /// dropped for being full.
     pub fn seal(&mut self, counts: &HandOvers, leases_applied: u64) -> Option<u64> {
         if self.pending.is_some() {
-            self.keep(counts);
+            self.open.append(counts);
             return None;
         }
         let merged;
         let all = if self.open.is_empty() {
             counts
         } else {
-            let mut open = self.take_open();
+            let mut open = std::mem::take(&mut self.open);
             open.append(counts);
             merged = open;
             &merged
@@ -569,6 +581,12 @@ impl ReportState {
         Some(all.dropped())
     }
 
+    /// Entries kept for the next batch: a key counted in several
+    /// hand-overs since the last sum has several.
+    pub fn kept_entries(&self) -> usize {
+        self.open.entries()
+    }
+
     /// The control plane answered for `batch_id`; whether it was the
     /// pending one (an answer to a batch already settled changes nothing).
     pub fn settle(&mut self, batch_id: &str) -> bool {
@@ -585,7 +603,7 @@ impl ReportState {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let body = self.pending.as_ref().map_or(0, |p| p.body.len());
-        let mut out = Vec::with_capacity(64 + body + self.open.len());
+        let mut out = Vec::with_capacity(96 + body + self.open.json.len());
         out.push(REPORT_FORMAT);
         push_text(&mut out, &self.instance);
         push_u64(&mut out, self.sequence);
@@ -599,7 +617,9 @@ impl ReportState {
             }
             None => out.push(0),
         }
-        out.extend_from_slice(&self.open);
+        if !self.open.is_empty() {
+            self.open.push_to(&mut out);
+        }
         out
     }
 
@@ -628,16 +648,16 @@ impl ReportState {
             }
             _ => return None,
         };
-        let open = r.0;
-        if !open.is_empty() && HandOvers::from_bytes(open).is_none() {
-            return None;
-        }
+        let open = match r.0 {
+            [] => HandOvers::default(),
+            open => HandOvers::from_bytes(open)?,
+        };
         Some(Self {
             instance,
             sequence,
             standings_since,
             pending,
-            open: open.to_vec(),
+            open,
         })
     }
 }
@@ -951,9 +971,9 @@ mod tests {
             assert_eq!(all, drained(&t));
         }
         // And a reporter state whose waiting counts are in that form reads.
-        let mut s = ReportState::new("env".into());
-        s.open = v1_bytes(&t);
-        let s = ReportState::from_bytes(&s.to_bytes()).unwrap();
+        let mut bytes = ReportState::new("env".into()).to_bytes();
+        bytes.extend_from_slice(&v1_bytes(&t));
+        let s = ReportState::from_bytes(&bytes).unwrap();
         let mut s2 = s.clone();
         s2.seal(&HandOvers::default(), 0);
         let a = &summed(&sent(&s2))["key_a"];
@@ -977,11 +997,11 @@ mod tests {
         assert!(piled.entries() > MAX_KEYS);
         let compact = piled.compacted();
         assert_eq!(compact.entries(), 10);
-        // Kept while a batch is pending: summed once past MAX_KEYS entries.
+        // Kept while a batch is pending: summed once past the entries asked.
         let mut s = ReportState::new("env".into());
         s.seal(&HandOvers::default(), 0);
-        s.keep(&piled);
-        assert_eq!(HandOvers::from_bytes(&s.open).unwrap().entries(), 10);
+        s.keep_summing_above(&piled, MAX_KEYS);
+        assert_eq!(s.open.entries(), 10);
         s.settle("env-1");
         s.seal(&one, 0);
         let batch = sent(&s);
@@ -1094,7 +1114,7 @@ mod tests {
         s.seal(&HandOvers::default(), 0);
         assert_eq!(s.keep_summing_above(&counted(2), 2), None);
         assert_eq!(s.keep_summing_above(&counted(3), 2), None);
-        assert_eq!(HandOvers::from_bytes(&s.open).unwrap().entries(), 2);
+        assert_eq!(s.open.entries(), 2);
         assert_eq!(s.keep_summing_above(&counted(1), 2), Some(1));
         assert_eq!(s.keep_summing_above(&HandOvers::default(), 0), None);
         s.settle("env-1");
@@ -1114,7 +1134,7 @@ mod tests {
         assert_eq!((b.batch_id.as_str(), b.standings_since), ("env1-1", 5));
         // Still pending: the new counts wait, the batch stays as it was.
         assert_eq!(s.seal(&counted(3), 0), None);
-        s.keep(&counted(1));
+        s.keep_summing_above(&counted(1), MAX_KEYS);
         assert_eq!(s.pending.as_ref(), Some(&first));
         assert!(!s.settle("env1-0"));
         assert!(s.settle("env1-1"));
@@ -1137,12 +1157,12 @@ mod tests {
         let mut more = Tally::default();
         more.allowed(&"key_a".into(), 1, 10);
         more.denied(None, "invalid_api_key");
-        s.keep(&drained(&more));
+        s.keep_summing_above(&drained(&more), MAX_KEYS);
         let bytes = s.to_bytes();
         assert_eq!(ReportState::from_bytes(&bytes), Some(s.clone()));
         s.settle("18c-7-1");
         assert_eq!(ReportState::from_bytes(&s.to_bytes()), Some(s.clone()));
-        let cut_from = bytes.len() - s.open.len();
+        let cut_from = bytes.len() - s.open.to_bytes().len();
         for cut in 0..bytes.len() {
             if cut != cut_from {
                 assert_eq!(ReportState::from_bytes(&bytes[..cut]), None, "{cut} bytes");

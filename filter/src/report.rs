@@ -691,6 +691,42 @@ mod tests {
     }
 
     #[test]
+    fn past_max_keys_a_long_wait_sums_when_the_kept_entries_double_not_at_every_move() {
+        let host = FakeHost::new();
+        let c = config();
+        let mut r = Reporter::default();
+        let mut now = away(&host, &c, &mut r);
+        // Every tick 2,000 keys never counted before: past MAX_KEYS a sum
+        // leaves MAX_KEYS entries (the rest dropped, and counted so), so
+        // one asked for past MAX_KEYS would read them all at every move.
+        let tally = SharedTally::default();
+        let mut next_key = 0u32;
+        let (mut kept, mut sums_past_max) = (0, 0);
+        for _ in 0..120 {
+            now += 1_000;
+            for _ in 0..2_000 {
+                next_key += 1;
+                tally
+                    .borrow_mut()
+                    .allowed(&format!("key_{next_key}").as_str().into(), 1, T0);
+            }
+            hand_over(&host, QUEUE, &tally);
+            tick_refused(&host, &c, &mut r, now);
+            let state = read_state(&host, now).0;
+            if state.kept_entries() < kept {
+                sums_past_max += 1;
+            }
+            kept = state.kept_entries();
+            assert!(kept <= 2 * MAX_KEYS + 2_000, "{kept} entries kept");
+        }
+        assert_eq!(next_key, 240_000);
+        assert!(
+            (1..=2).contains(&sums_past_max),
+            "{sums_past_max} sums past MAX_KEYS"
+        );
+    }
+
+    #[test]
     fn a_new_leader_resends_the_pending_batch_under_its_id_and_nothing_counts_twice() {
         let host = FakeHost::new();
         let c = config();
