@@ -125,9 +125,9 @@ pub struct Reporter {
 
 /// Counts moved into the reporter state while the control plane does not
 /// answer are summed per key once they name more than this many entries
-/// (about 350 KB), or more than twice what the last sum left: so the state
-/// each move copies stays within about twice the keys counted, and summing
-/// (which reads every count) costs each entry about one reading.
+/// (at most about 350 KB), or more than twice what the last sum left: so
+/// the state each move copies stays within about twice the keys counted,
+/// and summing (which reads every count) reads each entry about twice.
 const KEPT_SUMMED_ABOVE: usize = 4_096;
 
 impl Reporter {
