@@ -568,28 +568,12 @@ mod tests {
             for s in host.take_sent() {
                 let b = batch(&s);
                 assert_eq!((b.batch_id.as_str(), b.keys[0].allowed), (id.as_str(), 4));
-                r.on_answer(
-                    &host,
-                    &c,
-                    s.token,
-                    &Answer {
-                        status: Some(503),
-                        body: vec![],
-                    },
-                    now,
-                );
+                r.on_answer(&host, &c, s.token, &refused(), now);
                 retries += 1;
             }
         }
         // Back: the same batch, counted; then the 6 that waited.
-        for _ in 0..200 {
-            now += 100;
-            r.on_tick(&host, &c, QUEUE, now);
-            for s in host.take_sent() {
-                ledger.receive(batch(&s));
-                r.on_answer(&host, &c, s.token, &ok(), now);
-            }
-        }
+        back(&host, &c, &mut r, &mut ledger, now);
         assert_eq!(ledger.allowed("key_a"), 10);
         assert!(host.queues.borrow()[&QUEUE].is_empty());
     }
